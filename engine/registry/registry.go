@@ -1,0 +1,517 @@
+// Package registry owns applications and webhooks: their records in Redis
+// (gh:apps, gh:webhooks, msgpack), the change announcements on a Redis
+// channel, and the in-memory copy every process keeps so that matching an
+// event to its webhooks never leaves the process. The copy follows changes
+// published by any process and reloads in full whenever its subscription
+// (re)connects.
+package registry
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/geckohook/geckohook/engine/contract"
+)
+
+// App is an application: it owns webhooks, signs their deliveries with
+// Secret, and authenticates on the API with a token of which only the hash
+// is stored.
+type App struct {
+	ID             string    `msgpack:"id"`
+	Name           string    `msgpack:"name"`
+	DeveloperEmail string    `msgpack:"email"`
+	Secret         string    `msgpack:"secret"`
+	TokenHash      string    `msgpack:"token_sha256"`
+	CreatedAt      time.Time `msgpack:"created_at"`
+
+	signer *contract.Signer
+}
+
+// Signer signs bodies with the application's secret.
+func (a *App) Signer() *contract.Signer { return a.signer }
+
+// Webhook subscribes an address to one event of one account.
+type Webhook struct {
+	ID        string    `msgpack:"id"`
+	AppID     string    `msgpack:"app_id"`
+	AccountID string    `msgpack:"account_id"`
+	Event     string    `msgpack:"event"`
+	Address   string    `msgpack:"address"`
+	CreatedAt time.Time `msgpack:"created_at"`
+}
+
+// ErrNotFound is returned for an unknown id.
+var ErrNotFound = errors.New("not found")
+
+type matchKey struct{ account, event string }
+
+// change is one announcement on the registry channel.
+type change struct {
+	Kind   byte   `msgpack:"k"` // 'a' app, 'w' webhook
+	Delete bool   `msgpack:"d"`
+	ID     string `msgpack:"id"`
+	Record []byte `msgpack:"r"`
+}
+
+// Options configure a Registry.
+type Options struct {
+	// Prefix of every key (default "gh:").
+	Prefix string
+	// ReloadEvery reloads the whole registry periodically as a safety net
+	// for lost announcements (default 5m; negative disables).
+	ReloadEvery time.Duration
+	Log         zerolog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Registry is the in-memory copy of applications and webhooks, backed by
+// Redis. All methods are safe for concurrent use.
+type Registry struct {
+	rdb     redis.UniversalClient
+	opts    Options
+	appsKey string
+	hooksKy string
+	channel string
+
+	mu      sync.RWMutex
+	apps    map[string]*App
+	byToken map[string]*App
+	hooks   map[string]*Webhook
+	byKey   map[matchKey][]*Webhook
+	byApp   map[string]map[string]*Webhook
+
+	reloads atomic.Int64
+	done    chan struct{}
+}
+
+// New returns an empty Registry; Start loads it and follows changes.
+func New(rdb redis.UniversalClient, o Options) *Registry {
+	if o.Prefix == "" {
+		o.Prefix = "gh:"
+	}
+	if o.ReloadEvery == 0 {
+		o.ReloadEvery = 5 * time.Minute
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	r := &Registry{
+		rdb: rdb, opts: o,
+		appsKey: o.Prefix + "apps", hooksKy: o.Prefix + "webhooks", channel: o.Prefix + "registry",
+		done: make(chan struct{}),
+	}
+	r.swap(map[string]*App{}, map[string]*Webhook{})
+	return r
+}
+
+// Start subscribes to changes, loads the registry, and follows changes until
+// ctx ends. It returns once the first load is done.
+func (r *Registry) Start(ctx context.Context) error {
+	ps := r.rdb.Subscribe(ctx, r.channel)
+	if _, err := ps.Receive(ctx); err != nil {
+		_ = ps.Close()
+		return fmt.Errorf("cannot subscribe to registry changes: %w", err)
+	}
+	if err := r.Reload(ctx); err != nil {
+		_ = ps.Close()
+		return err
+	}
+	go r.follow(ctx, ps)
+	return nil
+}
+
+// Done is closed when the follower has stopped.
+func (r *Registry) Done() <-chan struct{} { return r.done }
+
+// Reloads counts full reloads (for tests and metrics).
+func (r *Registry) Reloads() int64 { return r.reloads.Load() }
+
+func (r *Registry) follow(ctx context.Context, ps *redis.PubSub) {
+	defer close(r.done)
+	defer ps.Close()
+	msgs := make(chan any)
+	go func() {
+		defer close(msgs)
+		for {
+			m, err := ps.Receive(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				r.opts.Log.Warn().Err(err).Msg("registry subscription lost; reconnecting")
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(500 * time.Millisecond):
+				}
+				continue
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var tick <-chan time.Time
+	if r.opts.ReloadEvery > 0 {
+		t := time.NewTicker(r.opts.ReloadEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+			r.reloadUntilDone(ctx)
+		case m, ok := <-msgs:
+			if !ok {
+				return
+			}
+			switch m := m.(type) {
+			case *redis.Subscription:
+				// A (re)subscription: announcements may have been missed.
+				if m.Kind == "subscribe" {
+					r.reloadUntilDone(ctx)
+				}
+			case *redis.Message:
+				if err := r.applyPayload([]byte(m.Payload)); err != nil {
+					r.opts.Log.Error().Err(err).Msg("bad registry announcement; reloading")
+					r.reloadUntilDone(ctx)
+				}
+			}
+		}
+	}
+}
+
+func (r *Registry) reloadUntilDone(ctx context.Context) {
+	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
+		err := r.Reload(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		r.opts.Log.Warn().Err(err).Dur("retry_in", wait).Msg("cannot reload registry")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Reload replaces the in-memory copy with what Redis holds.
+func (r *Registry) Reload(ctx context.Context) error {
+	rawApps, err := r.rdb.HGetAll(ctx, r.appsKey).Result()
+	if err != nil {
+		return fmt.Errorf("cannot load applications: %w", err)
+	}
+	rawHooks, err := r.rdb.HGetAll(ctx, r.hooksKy).Result()
+	if err != nil {
+		return fmt.Errorf("cannot load webhooks: %w", err)
+	}
+	apps := make(map[string]*App, len(rawApps))
+	for id, raw := range rawApps {
+		a, err := decodeApp([]byte(raw))
+		if err != nil {
+			r.opts.Log.Error().Err(err).Str("app_id", id).Msg("skipping unreadable application record")
+			continue
+		}
+		apps[id] = a
+	}
+	hooks := make(map[string]*Webhook, len(rawHooks))
+	for id, raw := range rawHooks {
+		w := new(Webhook)
+		if err := msgpack.Unmarshal([]byte(raw), w); err != nil {
+			r.opts.Log.Error().Err(err).Str("webhook_id", id).Msg("skipping unreadable webhook record")
+			continue
+		}
+		hooks[id] = w
+	}
+	r.swap(apps, hooks)
+	r.reloads.Add(1)
+	return nil
+}
+
+func decodeApp(raw []byte) (*App, error) {
+	a := new(App)
+	if err := msgpack.Unmarshal(raw, a); err != nil {
+		return nil, err
+	}
+	a.signer = contract.NewSigner(a.Secret)
+	return a, nil
+}
+
+// swap installs complete maps and rebuilds the indexes.
+func (r *Registry) swap(apps map[string]*App, hooks map[string]*Webhook) {
+	byToken := make(map[string]*App, len(apps))
+	for _, a := range apps {
+		byToken[a.TokenHash] = a
+	}
+	byKey := make(map[matchKey][]*Webhook, len(hooks))
+	byApp := make(map[string]map[string]*Webhook)
+	for _, w := range hooks {
+		k := matchKey{w.AccountID, w.Event}
+		byKey[k] = append(byKey[k], w)
+		if byApp[w.AppID] == nil {
+			byApp[w.AppID] = make(map[string]*Webhook)
+		}
+		byApp[w.AppID][w.ID] = w
+	}
+	r.mu.Lock()
+	r.apps, r.byToken, r.hooks, r.byKey, r.byApp = apps, byToken, hooks, byKey, byApp
+	r.mu.Unlock()
+}
+
+func (r *Registry) applyPayload(payload []byte) error {
+	var c change
+	if err := msgpack.Unmarshal(payload, &c); err != nil {
+		return fmt.Errorf("cannot decode registry change: %w", err)
+	}
+	return r.apply(c)
+}
+
+func (r *Registry) apply(c change) error {
+	switch c.Kind {
+	case 'a':
+		if c.Delete {
+			r.mu.Lock()
+			if a := r.apps[c.ID]; a != nil {
+				delete(r.byToken, a.TokenHash)
+				delete(r.apps, c.ID)
+			}
+			r.mu.Unlock()
+			return nil
+		}
+		a, err := decodeApp(c.Record)
+		if err != nil {
+			return fmt.Errorf("cannot decode application %s: %w", c.ID, err)
+		}
+		r.mu.Lock()
+		if old := r.apps[a.ID]; old != nil {
+			delete(r.byToken, old.TokenHash)
+		}
+		r.apps[a.ID] = a
+		r.byToken[a.TokenHash] = a
+		r.mu.Unlock()
+	case 'w':
+		var w *Webhook
+		if !c.Delete {
+			w = new(Webhook)
+			if err := msgpack.Unmarshal(c.Record, w); err != nil {
+				return fmt.Errorf("cannot decode webhook %s: %w", c.ID, err)
+			}
+		}
+		r.mu.Lock()
+		r.removeHookLocked(c.ID)
+		if w != nil {
+			r.addHookLocked(w)
+		}
+		r.mu.Unlock()
+	default:
+		return fmt.Errorf("unknown registry change kind %q", c.Kind)
+	}
+	return nil
+}
+
+func (r *Registry) removeHookLocked(id string) {
+	old := r.hooks[id]
+	if old == nil {
+		return
+	}
+	delete(r.hooks, id)
+	k := matchKey{old.AccountID, old.Event}
+	list := r.byKey[k]
+	// Copy on write: Match callers may hold the old slice.
+	next := make([]*Webhook, 0, len(list))
+	for _, w := range list {
+		if w.ID != id {
+			next = append(next, w)
+		}
+	}
+	if len(next) == 0 {
+		delete(r.byKey, k)
+	} else {
+		r.byKey[k] = next
+	}
+	if m := r.byApp[old.AppID]; m != nil {
+		delete(m, id)
+		if len(m) == 0 {
+			delete(r.byApp, old.AppID)
+		}
+	}
+}
+
+func (r *Registry) addHookLocked(w *Webhook) {
+	r.hooks[w.ID] = w
+	k := matchKey{w.AccountID, w.Event}
+	list := r.byKey[k]
+	r.byKey[k] = append(list[:len(list):len(list)], w)
+	if r.byApp[w.AppID] == nil {
+		r.byApp[w.AppID] = make(map[string]*Webhook)
+	}
+	r.byApp[w.AppID][w.ID] = w
+}
+
+// Match returns the webhooks subscribed to event on account. The slice is
+// shared and must not be modified.
+func (r *Registry) Match(account, event string) []*Webhook {
+	r.mu.RLock()
+	list := r.byKey[matchKey{account, event}]
+	r.mu.RUnlock()
+	return list
+}
+
+// Webhook returns the webhook with id, or nil.
+func (r *Registry) Webhook(id string) *Webhook {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.hooks[id]
+}
+
+// App returns the application with id, or nil.
+func (r *Registry) App(id string) *App {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.apps[id]
+}
+
+// AppByToken returns the application whose API token is token, or nil.
+func (r *Registry) AppByToken(token string) *App {
+	h := HashToken(token)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.byToken[h]
+}
+
+// Counts returns how many applications and webhooks are loaded.
+func (r *Registry) Counts() (apps, webhooks int) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.apps), len(r.hooks)
+}
+
+// Webhooks lists an application's webhooks, oldest first; accountID, when
+// not empty, keeps only that account's.
+func (r *Registry) Webhooks(appID, accountID string) []*Webhook {
+	r.mu.RLock()
+	out := make([]*Webhook, 0, len(r.byApp[appID]))
+	for _, w := range r.byApp[appID] {
+		if accountID == "" || w.AccountID == accountID {
+			out = append(out, w)
+		}
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Webhook) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
+	})
+	return out
+}
+
+// HashToken returns the stored form of an API token.
+func HashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+func randomString(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails (crypto/rand, Go 1.24+)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// CreateApp stores a new application and returns it with its API token
+// (shown once; only its hash is kept).
+func (r *Registry) CreateApp(ctx context.Context, name, email string) (*App, string, error) {
+	token := "ghk_" + randomString(32)
+	a := &App{
+		ID: newID("app_"), Name: name, DeveloperEmail: email,
+		Secret: randomString(32), TokenHash: HashToken(token),
+		CreatedAt: r.opts.Now().UTC().Truncate(time.Second),
+	}
+	raw, err := msgpack.Marshal(a)
+	if err != nil {
+		return nil, "", fmt.Errorf("cannot encode application: %w", err)
+	}
+	if err := r.write(ctx, r.appsKey, change{Kind: 'a', ID: a.ID, Record: raw}); err != nil {
+		return nil, "", fmt.Errorf("cannot store application: %w", err)
+	}
+	return r.App(a.ID), token, nil
+}
+
+// CreateWebhook stores a new webhook (ID and CreatedAt are assigned).
+func (r *Registry) CreateWebhook(ctx context.Context, w Webhook) (*Webhook, error) {
+	w.ID = newID("wh_")
+	w.CreatedAt = r.opts.Now().UTC().Truncate(time.Second)
+	raw, err := msgpack.Marshal(&w)
+	if err != nil {
+		return nil, fmt.Errorf("cannot encode webhook: %w", err)
+	}
+	if err := r.write(ctx, r.hooksKy, change{Kind: 'w', ID: w.ID, Record: raw}); err != nil {
+		return nil, fmt.Errorf("cannot store webhook: %w", err)
+	}
+	return r.Webhook(w.ID), nil
+}
+
+// DeleteWebhook removes a webhook everywhere. It returns ErrNotFound when
+// Redis had no such webhook.
+func (r *Registry) DeleteWebhook(ctx context.Context, id string) error {
+	c := change{Kind: 'w', ID: id, Delete: true}
+	payload, err := msgpack.Marshal(&c)
+	if err != nil {
+		return err
+	}
+	var del *redis.IntCmd
+	_, err = r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		del = p.HDel(ctx, r.hooksKy, id)
+		p.Publish(ctx, r.channel, payload)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot delete webhook %s: %w", id, err)
+	}
+	_ = r.apply(c)
+	if del.Val() == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// write stores a record and announces it in one transaction, then applies it
+// locally so the caller reads its own write at once.
+func (r *Registry) write(ctx context.Context, key string, c change) error {
+	payload, err := msgpack.Marshal(&c)
+	if err != nil {
+		return err
+	}
+	_, err = r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key, c.ID, c.Record)
+		p.Publish(ctx, r.channel, payload)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return r.apply(c)
+}

@@ -1,0 +1,100 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/geckohook/geckohook/internal/testenv"
+)
+
+func TestRegistryFollowsChangesAcrossProcesses(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := New(srv.Client(), Options{})
+	b := New(srv.Client(), Options{})
+	for _, r := range []*Registry{a, b} {
+		if err := r.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	app, token, err := a.CreateApp(ctx, "shop", "dev@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.AppByToken(token) != app || a.AppByToken(token+"x") != nil {
+		t.Fatal("token lookup on the writing process is wrong")
+	}
+	w, err := a.CreateWebhook(ctx, Webhook{AppID: app.ID, AccountID: "acc1", Event: "order.create", Address: "https://x.test/h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The writer reads its own write at once.
+	if got := a.Match("acc1", "order.create"); len(got) != 1 || got[0].ID != w.ID {
+		t.Fatalf("writer Match = %v", got)
+	}
+	// The other process follows through the channel.
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if got := b.Match("acc1", "order.create"); len(got) != 1 || got[0].ID != w.ID {
+			return fmt.Errorf("follower Match = %v", got)
+		}
+		if b.AppByToken(token) == nil || b.App(app.ID).Signer() == nil {
+			return errors.New("follower does not know the application")
+		}
+		return nil
+	})
+	if len(b.Match("acc1", "order.update")) != 0 || len(b.Match("acc2", "order.create")) != 0 {
+		t.Fatal("Match must be by exact account and event")
+	}
+
+	if err := b.DeleteWebhook(ctx, w.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeleteWebhook(ctx, w.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v, want ErrNotFound", err)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if n := len(a.Match("acc1", "order.create")); n != 0 {
+			return fmt.Errorf("deleted webhook still matched %d times", n)
+		}
+		return nil
+	})
+}
+
+func TestRegistryReloadsAfterLostSubscription(t *testing.T) {
+	srv := testenv.Redis(t)
+	rdb := srv.Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := New(srv.Client(), Options{})
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := r.Reloads()
+	// A write that was never announced (as if the announcement was missed).
+	raw, _ := msgpack.Marshal(&Webhook{ID: "wh_silent", AppID: "app_1", AccountID: "acc", Event: "order.create", Address: "https://x.test"})
+	if err := rdb.HSet(ctx, "gh:webhooks", "wh_silent", raw).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if r.Reloads() == before || r.Webhook("wh_silent") == nil {
+			return fmt.Errorf("no reload after reconnect (reloads %d)", r.Reloads())
+		}
+		return nil
+	})
+	if got := r.Webhooks("app_1", ""); len(got) != 1 || got[0].ID != "wh_silent" {
+		t.Fatalf("Webhooks(app_1) = %v", got)
+	}
+	if got := r.Webhooks("app_1", "other"); len(got) != 0 {
+		t.Fatalf("Webhooks filtered by another account = %v", got)
+	}
+}
