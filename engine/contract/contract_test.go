@@ -48,7 +48,7 @@ func TestBodyEscapesLikeRubyToJSON(t *testing.T) {
 	f(`https://x.test/"q"\p`, `"https://x.test/\"q\"\\p"`)
 	f("tab\tnl\ncr\rbs\bff\f", `"tab\tnl\ncr\rbs\bff\f"`)
 	f("ctl\x01\x1f\x7f", `"ctl\u0001\u001f`+"\x7f"+`"`) // Ruby: lowercase hex, DEL literal
-	f("café/日本\u2028", `"café/日本`+"\u2028"+`"`)      // UTF-8 as is, U+2028 too
+	f("café/日本\u2028", `"café/日本`+"\u2028"+`"`)         // UTF-8 as is, U+2028 too
 	f("\xff", "\"\ufffd\"")
 }
 

@@ -106,4 +106,3 @@ func TestDialerRefusesLoopbackAfterResolution(t *testing.T) {
 	}
 	c.Close()
 }
-
