@@ -1,0 +1,181 @@
+// Package sender owns geckohook's outbound HTTP: one pooled fasthttp client
+// with every limit set, the dial-time target check, the contract's headers,
+// and the classification of each attempt into success, gone or failure.
+package sender
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/netguard"
+)
+
+// Version names this build in the User-Agent; set by the linker or main.
+var Version = "dev"
+
+// Options configure a Sender. Zero values mean the defaults in brackets.
+type Options struct {
+	Policy netguard.Policy
+	// Timeout bounds a whole attempt: connection wait, dial, write, read
+	// (10s, the contract's limit).
+	Timeout time.Duration
+	// MaxConnsPerHost bounds connections to one host:port (64). Attempts
+	// that find none free within MaxConnWait fail and are retried later, so
+	// one slow host cannot hold every worker.
+	MaxConnsPerHost int
+	// MaxConnWait is how long an attempt waits for a free connection (2s).
+	MaxConnWait time.Duration
+	// MaxIdleConnDuration closes idle keep-alive connections (5s), below
+	// common server idle timeouts.
+	MaxIdleConnDuration time.Duration
+	// MaxResponseBodySize is read and discarded at most (16 KiB).
+	MaxResponseBodySize int
+	// UserAgent ("geckohook/<Version>").
+	UserAgent string
+	// DeliveryHeader ("X-Gecko-Delivery") and SignatureHeader
+	// ("X-Gecko-Signature") can be renamed for white-label use.
+	DeliveryHeader  string
+	SignatureHeader string
+}
+
+func (o *Options) defaults() {
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.MaxConnsPerHost <= 0 {
+		o.MaxConnsPerHost = 64
+	}
+	if o.MaxConnWait <= 0 {
+		o.MaxConnWait = 2 * time.Second
+	}
+	if o.MaxIdleConnDuration <= 0 {
+		o.MaxIdleConnDuration = 5 * time.Second
+	}
+	if o.MaxResponseBodySize <= 0 {
+		o.MaxResponseBodySize = 16 << 10
+	}
+	if o.UserAgent == "" {
+		o.UserAgent = "geckohook/" + Version
+	}
+	if o.DeliveryHeader == "" {
+		o.DeliveryHeader = "X-Gecko-Delivery"
+	}
+	if o.SignatureHeader == "" {
+		o.SignatureHeader = "X-Gecko-Signature"
+	}
+}
+
+// Sender POSTs deliveries. Safe for concurrent use.
+type Sender struct {
+	c    *fasthttp.Client
+	opts Options
+}
+
+// New builds a Sender.
+func New(o Options) *Sender {
+	o.defaults()
+	policy := o.Policy
+	c := &fasthttp.Client{
+		Name:                     o.UserAgent,
+		NoDefaultUserAgentHeader: false,
+		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
+			return policy.Dialer(timeout).Dial("tcp", addr)
+		},
+		MaxConnsPerHost:               o.MaxConnsPerHost,
+		MaxConnWaitTimeout:            o.MaxConnWait,
+		MaxIdleConnDuration:           o.MaxIdleConnDuration,
+		MaxConnDuration:               5 * time.Minute,
+		ReadTimeout:                   o.Timeout,
+		WriteTimeout:                  o.Timeout,
+		MaxResponseBodySize:           o.MaxResponseBodySize,
+		ReadBufferSize:                8 << 10,
+		WriteBufferSize:               8 << 10,
+		DisableHeaderNamesNormalizing: false,
+		DisablePathNormalizing:        true,
+		// A keep-alive connection the server closed while idle fails the
+		// first write; try once more on a fresh one. Duplicates carry the
+		// same delivery id, which receivers de-duplicate on.
+		RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
+			return false, attempts < 2 && errors.Is(err, fasthttp.ErrConnectionClosed)
+		},
+	}
+	return &Sender{c: c, opts: o}
+}
+
+// Result is what one attempt produced.
+type Result struct {
+	Outcome contract.Outcome
+	Status  int   // HTTP status, 0 when no response was read
+	Err     error // transport error, nil when a response was read
+}
+
+// ErrorText describes a failed attempt in a few words for records and mails.
+func (r Result) ErrorText() string {
+	switch {
+	case r.Err != nil:
+		return r.Err.Error()
+	case r.Outcome == contract.Failure:
+		return fmt.Sprintf("HTTP %d", r.Status)
+	}
+	return ""
+}
+
+// Send makes one attempt: POST body to address with the contract's headers.
+// It never follows redirects (a 3xx is a success).
+func (s *Sender) Send(address string, body, deliveryID, signature []byte) Result {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+
+	req.SetRequestURI(address)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.SetContentType("application/json")
+	req.Header.SetUserAgent(s.opts.UserAgent)
+	req.Header.SetBytesV(s.opts.DeliveryHeader, deliveryID)
+	req.Header.SetBytesV(s.opts.SignatureHeader, signature)
+	req.SetBodyRaw(body)
+
+	err := s.c.DoDeadline(req, resp, time.Now().Add(s.opts.Timeout))
+	status := 0
+	switch {
+	case err == nil:
+		status = resp.StatusCode()
+	case errors.Is(err, fasthttp.ErrBodyTooLarge) && resp.StatusCode() > 0:
+		// The status line was read; the oversized body is irrelevant.
+		status, err = resp.StatusCode(), nil
+	default:
+		err = describe(err, s.opts.Timeout)
+	}
+	return Result{Outcome: contract.Classify(status, err), Status: status, Err: err}
+}
+
+// AttemptError is a transport failure, sorted by stage.
+type AttemptError struct {
+	Stage string // "refused_target", "timeout", "no_free_connection", "connection"
+	Err   error
+}
+
+func (e *AttemptError) Error() string { return e.Stage + ": " + e.Err.Error() }
+func (e *AttemptError) Unwrap() error { return e.Err }
+
+func describe(err error, timeout time.Duration) error {
+	var stage string
+	switch {
+	case errors.Is(err, netguard.ErrForbiddenTarget):
+		stage = "refused_target"
+	case errors.Is(err, fasthttp.ErrTimeout), errors.Is(err, fasthttp.ErrDialTimeout):
+		stage = "timeout"
+		err = fmt.Errorf("no answer within %v: %w", timeout, err)
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
+		stage = "no_free_connection"
+	default:
+		stage = "connection"
+	}
+	return &AttemptError{Stage: stage, Err: err}
+}
