@@ -1,0 +1,203 @@
+// Package dispatch is the dispatcher role: it joins the events topic's
+// consumer group, runs one shard per assigned partition (fetch, decode, fan
+// out to the registry's webhooks, send through a shared worker pool, schedule
+// failures into the shard's Redis retry queue, dead-letter bad input), and
+// commits each partition's offset up to its lowest unfinished event.
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/catalog"
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/kafkaio"
+	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/sender"
+)
+
+// Options configure a Dispatcher. Zero values mean the defaults in brackets.
+type Options struct {
+	Brokers  []string
+	Topic    string // events topic ("geckohook.events")
+	DLQTopic string // dead-letter topic ("geckohook.events.dlq")
+	Group    string // consumer group ("geckohook-dispatchers")
+
+	Registry     *registry.Registry
+	Catalog      *catalog.Catalog
+	Sender       *sender.Sender
+	Redis        redis.UniversalClient
+	RedisPrefix  string // ("gh:")
+	ResourceBase string // ("https://api.tradegecko.com")
+
+	// Workers send deliveries for every shard of this process (256).
+	Workers int
+	// Window bounds unfinished deliveries per shard (4096).
+	Window int
+	// MaxRetries before a delivery is dead (25, Sidekiq's default).
+	MaxRetries int
+	// CommitEvery is how often each shard commits its offset (500ms).
+	CommitEvery time.Duration
+	// DrainTimeout bounds how long a revoked shard waits for its in-flight
+	// deliveries before it commits and returns (request timeout + 5s). It
+	// must stay below the group's rebalance timeout.
+	DrainTimeout time.Duration
+	// SessionTimeout of the group member (10s); RebalanceTimeout (30s).
+	SessionTimeout   time.Duration
+	RebalanceTimeout time.Duration
+
+	Log  zerolog.Logger
+	Now  func() time.Time // clock (time.Now)
+	Rand func(int) int    // uniform in [0, n) (math/rand/v2.IntN)
+}
+
+func (o *Options) defaults() {
+	if o.Topic == "" {
+		o.Topic = "geckohook.events"
+	}
+	if o.DLQTopic == "" {
+		o.DLQTopic = o.Topic + ".dlq"
+	}
+	if o.Group == "" {
+		o.Group = "geckohook-dispatchers"
+	}
+	if o.RedisPrefix == "" {
+		o.RedisPrefix = "gh:"
+	}
+	if o.ResourceBase == "" {
+		o.ResourceBase = "https://api.tradegecko.com"
+	}
+	if o.Workers <= 0 {
+		o.Workers = 256
+	}
+	if o.Window <= 0 {
+		o.Window = 4096
+	}
+	if o.MaxRetries == 0 {
+		o.MaxRetries = contract.DefaultMaxRetries
+	}
+	if o.CommitEvery <= 0 {
+		o.CommitEvery = 500 * time.Millisecond
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 15 * time.Second
+	}
+	if o.SessionTimeout <= 0 {
+		o.SessionTimeout = 10 * time.Second
+	}
+	if o.RebalanceTimeout <= 0 {
+		o.RebalanceTimeout = 30 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.IntN
+	}
+}
+
+// Stats are cumulative counters of a Dispatcher.
+type Stats struct {
+	Events, DeadLettered, Delivered, Failed, Gone, Dropped, Scheduled atomic.Int64
+}
+
+// Dispatcher consumes the events topic and delivers webhooks.
+type Dispatcher struct {
+	o     Options
+	work  chan *delivery
+	dlq   *kafka.Writer
+	Stats Stats
+
+	commitMu sync.Mutex // serialises offset commits on the group connection
+}
+
+// New returns a Dispatcher; Run starts it.
+func New(o Options) *Dispatcher {
+	o.defaults()
+	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
+	dlq.Balancer = &kafka.Hash{}
+	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), dlq: dlq}
+}
+
+// Run consumes until ctx ends, then drains: every shard stops fetching,
+// waits (up to DrainTimeout) for its in-flight deliveries to finish, commits
+// its offset, and only then do the workers stop.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                d.o.Group,
+		Brokers:           d.o.Brokers,
+		Topics:            []string{d.o.Topic},
+		StartOffset:       kafka.FirstOffset,
+		SessionTimeout:    d.o.SessionTimeout,
+		RebalanceTimeout:  d.o.RebalanceTimeout,
+		HeartbeatInterval: d.o.SessionTimeout / 4,
+		JoinGroupBackoff:  time.Second,
+		// kafka-go's default 5s partition watch would end every generation
+		// the moment partitions are added; we want that too, a bit faster.
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: 5 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("cannot join consumer group %s: %w", d.o.Group, err)
+	}
+
+	var workers sync.WaitGroup
+	for i := 0; i < d.o.Workers; i++ {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for dl := range d.work {
+				d.deliver(dl)
+			}
+		}()
+	}
+
+	var shards sync.WaitGroup
+	var runErr error
+	for {
+		gen, err := group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
+				break
+			}
+			d.o.Log.Warn().Err(err).Msg("consumer group error; rejoining")
+			continue
+		}
+		assigned := gen.Assignments[d.o.Topic]
+		d.o.Log.Info().Int32("generation", gen.ID).Int("partitions", len(assigned)).Msg("partitions assigned")
+		for _, a := range assigned {
+			a := a
+			shards.Add(1)
+			gen.Start(func(gctx context.Context) {
+				defer shards.Done()
+				d.runShard(gctx, gen, a)
+			})
+		}
+	}
+	// Closing the group ends the generation; shards drain and commit.
+	if err := group.Close(); err != nil && !errors.Is(err, kafka.ErrGroupClosed) {
+		d.o.Log.Warn().Err(err).Msg("closing consumer group")
+	}
+	shards.Wait()
+	close(d.work)
+	workers.Wait()
+	if err := d.dlq.Close(); err != nil {
+		d.o.Log.Warn().Err(err).Msg("closing dead-letter writer")
+	}
+	return runErr
+}
+
+func (d *Dispatcher) commit(gen *kafka.Generation, partition int, offset int64) error {
+	d.commitMu.Lock()
+	defer d.commitMu.Unlock()
+	return gen.CommitOffsets(map[string]map[int]int64{d.o.Topic: {partition: offset}})
+}

@@ -1,0 +1,390 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/catalog"
+	"github.com/geckohook/geckohook/engine/kafkaio"
+	"github.com/geckohook/geckohook/engine/netguard"
+	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/sender"
+	"github.com/geckohook/geckohook/internal/testenv"
+	"github.com/geckohook/geckohook/loadtest"
+	"github.com/geckohook/geckohook/shard"
+)
+
+const partitions = 4
+
+// env is one running dispatcher against a real redis-server and the
+// embedded Kafka, with a receiver farm on loopback.
+type env struct {
+	t       *testing.T
+	broker  string
+	rdb     *redis.Client
+	reg     *registry.Registry
+	disp    *Dispatcher
+	recv    *loadtest.Receiver
+	app     *registry.App
+	writer  *kafka.Writer
+	now     time.Time
+	stopped chan struct{}
+}
+
+func startEnv(t *testing.T, behaviour loadtest.Behaviour) *env {
+	t.Helper()
+	srv := testenv.Redis(t)
+	k := testenv.Kafka(t, partitions)
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &env{t: t, broker: k.Addr(), rdb: srv.Client(), now: time.Unix(1_800_000_000, 0), stopped: make(chan struct{})}
+	if err := kafkaio.EnsureTopics(ctx, []string{e.broker},
+		kafkaio.Topic{Name: "geckohook.events", Partitions: partitions},
+		kafkaio.Topic{Name: "geckohook.events.dlq", Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	e.reg = registry.New(e.rdb, registry.Options{})
+	if err := e.reg.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recv, err := loadtest.NewReceiver(behaviour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.recv = recv
+	app, _, err := e.reg.CreateApp(ctx, "shop", "dev@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.app = app
+	e.disp = New(Options{
+		Brokers: []string{e.broker}, Registry: e.reg, Catalog: catalog.Default(), Redis: e.rdb,
+		Sender:         sender.New(sender.Options{Policy: netguard.Policy{AllowPrivate: true, AllowHTTP: true}, Timeout: 2 * time.Second}),
+		Workers:        16,
+		CommitEvery:    50 * time.Millisecond,
+		SessionTimeout: 6 * time.Second,
+		DrainTimeout:   3 * time.Second,
+		Log:            zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+		Now:            func() time.Time { return e.now },
+		Rand:           func(n int) int { return 3 % n },
+	})
+	go func() {
+		defer close(e.stopped)
+		if err := e.disp.Run(ctx); err != nil {
+			t.Errorf("dispatcher: %v", err)
+		}
+	}()
+	e.writer = kafkaio.NewWriter([]string{e.broker}, "geckohook.events")
+	t.Cleanup(func() {
+		_ = e.writer.Close()
+		cancel()
+		select {
+		case <-e.stopped:
+		case <-time.After(20 * time.Second):
+			t.Error("dispatcher did not stop within 20s")
+		}
+		_ = recv.Close()
+	})
+	return e
+}
+
+func (e *env) hook(account, event, path string) *registry.Webhook {
+	e.t.Helper()
+	w, err := e.reg.CreateWebhook(context.Background(), registry.Webhook{AppID: e.app.ID, AccountID: account, Event: event, Address: e.recv.URL + path})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.recv.Expect(path, e.app.Secret)
+	return w
+}
+
+func (e *env) produce(key string, values ...string) {
+	e.t.Helper()
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Key: []byte(key), Value: []byte(v)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.writer.WriteMessages(ctx, msgs...); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) receivedOn(path string) []loadtest.Received {
+	var out []loadtest.Received
+	for _, r := range e.recv.Received() {
+		if r.Path == path {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (e *env) waitReceived(path string, n int) []loadtest.Received {
+	e.t.Helper()
+	testenv.WaitFor(e.t, 30*time.Second, func() error {
+		if got := len(e.receivedOn(path)); got < n {
+			return fmt.Errorf("%s received %d of %d", path, got, n)
+		}
+		return nil
+	})
+	return e.receivedOn(path)
+}
+
+// committed returns the group's committed offsets summed over partitions,
+// and the topic's end offsets summed the same way.
+func (e *env) committedAndEnd() (int64, int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c := &kafka.Client{Addr: kafka.TCP(e.broker)}
+	parts := make([]int, partitions)
+	var reqs []kafka.OffsetRequest
+	for i := range parts {
+		parts[i] = i
+		reqs = append(reqs, kafka.LastOffsetOf(i))
+	}
+	of, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: "geckohook-dispatchers", Topics: map[string][]int{"geckohook.events": parts}})
+	if err != nil {
+		return -1, 0
+	}
+	lo, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{"geckohook.events": reqs}})
+	if err != nil {
+		return -1, 0
+	}
+	var committed, end int64
+	for _, p := range of.Topics["geckohook.events"] {
+		if p.CommittedOffset > 0 {
+			committed += p.CommittedOffset
+		}
+	}
+	for _, p := range lo.Topics["geckohook.events"] {
+		end += p.LastOffset
+	}
+	return committed, end
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+func TestDispatcher(t *testing.T) {
+	e := startEnv(t, func(path string, n int) int {
+		switch {
+		case strings.HasPrefix(path, "/gone"):
+			return 410
+		case strings.HasPrefix(path, "/fail"):
+			return 500
+		case strings.HasPrefix(path, "/redirect"):
+			return 302
+		}
+		return 200
+	})
+
+	t.Run("delivers signed events from kafka-go and kcat", func(t *testing.T) {
+		e.hook("acc1", "fulfillments.create", "/a")
+		e.hook("acc1", "fulfillments.create", "/b")
+		e.hook("acc1", "order.create", "/other-event")
+		e.hook("acc2", "fulfillments.create", "/other-account")
+		var values []string
+		for i := 0; i < 20; i++ {
+			values = append(values, fmt.Sprintf(`{"account_id":"acc1","event":"fulfillments.create","object_id":%d,"timestamp":1546272000}`, 1234567+i))
+		}
+		e.produce("acc1", values...)
+		kcat := testenv.Tool(t, "kcat")
+		cmd := exec.Command(kcat, "-b", e.broker, "-t", "geckohook.events", "-P", "-k", "acc1")
+		cmd.Stdin = strings.NewReader(`{"account_id":"acc1","event":"fulfillments.create","object_id":99,"timestamp":1546272001,"resource_url":"https://api.tradegecko.com/fulfillments/99.json?x=1&y=<2>"}` + "\n")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("kcat: %v: %s", err, out)
+		}
+		for _, path := range []string{"/a", "/b"} {
+			got := e.waitReceived(path, 21)
+			if len(got) != 21 {
+				t.Fatalf("%s received %d deliveries, want 21", path, len(got))
+			}
+			ids := map[string]bool{}
+			var seed, fromKcat bool
+			for _, r := range got {
+				if !r.ValidSig {
+					t.Errorf("%s: invalid signature %q for body %s", path, r.Signature, r.Body)
+				}
+				if !uuidRE.MatchString(r.DeliveryID) || ids[r.DeliveryID] {
+					t.Errorf("%s: bad or repeated delivery id %q", path, r.DeliveryID)
+				}
+				ids[r.DeliveryID] = true
+				if r.ContentType != "application/json" || !strings.HasPrefix(r.UserAgent, "geckohook/") {
+					t.Errorf("%s: content type %q, user agent %q", path, r.ContentType, r.UserAgent)
+				}
+				switch string(r.Body) {
+				case `{"object_id":1234567,"event":"fulfillments.create","timestamp":1546272000,"resource_url":"https://api.tradegecko.com/fulfillments/1234567.json"}`:
+					seed = true
+				case `{"object_id":99,"event":"fulfillments.create","timestamp":1546272001,"resource_url":"https://api.tradegecko.com/fulfillments/99.json?x=1&y=<2>"}`:
+					fromKcat = true
+				}
+			}
+			if !seed || !fromKcat {
+				t.Errorf("%s: seed body seen %v, kcat body seen %v", path, seed, fromKcat)
+			}
+		}
+		// Same event, two webhooks: two different delivery ids.
+		a, b := e.receivedOn("/a"), e.receivedOn("/b")
+		if a[0].DeliveryID == b[0].DeliveryID && string(a[0].Body) == string(b[0].Body) {
+			t.Error("two webhooks of one event share a delivery id")
+		}
+		if n := len(e.receivedOn("/other-event")) + len(e.receivedOn("/other-account")); n != 0 {
+			t.Errorf("%d deliveries went to webhooks of another event or account", n)
+		}
+		// Every event is done, so the committed offsets reach the end.
+		testenv.WaitFor(t, 15*time.Second, func() error {
+			c, end := e.committedAndEnd()
+			if c != end {
+				return fmt.Errorf("committed %d, end %d", c, end)
+			}
+			return nil
+		})
+	})
+
+	t.Run("redirect counts as success and is not followed", func(t *testing.T) {
+		e.hook("acc3", "order.create", "/redirect")
+		e.produce("acc3", `{"account_id":"acc3","event":"order.create","object_id":1}`)
+		got := e.waitReceived("/redirect", 1)
+		if got[0].Status != 302 {
+			t.Fatalf("status %d", got[0].Status)
+		}
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			if e.disp.Stats.Delivered.Load() < 43 {
+				return fmt.Errorf("delivered %d", e.disp.Stats.Delivered.Load())
+			}
+			return nil
+		})
+		if len(e.receivedOn("/redirect")) != 1 {
+			t.Fatal("a 302 was retried or followed")
+		}
+	})
+
+	t.Run("410 deletes the webhook and later events skip it", func(t *testing.T) {
+		gone := e.hook("acc4", "order.create", "/gone")
+		e.hook("acc4", "order.create", "/ok4")
+		e.produce("acc4", `{"account_id":"acc4","event":"order.create","object_id":1}`)
+		e.waitReceived("/gone", 1)
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			if e.reg.Webhook(gone.ID) != nil {
+				return fmt.Errorf("webhook %s still registered", gone.ID)
+			}
+			if n, _ := e.rdb.HExists(context.Background(), "gh:webhooks", gone.ID).Result(); n {
+				return fmt.Errorf("webhook %s still in Redis", gone.ID)
+			}
+			return nil
+		})
+		e.produce("acc4", `{"account_id":"acc4","event":"order.create","object_id":2}`, `{"account_id":"acc4","event":"order.create","object_id":3}`)
+		e.waitReceived("/ok4", 3)
+		if n := len(e.receivedOn("/gone")); n != 1 {
+			t.Fatalf("deleted webhook received %d deliveries, want 1", n)
+		}
+	})
+
+	t.Run("500 leaves a correctly scheduled record in Redis", func(t *testing.T) {
+		w := e.hook("acc5", "invoice.create", "/fail")
+		e.produce("acc5", `{"account_id":"acc5","event":"invoice.create","object_id":77,"timestamp":1700000000}`)
+		got := e.waitReceived("/fail", 1)
+		id := got[0].DeliveryID
+		var rec *shard.Record
+		var due time.Time
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			for p := 0; p < partitions; p++ {
+				q := shard.NewQueue(e.rdb, "gh:", "geckohook.events", p)
+				r, d, err := q.Get(context.Background(), id)
+				if err == nil {
+					rec, due = r, d
+					return nil
+				}
+			}
+			return fmt.Errorf("delivery %s not in any retry queue", id)
+		})
+		// Injected clock and rand: first retry waits 0^4 + 15 + 3 seconds.
+		if want := e.now.Add(18 * time.Second); !due.Equal(want) {
+			t.Errorf("due %v, want %v", due, want)
+		}
+		if rec.WebhookID != w.ID || rec.Attempts != 1 || rec.LastStatus != 500 || rec.LastError != "HTTP 500" ||
+			string(rec.Body) != string(got[0].Body) || !rec.FirstAttempt.Equal(e.now) || rec.Event != "invoice.create" {
+			t.Errorf("record %+v", rec)
+		}
+		if len(e.receivedOn("/fail")) != 1 {
+			t.Error("a failed delivery was retried at once instead of scheduled")
+		}
+	})
+
+	t.Run("malformed events go to the dead-letter topic and later events flow", func(t *testing.T) {
+		e.hook("acc6", "order.create", "/ok6")
+		e.produce("acc6", `not json at all`, `{"account_id":"acc6","event":"order.exploded","object_id":1}`,
+			`{"account_id":"acc6","event":"order.create","object_id":6}`)
+		e.waitReceived("/ok6", 1)
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.broker}, Topic: "geckohook.events.dlq", Partition: 0, MaxWait: 100 * time.Millisecond})
+		defer r.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		reasons := map[string]string{}
+		for len(reasons) < 2 {
+			m, err := r.ReadMessage(ctx)
+			if err != nil {
+				t.Fatalf("reading dead letters: %v (have %v)", err, reasons)
+			}
+			h := map[string]string{}
+			for _, x := range m.Headers {
+				h[x.Key] = string(x.Value)
+			}
+			if _, err := strconv.Atoi(h["geckohook-source-offset"]); err != nil || h["geckohook-source-topic"] != "geckohook.events" {
+				t.Errorf("dead letter headers %v", h)
+			}
+			reasons[string(m.Value)] = h["geckohook-error"]
+		}
+		if reasons["not json at all"] != "invalid_json" || reasons[`{"account_id":"acc6","event":"order.exploded","object_id":1}`] != "unknown_event" {
+			t.Fatalf("dead letters %v", reasons)
+		}
+	})
+
+	t.Run("concurrent flood is fully delivered and committed", func(t *testing.T) {
+		for i := 0; i < 10; i++ {
+			e.hook("flood"+strconv.Itoa(i), "product.create", "/flood")
+		}
+		var wg sync.WaitGroup
+		for i := 0; i < 10; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				var vals []string
+				for j := 0; j < 100; j++ {
+					vals = append(vals, fmt.Sprintf(`{"account_id":"flood%d","event":"product.create","object_id":%d}`, i, j))
+				}
+				e.produce("flood"+strconv.Itoa(i), vals...)
+			}(i)
+		}
+		wg.Wait()
+		got := e.waitReceived("/flood", 1000)
+		ids := map[string]bool{}
+		for _, r := range got {
+			ids[r.DeliveryID] = true
+			if !r.ValidSig {
+				t.Fatalf("bad signature on %s", r.DeliveryID)
+			}
+		}
+		if len(ids) != 1000 {
+			t.Fatalf("%d distinct deliveries, want 1000", len(ids))
+		}
+		testenv.WaitFor(t, 15*time.Second, func() error {
+			c, end := e.committedAndEnd()
+			if c != end {
+				return fmt.Errorf("committed %d, end %d", c, end)
+			}
+			return nil
+		})
+	})
+}

@@ -1,0 +1,376 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/sender"
+	"github.com/geckohook/geckohook/shard"
+)
+
+// delivery is one (event, webhook) attempt on its way through the workers.
+// Pooled: no per-delivery allocation beyond the event's shared body.
+type delivery struct {
+	sh     *shardRun
+	offset int64
+	hook   *registry.Webhook
+	body   []byte // shared by every delivery of the event; never modified
+	id     [contract.DeliveryIDLen]byte
+	sig    [64]byte
+	at     time.Time
+	res    sender.Result
+}
+
+var deliveryPool = sync.Pool{New: func() any { return new(delivery) }}
+
+func releaseDelivery(dl *delivery) {
+	*dl = delivery{}
+	deliveryPool.Put(dl)
+}
+
+type deadLetter struct {
+	msg kafka.Message
+	err *contract.DecodeError
+}
+
+// shardRun is one partition's dispatcher while it is assigned here.
+type shardRun struct {
+	d         *Dispatcher
+	partition int
+	tracker   *shard.Tracker
+	queue     *shard.Queue
+	failures  chan *delivery
+	dead      chan deadLetter
+	stopped   chan struct{} // closed once the shard gave up its partition
+	log       zerolog.Logger
+	failLog   zerolog.Logger // sampled: a failing endpoint must not flood the log
+}
+
+func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kafka.PartitionAssignment) {
+	s := &shardRun{
+		d:         d,
+		partition: a.ID,
+		tracker:   shard.NewTracker(a.Offset),
+		queue:     shard.NewQueue(d.o.Redis, d.o.RedisPrefix, d.o.Topic, a.ID),
+		failures:  make(chan *delivery, d.o.Window),
+		dead:      make(chan deadLetter, 64),
+		stopped:   make(chan struct{}),
+		log:       d.o.Log.With().Str("topic", d.o.Topic).Int("partition", a.ID).Logger(),
+	}
+	s.failLog = s.log.Sample(&zerolog.BurstSampler{Burst: 5, Period: time.Second})
+	s.log.Info().Int64("offset", a.Offset).Msg("shard started")
+
+	// The sinks outlive the generation's context: a revoked shard still
+	// finishes writing what it holds before it commits.
+	sinkCtx, stopSinks := context.WithCancel(context.Background())
+	var sinks sync.WaitGroup
+	sinks.Add(2)
+	go func() { defer sinks.Done(); s.scheduleLoop(sinkCtx) }()
+	go func() { defer sinks.Done(); s.deadLetterLoop(sinkCtx) }()
+	committerDone := make(chan struct{})
+	go func() { defer close(committerDone); s.commitLoop(gctx, gen) }()
+
+	reader := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        d.o.Brokers,
+		Topic:          d.o.Topic,
+		Partition:      a.ID,
+		MinBytes:       1,
+		MaxBytes:       8 << 20,
+		MaxWait:        100 * time.Millisecond,
+		QueueCapacity:  1024,
+		ReadBackoffMin: 10 * time.Millisecond,
+		ReadBackoffMax: 250 * time.Millisecond,
+		ErrorLogger:    kafka.LoggerFunc(func(f string, args ...any) { s.log.Warn().Msgf(f, args...) }),
+	})
+	if err := reader.SetOffset(a.Offset); err != nil {
+		s.log.Error().Err(err).Msg("cannot seek partition reader")
+	}
+	for {
+		if err := s.tracker.WaitBelow(gctx, d.o.Window); err != nil {
+			break
+		}
+		m, err := reader.FetchMessage(gctx)
+		if err != nil {
+			if gctx.Err() != nil {
+				break
+			}
+			s.log.Warn().Err(err).Msg("cannot fetch from partition; retrying")
+			select {
+			case <-gctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		s.handle(m)
+	}
+	if err := reader.Close(); err != nil {
+		s.log.Warn().Err(err).Msg("closing partition reader")
+	}
+
+	// Drain: let in-flight deliveries finish (or be scheduled), then commit.
+	drainCtx, cancel := context.WithTimeout(context.Background(), d.o.DrainTimeout)
+	err := s.tracker.WaitBelow(drainCtx, 1)
+	cancel()
+	if err != nil {
+		s.log.Warn().Int("in_flight", s.tracker.InFlight()).Msg("drain timed out; unfinished events will be replayed by the next owner")
+	}
+	stopSinks()
+	close(s.stopped)
+	sinks.Wait()
+	<-committerDone
+	if off := s.tracker.Committable(); off >= 0 {
+		if err := d.commit(gen, a.ID, off); err != nil {
+			s.log.Warn().Err(err).Int64("offset", off).Msg("final commit failed; events after the last commit will be replayed")
+		} else {
+			s.log.Info().Int64("offset", off).Msg("shard stopped; offset committed")
+		}
+	}
+}
+
+// commitLoop commits the shard's offset whenever it moved, every CommitEvery.
+func (s *shardRun) commitLoop(ctx context.Context, gen *kafka.Generation) {
+	t := time.NewTicker(s.d.o.CommitEvery)
+	defer t.Stop()
+	last := int64(-1)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		off := s.tracker.Committable()
+		if off < 0 || off == last {
+			continue
+		}
+		if err := s.d.commit(gen, s.partition, off); err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn().Err(err).Int64("offset", off).Msg("cannot commit offset; will retry")
+			}
+			continue
+		}
+		last = off
+	}
+}
+
+// handle decodes one event and hands its deliveries to the workers.
+func (s *shardRun) handle(m kafka.Message) {
+	d := s.d
+	d.Stats.Events.Add(1)
+	recordTime := m.Time.Unix()
+	if m.Time.IsZero() {
+		recordTime = d.o.Now().Unix()
+	}
+	ev, err := contract.DecodeEvent(m.Value, m.Key, recordTime, d.o.Catalog)
+	if err != nil {
+		var de *contract.DecodeError
+		if !errors.As(err, &de) {
+			de = &contract.DecodeError{Reason: "invalid_json", Detail: err.Error()}
+		}
+		s.tracker.Add(m.Offset, 1)
+		s.dead <- deadLetter{msg: m, err: de}
+		return
+	}
+	hooks := d.o.Registry.Match(ev.AccountID, ev.Event)
+	if len(hooks) == 0 {
+		s.tracker.Add(m.Offset, 0)
+		return
+	}
+	body := contract.AppendBody(make([]byte, 0, 160+len(ev.ResourceURL)), &ev, d.o.ResourceBase, d.o.Catalog)
+	s.tracker.Add(m.Offset, len(hooks))
+	for _, h := range hooks {
+		dl := deliveryPool.Get().(*delivery)
+		dl.sh, dl.offset, dl.hook, dl.body = s, m.Offset, h, body
+		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, h.ID)
+		d.work <- dl
+	}
+}
+
+// deliver runs on a worker: one attempt, then its consequence.
+func (d *Dispatcher) deliver(dl *delivery) {
+	s := dl.sh
+	hook := d.o.Registry.Webhook(dl.hook.ID)
+	var app *registry.App
+	if hook != nil {
+		app = d.o.Registry.App(hook.AppID)
+	}
+	if hook == nil || app == nil {
+		// Deleted since the event was matched: nothing to deliver.
+		d.Stats.Dropped.Add(1)
+		s.finish(dl)
+		return
+	}
+	sig := app.Signer().AppendSignature(dl.sig[:0], dl.body)
+	dl.at = d.o.Now()
+	dl.res = d.o.Sender.Send(hook.Address, dl.body, dl.id[:], sig)
+	switch dl.res.Outcome {
+	case contract.Success:
+		d.Stats.Delivered.Add(1)
+		s.finish(dl)
+	case contract.Gone:
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := d.o.Registry.DeleteWebhook(ctx, hook.ID)
+		cancel()
+		if err != nil && !errors.Is(err, registry.ErrNotFound) {
+			// Keep the delivery: its retry will meet the 410 again.
+			s.log.Error().Err(err).Str("webhook_id", hook.ID).Msg("cannot delete webhook after 410 Gone; scheduling a retry")
+			s.fail(dl)
+			return
+		}
+		d.Stats.Gone.Add(1)
+		s.log.Info().Str("webhook_id", hook.ID).Str("app_id", hook.AppID).Msg("webhook deleted: endpoint answered 410 Gone")
+		s.finish(dl)
+	default:
+		d.Stats.Failed.Add(1)
+		s.failLog.Info().Str("webhook_id", hook.ID).Int("status", dl.res.Status).Str("error", dl.res.ErrorText()).
+			Str("delivery", string(dl.id[:])).Msg("delivery failed; scheduling retry")
+		s.fail(dl)
+	}
+}
+
+func (s *shardRun) finish(dl *delivery) {
+	s.tracker.Done(dl.offset)
+	releaseDelivery(dl)
+}
+
+func (s *shardRun) fail(dl *delivery) {
+	select {
+	case s.failures <- dl:
+	case <-s.stopped:
+		// The shard is gone and its offset not committed past this event:
+		// the partition's next owner replays it.
+		releaseDelivery(dl)
+	}
+}
+
+const maxBatch = 512
+
+// scheduleLoop writes failed deliveries to the shard's retry queue in
+// pipelined batches; a delivery counts as finished only once Redis has it.
+// While Redis is away it retries with backoff and the window fills up, which
+// stops fetching: nothing is dropped.
+func (s *shardRun) scheduleLoop(ctx context.Context) {
+	batch := make([]*delivery, 0, maxBatch)
+	entries := make([]shard.Entry, 0, maxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case dl := <-s.failures:
+			batch = append(batch, dl)
+		}
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case dl := <-s.failures:
+				batch = append(batch, dl)
+			default:
+				break more
+			}
+		}
+		entries = entries[:0]
+		for _, dl := range batch {
+			entries = append(entries, s.entry(dl))
+		}
+		if !s.retry(ctx, "schedule retries", func() error { return s.queue.Schedule(ctx, entries) }) {
+			return
+		}
+		s.d.Stats.Scheduled.Add(int64(len(batch)))
+		for _, dl := range batch {
+			s.finish(dl)
+		}
+	}
+}
+
+func (s *shardRun) entry(dl *delivery) shard.Entry {
+	o := &s.d.o
+	rec := &shard.Record{
+		ID: string(dl.id[:]), WebhookID: dl.hook.ID, AppID: dl.hook.AppID,
+		AccountID: dl.hook.AccountID, Event: dl.hook.Event, Body: dl.body,
+		Attempts: 1, FirstAttempt: dl.at, LastAttempt: dl.at,
+		LastStatus: dl.res.Status, LastError: dl.res.ErrorText(),
+		Topic: o.Topic, Partition: int32(s.partition), Offset: dl.offset,
+	}
+	due, err := contract.NextAttempt(dl.at, 0, max(o.MaxRetries, 0), o.Rand)
+	if err != nil {
+		return shard.Entry{Rec: rec, Due: dl.at, Dead: true}
+	}
+	return shard.Entry{Rec: rec, Due: due}
+}
+
+// deadLetterLoop writes undecodable events to the dead-letter topic, with
+// headers saying why and where they came from.
+func (s *shardRun) deadLetterLoop(ctx context.Context) {
+	batch := make([]deadLetter, 0, 64)
+	msgs := make([]kafka.Message, 0, 64)
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case dlq := <-s.dead:
+			batch = append(batch, dlq)
+		}
+	more:
+		for len(batch) < cap(batch) {
+			select {
+			case dlq := <-s.dead:
+				batch = append(batch, dlq)
+			default:
+				break more
+			}
+		}
+		msgs = msgs[:0]
+		for _, b := range batch {
+			detail := b.err.Detail
+			if len(detail) > 512 {
+				detail = detail[:512]
+			}
+			msgs = append(msgs, kafka.Message{
+				Key: b.msg.Key, Value: b.msg.Value,
+				Headers: []kafka.Header{
+					{Key: "geckohook-error", Value: []byte(b.err.Reason)},
+					{Key: "geckohook-error-detail", Value: []byte(detail)},
+					{Key: "geckohook-source-topic", Value: []byte(b.msg.Topic)},
+					{Key: "geckohook-source-partition", Value: []byte(strconv.Itoa(b.msg.Partition))},
+					{Key: "geckohook-source-offset", Value: []byte(strconv.FormatInt(b.msg.Offset, 10))},
+				},
+			})
+			s.log.Warn().Int64("offset", b.msg.Offset).Str("reason", b.err.Reason).Str("detail", detail).Msg("event dead-lettered")
+		}
+		if !s.retry(ctx, "write to the dead-letter topic", func() error { return s.d.dlq.WriteMessages(ctx, msgs...) }) {
+			return
+		}
+		s.d.Stats.DeadLettered.Add(int64(len(batch)))
+		for _, b := range batch {
+			s.tracker.Done(b.msg.Offset)
+		}
+	}
+}
+
+// retry runs op until it succeeds (true) or ctx ends (false), backing off.
+func (s *shardRun) retry(ctx context.Context, what string, op func() error) bool {
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := op()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		s.log.Warn().Err(err).Dur("retry_in", wait).Msgf("cannot %s; offsets held until it works", what)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+	}
+}
