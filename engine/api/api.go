@@ -1,0 +1,480 @@
+// Package api owns geckohook's management HTTP API, served with fasthttp:
+// creating applications (admin token), managing an application's own
+// webhooks (application token), ingesting events into the Kafka events topic
+// (application or admin token), /healthz and /metrics. Requests and responses
+// are JSON; every error answers {"error":{"code":…,"message":…}}. It stores
+// nothing itself: applications and webhooks live in the registry, events go
+// to the Produce function it is given.
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/geckohook/geckohook/engine/catalog"
+	"github.com/geckohook/geckohook/engine/netguard"
+	"github.com/geckohook/geckohook/engine/registry"
+)
+
+// Options configure an API.
+type Options struct {
+	// Registry holds applications and webhooks (required, started).
+	Registry *registry.Registry
+	// Catalog lists the accepted event names (default catalog.Default()).
+	Catalog *catalog.Catalog
+	// Policy decides which webhook addresses may be registered.
+	Policy netguard.Policy
+	// Lookup resolves webhook hosts at registration (netguard.SystemLookup
+	// in production); nil skips DNS.
+	Lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+	// AdminToken authorizes creating applications; empty disables every
+	// admin endpoint (they answer 401).
+	AdminToken string
+	// Produce writes one event into the events topic (key = account id,
+	// value = the event as contract.Event marshals it) and returns once
+	// Kafka acknowledged it. Nil makes POST /v1/events answer 503.
+	Produce func(ctx context.Context, key, value []byte) error
+	// ProduceTimeout bounds one Produce call (default 10s).
+	ProduceTimeout time.Duration
+	// Health reports readiness for /healthz; nil means always healthy.
+	Health func(ctx context.Context) error
+	Log    zerolog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// MaxBodySize limits request bodies in bytes (default 64 KiB).
+	MaxBodySize int
+	// ShutdownTimeout bounds the graceful shutdown in Serve (default 10s).
+	ShutdownTimeout time.Duration
+}
+
+// API is the management HTTP API. It is safe for concurrent use.
+type API struct {
+	o         Options
+	adminHash [sha256.Size]byte
+
+	mu      sync.Mutex
+	metrics map[metricKey]uint64
+}
+
+type metricKey struct {
+	route string
+	code  int
+}
+
+// New returns an API; Handler or Serve put it on the network.
+func New(o Options) *API {
+	if o.Catalog == nil {
+		o.Catalog = catalog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MaxBodySize <= 0 {
+		o.MaxBodySize = 64 << 10
+	}
+	if o.ProduceTimeout <= 0 {
+		o.ProduceTimeout = 10 * time.Second
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 10 * time.Second
+	}
+	a := &API{o: o, metrics: make(map[metricKey]uint64)}
+	if o.AdminToken != "" {
+		a.adminHash = sha256.Sum256([]byte(o.AdminToken))
+	}
+	return a
+}
+
+// Serve serves the API on ln until ctx ends, then shuts down gracefully
+// (in-flight requests finish, within ShutdownTimeout). It returns nil on a
+// clean stop.
+func (a *API) Serve(ctx context.Context, ln net.Listener) error {
+	srv := a.server()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
+	defer cancel()
+	shutErr := srv.ShutdownWithContext(sctx)
+	// If Serve had not registered ln yet, shutdown did not close it.
+	_ = ln.Close()
+	serveErr := <-errc
+	if shutErr != nil && !errors.Is(shutErr, net.ErrClosed) {
+		return fmt.Errorf("api shutdown: %w", shutErr)
+	}
+	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+func (a *API) server() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:            a.Handler(),
+		ErrorHandler:       a.transportError,
+		Name:               "geckohook",
+		ReadTimeout:        10 * time.Second,
+		WriteTimeout:       10 * time.Second,
+		IdleTimeout:        60 * time.Second,
+		MaxRequestBodySize: a.o.MaxBodySize,
+		ReadBufferSize:     8 << 10, // bounds request line and headers
+		Logger:             fasthttpLogger{a.o.Log},
+	}
+}
+
+type fasthttpLogger struct{ l zerolog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Warn().Str("component", "api").Msgf(format, args...)
+}
+
+// transportError answers requests fasthttp could not read.
+func (a *API) transportError(ctx *fasthttp.RequestCtx, err error) {
+	var e *apiError
+	var ne net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		e = errBodyTooLarge(a.o.MaxBodySize)
+	case errors.As(err, &ne) && ne.Timeout():
+		e = &apiError{fasthttp.StatusRequestTimeout, "timeout", "request was not received in time"}
+	default:
+		e = &apiError{fasthttp.StatusBadRequest, "bad_request", "cannot parse HTTP request"}
+	}
+	writeError(ctx, e)
+	a.count("transport", e.status)
+}
+
+// Handler returns the API's request handler.
+func (a *API) Handler() fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
+		route := "unknown"
+		var appID string
+		defer func() {
+			if p := recover(); p != nil {
+				a.o.Log.Error().Str("path", string(ctx.Path())).Interface("panic", p).Msg("api handler panicked")
+				ctx.Response.Reset()
+				writeError(ctx, &apiError{fasthttp.StatusInternalServerError, "internal", "internal error"})
+			}
+			status := ctx.Response.StatusCode()
+			a.count(route, status)
+			a.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", ctx.Path()).
+				Int("status", status).Str("app_id", appID).Dur("took", time.Since(start)).Msg("api request")
+		}()
+		route, appID = a.route(ctx)
+	}
+}
+
+// route dispatches one request and returns the route label for metrics and
+// the calling application's id for the log.
+func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
+	path := string(ctx.Path())
+	method := string(ctx.Method())
+	var allowed string
+	var h func(*fasthttp.RequestCtx, caller) *apiError
+	var need access
+	switch {
+	case path == "/healthz":
+		route, allowed = "healthz", "GET, HEAD"
+		if method == "GET" || method == "HEAD" {
+			a.healthz(ctx)
+			return route, ""
+		}
+	case path == "/metrics":
+		route, allowed = "metrics", "GET, HEAD"
+		if method == "GET" || method == "HEAD" {
+			a.serveMetrics(ctx)
+			return route, ""
+		}
+	case path == "/v1/applications":
+		route, allowed = "applications", "POST"
+		if method == "POST" {
+			h, need = a.createApp, needAdmin
+		}
+	case path == "/v1/webhooks":
+		route, allowed = "webhooks", "GET, POST"
+		switch method {
+		case "GET":
+			h, need = a.listWebhooks, needApp
+		case "POST":
+			h, need = a.createWebhook, needApp
+		}
+	case strings.HasPrefix(path, "/v1/webhooks/") && webhookID(path) != "":
+		route, allowed = "webhook", "GET, DELETE"
+		switch method {
+		case "GET":
+			h, need = a.getWebhook, needApp
+		case "DELETE":
+			h, need = a.deleteWebhook, needApp
+		}
+	case path == "/v1/events":
+		route, allowed = "events", "POST"
+		if method == "POST" {
+			h, need = a.ingestEvent, needAny
+		}
+	default:
+		writeError(ctx, &apiError{fasthttp.StatusNotFound, "not_found", "no such endpoint"})
+		return "unknown", ""
+	}
+	if h == nil {
+		ctx.Response.Header.Set("Allow", allowed)
+		writeError(ctx, &apiError{fasthttp.StatusMethodNotAllowed, "method_not_allowed",
+			fmt.Sprintf("method %.20s is not allowed here; allowed: %s", method, allowed)})
+		return route, ""
+	}
+	c, err := a.authorize(ctx, need)
+	if err == nil {
+		if len(ctx.Request.Body()) > a.o.MaxBodySize {
+			err = errBodyTooLarge(a.o.MaxBodySize)
+		} else {
+			err = h(ctx, c)
+		}
+	}
+	if err != nil {
+		writeError(ctx, err)
+	}
+	if c.app != nil {
+		appID = c.app.ID
+	}
+	return route, appID
+}
+
+func webhookID(path string) string {
+	id := strings.TrimPrefix(path, "/v1/webhooks/")
+	if id == "" || strings.Contains(id, "/") {
+		return ""
+	}
+	return id
+}
+
+// apiError is an error answer.
+type apiError struct {
+	status  int
+	code    string
+	message string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func errBodyTooLarge(limit int) *apiError {
+	return &apiError{fasthttp.StatusRequestEntityTooLarge, "body_too_large",
+		fmt.Sprintf("request body is larger than %d bytes", limit)}
+}
+
+func missing(field string) *apiError {
+	return &apiError{fasthttp.StatusUnprocessableEntity, "missing_field", field + " is required"}
+}
+
+func invalid(code, msg string) *apiError {
+	return &apiError{fasthttp.StatusUnprocessableEntity, code, msg}
+}
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(ctx *fasthttp.RequestCtx, e *apiError) {
+	if e.status == fasthttp.StatusUnauthorized {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="geckohook"`)
+	}
+	var b errorBody
+	b.Error.Code, b.Error.Message = e.code, e.message
+	writeJSON(ctx, e.status, b)
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		// Only our own response types are encoded; they always encode.
+		status = fasthttp.StatusInternalServerError
+		buf.Reset()
+		buf.WriteString(`{"error":{"code":"internal","message":"cannot encode response"}}` + "\n")
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json; charset=utf-8")
+	ctx.SetBody(buf.Bytes())
+}
+
+// decodeBody reads the request body as one JSON object into dst.
+func decodeBody(ctx *fasthttp.RequestCtx, dst any) *apiError {
+	body := ctx.Request.Body()
+	if len(bytes.TrimSpace(body)) == 0 {
+		return &apiError{fasthttp.StatusBadRequest, "invalid_json", "request body is empty"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(dst); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return invalid("invalid_field", fmt.Sprintf("%s must be a JSON %s, not %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value))
+		}
+		if errors.As(err, &te) {
+			return &apiError{fasthttp.StatusBadRequest, "invalid_json", "request body must be a JSON object"}
+		}
+		return &apiError{fasthttp.StatusBadRequest, "invalid_json", "request body is not valid JSON: " + err.Error()}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return &apiError{fasthttp.StatusBadRequest, "invalid_json", "request body has data after the JSON object"}
+	}
+	return nil
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "string"
+	case "struct", "map":
+		return "object"
+	case "slice", "array":
+		return "array"
+	case "bool":
+		return "boolean"
+	default:
+		return "number"
+	}
+}
+
+// responseTime formats a time as RFC 3339 in UTC.
+func responseTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// count records one answered request for /metrics.
+func (a *API) count(route string, status int) {
+	a.mu.Lock()
+	a.metrics[metricKey{route, status}]++
+	a.mu.Unlock()
+}
+
+func (a *API) serveMetrics(ctx *fasthttp.RequestCtx) {
+	a.mu.Lock()
+	keys := make([]metricKey, 0, len(a.metrics))
+	for k := range a.metrics {
+		keys = append(keys, k)
+	}
+	vals := make(map[metricKey]uint64, len(keys))
+	for _, k := range keys {
+		vals[k] = a.metrics[k]
+	}
+	a.mu.Unlock()
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].route != keys[j].route {
+			return keys[i].route < keys[j].route
+		}
+		return keys[i].code < keys[j].code
+	})
+	var b bytes.Buffer
+	b.WriteString("# HELP geckohook_api_requests_total API requests answered, by route and status code.\n")
+	b.WriteString("# TYPE geckohook_api_requests_total counter\n")
+	for _, k := range keys {
+		b.WriteString(`geckohook_api_requests_total{route="` + k.route + `",code="` + strconv.Itoa(k.code) + `"} `)
+		b.WriteString(strconv.FormatUint(vals[k], 10))
+		b.WriteByte('\n')
+	}
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
+	ctx.SetBody(b.Bytes())
+}
+
+func (a *API) healthz(ctx *fasthttp.RequestCtx) {
+	if a.o.Health != nil {
+		hctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := a.o.Health(hctx)
+		cancel()
+		if err != nil {
+			var b struct {
+				Status string `json:"status"`
+				errorBody
+			}
+			b.Status = "unavailable"
+			b.Error.Code, b.Error.Message = "unhealthy", err.Error()
+			writeJSON(ctx, fasthttp.StatusServiceUnavailable, b)
+			return
+		}
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ok"})
+}
+
+// access is what token an endpoint needs.
+type access int
+
+const (
+	needAdmin access = iota // the admin token
+	needApp                 // an application token
+	needAny                 // either
+)
+
+// caller is who made a request.
+type caller struct {
+	admin bool
+	app   *registry.App
+}
+
+func (a *API) authorize(ctx *fasthttp.RequestCtx, need access) (caller, *apiError) {
+	var c caller
+	token := bearer(ctx.Request.Header.Peek("Authorization"))
+	if token != "" {
+		if a.o.AdminToken != "" {
+			h := sha256.Sum256([]byte(token))
+			c.admin = subtle.ConstantTimeCompare(h[:], a.adminHash[:]) == 1
+		}
+		if !c.admin {
+			c.app = a.o.Registry.AppByToken(token)
+		}
+	}
+	unauthorized := &apiError{fasthttp.StatusUnauthorized, "unauthorized", "a valid bearer token is required"}
+	switch need {
+	case needAdmin:
+		if c.admin {
+			return c, nil
+		}
+		if c.app != nil {
+			return c, &apiError{fasthttp.StatusForbidden, "forbidden", "this endpoint needs the admin token"}
+		}
+		return c, unauthorized
+	case needApp:
+		if c.app != nil {
+			return c, nil
+		}
+		if c.admin {
+			return c, &apiError{fasthttp.StatusForbidden, "forbidden", "webhooks belong to an application: use its token"}
+		}
+		return c, unauthorized
+	default:
+		if c.app != nil || c.admin {
+			return c, nil
+		}
+		return c, unauthorized
+	}
+}
+
+// bearer extracts the token of an "Authorization: Bearer <token>" header.
+func bearer(h []byte) string {
+	const prefix = "bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(string(h[:len(prefix)]), prefix) {
+		return ""
+	}
+	return strings.TrimSpace(string(h[len(prefix):]))
+}

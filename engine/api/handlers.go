@@ -1,0 +1,248 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/mail"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/registry"
+)
+
+const (
+	maxNameLen      = 200
+	maxEmailLen     = 254
+	maxAccountIDLen = 256
+	storeTimeout    = 5 * time.Second
+)
+
+// ApplicationView is an application as the API shows it. Secret and Token
+// are only set in the answer to its creation.
+type ApplicationView struct {
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	DeveloperEmail string `json:"developer_email"`
+	Secret         string `json:"secret,omitempty"`
+	Token          string `json:"token,omitempty"`
+}
+
+// WebhookView is a webhook as the API shows it.
+type WebhookView struct {
+	ID            string `json:"id"`
+	ApplicationID string `json:"application_id"`
+	AccountID     string `json:"account_id"`
+	Event         string `json:"event"`
+	Address       string `json:"address"`
+	CreatedAt     string `json:"created_at"` // RFC 3339, UTC
+}
+
+func webhookView(w *registry.Webhook) WebhookView {
+	return WebhookView{
+		ID: w.ID, ApplicationID: w.AppID, AccountID: w.AccountID,
+		Event: w.Event, Address: w.Address, CreatedAt: responseTime(w.CreatedAt),
+	}
+}
+
+// createApp: POST /v1/applications (admin).
+func (a *API) createApp(ctx *fasthttp.RequestCtx, _ caller) *apiError {
+	var req struct {
+		Application *struct {
+			Name           string `json:"name"`
+			DeveloperEmail string `json:"developer_email"`
+		} `json:"application"`
+	}
+	if e := decodeBody(ctx, &req); e != nil {
+		return e
+	}
+	in := req.Application
+	switch {
+	case in == nil:
+		return missing("application")
+	case in.Name == "":
+		return missing("application.name")
+	case in.DeveloperEmail == "":
+		return missing("application.developer_email")
+	case utf8.RuneCountInString(in.Name) > maxNameLen || !utf8.ValidString(in.Name):
+		return invalid("invalid_field", fmt.Sprintf("application.name must be 1 to %d characters of UTF-8", maxNameLen))
+	case !bareEmail(in.DeveloperEmail):
+		return invalid("invalid_field", "application.developer_email must be a bare email address such as dev@example.com")
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	app, token, err := a.o.Registry.CreateApp(sctx, in.Name, in.DeveloperEmail)
+	if err != nil {
+		a.o.Log.Error().Err(err).Msg("cannot create application")
+		return storeUnavailable()
+	}
+	writeJSON(ctx, fasthttp.StatusCreated, map[string]ApplicationView{"application": {
+		ID: app.ID, Name: app.Name, DeveloperEmail: app.DeveloperEmail, Secret: app.Secret, Token: token,
+	}})
+	return nil
+}
+
+func bareEmail(s string) bool {
+	if len(s) > maxEmailLen {
+		return false
+	}
+	addr, err := mail.ParseAddress(s)
+	return err == nil && addr.Name == "" && addr.Address == s
+}
+
+func storeUnavailable() *apiError {
+	return &apiError{fasthttp.StatusServiceUnavailable, "store_unavailable", "the registry cannot be written right now; try again"}
+}
+
+// createWebhook: POST /v1/webhooks (application).
+func (a *API) createWebhook(ctx *fasthttp.RequestCtx, c caller) *apiError {
+	var req struct {
+		Webhook *struct {
+			AccountID string `json:"account_id"`
+			Event     string `json:"event"`
+			Address   string `json:"address"`
+		} `json:"webhook"`
+	}
+	if e := decodeBody(ctx, &req); e != nil {
+		return e
+	}
+	in := req.Webhook
+	switch {
+	case in == nil:
+		return missing("webhook")
+	case in.AccountID == "":
+		return missing("webhook.account_id")
+	case in.Event == "":
+		return missing("webhook.event")
+	case in.Address == "":
+		return missing("webhook.address")
+	case len(in.AccountID) > maxAccountIDLen:
+		return invalid("invalid_field", fmt.Sprintf("webhook.account_id must be 1 to %d characters", maxAccountIDLen))
+	}
+	if _, ok := a.o.Catalog.ResourcePath(in.Event); !ok {
+		return invalid("unknown_event", fmt.Sprintf("event %.100q is not in the event catalog", in.Event))
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := a.o.Policy.CheckAddress(sctx, in.Address, a.o.Lookup); err != nil {
+		return invalid("invalid_address", err.Error())
+	}
+	w, err := a.o.Registry.CreateWebhook(sctx, registry.Webhook{
+		AppID: c.app.ID, AccountID: in.AccountID, Event: in.Event, Address: in.Address,
+	})
+	if err != nil || w == nil {
+		a.o.Log.Error().Err(err).Str("app_id", c.app.ID).Msg("cannot create webhook")
+		return storeUnavailable()
+	}
+	writeJSON(ctx, fasthttp.StatusCreated, map[string]WebhookView{"webhook": webhookView(w)})
+	return nil
+}
+
+// listWebhooks: GET /v1/webhooks[?account_id=] (application).
+func (a *API) listWebhooks(ctx *fasthttp.RequestCtx, c caller) *apiError {
+	account := string(ctx.QueryArgs().Peek("account_id"))
+	hooks := a.o.Registry.Webhooks(c.app.ID, account)
+	out := make([]WebhookView, len(hooks))
+	for i, w := range hooks {
+		out[i] = webhookView(w)
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string][]WebhookView{"webhooks": out})
+	return nil
+}
+
+// ownWebhook returns the caller's webhook named in the path; another
+// application's webhook is reported as not found, never as forbidden.
+func (a *API) ownWebhook(ctx *fasthttp.RequestCtx, c caller) (*registry.Webhook, *apiError) {
+	id := webhookID(string(ctx.Path()))
+	w := a.o.Registry.Webhook(id)
+	if w == nil || w.AppID != c.app.ID {
+		return nil, &apiError{fasthttp.StatusNotFound, "not_found", fmt.Sprintf("webhook %.100q not found", id)}
+	}
+	return w, nil
+}
+
+// getWebhook: GET /v1/webhooks/{id} (application).
+func (a *API) getWebhook(ctx *fasthttp.RequestCtx, c caller) *apiError {
+	w, e := a.ownWebhook(ctx, c)
+	if e != nil {
+		return e
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]WebhookView{"webhook": webhookView(w)})
+	return nil
+}
+
+// deleteWebhook: DELETE /v1/webhooks/{id} (application).
+func (a *API) deleteWebhook(ctx *fasthttp.RequestCtx, c caller) *apiError {
+	w, e := a.ownWebhook(ctx, c)
+	if e != nil {
+		return e
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := a.o.Registry.DeleteWebhook(sctx, w.ID); err != nil {
+		if errors.Is(err, registry.ErrNotFound) {
+			return &apiError{fasthttp.StatusNotFound, "not_found", fmt.Sprintf("webhook %q not found", w.ID)}
+		}
+		a.o.Log.Error().Err(err).Str("webhook_id", w.ID).Msg("cannot delete webhook")
+		return storeUnavailable()
+	}
+	ctx.SetStatusCode(fasthttp.StatusNoContent)
+	return nil
+}
+
+// ingestEvent: POST /v1/events (application or admin). The inner object is
+// validated with contract.DecodeEvent, exactly as the dispatcher will decode
+// it, and written to Kafka as contract.Event marshals it.
+func (a *API) ingestEvent(ctx *fasthttp.RequestCtx, c caller) *apiError {
+	var req struct {
+		Event json.RawMessage `json:"event"`
+	}
+	if e := decodeBody(ctx, &req); e != nil {
+		return e
+	}
+	if len(req.Event) == 0 || string(req.Event) == "null" {
+		return missing("event")
+	}
+	ev, err := contract.DecodeEvent(req.Event, nil, a.o.Now().Unix(), a.o.Catalog)
+	if err != nil {
+		var de *contract.DecodeError
+		if !errors.As(err, &de) {
+			return invalid("invalid_field", err.Error())
+		}
+		if de.Reason == "invalid_json" {
+			return &apiError{fasthttp.StatusBadRequest, "invalid_json", "event: " + de.Detail}
+		}
+		switch de.Reason {
+		case "missing_field":
+			field, _, _ := strings.Cut(de.Detail, " ")
+			return missing("event." + field)
+		case "unknown_event":
+			return invalid(de.Reason, de.Detail)
+		}
+		return invalid(de.Reason, "event."+de.Detail)
+	}
+	value, err := json.Marshal(&ev)
+	if err != nil {
+		return &apiError{fasthttp.StatusInternalServerError, "internal", "cannot encode event"}
+	}
+	if a.o.Produce == nil {
+		return &apiError{fasthttp.StatusServiceUnavailable, "kafka_unavailable", "event ingest is not configured on this server"}
+	}
+	pctx, cancel := context.WithTimeout(context.Background(), a.o.ProduceTimeout)
+	defer cancel()
+	if err := a.o.Produce(pctx, []byte(ev.AccountID), value); err != nil {
+		l := a.o.Log.Warn().Err(err).Str("event", ev.Event)
+		if c.app != nil {
+			l = l.Str("app_id", c.app.ID)
+		}
+		l.Msg("cannot produce event")
+		return &apiError{fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the event could not be written to Kafka; try again"}
+	}
+	writeJSON(ctx, fasthttp.StatusAccepted, map[string]contract.Event{"event": ev})
+	return nil
+}
