@@ -1,0 +1,203 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// config is every setting of every role. Flags (with their help text) are
+// the documentation; GECKOHOOK_<FLAG> environment variables and a YAML file
+// (--config) fill in what the command line leaves unset.
+type config struct {
+	ConfigFile string
+
+	APIListen     string
+	AdminToken    string
+	KafkaBrokers  string
+	EmbeddedKafka string
+	DataDir       string
+	EventsTopic   string
+	DLQTopic      string
+	Group         string
+	Partitions    int
+	Replication   int
+	RedisAddr     string
+	RedisPassword string
+	RedisPrefix   string
+	EmbeddedRedis string
+
+	AllowPrivate  bool
+	AllowHTTP     bool
+	EventsCatalog string
+	ResourceBase  string
+
+	RequestTimeout  time.Duration
+	Workers         int
+	Window          int
+	MaxConnsPerHost int
+	MaxRetries      int
+	DeliveryHeader  string
+	SignatureHeader string
+
+	LogLevel  string
+	LogFormat string
+
+	// set records which flags were given a value by any source, and where.
+	set map[string]string
+}
+
+// roles a flag applies to; every role accepts every flag so one config file
+// serves all processes, but help text is grouped by what matters.
+func newFlagSet(cmd string, c *config) *flag.FlagSet {
+	fs := flag.NewFlagSet("geckohook "+cmd, flag.ContinueOnError)
+	fs.StringVar(&c.ConfigFile, "config", "", "YAML file of settings, keys named like the flags (e.g. kafka-brokers: ...); the command line and GECKOHOOK_* variables win over it")
+
+	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "host:port of the management API (applications, webhooks, events, /healthz)")
+	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
+
+	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty in `all` starts the embedded broker (not for production data)")
+	fs.StringVar(&c.EmbeddedKafka, "embedded-kafka-listen", "127.0.0.1:9092", "host:port of the embedded Kafka broker (used when --kafka-brokers is empty, and by `broker`)")
+	fs.StringVar(&c.DataDir, "data-dir", "", "directory where the embedded Kafka keeps its log across restarts (empty: in memory only)")
+	fs.StringVar(&c.EventsTopic, "events-topic", "geckohook.events", "Kafka topic producers write events to (key = account id)")
+	fs.StringVar(&c.DLQTopic, "dlq-topic", "", "dead-letter topic for events that cannot be decoded or name an unknown event (default <events-topic>.dlq)")
+	fs.StringVar(&c.Group, "consumer-group", "geckohook-dispatchers", "Kafka consumer group of the dispatchers")
+	fs.IntVar(&c.Partitions, "partitions", 8, "partitions of the events topic when geckohook creates it (one shard each)")
+	fs.IntVar(&c.Replication, "replication-factor", 0, "replication factor of topics geckohook creates (0: the cluster's default)")
+
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis host:port, or a comma-separated list for Redis Cluster; empty in `all` starts the embedded Redis (not for production data)")
+	fs.StringVar(&c.RedisPassword, "redis-password", "", "Redis password (prefer GECKOHOOK_REDIS_PASSWORD)")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "gh:", "prefix of every Redis key")
+	fs.StringVar(&c.EmbeddedRedis, "embedded-redis-listen", "127.0.0.1:0", "host:port of the embedded Redis (port 0: a free port, printed at start)")
+
+	fs.BoolVar(&c.AllowPrivate, "allow-private-targets", false, "allow webhooks to loopback, private and link-local addresses (development, tests, benchmarks); on by default in `all` with embedded Kafka or Redis")
+	fs.BoolVar(&c.AllowHTTP, "allow-http", false, "allow plain http:// webhook addresses besides https://; on by default in `all` with embedded Kafka or Redis")
+	fs.StringVar(&c.EventsCatalog, "events-catalog", "", "YAML event catalog (event name: resource path) replacing the built-in configs/events.yaml")
+	fs.StringVar(&c.ResourceBase, "resource-base", "https://api.tradegecko.com", "base of resource_url when an event gives none: {resource-base}/{resource path}/{object_id}.json")
+
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "time limit of one delivery attempt, connection wait included; a timeout is a failure")
+	fs.IntVar(&c.Workers, "workers", 256, "concurrent delivery attempts per dispatcher process")
+	fs.IntVar(&c.Window, "window", 4096, "unfinished deliveries per shard before it stops fetching (bounds memory)")
+	fs.IntVar(&c.MaxConnsPerHost, "max-conns-per-host", 64, "connections per webhook host:port; attempts finding none free within 2s fail and are retried later")
+	fs.IntVar(&c.MaxRetries, "max-retries", 25, "retries before a delivery is dead (Sidekiq's default 25, about 20 days)")
+	fs.StringVar(&c.DeliveryHeader, "delivery-header", "X-Gecko-Delivery", "name of the delivery id header")
+	fs.StringVar(&c.SignatureHeader, "signature-header", "X-Gecko-Signature", "name of the signature header")
+
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.LogFormat, "log-format", "console", "log format: console (readable) or json")
+	return fs
+}
+
+// envName is the environment variable of a flag: GECKOHOOK_KAFKA_BROKERS.
+func envName(flagName string) string {
+	return "GECKOHOOK_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig reads args, then the environment, then the YAML file.
+func parseConfig(cmd string, args []string, getenv func(string) string) (*config, *flag.FlagSet, error) {
+	c := &config{set: map[string]string{}}
+	fs := newFlagSet(cmd, c)
+	if err := fs.Parse(args); err != nil {
+		return nil, fs, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fs, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = "flag" })
+	if c.set["config"] == "" {
+		if v := getenv(envName("config")); v != "" {
+			c.ConfigFile = v
+			c.set["config"] = "env"
+		}
+	}
+	file := map[string]any{}
+	if c.ConfigFile != "" {
+		data, err := os.ReadFile(c.ConfigFile)
+		if err != nil {
+			return nil, fs, fmt.Errorf("cannot read config file: %w", err)
+		}
+		if err := yaml.Unmarshal(data, &file); err != nil {
+			return nil, fs, fmt.Errorf("cannot parse config file %s: %w", c.ConfigFile, err)
+		}
+		var unknown []string
+		for k := range file {
+			if fs.Lookup(k) == nil || k == "config" {
+				unknown = append(unknown, k)
+			}
+		}
+		if len(unknown) > 0 {
+			sort.Strings(unknown)
+			return nil, fs, fmt.Errorf("config file %s: unknown settings %s (keys are flag names, e.g. kafka-brokers)", c.ConfigFile, strings.Join(unknown, ", "))
+		}
+	}
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if c.set[f.Name] != "" || f.Name == "config" {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(f.Name), v, err))
+			}
+			c.set[f.Name] = "env"
+			return
+		}
+		if v, ok := file[f.Name]; ok {
+			s := yamlScalar(v)
+			if err := fs.Set(f.Name, s); err != nil {
+				errs = append(errs, fmt.Errorf("config file %s: %s: %q: %w", c.ConfigFile, f.Name, s, err))
+			}
+			c.set[f.Name] = "file"
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, fs, err
+	}
+	if c.DLQTopic == "" {
+		c.DLQTopic = c.EventsTopic + ".dlq"
+	}
+	if c.Partitions < 1 {
+		return nil, fs, fmt.Errorf("--partitions must be at least 1")
+	}
+	if c.Workers < 1 || c.Window < 1 || c.MaxConnsPerHost < 1 {
+		return nil, fs, fmt.Errorf("--workers, --window and --max-conns-per-host must be at least 1")
+	}
+	if c.MaxRetries < 0 {
+		return nil, fs, fmt.Errorf("--max-retries must not be negative")
+	}
+	if c.RequestTimeout <= 0 {
+		return nil, fs, fmt.Errorf("--request-timeout must be positive")
+	}
+	return c, fs, nil
+}
+
+// yamlScalar turns a YAML value into flag text; lists become comma lists.
+func yamlScalar(v any) string {
+	switch v := v.(type) {
+	case []any:
+		parts := make([]string, len(v))
+		for i, x := range v {
+			parts[i] = fmt.Sprint(x)
+		}
+		return strings.Join(parts, ",")
+	case nil:
+		return ""
+	}
+	return fmt.Sprint(v)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

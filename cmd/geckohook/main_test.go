@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/geckohook/geckohook/internal/testenv"
+	"github.com/geckohook/geckohook/loadtest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "geckohook-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "geckohook")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cannot build geckohook: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer collects a process's output safely.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	p, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "127.0.0.1:" + strconv.Itoa(p)
+}
+
+func apiCall(t *testing.T, method, url, token, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	_ = json.Unmarshal(raw, &m)
+	return resp.StatusCode, m
+}
+
+// TestAllInOneProcess runs `geckohook all` the way `make run` does (embedded
+// Kafka, and either embedded or real Redis), walks the README's walkthrough
+// through the API and kcat, and stops it with SIGTERM.
+func TestAllInOneProcess(t *testing.T) {
+	kcat := testenv.Tool(t, "kcat")
+	for _, realRedis := range []bool{false, true} {
+		t.Run(map[bool]string{false: "embedded redis", true: "real redis"}[realRedis], func(t *testing.T) {
+			recv, err := loadtest.NewReceiver(loadtest.Always(200))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer recv.Close()
+			kafkaAddr, apiAddr := freeAddr(t), freeAddr(t)
+			args := []string{"all", "--embedded-kafka-listen", kafkaAddr, "--api-listen", apiAddr, "--partitions", "2", "--log-format", "json"}
+			if realRedis {
+				args = append(args, "--redis-addr", testenv.Redis(t).Addr)
+			}
+			cmd := exec.Command(binary, args...)
+			cmd.Env = append(os.Environ(), "GECKOHOOK_ADMIN_TOKEN=") // the generated one must be printed
+			var out syncBuffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			defer func() {
+				_ = cmd.Process.Kill()
+				if t.Failed() {
+					t.Logf("geckohook output:\n%s", out.String())
+				}
+			}()
+
+			base := "http://" + apiAddr
+			var adminToken string
+			testenv.WaitFor(t, 30*time.Second, func() error {
+				for _, line := range strings.Split(out.String(), "\n") {
+					if i := strings.Index(line, "admin token"); i >= 0 {
+						adminToken = line[strings.LastIndex(line, " ")+1:]
+					}
+				}
+				if adminToken == "" {
+					return fmt.Errorf("no admin token printed yet")
+				}
+				resp, err := http.Get(base + "/healthz")
+				if err != nil {
+					return err
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					return fmt.Errorf("healthz %d", resp.StatusCode)
+				}
+				return nil
+			})
+			if !strings.Contains(out.String(), "embedded Kafka listening on "+kafkaAddr) {
+				t.Errorf("embedded Kafka address not printed")
+			}
+
+			code, body := apiCall(t, "POST", base+"/v1/applications", adminToken, `{"application":{"name":"Shop","developer_email":"dev@example.com"}}`)
+			if code != 201 {
+				t.Fatalf("create application: %d %v", code, body)
+			}
+			app := body["application"].(map[string]any)
+			appToken, secret := app["token"].(string), app["secret"].(string)
+			recv.Expect("/hooks", secret)
+			code, body = apiCall(t, "POST", base+"/v1/webhooks", appToken,
+				`{"webhook":{"account_id":"acc-1","event":"fulfillments.create","address":"`+recv.URL+`/hooks"}}`)
+			if code != 201 {
+				t.Fatalf("create webhook: %d %v", code, body)
+			}
+
+			// An event written by kcat, an independent Kafka client.
+			kc := exec.Command(kcat, "-b", kafkaAddr, "-t", "geckohook.events", "-P", "-k", "acc-1")
+			kc.Stdin = strings.NewReader(`{"account_id":"acc-1","event":"fulfillments.create","object_id":1234567,"timestamp":1546272000}` + "\n")
+			if o, err := kc.CombinedOutput(); err != nil {
+				t.Fatalf("kcat: %v: %s", err, o)
+			}
+			// And one through the API's ingest endpoint.
+			if code, body := apiCall(t, "POST", base+"/v1/events", appToken,
+				`{"event":{"account_id":"acc-1","event":"fulfillments.create","object_id":7,"timestamp":1546272001}}`); code != 202 {
+				t.Fatalf("ingest event: %d %v", code, body)
+			}
+			testenv.WaitFor(t, 20*time.Second, func() error {
+				if n := len(recv.Received()); n < 2 {
+					return fmt.Errorf("receiver got %d of 2", n)
+				}
+				return nil
+			})
+			want := map[string]bool{
+				`{"object_id":1234567,"event":"fulfillments.create","timestamp":1546272000,"resource_url":"https://api.tradegecko.com/fulfillments/1234567.json"}`: true,
+				`{"object_id":7,"event":"fulfillments.create","timestamp":1546272001,"resource_url":"https://api.tradegecko.com/fulfillments/7.json"}`:             true,
+			}
+			for _, r := range recv.Received() {
+				if !want[string(r.Body)] || !r.ValidSig {
+					t.Errorf("unexpected delivery: body %s, valid signature %v", r.Body, r.ValidSig)
+				}
+			}
+			if strings.Contains(out.String(), secret) || strings.Contains(out.String(), appToken) {
+				t.Error("the log contains an application secret or token")
+			}
+
+			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-exited:
+				if err != nil {
+					t.Fatalf("geckohook exited with %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("geckohook did not stop within 30s of SIGTERM")
+			}
+			if !strings.Contains(out.String(), "dispatcher (drained)") {
+				t.Error("shutdown did not report the dispatcher drained")
+			}
+		})
+	}
+}
+
+func TestCommandLineErrors(t *testing.T) {
+	f := func(want string, args ...string) {
+		t.Helper()
+		out, err := exec.Command(binary, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), want) {
+			t.Errorf("geckohook %v: err %v, output %q; want failure mentioning %q", args, err, out, want)
+		}
+	}
+	f("unknown command", "frobnicate")
+	f("--kafka-brokers is required", "dispatcher", "--redis-addr", "127.0.0.1:1")
+	f("--redis-addr is required", "api", "--kafka-brokers", "127.0.0.1:1")
+	f("bad --log-level", "all", "--log-level", "loud")
+	out, err := exec.Command(binary, "version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "geckohook ") {
+		t.Errorf("version: %v %q", err, out)
+	}
+}
