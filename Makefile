@@ -1,0 +1,42 @@
+# geckohook: `make run` starts everything in one process, `make test` runs
+# every test (installing redis-server and kcat first when missing).
+GO      ?= go
+BIN     ?= bin/geckohook
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+ARGS    ?=
+
+.PHONY: all build run test test-tools lint
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/geckohook
+
+# The whole system in one process: embedded Kafka on 127.0.0.1:9092, embedded
+# Redis on a free port, the API on 127.0.0.1:8080. Extra flags: make run ARGS="...".
+run: build
+	./$(BIN) all $(ARGS)
+
+# Every test, with the race detector, against a real redis-server and kcat.
+test: test-tools lint
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# Installs the tools the tests talk to when they are missing: with apt-get as
+# root or through sudo; otherwise says in one line what to install.
+test-tools:
+	@missing=""; \
+	for tool in redis-server kcat; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; \
+		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
+		else echo "make test needs:$$missing; install them (Debian/Ubuntu: sudo apt-get install -y$$missing) and run make test again"; exit 1; fi; \
+		if ! command -v apt-get >/dev/null 2>&1; then echo "make test needs:$$missing; install them with your package manager and run make test again"; exit 1; fi; \
+		echo "installing$$missing with apt-get"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	fi
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
