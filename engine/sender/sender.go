@@ -6,6 +6,7 @@ package sender
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -98,13 +99,27 @@ func New(o Options) *Sender {
 		DisableHeaderNamesNormalizing: false,
 		DisablePathNormalizing:        true,
 		// A keep-alive connection the server closed while idle fails the
-		// first write; try once more on a fresh one. Duplicates carry the
-		// same delivery id, which receivers de-duplicate on.
+		// first write or read; try once more on a fresh one. Duplicates
+		// carry the same delivery id, which receivers de-duplicate on.
 		RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
-			return false, attempts < 2 && errors.Is(err, fasthttp.ErrConnectionClosed)
+			return false, attempts < 2 && closedBeforeAnswer(err)
 		},
 	}
 	return &Sender{c: c, opts: o}
+}
+
+// closedBeforeAnswer reports whether err means the server dropped the
+// connection before answering: a pooled keep-alive connection it closed or
+// reset while idle. Inside its retry loop fasthttp hands RetryIfErr the raw
+// io.EOF (any error on the first response byte is reported as io.EOF), which
+// becomes ErrConnectionClosed only when Do returns; a write to a connection
+// the peer reset fails with a *net.OpError "write" (ECONNRESET, EPIPE).
+func closedBeforeAnswer(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) {
+		return true
+	}
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "write" && !op.Timeout()
 }
 
 // Result is what one attempt produced.
@@ -166,10 +181,13 @@ func (e *AttemptError) Unwrap() error { return e.Err }
 
 func describe(err error, timeout time.Duration) error {
 	var stage string
+	var ne net.Error
 	switch {
 	case errors.Is(err, netguard.ErrForbiddenTarget):
 		stage = "refused_target"
-	case errors.Is(err, fasthttp.ErrTimeout), errors.Is(err, fasthttp.ErrDialTimeout):
+	case errors.Is(err, fasthttp.ErrTimeout), errors.Is(err, fasthttp.ErrDialTimeout),
+		// our dialer is a net.Dialer: its timeout is a *net.OpError
+		errors.As(err, &ne) && ne.Timeout():
 		stage = "timeout"
 		err = fmt.Errorf("no answer within %v: %w", timeout, err)
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
