@@ -84,12 +84,16 @@ func (r *Receiver) handle(ctx *fasthttp.RequestCtx) {
 	secret, known := r.secrets[path]
 	n := r.counts[path]
 	r.counts[path] = n + 1
-	status := r.behaviour(path, n)
-	r.got = append(r.got, Received{
+	behaviour := r.behaviour
+	r.mu.Unlock()
+	status := behaviour(path, n) // may block: a slow endpoint
+	rec := Received{
 		Path: path, DeliveryID: string(ctx.Request.Header.Peek("X-Gecko-Delivery")), Signature: sig,
 		ContentType: string(ctx.Request.Header.ContentType()), UserAgent: string(ctx.Request.Header.UserAgent()),
 		Body: body, Status: status, ValidSig: known && contract.ValidSignature(secret, body, []byte(sig)), At: time.Now(),
-	})
+	}
+	r.mu.Lock()
+	r.got = append(r.got, rec)
 	r.mu.Unlock()
 	ctx.SetStatusCode(status)
 }

@@ -245,7 +245,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 				Policy: policy, Timeout: c.RequestTimeout, MaxConnsPerHost: c.MaxConnsPerHost,
 				DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
 			}),
-			Workers: c.Workers, Window: c.Window, MaxRetries: c.MaxRetries,
+			Workers: c.Workers, Window: c.Window, MaxRetries: c.MaxRetries, MaxConnsPerHost: c.MaxConnsPerHost,
 			DrainTimeout: c.RequestTimeout + 5*time.Second,
 			Log:          log.With().Str("part", "dispatcher").Logger(),
 		})

@@ -39,8 +39,16 @@ type Options struct {
 	RedisPrefix  string // ("gh:")
 	ResourceBase string // ("https://api.tradegecko.com")
 
-	// Workers send deliveries for every shard of this process (256).
+	// Workers send deliveries for every shard of this process (1024). A
+	// worker is held for the length of one attempt.
 	Workers int
+	// MaxConnsPerHost bounds concurrent attempts to one host:port (64); it
+	// adapts down for hosts that time out (see hostGate). It should equal
+	// the sender's MaxConnsPerHost.
+	MaxConnsPerHost int
+	// SlowAttempt: an attempt slower than this counts against its host's
+	// health like a timeout (2s).
+	SlowAttempt time.Duration
 	// Window bounds unfinished deliveries per shard (4096).
 	Window int
 	// MaxRetries before a delivery is dead (25, Sidekiq's default).
@@ -77,7 +85,13 @@ func (o *Options) defaults() {
 		o.ResourceBase = "https://api.tradegecko.com"
 	}
 	if o.Workers <= 0 {
-		o.Workers = 256
+		o.Workers = 1024
+	}
+	if o.MaxConnsPerHost <= 0 {
+		o.MaxConnsPerHost = 64
+	}
+	if o.SlowAttempt <= 0 {
+		o.SlowAttempt = 2 * time.Second
 	}
 	if o.Window <= 0 {
 		o.Window = 4096
@@ -114,6 +128,7 @@ type Stats struct {
 type Dispatcher struct {
 	o     Options
 	work  chan *delivery
+	hosts *hostGate
 	dlq   *kafka.Writer
 	Stats Stats
 
@@ -125,7 +140,7 @@ func New(o Options) *Dispatcher {
 	o.defaults()
 	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
 	dlq.Balancer = &kafka.Hash{}
-	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), dlq: dlq}
+	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.MaxConnsPerHost), dlq: dlq}
 }
 
 // Run consumes until ctx ends, then drains: every shard stops fetching,

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,6 +44,10 @@ type env struct {
 }
 
 func startEnv(t *testing.T, behaviour loadtest.Behaviour) *env {
+	return startEnvWith(t, behaviour, func(*Options) {})
+}
+
+func startEnvWith(t *testing.T, behaviour loadtest.Behaviour, tune func(*Options)) *env {
 	t.Helper()
 	srv := testenv.Redis(t)
 	k := testenv.Kafka(t, partitions)
@@ -67,9 +72,9 @@ func startEnv(t *testing.T, behaviour loadtest.Behaviour) *env {
 		t.Fatal(err)
 	}
 	e.app = app
-	e.disp = New(Options{
+	o := Options{
 		Brokers: []string{e.broker}, Registry: e.reg, Catalog: catalog.Default(), Redis: e.rdb,
-		Sender:         sender.New(sender.Options{Policy: netguard.Policy{AllowPrivate: true, AllowHTTP: true}, Timeout: 2 * time.Second}),
+		Sender:         sender.New(sender.Options{Policy: netguard.Policy{AllowPrivate: true, AllowHTTP: true}, Timeout: 5 * time.Second}),
 		Workers:        16,
 		CommitEvery:    50 * time.Millisecond,
 		SessionTimeout: 6 * time.Second,
@@ -77,7 +82,9 @@ func startEnv(t *testing.T, behaviour loadtest.Behaviour) *env {
 		Log:            zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 		Now:            func() time.Time { return e.now },
 		Rand:           func(n int) int { return 3 % n },
-	})
+	}
+	tune(&o)
+	e.disp = New(o)
 	go func() {
 		defer close(e.stopped)
 		if err := e.disp.Run(ctx); err != nil {
@@ -387,4 +394,63 @@ func TestDispatcher(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// A host that does not answer holds at most its gate's limit of workers; the
+// other hosts' deliveries flow meanwhile, and its own wait without retries
+// while it has shown no failure.
+func TestSlowHostDoesNotStallOthers(t *testing.T) {
+	release := make(chan struct{})
+	var entered atomic.Int64
+	e := startEnvWith(t, loadtest.Always(200), func(o *Options) {
+		o.Workers = 16
+		o.MaxConnsPerHost = 4
+		o.SlowAttempt = time.Minute
+	})
+	slow, err := loadtest.NewReceiver(func(string, int) int {
+		entered.Add(1)
+		<-release
+		return 200
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	w, err := e.reg.CreateWebhook(context.Background(), registry.Webhook{AppID: e.app.ID, AccountID: "acc-s", Event: "order.create", Address: slow.URL + "/slow"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.Expect("/slow", e.app.Secret)
+	e.hook("acc-f", "order.create", "/fast")
+	var slowVals, fastVals []string
+	for i := 0; i < 30; i++ {
+		slowVals = append(slowVals, fmt.Sprintf(`{"account_id":"acc-s","event":"order.create","object_id":%d}`, i))
+		fastVals = append(fastVals, fmt.Sprintf(`{"account_id":"acc-f","event":"order.create","object_id":%d}`, i))
+	}
+	e.produce("acc-s", slowVals...)
+	e.produce("acc-f", fastVals...)
+	e.waitReceived("/fast", 30)
+	if n := entered.Load(); n != 4 {
+		t.Errorf("%d attempts reached the stuck host at once, want its limit 4", n)
+	}
+	if f := e.disp.Stats.Failed.Load(); f != 0 {
+		t.Errorf("%d failures before the slow host timed out: healthy hosts must not spill into retries", f)
+	}
+	close(release)
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if n := len(slow.Received()); n < 30 {
+			return fmt.Errorf("slow host got %d of 30", n)
+		}
+		return nil
+	})
+	if e.reg.Webhook(w.ID) == nil || e.disp.Stats.Failed.Load() != 0 {
+		t.Errorf("slow host's deliveries failed (%d) instead of waiting their turn", e.disp.Stats.Failed.Load())
+	}
 }

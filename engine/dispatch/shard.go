@@ -193,8 +193,45 @@ func (s *shardRun) handle(m kafka.Message) {
 	}
 }
 
-// deliver runs on a worker: one attempt, then its consequence.
+// deliver runs on a worker: it passes the delivery through its host's gate,
+// makes the attempt, and then sends whatever the gate hands over next for
+// that host, so a queued delivery never holds a worker while it waits.
 func (d *Dispatcher) deliver(dl *delivery) {
+	admitted := false
+	for dl != nil {
+		host := dl.hook.Host()
+		if !admitted {
+			switch d.hosts.admit(host, dl) {
+			case admitQueued:
+				return
+			case admitOverflow:
+				d.overflow(dl)
+				return
+			}
+		}
+		healthy := d.attempt(dl) // dl is released or handed on after this
+		var overflow []*delivery
+		dl, overflow = d.hosts.done(host, healthy)
+		for _, o := range overflow {
+			d.overflow(o)
+		}
+		admitted = true
+	}
+}
+
+var errHostSaturated = errors.New("host is not keeping up; attempt deferred to the retry queue")
+
+// overflow fails a delivery its host cannot take now, without an attempt.
+func (d *Dispatcher) overflow(dl *delivery) {
+	d.Stats.Failed.Add(1)
+	dl.at = d.o.Now()
+	dl.res = sender.Result{Outcome: contract.Failure, Err: &sender.AttemptError{Stage: "host_saturated", Err: errHostSaturated}}
+	dl.sh.fail(dl)
+}
+
+// attempt makes one attempt and acts on its outcome. It reports whether the
+// host looked healthy: it answered, and not too slowly.
+func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	s := dl.sh
 	hook := d.o.Registry.Webhook(dl.hook.ID)
 	var app *registry.App
@@ -205,11 +242,17 @@ func (d *Dispatcher) deliver(dl *delivery) {
 		// Deleted since the event was matched: nothing to deliver.
 		d.Stats.Dropped.Add(1)
 		s.finish(dl)
-		return
+		return true
 	}
 	sig := app.Signer().AppendSignature(dl.sig[:0], dl.body)
 	dl.at = d.o.Now()
+	start := time.Now()
 	dl.res = d.o.Sender.Send(hook.Address, dl.body, dl.id[:], sig)
+	healthy = dl.res.Err == nil && time.Since(start) < d.o.SlowAttempt
+	var ae *sender.AttemptError
+	if errors.As(dl.res.Err, &ae) && ae.Stage == "refused_target" {
+		healthy = true // our policy, not the host's health
+	}
 	switch dl.res.Outcome {
 	case contract.Success:
 		d.Stats.Delivered.Add(1)
@@ -222,7 +265,7 @@ func (d *Dispatcher) deliver(dl *delivery) {
 			// Keep the delivery: its retry will meet the 410 again.
 			s.log.Error().Err(err).Str("webhook_id", hook.ID).Msg("cannot delete webhook after 410 Gone; scheduling a retry")
 			s.fail(dl)
-			return
+			return healthy
 		}
 		d.Stats.Gone.Add(1)
 		s.log.Info().Str("webhook_id", hook.ID).Str("app_id", hook.AppID).Msg("webhook deleted: endpoint answered 410 Gone")
@@ -233,6 +276,7 @@ func (d *Dispatcher) deliver(dl *delivery) {
 			Str("delivery", string(dl.id[:])).Msg("delivery failed; scheduling retry")
 		s.fail(dl)
 	}
+	return healthy
 }
 
 func (s *shardRun) finish(dl *delivery) {

@@ -15,7 +15,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,6 +55,28 @@ type Webhook struct {
 	Event     string    `msgpack:"event"`
 	Address   string    `msgpack:"address"`
 	CreatedAt time.Time `msgpack:"created_at"`
+
+	host string
+}
+
+// Host is the host:port the webhook's address connects to (default port
+// filled in); outbound limits are kept per Host.
+func (w *Webhook) Host() string { return w.host }
+
+func (w *Webhook) prepare() {
+	u, err := url.Parse(w.Address)
+	if err != nil {
+		w.host = w.Address
+		return
+	}
+	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if port == "" {
+		port = "443"
+		if u.Scheme == "http" {
+			port = "80"
+		}
+	}
+	w.host = net.JoinHostPort(host, port)
 }
 
 // ErrNotFound is returned for an unknown id.
@@ -241,6 +266,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 			r.opts.Log.Error().Err(err).Str("webhook_id", id).Msg("skipping unreadable webhook record")
 			continue
 		}
+		w.prepare()
 		hooks[id] = w
 	}
 	r.swap(apps, hooks)
@@ -316,6 +342,7 @@ func (r *Registry) apply(c change) error {
 			if err := msgpack.Unmarshal(c.Record, w); err != nil {
 				return fmt.Errorf("cannot decode webhook %s: %w", c.ID, err)
 			}
+			w.prepare()
 		}
 		r.mu.Lock()
 		r.removeHookLocked(c.ID)

@@ -98,3 +98,18 @@ func TestRegistryReloadsAfterLostSubscription(t *testing.T) {
 		t.Fatalf("Webhooks filtered by another account = %v", got)
 	}
 }
+
+func TestWebhookHost(t *testing.T) {
+	f := func(addr, want string) {
+		t.Helper()
+		w := &Webhook{Address: addr}
+		w.prepare()
+		if w.Host() != want {
+			t.Errorf("Host(%q) = %q, want %q", addr, w.Host(), want)
+		}
+	}
+	f("https://Example.com/hooks", "example.com:443")
+	f("http://example.com/hooks", "example.com:80")
+	f("http://127.0.0.1:9999/x", "127.0.0.1:9999")
+	f("https://[::1]:8443/x", "[::1]:8443")
+}

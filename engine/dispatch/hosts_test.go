@@ -1,0 +1,82 @@
+package dispatch
+
+import "testing"
+
+func TestHostGateAIMD(t *testing.T) {
+	g := newHostGate(64)
+	const h = "example.com:443"
+	dls := make([]*delivery, 100)
+	for i := range dls {
+		dls[i] = &delivery{offset: int64(i)}
+	}
+	// A new host starts at 16 concurrent attempts; the rest queue while it
+	// is healthy (back-pressure, not retries).
+	for i := 0; i < 16; i++ {
+		if a := g.admit(h, dls[i]); a != admitSend {
+			t.Fatalf("attempt %d: %v, want send", i, a)
+		}
+	}
+	for i := 16; i < 40; i++ {
+		if a := g.admit(h, dls[i]); a != admitQueued {
+			t.Fatalf("attempt %d: %v, want queued on a healthy host", i, a)
+		}
+	}
+	// A healthy finish raises the limit and hands over the oldest queued.
+	next, over := g.done(h, true)
+	if next != dls[16] || len(over) != 0 {
+		t.Fatalf("after healthy done: next %v, overflow %d", next, len(over))
+	}
+	if st := g.hosts[h]; st.limit != 17 || st.inflight != 16 {
+		t.Fatalf("limit %d, in flight %d; want 17 and 16", st.limit, st.inflight)
+	}
+	// Timeouts halve the limit and cut the queue down to it.
+	next, over = g.done(h, false)
+	st := g.hosts[h]
+	if st.limit != 8 || !st.degraded {
+		t.Fatalf("after a timeout: limit %d, degraded %v", st.limit, st.degraded)
+	}
+	if st.queued() != 8 || len(over) != 23-8 {
+		t.Fatalf("queue %d, overflow %d; want 8 and 15", st.queued(), len(over))
+	}
+	if over[len(over)-1] != dls[39] {
+		t.Fatal("overflow must shed the newest deliveries")
+	}
+	if next != nil {
+		t.Fatalf("handed over a delivery while over the new limit (in flight %d)", st.inflight)
+	}
+	// A degraded host queues at most its limit; beyond that, overflow.
+	if a := g.admit(h, dls[40]); a != admitOverflow {
+		t.Fatalf("degraded host with full queue: %v, want overflow", a)
+	}
+	// Drain everything with healthy answers: the host recovers and is forgotten.
+	for {
+		if len(g.hosts) == 0 {
+			break
+		}
+		st := g.hosts[h]
+		if st.inflight == 0 {
+			t.Fatalf("stuck: %d queued, none in flight", st.queued())
+		}
+		g.done(h, true)
+	}
+	if a := g.admit(h, dls[41]); a != admitSend {
+		t.Fatalf("recovered host: %v, want send", a)
+	}
+}
+
+func TestHostGateDeadHostHoldsOneSlot(t *testing.T) {
+	g := newHostGate(64)
+	const h = "dead.test:443"
+	for i := 0; i < 16; i++ {
+		g.admit(h, &delivery{})
+	}
+	for i := 0; i < 16; i++ {
+		g.done(h, false)
+	}
+	if st := g.hosts[h]; st.limit != 1 || st.inflight != 0 {
+		t.Fatalf("after 16 timeouts: limit %d, in flight %d", st.limit, st.inflight)
+	}
+	if g.admit(h, &delivery{}) != admitSend || g.admit(h, &delivery{}) != admitQueued || g.admit(h, &delivery{}) != admitOverflow {
+		t.Fatal("a dead host must get one attempt, one waiting, and overflow for the rest")
+	}
+}
