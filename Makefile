@@ -18,11 +18,11 @@ build:
 run: build
 	./$(BIN) all $(ARGS)
 
-# Every test, with the race detector, against a real redis-server and kcat;
-# then the allocation tests, which only mean something without -race.
+# The allocation tests (meaningful only without -race), then every test with
+# the race detector against a real redis-server and kcat.
 test: test-tools lint
+	$(GO) test -count=1 -run 'Alloc' ./engine/contract/
 	$(GO) test -race -count=1 -timeout 15m ./...
-	$(GO) test -count=1 -run 'Alloc' ./...
 
 # Installs the tools the tests talk to when they are missing: with apt-get as
 # root or through sudo; otherwise says in one line what to install.
