@@ -122,6 +122,8 @@ func (o *Options) defaults() {
 // Stats are cumulative counters of a Dispatcher.
 type Stats struct {
 	Events, DeadLettered, Delivered, Failed, Gone, Dropped, Scheduled atomic.Int64
+	// Shards is the number of partitions this process holds right now.
+	Shards atomic.Int64
 }
 
 // Dispatcher consumes the events topic and delivers webhooks.
@@ -177,7 +179,6 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 
 	var shards sync.WaitGroup
-	var runErr error
 	for {
 		gen, err := group.Next(ctx)
 		if err != nil {
@@ -208,7 +209,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.dlq.Close(); err != nil {
 		d.o.Log.Warn().Err(err).Msg("closing dead-letter writer")
 	}
-	return runErr
+	return nil
 }
 
 func (d *Dispatcher) commit(gen *kafka.Generation, partition int, offset int64) error {

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -28,31 +29,34 @@ import (
 
 const partitions = 4
 
-// env is one running dispatcher against a real redis-server and the
-// embedded Kafka, with a receiver farm on loopback.
+// env is a real redis-server and the embedded Kafka, a registry, a receiver
+// farm on loopback, and one running dispatcher (more can be started).
 type env struct {
-	t       *testing.T
-	broker  string
-	rdb     *redis.Client
-	reg     *registry.Registry
-	disp    *Dispatcher
-	recv    *loadtest.Receiver
-	app     *registry.App
-	writer  *kafka.Writer
-	now     time.Time
-	stopped chan struct{}
+	t      *testing.T
+	broker string
+	redis  *testenv.RedisServer
+	rdb    *redis.Client
+	reg    *registry.Registry
+	disp   *Dispatcher
+	recv   *loadtest.Receiver
+	app    *registry.App
+	writer *kafka.Writer
+	now    time.Time
+	tune   func(*Options)
+	stop   func() // stops disp
 }
 
 func startEnv(t *testing.T, behaviour loadtest.Behaviour) *env {
 	return startEnvWith(t, behaviour, func(*Options) {})
 }
 
-func startEnvWith(t *testing.T, behaviour loadtest.Behaviour, tune func(*Options)) *env {
+func startEnvWith(t *testing.T, behaviour loadtest.Behaviour, tune func(*Options), redisArgs ...string) *env {
 	t.Helper()
-	srv := testenv.Redis(t)
+	srv := testenv.Redis(t, redisArgs...)
 	k := testenv.Kafka(t, partitions)
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, broker: k.Addr(), rdb: srv.Client(), now: time.Unix(1_800_000_000, 0), stopped: make(chan struct{})}
+	t.Cleanup(cancel)
+	e := &env{t: t, broker: k.Addr(), redis: srv, rdb: srv.Client(), now: time.Unix(1_800_000_000, 0), tune: tune}
 	if err := kafkaio.EnsureTopics(ctx, []string{e.broker},
 		kafkaio.Topic{Name: "geckohook.events", Partitions: partitions},
 		kafkaio.Topic{Name: "geckohook.events.dlq", Partitions: 1}); err != nil {
@@ -66,12 +70,23 @@ func startEnvWith(t *testing.T, behaviour loadtest.Behaviour, tune func(*Options
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = recv.Close() })
 	e.recv = recv
 	app, _, err := e.reg.CreateApp(ctx, "shop", "dev@example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.app = app
+	e.writer = kafkaio.NewWriter([]string{e.broker}, "geckohook.events")
+	t.Cleanup(func() { _ = e.writer.Close() })
+	e.disp, e.stop = e.startDispatcher()
+	return e
+}
+
+// startDispatcher runs one more dispatcher in the group; stop drains it and
+// waits for Run to return. It is also stopped at test end.
+func (e *env) startDispatcher() (*Dispatcher, func()) {
+	t := e.t
 	o := Options{
 		Brokers: []string{e.broker}, Registry: e.reg, Catalog: catalog.Default(), Redis: e.rdb,
 		Sender:         sender.New(sender.Options{Policy: netguard.Policy{AllowPrivate: true, AllowHTTP: true}, Timeout: 5 * time.Second}),
@@ -83,26 +98,29 @@ func startEnvWith(t *testing.T, behaviour loadtest.Behaviour, tune func(*Options
 		Now:            func() time.Time { return e.now },
 		Rand:           func(n int) int { return 3 % n },
 	}
-	tune(&o)
-	e.disp = New(o)
+	e.tune(&o)
+	d := New(o)
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
 	go func() {
-		defer close(e.stopped)
-		if err := e.disp.Run(ctx); err != nil {
+		defer close(stopped)
+		if err := d.Run(ctx); err != nil {
 			t.Errorf("dispatcher: %v", err)
 		}
 	}()
-	e.writer = kafkaio.NewWriter([]string{e.broker}, "geckohook.events")
-	t.Cleanup(func() {
-		_ = e.writer.Close()
-		cancel()
-		select {
-		case <-e.stopped:
-		case <-time.After(20 * time.Second):
-			t.Error("dispatcher did not stop within 20s")
-		}
-		_ = recv.Close()
-	})
-	return e
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-stopped:
+			case <-time.After(30 * time.Second):
+				t.Error("dispatcher did not stop within 30s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return d, stop
 }
 
 func (e *env) hook(account, event, path string) *registry.Webhook {
@@ -452,5 +470,149 @@ func TestSlowHostDoesNotStallOthers(t *testing.T) {
 	})
 	if e.reg.Webhook(w.ID) == nil || e.disp.Stats.Failed.Load() != 0 {
 		t.Errorf("slow host's deliveries failed (%d) instead of waiting their turn", e.disp.Stats.Failed.Load())
+	}
+}
+
+func objectIDs(rs []loadtest.Received) map[int]int {
+	out := map[int]int{}
+	for _, r := range rs {
+		var b struct {
+			ObjectID int `json:"object_id"`
+		}
+		if err := json.Unmarshal(r.Body, &b); err == nil {
+			out[b.ObjectID]++
+		}
+	}
+	return out
+}
+
+func events(account string, n int) []string {
+	vals := make([]string, n)
+	for i := range vals {
+		vals[i] = fmt.Sprintf(`{"account_id":%q,"event":"order.create","object_id":%d}`, account, i)
+	}
+	return vals
+}
+
+// Redis going away must hold the offsets of failed deliveries, not drop
+// them: once it is back (from its AOF) every failure is in the retry queue
+// and the offsets move on.
+func TestRedisOutageHoldsOffsetsAndLosesNothing(t *testing.T) {
+	e := startEnvWith(t, loadtest.Always(500), func(*Options) {}, "--appendonly", "yes", "--appendfsync", "always")
+	e.hook("acc-r", "order.create", "/fail-r")
+	e.redis.Kill()
+	e.produce("acc-r", events("acc-r", 10)...)
+	got := e.waitReceived("/fail-r", 10)
+	for i := 0; i < 20; i++ { // 20 commit intervals
+		if c, end := e.committedAndEnd(); c >= end && end > 0 {
+			t.Fatalf("offsets committed to %d (end %d) while the failures could not be written", c, end)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.redis.Restart()
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		c, end := e.committedAndEnd()
+		if c != end {
+			return fmt.Errorf("committed %d of %d", c, end)
+		}
+		return nil
+	})
+	var scheduled int64
+	for p := 0; p < partitions; p++ {
+		n, err := shard.NewQueue(e.rdb, "gh:", "geckohook.events", p).Len(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		scheduled += n
+	}
+	ids := map[string]bool{}
+	for _, r := range got {
+		ids[r.DeliveryID] = true
+	}
+	if scheduled != int64(len(ids)) || len(ids) != 10 {
+		t.Fatalf("%d deliveries scheduled for %d distinct failed deliveries, want 10 and 10", scheduled, len(ids))
+	}
+}
+
+// Stopping a dispatcher lets its in-flight deliveries finish and commits
+// behind them: the next owner neither loses nor repeats an event.
+func TestShutdownDrainsInFlightAndCommits(t *testing.T) {
+	var entered atomic.Int64
+	e := startEnvWith(t, func(string, int) int {
+		entered.Add(1)
+		time.Sleep(100 * time.Millisecond) // a slowish endpoint, so the stop finds work in flight
+		return 200
+	}, func(o *Options) {
+		o.Workers, o.Window, o.DrainTimeout = 4, 4, 20*time.Second
+	})
+	e.hook("acc-d", "order.create", "/drain")
+	e.produce("acc-d", events("acc-d", 40)...)
+	e.waitReceived("/drain", 2)
+	e.stop()
+	first := len(e.receivedOn("/drain"))
+	if n := entered.Load(); n != int64(first) {
+		t.Fatalf("%d requests started but %d completed: the stop cut deliveries off", n, first)
+	}
+	if first >= 40 {
+		t.Fatalf("all 40 delivered before the stop took effect (window 4 should have held most back)")
+	}
+	t.Logf("%d of 40 delivered by the first dispatcher", first)
+	e.startDispatcher()
+	got := e.waitReceived("/drain", 40)
+	ids := objectIDs(got)
+	for i := 0; i < 40; i++ {
+		if ids[i] != 1 {
+			t.Errorf("object %d delivered %d times, want exactly once across the restart", i, ids[i])
+		}
+	}
+}
+
+// A second dispatcher in the group takes half the partitions; when it
+// leaves, the first takes them back, and every event is delivered.
+func TestRebalanceSharesPartitions(t *testing.T) {
+	e := startEnv(t, loadtest.Always(200))
+	for i := 0; i < 8; i++ {
+		e.hook("acc-b"+strconv.Itoa(i), "order.create", "/rebalance")
+	}
+	d2, stop2 := e.startDispatcher()
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		a, b := e.disp.Stats.Shards.Load(), d2.Stats.Shards.Load()
+		if a+b != partitions || a == 0 || b == 0 {
+			return fmt.Errorf("shards held: %d and %d", a, b)
+		}
+		return nil
+	})
+	produceAll := func(from int) {
+		for i := 0; i < 8; i++ {
+			var vals []string
+			for j := from; j < from+25; j++ {
+				vals = append(vals, fmt.Sprintf(`{"account_id":"acc-b%d","event":"order.create","object_id":%d}`, i, i*1000+j))
+			}
+			e.produce("acc-b"+strconv.Itoa(i), vals...)
+		}
+	}
+	produceAll(0)
+	e.waitReceived("/rebalance", 200)
+	if d2.Stats.Delivered.Load() == 0 || e.disp.Stats.Delivered.Load() == 0 {
+		t.Errorf("work not shared: %d and %d delivered", e.disp.Stats.Delivered.Load(), d2.Stats.Delivered.Load())
+	}
+	stop2()
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		if a := e.disp.Stats.Shards.Load(); a != partitions {
+			return fmt.Errorf("first dispatcher holds %d shards", a)
+		}
+		return nil
+	})
+	produceAll(100)
+	got := e.waitReceived("/rebalance", 400)
+	ids := objectIDs(got)
+	for i := 0; i < 8; i++ {
+		for _, from := range []int{0, 100} {
+			for j := from; j < from+25; j++ {
+				if ids[i*1000+j] == 0 {
+					t.Fatalf("object %d never delivered", i*1000+j)
+				}
+			}
+		}
 	}
 }

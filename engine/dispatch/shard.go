@@ -67,6 +67,8 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 	}
 	s.failLog = s.log.Sample(&zerolog.BurstSampler{Burst: 5, Period: time.Second})
 	s.log.Info().Int64("offset", a.Offset).Msg("shard started")
+	d.Stats.Shards.Add(1)
+	defer d.Stats.Shards.Add(-1)
 
 	// The sinks outlive the generation's context: a revoked shard still
 	// finishes writing what it holds before it commits.
