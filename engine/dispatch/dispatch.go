@@ -33,7 +33,7 @@ type Options struct {
 	Group    string // consumer group ("geckohook-dispatchers")
 
 	Registry     *registry.Registry
-	Catalog      *catalog.Catalog
+	Catalog      *catalog.Catalog // (catalog.Default())
 	Sender       *sender.Sender
 	Redis        redis.UniversalClient
 	RedisPrefix  string // ("gh:")
@@ -77,6 +77,9 @@ func (o *Options) defaults() {
 	}
 	if o.Group == "" {
 		o.Group = "geckohook-dispatchers"
+	}
+	if o.Catalog == nil {
+		o.Catalog = catalog.Default()
 	}
 	if o.RedisPrefix == "" {
 		o.RedisPrefix = "gh:"
