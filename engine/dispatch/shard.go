@@ -298,6 +298,27 @@ func (s *shardRun) fail(dl *delivery) {
 
 const maxBatch = 512
 
+// nextBatch waits for one item on ch, then takes whatever else is already
+// there, up to cap(batch). It reports false once ctx ends.
+func nextBatch[T any](ctx context.Context, ch <-chan T, batch []T) ([]T, bool) {
+	batch = batch[:0]
+	select {
+	case <-ctx.Done():
+		return batch, false
+	case x := <-ch:
+		batch = append(batch, x)
+	}
+	for len(batch) < cap(batch) {
+		select {
+		case x := <-ch:
+			batch = append(batch, x)
+		default:
+			return batch, true
+		}
+	}
+	return batch, true
+}
+
 // scheduleLoop writes failed deliveries to the shard's retry queue in
 // pipelined batches; a delivery counts as finished only once Redis has it.
 // While Redis is away it retries with backoff and the window fills up, which
@@ -306,21 +327,9 @@ func (s *shardRun) scheduleLoop(ctx context.Context) {
 	batch := make([]*delivery, 0, maxBatch)
 	entries := make([]shard.Entry, 0, maxBatch)
 	for {
-		batch = batch[:0]
-		select {
-		case <-ctx.Done():
+		var ok bool
+		if batch, ok = nextBatch(ctx, s.failures, batch); !ok {
 			return
-		case dl := <-s.failures:
-			batch = append(batch, dl)
-		}
-	more:
-		for len(batch) < maxBatch {
-			select {
-			case dl := <-s.failures:
-				batch = append(batch, dl)
-			default:
-				break more
-			}
 		}
 		entries = entries[:0]
 		for _, dl := range batch {
@@ -358,21 +367,9 @@ func (s *shardRun) deadLetterLoop(ctx context.Context) {
 	batch := make([]deadLetter, 0, 64)
 	msgs := make([]kafka.Message, 0, 64)
 	for {
-		batch = batch[:0]
-		select {
-		case <-ctx.Done():
+		var ok bool
+		if batch, ok = nextBatch(ctx, s.dead, batch); !ok {
 			return
-		case dlq := <-s.dead:
-			batch = append(batch, dlq)
-		}
-	more:
-		for len(batch) < cap(batch) {
-			select {
-			case dlq := <-s.dead:
-				batch = append(batch, dlq)
-			default:
-				break more
-			}
 		}
 		msgs = msgs[:0]
 		for _, b := range batch {
