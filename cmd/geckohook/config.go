@@ -26,6 +26,7 @@ type config struct {
 	EventsTopic   string
 	DLQTopic      string
 	Group         string
+	KafkaSession  time.Duration
 	Partitions    int
 	Replication   int
 	RedisAddr     string
@@ -68,6 +69,7 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.EventsTopic, "events-topic", "geckohook.events", "Kafka topic producers write events to (key = account id)")
 	fs.StringVar(&c.DLQTopic, "dlq-topic", "", "dead-letter topic for events that cannot be decoded or name an unknown event (default <events-topic>.dlq)")
 	fs.StringVar(&c.Group, "consumer-group", "geckohook-dispatchers", "Kafka consumer group of the dispatchers")
+	fs.DurationVar(&c.KafkaSession, "kafka-session-timeout", 30*time.Second, "consumer group session timeout: how long the partitions of a crashed dispatcher wait before another takes them (a graceful stop hands them over at once)")
 	fs.IntVar(&c.Partitions, "partitions", 8, "partitions of the events topic when geckohook creates it (one shard each)")
 	fs.IntVar(&c.Replication, "replication-factor", 0, "replication factor of topics geckohook creates (0: the cluster's default)")
 

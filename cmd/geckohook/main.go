@@ -237,6 +237,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 	log.Info().Int("applications", apps).Int("webhooks", hooks).Msg("registry loaded")
 
 	policy := netguard.Policy{AllowPrivate: c.AllowPrivate, AllowHTTP: c.AllowHTTP}
+	failed := make(chan error, 2) // a part that stops on its own stops the process
 	if role == "all" || role == "dispatcher" {
 		d := dispatch.New(dispatch.Options{
 			Brokers: brokers, Topic: c.EventsTopic, DLQTopic: c.DLQTopic, Group: c.Group,
@@ -246,15 +247,24 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 				DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
 			}),
 			Workers: c.Workers, Window: c.Window, MaxRetries: c.MaxRetries, MaxConnsPerHost: c.MaxConnsPerHost,
-			DrainTimeout: c.RequestTimeout + 5*time.Second,
+			DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
 			Log:          log.With().Str("part", "dispatcher").Logger(),
 		})
 		dctx, stopD := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- d.Run(dctx) }()
+		go func() {
+			err := d.Run(dctx)
+			if err == nil && dctx.Err() == nil {
+				err = errors.New("dispatcher stopped by itself")
+			}
+			done <- err
+			if dctx.Err() == nil {
+				failed <- fmt.Errorf("dispatcher: %w", err)
+			}
+		}()
 		closers = append(closers, closer{"dispatcher (drained)", func() {
 			stopD()
-			if err := <-done; err != nil {
+			if err := <-done; err != nil && dctx.Err() == nil {
 				log.Error().Err(err).Msg("dispatcher")
 			}
 		}})
@@ -277,7 +287,13 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 		}
 		actx, stopA := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- a.Serve(actx, ln) }()
+		go func() {
+			err := a.Serve(actx, ln)
+			done <- err
+			if err != nil && actx.Err() == nil {
+				failed <- fmt.Errorf("api: %w", err)
+			}
+		}()
 		closers = append(closers, closer{"api", func() {
 			stopA()
 			if err := <-done; err != nil {
@@ -287,7 +303,14 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 		fmt.Fprintf(stdout, "management API listening on http://%s\n", ln.Addr())
 	}
 	log.Info().Str("role", role).Str("version", version).Msg("geckohook running; Ctrl-C or SIGTERM to stop")
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case err := <-failed:
+		log.Error().Err(err).Msg("a part stopped; shutting down")
+		return err
+	}
+	// A second Ctrl-C or SIGTERM now ends the process at once.
+	signal.Reset(os.Interrupt, syscall.SIGTERM)
 	log.Info().Msg("shutting down: draining in-flight deliveries")
 	return nil
 }

@@ -56,10 +56,13 @@ type Options struct {
 	// CommitEvery is how often each shard commits its offset (500ms).
 	CommitEvery time.Duration
 	// DrainTimeout bounds how long a revoked shard waits for its in-flight
-	// deliveries before it commits and returns (request timeout + 5s). It
-	// must stay below the group's rebalance timeout.
+	// deliveries before it commits and returns (15s: the request timeout
+	// + 5s). kafka-go stops heartbeats when a generation ends, so it is cut
+	// to 3s below the session and rebalance timeouts: a longer drain would
+	// get the member evicted and its final commit refused.
 	DrainTimeout time.Duration
-	// SessionTimeout of the group member (10s); RebalanceTimeout (30s).
+	// SessionTimeout of the group member (30s): how long a crashed process
+	// keeps its partitions. RebalanceTimeout (30s).
 	SessionTimeout   time.Duration
 	RebalanceTimeout time.Duration
 
@@ -109,10 +112,15 @@ func (o *Options) defaults() {
 		o.DrainTimeout = 15 * time.Second
 	}
 	if o.SessionTimeout <= 0 {
-		o.SessionTimeout = 10 * time.Second
+		o.SessionTimeout = 30 * time.Second
 	}
 	if o.RebalanceTimeout <= 0 {
 		o.RebalanceTimeout = 30 * time.Second
+	}
+	if limit := min(o.SessionTimeout, o.RebalanceTimeout) - 3*time.Second; o.DrainTimeout > limit {
+		o.Log.Warn().Dur("drain_timeout", o.DrainTimeout).Dur("cut_to", limit).
+			Msg("drain timeout must stay below the group's session and rebalance timeouts")
+		o.DrainTimeout = max(limit, time.Second)
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -180,6 +188,21 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			}
 		}()
 	}
+
+	workers.Add(1)
+	go func() {
+		defer workers.Done()
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				d.hosts.sweep()
+			}
+		}
+	}()
 
 	var shards sync.WaitGroup
 	for {

@@ -616,3 +616,69 @@ func TestRebalanceSharesPartitions(t *testing.T) {
 		}
 	}
 }
+
+// A bad event too big to copy whole into the dead-letter topic is cut down,
+// not retried forever: the partition's offset moves on.
+func TestHugeBadEventIsDeadLetteredTruncated(t *testing.T) {
+	e := startEnv(t, loadtest.Always(200))
+	e.hook("acc-h", "order.create", "/after-huge")
+	huge := strings.Repeat("x", 900_000)
+	e.produce("acc-h", huge, `{"account_id":"acc-h","event":"order.create","object_id":1}`)
+	e.waitReceived("/after-huge", 1)
+	testenv.WaitFor(t, 15*time.Second, func() error {
+		if c, end := e.committedAndEnd(); c != end {
+			return fmt.Errorf("committed %d of %d", c, end)
+		}
+		return nil
+	})
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.broker}, Topic: "geckohook.events.dlq", Partition: 0, MaxWait: 100 * time.Millisecond})
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := r.ReadMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := map[string]string{}
+	for _, x := range m.Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if len(m.Value) != maxDeadLetterValue || h["geckohook-truncated-from"] != "900000" || h["geckohook-error"] != "invalid_json" {
+		t.Fatalf("dead letter: %d bytes, headers %v", len(m.Value), h)
+	}
+}
+
+// Deliveries still parked behind a busy host when a shard gives up its
+// partition are not sent afterwards: the next owner replays them, and the
+// stop does not wait for them.
+func TestStoppedShardSendsNothingMore(t *testing.T) {
+	var entered atomic.Int64
+	e := startEnvWith(t, func(string, int) int {
+		entered.Add(1)
+		time.Sleep(500 * time.Millisecond)
+		return 200
+	}, func(o *Options) {
+		o.MaxConnsPerHost, o.DrainTimeout = 2, time.Second
+	})
+	e.hook("acc-p", "order.create", "/parked")
+	e.produce("acc-p", events("acc-p", 30)...)
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if entered.Load() < 2 {
+			return fmt.Errorf("%d requests started", entered.Load())
+		}
+		return nil
+	})
+	start := time.Now()
+	e.stop()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("stop took %v with a 1s drain timeout", took)
+	}
+	atStop := entered.Load()
+	time.Sleep(time.Second) // two request lengths: anything still queued would have started
+	if n := entered.Load(); n != atStop {
+		t.Fatalf("%d requests started after the shard stopped", n-atStop)
+	}
+	if atStop >= 30 {
+		t.Fatalf("all 30 were sent before the stop; the test proves nothing")
+	}
+}

@@ -93,11 +93,20 @@ func (g *hostGate) done(host string, healthy bool) (next *delivery, overflow []*
 	}
 	if st.queued() == 0 {
 		st.queue, st.head = st.queue[:0], 0
-		if st.inflight == 0 && !st.degraded {
+	}
+	return next, overflow
+}
+
+// sweep forgets idle hosts that are not degraded (entries are kept between
+// attempts so a steady trickle to a host allocates nothing).
+func (g *hostGate) sweep() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for host, st := range g.hosts {
+		if st.inflight == 0 && st.queued() == 0 && !st.degraded {
 			delete(g.hosts, host)
 		}
 	}
-	return next, overflow
 }
 
 func (st *hostState) queued() int { return len(st.queue) - st.head }

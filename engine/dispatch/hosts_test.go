@@ -48,16 +48,20 @@ func TestHostGateAIMD(t *testing.T) {
 	if a := g.admit(h, dls[40]); a != admitOverflow {
 		t.Fatalf("degraded host with full queue: %v, want overflow", a)
 	}
-	// Drain everything with healthy answers: the host recovers and is forgotten.
-	for {
-		if len(g.hosts) == 0 {
-			break
-		}
-		st := g.hosts[h]
+	// Drain everything with healthy answers: the host recovers and, idle,
+	// is forgotten by the sweep.
+	for st := g.hosts[h]; st.inflight > 0 || st.queued() > 0; {
 		if st.inflight == 0 {
 			t.Fatalf("stuck: %d queued, none in flight", st.queued())
 		}
 		g.done(h, true)
+	}
+	if st := g.hosts[h]; st.degraded || st.limit < g.startLimit {
+		t.Fatalf("host did not recover: limit %d, degraded %v", st.limit, st.degraded)
+	}
+	g.sweep()
+	if len(g.hosts) != 0 {
+		t.Fatalf("sweep kept %d idle hosts", len(g.hosts))
 	}
 	if a := g.admit(h, dls[41]); a != admitSend {
 		t.Fatalf("recovered host: %v, want send", a)

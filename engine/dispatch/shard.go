@@ -27,6 +27,9 @@ type delivery struct {
 	sig    [64]byte
 	at     time.Time
 	res    sender.Result
+	// attempted is false for a delivery deferred without an attempt (its
+	// host was saturated); its record then counts no attempt.
+	attempted bool
 }
 
 var deliveryPool = sync.Pool{New: func() any { return new(delivery) }}
@@ -77,8 +80,10 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 	sinks.Add(2)
 	go func() { defer sinks.Done(); s.scheduleLoop(sinkCtx) }()
 	go func() { defer sinks.Done(); s.deadLetterLoop(sinkCtx) }()
-	committerDone := make(chan struct{})
-	go func() { defer close(committerDone); s.commitLoop(gctx, gen) }()
+	// The committer keeps going through the drain, so what finishes there is
+	// committed while the generation is still ours.
+	stopCommits, committerDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(committerDone); s.commitLoop(stopCommits, gen) }()
 
 	reader := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:        d.o.Brokers,
@@ -111,7 +116,7 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 			}
 			continue
 		}
-		s.handle(m)
+		s.handle(gctx, m)
 	}
 	if err := reader.Close(); err != nil {
 		s.log.Warn().Err(err).Msg("closing partition reader")
@@ -127,6 +132,7 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 	stopSinks()
 	close(s.stopped)
 	sinks.Wait()
+	close(stopCommits)
 	<-committerDone
 	if off := s.tracker.Committable(); off >= 0 {
 		if err := d.commit(gen, a.ID, off); err != nil {
@@ -137,14 +143,15 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 	}
 }
 
-// commitLoop commits the shard's offset whenever it moved, every CommitEvery.
-func (s *shardRun) commitLoop(ctx context.Context, gen *kafka.Generation) {
+// commitLoop commits the shard's offset whenever it moved, every CommitEvery,
+// until stop is closed.
+func (s *shardRun) commitLoop(stop <-chan struct{}, gen *kafka.Generation) {
 	t := time.NewTicker(s.d.o.CommitEvery)
 	defer t.Stop()
 	last := int64(-1)
 	for {
 		select {
-		case <-ctx.Done():
+		case <-stop:
 			return
 		case <-t.C:
 		}
@@ -153,9 +160,7 @@ func (s *shardRun) commitLoop(ctx context.Context, gen *kafka.Generation) {
 			continue
 		}
 		if err := s.d.commit(gen, s.partition, off); err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn().Err(err).Int64("offset", off).Msg("cannot commit offset; will retry")
-			}
+			s.log.Warn().Err(err).Int64("offset", off).Msg("cannot commit offset; will retry")
 			continue
 		}
 		last = off
@@ -163,7 +168,9 @@ func (s *shardRun) commitLoop(ctx context.Context, gen *kafka.Generation) {
 }
 
 // handle decodes one event and hands its deliveries to the workers.
-func (s *shardRun) handle(m kafka.Message) {
+// If ctx ends while it waits to hand work over, the event stays unfinished
+// (its offset uncommitted) and the partition's next owner replays it.
+func (s *shardRun) handle(ctx context.Context, m kafka.Message) {
 	d := s.d
 	d.Stats.Events.Add(1)
 	recordTime := m.Time.Unix()
@@ -177,7 +184,10 @@ func (s *shardRun) handle(m kafka.Message) {
 			de = &contract.DecodeError{Reason: "invalid_json", Detail: err.Error()}
 		}
 		s.tracker.Add(m.Offset, 1)
-		s.dead <- deadLetter{msg: m, err: de}
+		select {
+		case s.dead <- deadLetter{msg: m, err: de}:
+		case <-ctx.Done():
+		}
 		return
 	}
 	hooks := d.o.Registry.Match(ev.AccountID, ev.Event)
@@ -191,7 +201,12 @@ func (s *shardRun) handle(m kafka.Message) {
 		dl := deliveryPool.Get().(*delivery)
 		dl.sh, dl.offset, dl.hook, dl.body = s, m.Offset, h, body
 		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, h.ID)
-		d.work <- dl
+		select {
+		case d.work <- dl:
+		case <-ctx.Done():
+			releaseDelivery(dl)
+			return
+		}
 	}
 }
 
@@ -221,6 +236,11 @@ func (d *Dispatcher) deliver(dl *delivery) {
 	}
 }
 
+func refusedTarget(err error) bool {
+	var ae *sender.AttemptError
+	return errors.As(err, &ae) && ae.Stage == "refused_target"
+}
+
 var errHostSaturated = errors.New("host is not keeping up; attempt deferred to the retry queue")
 
 // overflow fails a delivery its host cannot take now, without an attempt.
@@ -235,6 +255,15 @@ func (d *Dispatcher) overflow(dl *delivery) {
 // host looked healthy: it answered, and not too slowly.
 func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	s := dl.sh
+	select {
+	case <-s.stopped:
+		// The shard gave its partition up without this delivery finished;
+		// the next owner replays the event. Sending now would only add a
+		// duplicate and hold up shutdown.
+		releaseDelivery(dl)
+		return true
+	default:
+	}
 	hook := d.o.Registry.Webhook(dl.hook.ID)
 	var app *registry.App
 	if hook != nil {
@@ -250,9 +279,9 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	dl.at = d.o.Now()
 	start := time.Now()
 	dl.res = d.o.Sender.Send(hook.Address, dl.body, dl.id[:], sig)
+	dl.attempted = true
 	healthy = dl.res.Err == nil && time.Since(start) < d.o.SlowAttempt
-	var ae *sender.AttemptError
-	if errors.As(dl.res.Err, &ae) && ae.Stage == "refused_target" {
+	if dl.res.Err != nil && refusedTarget(dl.res.Err) {
 		healthy = true // our policy, not the host's health
 	}
 	switch dl.res.Outcome {
@@ -260,9 +289,12 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 		d.Stats.Delivered.Add(1)
 		s.finish(dl)
 	case contract.Gone:
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := d.o.Registry.DeleteWebhook(ctx, hook.ID)
-		cancel()
+		var err error
+		if d.o.Registry.Webhook(hook.ID) != nil { // concurrent 410s delete once
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = d.o.Registry.DeleteWebhook(ctx, hook.ID)
+			cancel()
+		}
 		if err != nil && !errors.Is(err, registry.ErrNotFound) {
 			// Keep the delivery: its retry will meet the 410 again.
 			s.log.Error().Err(err).Str("webhook_id", hook.ID).Msg("cannot delete webhook after 410 Gone; scheduling a retry")
@@ -345,12 +377,19 @@ func (s *shardRun) scheduleLoop(ctx context.Context) {
 	}
 }
 
+func attempts(dl *delivery) int {
+	if dl.attempted {
+		return 1
+	}
+	return 0
+}
+
 func (s *shardRun) entry(dl *delivery) shard.Entry {
 	o := &s.d.o
 	rec := &shard.Record{
 		ID: string(dl.id[:]), WebhookID: dl.hook.ID, AppID: dl.hook.AppID,
 		AccountID: dl.hook.AccountID, Event: dl.hook.Event, Body: dl.body,
-		Attempts: 1, FirstAttempt: dl.at, LastAttempt: dl.at,
+		Attempts: attempts(dl), FirstAttempt: dl.at, LastAttempt: dl.at,
 		LastStatus: dl.res.Status, LastError: dl.res.ErrorText(),
 		Topic: o.Topic, Partition: int32(s.partition), Offset: dl.offset,
 	}
@@ -373,23 +412,44 @@ func (s *shardRun) deadLetterLoop(ctx context.Context) {
 		}
 		msgs = msgs[:0]
 		for _, b := range batch {
+			value := b.msg.Value
+			var truncated []kafka.Header
+			if len(value) > maxDeadLetterValue {
+				// Keep a recognisable head; a dead letter the broker refuses
+				// would hold the partition's offset forever.
+				value = value[:maxDeadLetterValue]
+				truncated = []kafka.Header{{Key: "geckohook-truncated-from", Value: []byte(strconv.Itoa(len(b.msg.Value)))}}
+			}
 			detail := b.err.Detail
 			if len(detail) > 512 {
 				detail = detail[:512]
 			}
 			msgs = append(msgs, kafka.Message{
-				Key: b.msg.Key, Value: b.msg.Value,
-				Headers: []kafka.Header{
+				Key: b.msg.Key, Value: value,
+				Headers: append([]kafka.Header{
 					{Key: "geckohook-error", Value: []byte(b.err.Reason)},
 					{Key: "geckohook-error-detail", Value: []byte(detail)},
 					{Key: "geckohook-source-topic", Value: []byte(b.msg.Topic)},
 					{Key: "geckohook-source-partition", Value: []byte(strconv.Itoa(b.msg.Partition))},
 					{Key: "geckohook-source-offset", Value: []byte(strconv.FormatInt(b.msg.Offset, 10))},
-				},
+				}, truncated...),
 			})
 			s.log.Warn().Int64("offset", b.msg.Offset).Str("reason", b.err.Reason).Str("detail", detail).Msg("event dead-lettered")
 		}
-		if !s.retry(ctx, "write to the dead-letter topic", func() error { return s.d.dlq.WriteMessages(ctx, msgs...) }) {
+		write := func() error {
+			err := s.d.dlq.WriteMessages(ctx, msgs...)
+			if tooLarge(err) {
+				// The broker's limit is below ours: keep only a short head.
+				for i := range msgs {
+					if len(msgs[i].Value) > 1024 {
+						msgs[i].Headers = append(msgs[i].Headers, kafka.Header{Key: "geckohook-truncated-from", Value: []byte(strconv.Itoa(len(msgs[i].Value)))})
+						msgs[i].Value = msgs[i].Value[:1024]
+					}
+				}
+			}
+			return err
+		}
+		if !s.retry(ctx, "write to the dead-letter topic", write) {
 			return
 		}
 		s.d.Stats.DeadLettered.Add(int64(len(batch)))
@@ -397,6 +457,24 @@ func (s *shardRun) deadLetterLoop(ctx context.Context) {
 			s.tracker.Done(b.msg.Offset)
 		}
 	}
+}
+
+// maxDeadLetterValue bounds the value copied into a dead letter.
+const maxDeadLetterValue = 64 << 10
+
+func tooLarge(err error) bool {
+	if errors.Is(err, kafka.MessageSizeTooLarge) {
+		return true
+	}
+	var werrs kafka.WriteErrors
+	if errors.As(err, &werrs) {
+		for _, e := range werrs {
+			if errors.Is(e, kafka.MessageSizeTooLarge) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // retry runs op until it succeeds (true) or ctx ends (false), backing off.

@@ -484,7 +484,9 @@ func (r *Registry) CreateApp(ctx context.Context, name, email string) (*App, str
 	if err := r.write(ctx, r.appsKey, change{Kind: 'a', ID: a.ID, Record: raw}); err != nil {
 		return nil, "", fmt.Errorf("cannot store application: %w", err)
 	}
-	return r.App(a.ID), token, nil
+	// Not r.App(a.ID): a concurrent reload may have swapped the maps.
+	a.signer = contract.NewSigner(a.Secret)
+	return a, token, nil
 }
 
 // CreateWebhook stores a new webhook (ID and CreatedAt are assigned).
@@ -498,7 +500,8 @@ func (r *Registry) CreateWebhook(ctx context.Context, w Webhook) (*Webhook, erro
 	if err := r.write(ctx, r.hooksKy, change{Kind: 'w', ID: w.ID, Record: raw}); err != nil {
 		return nil, fmt.Errorf("cannot store webhook: %w", err)
 	}
-	return r.Webhook(w.ID), nil
+	w.prepare()
+	return &w, nil
 }
 
 // DeleteWebhook removes a webhook everywhere. It returns ErrNotFound when

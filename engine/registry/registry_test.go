@@ -28,7 +28,7 @@ func TestRegistryFollowsChangesAcrossProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.AppByToken(token) != app || a.AppByToken(token+"x") != nil {
+	if got := a.AppByToken(token); got == nil || got.ID != app.ID || a.AppByToken(token+"x") != nil {
 		t.Fatal("token lookup on the writing process is wrong")
 	}
 	w, err := a.CreateWebhook(ctx, Webhook{AppID: app.ID, AccountID: "acc1", Event: "order.create", Address: "https://x.test/h"})
