@@ -248,7 +248,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 			}),
 			Workers: c.Workers, Window: c.Window, MaxRetries: c.MaxRetries, MaxConnsPerHost: c.MaxConnsPerHost,
 			DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
-			Log:          log.With().Str("part", "dispatcher").Logger(),
+			Log: log.With().Str("part", "dispatcher").Logger(),
 		})
 		dctx, stopD := context.WithCancel(context.Background())
 		done := make(chan error, 1)
