@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -21,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
+	"github.com/valyala/fasthttp"
 
 	"github.com/geckohook/geckohook/engine/api"
 	"github.com/geckohook/geckohook/engine/catalog"
@@ -238,8 +240,9 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 
 	policy := netguard.Policy{AllowPrivate: c.AllowPrivate, AllowHTTP: c.AllowHTTP}
 	failed := make(chan error, 2) // a part that stops on its own stops the process
+	var d *dispatch.Dispatcher
 	if role == "all" || role == "dispatcher" {
-		d := dispatch.New(dispatch.Options{
+		d = dispatch.New(dispatch.Options{
 			Brokers: brokers, Topic: c.EventsTopic, DLQTopic: c.DLQTopic, Group: c.Group,
 			Registry: reg, Catalog: cat, Redis: rdb, RedisPrefix: c.RedisPrefix, ResourceBase: c.ResourceBase,
 			Sender: sender.New(sender.Options{
@@ -270,6 +273,37 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 		}})
 		log.Info().Strs("brokers", brokers).Str("topic", c.EventsTopic).Str("group", c.Group).Msg("dispatcher running")
 	}
+	if role == "dispatcher" && c.MetricsListen != "" {
+		ln, err := net.Listen("tcp", c.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("cannot listen on --metrics-listen %s: %w", c.MetricsListen, err)
+		}
+		srv := &fasthttp.Server{
+			Name: "geckohook", ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute,
+			Handler: func(ctx *fasthttp.RequestCtx) {
+				switch string(ctx.Path()) {
+				case "/metrics":
+					var b bytes.Buffer
+					d.WriteMetrics(&b)
+					ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
+					ctx.SetBody(b.Bytes())
+				case "/healthz":
+					ctx.SetContentType("application/json")
+					if err := rdb.Ping(ctx).Err(); err != nil {
+						ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+						ctx.SetBodyString(`{"status":"unavailable"}`)
+						return
+					}
+					ctx.SetBodyString(`{"status":"ok"}`)
+				default:
+					ctx.SetStatusCode(fasthttp.StatusNotFound)
+				}
+			},
+		}
+		go func() { _ = srv.Serve(ln) }()
+		closers = append(closers, closer{"metrics server", func() { _ = srv.Shutdown() }})
+		fmt.Fprintf(stdout, "metrics and health on http://%s/metrics, /healthz\n", ln.Addr())
+	}
 	if role == "all" || role == "api" {
 		w := kafkaio.NewWriter(brokers, c.EventsTopic)
 		closers = append(closers, closer{"event writer", func() { _ = w.Close() }})
@@ -279,7 +313,12 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 				return w.WriteMessages(ctx, kafka.Message{Key: key, Value: value})
 			},
 			Health: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-			Log:    log.With().Str("part", "api").Logger(),
+			Metrics: func(b *bytes.Buffer) {
+				if d != nil {
+					d.WriteMetrics(b)
+				}
+			},
+			Log: log.With().Str("part", "api").Logger(),
 		})
 		ln, err := net.Listen("tcp", c.APIListen)
 		if err != nil {

@@ -179,6 +179,15 @@ func TestAllInOneProcess(t *testing.T) {
 					t.Errorf("unexpected delivery: body %s, valid signature %v", r.Body, r.ValidSig)
 				}
 			}
+			resp, err := http.Get(base + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			metrics, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(metrics), `geckohook_deliveries_total{outcome="success"} 2`) {
+				t.Errorf("/metrics does not count the 2 deliveries:\n%s", metrics)
+			}
 			if strings.Contains(out.String(), secret) || strings.Contains(out.String(), appToken) {
 				t.Error("the log contains an application secret or token")
 			}
@@ -216,5 +225,112 @@ func TestCommandLineErrors(t *testing.T) {
 	out, err := exec.Command(binary, "version").CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "geckohook ") {
 		t.Errorf("version: %v %q", err, out)
+	}
+}
+
+// startProcess runs the geckohook binary until the test ends.
+func startProcess(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, chan error) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("geckohook %v output:\n%s", args, out.String())
+		}
+	})
+	return cmd, &out, exited
+}
+
+func get(url string) (int, string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// TestSeparateRoles runs a deployment's shape on one machine: the embedded
+// broker alone, an api process and a dispatcher process against it and a
+// real redis-server.
+func TestSeparateRoles(t *testing.T) {
+	redisAddr := testenv.Redis(t).Addr
+	recv, err := loadtest.NewReceiver(loadtest.Always(200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv.Close()
+	kafkaAddr, apiAddr, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	_, brokerOut, _ := startProcess(t, "broker", "--embedded-kafka-listen", kafkaAddr, "--partitions", "2")
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if !strings.Contains(brokerOut.String(), "listening on "+kafkaAddr) {
+			return fmt.Errorf("broker not up")
+		}
+		return nil
+	})
+	common := []string{"--kafka-brokers", kafkaAddr, "--redis-addr", redisAddr, "--allow-private-targets", "--allow-http", "--log-format", "json"}
+	apiCmd, _, apiExited := startProcess(t, append([]string{"api", "--api-listen", apiAddr, "--admin-token", "admin-secret"}, common...)...)
+	dispCmd, _, dispExited := startProcess(t, append([]string{"dispatcher", "--metrics-listen", metricsAddr, "--kafka-session-timeout", "10s"}, common...)...)
+	base := "http://" + apiAddr
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		for _, u := range []string{base + "/healthz", "http://" + metricsAddr + "/healthz"} {
+			if code, _, err := get(u); err != nil || code != 200 {
+				return fmt.Errorf("%s: %d %v", u, code, err)
+			}
+		}
+		return nil
+	})
+	code, body := apiCall(t, "POST", base+"/v1/applications", "admin-secret", `{"application":{"name":"Shop","developer_email":"dev@example.com"}}`)
+	if code != 201 {
+		t.Fatalf("create application: %d %v", code, body)
+	}
+	app := body["application"].(map[string]any)
+	recv.Expect("/roles", app["secret"].(string))
+	if code, body := apiCall(t, "POST", base+"/v1/webhooks", app["token"].(string),
+		`{"webhook":{"account_id":"acc-9","event":"order.create","address":"`+recv.URL+`/roles"}}`); code != 201 {
+		t.Fatalf("create webhook: %d %v", code, body)
+	}
+	// The dispatcher learns of the webhook through Redis; keep sending
+	// events until one arrives (events before that have no webhook yet).
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		if n := len(recv.Received()); n > 0 {
+			return nil
+		}
+		if code, body := apiCall(t, "POST", base+"/v1/events", app["token"].(string),
+			`{"event":{"account_id":"acc-9","event":"order.create","object_id":5}}`); code != 202 {
+			return fmt.Errorf("ingest: %d %v", code, body)
+		}
+		return fmt.Errorf("nothing received yet")
+	})
+	for _, r := range recv.Received() {
+		if !r.ValidSig {
+			t.Errorf("invalid signature on %s", r.Body)
+		}
+	}
+	_, metrics, err := get("http://" + metricsAddr + "/metrics")
+	if err != nil || !strings.Contains(metrics, "geckohook_shards 2") || strings.Contains(metrics, `geckohook_deliveries_total{outcome="success"} 0`) {
+		t.Errorf("dispatcher metrics (%v):\n%s", err, metrics)
+	}
+	for name, p := range map[string]struct {
+		cmd    *exec.Cmd
+		exited chan error
+	}{"api": {apiCmd, apiExited}, "dispatcher": {dispCmd, dispExited}} {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-p.exited:
+			if err != nil {
+				t.Errorf("%s exited with %v", name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s did not stop within 30s of SIGTERM", name)
+		}
 	}
 }

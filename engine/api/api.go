@@ -61,6 +61,9 @@ type Options struct {
 	MaxBodySize int
 	// ShutdownTimeout bounds the graceful shutdown in Serve (default 10s).
 	ShutdownTimeout time.Duration
+	// Metrics, when set, appends more Prometheus text to /metrics (the
+	// dispatcher's counters when it runs in the same process).
+	Metrics func(b *bytes.Buffer)
 }
 
 // API is the management HTTP API. It is safe for concurrent use.
@@ -392,6 +395,9 @@ func (a *API) serveMetrics(ctx *fasthttp.RequestCtx) {
 		b.WriteString(`geckohook_api_requests_total{route="` + k.route + `",code="` + strconv.Itoa(k.code) + `"} `)
 		b.WriteString(strconv.FormatUint(vals[k], 10))
 		b.WriteByte('\n')
+	}
+	if a.o.Metrics != nil {
+		a.o.Metrics(&b)
 	}
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
