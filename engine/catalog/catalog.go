@@ -18,6 +18,7 @@ import (
 // and safe for concurrent use.
 type Catalog struct {
 	paths map[string]string
+	canon map[string]string // name -> the same name, one shared copy
 	names []string
 }
 
@@ -61,7 +62,7 @@ func Parse(data []byte) (*Catalog, error) {
 	if len(m) == 0 {
 		return nil, fmt.Errorf("event catalog lists no events")
 	}
-	c := &Catalog{paths: make(map[string]string, len(m))}
+	c := &Catalog{paths: make(map[string]string, len(m)), canon: make(map[string]string, len(m))}
 	for name, path := range m {
 		if !eventName.MatchString(name) {
 			return nil, fmt.Errorf("event name %q is not of the form resource.action", name)
@@ -70,6 +71,7 @@ func Parse(data []byte) (*Catalog, error) {
 			return nil, fmt.Errorf("event %q: resource path %q must be lower-case path segments", name, path)
 		}
 		c.paths[name] = path
+		c.canon[name] = name
 		c.names = append(c.names, name)
 	}
 	sort.Strings(c.names)
@@ -82,6 +84,13 @@ func Parse(data []byte) (*Catalog, error) {
 func (c *Catalog) ResourcePath(event string) (string, bool) {
 	p, ok := c.paths[event]
 	return p, ok
+}
+
+// Canonical returns the catalog's own copy of an event name given as bytes,
+// so decoders can keep the name without allocating.
+func (c *Catalog) Canonical(event []byte) (string, bool) {
+	n, ok := c.canon[string(event)]
+	return n, ok
 }
 
 // Names lists the catalog's event names in sorted order.

@@ -52,6 +52,15 @@ const MaxFieldLen = 2048
 // none); recordTime is the record's timestamp in Unix seconds, used when the
 // value has none.
 func DecodeEvent(value, key []byte, recordTime int64, cat *catalog.Catalog) (Event, error) {
+	if ev, ok := decodeFast(value, key, recordTime, cat); ok {
+		return ev, nil
+	}
+	return decodeSlow(value, key, recordTime, cat)
+}
+
+// decodeSlow is the reference decoder, on encoding/json: it takes any JSON
+// and says exactly what is wrong with it.
+func decodeSlow(value, key []byte, recordTime int64, cat *catalog.Catalog) (Event, error) {
 	var w wireEvent
 	if !utf8.Valid(value) {
 		return Event{}, &DecodeError{"invalid_json", "value is not valid UTF-8"}
