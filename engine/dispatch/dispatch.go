@@ -50,6 +50,10 @@ type Options struct {
 	// SlowAttempt: an attempt slower than this counts against its host's
 	// health like a timeout (2s).
 	SlowAttempt time.Duration
+	// StallAfter: a host with attempts in flight and no answer for this
+	// long stops queueing more than its limit; the rest is retried later
+	// (1s).
+	StallAfter time.Duration
 	// Window bounds unfinished deliveries per shard (4096).
 	Window int
 	// MaxRetries before a delivery is dead (25, Sidekiq's default).
@@ -99,6 +103,9 @@ func (o *Options) defaults() {
 	}
 	if o.SlowAttempt <= 0 {
 		o.SlowAttempt = 2 * time.Second
+	}
+	if o.StallAfter <= 0 {
+		o.StallAfter = time.Second
 	}
 	if o.Window <= 0 {
 		o.Window = 4096
@@ -177,7 +184,7 @@ func New(o Options) *Dispatcher {
 	o.defaults()
 	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
 	dlq.Balancer = &kafka.Hash{}
-	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.MaxConnsPerHost), dlq: dlq}
+	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.MaxConnsPerHost, o.StallAfter, time.Now), dlq: dlq}
 }
 
 // Run consumes until ctx ends, then drains: every shard stops fetching,
@@ -216,14 +223,20 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	workers.Add(1)
 	go func() {
 		defer workers.Done()
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
+		sweep := time.NewTicker(time.Minute)
+		defer sweep.Stop()
+		stalls := time.NewTicker(max(d.o.StallAfter/2, 10*time.Millisecond))
+		defer stalls.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case <-sweep.C:
 				d.hosts.sweep()
+			case <-stalls.C:
+				for _, dl := range d.hosts.shedStalled() {
+					d.overflow(dl)
+				}
 			}
 		}
 	}()

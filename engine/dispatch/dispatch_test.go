@@ -424,6 +424,7 @@ func TestSlowHostDoesNotStallOthers(t *testing.T) {
 		o.Workers = 16
 		o.MaxConnsPerHost = 4
 		o.SlowAttempt = time.Minute
+		o.StallAfter = time.Minute // slow, not stalled: its deliveries wait their turn
 	})
 	slow, err := loadtest.NewReceiver(func(string, int) int {
 		entered.Add(1)
@@ -680,5 +681,63 @@ func TestStoppedShardSendsNothingMore(t *testing.T) {
 	}
 	if atStop >= 30 {
 		t.Fatalf("all 30 were sent before the stop; the test proves nothing")
+	}
+}
+
+// A host that stops answering is found stalled long before its first
+// timeout: its queue is cut to its limit and the rest goes to the retry
+// queue, so it cannot fill the shard's window and starve the other hosts of
+// the same partition.
+func TestDeadHostDoesNotFillTheWindow(t *testing.T) {
+	release := make(chan struct{})
+	var entered atomic.Int64
+	e := startEnvWith(t, loadtest.Always(200), func(o *Options) {
+		o.Workers, o.MaxConnsPerHost, o.Window, o.StallAfter = 16, 4, 32, 200*time.Millisecond
+	})
+	dead, err := loadtest.NewReceiver(func(string, int) int {
+		entered.Add(1)
+		<-release
+		return 200
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dead.Close() })
+	t.Cleanup(func() { close(release) }) // first: lets the stuck attempts end
+	if _, err := e.reg.CreateWebhook(context.Background(), registry.Webhook{AppID: e.app.ID, AccountID: "acc-dead", Event: "order.create", Address: dead.URL + "/dead"}); err != nil {
+		t.Fatal(err)
+	}
+	e.hook("acc-live", "order.create", "/live")
+	var vals []string
+	for i := 0; i < 50; i++ {
+		vals = append(vals,
+			fmt.Sprintf(`{"account_id":"acc-dead","event":"order.create","object_id":%d}`, i),
+			fmt.Sprintf(`{"account_id":"acc-live","event":"order.create","object_id":%d}`, i))
+	}
+	e.produce("same-partition", vals...) // one key: one partition, one window
+	e.waitReceived("/live", 50)
+	if n := entered.Load(); n > 4 {
+		t.Errorf("%d attempts reached the dead host, want at most its limit 4", n)
+	}
+	if e.disp.Stats.Failed.Load() == 0 {
+		t.Fatal("nothing was shed from the dead host's queue")
+	}
+	// Everything that failed so far was shed, none timed out: the live host
+	// did not wait for the dead one's 5s timeouts.
+	for p := 0; p < partitions; p++ {
+		q := shard.NewQueue(e.rdb, "gh:", "geckohook.events", p)
+		raw, err := e.rdb.HGetAll(context.Background(), q.DataKey).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for id := range raw {
+			rec, _, err := q.Get(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(rec.LastError, "host_saturated") || rec.Attempts != 0 {
+				t.Errorf("delivery %s failed with %q after %d attempts, want shed without an attempt", id, rec.LastError, rec.Attempts)
+			}
+		}
 	}
 }

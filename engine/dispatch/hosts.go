@@ -1,6 +1,9 @@
 package dispatch
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // hostGate bounds concurrent attempts per webhook host so that a slow or
 // dead endpoint cannot hold the shared workers or fill a shard's window.
@@ -9,24 +12,29 @@ import "sync"
 // per healthy attempt up to maxLimit, and halves on every unhealthy one
 // (timeout, connection error, very slow answer): additive increase,
 // multiplicative decrease. Attempts over the limit wait in the host's queue
-// without holding a worker. While a host is healthy its queue is bounded
-// only by the shards' windows, so a busy but healthy host slows fetching
-// (back-pressure) instead of spilling into the retry queue. Once it is
-// degraded its queue is cut to its limit and the overflow goes to the retry
-// queue at once.
+// without holding a worker. While a host answers, its queue is bounded only
+// by the shards' windows, so a busy but healthy host slows fetching
+// (back-pressure) instead of spilling into the retry queue. A host that is
+// degraded, or stalled (attempts in flight and no answer for stallAfter:
+// a dead host is caught long before its first timeout), keeps a queue no
+// longer than its limit; the rest goes to the retry queue at once, so it
+// cannot fill the windows and stop the other hosts' deliveries.
 type hostGate struct {
 	mu         sync.Mutex
 	startLimit int
 	maxLimit   int
+	stallAfter time.Duration
+	now        func() time.Time
 	hosts      map[string]*hostState
 }
 
 type hostState struct {
-	inflight int
-	limit    int
-	degraded bool
-	queue    []*delivery // FIFO: queue[head:]
-	head     int
+	inflight     int
+	limit        int
+	degraded     bool
+	lastProgress time.Time   // last answer, or when attempts started after none in flight
+	queue        []*delivery // FIFO: queue[head:]
+	head         int
 }
 
 type admission uint8
@@ -37,11 +45,13 @@ const (
 	admitOverflow                      // host degraded and its queue full: retry later
 )
 
-func newHostGate(maxLimit int) *hostGate {
-	return &hostGate{startLimit: min(16, maxLimit), maxLimit: maxLimit, hosts: make(map[string]*hostState)}
+func newHostGate(maxLimit int, stallAfter time.Duration, now func() time.Time) *hostGate {
+	return &hostGate{startLimit: min(16, maxLimit), maxLimit: maxLimit, stallAfter: stallAfter, now: now, hosts: make(map[string]*hostState)}
 }
 
-func (g *hostGate) admit(host string, dl *delivery) admission {
+// admit decides what happens to dl now. When the host has just been found
+// stalled, shed holds queued deliveries it can no longer take.
+func (g *hostGate) admit(host string, dl *delivery) (a admission, shed []*delivery) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st := g.hosts[host]
@@ -50,14 +60,51 @@ func (g *hostGate) admit(host string, dl *delivery) admission {
 		g.hosts[host] = st
 	}
 	if st.inflight < st.limit {
+		if st.inflight == 0 {
+			st.lastProgress = g.now()
+		}
 		st.inflight++
-		return admitSend
+		return admitSend, nil
 	}
-	if !st.degraded || st.queued() < st.limit {
+	if !st.degraded && g.now().Sub(st.lastProgress) < g.stallAfter {
 		st.queue = append(st.queue, dl)
-		return admitQueued
+		return admitQueued, nil
 	}
-	return admitOverflow
+	shed = st.shed(st.limit)
+	if st.queued() < st.limit {
+		st.queue = append(st.queue, dl)
+		return admitQueued, shed
+	}
+	return admitOverflow, shed
+}
+
+// shedStalled cuts the queue of every stalled host to its limit. It runs on
+// a ticker, because a stalled host whose deliveries fill a shard's window
+// sees no new admissions to trigger the cut.
+func (g *hostGate) shedStalled() []*delivery {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []*delivery
+	now := g.now()
+	for _, st := range g.hosts {
+		if st.queued() > st.limit && st.inflight > 0 && (st.degraded || now.Sub(st.lastProgress) >= g.stallAfter) {
+			out = append(out, st.shed(st.limit)...)
+		}
+	}
+	return out
+}
+
+// shed cuts the queue to keep entries, returning the newest ones it drops.
+func (st *hostState) shed(keep int) []*delivery {
+	n := st.queued() - keep
+	if n <= 0 {
+		return nil
+	}
+	end := len(st.queue)
+	out := append([]*delivery(nil), st.queue[end-n:]...)
+	clear(st.queue[end-n:])
+	st.queue = st.queue[:end-n]
+	return out
 }
 
 // done ends one admitted attempt and returns the next queued delivery to
@@ -67,6 +114,7 @@ func (g *hostGate) done(host string, healthy bool) (next *delivery, overflow []*
 	defer g.mu.Unlock()
 	st := g.hosts[host]
 	st.inflight--
+	st.lastProgress = g.now()
 	if healthy {
 		if st.limit < g.maxLimit {
 			st.limit++
@@ -77,13 +125,8 @@ func (g *hostGate) done(host string, healthy bool) (next *delivery, overflow []*
 	} else {
 		st.limit = max(1, st.limit/2)
 		st.degraded = true
-		if n := st.queued() - st.limit; n > 0 {
-			// Keep the oldest; the newest go to the retry queue.
-			end := len(st.queue)
-			overflow = append(overflow, st.queue[end-n:]...)
-			clear(st.queue[end-n:])
-			st.queue = st.queue[:end-n]
-		}
+		overflow = st.shed(st.limit) // keep the oldest; the newest are retried
+
 	}
 	if st.inflight < st.limit && st.queued() > 0 {
 		next = st.queue[st.head]

@@ -1,9 +1,23 @@
 package dispatch
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
+
+// gateAt returns a gate whose clock the test moves.
+func gateAt(maxLimit int) (*hostGate, *time.Time) {
+	now := time.Unix(1000, 0)
+	return newHostGate(maxLimit, time.Second, func() time.Time { return now }), &now
+}
+
+func admit(g *hostGate, host string, dl *delivery) admission {
+	a, _ := g.admit(host, dl)
+	return a
+}
 
 func TestHostGateAIMD(t *testing.T) {
-	g := newHostGate(64)
+	g, _ := gateAt(64)
 	const h = "example.com:443"
 	dls := make([]*delivery, 100)
 	for i := range dls {
@@ -12,12 +26,12 @@ func TestHostGateAIMD(t *testing.T) {
 	// A new host starts at 16 concurrent attempts; the rest queue while it
 	// is healthy (back-pressure, not retries).
 	for i := 0; i < 16; i++ {
-		if a := g.admit(h, dls[i]); a != admitSend {
+		if a := admit(g, h, dls[i]); a != admitSend {
 			t.Fatalf("attempt %d: %v, want send", i, a)
 		}
 	}
 	for i := 16; i < 40; i++ {
-		if a := g.admit(h, dls[i]); a != admitQueued {
+		if a := admit(g, h, dls[i]); a != admitQueued {
 			t.Fatalf("attempt %d: %v, want queued on a healthy host", i, a)
 		}
 	}
@@ -45,7 +59,7 @@ func TestHostGateAIMD(t *testing.T) {
 		t.Fatalf("handed over a delivery while over the new limit (in flight %d)", st.inflight)
 	}
 	// A degraded host queues at most its limit; beyond that, overflow.
-	if a := g.admit(h, dls[40]); a != admitOverflow {
+	if a := admit(g, h, dls[40]); a != admitOverflow {
 		t.Fatalf("degraded host with full queue: %v, want overflow", a)
 	}
 	// Drain everything with healthy answers: the host recovers and, idle,
@@ -63,16 +77,16 @@ func TestHostGateAIMD(t *testing.T) {
 	if len(g.hosts) != 0 {
 		t.Fatalf("sweep kept %d idle hosts", len(g.hosts))
 	}
-	if a := g.admit(h, dls[41]); a != admitSend {
+	if a := admit(g, h, dls[41]); a != admitSend {
 		t.Fatalf("recovered host: %v, want send", a)
 	}
 }
 
 func TestHostGateDeadHostHoldsOneSlot(t *testing.T) {
-	g := newHostGate(64)
+	g, _ := gateAt(64)
 	const h = "dead.test:443"
 	for i := 0; i < 16; i++ {
-		g.admit(h, &delivery{})
+		admit(g, h, &delivery{})
 	}
 	for i := 0; i < 16; i++ {
 		g.done(h, false)
@@ -80,7 +94,57 @@ func TestHostGateDeadHostHoldsOneSlot(t *testing.T) {
 	if st := g.hosts[h]; st.limit != 1 || st.inflight != 0 {
 		t.Fatalf("after 16 timeouts: limit %d, in flight %d", st.limit, st.inflight)
 	}
-	if g.admit(h, &delivery{}) != admitSend || g.admit(h, &delivery{}) != admitQueued || g.admit(h, &delivery{}) != admitOverflow {
+	if admit(g, h, &delivery{}) != admitSend || admit(g, h, &delivery{}) != admitQueued || admit(g, h, &delivery{}) != admitOverflow {
 		t.Fatal("a dead host must get one attempt, one waiting, and overflow for the rest")
+	}
+}
+
+func TestHostGateShedsAStalledHostsQueue(t *testing.T) {
+	g, now := gateAt(64)
+	const h = "silent.test:443"
+	for i := 0; i < 16; i++ {
+		admit(g, h, &delivery{})
+	}
+	// Not answering yet, but not for long: queue freely.
+	for i := 0; i < 100; i++ {
+		if a := admit(g, h, &delivery{offset: int64(i)}); a != admitQueued {
+			t.Fatalf("fresh host, delivery %d: %v", i, a)
+		}
+	}
+	*now = now.Add(1500 * time.Millisecond) // no answer for 1.5s: stalled
+	a, shed := g.admit(h, &delivery{offset: 100})
+	if a != admitOverflow || len(shed) != 100-16 {
+		t.Fatalf("stalled host: %v with %d shed, want overflow and 84 shed", a, len(shed))
+	}
+	if shed[0].offset != 16 || g.hosts[h].queued() != 16 {
+		t.Fatalf("kept %d queued, shed from offset %d; want the oldest 16 kept", g.hosts[h].queued(), shed[0].offset)
+	}
+	// An answer is progress: the host may queue freely again.
+	g.done(h, true)
+	for i := 0; i < 50; i++ {
+		if a := admit(g, h, &delivery{}); a == admitOverflow {
+			t.Fatalf("after an answer, delivery %d overflowed", i)
+		}
+	}
+	if q := g.hosts[h].queued(); q <= g.hosts[h].limit {
+		t.Fatalf("queue %d not past the limit %d after progress", q, g.hosts[h].limit)
+	}
+}
+
+func TestHostGateShedStalledWithoutNewArrivals(t *testing.T) {
+	g, now := gateAt(64)
+	for i := 0; i < 40; i++ {
+		admit(g, "a.test:443", &delivery{})
+		admit(g, "b.test:443", &delivery{})
+	}
+	g.done("b.test:443", true) // b answers; a does not
+	if shed := g.shedStalled(); len(shed) != 0 {
+		t.Fatalf("shed %d before anything stalled", len(shed))
+	}
+	*now = now.Add(2 * time.Second)
+	g.done("b.test:443", true)
+	shed := g.shedStalled()
+	if len(shed) != 40-16-16 || g.hosts["a.test:443"].queued() != 16 {
+		t.Fatalf("shed %d, a keeps %d queued; want 8 shed and 16 kept", len(shed), g.hosts["a.test:443"].queued())
 	}
 }

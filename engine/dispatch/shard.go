@@ -218,7 +218,11 @@ func (d *Dispatcher) deliver(dl *delivery) {
 	for dl != nil {
 		host := dl.hook.Host()
 		if !admitted {
-			switch d.hosts.admit(host, dl) {
+			a, shed := d.hosts.admit(host, dl)
+			for _, o := range shed {
+				d.overflow(o)
+			}
+			switch a {
 			case admitQueued:
 				return
 			case admitOverflow:
