@@ -99,21 +99,7 @@ func TestAllInOneProcess(t *testing.T) {
 			if realRedis {
 				args = append(args, "--redis-addr", testenv.Redis(t).Addr)
 			}
-			cmd := exec.Command(binary, args...)
-			cmd.Env = append(os.Environ(), "GECKOHOOK_ADMIN_TOKEN=") // the generated one must be printed
-			var out syncBuffer
-			cmd.Stdout, cmd.Stderr = &out, &out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			exited := make(chan error, 1)
-			go func() { exited <- cmd.Wait() }()
-			defer func() {
-				_ = cmd.Process.Kill()
-				if t.Failed() {
-					t.Logf("geckohook output:\n%s", out.String())
-				}
-			}()
+			cmd, out, exited := startProcess(t, args...)
 
 			base := "http://" + apiAddr
 			var adminToken string
@@ -232,6 +218,13 @@ func TestCommandLineErrors(t *testing.T) {
 func startProcess(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, chan error) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
+	// Settings come from the arguments alone, not from the caller's
+	// GECKOHOOK_* variables (an unset admin token must be generated).
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GECKOHOOK_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -74,23 +74,15 @@ func decodeFast(value, key []byte, recordTime int64, cat *catalog.Catalog) (Even
 			ev.Event, i = name, j
 		case "object_id":
 			bit = sObject
-			n, j, ok := integer(value, i)
+			v, j, ok := nonNegative(value, i)
 			if !ok {
-				return ev, false
-			}
-			v, err := strconv.ParseInt(string(n), 10, 64)
-			if err != nil || v < 0 {
 				return ev, false
 			}
 			ev.ObjectID, i = v, j
 		case "timestamp":
 			bit = sTimestamp
-			n, j, ok := integer(value, i)
+			v, j, ok := nonNegative(value, i)
 			if !ok {
-				return ev, false
-			}
-			v, err := strconv.ParseInt(string(n), 10, 64)
-			if err != nil || v < 0 {
 				return ev, false
 			}
 			ev.Timestamp, i, tsPassed = v, j, true
@@ -165,6 +157,19 @@ func plainString(b []byte, i int) ([]byte, int, bool) {
 		}
 	}
 	return nil, i, false
+}
+
+// nonNegative reads a JSON integer at b[i] that fits an int64 and is >= 0.
+func nonNegative(b []byte, i int) (int64, int, bool) {
+	n, j, ok := integer(b, i)
+	if !ok {
+		return 0, i, false
+	}
+	v, err := strconv.ParseInt(string(n), 10, 64)
+	if err != nil || v < 0 {
+		return 0, i, false
+	}
+	return v, j, true
 }
 
 // integer reads a JSON integer (-?(0|[1-9][0-9]*)) at b[i] that is not
