@@ -117,20 +117,9 @@ func BenchmarkFlood(b *testing.B) {
 		b.Fatal(err)
 	}
 	rdb := srv.Client()
-	reg := registry.New(rdb, registry.Options{ReloadEvery: -1})
-	if err := reg.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
-	app, _, err := reg.CreateApp(ctx, "bench", "b@example.com")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < floodWebhooks; i++ {
-		if _, err := reg.CreateWebhook(ctx, registry.Webhook{AppID: app.ID, AccountID: "acc-" + strconv.Itoa(i), Event: "order.create",
-			Address: r.urls[i%len(r.urls)] + "/hook/" + strconv.Itoa(i)}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	reg := seededRegistry(b, rdb, floodWebhooks, func(i int) registry.Webhook {
+		return registry.Webhook{AccountID: "acc-" + strconv.Itoa(i), Event: "order.create", Address: r.urls[i%len(r.urls)] + "/hook/" + strconv.Itoa(i)}
+	})
 	w := kafkaio.NewWriter(brokers, "geckohook.events")
 	w.BatchSize = 5000
 	msgs := make([]kafka.Message, 0, 5000)

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"strconv"
 	"testing"
 
@@ -15,16 +14,6 @@ var (
 	cat   = catalog.Default()
 	value = []byte(`{"account_id":"acc-1","event":"fulfillments.create","object_id":1234567,"timestamp":1546272000}`)
 )
-
-func BenchmarkDecodeEvent(b *testing.B) {
-	b.ReportAllocs()
-	b.SetBytes(int64(len(value)))
-	for i := 0; i < b.N; i++ {
-		if _, err := contract.DecodeEvent(value, nil, 0, cat); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
 
 // BenchmarkBodySignID is the per-delivery work between the registry lookup
 // and the HTTP client: body (once per event), signature and delivery id.
@@ -59,23 +48,11 @@ func BenchmarkSignParallel(b *testing.B) {
 // BenchmarkRegistryMatch looks up webhooks among 20,000 registered ones
 // (loaded from a real redis-server), from every core at once.
 func BenchmarkRegistryMatch(b *testing.B) {
-	srv := testenv.Redis(b)
-	ctx := context.Background()
-	reg := registry.New(srv.Client(), registry.Options{ReloadEvery: -1})
-	if err := reg.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
-	app, _, err := reg.CreateApp(ctx, "bench", "b@example.com")
-	if err != nil {
-		b.Fatal(err)
-	}
 	const accounts = 2000
-	for i := 0; i < accounts*10; i++ {
-		if _, err := reg.CreateWebhook(ctx, registry.Webhook{AppID: app.ID, AccountID: "acc-" + strconv.Itoa(i%accounts), Event: cat.Names()[i/accounts], Address: "https://x.test/" + strconv.Itoa(i)}); err != nil {
-			b.Fatal(err)
-		}
-	}
 	names := cat.Names()
+	reg := seededRegistry(b, testenv.Redis(b).Client(), accounts*10, func(i int) registry.Webhook {
+		return registry.Webhook{AccountID: "acc-" + strconv.Itoa(i%accounts), Event: names[i/accounts], Address: "https://x.test/" + strconv.Itoa(i)}
+	})
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

@@ -18,21 +18,10 @@ func BenchmarkRegistryMemory(b *testing.B) {
 	srv := testenv.Redis(b)
 	ctx := context.Background()
 	rdb := srv.Client()
-	seed := registry.New(rdb, registry.Options{ReloadEvery: -1})
-	if err := seed.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
-	app, _, err := seed.CreateApp(ctx, "bench", "b@example.com")
-	if err != nil {
-		b.Fatal(err)
-	}
 	names := cat.Names()
-	for i := 0; i < hooks; i++ {
-		if _, err := seed.CreateWebhook(ctx, registry.Webhook{AppID: app.ID, AccountID: "account-" + strconv.Itoa(i/3),
-			Event: names[i%len(names)], Address: "https://hooks.example.com/geckohook/" + strconv.Itoa(i)}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	seededRegistry(b, rdb, hooks, func(i int) registry.Webhook {
+		return registry.Webhook{AccountID: "account-" + strconv.Itoa(i/3), Event: names[i%len(names)], Address: "https://hooks.example.com/geckohook/" + strconv.Itoa(i)}
+	})
 	b.ResetTimer()
 	var perHook float64
 	for n := 0; n < b.N; n++ {

@@ -46,7 +46,6 @@ type Receiver struct {
 	secrets   map[string]string // path -> app secret
 	counts    map[string]int
 	got       []Received
-	ln        net.Listener
 	srv       *fasthttp.Server
 }
 
@@ -56,17 +55,10 @@ func NewReceiver(b Behaviour) (*Receiver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot listen for receiver: %w", err)
 	}
-	r := &Receiver{URL: "http://" + ln.Addr().String(), behaviour: b, secrets: map[string]string{}, counts: map[string]int{}, ln: ln}
+	r := &Receiver{URL: "http://" + ln.Addr().String(), behaviour: b, secrets: map[string]string{}, counts: map[string]int{}}
 	r.srv = &fasthttp.Server{Handler: r.handle, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 	go func() { _ = r.srv.Serve(ln) }()
 	return r, nil
-}
-
-// SetBehaviour replaces the behaviour.
-func (r *Receiver) SetBehaviour(b Behaviour) {
-	r.mu.Lock()
-	r.behaviour = b
-	r.mu.Unlock()
 }
 
 // Expect registers the application secret that signs requests to path.
@@ -84,9 +76,8 @@ func (r *Receiver) handle(ctx *fasthttp.RequestCtx) {
 	secret, known := r.secrets[path]
 	n := r.counts[path]
 	r.counts[path] = n + 1
-	behaviour := r.behaviour
 	r.mu.Unlock()
-	status := behaviour(path, n) // may block: a slow endpoint
+	status := r.behaviour(path, n) // may block: a slow endpoint
 	rec := Received{
 		Path: path, DeliveryID: string(ctx.Request.Header.Peek("X-Gecko-Delivery")), Signature: sig,
 		ContentType: string(ctx.Request.Header.ContentType()), UserAgent: string(ctx.Request.Header.UserAgent()),

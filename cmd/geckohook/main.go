@@ -22,7 +22,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
-	"github.com/valyala/fasthttp"
 
 	"github.com/geckohook/geckohook/engine/api"
 	"github.com/geckohook/geckohook/engine/catalog"
@@ -239,8 +238,45 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 	log.Info().Int("applications", apps).Int("webhooks", hooks).Msg("registry loaded")
 
 	policy := netguard.Policy{AllowPrivate: c.AllowPrivate, AllowHTTP: c.AllowHTTP}
-	failed := make(chan error, 2) // a part that stops on its own stops the process
+	failed := make(chan error, 3) // a part that stops on its own stops the process
+	// startPart runs fn until the shutdown stops it; if it returns before,
+	// the process shuts down with its error.
+	startPart := func(name string, fn func(ctx context.Context) error) {
+		pctx, stop := context.WithCancel(context.Background())
+		late := make(chan error, 1)
+		go func() {
+			err := fn(pctx)
+			if pctx.Err() == nil {
+				failed <- fmt.Errorf("%s stopped by itself: %v", name, err)
+				err = nil
+			}
+			late <- err
+		}()
+		closers = append(closers, closer{name, func() {
+			stop()
+			if err := <-late; err != nil {
+				log.Error().Err(err).Str("part", name).Msg("error while stopping")
+			}
+		}})
+	}
+	// serveAPI serves a on addr as a part of the process.
+	serveAPI := func(name, addr string, a *api.API) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("cannot listen for the %s on %s: %w", name, addr, err)
+		}
+		startPart(name, func(ctx context.Context) error { return a.Serve(ctx, ln) })
+		fmt.Fprintf(stdout, "%s listening on http://%s\n", name, ln.Addr())
+		return nil
+	}
+	health := func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
+
 	var d *dispatch.Dispatcher
+	metrics := func(b *bytes.Buffer) {
+		if d != nil {
+			d.WriteMetrics(b)
+		}
+	}
 	if role == "all" || role == "dispatcher" {
 		d = dispatch.New(dispatch.Options{
 			Brokers: brokers, Topic: c.EventsTopic, DLQTopic: c.DLQTopic, Group: c.Group,
@@ -249,60 +285,18 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 				Policy: policy, Timeout: c.RequestTimeout, MaxConnsPerHost: c.MaxConnsPerHost,
 				DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
 			}),
-			Workers: c.Workers, Window: c.Window, MaxRetries: c.MaxRetries, MaxConnsPerHost: c.MaxConnsPerHost,
+			Workers: c.Workers, Window: c.Window, MaxRetries: maxRetries(c.MaxRetries),
 			DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
 			Log: log.With().Str("part", "dispatcher").Logger(),
 		})
-		dctx, stopD := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() {
-			err := d.Run(dctx)
-			if err == nil && dctx.Err() == nil {
-				err = errors.New("dispatcher stopped by itself")
-			}
-			done <- err
-			if dctx.Err() == nil {
-				failed <- fmt.Errorf("dispatcher: %w", err)
-			}
-		}()
-		closers = append(closers, closer{"dispatcher (drained)", func() {
-			stopD()
-			if err := <-done; err != nil && dctx.Err() == nil {
-				log.Error().Err(err).Msg("dispatcher")
-			}
-		}})
+		startPart("dispatcher (drained)", d.Run)
 		log.Info().Strs("brokers", brokers).Str("topic", c.EventsTopic).Str("group", c.Group).Msg("dispatcher running")
 	}
 	if role == "dispatcher" && c.MetricsListen != "" {
-		ln, err := net.Listen("tcp", c.MetricsListen)
-		if err != nil {
-			return fmt.Errorf("cannot listen on --metrics-listen %s: %w", c.MetricsListen, err)
+		ops := api.New(api.Options{Health: health, Metrics: metrics, Log: log.With().Str("part", "metrics").Logger()})
+		if err := serveAPI("metrics and health endpoint", c.MetricsListen, ops); err != nil {
+			return err
 		}
-		srv := &fasthttp.Server{
-			Name: "geckohook", ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute,
-			Handler: func(ctx *fasthttp.RequestCtx) {
-				switch string(ctx.Path()) {
-				case "/metrics":
-					var b bytes.Buffer
-					d.WriteMetrics(&b)
-					ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
-					ctx.SetBody(b.Bytes())
-				case "/healthz":
-					ctx.SetContentType("application/json")
-					if err := rdb.Ping(ctx).Err(); err != nil {
-						ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
-						ctx.SetBodyString(`{"status":"unavailable"}`)
-						return
-					}
-					ctx.SetBodyString(`{"status":"ok"}`)
-				default:
-					ctx.SetStatusCode(fasthttp.StatusNotFound)
-				}
-			},
-		}
-		go func() { _ = srv.Serve(ln) }()
-		closers = append(closers, closer{"metrics server", func() { _ = srv.Shutdown() }})
-		fmt.Fprintf(stdout, "metrics and health on http://%s/metrics, /healthz\n", ln.Addr())
 	}
 	if role == "all" || role == "api" {
 		w := kafkaio.NewWriter(brokers, c.EventsTopic)
@@ -312,34 +306,12 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 			Produce: func(ctx context.Context, key, value []byte) error {
 				return w.WriteMessages(ctx, kafka.Message{Key: key, Value: value})
 			},
-			Health: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-			Metrics: func(b *bytes.Buffer) {
-				if d != nil {
-					d.WriteMetrics(b)
-				}
-			},
+			Health: health, Metrics: metrics,
 			Log: log.With().Str("part", "api").Logger(),
 		})
-		ln, err := net.Listen("tcp", c.APIListen)
-		if err != nil {
-			return fmt.Errorf("cannot listen on --api-listen %s: %w", c.APIListen, err)
+		if err := serveAPI("management API", c.APIListen, a); err != nil {
+			return err
 		}
-		actx, stopA := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() {
-			err := a.Serve(actx, ln)
-			done <- err
-			if err != nil && actx.Err() == nil {
-				failed <- fmt.Errorf("api: %w", err)
-			}
-		}()
-		closers = append(closers, closer{"api", func() {
-			stopA()
-			if err := <-done; err != nil {
-				log.Error().Err(err).Msg("api")
-			}
-		}})
-		fmt.Fprintf(stdout, "management API listening on http://%s\n", ln.Addr())
 	}
 	log.Info().Str("role", role).Str("version", version).Msg("geckohook running; Ctrl-C or SIGTERM to stop")
 	select {
@@ -352,6 +324,15 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 	signal.Reset(os.Interrupt, syscall.SIGTERM)
 	log.Info().Msg("shutting down: draining in-flight deliveries")
 	return nil
+}
+
+// maxRetries maps --max-retries to dispatch.Options, where 0 means the
+// default and a negative number none.
+func maxRetries(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // waitRedis pings until Redis answers or ctx ends.

@@ -34,7 +34,8 @@ import (
 
 // Options configure an API.
 type Options struct {
-	// Registry holds applications and webhooks (required, started).
+	// Registry holds applications and webhooks (started). Nil serves only
+	// /healthz and /metrics: the operations endpoints of a dispatcher.
 	Registry *registry.Registry
 	// Catalog lists the accepted event names (default catalog.Default()).
 	Catalog *catalog.Catalog
@@ -209,6 +210,9 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 			a.serveMetrics(ctx)
 			return route, ""
 		}
+	case a.o.Registry == nil:
+		writeError(ctx, &apiError{fasthttp.StatusNotFound, "not_found", "no such endpoint"})
+		return "unknown", ""
 	case path == "/v1/applications":
 		route, allowed = "applications", "POST"
 		if method == "POST" {

@@ -135,7 +135,7 @@ func (a *API) createWebhook(ctx *fasthttp.RequestCtx, c caller) *apiError {
 	w, err := a.o.Registry.CreateWebhook(sctx, registry.Webhook{
 		AppID: c.app.ID, AccountID: in.AccountID, Event: in.Event, Address: in.Address,
 	})
-	if err != nil || w == nil {
+	if err != nil {
 		a.o.Log.Error().Err(err).Str("app_id", c.app.ID).Msg("cannot create webhook")
 		return storeUnavailable()
 	}

@@ -3,7 +3,6 @@ package contract
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
@@ -29,12 +28,6 @@ type DecodeError struct {
 }
 
 func (e *DecodeError) Error() string { return e.Reason + ": " + e.Detail }
-
-// IsDecodeError reports whether err is a *DecodeError.
-func IsDecodeError(err error) bool {
-	var de *DecodeError
-	return errors.As(err, &de)
-}
 
 type wireEvent struct {
 	AccountID   json.RawMessage `json:"account_id"`

@@ -73,3 +73,26 @@ func TestFastDecodeCommonShapeAllocs(t *testing.T) {
 		t.Errorf("decoding the common shape allocates %.0f times, want 1 (the account id)", allocs)
 	}
 }
+
+// BenchmarkDecode compares the fast path with the encoding/json reference
+// on the common event shape.
+func BenchmarkDecode(b *testing.B) {
+	cat := catalog.Default()
+	value := []byte(`{"account_id":"acc-1","event":"fulfillments.create","object_id":1234567,"timestamp":1546272000}`)
+	for _, c := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"fast", func() error { _, err := DecodeEvent(value, nil, 0, cat); return err }},
+		{"encoding-json", func() error { _, err := decodeSlow(value, nil, 0, cat); return err }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if err := c.fn(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

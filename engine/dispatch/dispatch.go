@@ -43,10 +43,6 @@ type Options struct {
 	// Workers send deliveries for every shard of this process (1024). A
 	// worker is held for the length of one attempt.
 	Workers int
-	// MaxConnsPerHost bounds concurrent attempts to one host:port (64); it
-	// adapts down for hosts that time out (see hostGate). It should equal
-	// the sender's MaxConnsPerHost.
-	MaxConnsPerHost int
 	// SlowAttempt: an attempt slower than this counts against its host's
 	// health like a timeout (2s).
 	SlowAttempt time.Duration
@@ -56,7 +52,8 @@ type Options struct {
 	StallAfter time.Duration
 	// Window bounds unfinished deliveries per shard (4096).
 	Window int
-	// MaxRetries before a delivery is dead (25, Sidekiq's default).
+	// MaxRetries before a delivery is dead (0: 25, Sidekiq's default;
+	// negative: none, every failure is dead at once).
 	MaxRetries int
 	// CommitEvery is how often each shard commits its offset (500ms).
 	CommitEvery time.Duration
@@ -97,9 +94,6 @@ func (o *Options) defaults() {
 	}
 	if o.Workers <= 0 {
 		o.Workers = 1024
-	}
-	if o.MaxConnsPerHost <= 0 {
-		o.MaxConnsPerHost = 64
 	}
 	if o.SlowAttempt <= 0 {
 		o.SlowAttempt = 2 * time.Second
@@ -158,7 +152,7 @@ func (d *Dispatcher) WriteMetrics(b *bytes.Buffer) {
 		fmt.Sprintf("geckohook_events_total %d\n", st.Events.Load()))
 	counter("geckohook_dead_letters_total", "Events written to the dead-letter topic.",
 		fmt.Sprintf("geckohook_dead_letters_total %d\n", st.DeadLettered.Load()))
-	counter("geckohook_deliveries_total", "Delivery attempts by outcome (dropped: webhook deleted before sending).",
+	counter("geckohook_deliveries_total", "Deliveries by outcome (failure includes those deferred without an attempt; dropped: webhook deleted before sending).",
 		fmt.Sprintf("geckohook_deliveries_total{outcome=\"success\"} %d\n", st.Delivered.Load()),
 		fmt.Sprintf("geckohook_deliveries_total{outcome=\"failure\"} %d\n", st.Failed.Load()),
 		fmt.Sprintf("geckohook_deliveries_total{outcome=\"gone\"} %d\n", st.Gone.Load()),
@@ -184,7 +178,7 @@ func New(o Options) *Dispatcher {
 	o.defaults()
 	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
 	dlq.Balancer = &kafka.Hash{}
-	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.MaxConnsPerHost, o.StallAfter, time.Now), dlq: dlq}
+	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now), dlq: dlq}
 }
 
 // Run consumes until ctx ends, then drains: every shard stops fetching,
@@ -200,8 +194,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		RebalanceTimeout:  d.o.RebalanceTimeout,
 		HeartbeatInterval: d.o.SessionTimeout / 4,
 		JoinGroupBackoff:  time.Second,
-		// kafka-go's default 5s partition watch would end every generation
-		// the moment partitions are added; we want that too, a bit faster.
+		// Partitions added to the topic start a new generation, so they
+		// get shards without a restart.
 		WatchPartitionChanges:  true,
 		PartitionWatchInterval: 5 * time.Second,
 	})
@@ -220,6 +214,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}()
 	}
 
+	// The gate's ticker runs until the shards have drained: a stall during a
+	// drain must still be shed.
+	drained := make(chan struct{})
 	workers.Add(1)
 	go func() {
 		defer workers.Done()
@@ -229,7 +226,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		defer stalls.Stop()
 		for {
 			select {
-			case <-ctx.Done():
+			case <-drained:
 				return
 			case <-sweep.C:
 				d.hosts.sweep()
@@ -254,7 +251,6 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		assigned := gen.Assignments[d.o.Topic]
 		d.o.Log.Info().Int32("generation", gen.ID).Int("partitions", len(assigned)).Msg("partitions assigned")
 		for _, a := range assigned {
-			a := a
 			shards.Add(1)
 			gen.Start(func(gctx context.Context) {
 				defer shards.Done()
@@ -267,6 +263,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.o.Log.Warn().Err(err).Msg("closing consumer group")
 	}
 	shards.Wait()
+	close(drained)
 	close(d.work)
 	workers.Wait()
 	if err := d.dlq.Close(); err != nil {

@@ -83,13 +83,19 @@ func startEnvWith(t *testing.T, behaviour loadtest.Behaviour, tune func(*Options
 	return e
 }
 
+// testSender reaches loopback receivers, with a 5s limit; maxConns 0 keeps
+// the default connection limit per host.
+func testSender(maxConns int) *sender.Sender {
+	return sender.New(sender.Options{Policy: netguard.Policy{AllowPrivate: true, AllowHTTP: true}, Timeout: 5 * time.Second, MaxConnsPerHost: maxConns})
+}
+
 // startDispatcher runs one more dispatcher in the group; stop drains it and
 // waits for Run to return. It is also stopped at test end.
 func (e *env) startDispatcher() (*Dispatcher, func()) {
 	t := e.t
 	o := Options{
 		Brokers: []string{e.broker}, Registry: e.reg, Catalog: catalog.Default(), Redis: e.rdb,
-		Sender:         sender.New(sender.Options{Policy: netguard.Policy{AllowPrivate: true, AllowHTTP: true}, Timeout: 5 * time.Second}),
+		Sender:         testSender(0),
 		Workers:        16,
 		CommitEvery:    50 * time.Millisecond,
 		SessionTimeout: 6 * time.Second,
@@ -422,7 +428,7 @@ func TestSlowHostDoesNotStallOthers(t *testing.T) {
 	var entered atomic.Int64
 	e := startEnvWith(t, loadtest.Always(200), func(o *Options) {
 		o.Workers = 16
-		o.MaxConnsPerHost = 4
+		o.Sender = testSender(4)
 		o.SlowAttempt = time.Minute
 		o.StallAfter = time.Minute // slow, not stalled: its deliveries wait their turn
 	})
@@ -659,7 +665,7 @@ func TestStoppedShardSendsNothingMore(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		return 200
 	}, func(o *Options) {
-		o.MaxConnsPerHost, o.DrainTimeout = 2, time.Second
+		o.Sender, o.DrainTimeout = testSender(2), time.Second
 	})
 	e.hook("acc-p", "order.create", "/parked")
 	e.produce("acc-p", events("acc-p", 30)...)
@@ -692,7 +698,7 @@ func TestDeadHostDoesNotFillTheWindow(t *testing.T) {
 	release := make(chan struct{})
 	var entered atomic.Int64
 	e := startEnvWith(t, loadtest.Always(200), func(o *Options) {
-		o.Workers, o.MaxConnsPerHost, o.Window, o.StallAfter = 16, 4, 32, 200*time.Millisecond
+		o.Workers, o.Sender, o.Window, o.StallAfter = 16, testSender(4), 32, 200*time.Millisecond
 	})
 	dead, err := loadtest.NewReceiver(func(string, int) int {
 		entered.Add(1)

@@ -66,7 +66,7 @@ func (g *hostGate) admit(host string, dl *delivery) (a admission, shed []*delive
 		st.inflight++
 		return admitSend, nil
 	}
-	if !st.degraded && g.now().Sub(st.lastProgress) < g.stallAfter {
+	if !g.bounded(st, g.now()) {
 		st.queue = append(st.queue, dl)
 		return admitQueued, nil
 	}
@@ -87,11 +87,17 @@ func (g *hostGate) shedStalled() []*delivery {
 	var out []*delivery
 	now := g.now()
 	for _, st := range g.hosts {
-		if st.queued() > st.limit && st.inflight > 0 && (st.degraded || now.Sub(st.lastProgress) >= g.stallAfter) {
+		if st.queued() > st.limit && st.inflight > 0 && g.bounded(st, now) {
 			out = append(out, st.shed(st.limit)...)
 		}
 	}
 	return out
+}
+
+// bounded reports whether a host may queue no more than its limit: it is
+// degraded, or stalled (in flight, and no answer for stallAfter).
+func (g *hostGate) bounded(st *hostState, now time.Time) bool {
+	return st.degraded || now.Sub(st.lastProgress) >= g.stallAfter
 }
 
 // shed cuts the queue to keep entries, returning the newest ones it drops.
@@ -126,7 +132,6 @@ func (g *hostGate) done(host string, healthy bool) (next *delivery, overflow []*
 		st.limit = max(1, st.limit/2)
 		st.degraded = true
 		overflow = st.shed(st.limit) // keep the oldest; the newest are retried
-
 	}
 	if st.inflight < st.limit && st.queued() > 0 {
 		next = st.queue[st.head]
@@ -134,8 +139,14 @@ func (g *hostGate) done(host string, healthy bool) (next *delivery, overflow []*
 		st.head++
 		st.inflight++
 	}
-	if st.queued() == 0 {
+	switch {
+	case st.queued() == 0:
 		st.queue, st.head = st.queue[:0], 0
+	case st.head > 1024 && st.head*2 > len(st.queue):
+		// A host that is never idle never empties its queue: drop the
+		// consumed head so the slice does not grow without end.
+		st.queue = append(st.queue[:0], st.queue[st.head:]...)
+		st.head = 0
 	}
 	return next, overflow
 }

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // gateAt returns a gate whose clock the test moves.
@@ -146,5 +147,32 @@ func TestHostGateShedStalledWithoutNewArrivals(t *testing.T) {
 	shed := g.shedStalled()
 	if len(shed) != 40-16-16 || g.hosts["a.test:443"].queued() != 16 {
 		t.Fatalf("shed %d, a keeps %d queued; want 8 shed and 16 kept", len(shed), g.hosts["a.test:443"].queued())
+	}
+}
+
+func TestHostGateQueueDoesNotGrowOnABusyHost(t *testing.T) {
+	g, _ := gateAt(1)
+	const h = "busy.test:443"
+	admit(g, h, &delivery{}) // in flight
+	admit(g, h, &delivery{}) // and one waiting, so the queue never empties:
+	// one in, one out, 100,000 times.
+	for i := 0; i < 100_000; i++ {
+		admit(g, h, &delivery{})
+		if next, _ := g.done(h, true); next == nil {
+			t.Fatal("nothing handed over")
+		}
+	}
+	if st := g.hosts[h]; len(st.queue) > 4096 {
+		t.Fatalf("queue backing slice holds %d entries for %d queued", len(st.queue), st.queued())
+	}
+}
+
+// An in-flight delivery's own memory, as the README states it (run with -v
+// to see it): the pooled record, without the event body it shares.
+func TestDeliveryRecordSize(t *testing.T) {
+	size := unsafe.Sizeof(delivery{})
+	t.Logf("delivery record: %d bytes", size)
+	if size > 256 {
+		t.Fatalf("delivery record grew to %d bytes", size)
 	}
 }

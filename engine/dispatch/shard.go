@@ -25,11 +25,8 @@ type delivery struct {
 	body   []byte // shared by every delivery of the event; never modified
 	id     [contract.DeliveryIDLen]byte
 	sig    [64]byte
-	at     time.Time
+	at     time.Time // when the failure happened (set only on failure)
 	res    sender.Result
-	// attempted is false for a delivery deferred without an attempt (its
-	// host was saturated); its record then counts no attempt.
-	attempted bool
 }
 
 var deliveryPool = sync.Pool{New: func() any { return new(delivery) }}
@@ -242,16 +239,17 @@ func (d *Dispatcher) deliver(dl *delivery) {
 
 func refusedTarget(err error) bool {
 	var ae *sender.AttemptError
-	return errors.As(err, &ae) && ae.Stage == "refused_target"
+	return errors.As(err, &ae) && ae.Stage == sender.StageRefusedTarget
 }
 
-var errHostSaturated = errors.New("host is not keeping up; attempt deferred to the retry queue")
+// errHostSaturated marks a delivery deferred without an attempt.
+var errHostSaturated = errors.New("host_saturated: host is not keeping up; deferred to the retry queue without an attempt")
 
 // overflow fails a delivery its host cannot take now, without an attempt.
 func (d *Dispatcher) overflow(dl *delivery) {
 	d.Stats.Failed.Add(1)
 	dl.at = d.o.Now()
-	dl.res = sender.Result{Outcome: contract.Failure, Err: &sender.AttemptError{Stage: "host_saturated", Err: errHostSaturated}}
+	dl.res = sender.Result{Outcome: contract.Failure, Err: errHostSaturated}
 	dl.sh.fail(dl)
 }
 
@@ -268,23 +266,20 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 		return true
 	default:
 	}
-	hook := d.o.Registry.Webhook(dl.hook.ID)
-	var app *registry.App
-	if hook != nil {
-		app = d.o.Registry.App(hook.AppID)
-	}
-	if hook == nil || app == nil {
+	hook, app := d.o.Registry.Target(dl.hook.ID)
+	if hook == nil {
 		// Deleted since the event was matched: nothing to deliver.
 		d.Stats.Dropped.Add(1)
 		s.finish(dl)
 		return true
 	}
 	sig := app.Signer().AppendSignature(dl.sig[:0], dl.body)
-	dl.at = d.o.Now()
 	start := time.Now()
 	dl.res = d.o.Sender.Send(hook.Address, dl.body, dl.id[:], sig)
-	dl.attempted = true
 	healthy = dl.res.Err == nil && time.Since(start) < d.o.SlowAttempt
+	if dl.res.Outcome != contract.Success {
+		dl.at = d.o.Now()
+	}
 	if dl.res.Err != nil && refusedTarget(dl.res.Err) {
 		healthy = true // our policy, not the host's health
 	}
@@ -382,10 +377,10 @@ func (s *shardRun) scheduleLoop(ctx context.Context) {
 }
 
 func attempts(dl *delivery) int {
-	if dl.attempted {
-		return 1
+	if errors.Is(dl.res.Err, errHostSaturated) {
+		return 0
 	}
-	return 0
+	return 1
 }
 
 func (s *shardRun) entry(dl *delivery) shard.Entry {
@@ -416,28 +411,23 @@ func (s *shardRun) deadLetterLoop(ctx context.Context) {
 		}
 		msgs = msgs[:0]
 		for _, b := range batch {
-			value := b.msg.Value
-			var truncated []kafka.Header
-			if len(value) > maxDeadLetterValue {
-				// Keep a recognisable head; a dead letter the broker refuses
-				// would hold the partition's offset forever.
-				value = value[:maxDeadLetterValue]
-				truncated = []kafka.Header{{Key: "geckohook-truncated-from", Value: []byte(strconv.Itoa(len(b.msg.Value)))}}
-			}
 			detail := b.err.Detail
 			if len(detail) > 512 {
 				detail = detail[:512]
 			}
 			msgs = append(msgs, kafka.Message{
-				Key: b.msg.Key, Value: value,
-				Headers: append([]kafka.Header{
+				Key: b.msg.Key, Value: b.msg.Value,
+				Headers: []kafka.Header{
 					{Key: "geckohook-error", Value: []byte(b.err.Reason)},
 					{Key: "geckohook-error-detail", Value: []byte(detail)},
 					{Key: "geckohook-source-topic", Value: []byte(b.msg.Topic)},
 					{Key: "geckohook-source-partition", Value: []byte(strconv.Itoa(b.msg.Partition))},
 					{Key: "geckohook-source-offset", Value: []byte(strconv.FormatInt(b.msg.Offset, 10))},
-				}, truncated...),
+				},
 			})
+			// Keep a recognisable head of a huge value: a dead letter the
+			// broker refuses would hold the partition's offset forever.
+			truncate(&msgs[len(msgs)-1], maxDeadLetterValue)
 			s.log.Warn().Int64("offset", b.msg.Offset).Str("reason", b.err.Reason).Str("detail", detail).Msg("event dead-lettered")
 		}
 		write := func() error {
@@ -445,10 +435,7 @@ func (s *shardRun) deadLetterLoop(ctx context.Context) {
 			if tooLarge(err) {
 				// The broker's limit is below ours: keep only a short head.
 				for i := range msgs {
-					if len(msgs[i].Value) > 1024 {
-						msgs[i].Headers = append(msgs[i].Headers, kafka.Header{Key: "geckohook-truncated-from", Value: []byte(strconv.Itoa(len(msgs[i].Value)))})
-						msgs[i].Value = msgs[i].Value[:1024]
-					}
+					truncate(&msgs[i], 1024)
 				}
 			}
 			return err
@@ -465,6 +452,22 @@ func (s *shardRun) deadLetterLoop(ctx context.Context) {
 
 // maxDeadLetterValue bounds the value copied into a dead letter.
 const maxDeadLetterValue = 64 << 10
+
+// truncate cuts m's value to n bytes, saying so in a header (once: the size
+// it records is the original's).
+func truncate(m *kafka.Message, n int) {
+	if len(m.Value) <= n {
+		return
+	}
+	for _, h := range m.Headers {
+		if h.Key == "geckohook-truncated-from" {
+			m.Value = m.Value[:n]
+			return
+		}
+	}
+	m.Headers = append(m.Headers, kafka.Header{Key: "geckohook-truncated-from", Value: []byte(strconv.Itoa(len(m.Value)))})
+	m.Value = m.Value[:n]
+}
 
 func tooLarge(err error) bool {
 	if errors.Is(err, kafka.MessageSizeTooLarge) {

@@ -65,9 +65,6 @@ func StartKafka(o KafkaOptions) (*Kafka, error) {
 // Addr returns the broker's host:port.
 func (k *Kafka) Addr() string { return k.cluster.ListenAddrs()[0] }
 
-// Cluster exposes the kfake cluster, for tests that inject faults.
-func (k *Kafka) Cluster() *kfake.Cluster { return k.cluster }
-
 // Close stops the broker.
 func (k *Kafka) Close() { k.cluster.Close() }
 

@@ -107,18 +107,14 @@ type Options struct {
 // Registry is the in-memory copy of applications and webhooks, backed by
 // Redis. All methods are safe for concurrent use.
 type Registry struct {
-	rdb     redis.UniversalClient
-	opts    Options
-	appsKey string
-	hooksKy string
-	channel string
+	rdb      redis.UniversalClient
+	opts     Options
+	appsKey  string
+	hooksKey string
+	channel  string
 
-	mu      sync.RWMutex
-	apps    map[string]*App
-	byToken map[string]*App
-	hooks   map[string]*Webhook
-	byKey   map[matchKey][]*Webhook
-	byApp   map[string]map[string]*Webhook
+	mu sync.RWMutex
+	index
 
 	reloads atomic.Int64
 	done    chan struct{}
@@ -137,10 +133,10 @@ func New(rdb redis.UniversalClient, o Options) *Registry {
 	}
 	r := &Registry{
 		rdb: rdb, opts: o,
-		appsKey: o.Prefix + "apps", hooksKy: o.Prefix + "webhooks", channel: o.Prefix + "registry",
+		appsKey: o.Prefix + "apps", hooksKey: o.Prefix + "webhooks", channel: o.Prefix + "registry",
 		done: make(chan struct{}),
 	}
-	r.swap(map[string]*App{}, map[string]*Webhook{})
+	r.index = newIndex(0, 0)
 	return r
 }
 
@@ -246,7 +242,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cannot load applications: %w", err)
 	}
-	rawHooks, err := r.rdb.HGetAll(ctx, r.hooksKy).Result()
+	rawHooks, err := r.rdb.HGetAll(ctx, r.hooksKey).Result()
 	if err != nil {
 		return fmt.Errorf("cannot load webhooks: %w", err)
 	}
@@ -283,24 +279,17 @@ func decodeApp(raw []byte) (*App, error) {
 	return a, nil
 }
 
-// swap installs complete maps and rebuilds the indexes.
+// swap installs a complete new index built from apps and hooks.
 func (r *Registry) swap(apps map[string]*App, hooks map[string]*Webhook) {
-	byToken := make(map[string]*App, len(apps))
+	x := newIndex(len(apps), len(hooks))
 	for _, a := range apps {
-		byToken[a.TokenHash] = a
+		x.addApp(a)
 	}
-	byKey := make(map[matchKey][]*Webhook, len(hooks))
-	byApp := make(map[string]map[string]*Webhook)
 	for _, w := range hooks {
-		k := matchKey{w.AccountID, w.Event}
-		byKey[k] = append(byKey[k], w)
-		if byApp[w.AppID] == nil {
-			byApp[w.AppID] = make(map[string]*Webhook)
-		}
-		byApp[w.AppID][w.ID] = w
+		x.addHook(w)
 	}
 	r.mu.Lock()
-	r.apps, r.byToken, r.hooks, r.byKey, r.byApp = apps, byToken, hooks, byKey, byApp
+	r.index = x
 	r.mu.Unlock()
 }
 
@@ -315,25 +304,18 @@ func (r *Registry) applyPayload(payload []byte) error {
 func (r *Registry) apply(c change) error {
 	switch c.Kind {
 	case 'a':
-		if c.Delete {
-			r.mu.Lock()
-			if a := r.apps[c.ID]; a != nil {
-				delete(r.byToken, a.TokenHash)
-				delete(r.apps, c.ID)
+		var a *App
+		if !c.Delete {
+			var err error
+			if a, err = decodeApp(c.Record); err != nil {
+				return fmt.Errorf("cannot decode application %s: %w", c.ID, err)
 			}
-			r.mu.Unlock()
-			return nil
-		}
-		a, err := decodeApp(c.Record)
-		if err != nil {
-			return fmt.Errorf("cannot decode application %s: %w", c.ID, err)
 		}
 		r.mu.Lock()
-		if old := r.apps[a.ID]; old != nil {
-			delete(r.byToken, old.TokenHash)
+		r.removeApp(c.ID)
+		if a != nil {
+			r.addApp(a)
 		}
-		r.apps[a.ID] = a
-		r.byToken[a.TokenHash] = a
 		r.mu.Unlock()
 	case 'w':
 		var w *Webhook
@@ -345,9 +327,9 @@ func (r *Registry) apply(c change) error {
 			w.prepare()
 		}
 		r.mu.Lock()
-		r.removeHookLocked(c.ID)
+		r.removeHook(c.ID)
 		if w != nil {
-			r.addHookLocked(w)
+			r.addHook(w)
 		}
 		r.mu.Unlock()
 	default:
@@ -356,15 +338,57 @@ func (r *Registry) apply(c change) error {
 	return nil
 }
 
-func (r *Registry) removeHookLocked(id string) {
-	old := r.hooks[id]
+// index is the in-memory copy with its lookup tables. The Registry's lock
+// guards it; Match callers may hold a byKey slice, so those are copied on
+// write.
+type index struct {
+	apps    map[string]*App
+	byToken map[string]*App
+	hooks   map[string]*Webhook
+	byKey   map[matchKey][]*Webhook
+	byApp   map[string]map[string]*Webhook
+}
+
+func newIndex(apps, hooks int) index {
+	return index{
+		apps: make(map[string]*App, apps), byToken: make(map[string]*App, apps),
+		hooks: make(map[string]*Webhook, hooks), byKey: make(map[matchKey][]*Webhook, hooks),
+		byApp: make(map[string]map[string]*Webhook),
+	}
+}
+
+func (x *index) addApp(a *App) {
+	x.removeApp(a.ID)
+	x.apps[a.ID] = a
+	x.byToken[a.TokenHash] = a
+}
+
+func (x *index) removeApp(id string) {
+	if a := x.apps[id]; a != nil {
+		delete(x.byToken, a.TokenHash)
+		delete(x.apps, id)
+	}
+}
+
+func (x *index) addHook(w *Webhook) {
+	x.hooks[w.ID] = w
+	k := matchKey{w.AccountID, w.Event}
+	list := x.byKey[k]
+	x.byKey[k] = append(list[:len(list):len(list)], w)
+	if x.byApp[w.AppID] == nil {
+		x.byApp[w.AppID] = make(map[string]*Webhook)
+	}
+	x.byApp[w.AppID][w.ID] = w
+}
+
+func (x *index) removeHook(id string) {
+	old := x.hooks[id]
 	if old == nil {
 		return
 	}
-	delete(r.hooks, id)
+	delete(x.hooks, id)
 	k := matchKey{old.AccountID, old.Event}
-	list := r.byKey[k]
-	// Copy on write: Match callers may hold the old slice.
+	list := x.byKey[k]
 	next := make([]*Webhook, 0, len(list))
 	for _, w := range list {
 		if w.ID != id {
@@ -372,27 +396,16 @@ func (r *Registry) removeHookLocked(id string) {
 		}
 	}
 	if len(next) == 0 {
-		delete(r.byKey, k)
+		delete(x.byKey, k)
 	} else {
-		r.byKey[k] = next
+		x.byKey[k] = next
 	}
-	if m := r.byApp[old.AppID]; m != nil {
+	if m := x.byApp[old.AppID]; m != nil {
 		delete(m, id)
 		if len(m) == 0 {
-			delete(r.byApp, old.AppID)
+			delete(x.byApp, old.AppID)
 		}
 	}
-}
-
-func (r *Registry) addHookLocked(w *Webhook) {
-	r.hooks[w.ID] = w
-	k := matchKey{w.AccountID, w.Event}
-	list := r.byKey[k]
-	r.byKey[k] = append(list[:len(list):len(list)], w)
-	if r.byApp[w.AppID] == nil {
-		r.byApp[w.AppID] = make(map[string]*Webhook)
-	}
-	r.byApp[w.AppID][w.ID] = w
 }
 
 // Match returns the webhooks subscribed to event on account. The slice is
@@ -409,6 +422,22 @@ func (r *Registry) Webhook(id string) *Webhook {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.hooks[id]
+}
+
+// Target returns a webhook and its application in one lookup; both are
+// nil when either is gone.
+func (r *Registry) Target(webhookID string) (*Webhook, *App) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	w := r.hooks[webhookID]
+	if w == nil {
+		return nil, nil
+	}
+	a := r.apps[w.AppID]
+	if a == nil {
+		return nil, nil
+	}
+	return w, a
 }
 
 // App returns the application with id, or nil.
@@ -497,7 +526,7 @@ func (r *Registry) CreateWebhook(ctx context.Context, w Webhook) (*Webhook, erro
 	if err != nil {
 		return nil, fmt.Errorf("cannot encode webhook: %w", err)
 	}
-	if err := r.write(ctx, r.hooksKy, change{Kind: 'w', ID: w.ID, Record: raw}); err != nil {
+	if err := r.write(ctx, r.hooksKey, change{Kind: 'w', ID: w.ID, Record: raw}); err != nil {
 		return nil, fmt.Errorf("cannot store webhook: %w", err)
 	}
 	w.prepare()
@@ -514,7 +543,7 @@ func (r *Registry) DeleteWebhook(ctx context.Context, id string) error {
 	}
 	var del *redis.IntCmd
 	_, err = r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		del = p.HDel(ctx, r.hooksKy, id)
+		del = p.HDel(ctx, r.hooksKey, id)
 		p.Publish(ctx, r.channel, payload)
 		return nil
 	})

@@ -82,22 +82,20 @@ func New(o Options) *Sender {
 	o.defaults()
 	policy := o.Policy
 	c := &fasthttp.Client{
-		Name:                     o.UserAgent,
-		NoDefaultUserAgentHeader: false,
+		Name: o.UserAgent,
 		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
 			return policy.Dialer(timeout).Dial("tcp", addr)
 		},
-		MaxConnsPerHost:               o.MaxConnsPerHost,
-		MaxConnWaitTimeout:            o.MaxConnWait,
-		MaxIdleConnDuration:           o.MaxIdleConnDuration,
-		MaxConnDuration:               5 * time.Minute,
-		ReadTimeout:                   o.Timeout,
-		WriteTimeout:                  o.Timeout,
-		MaxResponseBodySize:           o.MaxResponseBodySize,
-		ReadBufferSize:                8 << 10,
-		WriteBufferSize:               8 << 10,
-		DisableHeaderNamesNormalizing: false,
-		DisablePathNormalizing:        true,
+		MaxConnsPerHost:        o.MaxConnsPerHost,
+		MaxConnWaitTimeout:     o.MaxConnWait,
+		MaxIdleConnDuration:    o.MaxIdleConnDuration,
+		MaxConnDuration:        5 * time.Minute,
+		ReadTimeout:            o.Timeout,
+		WriteTimeout:           o.Timeout,
+		MaxResponseBodySize:    o.MaxResponseBodySize,
+		ReadBufferSize:         8 << 10,
+		WriteBufferSize:        8 << 10,
+		DisablePathNormalizing: true,
 		// A keep-alive connection the server closed while idle fails the
 		// first write or read; try once more on a fresh one. Duplicates
 		// carry the same delivery id, which receivers de-duplicate on.
@@ -121,6 +119,9 @@ func closedBeforeAnswer(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "write" && !op.Timeout()
 }
+
+// MaxConnsPerHost is the connection limit per host:port this Sender keeps.
+func (s *Sender) MaxConnsPerHost() int { return s.opts.MaxConnsPerHost }
 
 // Result is what one attempt produced.
 type Result struct {
@@ -170,9 +171,17 @@ func (s *Sender) Send(address string, body, deliveryID, signature []byte) Result
 	return Result{Outcome: contract.Classify(status, err), Status: status, Err: err}
 }
 
+// Stages of an AttemptError.
+const (
+	StageRefusedTarget    = "refused_target"     // our dial-time policy refused the address
+	StageTimeout          = "timeout"            // no answer within the time limit
+	StageNoFreeConnection = "no_free_connection" // host's connection limit reached
+	StageConnection       = "connection"         // refused, reset, TLS or other transport error
+)
+
 // AttemptError is a transport failure, sorted by stage.
 type AttemptError struct {
-	Stage string // "refused_target", "timeout", "no_free_connection", "connection"
+	Stage string // one of the Stage constants
 	Err   error
 }
 
@@ -184,16 +193,16 @@ func describe(err error, timeout time.Duration) error {
 	var ne net.Error
 	switch {
 	case errors.Is(err, netguard.ErrForbiddenTarget):
-		stage = "refused_target"
+		stage = StageRefusedTarget
 	case errors.Is(err, fasthttp.ErrTimeout), errors.Is(err, fasthttp.ErrDialTimeout),
 		// our dialer is a net.Dialer: its timeout is a *net.OpError
 		errors.As(err, &ne) && ne.Timeout():
-		stage = "timeout"
+		stage = StageTimeout
 		err = fmt.Errorf("no answer within %v: %w", timeout, err)
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
-		stage = "no_free_connection"
+		stage = StageNoFreeConnection
 	default:
-		stage = "connection"
+		stage = StageConnection
 	}
 	return &AttemptError{Stage: stage, Err: err}
 }
