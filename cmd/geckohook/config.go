@@ -89,7 +89,7 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.IntVar(&c.Workers, "workers", 1024, "concurrent delivery attempts per dispatcher process (each holds a goroutine for one attempt)")
 	fs.IntVar(&c.Window, "window", 4096, "unfinished deliveries per shard before it stops fetching (bounds memory)")
 	fs.IntVar(&c.MaxConnsPerHost, "max-conns-per-host", 64, "concurrent attempts per webhook host:port; halved on each timeout or connection error and regrown on answers, with a degraded host's overflow sent to the retry queue")
-	fs.IntVar(&c.MaxRetries, "max-retries", 25, "retries before a delivery is dead (Sidekiq's default 25, about 20 days)")
+	fs.IntVar(&c.MaxRetries, "max-retries", 25, "retries before a delivery is dead (Sidekiq's default 25, about 20 days; 0: a failed delivery is dead at once)")
 	fs.StringVar(&c.DeliveryHeader, "delivery-header", "X-Gecko-Delivery", "name of the delivery id header")
 	fs.StringVar(&c.SignatureHeader, "signature-header", "X-Gecko-Signature", "name of the signature header")
 

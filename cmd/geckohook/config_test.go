@@ -64,3 +64,12 @@ func TestConfigErrorsAreClear(t *testing.T) {
 	f([]string{"--partitions", "0"}, nil, "at least 1")
 	f([]string{"stray"}, nil, "unexpected arguments")
 }
+
+func TestMaxRetriesZeroMeansNone(t *testing.T) {
+	if got := maxRetries(0); got >= 0 {
+		t.Fatalf("--max-retries 0 maps to %d: the dispatcher would read it as the default 25", got)
+	}
+	if got := maxRetries(25); got != 25 {
+		t.Fatalf("--max-retries 25 maps to %d", got)
+	}
+}
