@@ -2,6 +2,7 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -14,13 +15,18 @@ import (
 // in the shard's hash. It holds everything a re-send needs except the address
 // and secret, which are looked up in the registry at send time.
 type Record struct {
-	ID           string    `msgpack:"id"` // X-Gecko-Delivery
-	WebhookID    string    `msgpack:"webhook_id"`
-	AppID        string    `msgpack:"app_id"`
-	AccountID    string    `msgpack:"account_id"`
-	Event        string    `msgpack:"event"`
-	Body         []byte    `msgpack:"body"`
-	Attempts     int       `msgpack:"attempts"` // attempts made so far (1 after the first failure)
+	ID        string `msgpack:"id"` // X-Gecko-Delivery
+	WebhookID string `msgpack:"webhook_id"`
+	AppID     string `msgpack:"app_id"`
+	AccountID string `msgpack:"account_id"`
+	Event     string `msgpack:"event"`
+	Body      []byte `msgpack:"body"`
+	// Attempts made so far (1 after the first failure; 0 when the first
+	// was deferred without an attempt because its host was saturated).
+	Attempts int `msgpack:"attempts"`
+	// Retries taken from the queue so far: the n of Sidekiq's formula for
+	// the next one. A replay from the dead set starts it again at 0.
+	Retries      int       `msgpack:"retries"`
 	FirstAttempt time.Time `msgpack:"first_attempt"`
 	LastAttempt  time.Time `msgpack:"last_attempt"`
 	LastStatus   int       `msgpack:"last_status"`
@@ -43,17 +49,36 @@ type Entry struct {
 // slots.
 type Queue struct {
 	rdb      redis.UniversalClient
-	DueKey   string // ZSET delivery id -> due time (ms)
+	Shard    string // "topic-partition", the hash tag's content
+	DueKey   string // ZSET delivery id -> due time (ms); claimed: lease end
 	DataKey  string // HASH delivery id -> msgpack Record
 	DeadKey  string // ZSET delivery id -> time it died (ms)
 	DeadData string // HASH delivery id -> msgpack Record
+	// Per-webhook indexes (ZSET delivery id -> first attempt, ms), so a
+	// webhook's deliveries are listed without scanning the shard:
+	// hookKey(webhook) for scheduled ones, deadHookKey(webhook) for dead.
+	tag string
+}
+
+// ShardName is the name of topic's partition: the content of its keys' hash tag.
+func ShardName(topic string, partition int) string {
+	return topic + "-" + strconv.Itoa(partition)
 }
 
 // NewQueue returns the queue of topic's partition.
 func NewQueue(rdb redis.UniversalClient, prefix, topic string, partition int) *Queue {
-	tag := prefix + "{" + topic + "-" + strconv.Itoa(partition) + "}"
-	return &Queue{rdb: rdb, DueKey: tag + ":due", DataKey: tag + ":d", DeadKey: tag + ":dead", DeadData: tag + ":dead:d"}
+	return queueOf(rdb, prefix, ShardName(topic, partition))
 }
+
+func queueOf(rdb redis.UniversalClient, prefix, shard string) *Queue {
+	tag := prefix + "{" + shard + "}"
+	return &Queue{rdb: rdb, Shard: shard, tag: tag, DueKey: tag + ":due", DataKey: tag + ":d", DeadKey: tag + ":dead", DeadData: tag + ":dead:d"}
+}
+
+func (q *Queue) hookKey(webhookID string) string     { return q.tag + ":w:" + webhookID }
+func (q *Queue) deadHookKey(webhookID string) string { return q.tag + ":wd:" + webhookID }
+
+func ms(t time.Time) float64 { return float64(t.UnixMilli()) }
 
 // Schedule stores entries in one pipelined round trip. It is an insert if
 // absent: a delivery replayed after a crash keeps the record (attempt count,
@@ -68,12 +93,13 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 			if err != nil {
 				return fmt.Errorf("cannot encode delivery %s: %w", e.Rec.ID, err)
 			}
-			dataKey, zsetKey := q.DataKey, q.DueKey
+			dataKey, zsetKey, index := q.DataKey, q.DueKey, q.hookKey(e.Rec.WebhookID)
 			if e.Dead {
-				dataKey, zsetKey = q.DeadData, q.DeadKey
+				dataKey, zsetKey, index = q.DeadData, q.DeadKey, q.deadHookKey(e.Rec.WebhookID)
 			}
 			p.HSetNX(ctx, dataKey, e.Rec.ID, raw)
-			p.ZAddNX(ctx, zsetKey, redis.Z{Score: float64(e.Due.UnixMilli()), Member: e.Rec.ID})
+			p.ZAddNX(ctx, zsetKey, redis.Z{Score: ms(e.Due), Member: e.Rec.ID})
+			p.ZAddNX(ctx, index, redis.Z{Score: ms(e.Rec.FirstAttempt), Member: e.Rec.ID})
 		}
 		return nil
 	})
@@ -82,6 +108,126 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 	}
 	return nil
 }
+
+// claimScript takes up to ARGV[3] ids due at ARGV[1] and re-scores them to
+// the lease end ARGV[2], so a process that dies mid-attempt gives them back
+// when the lease runs out. It returns the ids with their records (an id
+// whose record is missing is removed) and the earliest score left.
+var claimScript = redis.NewScript(`
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local raw = redis.call('HGET', KEYS[2], id)
+  if raw then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
+    out[#out+1] = raw
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {out, first[2] or ''}
+`)
+
+// Claim leases up to n deliveries due at now until leaseEnd and returns their
+// records, and when the earliest delivery left is due (zero when none is).
+func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) ([]*Record, time.Time, error) {
+	res, err := claimScript.Run(ctx, q.rdb, []string{q.DueKey, q.DataKey},
+		now.UnixMilli(), leaseEnd.UnixMilli(), n).Slice()
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)
+	}
+	if len(res) != 2 {
+		return nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: unexpected reply %v", q.Shard, res)
+	}
+	raws, _ := res[0].([]any)
+	recs := make([]*Record, 0, len(raws))
+	for _, r := range raws {
+		s, _ := r.(string)
+		rec := new(Record)
+		if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
+			// Never expected (we wrote it); keep it leased rather than
+			// lose it, and say so.
+			return recs, time.Time{}, fmt.Errorf("cannot decode a claimed delivery of %s: %w", q.Shard, err)
+		}
+		recs = append(recs, rec)
+	}
+	var next time.Time
+	if s, _ := res[1].(string); s != "" {
+		if f, err := strconv.ParseFloat(s, 64); err == nil {
+			next = time.UnixMilli(int64(f))
+		}
+	}
+	return recs, next, nil
+}
+
+// OpKind says what to do with a delivery after an attempt.
+type OpKind uint8
+
+const (
+	// OpRemove: delivered, gone, or its webhook deleted.
+	OpRemove OpKind = iota + 1
+	// OpReschedule: store the updated record, due at Op.At.
+	OpReschedule
+	// OpKill: no retries left; move to the dead set (died at Op.At).
+	OpKill
+)
+
+// Op is one change to a claimed delivery.
+type Op struct {
+	Kind OpKind
+	Rec  *Record
+	At   time.Time
+}
+
+// Apply makes the changes in one pipelined round trip. A dead entry is
+// written before the live one is removed, so a crash between leaves it in
+// both (and a retry re-kills it), never in neither.
+func (q *Queue) Apply(ctx context.Context, ops []Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, op := range ops {
+			id := op.Rec.ID
+			switch op.Kind {
+			case OpRemove:
+				p.ZRem(ctx, q.DueKey, id)
+				p.HDel(ctx, q.DataKey, id)
+				p.ZRem(ctx, q.hookKey(op.Rec.WebhookID), id)
+			case OpReschedule:
+				raw, err := msgpack.Marshal(op.Rec)
+				if err != nil {
+					return fmt.Errorf("cannot encode delivery %s: %w", id, err)
+				}
+				p.HSet(ctx, q.DataKey, id, raw)
+				p.ZAdd(ctx, q.DueKey, redis.Z{Score: ms(op.At), Member: id})
+				p.ZAddNX(ctx, q.hookKey(op.Rec.WebhookID), redis.Z{Score: ms(op.Rec.FirstAttempt), Member: id})
+			case OpKill:
+				raw, err := msgpack.Marshal(op.Rec)
+				if err != nil {
+					return fmt.Errorf("cannot encode delivery %s: %w", id, err)
+				}
+				p.HSet(ctx, q.DeadData, id, raw)
+				p.ZAdd(ctx, q.DeadKey, redis.Z{Score: ms(op.At), Member: id})
+				p.ZAdd(ctx, q.deadHookKey(op.Rec.WebhookID), redis.Z{Score: ms(op.Rec.FirstAttempt), Member: id})
+				p.ZRem(ctx, q.DueKey, id)
+				p.HDel(ctx, q.DataKey, id)
+				p.ZRem(ctx, q.hookKey(op.Rec.WebhookID), id)
+			default:
+				return fmt.Errorf("unknown retry queue operation %d", op.Kind)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.DueKey, err)
+	}
+	return nil
+}
+
+// ErrNotFound: no such delivery in this queue.
+var ErrNotFound = errors.New("delivery not found")
 
 // Get reads a scheduled record and its due time (for inspection and tests).
 func (q *Queue) Get(ctx context.Context, id string) (*Record, time.Time, error) {
@@ -95,11 +241,14 @@ func (q *Queue) GetDead(ctx context.Context, id string) (*Record, time.Time, err
 
 func (q *Queue) get(ctx context.Context, dataKey, zsetKey, id string) (*Record, time.Time, error) {
 	raw, err := q.rdb.HGet(ctx, dataKey, id).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, time.Time{}, fmt.Errorf("delivery %s: %w", id, ErrNotFound)
+	}
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("cannot read delivery %s: %w", id, err)
 	}
 	score, err := q.rdb.ZScore(ctx, zsetKey, id).Result()
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, time.Time{}, fmt.Errorf("cannot read due time of delivery %s: %w", id, err)
 	}
 	rec := new(Record)
@@ -109,7 +258,93 @@ func (q *Queue) get(ctx context.Context, dataKey, zsetKey, id string) (*Record, 
 	return rec, time.UnixMilli(int64(score)), nil
 }
 
+var retryNowScript = redis.NewScript(`
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+`)
+
+// RetryNow makes a scheduled delivery due at now. It reports false when the
+// delivery is not scheduled here.
+func (q *Queue) RetryNow(ctx context.Context, id string, now time.Time) (bool, error) {
+	n, err := retryNowScript.Run(ctx, q.rdb, []string{q.DueKey}, id, now.UnixMilli()).Int()
+	if err != nil {
+		return false, fmt.Errorf("cannot make delivery %s due: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// Revive moves dead deliveries back to the due set, due at now, with a
+// fresh retry schedule (Retries 0; Attempts kept). It writes the live entry
+// before removing the dead one, in one transaction per call. Ids not in the
+// dead set are skipped; it returns the records it moved.
+func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Record, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	raws, err := q.rdb.HMGet(ctx, q.DeadData, ids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cannot read dead deliveries of %s: %w", q.Shard, err)
+	}
+	var moved []*Record
+	_, err = q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range raws {
+			s, ok := r.(string)
+			if !ok {
+				continue
+			}
+			rec := new(Record)
+			if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
+				return fmt.Errorf("cannot decode dead delivery %s: %w", ids[i], err)
+			}
+			rec.Retries = 0
+			raw, err := msgpack.Marshal(rec)
+			if err != nil {
+				return fmt.Errorf("cannot encode delivery %s: %w", rec.ID, err)
+			}
+			p.HSet(ctx, q.DataKey, rec.ID, raw)
+			p.ZAdd(ctx, q.DueKey, redis.Z{Score: ms(now), Member: rec.ID})
+			p.ZAdd(ctx, q.hookKey(rec.WebhookID), redis.Z{Score: ms(rec.FirstAttempt), Member: rec.ID})
+			p.ZRem(ctx, q.DeadKey, rec.ID)
+			p.HDel(ctx, q.DeadData, rec.ID)
+			p.ZRem(ctx, q.deadHookKey(rec.WebhookID), rec.ID)
+			moved = append(moved, rec)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot move dead deliveries of %s back to due: %w", q.Shard, err)
+	}
+	return moved, nil
+}
+
 // Len returns how many deliveries are scheduled.
 func (q *Queue) Len(ctx context.Context) (int64, error) {
 	return q.rdb.ZCard(ctx, q.DueKey).Result()
+}
+
+// DeadLen returns how many deliveries are dead.
+func (q *Queue) DeadLen(ctx context.Context) (int64, error) {
+	return q.rdb.ZCard(ctx, q.DeadKey).Result()
+}
+
+// Release gives leased deliveries back at once (due at now), for a shard
+// that stops with claims it never attempted. Ids no longer scheduled are
+// left alone.
+func (q *Queue) Release(ctx context.Context, ids []string, now time.Time) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, id := range ids {
+			p.ZAddXX(ctx, q.DueKey, redis.Z{Score: ms(now), Member: id})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot release %d claimed deliveries of %s: %w", len(ids), q.Shard, err)
+	}
+	return nil
 }

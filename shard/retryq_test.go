@@ -2,8 +2,11 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/geckohook/geckohook/internal/testenv"
 )
@@ -47,5 +50,155 @@ func TestQueueScheduleIsInsertIfAbsent(t *testing.T) {
 	}
 	if n, _ := q.Len(ctx); n != 1 {
 		t.Fatalf("dead entry landed in the due set (len %d)", n)
+	}
+}
+
+func TestQueueClaimLeaseOutcomesAndReplay(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx := context.Background()
+	rdb := srv.Client()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	st := NewStore(rdb, "gh:")
+	if err := st.Register(ctx, "ev", 0); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.UnixMilli(1_700_000_000_000)
+	mk := func(id string) *Record {
+		return &Record{ID: id, WebhookID: "wh_1", AppID: "app_1", Body: []byte(id), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	}
+	if err := q.Schedule(ctx, []Entry{
+		{Rec: mk("a"), Due: t0.Add(10 * time.Second)},
+		{Rec: mk("b"), Due: t0.Add(20 * time.Second)},
+		{Rec: mk("c"), Due: t0.Add(100 * time.Second)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ids := func(recs []*Record) string {
+		var s string
+		for _, r := range recs {
+			s += r.ID
+		}
+		return s
+	}
+	lease := 30 * time.Second
+	claim := func(at time.Time) ([]*Record, time.Time) {
+		t.Helper()
+		recs, next, err := q.Claim(ctx, at, at.Add(lease), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return recs, next
+	}
+
+	recs, next := claim(t0)
+	if len(recs) != 0 || !next.Equal(t0.Add(10*time.Second)) {
+		t.Fatalf("claim before anything is due: %q next %v", ids(recs), next)
+	}
+	recs, next = claim(t0.Add(25 * time.Second))
+	if ids(recs) != "ab" || !next.Equal(t0.Add(55*time.Second)) {
+		t.Fatalf("claim at +25s got %q next %v; want ab, next at the lease end +55s", ids(recs), next)
+	}
+	if string(recs[0].Body) != "a" || recs[0].LastStatus != 500 {
+		t.Fatalf("claimed record %+v", recs[0])
+	}
+	if recs, _ = claim(t0.Add(50 * time.Second)); len(recs) != 0 {
+		t.Fatalf("leased deliveries claimed again before the lease ended: %q", ids(recs))
+	}
+	// The claimer died: its lease runs out and the deliveries come back.
+	recs, _ = claim(t0.Add(56 * time.Second))
+	if ids(recs) != "ab" {
+		t.Fatalf("after the lease ended got %q, want ab", ids(recs))
+	}
+
+	// a delivered; b failed again; c dies.
+	b := recs[1]
+	b.Attempts, b.Retries, b.LastStatus = 2, 1, 503
+	c := mk("c")
+	if err := q.Apply(ctx, []Op{
+		{Kind: OpRemove, Rec: recs[0]},
+		{Kind: OpReschedule, Rec: b, At: t0.Add(200 * time.Second)},
+		{Kind: OpKill, Rec: c, At: t0.Add(60 * time.Second)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := q.Get(ctx, "a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("delivered a still stored: %v", err)
+	}
+	got, due, err := q.Get(ctx, "b")
+	if err != nil || got.LastStatus != 503 || got.Retries != 1 || !due.Equal(t0.Add(200*time.Second)) {
+		t.Fatalf("rescheduled b = %+v due %v err %v", got, due, err)
+	}
+	if _, died, err := q.GetDead(ctx, "c"); err != nil || !died.Equal(t0.Add(60*time.Second)) {
+		t.Fatalf("dead c: died %v err %v", died, err)
+	}
+	if n, _ := q.Len(ctx); n != 1 {
+		t.Fatalf("due set holds %d, want 1 (b)", n)
+	}
+
+	// The webhook's listing, both states, through the store.
+	sched, err := st.List(ctx, "wh_1", Scheduled, 100)
+	if err != nil || len(sched) != 1 || sched[0].ID != "b" || !sched[0].At.Equal(t0.Add(200*time.Second)) {
+		t.Fatalf("scheduled list %+v err %v", sched, err)
+	}
+	dead, err := st.List(ctx, "wh_1", Dead, 100)
+	if err != nil || len(dead) != 1 || dead[0].ID != "c" || dead[0].State != Dead {
+		t.Fatalf("dead list %+v err %v", dead, err)
+	}
+	if other, _ := st.List(ctx, "wh_2", Scheduled, 100); len(other) != 0 {
+		t.Fatalf("another webhook's list holds %d", len(other))
+	}
+
+	// Find by id, retry now, replay the dead.
+	found, fq, err := st.Find(ctx, "c")
+	if err != nil || found.State != Dead || fq.Shard != "ev-0" {
+		t.Fatalf("find c: %+v err %v", found, err)
+	}
+	if _, _, err := st.Find(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("find of an unknown id: %v", err)
+	}
+	now := t0.Add(70 * time.Second)
+	if ok, err := q.RetryNow(ctx, "b", now); err != nil || !ok {
+		t.Fatalf("retry now b: %v %v", ok, err)
+	}
+	if ok, _ := q.RetryNow(ctx, "c", now); ok {
+		t.Fatal("retry now of a dead delivery must go through Revive")
+	}
+	n, err := st.ReviveWebhook(ctx, "wh_1", now)
+	if err != nil || n != 1 {
+		t.Fatalf("revived %d err %v, want 1", n, err)
+	}
+	recs, _ = claim(now)
+	if ids(recs) != "bc" {
+		t.Fatalf("after retry-now and replay, claim got %q, want bc", ids(recs))
+	}
+	if recs[1].Retries != 0 || recs[1].Attempts != 1 {
+		t.Fatalf("a replayed dead delivery starts its schedule again: %+v", recs[1])
+	}
+	if dl, _ := q.DeadLen(ctx); dl != 0 {
+		t.Fatalf("dead set holds %d after replay", dl)
+	}
+	if dead, _ := st.List(ctx, "wh_1", Dead, 100); len(dead) != 0 {
+		t.Fatalf("dead index still lists %d", len(dead))
+	}
+	// A stopping shard gives its unfinished claims back at once.
+	if err := q.Release(ctx, []string{"b", "c", "gone"}, now); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ = claim(now); ids(recs) != "bc" {
+		t.Fatalf("released claims: %q, want bc", ids(recs))
+	}
+	if n, _ := q.Len(ctx); n != 2 {
+		t.Fatalf("release added an unknown id: due set holds %d", n)
+	}
+
+	// An id in the due set without a record is dropped by the claim.
+	if err := rdb.ZAdd(ctx, q.DueKey, redis.Z{Score: 1, Member: "orphan"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ = claim(now); len(recs) != 0 {
+		t.Fatalf("orphan claimed: %q", ids(recs))
+	}
+	if _, err := rdb.ZScore(ctx, q.DueKey, "orphan").Result(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("orphan id left in the due set: %v", err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
+	"github.com/geckohook/geckohook/shard"
 )
 
 // Options configure a Dispatcher. Zero values mean the defaults in brackets.
@@ -55,6 +56,16 @@ type Options struct {
 	// MaxRetries before a delivery is dead (0: 25, Sidekiq's default;
 	// negative: none, every failure is dead at once).
 	MaxRetries int
+	// Lease: how long a claimed retry stays out of the queue before it comes
+	// back for any owner (60s). It must outlast an attempt (the request
+	// timeout) plus the wait behind its host's limit; a process that dies
+	// mid-attempt gives its claims back when it runs out.
+	Lease time.Duration
+	// PollEvery is the longest a shard's retry poller sleeps between looks
+	// at its queue (1s); it sleeps less when something is due sooner.
+	PollEvery time.Duration
+	// RetryWindow bounds claimed retries in flight per shard (1024).
+	RetryWindow int
 	// CommitEvery is how often each shard commits its offset (500ms).
 	CommitEvery time.Duration
 	// DrainTimeout bounds how long a revoked shard waits for its in-flight
@@ -107,6 +118,15 @@ func (o *Options) defaults() {
 	if o.MaxRetries == 0 {
 		o.MaxRetries = contract.DefaultMaxRetries
 	}
+	if o.Lease <= 0 {
+		o.Lease = 60 * time.Second
+	}
+	if o.PollEvery <= 0 {
+		o.PollEvery = time.Second
+	}
+	if o.RetryWindow <= 0 {
+		o.RetryWindow = 1024
+	}
 	if o.CommitEvery <= 0 {
 		o.CommitEvery = 500 * time.Millisecond
 	}
@@ -135,6 +155,9 @@ func (o *Options) defaults() {
 // Stats are cumulative counters of a Dispatcher.
 type Stats struct {
 	Events, DeadLettered, Delivered, Failed, Gone, Dropped, Scheduled atomic.Int64
+	// Retried counts deliveries claimed from the retry queues; Dead those
+	// that failed their last retry.
+	Retried, Dead atomic.Int64
 	// Shards is the number of partitions this process holds right now.
 	Shards atomic.Int64
 }
@@ -159,6 +182,10 @@ func (d *Dispatcher) WriteMetrics(b *bytes.Buffer) {
 		fmt.Sprintf("geckohook_deliveries_total{outcome=\"dropped\"} %d\n", st.Dropped.Load()))
 	counter("geckohook_retries_scheduled_total", "Failed deliveries written to the Redis retry queues.",
 		fmt.Sprintf("geckohook_retries_scheduled_total %d\n", st.Scheduled.Load()))
+	counter("geckohook_retries_claimed_total", "Deliveries claimed from the Redis retry queues for another attempt.",
+		fmt.Sprintf("geckohook_retries_claimed_total %d\n", st.Retried.Load()))
+	counter("geckohook_deliveries_dead_total", "Deliveries moved to a dead set after their last retry.",
+		fmt.Sprintf("geckohook_deliveries_dead_total %d\n", st.Dead.Load()))
 	fmt.Fprintf(b, "# HELP geckohook_shards Partitions this process holds.\n# TYPE geckohook_shards gauge\ngeckohook_shards %d\n", st.Shards.Load())
 }
 
@@ -168,6 +195,7 @@ type Dispatcher struct {
 	work  chan *delivery
 	hosts *hostGate
 	dlq   *kafka.Writer
+	store *shard.Store
 	Stats Stats
 
 	commitMu sync.Mutex // serialises offset commits on the group connection
@@ -178,7 +206,8 @@ func New(o Options) *Dispatcher {
 	o.defaults()
 	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
 	dlq.Balancer = &kafka.Hash{}
-	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now), dlq: dlq}
+	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now), dlq: dlq,
+		store: shard.NewStore(o.Redis, o.RedisPrefix)}
 }
 
 // Run consumes until ctx ends, then drains: every shard stops fetching,

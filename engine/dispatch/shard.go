@@ -27,6 +27,11 @@ type delivery struct {
 	sig    [64]byte
 	at     time.Time // when the failure happened (set only on failure)
 	res    sender.Result
+	// rec is set on a retry claimed from the shard's queue (offset unused);
+	// settled marks a retry to remove from the queue (delivered, gone,
+	// webhook deleted).
+	rec     *shard.Record
+	settled bool
 }
 
 var deliveryPool = sync.Pool{New: func() any { return new(delivery) }}
@@ -47,8 +52,9 @@ type shardRun struct {
 	partition int
 	tracker   *shard.Tracker
 	queue     *shard.Queue
-	failures  chan *delivery
+	results   chan *delivery // failures, and retries done either way
 	dead      chan deadLetter
+	retries   *retrier
 	stopped   chan struct{} // closed once the shard gave up its partition
 	log       zerolog.Logger
 	failLog   zerolog.Logger // sampled: a failing endpoint must not flood the log
@@ -60,7 +66,8 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 		partition: a.ID,
 		tracker:   shard.NewTracker(a.Offset),
 		queue:     shard.NewQueue(d.o.Redis, d.o.RedisPrefix, d.o.Topic, a.ID),
-		failures:  make(chan *delivery, d.o.Window),
+		results:   make(chan *delivery, d.o.Window),
+		retries:   newRetrier(d.o.RetryWindow),
 		dead:      make(chan deadLetter, 64),
 		stopped:   make(chan struct{}),
 		log:       d.o.Log.With().Str("topic", d.o.Topic).Int("partition", a.ID).Logger(),
@@ -97,6 +104,8 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 	if err := reader.SetOffset(a.Offset); err != nil {
 		s.log.Error().Err(err).Msg("cannot seek partition reader")
 	}
+	pollerDone := make(chan struct{})
+	go func() { defer close(pollerDone); s.pollLoop(gctx) }()
 	for {
 		if err := s.tracker.WaitBelow(gctx, d.o.Window); err != nil {
 			break
@@ -119,13 +128,19 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 		s.log.Warn().Err(err).Msg("closing partition reader")
 	}
 
+	<-pollerDone
+
 	// Drain: let in-flight deliveries finish (or be scheduled), then commit.
 	drainCtx, cancel := context.WithTimeout(context.Background(), d.o.DrainTimeout)
 	err := s.tracker.WaitBelow(drainCtx, 1)
-	cancel()
 	if err != nil {
 		s.log.Warn().Int("in_flight", s.tracker.InFlight()).Msg("drain timed out; unfinished events will be replayed by the next owner")
 	}
+	if err := s.retries.drain(drainCtx); err != nil {
+		s.log.Warn().Int("retries_in_flight", s.retries.inFlight()).Msg("drain timed out; unfinished retries go back to the queue")
+	}
+	cancel()
+	s.releaseClaims()
 	stopSinks()
 	close(s.stopped)
 	sinks.Wait()
@@ -260,9 +275,9 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	select {
 	case <-s.stopped:
 		// The shard gave its partition up without this delivery finished;
-		// the next owner replays the event. Sending now would only add a
-		// duplicate and hold up shutdown.
-		releaseDelivery(dl)
+		// the next owner replays the event (or re-claims the retry).
+		// Sending now would only add a duplicate and hold up shutdown.
+		s.drop(dl)
 		return true
 	default:
 	}
@@ -270,7 +285,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	if hook == nil {
 		// Deleted since the event was matched: nothing to deliver.
 		d.Stats.Dropped.Add(1)
-		s.finish(dl)
+		s.settle(dl)
 		return true
 	}
 	sig := app.Signer().AppendSignature(dl.sig[:0], dl.body)
@@ -286,7 +301,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	switch dl.res.Outcome {
 	case contract.Success:
 		d.Stats.Delivered.Add(1)
-		s.finish(dl)
+		s.settle(dl)
 	case contract.Gone:
 		var err error
 		if d.o.Registry.Webhook(hook.ID) != nil { // concurrent 410s delete once
@@ -302,7 +317,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 		}
 		d.Stats.Gone.Add(1)
 		s.log.Info().Str("webhook_id", hook.ID).Str("app_id", hook.AppID).Msg("webhook deleted: endpoint answered 410 Gone")
-		s.finish(dl)
+		s.settle(dl)
 	default:
 		d.Stats.Failed.Add(1)
 		s.failLog.Info().Str("webhook_id", hook.ID).Int("status", dl.res.Status).Str("error", dl.res.ErrorText()).
@@ -312,19 +327,45 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	return healthy
 }
 
+// finish marks a delivery done once nothing more needs writing for it.
 func (s *shardRun) finish(dl *delivery) {
-	s.tracker.Done(dl.offset)
+	if dl.rec != nil {
+		s.retries.done(string(dl.id[:]))
+	} else {
+		s.tracker.Done(dl.offset)
+	}
 	releaseDelivery(dl)
 }
 
+// settle ends a delivery that needs no retry: a first attempt is done at
+// once, a retry once its record is removed from the queue.
+func (s *shardRun) settle(dl *delivery) {
+	if dl.rec == nil {
+		s.finish(dl)
+		return
+	}
+	dl.settled = true
+	s.fail(dl)
+}
+
+// fail hands a delivery to the shard's queue writer.
 func (s *shardRun) fail(dl *delivery) {
 	select {
-	case s.failures <- dl:
+	case s.results <- dl:
 	case <-s.stopped:
 		// The shard is gone and its offset not committed past this event:
-		// the partition's next owner replays it.
-		releaseDelivery(dl)
+		// the partition's next owner replays it (a retry's lease ends and
+		// the next owner claims it).
+		s.drop(dl)
 	}
+}
+
+// drop forgets a delivery of a stopped shard without writing anything.
+func (s *shardRun) drop(dl *delivery) {
+	if dl.rec != nil {
+		s.retries.done(string(dl.id[:]))
+	}
+	releaseDelivery(dl)
 }
 
 const maxBatch = 512
@@ -350,26 +391,59 @@ func nextBatch[T any](ctx context.Context, ch <-chan T, batch []T) ([]T, bool) {
 	return batch, true
 }
 
-// scheduleLoop writes failed deliveries to the shard's retry queue in
-// pipelined batches; a delivery counts as finished only once Redis has it.
-// While Redis is away it retries with backoff and the window fills up, which
-// stops fetching: nothing is dropped.
+// scheduleLoop writes failed deliveries to the shard's retry queue, and the
+// outcome of every retry, in pipelined batches; a delivery counts as
+// finished only once Redis has it. While Redis is away it retries with
+// backoff and the windows fill up, which stops fetching and claiming:
+// nothing is dropped.
 func (s *shardRun) scheduleLoop(ctx context.Context) {
 	batch := make([]*delivery, 0, maxBatch)
 	entries := make([]shard.Entry, 0, maxBatch)
+	ops := make([]shard.Op, 0, maxBatch)
+	// The management API finds deliveries through the set of shards.
+	if !s.retry(ctx, "register the shard", func() error { return s.d.store.Register(ctx, s.d.o.Topic, s.partition) }) {
+		return
+	}
 	for {
 		var ok bool
-		if batch, ok = nextBatch(ctx, s.failures, batch); !ok {
+		if batch, ok = nextBatch(ctx, s.results, batch); !ok {
 			return
 		}
-		entries = entries[:0]
+		entries, ops = entries[:0], ops[:0]
+		soonest := time.Time{}
 		for _, dl := range batch {
-			entries = append(entries, s.entry(dl))
+			if dl.rec == nil {
+				entries = append(entries, s.entry(dl))
+				continue
+			}
+			op := s.op(dl)
+			if op.Kind == shard.OpReschedule && (soonest.IsZero() || op.At.Before(soonest)) {
+				soonest = op.At
+			}
+			ops = append(ops, op)
 		}
 		if !s.retry(ctx, "schedule retries", func() error { return s.queue.Schedule(ctx, entries) }) {
 			return
 		}
-		s.d.Stats.Scheduled.Add(int64(len(batch)))
+		if !s.retry(ctx, "update retries", func() error { return s.queue.Apply(ctx, ops) }) {
+			return
+		}
+		for _, e := range entries {
+			if !e.Dead {
+				s.d.Stats.Scheduled.Add(1)
+			}
+		}
+		for _, op := range ops {
+			switch op.Kind {
+			case shard.OpReschedule:
+				s.d.Stats.Scheduled.Add(1)
+			case shard.OpKill:
+				s.d.Stats.Dead.Add(1)
+			}
+		}
+		if !soonest.IsZero() {
+			s.retries.wakeBy(soonest)
+		}
 		for _, dl := range batch {
 			s.finish(dl)
 		}
@@ -394,6 +468,7 @@ func (s *shardRun) entry(dl *delivery) shard.Entry {
 	}
 	due, err := contract.NextAttempt(dl.at, 0, max(o.MaxRetries, 0), o.Rand)
 	if err != nil {
+		s.d.Stats.Dead.Add(1)
 		return shard.Entry{Rec: rec, Due: dl.at, Dead: true}
 	}
 	return shard.Entry{Rec: rec, Due: due}

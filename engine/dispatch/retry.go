@@ -1,0 +1,219 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/shard"
+)
+
+// retrier is the state of one shard's retry poller: the claimed deliveries
+// in flight (bounded), and a wake-up for when something falls due sooner
+// than the poller planned.
+type retrier struct {
+	slots chan struct{} // one token per claimed delivery in flight
+
+	mu       sync.Mutex
+	inflight map[string]struct{} // delivery ids claimed and not yet written back
+
+	wake     chan struct{}
+	wakeAtMs atomic.Int64 // clock time (ms) the poller plans to look next
+}
+
+func newRetrier(window int) *retrier {
+	return &retrier{slots: make(chan struct{}, window), inflight: make(map[string]struct{}), wake: make(chan struct{}, 1)}
+}
+
+// take registers a claimed delivery; false if it is already in flight here
+// (its lease ran out while it waited behind its host and the poller claimed
+// it again: the claim just extended the lease).
+func (r *retrier) take(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, busy := r.inflight[id]; busy {
+		return false
+	}
+	r.inflight[id] = struct{}{}
+	r.slots <- struct{}{} // never blocks: the poller claims at most the free slots
+	return true
+}
+
+func (r *retrier) done(id string) {
+	r.mu.Lock()
+	delete(r.inflight, id)
+	r.mu.Unlock()
+	<-r.slots
+}
+
+func (r *retrier) free() int     { return cap(r.slots) - len(r.slots) }
+func (r *retrier) inFlight() int { return len(r.slots) }
+
+// claimed returns the ids still in flight.
+func (r *retrier) claimed() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := make([]string, 0, len(r.inflight))
+	for id := range r.inflight {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// wakeBy wakes the poller if it plans to sleep past due.
+func (r *retrier) wakeBy(due time.Time) {
+	if due.UnixMilli() < r.wakeAtMs.Load() {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drain waits until every claimed delivery is written back or ctx ends.
+func (r *retrier) drain(ctx context.Context) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for r.inFlight() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// claimBatch is the most deliveries one claim takes.
+const claimBatch = 256
+
+// pollLoop claims due deliveries from the shard's queue under a lease and
+// hands them to the workers, until ctx ends. It sleeps until the earliest
+// due delivery or PollEvery, whichever is sooner, and wakes early when the
+// shard schedules something sooner.
+func (s *shardRun) pollLoop(ctx context.Context) {
+	d := s.d
+	r := s.retries
+	for ctx.Err() == nil {
+		if r.free() == 0 {
+			// Every slot is taken: look again shortly (a slot frees
+			// when a retry's outcome is written).
+			if !sleep(ctx, r.wake, 10*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		now := d.o.Now()
+		var recs []*shard.Record
+		var next time.Time
+		ok := s.retry(ctx, "claim due retries", func() error {
+			var err error
+			recs, next, err = s.queue.Claim(ctx, now, now.Add(d.o.Lease), min(r.free(), claimBatch))
+			return err
+		})
+		if !ok {
+			return
+		}
+		for _, rec := range recs {
+			if !r.take(rec.ID) {
+				continue
+			}
+			d.Stats.Retried.Add(1)
+			if !s.handRetry(ctx, rec) {
+				return
+			}
+		}
+		if len(recs) == claimBatch {
+			continue // more may be due
+		}
+		wait := d.o.PollEvery
+		if !next.IsZero() {
+			wait = min(wait, max(next.Sub(now), time.Millisecond))
+		}
+		r.wakeAtMs.Store(now.Add(wait).UnixMilli())
+		if !sleep(ctx, r.wake, wait) {
+			return
+		}
+	}
+}
+
+// sleep waits for d, a wake-up, or ctx's end (false).
+func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-wake:
+	case <-t.C:
+	}
+	return true
+}
+
+// handRetry turns a claimed record into a delivery for the workers. A
+// webhook deleted since the failure has nothing left to deliver: its record
+// is removed. It reports false if ctx ended first (the claim's lease brings
+// the delivery back).
+func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
+	d := s.d
+	dl := deliveryPool.Get().(*delivery)
+	dl.sh, dl.rec, dl.body, dl.offset = s, rec, rec.Body, rec.Offset
+	copy(dl.id[:], rec.ID)
+	hook, _ := d.o.Registry.Target(rec.WebhookID)
+	if hook == nil {
+		d.Stats.Dropped.Add(1)
+		s.settle(dl)
+		return true
+	}
+	dl.hook = hook
+	select {
+	case d.work <- dl:
+		return true
+	case <-ctx.Done():
+		s.drop(dl)
+		return false
+	}
+}
+
+// op is what a retry's outcome does to its record.
+func (s *shardRun) op(dl *delivery) shard.Op {
+	o := &s.d.o
+	rec := dl.rec
+	if dl.settled {
+		return shard.Op{Kind: shard.OpRemove, Rec: rec}
+	}
+	if errors.Is(dl.res.Err, errHostSaturated) {
+		// Not attempted: its host is at its limit. Wait a first retry's
+		// delay and keep its retry count.
+		return shard.Op{Kind: shard.OpReschedule, Rec: rec, At: dl.at.Add(contract.RetryDelay(0, o.Rand))}
+	}
+	rec.Attempts++
+	rec.Retries++
+	if rec.FirstAttempt.IsZero() {
+		rec.FirstAttempt = dl.at
+	}
+	rec.LastAttempt, rec.LastStatus, rec.LastError = dl.at, dl.res.Status, dl.res.ErrorText()
+	due, err := contract.NextAttempt(dl.at, rec.Retries, max(o.MaxRetries, 0), o.Rand)
+	if err != nil {
+		return shard.Op{Kind: shard.OpKill, Rec: rec, At: dl.at}
+	}
+	return shard.Op{Kind: shard.OpReschedule, Rec: rec, At: due}
+}
+
+// releaseClaims gives back the leases of retries this shard claimed and
+// never finished, so the partition's next owner need not wait them out.
+func (s *shardRun) releaseClaims() {
+	ids := s.retries.claimed()
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.queue.Release(ctx, ids, s.d.o.Now()); err != nil {
+		s.log.Warn().Err(err).Int("claims", len(ids)).Msg("cannot release unfinished retries; they return when their lease ends")
+	}
+}
+

@@ -1,0 +1,216 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// State of a delivery in the retry queues.
+type State string
+
+const (
+	Scheduled State = "scheduled"
+	Dead      State = "dead"
+)
+
+// Store is the view over every shard's queue that the management API needs:
+// deliveries are found by webhook or by id without knowing their partition.
+// Shards register themselves (a set of shard names) when a dispatcher first
+// runs them.
+type Store struct {
+	rdb    redis.UniversalClient
+	prefix string
+}
+
+// NewStore returns the store of every queue under prefix ("gh:").
+func NewStore(rdb redis.UniversalClient, prefix string) *Store {
+	return &Store{rdb: rdb, prefix: prefix}
+}
+
+func (st *Store) shardsKey() string { return st.prefix + "shards" }
+
+// Register records that the queue of topic's partition exists.
+func (st *Store) Register(ctx context.Context, topic string, partition int) error {
+	if err := st.rdb.SAdd(ctx, st.shardsKey(), ShardName(topic, partition)).Err(); err != nil {
+		return fmt.Errorf("cannot register shard %s: %w", ShardName(topic, partition), err)
+	}
+	return nil
+}
+
+// Queues returns the queue of every registered shard.
+func (st *Store) Queues(ctx context.Context) ([]*Queue, error) {
+	names, err := st.rdb.SMembers(ctx, st.shardsKey()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cannot list shards: %w", err)
+	}
+	sort.Strings(names)
+	qs := make([]*Queue, len(names))
+	for i, n := range names {
+		qs[i] = queueOf(st.rdb, st.prefix, n)
+	}
+	return qs, nil
+}
+
+// Delivery is a record with where it stands.
+type Delivery struct {
+	*Record
+	State State
+	// At is the next attempt for a scheduled delivery (a lease end while
+	// an attempt is under way), or when it died.
+	At time.Time
+}
+
+// List returns up to limit of a webhook's deliveries in state, oldest first
+// attempt first.
+func (st *Store) List(ctx context.Context, webhookID string, state State, limit int) ([]Delivery, error) {
+	qs, err := st.Queues(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]*redis.StringSliceCmd, len(qs))
+	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, q := range qs {
+			key := q.hookKey(webhookID)
+			if state == Dead {
+				key = q.deadHookKey(webhookID)
+			}
+			ids[i] = p.ZRange(ctx, key, 0, int64(limit-1))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot list deliveries of webhook %s: %w", webhookID, err)
+	}
+	type found struct {
+		raws   *redis.SliceCmd
+		scores *redis.FloatSliceCmd
+		state  State
+	}
+	finds := make([]found, 0, len(qs))
+	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, q := range qs {
+			list := ids[i].Val()
+			if len(list) == 0 {
+				continue
+			}
+			dataKey, zsetKey := q.DataKey, q.DueKey
+			if state == Dead {
+				dataKey, zsetKey = q.DeadData, q.DeadKey
+			}
+			finds = append(finds, found{raws: p.HMGet(ctx, dataKey, list...), scores: p.ZMScore(ctx, zsetKey, list...), state: state})
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("cannot read deliveries of webhook %s: %w", webhookID, err)
+	}
+	var out []Delivery
+	for _, f := range finds {
+		scores := f.scores.Val()
+		for i, r := range f.raws.Val() {
+			s, ok := r.(string)
+			if !ok {
+				continue // removed between the two reads
+			}
+			rec := new(Record)
+			if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
+				return nil, fmt.Errorf("cannot decode delivery of webhook %s: %w", webhookID, err)
+			}
+			var at time.Time
+			if i < len(scores) {
+				at = time.UnixMilli(int64(scores[i]))
+			}
+			out = append(out, Delivery{Record: rec, State: f.state, At: at})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].FirstAttempt.Before(out[j].FirstAttempt) })
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// Find returns a delivery by id, scheduled or dead, and its queue.
+func (st *Store) Find(ctx context.Context, id string) (*Delivery, *Queue, error) {
+	qs, err := st.Queues(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	live := make([]*redis.StringCmd, len(qs))
+	dead := make([]*redis.StringCmd, len(qs))
+	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, q := range qs {
+			live[i] = p.HGet(ctx, q.DataKey, id)
+			dead[i] = p.HGet(ctx, q.DeadData, id)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, fmt.Errorf("cannot look delivery %s up: %w", id, err)
+	}
+	for i, q := range qs {
+		if live[i].Err() == nil {
+			rec, at, err := q.Get(ctx, id)
+			if err != nil {
+				return nil, nil, err
+			}
+			return &Delivery{Record: rec, State: Scheduled, At: at}, q, nil
+		}
+		if dead[i].Err() == nil {
+			rec, at, err := q.GetDead(ctx, id)
+			if err != nil {
+				return nil, nil, err
+			}
+			return &Delivery{Record: rec, State: Dead, At: at}, q, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("delivery %s: %w", id, ErrNotFound)
+}
+
+// ReviveWebhook moves every dead delivery of a webhook back to due at now
+// and returns how many moved.
+func (st *Store) ReviveWebhook(ctx context.Context, webhookID string, now time.Time) (int, error) {
+	qs, err := st.Queues(ctx)
+	if err != nil {
+		return 0, err
+	}
+	total := 0
+	for _, q := range qs {
+		for {
+			ids, err := st.rdb.ZRange(ctx, q.deadHookKey(webhookID), 0, 499).Result()
+			if err != nil {
+				return total, fmt.Errorf("cannot list dead deliveries of webhook %s: %w", webhookID, err)
+			}
+			if len(ids) == 0 {
+				break
+			}
+			moved, err := q.Revive(ctx, ids, now)
+			if err != nil {
+				return total, err
+			}
+			total += len(moved)
+			if len(moved) < len(ids) {
+				// Index entries without a dead record: drop them so the
+				// loop ends.
+				if err := st.rdb.ZRem(ctx, q.deadHookKey(webhookID), toAny(ids)...).Err(); err != nil {
+					return total, fmt.Errorf("cannot clean the dead index of webhook %s: %w", webhookID, err)
+				}
+			}
+		}
+	}
+	return total, nil
+}
+
+func toAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
