@@ -216,4 +216,3 @@ func (s *shardRun) releaseClaims() {
 		s.log.Warn().Err(err).Int("claims", len(ids)).Msg("cannot release unfinished retries; they return when their lease ends")
 	}
 }
-
