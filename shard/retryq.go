@@ -348,3 +348,23 @@ func (q *Queue) Release(ctx context.Context, ids []string, now time.Time) error 
 	}
 	return nil
 }
+
+// Extend pushes the lease of deliveries still being attempted to leaseEnd.
+// GT: it never moves a delivery earlier, so an extension that lands after
+// the attempt's outcome was written can only delay that retry, by at most
+// one lease, never make it early.
+func (q *Queue) Extend(ctx context.Context, ids []string, leaseEnd time.Time) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, id := range ids {
+			p.ZAddArgs(ctx, q.DueKey, redis.ZAddArgs{XX: true, GT: true, Members: []redis.Z{{Score: ms(leaseEnd), Member: id}}})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot extend %d leases in %s: %w", len(ids), q.Shard, err)
+	}
+	return nil
+}

@@ -97,7 +97,14 @@ const claimBatch = 256
 func (s *shardRun) pollLoop(ctx context.Context) {
 	d := s.d
 	r := s.retries
+	renew := time.NewTicker(d.o.Lease / 3)
+	defer renew.Stop()
 	for ctx.Err() == nil {
+		select {
+		case <-renew.C:
+			s.extendLeases(ctx)
+		default:
+		}
 		if r.free() == 0 {
 			// Every slot is taken: look again shortly (a slot frees
 			// when a retry's outcome is written).
@@ -201,6 +208,18 @@ func (s *shardRun) op(dl *delivery) shard.Op {
 		return shard.Op{Kind: shard.OpKill, Rec: rec, At: dl.at}
 	}
 	return shard.Op{Kind: shard.OpReschedule, Rec: rec, At: due}
+}
+
+// extendLeases keeps the claims still in flight leased for another Lease,
+// so a retry that waits long behind its host is not claimed a second time.
+func (s *shardRun) extendLeases(ctx context.Context) {
+	ids := s.retries.claimed()
+	if len(ids) == 0 {
+		return
+	}
+	if err := s.queue.Extend(ctx, ids, s.d.o.Now().Add(s.d.o.Lease)); err != nil && ctx.Err() == nil {
+		s.log.Warn().Err(err).Int("claims", len(ids)).Msg("cannot extend retry leases")
+	}
 }
 
 // releaseClaims gives back the leases of retries this shard claimed and

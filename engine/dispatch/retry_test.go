@@ -1,0 +1,216 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/sender"
+	"github.com/geckohook/geckohook/internal/testenv"
+	"github.com/geckohook/geckohook/loadtest"
+	"github.com/geckohook/geckohook/shard"
+)
+
+// clock is a test clock the dispatcher reads and the test moves.
+type clock struct{ ns atomic.Int64 }
+
+func (c *clock) Now() time.Time      { return time.Unix(0, c.ns.Load()) }
+func (c *clock) Add(d time.Duration) { c.ns.Add(int64(d)) }
+func newClock(t time.Time) *clock    { c := &clock{}; c.ns.Store(t.UnixNano()); return c }
+func (e *env) find(id string) *shard.Delivery {
+	d, _, err := shard.NewStore(e.rdb, "gh:").Find(context.Background(), id)
+	if errors.Is(err, shard.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return d
+}
+
+// A delivery's whole retry life with an injected clock: each step moves the
+// clock past the next due time and waits for exactly one more attempt.
+func TestRetryLifetime(t *testing.T) {
+	clk := newClock(time.Unix(1_800_000_000, 0))
+	e := startEnvWith(t, func(path string, n int) int {
+		switch {
+		case path == "/recovers" && n >= 3:
+			return 200
+		case path == "/gone-later" && n >= 2:
+			return 410
+		}
+		return 500
+	}, func(o *Options) {
+		o.Now = clk.Now
+		o.PollEvery = 5 * time.Millisecond
+		o.Lease = 30 * time.Second
+	})
+	never := e.hook("acc1", "order.create", "/never")
+	recovers := e.hook("acc2", "order.create", "/recovers")
+	goneLater := e.hook("acc3", "order.create", "/gone-later")
+	for _, acc := range []string{"acc1", "acc2", "acc3"} {
+		e.produce(acc, fmt.Sprintf(`{"account_id":%q,"event":"order.create","object_id":1,"timestamp":1700000000}`, acc))
+	}
+	ids := map[string]string{}
+	for _, p := range []string{"/never", "/recovers", "/gone-later"} {
+		ids[p] = e.waitReceived(p, 1)[0].DeliveryID
+	}
+	// Wait until every first failure is in the queue.
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		for p, id := range ids {
+			if e.find(id) == nil {
+				return fmt.Errorf("%s: first failure not scheduled", p)
+			}
+		}
+		return nil
+	})
+
+	start := time.Now()
+	for step := 1; step <= contract.DefaultMaxRetries; step++ {
+		clk.Add(5 * 24 * time.Hour) // past any retry's delay (24^4 s is under 4 days)
+		at := clk.Now()
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			d := e.find(ids["/never"])
+			if d == nil {
+				return errors.New("/never's delivery vanished")
+			}
+			if d.Attempts != step+1 || !d.LastAttempt.Equal(at) {
+				return fmt.Errorf("step %d: /never has %d attempts, last at %v", step, d.Attempts, d.LastAttempt)
+			}
+			return nil
+		})
+	}
+	lifetime := time.Since(start)
+
+	// /never: 1 attempt + 25 retries, then dead, with the record of the last.
+	d := e.find(ids["/never"])
+	if d.State != shard.Dead || d.Retries != 25 || d.Attempts != 26 || d.LastStatus != 500 || d.LastError == "" {
+		t.Fatalf("after the 25th retry: %+v", d)
+	}
+	got := e.receivedOn("/never")
+	if len(got) != 26 {
+		t.Fatalf("/never received %d attempts, want 26", len(got))
+	}
+	for _, r := range got {
+		if r.DeliveryID != ids["/never"] || !r.ValidSig || string(r.Body) != string(got[0].Body) {
+			t.Fatalf("a retry differs from the first attempt: %+v vs %+v", r, got[0])
+		}
+	}
+	// /recovers: three failures, then delivered and removed.
+	if n := len(e.receivedOn("/recovers")); n != 4 {
+		t.Fatalf("/recovers received %d, want 4", n)
+	}
+	if d := e.find(ids["/recovers"]); d != nil {
+		t.Fatalf("delivered retry still stored: %+v", d)
+	}
+	// /gone-later: 410 on its second retry deletes the webhook and the record.
+	if n := len(e.receivedOn("/gone-later")); n != 3 {
+		t.Fatalf("/gone-later received %d, want 3", n)
+	}
+	if d := e.find(ids["/gone-later"]); d != nil || e.reg.Webhook(goneLater.ID) != nil {
+		t.Fatalf("410 on a retry: record %+v, webhook kept %v", d, e.reg.Webhook(goneLater.ID) != nil)
+	}
+	if e.reg.Webhook(never.ID) == nil || e.reg.Webhook(recovers.ID) == nil {
+		t.Fatal("a failing webhook was deleted by the retry engine")
+	}
+	// Every due set is empty; the dead one holds /never's delivery.
+	var due, dead int64
+	for p := 0; p < partitions; p++ {
+		q := shard.NewQueue(e.rdb, "gh:", "geckohook.events", p)
+		n, _ := q.Len(context.Background())
+		m, _ := q.DeadLen(context.Background())
+		due, dead = due+n, dead+m
+	}
+	if due != 0 || dead != 1 {
+		t.Fatalf("due sets hold %d, dead sets %d; want 0 and 1", due, dead)
+	}
+	if st := &e.disp.Stats; st.Dead.Load() != 1 || st.Retried.Load() < 25+3+2 {
+		t.Fatalf("stats: dead %d retried %d", st.Dead.Load(), st.Retried.Load())
+	}
+	t.Logf("25 retries over %v of injected time took %v", 25*5*24*time.Hour, lifetime)
+
+	// Replay from the dead set: the receiver now answers; it is delivered.
+	n, err := shard.NewStore(e.rdb, "gh:").ReviveWebhook(context.Background(), never.ID, clk.Now())
+	if err != nil || n != 1 {
+		t.Fatalf("replay dead: %d %v", n, err)
+	}
+	e.recv.Expect("/never", e.app.Secret)
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if n := len(e.receivedOn("/never")); n != 27 {
+			return fmt.Errorf("/never received %d after replay, want 27", n)
+		}
+		return nil
+	})
+}
+
+// A webhook deleted while its delivery waits: the retry is discarded when
+// it comes due, without an attempt.
+func TestRetryOfDeletedWebhookIsDiscarded(t *testing.T) {
+	clk := newClock(time.Unix(1_800_000_000, 0))
+	e := startEnvWith(t, loadtest.Always(500), func(o *Options) {
+		o.Now = clk.Now
+		o.PollEvery = 5 * time.Millisecond
+	})
+	w := e.hook("acc1", "order.create", "/x")
+	e.produce("acc1", `{"account_id":"acc1","event":"order.create","object_id":1,"timestamp":1700000000}`)
+	id := e.waitReceived("/x", 1)[0].DeliveryID
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if e.find(id) == nil {
+			return errors.New("not scheduled yet")
+		}
+		return nil
+	})
+	if err := e.reg.DeleteWebhook(context.Background(), w.ID); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Hour)
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if d := e.find(id); d != nil {
+			return fmt.Errorf("retry of a deleted webhook still stored: %+v", d.Record)
+		}
+		return nil
+	})
+	if n := len(e.receivedOn("/x")); n != 1 {
+		t.Fatalf("deleted webhook received %d requests, want 1", n)
+	}
+}
+
+// The outcome of a retry, as a pure decision: Sidekiq's schedule, the dead
+// set after the last retry, removal on success, no retry spent on a
+// deferral.
+func TestRetryOp(t *testing.T) {
+	s := &shardRun{d: &Dispatcher{o: Options{MaxRetries: 25, Rand: func(n int) int { return n - 1 }}}}
+	at := time.Unix(1_800_000_000, 0)
+	failed := func(retries int, err error) shard.Op {
+		dl := &delivery{rec: &shard.Record{ID: "d", Attempts: retries + 1, Retries: retries}, at: at,
+			res: sender.Result{Outcome: contract.Failure, Status: 503, Err: err}}
+		return s.op(dl)
+	}
+	// Retry n failed -> retry n+1 waits (n+1)^4 + 15 + rand(10(n+2)) s.
+	for n := 0; n < 24; n++ {
+		op := failed(n, nil)
+		m := n + 1
+		want := at.Add(time.Duration(m*m*m*m+15+10*(m+1)-1) * time.Second)
+		if op.Kind != shard.OpReschedule || !op.At.Equal(want) || op.Rec.Retries != m || op.Rec.Attempts != n+2 || op.Rec.LastStatus != 503 {
+			t.Fatalf("retry %d failed: %+v at %v, want due %v", n, op.Rec, op.At, want)
+		}
+	}
+	if op := failed(24, nil); op.Kind != shard.OpKill || !op.At.Equal(at) || op.Rec.Attempts != 26 {
+		t.Fatalf("25th retry failed: kind %d %+v, want dead", op.Kind, op.Rec)
+	}
+	if op := failed(3, errHostSaturated); op.Kind != shard.OpReschedule || op.Rec.Retries != 3 || op.Rec.Attempts != 4 {
+		t.Fatalf("a deferral spent a retry: %+v", op.Rec)
+	}
+	done := &delivery{rec: &shard.Record{ID: "d"}, settled: true}
+	if op := s.op(done); op.Kind != shard.OpRemove {
+		t.Fatalf("settled retry: kind %d, want remove", op.Kind)
+	}
+	s.d.o.MaxRetries = -1 // no retries: a replayed dead delivery dies again at its first failure
+	if op := failed(0, nil); op.Kind != shard.OpKill {
+		t.Fatalf("with no retries allowed: kind %d, want dead", op.Kind)
+	}
+}
