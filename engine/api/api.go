@@ -30,6 +30,7 @@ import (
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/netguard"
 	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/shard"
 )
 
 // Options configure an API.
@@ -65,6 +66,9 @@ type Options struct {
 	// Metrics, when set, appends more Prometheus text to /metrics (the
 	// dispatcher's counters when it runs in the same process).
 	Metrics func(b *bytes.Buffer)
+	// Deliveries is the retry queues' store, for listing, retrying and
+	// replaying deliveries; nil makes those endpoints answer 503.
+	Deliveries *shard.Store
 }
 
 // API is the management HTTP API. It is safe for concurrent use.
@@ -226,13 +230,28 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 		case "POST":
 			h, need = a.createWebhook, needApp
 		}
-	case strings.HasPrefix(path, "/v1/webhooks/") && webhookID(path) != "":
+	case isPath(path, "/v1/webhooks/", ""):
 		route, allowed = "webhook", "GET, DELETE"
 		switch method {
 		case "GET":
 			h, need = a.getWebhook, needApp
 		case "DELETE":
 			h, need = a.deleteWebhook, needApp
+		}
+	case isPath(path, "/v1/webhooks/", "deliveries"):
+		route, allowed = "webhook_deliveries", "GET"
+		if method == "GET" {
+			h, need = a.listDeliveries, needApp
+		}
+	case isPath(path, "/v1/webhooks/", "replay-dead"):
+		route, allowed = "webhook_replay_dead", "POST"
+		if method == "POST" {
+			h, need = a.replayDead, needApp
+		}
+	case isPath(path, "/v1/deliveries/", "retry"):
+		route, allowed = "delivery_retry", "POST"
+		if method == "POST" {
+			h, need = a.retryDelivery, needApp
 		}
 	case path == "/v1/events":
 		route, allowed = "events", "POST"
@@ -266,12 +285,22 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 	return route, appID
 }
 
-func webhookID(path string) string {
-	id := strings.TrimPrefix(path, "/v1/webhooks/")
-	if id == "" || strings.Contains(id, "/") {
-		return ""
+// pathID splits prefix{id}[/rest] into id and rest.
+func pathID(path, prefix string) (id, rest string) {
+	id = strings.TrimPrefix(path, prefix)
+	if i := strings.IndexByte(id, '/'); i >= 0 {
+		id, rest = id[:i], id[i+1:]
 	}
-	return id
+	return id, rest
+}
+
+// isPath reports whether path is prefix{id} (rest "") or prefix{id}/rest.
+func isPath(path, prefix, rest string) bool {
+	if !strings.HasPrefix(path, prefix) {
+		return false
+	}
+	id, r := pathID(path, prefix)
+	return id != "" && r == rest && (rest != "" || !strings.HasSuffix(path, "/"))
 }
 
 // apiError is an error answer.

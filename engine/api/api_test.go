@@ -24,6 +24,7 @@ import (
 	"github.com/geckohook/geckohook/engine/netguard"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/internal/testenv"
+	"github.com/geckohook/geckohook/shard"
 )
 
 const adminToken = "admin-secret-token"
@@ -88,8 +89,9 @@ func start(t *testing.T, edit func(*Options)) *env {
 			}
 			return nil
 		},
-		Log: zerolog.Nop(),
-		Now: func() time.Time { return fixedNow },
+		Log:        zerolog.Nop(),
+		Now:        func() time.Time { return fixedNow },
+		Deliveries: shard.NewStore(e.rdb, "gh:"),
 	}
 	if edit != nil {
 		edit(&o)

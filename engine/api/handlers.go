@@ -158,7 +158,7 @@ func (a *API) listWebhooks(ctx *fasthttp.RequestCtx, c caller) *apiError {
 // ownWebhook returns the caller's webhook named in the path; another
 // application's webhook is reported as not found, never as forbidden.
 func (a *API) ownWebhook(ctx *fasthttp.RequestCtx, c caller) (*registry.Webhook, *apiError) {
-	id := webhookID(string(ctx.Path()))
+	id, _ := pathID(string(ctx.Path()), "/v1/webhooks/")
 	w := a.o.Registry.Webhook(id)
 	if w == nil || w.AppID != c.app.ID {
 		return nil, &apiError{fasthttp.StatusNotFound, "not_found", fmt.Sprintf("webhook %.100q not found", id)}
