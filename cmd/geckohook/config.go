@@ -45,6 +45,8 @@ type config struct {
 	Window          int
 	MaxConnsPerHost int
 	MaxRetries      int
+	RetryLease      time.Duration
+	RetryWindow     int
 	DeliveryHeader  string
 	SignatureHeader string
 
@@ -90,6 +92,8 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.IntVar(&c.Window, "window", 4096, "unfinished deliveries per shard before it stops fetching (bounds memory)")
 	fs.IntVar(&c.MaxConnsPerHost, "max-conns-per-host", 64, "concurrent attempts per webhook host:port; halved on each timeout or connection error and regrown on answers, with a degraded host's overflow sent to the retry queue")
 	fs.IntVar(&c.MaxRetries, "max-retries", 25, "retries before a delivery is dead (Sidekiq's default 25, about 20 days; 0: a failed delivery is dead at once)")
+	fs.DurationVar(&c.RetryLease, "retry-lease", time.Minute, "how long a claimed retry stays out of its queue; a process that dies mid-attempt gives its claims back after this (must exceed --request-timeout)")
+	fs.IntVar(&c.RetryWindow, "retry-window", 1024, "claimed retries in flight per shard (bounds memory while retries drain)")
 	fs.StringVar(&c.DeliveryHeader, "delivery-header", "X-Gecko-Delivery", "name of the delivery id header")
 	fs.StringVar(&c.SignatureHeader, "signature-header", "X-Gecko-Signature", "name of the signature header")
 
@@ -177,6 +181,12 @@ func parseConfig(cmd string, args []string, getenv func(string) string) (*config
 	}
 	if c.RequestTimeout <= 0 {
 		return nil, fs, fmt.Errorf("--request-timeout must be positive")
+	}
+	if c.RetryLease <= c.RequestTimeout {
+		return nil, fs, fmt.Errorf("--retry-lease (%v) must be longer than --request-timeout (%v): a lease that ends mid-attempt lets the delivery be claimed twice", c.RetryLease, c.RequestTimeout)
+	}
+	if c.RetryWindow < 1 {
+		return nil, fs, fmt.Errorf("--retry-window must be at least 1")
 	}
 	return c, fs, nil
 }

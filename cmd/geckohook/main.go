@@ -31,6 +31,7 @@ import (
 	"github.com/geckohook/geckohook/engine/netguard"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
+	"github.com/geckohook/geckohook/shard"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -286,6 +287,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 				DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
 			}),
 			Workers: c.Workers, Window: c.Window, MaxRetries: maxRetries(c.MaxRetries),
+			Lease: c.RetryLease, RetryWindow: c.RetryWindow,
 			DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
 			Log: log.With().Str("part", "dispatcher").Logger(),
 		})
@@ -306,7 +308,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 			Produce: func(ctx context.Context, key, value []byte) error {
 				return w.WriteMessages(ctx, kafka.Message{Key: key, Value: value})
 			},
-			Health: health, Metrics: metrics,
+			Health: health, Metrics: metrics, Deliveries: shard.NewStore(rdb, c.RedisPrefix),
 			Log: log.With().Str("part", "api").Logger(),
 		})
 		if err := serveAPI("management API", c.APIListen, a); err != nil {
