@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
 )
 
@@ -86,6 +87,9 @@ func (r *retrier) drain(ctx context.Context) error {
 	}
 	return nil
 }
+
+// errMalformedRecord marks a retry record geckohook cannot send.
+var errMalformedRecord = errors.New("malformed_record: the delivery id is not a geckohook delivery id")
 
 // claimBatch is the most deliveries one claim takes.
 const claimBatch = 256
@@ -168,6 +172,14 @@ func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
 	d := s.d
 	dl := deliveryPool.Get().(*delivery)
 	dl.sh, dl.rec, dl.body, dl.offset = s, rec, rec.Body, rec.Offset
+	if len(rec.ID) != len(dl.id) {
+		// Not written by geckohook: keep it for inspection, never send it.
+		s.log.Error().Str("delivery", rec.ID).Str("webhook_id", rec.WebhookID).Msg("retry record with a malformed delivery id moved to the dead set")
+		dl.at = d.o.Now()
+		dl.res = sender.Result{Outcome: contract.Failure, Err: errMalformedRecord}
+		s.fail(dl)
+		return true
+	}
 	copy(dl.id[:], rec.ID)
 	hook, _ := d.o.Registry.Target(rec.WebhookID)
 	if hook == nil {
@@ -191,6 +203,10 @@ func (s *shardRun) op(dl *delivery) shard.Op {
 	rec := dl.rec
 	if dl.settled {
 		return shard.Op{Kind: shard.OpRemove, Rec: rec}
+	}
+	if errors.Is(dl.res.Err, errMalformedRecord) {
+		rec.LastError = errMalformedRecord.Error()
+		return shard.Op{Kind: shard.OpKill, Rec: rec, At: dl.at}
 	}
 	if errors.Is(dl.res.Err, errHostSaturated) {
 		// Not attempted: its host is at its limit. Wait a first retry's

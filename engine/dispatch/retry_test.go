@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/internal/testenv"
 	"github.com/geckohook/geckohook/loadtest"
@@ -212,5 +213,75 @@ func TestRetryOp(t *testing.T) {
 	s.d.o.MaxRetries = -1 // no retries: a replayed dead delivery dies again at its first failure
 	if op := failed(0, nil); op.Kind != shard.OpKill {
 		t.Fatalf("with no retries allowed: kind %d, want dead", op.Kind)
+	}
+}
+
+// Retries of a dead host are paced: at most its limit of attempts at once,
+// the rest deferred without spending a retry, while another host's retries,
+// due at the same moment, are all delivered.
+func TestRetriesOfDeadHostArePaced(t *testing.T) {
+	clk := newClock(time.Unix(1_800_000_000, 0))
+	release := make(chan struct{})
+	var entered atomic.Int64
+	e := startEnvWith(t, loadtest.Always(200), func(o *Options) {
+		o.Now, o.PollEvery = clk.Now, 5*time.Millisecond
+		o.Workers, o.Sender, o.StallAfter = 16, testSender(4), 200*time.Millisecond
+	})
+	dead, err := loadtest.NewReceiver(func(string, int) int {
+		entered.Add(1)
+		<-release
+		return 200
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dead.Close() })
+	t.Cleanup(func() { close(release) })
+	deadHook, err := e.reg.CreateWebhook(context.Background(), registry.Webhook{AppID: e.app.ID, AccountID: "acc-dead", Event: "order.create", Address: dead.URL + "/dead"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := e.hook("acc-live", "order.create", "/live")
+
+	// 100 retries for each host, all due now, in one shard's queue.
+	q := shard.NewQueue(e.rdb, "gh:", "geckohook.events", 0)
+	var entries []shard.Entry
+	for i := 0; i < 100; i++ {
+		for _, h := range []*registry.Webhook{deadHook, live} {
+			body := fmt.Sprintf(`{"object_id":%d,"event":"order.create","timestamp":1,"resource_url":"https://x/%d.json"}`, i, i)
+			entries = append(entries, shard.Entry{Due: clk.Now(), Rec: &shard.Record{
+				ID: contract.DeliveryID("geckohook.events", 0, int64(i), h.ID), WebhookID: h.ID, AppID: e.app.ID, Event: "order.create",
+				Body: []byte(body), Attempts: 1, FirstAttempt: clk.Now(), LastAttempt: clk.Now(), LastStatus: 500,
+			}})
+		}
+	}
+	if err := q.Schedule(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	e.waitReceived("/live", 100)
+	if n := entered.Load(); n > 4 {
+		t.Fatalf("%d retries reached the dead host at once, want at most its limit 4", n)
+	}
+	// The dead host's other retries were deferred without spending one.
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		list, err := shard.NewStore(e.rdb, "gh:").List(context.Background(), deadHook.ID, shard.Scheduled, 1000)
+		if err != nil {
+			return err
+		}
+		deferred := 0
+		for _, d := range list {
+			// Deferred: due 15-25 s on, no retry spent, the last real
+			// attempt's result kept.
+			if d.Retries == 0 && d.Attempts == 1 && d.LastStatus == 500 && !d.At.Before(clk.Now().Add(15*time.Second)) {
+				deferred++
+			}
+		}
+		if deferred < 90 {
+			return fmt.Errorf("%d of the dead host's retries deferred, want at least 90", deferred)
+		}
+		return nil
+	})
+	if n, _ := shard.NewStore(e.rdb, "gh:").List(context.Background(), live.ID, shard.Scheduled, 1000); len(n) != 0 {
+		t.Fatalf("%d of the live host's retries still scheduled", len(n))
 	}
 }
