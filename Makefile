@@ -28,7 +28,8 @@ test: test-tools lint
 # root or through sudo; otherwise says in one line what to install.
 test-tools:
 	@missing=""; \
-	for tool in redis-server kcat; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	for t in redis-server:redis-server redis-cli:redis-tools kcat:kcat; do \
+		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then sudo=""; \
 		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \

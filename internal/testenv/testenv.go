@@ -179,3 +179,42 @@ func TempFile(t testing.TB, name string, data []byte) string {
 	}
 	return p
 }
+
+// RedisCluster starts n redis-servers in cluster mode (masters, no
+// replicas), joins them with redis-cli --cluster create, and waits until
+// every slot is served. It returns the nodes' addresses.
+func RedisCluster(t testing.TB, n int) []string {
+	t.Helper()
+	cli := Tool(t, "redis-cli")
+	addrs := make([]string, n)
+	for i := range addrs {
+		bus, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = Redis(t, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(bus),
+			"--cluster-node-timeout", "2000").Addr
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("cannot create the Redis cluster: %v: %s", err, out)
+	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	defer c.Close()
+	WaitFor(t, 20*time.Second, func() error {
+		for _, a := range addrs {
+			nc := redis.NewClient(&redis.Options{Addr: a})
+			info, err := nc.ClusterInfo(context.Background()).Result()
+			nc.Close()
+			if err != nil {
+				return err
+			}
+			if !bytes.Contains([]byte(info), []byte("cluster_state:ok")) {
+				return fmt.Errorf("node %s: cluster not ready", a)
+			}
+		}
+		return c.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error { return m.Ping(ctx).Err() })
+	})
+	return addrs
+}
