@@ -214,3 +214,28 @@ func toAny(ss []string) []any {
 	}
 	return out
 }
+
+// Depth returns how many deliveries wait in every registered shard's due
+// set and dead set.
+func (st *Store) Depth(ctx context.Context) (scheduled, dead int64, err error) {
+	qs, err := st.Queues(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	due := make([]*redis.IntCmd, len(qs))
+	died := make([]*redis.IntCmd, len(qs))
+	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, q := range qs {
+			due[i], died[i] = p.ZCard(ctx, q.DueKey), p.ZCard(ctx, q.DeadKey)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("cannot count the retry queues: %w", err)
+	}
+	for i := range qs {
+		scheduled += due[i].Val()
+		dead += died[i].Val()
+	}
+	return scheduled, dead, nil
+}

@@ -432,6 +432,16 @@ func (a *API) serveMetrics(ctx *fasthttp.RequestCtx) {
 	if a.o.Metrics != nil {
 		a.o.Metrics(&b)
 	}
+	if a.o.Deliveries != nil {
+		qctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		scheduled, dead, err := a.o.Deliveries.Depth(qctx)
+		cancel()
+		if err == nil {
+			b.WriteString("# HELP geckohook_retry_queue_deliveries Deliveries in the Redis retry queues of every shard, by state.\n")
+			b.WriteString("# TYPE geckohook_retry_queue_deliveries gauge\n")
+			fmt.Fprintf(&b, "geckohook_retry_queue_deliveries{state=\"scheduled\"} %d\ngeckohook_retry_queue_deliveries{state=\"dead\"} %d\n", scheduled, dead)
+		}
+	}
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
 	ctx.SetBody(b.Bytes())

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +67,12 @@ func TestDeliveriesListRetryReplay(t *testing.T) {
 	e.expectError(e.do("DELETE", "/v1/deliveries/d-sched/retry", shop.Token, ""), 405, "method_not_allowed", "POST")
 	e.expectError(e.do("POST", "/v1/deliveries/d-sched/retry", "", ""), 401, "unauthorized", "")
 
+	// The queues' depth is on /metrics.
+	if m := string(e.do("GET", "/metrics", "", "").raw); !strings.Contains(m, `geckohook_retry_queue_deliveries{state="scheduled"} 2`) ||
+		!strings.Contains(m, `geckohook_retry_queue_deliveries{state="dead"} 1`) {
+		t.Fatalf("metrics:\n%s", m)
+	}
+
 	// Retry now: the scheduled delivery is due at the API's clock.
 	r := e.do("POST", "/v1/deliveries/d-sched/retry", shop.Token, "")
 	if r.status != 202 {
@@ -102,3 +109,4 @@ func TestDeliveriesListRetryReplay(t *testing.T) {
 	}
 	e.expectError(e.do("POST", "/v1/deliveries/d-sched/retry", shop.Token, ""), 409, "webhook_deleted", w.ID)
 }
+
