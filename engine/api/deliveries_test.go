@@ -109,4 +109,3 @@ func TestDeliveriesListRetryReplay(t *testing.T) {
 	}
 	e.expectError(e.do("POST", "/v1/deliveries/d-sched/retry", shop.Token, ""), 409, "webhook_deleted", w.ID)
 }
-
