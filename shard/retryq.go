@@ -87,20 +87,33 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	var due, dead []redis.Z
+	live, gone := indexes{}, indexes{}
 	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, e := range entries {
 			raw, err := msgpack.Marshal(e.Rec)
 			if err != nil {
 				return fmt.Errorf("cannot encode delivery %s: %w", e.Rec.ID, err)
 			}
-			dataKey, zsetKey, index := q.DataKey, q.DueKey, q.hookKey(e.Rec.WebhookID)
+			z := redis.Z{Score: ms(e.Due), Member: e.Rec.ID}
 			if e.Dead {
-				dataKey, zsetKey, index = q.DeadData, q.DeadKey, q.deadHookKey(e.Rec.WebhookID)
+				p.HSetNX(ctx, q.DeadData, e.Rec.ID, raw)
+				dead = append(dead, z)
+				gone.add(e.Rec)
+			} else {
+				p.HSetNX(ctx, q.DataKey, e.Rec.ID, raw)
+				due = append(due, z)
+				live.add(e.Rec)
 			}
-			p.HSetNX(ctx, dataKey, e.Rec.ID, raw)
-			p.ZAddNX(ctx, zsetKey, redis.Z{Score: ms(e.Due), Member: e.Rec.ID})
-			p.ZAddNX(ctx, index, redis.Z{Score: ms(e.Rec.FirstAttempt), Member: e.Rec.ID})
 		}
+		if len(due) > 0 {
+			p.ZAddNX(ctx, q.DueKey, due...)
+		}
+		if len(dead) > 0 {
+			p.ZAddNX(ctx, q.DeadKey, dead...)
+		}
+		live.write(ctx, p, q.hookKey, true)
+		gone.write(ctx, p, q.deadHookKey, true)
 		return nil
 	})
 	if err != nil {
@@ -109,22 +122,51 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 	return nil
 }
 
+// indexes gathers per-webhook index entries (id -> first attempt) so each
+// webhook's index is written with one command.
+type indexes map[string][]redis.Z
+
+func (ix indexes) add(r *Record) {
+	ix[r.WebhookID] = append(ix[r.WebhookID], redis.Z{Score: ms(r.FirstAttempt), Member: r.ID})
+}
+
+func (ix indexes) write(ctx context.Context, p redis.Pipeliner, key func(string) string, add bool) {
+	for hook, zs := range ix {
+		if add {
+			p.ZAddNX(ctx, key(hook), zs...)
+			continue
+		}
+		ids := make([]any, len(zs))
+		for i, z := range zs {
+			ids[i] = z.Member
+		}
+		p.ZRem(ctx, key(hook), ids...)
+	}
+}
+
 // claimScript takes up to ARGV[3] ids due at ARGV[1] and re-scores them to
 // the lease end ARGV[2], so a process that dies mid-attempt gives them back
 // when the lease runs out. It returns the ids with their records (an id
 // whose record is missing is removed) and the earliest score left.
 var claimScript = redis.NewScript(`
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(ids) do
-  local raw = redis.call('HGET', KEYS[2], id)
-  if raw then
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
-    out[#out+1] = raw
+if #ids == 0 then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {{}, first[2] or ''}
+end
+local raws = redis.call('HMGET', KEYS[2], unpack(ids))
+local out, lease, orphans = {}, {'XX'}, {}
+for i, id in ipairs(ids) do
+  if raws[i] then
+    out[#out+1] = raws[i]
+    lease[#lease+1] = ARGV[2]
+    lease[#lease+1] = id
   else
-    redis.call('ZREM', KEYS[1], id)
+    orphans[#orphans+1] = id
   end
 end
+if #out > 0 then redis.call('ZADD', KEYS[1], unpack(lease)) end
+if #orphans > 0 then redis.call('ZREM', KEYS[1], unpack(orphans)) end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {out, first[2] or ''}
 `)
@@ -180,43 +222,61 @@ type Op struct {
 	At   time.Time
 }
 
-// Apply makes the changes in one pipelined round trip. A dead entry is
-// written before the live one is removed, so a crash between leaves it in
-// both (and a retry re-kills it), never in neither.
+// Apply makes the changes in one pipelined round trip, one command per key
+// where it can. A dead entry is written before the live one is removed, so a
+// crash between leaves it in both (and a retry re-kills it), never in
+// neither.
 func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, op := range ops {
-			id := op.Rec.ID
-			switch op.Kind {
-			case OpRemove:
-				p.ZRem(ctx, q.DueKey, id)
-				p.HDel(ctx, q.DataKey, id)
-				p.ZRem(ctx, q.hookKey(op.Rec.WebhookID), id)
-			case OpReschedule:
-				raw, err := msgpack.Marshal(op.Rec)
-				if err != nil {
-					return fmt.Errorf("cannot encode delivery %s: %w", id, err)
-				}
-				p.HSet(ctx, q.DataKey, id, raw)
-				p.ZAdd(ctx, q.DueKey, redis.Z{Score: ms(op.At), Member: id})
-				p.ZAddNX(ctx, q.hookKey(op.Rec.WebhookID), redis.Z{Score: ms(op.Rec.FirstAttempt), Member: id})
-			case OpKill:
-				raw, err := msgpack.Marshal(op.Rec)
-				if err != nil {
-					return fmt.Errorf("cannot encode delivery %s: %w", id, err)
-				}
-				p.HSet(ctx, q.DeadData, id, raw)
-				p.ZAdd(ctx, q.DeadKey, redis.Z{Score: ms(op.At), Member: id})
-				p.ZAdd(ctx, q.deadHookKey(op.Rec.WebhookID), redis.Z{Score: ms(op.Rec.FirstAttempt), Member: id})
-				p.ZRem(ctx, q.DueKey, id)
-				p.HDel(ctx, q.DataKey, id)
-				p.ZRem(ctx, q.hookKey(op.Rec.WebhookID), id)
-			default:
-				return fmt.Errorf("unknown retry queue operation %d", op.Kind)
+	var (
+		data, deadData []any     // field, value, ...
+		due, dead      []redis.Z // new scores
+		drop           []any     // ids leaving the due set and the hash
+		dropIx, deadIx = indexes{}, indexes{}
+	)
+	for _, op := range ops {
+		id := op.Rec.ID
+		switch op.Kind {
+		case OpRemove:
+			drop = append(drop, id)
+			dropIx.add(op.Rec)
+		case OpReschedule:
+			raw, err := msgpack.Marshal(op.Rec)
+			if err != nil {
+				return fmt.Errorf("cannot encode delivery %s: %w", id, err)
 			}
+			data = append(data, id, raw)
+			due = append(due, redis.Z{Score: ms(op.At), Member: id})
+		case OpKill:
+			raw, err := msgpack.Marshal(op.Rec)
+			if err != nil {
+				return fmt.Errorf("cannot encode delivery %s: %w", id, err)
+			}
+			deadData = append(deadData, id, raw)
+			dead = append(dead, redis.Z{Score: ms(op.At), Member: id})
+			deadIx.add(op.Rec)
+			drop = append(drop, id)
+			dropIx.add(op.Rec)
+		default:
+			return fmt.Errorf("unknown retry queue operation %d", op.Kind)
+		}
+	}
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if len(deadData) > 0 {
+			p.HSet(ctx, q.DeadData, deadData...)
+			p.ZAdd(ctx, q.DeadKey, dead...)
+			deadIx.write(ctx, p, q.deadHookKey, true)
+		}
+		if len(data) > 0 {
+			p.HSet(ctx, q.DataKey, data...)
+			p.ZAdd(ctx, q.DueKey, due...)
+		}
+		if len(drop) > 0 {
+			p.ZRem(ctx, q.DueKey, drop...)
+			p.HDel(ctx, q.DataKey, toStrings(drop)...)
+			dropIx.write(ctx, p, q.hookKey, false)
 		}
 		return nil
 	})
@@ -224,6 +284,14 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.DueKey, err)
 	}
 	return nil
+}
+
+func toStrings(xs []any) []string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = x.(string)
+	}
+	return out
 }
 
 // ErrNotFound: no such delivery in this queue.
