@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/geckohook/geckohook/engine/embedded"
 	"github.com/geckohook/geckohook/internal/testenv"
 )
 
@@ -54,9 +55,24 @@ func TestQueueScheduleIsInsertIfAbsent(t *testing.T) {
 }
 
 func TestQueueClaimLeaseOutcomesAndReplay(t *testing.T) {
-	srv := testenv.Redis(t)
+	queueLife(t, testenv.Redis(t).Client())
+}
+
+// The embedded Redis of `make run` (miniredis, whose Lua is gopher-lua)
+// runs the same scripts.
+func TestQueueOnEmbeddedRedis(t *testing.T) {
+	m, err := embedded.StartRedis("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	queueLife(t, rdb)
+}
+
+func queueLife(t *testing.T, rdb *redis.Client) {
 	ctx := context.Background()
-	rdb := srv.Client()
 	q := NewQueue(rdb, "gh:", "ev", 0)
 	st := NewStore(rdb, "gh:")
 	if err := st.Register(ctx, "ev", 0); err != nil {
