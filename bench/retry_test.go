@@ -55,7 +55,7 @@ func BenchmarkRetryQueue(b *testing.B) {
 					return
 				}
 				for claimed := 0; claimed < n; {
-					recs, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 256)
+					recs, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 256)
 					if err != nil {
 						errs <- err
 						return

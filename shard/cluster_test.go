@@ -40,9 +40,20 @@ func TestQueueOnRedisCluster(t *testing.T) {
 		if err := q.Schedule(ctx, recs); err != nil {
 			t.Fatal(err)
 		}
-		claimed, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
-		if err != nil || len(claimed) != 1 {
-			t.Fatalf("claim on shard %d: %d claimed, %v", p, len(claimed), err)
+		claimed, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+		if err != nil || len(claimed) != 1 || len(bad) != 0 {
+			t.Fatalf("claim on shard %d: %d claimed, %d bad, %v", p, len(claimed), len(bad), err)
+		}
+		lease := []Lease{{ID: claimed[0].ID, End: t0.Add(time.Minute)}}
+		if err := q.Extend(ctx, lease, t0.Add(2*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		lease[0].End = t0.Add(2 * time.Minute)
+		if err := q.Release(ctx, lease, t0); err != nil {
+			t.Fatal(err)
+		}
+		if again, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10); err != nil || len(again) != 1 {
+			t.Fatalf("claim after release on shard %d: %d, %v", p, len(again), err)
 		}
 		claimed[0].Retries = 1
 		if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: claimed[0], At: t0.Add(time.Hour)}}); err != nil {
@@ -51,10 +62,7 @@ func TestQueueOnRedisCluster(t *testing.T) {
 		if ok, err := q.RetryNow(ctx, claimed[0].ID, t0); err != nil || !ok {
 			t.Fatalf("retry now on shard %d: %v %v", p, ok, err)
 		}
-		if err := q.Extend(ctx, []string{claimed[0].ID}, t0.Add(time.Minute)); err != nil {
-			t.Fatal(err)
-		}
-		if err := q.Release(ctx, []string{claimed[0].ID}, t0); err != nil {
+		if err := q.Quarantine(ctx, "missing", t0); err != nil {
 			t.Fatal(err)
 		}
 	}

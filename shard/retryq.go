@@ -158,6 +158,7 @@ local raws = redis.call('HMGET', KEYS[2], unpack(ids))
 local out, lease, orphans = {}, {'XX'}, {}
 for i, id in ipairs(ids) do
   if raws[i] then
+    out[#out+1] = id
     out[#out+1] = raws[i]
     lease[#lease+1] = ARGV[2]
     lease[#lease+1] = id
@@ -172,35 +173,35 @@ return {out, first[2] or ''}
 `)
 
 // Claim leases up to n deliveries due at now until leaseEnd and returns their
-// records, and when the earliest delivery left is due (zero when none is).
-func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) ([]*Record, time.Time, error) {
+// records, the ids of claimed records it could not decode (for Quarantine),
+// and when the earliest delivery left is due (zero when none is).
+func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs []*Record, bad []string, next time.Time, err error) {
 	res, err := claimScript.Run(ctx, q.rdb, []string{q.DueKey, q.DataKey},
 		now.UnixMilli(), leaseEnd.UnixMilli(), n).Slice()
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)
+		return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)
 	}
 	if len(res) != 2 {
-		return nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: unexpected reply %v", q.Shard, res)
+		return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: unexpected reply %v", q.Shard, res)
 	}
-	raws, _ := res[0].([]any)
-	recs := make([]*Record, 0, len(raws))
-	for _, r := range raws {
-		s, _ := r.(string)
+	pairs, _ := res[0].([]any)
+	recs = make([]*Record, 0, len(pairs)/2)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		id, _ := pairs[i].(string)
+		raw, _ := pairs[i+1].(string)
 		rec := new(Record)
-		if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
-			// Never expected (we wrote it); keep it leased rather than
-			// lose it, and say so.
-			return recs, time.Time{}, fmt.Errorf("cannot decode a claimed delivery of %s: %w", q.Shard, err)
+		if err := msgpack.Unmarshal([]byte(raw), rec); err != nil || rec.ID != id {
+			bad = append(bad, id)
+			continue
 		}
 		recs = append(recs, rec)
 	}
-	var next time.Time
 	if s, _ := res[1].(string); s != "" {
 		if f, err := strconv.ParseFloat(s, 64); err == nil {
 			next = time.UnixMilli(int64(f))
 		}
 	}
-	return recs, next, nil
+	return recs, bad, next, nil
 }
 
 // OpKind says what to do with a delivery after an attempt.
@@ -222,10 +223,9 @@ type Op struct {
 	At   time.Time
 }
 
-// Apply makes the changes in one pipelined round trip, one command per key
-// where it can. A dead entry is written before the live one is removed, so a
-// crash between leaves it in both (and a retry re-kills it), never in
-// neither.
+// Apply makes the changes in one transaction (MULTI/EXEC, one round trip),
+// one command per key where it can. A dead entry is written before the live
+// one is removed.
 func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -263,7 +263,9 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			return fmt.Errorf("unknown retry queue operation %d", op.Kind)
 		}
 	}
-	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	// One transaction: a replay from the dead set (Revive) sees a kill
+	// whole or not at all.
+	_, err := q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		if len(deadData) > 0 {
 			p.HSet(ctx, q.DeadData, deadData...)
 			p.ZAdd(ctx, q.DeadKey, dead...)
@@ -345,43 +347,54 @@ func (q *Queue) RetryNow(ctx context.Context, id string, now time.Time) (bool, e
 }
 
 // Revive moves dead deliveries back to the due set, due at now, with a
-// fresh retry schedule (Retries 0; Attempts kept). It writes the live entry
-// before removing the dead one, in one transaction per call. Ids not in the
-// dead set are skipped; it returns the records it moved.
+// fresh retry schedule (Retries 0; Attempts kept), in one transaction that
+// WATCHes the dead records, so a concurrent kill or replay is never
+// half-undone. Ids not in the dead set, or unreadable there, are skipped; it
+// returns the records it moved.
 func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Record, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	raws, err := q.rdb.HMGet(ctx, q.DeadData, ids...).Result()
-	if err != nil {
-		return nil, fmt.Errorf("cannot read dead deliveries of %s: %w", q.Shard, err)
-	}
 	var moved []*Record
-	_, err = q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		for i, r := range raws {
-			s, ok := r.(string)
-			if !ok {
-				continue
-			}
-			rec := new(Record)
-			if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
-				return fmt.Errorf("cannot decode dead delivery %s: %w", ids[i], err)
-			}
-			rec.Retries = 0
-			raw, err := msgpack.Marshal(rec)
-			if err != nil {
-				return fmt.Errorf("cannot encode delivery %s: %w", rec.ID, err)
-			}
-			p.HSet(ctx, q.DataKey, rec.ID, raw)
-			p.ZAdd(ctx, q.DueKey, redis.Z{Score: ms(now), Member: rec.ID})
-			p.ZAdd(ctx, q.hookKey(rec.WebhookID), redis.Z{Score: ms(rec.FirstAttempt), Member: rec.ID})
-			p.ZRem(ctx, q.DeadKey, rec.ID)
-			p.HDel(ctx, q.DeadData, rec.ID)
-			p.ZRem(ctx, q.deadHookKey(rec.WebhookID), rec.ID)
-			moved = append(moved, rec)
+	revive := func(tx *redis.Tx) error {
+		moved = moved[:0]
+		raws, err := tx.HMGet(ctx, q.DeadData, ids...).Result()
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			for _, r := range raws {
+				s, ok := r.(string)
+				if !ok {
+					continue
+				}
+				rec := new(Record)
+				if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
+					continue // left in the dead set, as it is
+				}
+				rec.Retries = 0
+				raw, err := msgpack.Marshal(rec)
+				if err != nil {
+					return fmt.Errorf("cannot encode delivery %s: %w", rec.ID, err)
+				}
+				p.HSet(ctx, q.DataKey, rec.ID, raw)
+				p.ZAdd(ctx, q.DueKey, redis.Z{Score: ms(now), Member: rec.ID})
+				p.ZAdd(ctx, q.hookKey(rec.WebhookID), redis.Z{Score: ms(rec.FirstAttempt), Member: rec.ID})
+				p.ZRem(ctx, q.DeadKey, rec.ID)
+				p.HDel(ctx, q.DeadData, rec.ID)
+				p.ZRem(ctx, q.deadHookKey(rec.WebhookID), rec.ID)
+				moved = append(moved, rec)
+			}
+			return nil
+		})
+		return err
+	}
+	var err error
+	for range 20 { // the dead set changes under a busy shard: try again
+		if err = q.rdb.Watch(ctx, revive, q.DeadData); !errors.Is(err, redis.TxFailedErr) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot move dead deliveries of %s back to due: %w", q.Shard, err)
 	}
@@ -398,41 +411,77 @@ func (q *Queue) DeadLen(ctx context.Context) (int64, error) {
 	return q.rdb.ZCard(ctx, q.DeadKey).Result()
 }
 
-// Release gives leased deliveries back at once (due at now), for a shard
-// that stops with claims it never attempted. Ids no longer scheduled are
-// left alone.
-func (q *Queue) Release(ctx context.Context, ids []string, now time.Time) error {
-	if len(ids) == 0 {
-		return nil
+// Lease is a claim this process holds: the score the claim (or its last
+// extension) gave the delivery.
+type Lease struct {
+	ID  string
+	End time.Time
+}
+
+// moveLeaseScript re-scores each ARGV[2k] to ARGV[1] only if its score is
+// still ARGV[2k+1], the lease end its holder set: once an attempt's outcome
+// is written (a new due time, or the record gone), the move does nothing.
+var moveLeaseScript = redis.NewScript(`
+local n = 0
+for i = 2, #ARGV, 2 do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) == tonumber(ARGV[i+1]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+`)
+
+func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) (int, error) {
+	if len(leases) == 0 {
+		return 0, nil
 	}
-	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, id := range ids {
-			p.ZAddXX(ctx, q.DueKey, redis.Z{Score: ms(now), Member: id})
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cannot release %d claimed deliveries of %s: %w", len(ids), q.Shard, err)
+	args := make([]any, 0, 1+2*len(leases))
+	args = append(args, to.UnixMilli())
+	for _, l := range leases {
+		args = append(args, l.ID, l.End.UnixMilli())
+	}
+	return moveLeaseScript.Run(ctx, q.rdb, []string{q.DueKey}, args...).Int()
+}
+
+// Release gives leases back at once (due at now), for a shard that stops
+// with claims it never finished. A delivery whose outcome was written
+// meanwhile keeps it.
+func (q *Queue) Release(ctx context.Context, leases []Lease, now time.Time) error {
+	if _, err := q.moveLeases(ctx, leases, now); err != nil {
+		return fmt.Errorf("cannot release %d claimed deliveries of %s: %w", len(leases), q.Shard, err)
 	}
 	return nil
 }
 
-// Extend pushes the lease of deliveries still being attempted to leaseEnd.
-// GT: it never moves a delivery earlier, so an extension that lands after
-// the attempt's outcome was written can only delay that retry, by at most
-// one lease, never make it early.
-func (q *Queue) Extend(ctx context.Context, ids []string, leaseEnd time.Time) error {
-	if len(ids) == 0 {
-		return nil
+// Extend pushes leases still held to end, so an attempt that waits long
+// behind its host is not claimed a second time. A delivery whose outcome
+// was written meanwhile keeps its new due time.
+func (q *Queue) Extend(ctx context.Context, leases []Lease, end time.Time) error {
+	if _, err := q.moveLeases(ctx, leases, end); err != nil {
+		return fmt.Errorf("cannot extend %d leases in %s: %w", len(leases), q.Shard, err)
 	}
-	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, id := range ids {
-			p.ZAddArgs(ctx, q.DueKey, redis.ZAddArgs{XX: true, GT: true, Members: []redis.Z{{Score: ms(leaseEnd), Member: id}}})
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cannot extend %d leases in %s: %w", len(ids), q.Shard, err)
+	return nil
+}
+
+// quarantineScript moves one record, bytes as they are, to the dead set.
+var quarantineScript = redis.NewScript(`
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if raw then
+  redis.call('HSET', KEYS[4], ARGV[1], raw)
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return raw and 1 or 0
+`)
+
+// Quarantine moves a record geckohook cannot read to the dead set as it is,
+// for inspection, so it never blocks or loops the poller.
+func (q *Queue) Quarantine(ctx context.Context, id string, at time.Time) error {
+	if err := quarantineScript.Run(ctx, q.rdb, []string{q.DueKey, q.DataKey, q.DeadKey, q.DeadData}, id, at.UnixMilli()).Err(); err != nil {
+		return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", id, q.Shard, err)
 	}
 	return nil
 }

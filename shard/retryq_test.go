@@ -99,9 +99,9 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	lease := 30 * time.Second
 	claim := func(at time.Time) ([]*Record, time.Time) {
 		t.Helper()
-		recs, next, err := q.Claim(ctx, at, at.Add(lease), 10)
-		if err != nil {
-			t.Fatal(err)
+		recs, bad, next, err := q.Claim(ctx, at, at.Add(lease), 10)
+		if err != nil || len(bad) != 0 {
+			t.Fatalf("claim: %v, bad records %q", err, bad)
 		}
 		return recs, next
 	}
@@ -196,22 +196,62 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	if dead, _ := st.List(ctx, "wh_1", Dead, 100); len(dead) != 0 {
 		t.Fatalf("dead index still lists %d", len(dead))
 	}
-	// A stopping shard gives its unfinished claims back at once.
-	if err := q.Release(ctx, []string{"b", "c", "gone"}, now); err != nil {
+	// A stopping shard gives its unfinished claims back at once, by the
+	// lease end it holds; a delivery whose outcome was written meanwhile
+	// (its score is no longer that lease end) keeps its new due time.
+	leaseEnd := now.Add(lease)
+	c2 := recs[1]
+	if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: c2, At: now.Add(time.Hour)}}); err != nil {
 		t.Fatal(err)
 	}
-	if recs, _ = claim(now); ids(recs) != "bc" {
-		t.Fatalf("released claims: %q, want bc", ids(recs))
+	stale := []Lease{{ID: "b", End: leaseEnd}, {ID: "c", End: leaseEnd}, {ID: "gone", End: leaseEnd}}
+	if err := q.Extend(ctx, stale, leaseEnd.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, due, _ := q.Get(ctx, "c"); !due.Equal(now.Add(time.Hour)) {
+		t.Fatalf("an extension moved a written outcome: c due %v, want %v", due, now.Add(time.Hour))
+	}
+	if _, due, _ := q.Get(ctx, "b"); !due.Equal(leaseEnd.Add(time.Minute)) {
+		t.Fatalf("b's lease not extended: due %v", due)
+	}
+	stale[0].End = leaseEnd.Add(time.Minute)
+	if err := q.Release(ctx, stale, now); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ = claim(now); ids(recs) != "b" {
+		t.Fatalf("released claims: %q, want only b", ids(recs))
 	}
 	if n, _ := q.Len(ctx); n != 2 {
 		t.Fatalf("release added an unknown id: due set holds %d", n)
+	}
+
+	// A record geckohook cannot read is claimed once and quarantined as it
+	// is, without holding up the others.
+	if err := rdb.HSet(ctx, q.DataKey, "garbage", "\xc1not msgpack").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ZAdd(ctx, q.DueKey, redis.Z{Score: 1, Member: "garbage"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	good, bad, _, err := q.Claim(ctx, now.Add(2*time.Hour), now.Add(3*time.Hour), 10)
+	if err != nil || len(bad) != 1 || bad[0] != "garbage" || ids(good) != "bc" {
+		t.Fatalf("claim with an unreadable record: good %q bad %q err %v", ids(good), bad, err)
+	}
+	if err := q.Quarantine(ctx, "garbage", now); err != nil {
+		t.Fatal(err)
+	}
+	if raw, err := rdb.HGet(ctx, q.DeadData, "garbage").Result(); err != nil || raw != "\xc1not msgpack" {
+		t.Fatalf("quarantined bytes %q %v", raw, err)
+	}
+	if _, err := rdb.ZScore(ctx, q.DueKey, "garbage").Result(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("quarantined record still due: %v", err)
 	}
 
 	// An id in the due set without a record is dropped by the claim.
 	if err := rdb.ZAdd(ctx, q.DueKey, redis.Z{Score: 1, Member: "orphan"}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if recs, _ = claim(now); len(recs) != 0 {
+	if recs, _ = claim(now.Add(4 * time.Hour)); ids(recs) != "bc" {
 		t.Fatalf("orphan claimed: %q", ids(recs))
 	}
 	if _, err := rdb.ZScore(ctx, q.DueKey, "orphan").Result(); !errors.Is(err, redis.Nil) {

@@ -154,6 +154,15 @@ func (st *Store) Find(ctx context.Context, id string) (*Delivery, *Queue, error)
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, nil, fmt.Errorf("cannot look delivery %s up: %w", id, err)
 	}
+	// The pipeline reports only its first error: a shard that failed must
+	// not pass for one without the delivery.
+	for i := range qs {
+		for _, c := range []*redis.StringCmd{live[i], dead[i]} {
+			if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+				return nil, nil, fmt.Errorf("cannot look delivery %s up: %w", id, err)
+			}
+		}
+	}
 	for i, q := range qs {
 		if live[i].Err() == nil {
 			rec, at, err := q.Get(ctx, id)

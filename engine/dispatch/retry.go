@@ -19,26 +19,28 @@ type retrier struct {
 	slots chan struct{} // one token per claimed delivery in flight
 
 	mu       sync.Mutex
-	inflight map[string]struct{} // delivery ids claimed and not yet written back
+	inflight map[string]time.Time // claimed delivery id -> lease end, until its outcome is written
 
 	wake     chan struct{}
 	wakeAtMs atomic.Int64 // clock time (ms) the poller plans to look next
 }
 
 func newRetrier(window int) *retrier {
-	return &retrier{slots: make(chan struct{}, window), inflight: make(map[string]struct{}), wake: make(chan struct{}, 1)}
+	return &retrier{slots: make(chan struct{}, window), inflight: make(map[string]time.Time), wake: make(chan struct{}, 1)}
 }
 
 // take registers a claimed delivery; false if it is already in flight here
 // (its lease ran out while it waited behind its host and the poller claimed
 // it again: the claim just extended the lease).
-func (r *retrier) take(id string) bool {
+func (r *retrier) take(id string, leaseEnd time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, busy := r.inflight[id]; busy {
+		// The claim re-leased it; keep the newer lease end.
+		r.inflight[id] = leaseEnd
 		return false
 	}
-	r.inflight[id] = struct{}{}
+	r.inflight[id] = leaseEnd
 	r.slots <- struct{}{} // never blocks: the poller claims at most the free slots
 	return true
 }
@@ -53,15 +55,26 @@ func (r *retrier) done(id string) {
 func (r *retrier) free() int     { return cap(r.slots) - len(r.slots) }
 func (r *retrier) inFlight() int { return len(r.slots) }
 
-// claimed returns the ids still in flight.
-func (r *retrier) claimed() []string {
+// claimed returns the leases still in flight.
+func (r *retrier) claimed() []shard.Lease {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ids := make([]string, 0, len(r.inflight))
-	for id := range r.inflight {
-		ids = append(ids, id)
+	ls := make([]shard.Lease, 0, len(r.inflight))
+	for id, end := range r.inflight {
+		ls = append(ls, shard.Lease{ID: id, End: end})
 	}
-	return ids
+	return ls
+}
+
+// extended records new lease ends for the claims still in flight.
+func (r *retrier) extended(ls []shard.Lease, end time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range ls {
+		if _, ok := r.inflight[l.ID]; ok {
+			r.inflight[l.ID] = end
+		}
+	}
 }
 
 // wakeBy wakes the poller if it plans to sleep past due.
@@ -118,22 +131,31 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 			continue
 		}
 		now := d.o.Now()
+		leaseEnd := now.Add(d.o.Lease)
 		var recs []*shard.Record
+		var bad []string
 		var next time.Time
 		ok := s.retry(ctx, "claim due retries", func() error {
 			var err error
-			recs, next, err = s.queue.Claim(ctx, now, now.Add(d.o.Lease), min(r.free(), claimBatch))
+			recs, bad, next, err = s.queue.Claim(ctx, now, leaseEnd, min(r.free(), claimBatch))
 			return err
 		})
 		if !ok {
 			return
 		}
-		for _, rec := range recs {
-			if !r.take(rec.ID) {
+		for _, id := range bad {
+			s.log.Error().Str("delivery", id).Msg("unreadable retry record moved to the dead set as it is")
+			if !s.retry(ctx, "move an unreadable retry record", func() error { return s.queue.Quarantine(ctx, id, now) }) {
+				return
+			}
+		}
+		for i, rec := range recs {
+			if !r.take(rec.ID, leaseEnd) {
 				continue
 			}
 			d.Stats.Retried.Add(1)
 			if !s.handRetry(ctx, rec) {
+				s.releaseUntaken(recs[i:], leaseEnd)
 				return
 			}
 		}
@@ -177,15 +199,14 @@ func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
 		s.log.Error().Str("delivery", rec.ID).Str("webhook_id", rec.WebhookID).Msg("retry record with a malformed delivery id moved to the dead set")
 		dl.at = d.o.Now()
 		dl.res = sender.Result{Outcome: contract.Failure, Err: errMalformedRecord}
-		s.fail(dl)
-		return true
+		return s.record(ctx, dl)
 	}
 	copy(dl.id[:], rec.ID)
 	hook, _ := d.o.Registry.Target(rec.WebhookID)
 	if hook == nil {
 		d.Stats.Dropped.Add(1)
-		s.settle(dl)
-		return true
+		dl.settled = true
+		return s.record(ctx, dl)
 	}
 	dl.hook = hook
 	select {
@@ -195,6 +216,32 @@ func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
 		s.drop(dl)
 		return false
 	}
+}
+
+// record hands a retry's outcome to the queue writer from the poller, which
+// must not wait past ctx (the writer may be stuck on Redis): false if ctx
+// ended first (the lease brings the delivery back).
+func (s *shardRun) record(ctx context.Context, dl *delivery) bool {
+	select {
+	case s.results <- dl:
+		return true
+	case <-ctx.Done():
+		s.drop(dl)
+		return false
+	}
+}
+
+// releaseUntaken gives back claims the poller never handed out.
+func (s *shardRun) releaseUntaken(recs []*shard.Record, leaseEnd time.Time) {
+	ls := make([]shard.Lease, 0, len(recs))
+	s.retries.mu.Lock()
+	for _, rec := range recs {
+		if _, ours := s.retries.inflight[rec.ID]; !ours {
+			ls = append(ls, shard.Lease{ID: rec.ID, End: leaseEnd})
+		}
+	}
+	s.retries.mu.Unlock()
+	s.releaseLeases(ls)
 }
 
 // op is what a retry's outcome does to its record.
@@ -229,25 +276,31 @@ func (s *shardRun) op(dl *delivery) shard.Op {
 // extendLeases keeps the claims still in flight leased for another Lease,
 // so a retry that waits long behind its host is not claimed a second time.
 func (s *shardRun) extendLeases(ctx context.Context) {
-	ids := s.retries.claimed()
-	if len(ids) == 0 {
+	ls := s.retries.claimed()
+	if len(ls) == 0 {
 		return
 	}
-	if err := s.queue.Extend(ctx, ids, s.d.o.Now().Add(s.d.o.Lease)); err != nil && ctx.Err() == nil {
-		s.log.Warn().Err(err).Int("claims", len(ids)).Msg("cannot extend retry leases")
+	end := s.d.o.Now().Add(s.d.o.Lease)
+	if err := s.queue.Extend(ctx, ls, end); err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn().Err(err).Int("claims", len(ls)).Msg("cannot extend retry leases")
+		}
+		return
 	}
+	s.retries.extended(ls, end)
 }
 
 // releaseClaims gives back the leases of retries this shard claimed and
 // never finished, so the partition's next owner need not wait them out.
-func (s *shardRun) releaseClaims() {
-	ids := s.retries.claimed()
-	if len(ids) == 0 {
+func (s *shardRun) releaseClaims() { s.releaseLeases(s.retries.claimed()) }
+
+func (s *shardRun) releaseLeases(ls []shard.Lease) {
+	if len(ls) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := s.queue.Release(ctx, ids, s.d.o.Now()); err != nil {
-		s.log.Warn().Err(err).Int("claims", len(ids)).Msg("cannot release unfinished retries; they return when their lease ends")
+	if err := s.queue.Release(ctx, ls, s.d.o.Now()); err != nil {
+		s.log.Warn().Err(err).Int("claims", len(ls)).Msg("cannot release unfinished retries; they return when their lease ends")
 	}
 }

@@ -330,7 +330,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 // finish marks a delivery done once nothing more needs writing for it.
 func (s *shardRun) finish(dl *delivery) {
 	if dl.rec != nil {
-		s.retries.done(string(dl.id[:]))
+		s.retries.done(dl.rec.ID)
 	} else {
 		s.tracker.Done(dl.offset)
 	}
@@ -363,7 +363,7 @@ func (s *shardRun) fail(dl *delivery) {
 // drop forgets a delivery of a stopped shard without writing anything.
 func (s *shardRun) drop(dl *delivery) {
 	if dl.rec != nil {
-		s.retries.done(string(dl.id[:]))
+		s.retries.done(dl.rec.ID)
 	}
 	releaseDelivery(dl)
 }
