@@ -22,8 +22,9 @@ import (
 
 // The fault tests run geckohook as separate processes against `geckohook
 // broker` and a real redis-server with AOF (appendfsync always), flood
-// events at a receiver farm that answers 500 for a while and then 200,
-// break something mid-run, and check at the end that every (event,
+// events at a receiver farm that fails every first attempt and then answers
+// 200 slowly, break something while the retries are under way (claims
+// leased and attempts in flight), and check at the end that every (event,
 // webhook) pair was answered 2xx at least once, that duplicates share their
 // delivery id, that every signature is valid, and that the retry queues
 // end empty.
@@ -41,7 +42,8 @@ type faultRig struct {
 	broker   string
 	apiAddr  string
 	recv     *loadtest.Receiver
-	failTill atomic.Int64 // unix ns; the farm answers 500 before it
+	answered atomic.Int64 // requests the farm has taken
+	slow     atomic.Int64 // retries being answered right now
 	paths    []string
 	produced atomic.Int64
 }
@@ -52,9 +54,15 @@ func newFaultRig(t *testing.T) *faultRig {
 	r.redis = testenv.Redis(t, "--appendonly", "yes", "--appendfsync", "always")
 	r.rdb = r.redis.Client()
 	recv, err := loadtest.NewReceiver(func(string, int) int {
-		if time.Now().UnixNano() < r.failTill.Load() {
+		// The flood's first attempts fail; every later one is a retry (or
+		// a replay), answered slowly so attempts are in flight when the
+		// fault hits.
+		if r.answered.Add(1) <= faultEvents*2 {
 			return 500
 		}
+		r.slow.Add(1)
+		defer r.slow.Add(-1)
+		time.Sleep(300 * time.Millisecond)
 		return 200
 	})
 	if err != nil {
@@ -129,9 +137,8 @@ func (r *faultRig) setUp() {
 }
 
 // flood writes faultEvents events into Kafka over about d, in the
-// background; failFor makes the farm answer 500 for that long from now.
-func (r *faultRig) flood(d, failFor time.Duration) chan error {
-	r.failTill.Store(time.Now().Add(failFor).UnixNano())
+// background.
+func (r *faultRig) flood(d time.Duration) chan error {
 	done := make(chan error, 1)
 	w := kafkaio.NewWriter([]string{r.broker}, "geckohook.events")
 	go func() {
@@ -161,13 +168,20 @@ func (r *faultRig) flood(d, failFor time.Duration) chan error {
 	return done
 }
 
-// waitDelivered waits until the farm has seen about frac of the pairs.
-func (r *faultRig) waitDelivered(frac float64) {
+// waitRetrying waits until retries are flowing, with some being answered
+// right now: the first 100 pairs were answered 2xx, which only a retry
+// (15-25 s after the failure) can do, and at least 5 attempts are in flight.
+func (r *faultRig) waitRetrying() {
 	r.t.Helper()
-	want := int(frac * faultEvents * 2)
-	testenv.WaitFor(r.t, 30*time.Second, func() error {
-		if n := len(r.recv.Received()); n < want {
-			return fmt.Errorf("farm received %d of %d", n, want)
+	testenv.WaitFor(r.t, 60*time.Second, func() error {
+		ok := 0
+		for _, got := range r.recv.Received() {
+			if got.Status < 300 {
+				ok++
+			}
+		}
+		if n := r.slow.Load(); ok < 100 || n < 5 {
+			return fmt.Errorf("%d retries answered 2xx so far, %d in flight", ok, n)
 		}
 		return nil
 	})
@@ -198,8 +212,9 @@ type pair struct {
 }
 
 // checkEverything waits until every pair was answered 2xx and the queues
-// are empty, then checks ids and signatures.
-func (r *faultRig) checkEverything(flooded chan error) {
+// are empty, then checks ids and signatures. It returns how many pairs
+// were answered 2xx more than once.
+func (r *faultRig) checkEverything(flooded chan error) int {
 	t := r.t
 	if err := <-flooded; err != nil {
 		t.Fatal(err)
@@ -260,10 +275,11 @@ func (r *faultRig) checkEverything(flooded chan error) {
 			retried++
 		}
 	}
-	if retried == 0 {
-		t.Fatal("no delivery failed first: the test did not exercise the retry queues")
+	if retried != faultEvents*2 {
+		t.Fatalf("%d of %d pairs failed their first attempt; every one must have gone through the retry queue", retried, faultEvents*2)
 	}
 	t.Logf("%d pairs, %d attempts, %d pairs retried, %d delivered more than once (same id)", len(byPair), attempts, retried, dups)
+	return dups
 }
 
 func stopProcess(t *testing.T, cmd *exec.Cmd, exited chan error) {
@@ -279,32 +295,40 @@ func stopProcess(t *testing.T, cmd *exec.Cmd, exited chan error) {
 	}
 }
 
-// SIGKILL the only geckohook process mid-run, then start it again.
+// SIGKILL the only geckohook process while it holds claimed retries, then
+// start it again: the claims come back when their lease ends.
 func TestCrashLosesNothing(t *testing.T) {
 	t.Parallel()
 	r := newFaultRig(t)
 	cmd, exited := r.start("all")
 	r.setUp()
-	flooded := r.flood(4*time.Second, 2*time.Second)
-	r.waitDelivered(0.3)
+	flooded := r.flood(2 * time.Second)
+	r.waitRetrying()
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-exited
 	t.Logf("killed with %d events produced and %d requests received", r.produced.Load(), len(r.recv.Received()))
+	inFlight := r.slow.Load()
 	cmd, exited = r.start("all")
-	r.checkEverything(flooded)
+	// Attempts in flight at the kill reached the farm, but their claims
+	// were never written back: the restarted process re-claims them when
+	// their lease ends and sends them again, with the same id.
+	if dups := r.checkEverything(flooded); dups == 0 {
+		t.Fatalf("no pair was delivered twice although %d attempts were in flight at the kill: leased claims were not re-sent", inFlight)
+	}
 	stopProcess(t, cmd, exited)
 }
 
-// SIGKILL redis-server mid-run and start it again from its AOF.
+// SIGKILL redis-server while retries are claimed and written back, and
+// start it again from its AOF.
 func TestRedisRestartLosesNothing(t *testing.T) {
 	t.Parallel()
 	r := newFaultRig(t)
 	cmd, exited := r.start("all")
 	r.setUp()
-	flooded := r.flood(4*time.Second, 2*time.Second)
-	r.waitDelivered(0.3)
+	flooded := r.flood(2 * time.Second)
+	r.waitRetrying()
 	r.redis.Kill()
 	// An outage, not a blip: geckohook must see Redis gone before it returns.
 	testenv.WaitFor(t, 10*time.Second, func() error {
@@ -319,8 +343,9 @@ func TestRedisRestartLosesNothing(t *testing.T) {
 	stopProcess(t, cmd, exited)
 }
 
-// Two dispatchers share the partitions; one stops mid-run and the other
-// takes over its partitions and their retry queues.
+// Two dispatchers share the partitions; one stops (SIGTERM: drain, hand
+// back unfinished claims) while retries are under way, and the other takes
+// over its partitions and their retry queues.
 func TestRebalanceHandsOverRetryQueues(t *testing.T) {
 	t.Parallel()
 	r := newFaultRig(t)
@@ -335,8 +360,8 @@ func TestRebalanceHandsOverRetryQueues(t *testing.T) {
 		}
 		return nil
 	})
-	flooded := r.flood(4*time.Second, 3*time.Second)
-	r.waitDelivered(0.3)
+	flooded := r.flood(2 * time.Second)
+	r.waitRetrying()
 	stopProcess(t, second, secondExited)
 	testenv.WaitFor(t, 30*time.Second, func() error {
 		_, metrics, err := get("http://" + r.apiAddr + "/metrics")
