@@ -75,6 +75,9 @@ type Policy struct {
 	MailAt time.Duration
 }
 
+// After is DeleteAfter with its default filled in.
+func (p Policy) After() time.Duration { return p.deleteAfter() }
+
 func (p Policy) deleteAfter() time.Duration {
 	if p.DeleteAfter <= 0 {
 		return DefaultDeleteAfter
