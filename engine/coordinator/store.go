@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -153,8 +154,13 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 	final := make([]*record, 0, len(ids))
 	pending := ids
 	for round := 0; len(pending) > 0; round++ {
-		if round == 10 {
+		if round == 20 {
 			return fmt.Errorf("cannot update webhook health: %d webhooks still conflicting after %d rounds", len(pending), round)
+		}
+		if round > 0 {
+			// Another coordinator wrote first: step aside a random moment
+			// so two writers do not keep colliding.
+			time.Sleep(time.Duration(rand.IntN(round*2+1)) * time.Millisecond)
 		}
 		recs, err := c.load(ctx, pending)
 		if err != nil {

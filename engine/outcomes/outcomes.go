@@ -152,10 +152,11 @@ type Publisher struct {
 	seed   maphash.Seed
 	shards [shardCount]failingShard
 
-	ch     chan Outcome
-	closed atomic.Bool
-	stop   chan struct{}
-	done   chan struct{}
+	ch       chan Outcome
+	closed   atomic.Bool
+	flushErr atomic.Pointer[error] // a batch lost while closing
+	stop     chan struct{}
+	done     chan struct{}
 
 	// Published counts outcomes written to Kafka; Dropped those lost to a
 	// full buffer or a failed write; Filtered successes not worth sending.
@@ -261,6 +262,9 @@ func (p *Publisher) Close(ctx context.Context) error {
 	if err := p.w.Close(); err != nil {
 		return fmt.Errorf("cannot close outcomes writer: %w", err)
 	}
+	if e := p.flushErr.Load(); e != nil {
+		return fmt.Errorf("cannot flush outcomes: %w", *e)
+	}
 	return nil
 }
 
@@ -350,6 +354,9 @@ func (p *Publisher) write(batch []kafka.Message) {
 				attempt = 4 // closing: one more try at most
 			}
 		}
+	}
+	if p.closed.Load() {
+		p.flushErr.Store(&err)
 	}
 	n := p.Dropped.Add(int64(len(batch)))
 	p.dropLog.Error().Err(err).Int("batch", len(batch)).Int64("dropped_total", n).Msg("cannot write outcomes; batch dropped")
