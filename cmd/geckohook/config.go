@@ -51,6 +51,9 @@ type config struct {
 	LogLevel  string
 	LogFormat string
 
+	// coordinator, daily mail and outcomes (coordinator.go)
+	coordinatorConfig
+
 	// set records which flags were given a value by any source, and where.
 	set map[string]string
 }
@@ -92,6 +95,8 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.IntVar(&c.MaxRetries, "max-retries", 25, "retries before a delivery is dead (Sidekiq's default 25, about 20 days; 0: a failed delivery is dead at once)")
 	fs.StringVar(&c.DeliveryHeader, "delivery-header", "X-Gecko-Delivery", "name of the delivery id header")
 	fs.StringVar(&c.SignatureHeader, "signature-header", "X-Gecko-Signature", "name of the signature header")
+
+	addCoordinatorFlags(fs, &c.coordinatorConfig)
 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "console", "log format: console (readable) or json")
@@ -177,6 +182,9 @@ func parseConfig(cmd string, args []string, getenv func(string) string) (*config
 	}
 	if c.RequestTimeout <= 0 {
 		return nil, fs, fmt.Errorf("--request-timeout must be positive")
+	}
+	if err := c.coordinatorConfig.validate(); err != nil {
+		return nil, fs, err
 	}
 	return c, fs, nil
 }
