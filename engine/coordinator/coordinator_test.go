@@ -151,3 +151,29 @@ func TestFailureCrossingDeleteAfterDeletesOnArrival(t *testing.T) {
 		t.Fatalf("failures after deletion = %s, want 2", f)
 	}
 }
+
+// A failing webhook its owner deleted through the API is not reported as
+// deleted by the 3-day rule.
+func TestSweepOfWebhookRemovedThroughAPI(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.DeleteWebhook(context.Background(), w.ID); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(73 * time.Hour)
+	c.o.Now = func() time.Time { return now }
+	if err := c.Sweep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := c.o.Redis.ZCard(context.Background(), c.keys.Failing()).Result(); n != 0 {
+		t.Fatal("still in the failing set")
+	}
+	if n, _ := c.o.Redis.Exists(context.Background(), c.keys.DayDeleted("2026-11-23", w.AppID)).Result(); n != 0 {
+		t.Fatal("reported as deleted by the 3-day rule")
+	}
+	if c.Stats.DeletedFailing.Load() != 0 {
+		t.Fatal("counted as a deletion")
+	}
+}

@@ -168,6 +168,10 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 		}
 		for _, r := range recs {
 			r.apply(c.o.Policy, items[r.id], now)
+			if r.deletedNow && r.s.Reason == health.ReasonFailing && c.o.Registry.Webhook(r.id) == nil {
+				// Its owner deleted it through the API: nothing to report.
+				r.s.Reason = health.ReasonRemoved
+			}
 		}
 		if err := c.store(ctx, recs); err != nil {
 			return err
@@ -254,7 +258,7 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 				return fmt.Errorf("cannot delete webhook %s: %w", r.id, err)
 			}
 		}
-		if !r.deletedNow {
+		if !r.deletedNow || r.s.Reason == health.ReasonRemoved {
 			continue
 		}
 		if r.s.Reason == health.ReasonFailing {
@@ -280,6 +284,8 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 		for _, r := range recs {
 			e := entryOf(r, c.o.Policy)
 			switch {
+			case r.s.Reason == health.ReasonRemoved:
+				p.ZRem(ctx, c.keys.Failing(), r.id)
 			case !r.s.Deleted.IsZero():
 				p.ZRem(ctx, c.keys.Failing(), r.id)
 				d := c.o.Policy.Day(r.s.Deleted)

@@ -35,6 +35,7 @@ const DefaultDeleteAfter = 72 * time.Hour
 const (
 	ReasonGone    = "gone"    // the endpoint answered 410 Gone
 	ReasonFailing = "failing" // failures unbroken for DeleteAfter
+	ReasonRemoved = "removed" // due under the 3-day rule, but already removed through the API
 )
 
 // State is one webhook's health, as kept in gh:health:{webhook}.
