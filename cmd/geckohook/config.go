@@ -65,7 +65,7 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML file of settings, keys named like the flags (e.g. kafka-brokers: ...); the command line and GECKOHOOK_* variables win over it")
 
 	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "host:port of the management API (applications, webhooks, events, /healthz)")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics and /healthz of a `dispatcher` process (empty: off; `all` and `api` serve them on --api-listen)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics and /healthz of a `dispatcher` or `coordinator` process (empty: off; `all` and `api` serve them on --api-listen)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
 
 	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty in `all` starts the embedded broker (not for production data)")
