@@ -23,6 +23,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	netmail "net/mail"
@@ -52,8 +53,11 @@ type Options struct {
 	SMTPAddr     string // host:port; empty: write .eml files into Outbox
 	SMTPUser     string
 	SMTPPassword string
-	Outbox       string // ("./outbox")
-	Templates    string // directory overriding the built-in templates
+	// SMTPTLS configures STARTTLS (nil: system roots, server name from
+	// SMTPAddr).
+	SMTPTLS   *tls.Config
+	Outbox    string // ("./outbox")
+	Templates string // directory overriding the built-in templates
 
 	// Poll is how often the job looks for a day to mail (15s, real time).
 	Poll time.Duration
@@ -138,7 +142,7 @@ func New(o Options) (*Job, error) {
 	}
 	j := &Job{o: o, keys: coordinator.Keys{Prefix: o.Prefix}, tmpl: t, retry: map[string]retryState{}}
 	if o.SMTPAddr != "" {
-		s := &smtpSender{addr: o.SMTPAddr, user: o.SMTPUser, password: o.SMTPPassword}
+		s := &smtpSender{addr: o.SMTPAddr, user: o.SMTPUser, password: o.SMTPPassword, tlsConfig: o.SMTPTLS}
 		j.send = s.send
 	} else {
 		j.send = outbox(o.Outbox)

@@ -554,3 +554,33 @@ func TestTemplatesOverride(t *testing.T) {
 		t.Fatal("a broken template was accepted")
 	}
 }
+
+func TestSMTPStartTLSAndAuth(t *testing.T) {
+	e := newEnv(t)
+	e.coordinator()
+	serverTLS, clientTLS := testenv.SelfSignedTLS(t)
+	secure := testenv.SMTPWith(t, testenv.SMTPOptions{TLS: serverTLS, User: "mailer", Password: "s3cret"})
+	a := e.app("one")
+	failingDay(e, a)
+	bad := e.job(e.ctx, func(o *mail.Options) {
+		o.SMTPAddr, o.SMTPTLS, o.SMTPUser, o.SMTPPassword = secure.Addr, clientTLS, "mailer", "wrong"
+	})
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(time.Second))
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if bad.Stats.Failed.Load() == 0 {
+			return errors.New("the wrong password has not failed yet")
+		}
+		return nil
+	})
+	if len(secure.Mail()) != 0 {
+		t.Fatal("accepted with a wrong password")
+	}
+	e.job(e.ctx, func(o *mail.Options) {
+		o.SMTPAddr, o.SMTPTLS, o.SMTPUser, o.SMTPPassword = secure.Addr, clientTLS, "mailer", "s3cret"
+	})
+	e.mailedThrough("2026-11-20")
+	got := secure.Mail()
+	if len(got) != 1 || !got[0].TLS || got[0].User != "mailer" || got[0].To[0] != a.DeveloperEmail || got[0].From != "geckohook@example.com" {
+		t.Fatalf("mails %+v, want one over TLS, authenticated, to %s", got, a.DeveloperEmail)
+	}
+}

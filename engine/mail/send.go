@@ -27,6 +27,7 @@ type sendFunc func(ctx context.Context, from, to string, msg []byte, name string
 // smtpSender sends over SMTP with STARTTLS whenever the server offers it.
 type smtpSender struct {
 	addr, user, password string
+	tlsConfig            *tls.Config // nil: system roots
 	// tls: 0 not probed yet, 1 offered, 2 not offered.
 	tls atomic.Int32
 }
@@ -53,7 +54,12 @@ func (s *smtpSender) client(ctx context.Context) (*smtp.Client, bool, error) {
 			return nil, false, err
 		}
 		if s.tls.Load() == 1 {
-			c, err := smtp.NewClientStartTLS(conn, &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12})
+			cfg := &tls.Config{}
+			if s.tlsConfig != nil {
+				cfg = s.tlsConfig.Clone()
+			}
+			cfg.ServerName, cfg.MinVersion = host, tls.VersionTLS12
+			c, err := smtp.NewClientStartTLS(conn, cfg)
 			if err != nil {
 				return nil, false, fmt.Errorf("cannot start TLS with SMTP server %s: %w", s.addr, err)
 			}

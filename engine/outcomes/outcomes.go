@@ -228,6 +228,7 @@ func (p *Publisher) Publish(o *Outcome) {
 		p.drop(o, "publisher closed")
 		return
 	}
+	// Past this point a dropped success re-marks its webhook (below).
 	v := *o
 	if len(v.Error) > maxError {
 		v.Error = v.Error[:maxError]
@@ -236,6 +237,12 @@ func (p *Publisher) Publish(o *Outcome) {
 	case p.ch <- v:
 	default:
 		p.drop(o, "outcome buffer full")
+		if o.Kind == Success {
+			// Keep the webhook marked so its next success is sent instead.
+			sh.mu.Lock()
+			sh.m[o.WebhookID] = p.now().UnixMilli()
+			sh.mu.Unlock()
+		}
 	}
 }
 

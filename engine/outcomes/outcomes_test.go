@@ -163,3 +163,29 @@ func BenchmarkPublishHealthySuccess(b *testing.B) {
 		}
 	})
 }
+
+// A success lost to a full buffer must not leave the webhook looking
+// healthy: the next success is forwarded instead.
+func TestDroppedSuccessKeepsWebhookMarked(t *testing.T) {
+	p := NewPublisher([]string{"127.0.0.1:1"}, DefaultTopic, zerolog.Nop(), WithBuffer(1))
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		_ = p.Close(ctx)
+	}()
+	for i := 0; i < 100 && p.Dropped.Load() == 0; i++ { // fill the buffer
+		p.Publish(o(Failure, "wh_other", 1))
+	}
+	if p.Dropped.Load() == 0 {
+		t.Fatal("buffer never full")
+	}
+	p.Publish(o(Failure, "wh_1", 1))
+	dropped := p.Dropped.Load()
+	p.Publish(o(Success, "wh_1", 1))
+	if p.Dropped.Load() == dropped {
+		t.Skip("the writer drained the buffer in between; nothing to check")
+	}
+	if !p.Failing("wh_1") {
+		t.Fatal("a dropped success cleared the webhook's failure mark")
+	}
+}
