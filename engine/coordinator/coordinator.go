@@ -209,7 +209,9 @@ func (c *Coordinator) sweepLoop(ctx context.Context) {
 func (c *Coordinator) Sweep(ctx context.Context) error {
 	// Streaks that began at or before now - DeleteAfter.
 	limit := c.o.Now().Add(-c.o.Policy.After()).UnixMilli()
-	for {
+	// Every webhook settled leaves the range (deleted, re-scored or
+	// removed), so this ends; the bound is a safety net.
+	for round := 0; round < 1000; round++ {
 		ids, err := c.o.Redis.ZRangeByScore(ctx, c.keys.Failing(), &redis.ZRangeBy{
 			Min: "-inf", Max: strconv.FormatInt(limit, 10), Count: int64(c.o.MaxBatch),
 		}).Result()
@@ -227,6 +229,7 @@ func (c *Coordinator) Sweep(ctx context.Context) error {
 			return nil
 		}
 	}
+	return nil
 }
 
 // retry runs op until it succeeds (true) or ctx ends (false), backing off.

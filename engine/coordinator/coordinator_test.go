@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
@@ -175,5 +176,24 @@ func TestSweepOfWebhookRemovedThroughAPI(t *testing.T) {
 	}
 	if c.Stats.DeletedFailing.Load() != 0 {
 		t.Fatal("counted as a deletion")
+	}
+}
+
+// A failing-set entry whose health expired is dropped by the sweep instead
+// of being swept again forever.
+func TestSweepDropsEntryWithoutHealth(t *testing.T) {
+	c, _, _ := setup(t)
+	ctx := context.Background()
+	if err := c.o.Redis.ZAdd(ctx, c.keys.Failing(), redis.Z{Score: 1, Member: "wh_stale"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := c.o.Redis.ZCard(ctx, c.keys.Failing()).Result(); n != 0 {
+		t.Fatal("stale entry still in the failing set")
+	}
+	if n, _ := c.o.Redis.Exists(ctx, c.keys.Health("wh_stale")).Result(); n != 0 {
+		t.Fatal("the sweep created health for an unknown webhook")
 	}
 }

@@ -113,6 +113,9 @@ func (r *record) args(ttl time.Duration) []any {
 	}
 }
 
+// maxError bounds the error text kept per webhook.
+const maxError = 512
+
 // item is one outcome with where it came from.
 type item struct {
 	o    *outcomes.Outcome
@@ -129,6 +132,9 @@ func (r *record) apply(p health.Policy, items []item, now time.Time) {
 			continue // a replay of what Redis already has
 		}
 		o := it.o
+		if len(o.Error) > maxError {
+			o.Error = o.Error[:maxError]
+		}
 		if o.AppID != "" {
 			r.app, r.account, r.event, r.address = o.AppID, o.AccountID, o.Event, o.Address
 		}
@@ -168,9 +174,15 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 		}
 		for _, r := range recs {
 			r.apply(c.o.Policy, items[r.id], now)
-			if r.deletedNow && r.s.Reason == health.ReasonFailing && c.o.Registry.Webhook(r.id) == nil {
-				// Its owner deleted it through the API: nothing to report.
-				r.s.Reason = health.ReasonRemoved
+			if r.deletedNow && r.s.Reason == health.ReasonFailing {
+				stored, err := c.o.Registry.Stored(ctx, r.id)
+				if err != nil {
+					return err
+				}
+				if !stored {
+					// Its owner deleted it through the API: nothing to report.
+					r.s.Reason = health.ReasonRemoved
+				}
 			}
 		}
 		if err := c.store(ctx, recs); err != nil {
@@ -181,7 +193,7 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 			if r.conflict {
 				pending = append(pending, r.id)
 				c.Stats.Conflicts.Add(1)
-			} else if r.app != "" {
+			} else {
 				final = append(final, r)
 			}
 		}
@@ -247,12 +259,12 @@ func entryOf(r *record, p health.Policy) DayEntry {
 // so doing it again after a crash (the batch is replayed) is harmless.
 func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time) error {
 	for _, r := range recs {
-		if r.s.Deleted.IsZero() {
+		if r.s.Deleted.IsZero() || r.app == "" {
 			continue
 		}
 		// The dispatcher deleted a 410's webhook already; a replay finds
-		// it gone too.
-		if c.o.Registry.Webhook(r.id) != nil {
+		// it gone too (unless this copy of the registry still has it).
+		if (r.deletedNow && r.s.Reason == health.ReasonFailing) || c.o.Registry.Webhook(r.id) != nil {
 			err := c.o.Registry.DeleteWebhook(ctx, r.id)
 			if err != nil && !errors.Is(err, registry.ErrNotFound) {
 				return fmt.Errorf("cannot delete webhook %s: %w", r.id, err)
@@ -282,6 +294,11 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 			return nil
 		}
 		for _, r := range recs {
+			if r.app == "" {
+				// No health kept (it expired): nothing to sweep or report.
+				p.ZRem(ctx, c.keys.Failing(), r.id)
+				continue
+			}
 			e := entryOf(r, c.o.Policy)
 			switch {
 			case r.s.Reason == health.ReasonRemoved:

@@ -40,12 +40,14 @@ type App struct {
 
 // Digest is what the templates see.
 type Digest struct {
-	Day         string // the mail day, YYYY-MM-DD
-	Start, End  time.Time
-	App         App
-	Failing     []*coordinator.DayEntry // failed that day and not deleted, by address
-	Deleted     []*coordinator.DayEntry // deleted that day, by time
-	DeleteAfter time.Duration
+	Day        string // the mail day, YYYY-MM-DD
+	Start, End time.Time
+	App        App
+	Failing    []*coordinator.DayEntry // failed that day and not deleted, by address
+	Deleted    []*coordinator.DayEntry // deleted that day, by time
+	// FailingMore and DeletedMore count those left out past MaxListed.
+	FailingMore, DeletedMore int
+	DeleteAfter              time.Duration
 }
 
 // Templates renders digests.
@@ -56,6 +58,7 @@ type Templates struct {
 }
 
 var funcs = map[string]any{
+	"add": func(a, b int) int { return a + b },
 	"dur": func(d time.Duration) string {
 		switch {
 		case d%(24*time.Hour) == 0:

@@ -130,6 +130,10 @@ func New(o Options) (*Job, error) {
 	if o.RetryMax <= 0 {
 		o.RetryMax = 30 * time.Minute
 	}
+	if o.SendTimeout >= o.LockTTL/2 {
+		// The lock, renewed before each send, must outlast the send.
+		o.SendTimeout = o.LockTTL / 2
+	}
 	if o.CatchUp <= 0 {
 		o.CatchUp = 7
 	}
@@ -299,6 +303,13 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 			log.Warn().Msg("mail lock lost; another coordinator carries on")
 			return false, nil
 		}
+		// Another coordinator may have sent it between our reading the
+		// marks and taking the lock.
+		if n, err := j.o.Redis.Exists(ctx, j.markKey(day, app)).Result(); err != nil {
+			return false, fmt.Errorf("cannot read the digest mark of %s for %s: %w", app, day, err)
+		} else if n == 1 {
+			continue
+		}
 		state, err := j.sendOne(ctx, day, app, start)
 		if errors.Is(err, errCrash) {
 			crashed = true
@@ -363,6 +374,10 @@ func (j *Job) unmarked(ctx context.Context, day string, apps []string) ([]string
 	}
 	return out, nil
 }
+
+// MaxListed bounds the webhooks one digest lists per section; the rest are
+// counted.
+const MaxListed = 500
 
 var errCrash = errors.New("simulated crash after the SMTP server accepted")
 
@@ -453,6 +468,12 @@ func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*
 	slices.SortFunc(d.Failing, func(a, b *coordinator.DayEntry) int {
 		return cmp.Or(cmp.Compare(a.Address, b.Address), cmp.Compare(a.WebhookID, b.WebhookID))
 	})
+	if n := len(d.Deleted) - MaxListed; n > 0 {
+		d.Deleted, d.DeletedMore = d.Deleted[:MaxListed], n
+	}
+	if n := len(d.Failing) - MaxListed; n > 0 {
+		d.Failing, d.FailingMore = d.Failing[:MaxListed], n
+	}
 	return d, nil
 }
 

@@ -534,7 +534,7 @@ func TestTemplatesOverride(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &mail.Digest{Day: "2026-11-20", App: mail.App{ID: "app_1", Name: "Shop <b>", Email: "dev@example.com"},
-		Failing: []*coordinator.DayEntry{{WebhookID: "wh_1", Address: "https://x.example.com/?a=1&b=<2>", Failures: 3}}}
+		Failing: []*coordinator.DayEntry{{WebhookID: "wh_1", Address: "https://x.example.com/?a=1&b=<2>", Failures: 3}}, FailingMore: 7}
 	raw, err := tm.Render(d, "geckohook@example.com", day0)
 	if err != nil {
 		t.Fatal(err)
@@ -543,7 +543,7 @@ func TestTemplatesOverride(t *testing.T) {
 	if subject != "Custom 2026-11-20 for Shop <b>" {
 		t.Fatalf("subject %q", subject)
 	}
-	mustContain(t, body, "https://x.example.com/?a=1&b=<2>", "failures that day: 3")
+	mustContain(t, body, "https://x.example.com/?a=1&b=<2>", "failures that day: 3", "FAILING WEBHOOKS (1 and 7 more not listed)")
 	if !bytes.Contains(raw, []byte("&lt;2&gt;")) {
 		t.Fatal("HTML part does not escape the address")
 	}
