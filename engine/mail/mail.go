@@ -13,7 +13,7 @@
 // is kept (gh:mail:done); on start every day after it, up to 7 days back,
 // is caught up, so a restart never skips a day, and the per-application
 // marks keep it from sending a day twice. The one gap: a coordinator that
-// dies (or stalls past the lock's TTL) after the SMTP server accepted a
+// dies, stalls past the lock's TTL or loses Redis after the SMTP server accepted a
 // digest and before the mark was written makes the next lock holder send
 // that one digest again, so an application gets at most one extra copy per
 // such crash, with the same Message-ID. Nothing else is sent twice.
