@@ -317,14 +317,12 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 }
 
 // publish reports an attempt's outcome to the coordinator; at zero means
-// now. Every attempt here is a delivery's first (the retry poller passes
-// its own attempt number).
+// now, read only if the outcome is sent (a healthy success reads no clock).
+// Every attempt here is a delivery's first (the retry poller passes its own
+// attempt number).
 func (d *Dispatcher) publish(kind outcomes.Kind, dl *delivery, at time.Time) {
 	if d.o.Outcomes == nil {
 		return
-	}
-	if at.IsZero() {
-		at = d.o.Now()
 	}
 	o := outcomes.Outcome{Kind: kind, WebhookID: dl.hook.ID, AppID: dl.hook.AppID, AccountID: dl.hook.AccountID,
 		Event: dl.hook.Event, Address: dl.hook.Address, Status: dl.res.Status, Attempt: 1, At: at}

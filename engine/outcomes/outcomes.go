@@ -190,7 +190,8 @@ func (p *Publisher) shard(webhookID string) *failingShard {
 	return &p.shards[maphash.String(p.seed, webhookID)%shardCount]
 }
 
-// Publish queues o for the outcomes topic. It never blocks: when the buffer
+// Publish queues o for the outcomes topic (a zero At is set to the
+// Publisher's clock, read only when the outcome is queued). It never blocks: when the buffer
 // is full the outcome is dropped and counted. A first-attempt Success is
 // queued only if this Publisher queued a Failure (or Dead) for the webhook
 // since its last forwarded Success, or the coordinator lists it as failing;
@@ -230,6 +231,9 @@ func (p *Publisher) Publish(o *Outcome) {
 	}
 	// Past this point a dropped success re-marks its webhook (below).
 	v := *o
+	if v.At.IsZero() {
+		v.At = p.now()
+	}
 	if len(v.Error) > maxError {
 		v.Error = v.Error[:maxError]
 	}
