@@ -53,6 +53,9 @@ type config struct {
 	LogLevel  string
 	LogFormat string
 
+	// coordinator, daily mail and outcomes (coordinator.go)
+	coordinatorConfig
+
 	// set records which flags were given a value by any source, and where.
 	set map[string]string
 }
@@ -64,7 +67,7 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML file of settings, keys named like the flags (e.g. kafka-brokers: ...); the command line and GECKOHOOK_* variables win over it")
 
 	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "host:port of the management API (applications, webhooks, events, /healthz)")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics and /healthz of a `dispatcher` process (empty: off; `all` and `api` serve them on --api-listen)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics and /healthz of a `dispatcher` or `coordinator` process (empty: off; `all` and `api` serve them on --api-listen)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
 
 	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty in `all` starts the embedded broker (not for production data)")
@@ -96,6 +99,8 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.IntVar(&c.RetryWindow, "retry-window", 1024, "claimed retries in flight per shard (bounds memory while retries drain)")
 	fs.StringVar(&c.DeliveryHeader, "delivery-header", "X-Gecko-Delivery", "name of the delivery id header")
 	fs.StringVar(&c.SignatureHeader, "signature-header", "X-Gecko-Signature", "name of the signature header")
+
+	addCoordinatorFlags(fs, &c.coordinatorConfig)
 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "console", "log format: console (readable) or json")
@@ -187,6 +192,9 @@ func parseConfig(cmd string, args []string, getenv func(string) string) (*config
 	}
 	if c.RetryWindow < 1 {
 		return nil, fs, fmt.Errorf("--retry-window must be at least 1")
+	}
+	if err := c.coordinatorConfig.validate(); err != nil {
+		return nil, fs, err
 	}
 	return c, fs, nil
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/geckohook/geckohook/engine/embedded"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/netguard"
+	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
@@ -46,6 +47,8 @@ Commands:
                it starts an embedded Kafka and Redis (for trying it, not production)
   dispatcher   consume events and deliver webhooks (needs Kafka and Redis)
   api          management API and event ingest (needs Kafka and Redis)
+  coordinator  failure counters, the 3-day deletion rule and the daily mail
+               (needs Kafka and Redis)
   broker       the embedded Kafka broker alone (trials, tests, benchmarks)
   version      print the version
 
@@ -71,7 +74,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
-	case "all", "dispatcher", "api", "broker":
+	case "all", "dispatcher", "api", "broker", "coordinator":
 	default:
 		fmt.Fprintf(stderr, "geckohook: unknown command %q\n\n%s", cmd, usage)
 		return 2
@@ -155,6 +158,7 @@ func topics(c *config) []kafkaio.Topic {
 	return []kafkaio.Topic{
 		{Name: c.EventsTopic, Partitions: c.Partitions, ReplicationFactor: c.Replication},
 		{Name: c.DLQTopic, Partitions: 1, ReplicationFactor: c.Replication},
+		{Name: c.OutcomesTopic, Partitions: c.Partitions, ReplicationFactor: c.Replication},
 	}
 }
 
@@ -239,7 +243,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 	log.Info().Int("applications", apps).Int("webhooks", hooks).Msg("registry loaded")
 
 	policy := netguard.Policy{AllowPrivate: c.AllowPrivate, AllowHTTP: c.AllowHTTP}
-	failed := make(chan error, 3) // a part that stops on its own stops the process
+	failed := make(chan error, 8) // a part that stops on its own stops the process
 	// startPart runs fn until the shutdown stops it; if it returns before,
 	// the process shuts down with its error.
 	startPart := func(name string, fn func(ctx context.Context) error) {
@@ -273,12 +277,32 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 	health := func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
 
 	var d *dispatch.Dispatcher
+	var pub *outcomes.Publisher
+	var coordMetrics func(*bytes.Buffer)
 	metrics := func(b *bytes.Buffer) {
 		if d != nil {
 			d.WriteMetrics(b)
 		}
+		pub.WriteMetrics(b)
+		if coordMetrics != nil {
+			coordMetrics(b)
+		}
+	}
+	if role == "all" || role == "coordinator" {
+		if coordMetrics, err = startCoordinator(c, brokers, rdb, reg, log, stdout, startPart); err != nil {
+			return err
+		}
 	}
 	if role == "all" || role == "dispatcher" {
+		// Closed after the dispatcher drained, so its last outcomes go out.
+		pub = newOutcomes(c, brokers, rdb, log)
+		closers = append(closers, closer{"outcomes publisher", func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := pub.Close(ctx); err != nil {
+				log.Warn().Err(err).Msg("outcomes not all flushed")
+			}
+		}})
 		d = dispatch.New(dispatch.Options{
 			Brokers: brokers, Topic: c.EventsTopic, DLQTopic: c.DLQTopic, Group: c.Group,
 			Registry: reg, Catalog: cat, Redis: rdb, RedisPrefix: c.RedisPrefix, ResourceBase: c.ResourceBase,
@@ -287,14 +311,14 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 				DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
 			}),
 			Workers: c.Workers, Window: c.Window, MaxRetries: maxRetries(c.MaxRetries),
-			Lease: c.RetryLease, RetryWindow: c.RetryWindow,
+			Lease: c.RetryLease, RetryWindow: c.RetryWindow, Outcomes: pub,
 			DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
 			Log: log.With().Str("part", "dispatcher").Logger(),
 		})
 		startPart("dispatcher (drained)", d.Run)
 		log.Info().Strs("brokers", brokers).Str("topic", c.EventsTopic).Str("group", c.Group).Msg("dispatcher running")
 	}
-	if role == "dispatcher" && c.MetricsListen != "" {
+	if (role == "dispatcher" || role == "coordinator") && c.MetricsListen != "" {
 		ops := api.New(api.Options{Health: health, Metrics: metrics, Log: log.With().Str("part", "metrics").Logger()})
 		if err := serveAPI("metrics and health endpoint", c.MetricsListen, ops); err != nil {
 			return err

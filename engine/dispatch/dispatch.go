@@ -22,6 +22,7 @@ import (
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/kafkaio"
+	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
@@ -40,6 +41,10 @@ type Options struct {
 	Redis        redis.UniversalClient
 	RedisPrefix  string // ("gh:")
 	ResourceBase string // ("https://api.tradegecko.com")
+
+	// Outcomes receives failures, recoveries, 410s and dead deliveries for
+	// the coordinator (nil: not published).
+	Outcomes *outcomes.Publisher
 
 	// Workers send deliveries for every shard of this process (1024). A
 	// worker is held for the length of one attempt.

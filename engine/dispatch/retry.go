@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
 )
@@ -260,13 +261,16 @@ func (s *shardRun) op(dl *delivery) shard.Op {
 		// delay and keep its retry count.
 		return shard.Op{Kind: shard.OpReschedule, Rec: rec, At: dl.at.Add(contract.RetryDelay(0, o.Rand))}
 	}
+	due, err := contract.NextAttempt(dl.at, rec.Retries+1, max(o.MaxRetries, 0), o.Rand)
+	if err != nil {
+		s.d.publish(outcomes.Dead, dl, dl.at)
+	}
 	rec.Attempts++
 	rec.Retries++
 	if rec.FirstAttempt.IsZero() {
 		rec.FirstAttempt = dl.at
 	}
 	rec.LastAttempt, rec.LastStatus, rec.LastError = dl.at, dl.res.Status, dl.res.ErrorText()
-	due, err := contract.NextAttempt(dl.at, rec.Retries, max(o.MaxRetries, 0), o.Rand)
 	if err != nil {
 		return shard.Op{Kind: shard.OpKill, Rec: rec, At: dl.at}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
@@ -301,6 +302,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	switch dl.res.Outcome {
 	case contract.Success:
 		d.Stats.Delivered.Add(1)
+		d.publish(outcomes.Success, dl, time.Time{})
 		s.settle(dl)
 	case contract.Gone:
 		var err error
@@ -316,15 +318,34 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 			return healthy
 		}
 		d.Stats.Gone.Add(1)
+		d.publish(outcomes.Gone, dl, dl.at)
 		s.log.Info().Str("webhook_id", hook.ID).Str("app_id", hook.AppID).Msg("webhook deleted: endpoint answered 410 Gone")
 		s.settle(dl)
 	default:
 		d.Stats.Failed.Add(1)
 		s.failLog.Info().Str("webhook_id", hook.ID).Int("status", dl.res.Status).Str("error", dl.res.ErrorText()).
 			Str("delivery", string(dl.id[:])).Msg("delivery failed; scheduling retry")
+		d.publish(outcomes.Failure, dl, dl.at)
 		s.fail(dl)
 	}
 	return healthy
+}
+
+// publish reports an attempt's outcome to the coordinator; at zero means
+// now, read only if the outcome is sent (a healthy success reads no clock).
+func (d *Dispatcher) publish(kind outcomes.Kind, dl *delivery, at time.Time) {
+	if d.o.Outcomes == nil {
+		return
+	}
+	o := outcomes.Outcome{Kind: kind, WebhookID: dl.hook.ID, AppID: dl.hook.AppID, AccountID: dl.hook.AccountID,
+		Event: dl.hook.Event, Address: dl.hook.Address, Status: dl.res.Status, Attempt: 1, At: at}
+	if dl.rec != nil {
+		o.Attempt = dl.rec.Attempts + 1 // a retry's success is always forwarded
+	}
+	if kind != outcomes.Success {
+		o.DeliveryID, o.Error = string(dl.id[:]), dl.res.ErrorText()
+	}
+	d.o.Outcomes.Publish(&o)
 }
 
 // finish marks a delivery done once nothing more needs writing for it.
@@ -469,6 +490,7 @@ func (s *shardRun) entry(dl *delivery) shard.Entry {
 	due, err := contract.NextAttempt(dl.at, 0, max(o.MaxRetries, 0), o.Rand)
 	if err != nil {
 		s.d.Stats.Dead.Add(1)
+		s.d.publish(outcomes.Dead, dl, dl.at)
 		return shard.Entry{Rec: rec, Due: dl.at, Dead: true}
 	}
 	return shard.Entry{Rec: rec, Due: due}

@@ -533,6 +533,16 @@ func (r *Registry) CreateWebhook(ctx context.Context, w Webhook) (*Webhook, erro
 	return &w, nil
 }
 
+// Stored reports whether Redis holds the webhook (the in-memory copy may
+// lag behind announcements).
+func (r *Registry) Stored(ctx context.Context, id string) (bool, error) {
+	ok, err := r.rdb.HExists(ctx, r.hooksKey, id).Result()
+	if err != nil {
+		return false, fmt.Errorf("cannot look up webhook %s: %w", id, err)
+	}
+	return ok, nil
+}
+
 // DeleteWebhook removes a webhook everywhere. It returns ErrNotFound when
 // Redis had no such webhook.
 func (r *Registry) DeleteWebhook(ctx context.Context, id string) error {

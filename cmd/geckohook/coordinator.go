@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/geckohook/geckohook/engine/coordinator"
+	"github.com/geckohook/geckohook/engine/health"
+	"github.com/geckohook/geckohook/engine/mail"
+	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/registry"
+)
+
+// coordinatorConfig holds the settings of the coordinator role, the daily
+// mail, and the outcomes dispatchers publish for them.
+type coordinatorConfig struct {
+	OutcomesTopic    string
+	CoordinatorGroup string
+	DeleteAfter      time.Duration
+	SweepEvery       time.Duration
+	MailAt           string
+	MailOutbox       string
+	MailTemplates    string
+	MailFrom         string
+	SMTPAddr         string
+	SMTPUser         string
+	SMTPPassword     string
+
+	mailAt time.Duration // MailAt parsed
+}
+
+func addCoordinatorFlags(fs *flag.FlagSet, c *coordinatorConfig) {
+	fs.StringVar(&c.OutcomesTopic, "outcomes-topic", outcomes.DefaultTopic, "Kafka topic where dispatchers publish delivery outcomes for the coordinator (key = webhook id)")
+	fs.StringVar(&c.CoordinatorGroup, "coordinator-group", "geckohook-coordinators", "Kafka consumer group of the coordinators")
+	fs.DurationVar(&c.DeleteAfter, "delete-after", health.DefaultDeleteAfter, "delete a webhook whose failures have run this long without a single success (the seed's 3 days)")
+	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Minute, "how often the coordinator sweeps failing webhooks for --delete-after")
+	fs.StringVar(&c.MailAt, "mail-at", "00:00", "time of day (HH:MM, UTC) of the daily digest, which covers the 24 h before it")
+	fs.StringVar(&c.MailOutbox, "mail-outbox", "./outbox", "with no --smtp-addr, directory where digests are written as .eml files")
+	fs.StringVar(&c.MailTemplates, "mail-templates", "", "directory with digest templates replacing the built-in ones: subject.tmpl, digest.txt.tmpl (text/template), digest.html.tmpl (html/template); missing files keep the built-in version")
+	fs.StringVar(&c.MailFrom, "mail-from", "geckohook@localhost", "sender address of the daily digests")
+	fs.StringVar(&c.SMTPAddr, "smtp-addr", "", "SMTP server host:port for the daily digests (STARTTLS when offered); empty: write them into --mail-outbox")
+	fs.StringVar(&c.SMTPUser, "smtp-user", "", "SMTP user (PLAIN auth, only over TLS or to loopback)")
+	fs.StringVar(&c.SMTPPassword, "smtp-password", "", "SMTP password (prefer GECKOHOOK_SMTP_PASSWORD)")
+}
+
+func (c *coordinatorConfig) validate() error {
+	t, err := time.Parse("15:04", c.MailAt)
+	if err != nil {
+		return fmt.Errorf("bad --mail-at %q: want HH:MM (UTC)", c.MailAt)
+	}
+	c.mailAt = time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute
+	if c.DeleteAfter <= 0 || c.SweepEvery <= 0 {
+		return fmt.Errorf("--delete-after and --sweep-every must be positive")
+	}
+	return nil
+}
+
+func (c *coordinatorConfig) policy() health.Policy {
+	return health.Policy{DeleteAfter: c.DeleteAfter, MailAt: c.mailAt}
+}
+
+// newOutcomes starts the publisher dispatchers report outcomes through.
+func newOutcomes(c *config, brokers []string, rdb redis.UniversalClient, log zerolog.Logger) *outcomes.Publisher {
+	return outcomes.NewPublisher(brokers, c.OutcomesTopic, log.With().Str("part", "outcomes").Logger(),
+		outcomes.WithFailingSet(rdb, coordinator.Keys{Prefix: c.RedisPrefix}.Failing(), 30*time.Second))
+}
+
+// startCoordinator starts the coordinator and the daily mail job as parts
+// of the process; it returns their metrics.
+func startCoordinator(c *config, brokers []string, rdb redis.UniversalClient, reg *registry.Registry, log zerolog.Logger,
+	stdout io.Writer, startPart func(string, func(context.Context) error)) (func(*bytes.Buffer), error) {
+	co := coordinator.New(coordinator.Options{
+		Brokers: brokers, Topic: c.OutcomesTopic, Group: c.CoordinatorGroup,
+		Redis: rdb, Prefix: c.RedisPrefix, Registry: reg, Policy: c.policy(),
+		SweepEvery: c.SweepEvery, SessionTimeout: c.KafkaSession,
+		Log: log.With().Str("part", "coordinator").Logger(),
+	})
+	job, err := mail.New(mail.Options{
+		Redis: rdb, Prefix: c.RedisPrefix, Registry: reg, Policy: c.policy(),
+		From: c.MailFrom, SMTPAddr: c.SMTPAddr, SMTPUser: c.SMTPUser, SMTPPassword: c.SMTPPassword,
+		Outbox: c.MailOutbox, Templates: c.MailTemplates,
+		Log: log.With().Str("part", "mail").Logger(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	startPart("coordinator", co.Run)
+	startPart("daily mail", job.Run)
+	where := "SMTP " + c.SMTPAddr
+	if c.SMTPAddr == "" {
+		where = "outbox " + c.MailOutbox
+		fmt.Fprintf(stdout, "daily digests are written into %s (no --smtp-addr)\n", c.MailOutbox)
+	}
+	log.Info().Str("topic", c.OutcomesTopic).Str("group", c.CoordinatorGroup).Dur("delete_after", c.DeleteAfter).
+		Str("mail_at", c.MailAt).Str("mail_to", where).Msg("coordinator running")
+	return func(b *bytes.Buffer) { co.WriteMetrics(b); job.WriteMetrics(b) }, nil
+}

@@ -1,0 +1,267 @@
+// Package coordinator is the coordinator role: it consumes the outcomes
+// topic in a consumer group, keeps every failing webhook's health in Redis
+// (pipelined, one round of reads and one of version-checked writes per
+// batch), deletes webhooks that answered 410 Gone or failed without a
+// success for DeleteAfter (on the failure that crosses it and in a periodic
+// sweep), and records per mail day what failed and what was deleted, for
+// the daily digest (package mail). Kafka offsets are committed only after
+// Redis has the batch; a replayed batch is recognised by the partition and
+// offset stored with each webhook's health and not counted twice.
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/health"
+	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/registry"
+)
+
+// Options configure a Coordinator. Zero values mean the defaults in brackets.
+type Options struct {
+	Brokers []string
+	Topic   string // outcomes topic ("geckohook.outcomes")
+	Group   string // consumer group ("geckohook-coordinators")
+
+	Redis    redis.UniversalClient
+	Prefix   string // Redis key prefix ("gh:")
+	Registry *registry.Registry
+
+	// Policy: DeleteAfter (72h) and MailAt (00:00), which sets the mail day
+	// failures are counted in.
+	Policy health.Policy
+	// SweepEvery is how often the failing set is swept for the 3-day rule (1m).
+	SweepEvery time.Duration
+	// MaxBatch outcomes per Redis round (500).
+	MaxBatch int
+	// SessionTimeout of the group member (30s).
+	SessionTimeout time.Duration
+
+	Now func() time.Time // clock (time.Now)
+	Log zerolog.Logger
+}
+
+// Stats are cumulative counters of a Coordinator.
+type Stats struct {
+	Outcomes, Bad, Batches, Conflicts, DeletedFailing, DeletedGone, Swept atomic.Int64
+}
+
+// Coordinator is one coordinator process's consumer and sweeper.
+type Coordinator struct {
+	o     Options
+	keys  Keys
+	Stats Stats
+}
+
+// New returns a Coordinator; Run starts it.
+func New(o Options) *Coordinator {
+	if o.Topic == "" {
+		o.Topic = outcomes.DefaultTopic
+	}
+	if o.Group == "" {
+		o.Group = "geckohook-coordinators"
+	}
+	if o.Prefix == "" {
+		o.Prefix = "gh:"
+	}
+	if o.SweepEvery <= 0 {
+		o.SweepEvery = time.Minute
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 500
+	}
+	if o.SessionTimeout <= 0 {
+		o.SessionTimeout = 30 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Coordinator{o: o, keys: Keys{Prefix: o.Prefix}}
+}
+
+// Keys returns the key layout in use.
+func (c *Coordinator) Keys() Keys { return c.keys }
+
+// Run consumes outcomes and sweeps until ctx ends; the batch in hand is
+// finished (or left uncommitted) before it returns.
+func (c *Coordinator) Run(ctx context.Context) error {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:           c.o.Brokers,
+		GroupID:           c.o.Group,
+		Topic:             c.o.Topic,
+		MinBytes:          1,
+		MaxBytes:          4 << 20,
+		MaxWait:           200 * time.Millisecond,
+		StartOffset:       kafka.FirstOffset,
+		SessionTimeout:    c.o.SessionTimeout,
+		HeartbeatInterval: c.o.SessionTimeout / 4,
+		RebalanceTimeout:  c.o.SessionTimeout,
+		JoinGroupBackoff:  time.Second,
+		CommitInterval:    0, // synchronous: CommitMessages returns once committed
+		QueueCapacity:     c.o.MaxBatch,
+		ErrorLogger:       kafka.LoggerFunc(func(f string, args ...any) { c.o.Log.Warn().Msgf(f, args...) }),
+	})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); c.sweepLoop(ctx) }()
+	c.consume(ctx, r)
+	wg.Wait()
+	if err := r.Close(); err != nil {
+		return fmt.Errorf("cannot close outcomes reader: %w", err)
+	}
+	return nil
+}
+
+func (c *Coordinator) consume(ctx context.Context, r *kafka.Reader) {
+	batch := make([]kafka.Message, 0, c.o.MaxBatch)
+	for ctx.Err() == nil {
+		batch = batch[:0]
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+				return
+			}
+			c.o.Log.Warn().Err(err).Msg("cannot fetch outcomes; retrying")
+			sleep(ctx, 500*time.Millisecond)
+			continue
+		}
+		batch = append(batch, m)
+		for len(batch) < c.o.MaxBatch {
+			fctx, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+			m, err := r.FetchMessage(fctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			batch = append(batch, m)
+		}
+		// The batch in hand is finished even during shutdown, so its
+		// offsets can be committed; a crash instead replays it.
+		if !c.retry(ctx, "apply outcomes", func() error { return c.process(batch) }) {
+			return
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := r.CommitMessages(cctx, batch...); err != nil {
+			c.o.Log.Warn().Err(err).Msg("cannot commit outcome offsets; the batch will be replayed (applied once)")
+		}
+		cancel()
+	}
+}
+
+// process applies one batch of outcome records.
+func (c *Coordinator) process(batch []kafka.Message) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	items := make(map[string][]item, len(batch))
+	ids := make([]string, 0, len(batch))
+	for _, m := range batch {
+		o, err := outcomes.Decode(m.Value)
+		if err != nil {
+			c.Stats.Bad.Add(1)
+			c.o.Log.Warn().Err(err).Int("partition", m.Partition).Int64("offset", m.Offset).Msg("skipping unreadable outcome")
+			continue
+		}
+		if _, ok := items[o.WebhookID]; !ok {
+			ids = append(ids, o.WebhookID)
+		}
+		items[o.WebhookID] = append(items[o.WebhookID], item{o: o, part: m.Partition, off: m.Offset})
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := c.settle(ctx, ids, items); err != nil {
+		return err
+	}
+	c.Stats.Outcomes.Add(int64(len(batch)))
+	c.Stats.Batches.Add(1)
+	return nil
+}
+
+func (c *Coordinator) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(c.o.SweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := c.Sweep(ctx); err != nil && ctx.Err() == nil {
+			c.o.Log.Warn().Err(err).Msg("sweep failed; next one in a while")
+		}
+	}
+}
+
+// Sweep deletes every webhook whose streak began at least DeleteAfter ago
+// with no success since. Any number of coordinators may sweep at once: the
+// version-checked write makes each webhook's deletion happen once.
+func (c *Coordinator) Sweep(ctx context.Context) error {
+	// Streaks that began at or before now - DeleteAfter.
+	limit := c.o.Now().Add(-c.o.Policy.After()).UnixMilli()
+	// Every webhook settled leaves the range (deleted, re-scored or
+	// removed), so this ends; the bound is a safety net.
+	for round := 0; round < 1000; round++ {
+		ids, err := c.o.Redis.ZRangeByScore(ctx, c.keys.Failing(), &redis.ZRangeBy{
+			Min: "-inf", Max: strconv.FormatInt(limit, 10), Count: int64(c.o.MaxBatch),
+		}).Result()
+		if err != nil {
+			return fmt.Errorf("cannot read the failing set: %w", err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		if err := c.settle(ctx, ids, nil); err != nil {
+			return err
+		}
+		c.Stats.Swept.Add(int64(len(ids)))
+		if len(ids) < c.o.MaxBatch {
+			return nil
+		}
+	}
+	return nil
+}
+
+// retry runs op until it succeeds (true) or ctx ends (false), backing off.
+func (c *Coordinator) retry(ctx context.Context, what string, op func() error) bool {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := op()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		c.o.Log.Warn().Err(err).Dur("retry_in", wait).Msgf("cannot %s; offsets held until it works", what)
+		sleep(ctx, wait)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// WriteMetrics appends the coordinator's counters in Prometheus text format.
+func (c *Coordinator) WriteMetrics(b *bytes.Buffer) {
+	st := &c.Stats
+	fmt.Fprintf(b, "# HELP geckohook_coordinator_outcomes_total Outcome records applied (bad: unreadable, skipped).\n# TYPE geckohook_coordinator_outcomes_total counter\n")
+	fmt.Fprintf(b, "geckohook_coordinator_outcomes_total{result=\"applied\"} %d\n", st.Outcomes.Load())
+	fmt.Fprintf(b, "geckohook_coordinator_outcomes_total{result=\"bad\"} %d\n", st.Bad.Load())
+	fmt.Fprintf(b, "# HELP geckohook_webhooks_deleted_total Webhooks deleted by the coordinator, by reason.\n# TYPE geckohook_webhooks_deleted_total counter\n")
+	fmt.Fprintf(b, "geckohook_webhooks_deleted_total{reason=\"failing\"} %d\n", st.DeletedFailing.Load())
+	fmt.Fprintf(b, "geckohook_webhooks_deleted_total{reason=\"gone\"} %d\n", st.DeletedGone.Load())
+	fmt.Fprintf(b, "# HELP geckohook_health_conflicts_total Health updates re-read because another coordinator wrote first.\n# TYPE geckohook_health_conflicts_total counter\ngeckohook_health_conflicts_total %d\n", st.Conflicts.Load())
+}

@@ -1,0 +1,199 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/health"
+	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/internal/testenv"
+)
+
+var t0 = time.Date(2026, 11, 20, 1, 0, 0, 0, time.UTC)
+
+func setup(t *testing.T) (*Coordinator, *registry.Registry, *registry.Webhook) {
+	t.Helper()
+	rdb := testenv.Redis(t).Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	reg := registry.New(rdb, registry.Options{})
+	if err := reg.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := reg.CreateApp(ctx, "shop", "dev@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := reg.CreateWebhook(ctx, registry.Webhook{AppID: a.ID, AccountID: "acc-1", Event: "order.create", Address: "https://example.com/h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := t0
+	c := New(Options{Redis: rdb, Registry: reg, Now: func() time.Time { return now }, Log: zerolog.New(zerolog.NewTestWriter(t))})
+	return c, reg, w
+}
+
+func msg(t *testing.T, w *registry.Webhook, kind outcomes.Kind, at time.Time, partition int, offset int64) kafka.Message {
+	t.Helper()
+	v, err := outcomes.Encode(&outcomes.Outcome{Kind: kind, WebhookID: w.ID, AppID: w.AppID, AccountID: w.AccountID,
+		Event: w.Event, Address: w.Address, Status: 503, Error: "503 Service Unavailable", Attempt: 1, At: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kafka.Message{Key: []byte(w.ID), Value: v, Partition: partition, Offset: offset}
+}
+
+func TestReplayedBatchIsAppliedOnce(t *testing.T) {
+	c, _, w := setup(t)
+	batch := []kafka.Message{
+		msg(t, w, outcomes.Failure, t0, 2, 10),
+		msg(t, w, outcomes.Failure, t0.Add(time.Minute), 2, 11),
+		{Key: []byte("x"), Value: []byte("not msgpack"), Partition: 2, Offset: 12},
+	}
+	for i := 0; i < 2; i++ { // the second time is a replay after a lost commit
+		if err := c.process(batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := c.o.Redis.HGetAll(context.Background(), c.keys.Health(w.ID)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h["failures"] != "2" || h["fday"] != "2" || h["off"] != "2:11" || h["status"] != "503" {
+		t.Fatalf("health after a replay = %v, want 2 failures applied once", h)
+	}
+	if c.Stats.Bad.Load() != 2 {
+		t.Fatalf("bad records = %d, want the unreadable one counted each time", c.Stats.Bad.Load())
+	}
+	raw, err := c.o.Redis.HGet(context.Background(), c.keys.DayFailing("2026-11-20", w.AppID), w.ID).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := DecodeDayEntry([]byte(raw))
+	if err != nil || e.Failures != 2 || !e.StreakStart.Equal(t0) || !e.DeleteAt.Equal(t0.Add(72*time.Hour)) || e.Address != w.Address {
+		t.Fatalf("day entry = %+v (%v)", e, err)
+	}
+}
+
+// Two coordinators updating one webhook at once (a rebalance hands its
+// partition over while the old owner finishes a batch): no update is lost.
+func TestConcurrentCoordinatorsLoseNoUpdate(t *testing.T) {
+	c1, reg, w := setup(t)
+	c2 := New(c1.o)
+	const n = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*n)
+	for i := 0; i < n; i++ {
+		for j, c := range []*Coordinator{c1, c2} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// Distinct partitions, so none looks like a replay of another.
+				errs <- c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0.Add(time.Duration(i)*time.Second), 2*i+j, 1)})
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := c1.o.Redis.HGet(context.Background(), c1.keys.Health(w.ID), "failures").Result()
+	if got != fmt.Sprint(2*n) {
+		t.Fatalf("failures = %s, want %d (conflicts retried: %d)", got, 2*n, c1.Stats.Conflicts.Load()+c2.Stats.Conflicts.Load())
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted")
+	}
+}
+
+func TestFailureCrossingDeleteAfterDeletesOnArrival(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(72 * time.Hour)
+	c.o.Now = func() time.Time { return now }
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, now, 0, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) != nil {
+		t.Fatal("not deleted by the failure at 72 h")
+	}
+	h, _ := c.o.Redis.HGetAll(context.Background(), c.keys.Health(w.ID)).Result()
+	if h["reason"] != health.ReasonFailing || h["deleted"] == "0" {
+		t.Fatalf("health = %v, want deleted for failing", h)
+	}
+	raw, err := c.o.Redis.HGet(context.Background(), c.keys.DayDeleted("2026-11-23", w.AppID), w.ID).Result()
+	if err != nil {
+		t.Fatalf("no deletion record for the day: %v", err)
+	}
+	if e, _ := DecodeDayEntry([]byte(raw)); e == nil || e.Reason != health.ReasonFailing || e.Address != w.Address {
+		t.Fatalf("deletion record = %+v", e)
+	}
+	if ok, _ := c.o.Redis.SIsMember(context.Background(), c.keys.DayApps("2026-11-23"), w.AppID).Result(); !ok {
+		t.Fatal("application not listed for the day's mail")
+	}
+	// Outcomes still in flight for the deleted webhook change nothing.
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, now.Add(time.Minute), 0, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if f, _ := c.o.Redis.HGet(context.Background(), c.keys.Health(w.ID), "failures").Result(); f != "2" {
+		t.Fatalf("failures after deletion = %s, want 2", f)
+	}
+}
+
+// A failing webhook its owner deleted through the API is not reported as
+// deleted by the 3-day rule.
+func TestSweepOfWebhookRemovedThroughAPI(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.DeleteWebhook(context.Background(), w.ID); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(73 * time.Hour)
+	c.o.Now = func() time.Time { return now }
+	if err := c.Sweep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := c.o.Redis.ZCard(context.Background(), c.keys.Failing()).Result(); n != 0 {
+		t.Fatal("still in the failing set")
+	}
+	if n, _ := c.o.Redis.Exists(context.Background(), c.keys.DayDeleted("2026-11-23", w.AppID)).Result(); n != 0 {
+		t.Fatal("reported as deleted by the 3-day rule")
+	}
+	if c.Stats.DeletedFailing.Load() != 0 {
+		t.Fatal("counted as a deletion")
+	}
+}
+
+// A failing-set entry whose health expired is dropped by the sweep instead
+// of being swept again forever.
+func TestSweepDropsEntryWithoutHealth(t *testing.T) {
+	c, _, _ := setup(t)
+	ctx := context.Background()
+	if err := c.o.Redis.ZAdd(ctx, c.keys.Failing(), redis.Z{Score: 1, Member: "wh_stale"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := c.o.Redis.ZCard(ctx, c.keys.Failing()).Result(); n != 0 {
+		t.Fatal("stale entry still in the failing set")
+	}
+	if n, _ := c.o.Redis.Exists(ctx, c.keys.Health("wh_stale")).Result(); n != 0 {
+		t.Fatal("the sweep created health for an unknown webhook")
+	}
+}

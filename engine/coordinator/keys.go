@@ -1,0 +1,72 @@
+package coordinator
+
+import (
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Keys names the coordinator's Redis keys under a prefix (default "gh:").
+// The {…} parts are Redis Cluster hash tags: one webhook's health in its own
+// slot, every key of one mail day in the day's slot.
+//
+//	{p}health:{webhook}         HASH  the webhook's health (see the field list in store.go)
+//	{p}failing                  ZSET  webhook id → streak start (unix ms), swept for the 3-day rule
+//	{p}day:{date}:apps          SET   applications with something to report for that mail day
+//	{p}day:{date}:failing:{app} HASH  webhook id → msgpack DayEntry: failures that day
+//	{p}day:{date}:deleted:{app} HASH  webhook id → msgpack DayEntry: deleted that day, with reason
+//
+// The day keys expire after DayTTL; the health hash DeleteAfter + DayTTL
+// after its last change.
+type Keys struct{ Prefix string }
+
+// DayTTL is how long a day's records are kept: the mail catch-up window
+// (7 days) plus a day.
+const DayTTL = 8 * 24 * time.Hour
+
+// Health is the key of a webhook's health hash.
+func (k Keys) Health(webhookID string) string { return k.Prefix + "health:{" + webhookID + "}" }
+
+// Failing is the key of the failing set.
+func (k Keys) Failing() string { return k.Prefix + "failing" }
+
+// DayApps is the key of the set of applications with something to report.
+func (k Keys) DayApps(day string) string { return k.Prefix + "day:{" + day + "}:apps" }
+
+// DayFailing is the key of an application's failing webhooks of a day.
+func (k Keys) DayFailing(day, appID string) string {
+	return k.Prefix + "day:{" + day + "}:failing:" + appID
+}
+
+// DayDeleted is the key of an application's webhooks deleted on a day.
+func (k Keys) DayDeleted(day, appID string) string {
+	return k.Prefix + "day:{" + day + "}:deleted:" + appID
+}
+
+// DayEntry is one webhook's line in a day's record, as the mail shows it.
+type DayEntry struct {
+	WebhookID   string    `msgpack:"w"`
+	AppID       string    `msgpack:"a"`
+	AccountID   string    `msgpack:"c"`
+	Event       string    `msgpack:"e"`
+	Address     string    `msgpack:"u"`
+	Failures    int       `msgpack:"f"`  // failures that day
+	Dead        int       `msgpack:"dd"` // deliveries that went dead that day
+	LastStatus  int       `msgpack:"s"`
+	LastError   string    `msgpack:"x"`
+	LastFailure time.Time `msgpack:"lf"`
+	StreakStart time.Time `msgpack:"ss"` // zero: recovered since
+	DeleteAt    time.Time `msgpack:"da"` // when the 3-day rule deletes it, if the streak goes on
+	LastSuccess time.Time `msgpack:"ls"`
+	Deleted     time.Time `msgpack:"dl"`
+	Reason      string    `msgpack:"r"` // health.ReasonGone or health.ReasonFailing
+}
+
+// DecodeDayEntry reads a DayEntry.
+func DecodeDayEntry(b []byte) (*DayEntry, error) {
+	e := new(DayEntry)
+	if err := msgpack.Unmarshal(b, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}

@@ -1,0 +1,329 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/geckohook/geckohook/engine/health"
+	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/registry"
+)
+
+// Fields of the health hash {p}health:{webhook}:
+//
+//	v             version, bumped by every write (optimistic concurrency)
+//	off           "partition:offset" of the last outcome applied (replays are skipped)
+//	app, account, event, address   the webhook, as its outcomes described it
+//	since         streak start, unix ms (0: not failing)
+//	last_failure  unix ms;  failures: in the streak;  status, error: of the newest failure
+//	last_success  unix ms
+//	day, fday, dday   mail day being counted, its failures and dead deliveries
+//	deleted, reason   unix ms and why, once deleted
+//
+// casScript writes the fields only if the version is still the one read,
+// so two coordinators (around a rebalance, or a sweep racing an outcome)
+// never overwrite each other's update: the loser re-reads and re-applies.
+var casScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[1]) + 1, unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// record is one webhook's health as read from Redis.
+type record struct {
+	id       string
+	version  string
+	part     int
+	off      int64 // -1: none applied
+	app      string
+	account  string
+	event    string
+	address  string
+	s        health.State
+	changed  bool
+	conflict bool
+	// deletedNow: this update is the one that marked it deleted.
+	deletedNow bool
+}
+
+func ms(t time.Time) string {
+	if t.IsZero() {
+		return "0"
+	}
+	return strconv.FormatInt(t.UnixMilli(), 10)
+}
+
+func fromMS(s string) time.Time {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n).UTC()
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}
+
+func parseRecord(id string, h map[string]string) *record {
+	r := &record{id: id, version: "0", off: -1, part: -1}
+	if len(h) == 0 {
+		return r
+	}
+	if v := h["v"]; v != "" {
+		r.version = v
+	}
+	if p, o, ok := strings.Cut(h["off"], ":"); ok {
+		r.part = atoi(p)
+		if n, err := strconv.ParseInt(o, 10, 64); err == nil {
+			r.off = n
+		}
+	}
+	r.app, r.account, r.event, r.address = h["app"], h["account"], h["event"], h["address"]
+	r.s = health.State{
+		StreakStart: fromMS(h["since"]), LastFailure: fromMS(h["last_failure"]), Failures: atoi(h["failures"]),
+		LastStatus: atoi(h["status"]), LastError: h["error"], LastSuccess: fromMS(h["last_success"]),
+		Day: h["day"], FailuresToday: atoi(h["fday"]), DeadToday: atoi(h["dday"]),
+		Deleted: fromMS(h["deleted"]), Reason: h["reason"],
+	}
+	return r
+}
+
+func (r *record) args(ttl time.Duration) []any {
+	s := &r.s
+	return []any{
+		r.version, ttl.Milliseconds(),
+		"off", strconv.Itoa(r.part) + ":" + strconv.FormatInt(r.off, 10),
+		"app", r.app, "account", r.account, "event", r.event, "address", r.address,
+		"since", ms(s.StreakStart), "last_failure", ms(s.LastFailure), "failures", s.Failures,
+		"status", s.LastStatus, "error", s.LastError, "last_success", ms(s.LastSuccess),
+		"day", s.Day, "fday", s.FailuresToday, "dday", s.DeadToday,
+		"deleted", ms(s.Deleted), "reason", s.Reason,
+	}
+}
+
+// maxError bounds the error text kept per webhook.
+const maxError = 512
+
+// item is one outcome with where it came from.
+type item struct {
+	o    *outcomes.Outcome
+	part int
+	off  int64
+}
+
+// apply applies the outcomes not applied yet, then the 3-day rule at now.
+func (r *record) apply(p health.Policy, items []item, now time.Time) {
+	wasDeleted := !r.s.Deleted.IsZero()
+	defer func() { r.deletedNow = !wasDeleted && !r.s.Deleted.IsZero() }()
+	for _, it := range items {
+		if it.part == r.part && it.off <= r.off {
+			continue // a replay of what Redis already has
+		}
+		o := it.o
+		if len(o.Error) > maxError {
+			o.Error = o.Error[:maxError]
+		}
+		if o.AppID != "" {
+			r.app, r.account, r.event, r.address = o.AppID, o.AccountID, o.Event, o.Address
+		}
+		d := p.Apply(&r.s, o, now)
+		r.part, r.off = it.part, it.off
+		r.changed = true
+		if d.Delete && d.Reason == health.ReasonFailing {
+			p.MarkDeleted(&r.s, now, health.ReasonFailing)
+		}
+	}
+	if p.Due(&r.s, now) {
+		p.MarkDeleted(&r.s, now, health.ReasonFailing)
+		r.changed = true
+	}
+}
+
+// settle brings the webhooks ids to their new state: it reads their health,
+// applies their outcomes (none for a sweep) and the 3-day rule, writes the
+// result with a version check (re-reading on a conflict), and then carries
+// out what follows: deletions, the failing set and the day records.
+func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string][]item) error {
+	now := c.o.Now()
+	final := make([]*record, 0, len(ids))
+	pending := ids
+	for round := 0; len(pending) > 0; round++ {
+		if round == 20 {
+			return fmt.Errorf("cannot update webhook health: %d webhooks still conflicting after %d rounds", len(pending), round)
+		}
+		if round > 0 {
+			// Another coordinator wrote first: step aside a random moment
+			// so two writers do not keep colliding.
+			time.Sleep(time.Duration(rand.IntN(round*2+1)) * time.Millisecond)
+		}
+		recs, err := c.load(ctx, pending)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			r.apply(c.o.Policy, items[r.id], now)
+			if r.deletedNow && r.s.Reason == health.ReasonFailing {
+				stored, err := c.o.Registry.Stored(ctx, r.id)
+				if err != nil {
+					return err
+				}
+				if !stored {
+					// Its owner deleted it through the API: nothing to report.
+					r.s.Reason = health.ReasonRemoved
+				}
+			}
+		}
+		if err := c.store(ctx, recs); err != nil {
+			return err
+		}
+		pending = pending[:0:0]
+		for _, r := range recs {
+			if r.conflict {
+				pending = append(pending, r.id)
+				c.Stats.Conflicts.Add(1)
+			} else {
+				final = append(final, r)
+			}
+		}
+	}
+	return c.effects(ctx, final, now)
+}
+
+func (c *Coordinator) load(ctx context.Context, ids []string) ([]*record, error) {
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.HGetAll(ctx, c.keys.Health(id))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read webhook health: %w", err)
+	}
+	recs := make([]*record, len(ids))
+	for i, id := range ids {
+		recs[i] = parseRecord(id, cmds[i].Val())
+	}
+	return recs, nil
+}
+
+func (c *Coordinator) store(ctx context.Context, recs []*record) error {
+	ttl := c.o.Policy.After() + DayTTL
+	cmds := make(map[*record]*redis.Cmd)
+	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, r := range recs {
+			if r.changed {
+				cmds[r] = casScript.Eval(ctx, p, []string{c.keys.Health(r.id)}, r.args(ttl)...)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot write webhook health: %w", err)
+	}
+	for r, cmd := range cmds {
+		n, _ := cmd.Int()
+		r.conflict = n == 0
+	}
+	return nil
+}
+
+func entryOf(r *record, p health.Policy) DayEntry {
+	s := &r.s
+	e := DayEntry{
+		WebhookID: r.id, AppID: r.app, AccountID: r.account, Event: r.event, Address: r.address,
+		Failures: s.FailuresToday, Dead: s.DeadToday, LastStatus: s.LastStatus, LastError: s.LastError,
+		LastFailure: s.LastFailure, StreakStart: s.StreakStart, LastSuccess: s.LastSuccess,
+		Deleted: s.Deleted, Reason: s.Reason,
+	}
+	if s.Failing() && s.Deleted.IsZero() {
+		e.DeleteAt = p.DeleteAt(s.StreakStart)
+	}
+	return e
+}
+
+// effects deletes what must go and writes the failing set and day records
+// from the final states. Everything here is derived from the state alone,
+// so doing it again after a crash (the batch is replayed) is harmless.
+func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time) error {
+	for _, r := range recs {
+		if r.s.Deleted.IsZero() || r.app == "" {
+			continue
+		}
+		// The dispatcher deleted a 410's webhook already; a replay finds
+		// it gone too (unless this copy of the registry still has it).
+		if (r.deletedNow && r.s.Reason == health.ReasonFailing) || c.o.Registry.Webhook(r.id) != nil {
+			err := c.o.Registry.DeleteWebhook(ctx, r.id)
+			if err != nil && !errors.Is(err, registry.ErrNotFound) {
+				return fmt.Errorf("cannot delete webhook %s: %w", r.id, err)
+			}
+		}
+		if !r.deletedNow || r.s.Reason == health.ReasonRemoved {
+			continue
+		}
+		if r.s.Reason == health.ReasonFailing {
+			c.Stats.DeletedFailing.Add(1)
+		} else {
+			c.Stats.DeletedGone.Add(1)
+		}
+		c.o.Log.Info().Str("webhook_id", r.id).Str("app_id", r.app).Str("reason", r.s.Reason).
+			Time("streak_start", r.s.StreakStart).Int("failures", r.s.Failures).Msg("webhook deleted")
+	}
+	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		day := func(day, key string, e *DayEntry) error {
+			raw, err := msgpack.Marshal(e)
+			if err != nil {
+				return fmt.Errorf("cannot encode day entry: %w", err)
+			}
+			p.HSet(ctx, key, e.WebhookID, raw)
+			p.PExpire(ctx, key, DayTTL)
+			p.SAdd(ctx, c.keys.DayApps(day), e.AppID)
+			p.PExpire(ctx, c.keys.DayApps(day), DayTTL)
+			return nil
+		}
+		for _, r := range recs {
+			if r.app == "" {
+				// No health kept (it expired): nothing to sweep or report.
+				p.ZRem(ctx, c.keys.Failing(), r.id)
+				continue
+			}
+			e := entryOf(r, c.o.Policy)
+			switch {
+			case r.s.Reason == health.ReasonRemoved:
+				p.ZRem(ctx, c.keys.Failing(), r.id)
+			case !r.s.Deleted.IsZero():
+				p.ZRem(ctx, c.keys.Failing(), r.id)
+				d := c.o.Policy.Day(r.s.Deleted)
+				if err := day(d, c.keys.DayDeleted(d, r.app), &e); err != nil {
+					return err
+				}
+			case r.s.Failing():
+				p.ZAdd(ctx, c.keys.Failing(), redis.Z{Score: float64(r.s.StreakStart.UnixMilli()), Member: r.id})
+			default:
+				p.ZRem(ctx, c.keys.Failing(), r.id)
+			}
+			if r.s.Day != "" && r.s.FailuresToday+r.s.DeadToday > 0 {
+				if err := day(r.s.Day, c.keys.DayFailing(r.s.Day, r.app), &e); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot write failing set and day records: %w", err)
+	}
+	return nil
+}

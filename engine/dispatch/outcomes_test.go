@@ -1,0 +1,147 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/kafkaio"
+	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/internal/testenv"
+)
+
+// The dispatcher publishes failures, the first success after a failure,
+// 410s and dead deliveries; the successes of a healthy webhook cost nothing.
+func TestDispatcherPublishesOutcomes(t *testing.T) {
+	var pub *outcomes.Publisher
+	e := startEnvWith(t, func(path string, n int) int {
+		switch {
+		case strings.HasPrefix(path, "/gone"):
+			return 410
+		case strings.HasPrefix(path, "/flaky") && n == 0:
+			return 503
+		}
+		return 200
+	}, func(o *Options) {
+		if err := kafkaio.EnsureTopics(context.Background(), o.Brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
+			t.Fatal(err)
+		}
+		pub = outcomes.NewPublisher(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
+		o.Outcomes = pub
+		o.MaxRetries = -1 // every failure is dead at once
+	})
+	flaky := e.hook("acc1", "order.create", "/flaky")
+	gone := e.hook("acc1", "order.create", "/gone")
+	ok := e.hook("acc1", "order.create", "/ok")
+	for i := 1; i <= 2; i++ {
+		e.produce("acc1", fmt.Sprintf(`{"account_id":"acc1","event":"order.create","object_id":%d}`, i))
+		e.waitReceived("/flaky", i)
+		e.waitReceived("/ok", i)
+	}
+	e.produce("acc1", `{"account_id":"acc1","event":"order.create","object_id":3}`)
+	e.waitReceived("/flaky", 3)
+	e.waitReceived("/ok", 3)
+	got := e.outcomes(pub, func(o *outcomes.Outcome) {
+		if o.AppID != e.app.ID || o.AccountID != "acc1" || o.Address == "" || o.At.IsZero() || o.Attempt != 1 {
+			t.Fatalf("outcome lacks the webhook's details: %+v", o)
+		}
+	})
+	want := map[string]string{
+		flaky.ID: "[failure503 dead503 success200]", // then healthy: filtered
+		gone.ID:  "[gone410]",
+		ok.ID:    "[]",
+	}
+	for id, w := range want {
+		if fmt.Sprint(got[id]) != w {
+			t.Errorf("%s: outcomes %v, want %s", id, got[id], w)
+		}
+	}
+	if pub.Filtered.Load() != 4 { // /ok three times, /flaky once
+		t.Errorf("filtered %d successes, want 4", pub.Filtered.Load())
+	}
+}
+
+// outcomes stops the dispatcher, flushes pub and returns what it published
+// per webhook as kind+status[@attempt when above 1], each checked by check.
+func (e *env) outcomes(pub *outcomes.Publisher, check func(o *outcomes.Outcome)) map[string][]string {
+	t := e.t
+	t.Helper()
+	e.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := pub.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.broker}, Topic: outcomes.DefaultTopic, MaxWait: 50 * time.Millisecond})
+	defer r.Close()
+	got := map[string][]string{}
+	for i := int64(0); i < pub.Published.Load(); i++ {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := outcomes.Decode(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(o)
+		s := o.Kind.String() + fmt.Sprint(o.Status)
+		if o.Attempt > 1 {
+			s += fmt.Sprintf("@%d", o.Attempt)
+		}
+		got[o.WebhookID] = append(got[o.WebhookID], s)
+	}
+	return got
+}
+
+// Retries publish too: each failure with its attempt number, the success
+// that ends a streak, and the death after the last retry.
+func TestRetriesPublishOutcomes(t *testing.T) {
+	clk := newClock(time.Unix(1_800_000_000, 0))
+	var pub *outcomes.Publisher
+	e := startEnvWith(t, func(path string, n int) int {
+		if path == "/recovers" && n >= 2 {
+			return 200
+		}
+		return 500
+	}, func(o *Options) {
+		if err := kafkaio.EnsureTopics(context.Background(), o.Brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
+			t.Fatal(err)
+		}
+		pub = outcomes.NewPublisher(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
+		o.Outcomes, o.MaxRetries = pub, 2
+		o.Now, o.PollEvery = clk.Now, 5*time.Millisecond
+	})
+	rec := e.hook("acc1", "order.create", "/recovers")
+	dies := e.hook("acc2", "order.create", "/dies")
+	e.produce("acc1", `{"account_id":"acc1","event":"order.create","object_id":1}`)
+	e.produce("acc2", `{"account_id":"acc2","event":"order.create","object_id":1}`)
+	e.waitReceived("/recovers", 1)
+	e.waitReceived("/dies", 1)
+	for _, want := range []int{2, 3} {
+		clk.Add(24 * time.Hour)
+		e.waitReceived("/recovers", min(want, 3))
+		e.waitReceived("/dies", want)
+	}
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if e.disp.Stats.Dead.Load() != 1 {
+			return fmt.Errorf("dead %d, want 1", e.disp.Stats.Dead.Load())
+		}
+		return nil
+	})
+	got := e.outcomes(pub, func(*outcomes.Outcome) {})
+	want := map[string]string{
+		rec.ID:  "[failure500 failure500@2 success200@3]",
+		dies.ID: "[failure500 failure500@2 failure500@3 dead500@3]",
+	}
+	for id, w := range want {
+		if fmt.Sprint(got[id]) != w {
+			t.Errorf("%s: outcomes %v, want %s", id, got[id], w)
+		}
+	}
+}

@@ -1,0 +1,486 @@
+// Package mail is the daily digest job: once per mail day, one coordinator
+// (holding a per-day Redis lock with a fencing token) sends every
+// application that had failing or deleted webhooks that day one mail
+// listing them, over SMTP or, with no SMTP server configured, as .eml files
+// in an outbox directory.
+//
+// Guarantees. A digest is marked sent (gh:mail:{date}:{app}) only after the
+// SMTP server accepted it, and only by the lock holder whose token is still
+// current. A send that fails for a temporary reason is retried with backoff
+// (1 min doubling to 30 min of the injected clock) until 24 h after the
+// first try; a permanent refusal (5xx to the recipient or the message) is
+// logged and marked so it is not retried. The last day completed in order
+// is kept (gh:mail:done); on start every day after it, up to 7 days back,
+// is caught up, so a restart never skips a day, and the per-application
+// marks keep it from sending a day twice. The one gap: a coordinator that
+// dies, stalls past the lock's TTL or loses Redis after the SMTP server accepted a
+// digest and before the mark was written makes the next lock holder send
+// that one digest again, so an application gets at most one extra copy per
+// such crash, with the same Message-ID. Nothing else is sent twice.
+package mail
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	netmail "net/mail"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/geckohook/geckohook/engine/coordinator"
+	"github.com/geckohook/geckohook/engine/health"
+	"github.com/geckohook/geckohook/engine/registry"
+)
+
+// Options configure a Job. Zero values mean the defaults in brackets.
+type Options struct {
+	Redis    redis.UniversalClient
+	Prefix   string // ("gh:")
+	Registry *registry.Registry
+	// Policy: MailAt (00:00 UTC) and DeleteAfter (72h), as the coordinator's.
+	Policy health.Policy
+
+	From         string // sender address ("geckohook@localhost")
+	SMTPAddr     string // host:port; empty: write .eml files into Outbox
+	SMTPUser     string
+	SMTPPassword string
+	// SMTPTLS configures STARTTLS (nil: system roots, server name from
+	// SMTPAddr).
+	SMTPTLS   *tls.Config
+	Outbox    string // ("./outbox")
+	Templates string // directory overriding the built-in templates
+
+	// Poll is how often the job looks for a day to mail (15s, real time).
+	Poll time.Duration
+	// LockTTL bounds how long a dead holder keeps the day's lock (2m, real
+	// time); the holder renews it before every send.
+	LockTTL time.Duration
+	// SendTimeout bounds one SMTP conversation (1m).
+	SendTimeout time.Duration
+	// RetryMin, RetryMax: backoff after a failed send (1m, 30m, clock time).
+	RetryMin, RetryMax time.Duration
+	// CatchUp: how many ended days are looked at after downtime (7).
+	CatchUp int
+
+	// AfterAccept, when set, runs after the server accepted a digest and
+	// before it is marked sent; an error stops the run there as a crash
+	// would (no mark, lock left to expire). For tests.
+	AfterAccept func(day, appID string) error
+
+	Now func() time.Time // clock (time.Now)
+	Log zerolog.Logger
+}
+
+// Stats are cumulative counters of a Job.
+type Stats struct {
+	Sent, Failed, Rejected atomic.Int64
+}
+
+// Job runs the daily digest.
+type Job struct {
+	o     Options
+	keys  coordinator.Keys
+	tmpl  *Templates
+	send  sendFunc
+	Stats Stats
+
+	// per mail day: when to try again, how many failed tries, first try
+	mu    sync.Mutex
+	retry map[string]retryState
+}
+
+type retryState struct {
+	next  time.Time
+	tries int
+	first time.Time
+}
+
+// New returns a Job; it fails only on unreadable templates.
+func New(o Options) (*Job, error) {
+	if o.Prefix == "" {
+		o.Prefix = "gh:"
+	}
+	if o.From == "" {
+		o.From = "geckohook@localhost"
+	}
+	if o.Outbox == "" {
+		o.Outbox = "./outbox"
+	}
+	if o.Poll <= 0 {
+		o.Poll = 15 * time.Second
+	}
+	if o.LockTTL <= 0 {
+		o.LockTTL = 2 * time.Minute
+	}
+	if o.SendTimeout <= 0 {
+		o.SendTimeout = time.Minute
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = time.Minute
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = 30 * time.Minute
+	}
+	if o.SendTimeout >= o.LockTTL/2 {
+		// The lock, renewed before each send, must outlast the send.
+		o.SendTimeout = o.LockTTL / 2
+	}
+	if o.CatchUp <= 0 {
+		o.CatchUp = 7
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	t, err := LoadTemplates(o.Templates)
+	if err != nil {
+		return nil, err
+	}
+	j := &Job{o: o, keys: coordinator.Keys{Prefix: o.Prefix}, tmpl: t, retry: map[string]retryState{}}
+	if o.SMTPAddr != "" {
+		s := &smtpSender{addr: o.SMTPAddr, user: o.SMTPUser, password: o.SMTPPassword, tlsConfig: o.SMTPTLS}
+		j.send = s.send
+	} else {
+		j.send = outbox(o.Outbox)
+	}
+	return j, nil
+}
+
+func (j *Job) markKey(day, app string) string { return j.o.Prefix + "mail:{" + day + "}:" + app }
+func (j *Job) lockKey(day string) string      { return j.o.Prefix + "mail:{" + day + "}:lock" }
+func (j *Job) tokenKey(day string) string     { return j.o.Prefix + "mail:{" + day + "}:token" }
+func (j *Job) doneKey() string                { return j.o.Prefix + "mail:done" }
+
+// Run looks for days to mail every Poll until ctx ends.
+func (j *Job) Run(ctx context.Context) error {
+	t := time.NewTicker(j.o.Poll)
+	defer t.Stop()
+	for {
+		if err := j.RunDue(ctx); err != nil && ctx.Err() == nil {
+			j.o.Log.Warn().Err(err).Msg("daily mail pass failed; trying again shortly")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// RunDue mails every ended day not completed yet (the catch-up window at
+// most), oldest first, and advances the completed-day mark.
+func (j *Job) RunDue(ctx context.Context) error {
+	now := j.o.Now()
+	p := j.o.Policy
+	last := addDays(p.Day(now), -1) // the latest day that has ended
+	first := addDays(last, -(j.o.CatchUp - 1))
+	done, err := j.o.Redis.Get(ctx, j.doneKey()).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("cannot read the last mailed day: %w", err)
+	}
+	if done != "" && addDays(done, 1) > first {
+		first = addDays(done, 1)
+	}
+	contiguous := true
+	for day := first; day <= last; day = addDays(day, 1) {
+		complete, err := j.runDay(ctx, day, now)
+		if err != nil {
+			return err
+		}
+		if !complete {
+			contiguous = false
+			continue
+		}
+		if contiguous {
+			if err := advanceScript.Run(ctx, j.o.Redis, []string{j.doneKey()}, day).Err(); err != nil {
+				return fmt.Errorf("cannot record the last mailed day: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func addDays(day string, n int) string {
+	t, err := time.Parse(time.DateOnly, day)
+	if err != nil {
+		return day
+	}
+	return t.AddDate(0, 0, n).Format(time.DateOnly)
+}
+
+var (
+	// advanceScript moves gh:mail:done forward only.
+	advanceScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1`)
+	// renewScript extends the lock if the token still holds it.
+	renewScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0`)
+	// releaseScript deletes the lock if the token still holds it.
+	releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`)
+	// markScript marks a digest (KEYS[2]) with a state, fenced by the lock
+	// token: 1 marked, 0 the lock is no longer ours.
+	markScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1`)
+)
+
+// errLockLost stops a run whose lock went to another coordinator.
+var errLockLost = errors.New("mail lock lost to another coordinator")
+
+// runDay sends the day's digests under the day's lock and reports whether
+// every application of the day is marked.
+func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, error) {
+	j.mu.Lock()
+	rs := j.retry[day]
+	j.mu.Unlock()
+	if now.Before(rs.next) {
+		return false, nil
+	}
+	apps, err := j.o.Redis.SMembers(ctx, j.keys.DayApps(day)).Result()
+	if err != nil {
+		return false, fmt.Errorf("cannot read applications to mail for %s: %w", day, err)
+	}
+	slices.Sort(apps)
+	pending, err := j.unmarked(ctx, day, apps)
+	if err != nil || len(pending) == 0 {
+		return err == nil, err
+	}
+
+	token, err := j.o.Redis.Incr(ctx, j.tokenKey(day)).Result()
+	if err != nil {
+		return false, fmt.Errorf("cannot take a mail lock token: %w", err)
+	}
+	tok := strconv.FormatInt(token, 10)
+	ok, err := j.o.Redis.SetNX(ctx, j.lockKey(day), tok, j.o.LockTTL).Result()
+	if err != nil {
+		return false, fmt.Errorf("cannot take the mail lock for %s: %w", day, err)
+	}
+	if !ok {
+		return false, nil // another coordinator is on it
+	}
+	_ = j.o.Redis.PExpire(ctx, j.tokenKey(day), coordinator.DayTTL).Err()
+	log := j.o.Log.With().Str("day", day).Int64("token", token).Logger()
+	log.Info().Int("applications", len(pending)).Msg("sending daily digests")
+
+	failed := 0
+	crashed := false
+	defer func() {
+		if crashed {
+			return // as a crash: the lock expires on its own
+		}
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = releaseScript.Run(rctx, j.o.Redis, []string{j.lockKey(day)}, tok).Err()
+		cancel()
+	}()
+	start, _ := j.o.Policy.DayStart(day)
+	if rs.first.IsZero() {
+		rs.first = now
+	}
+	giveUp := !now.Before(rs.first.Add(24 * time.Hour))
+	for _, app := range pending {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		renewed, err := renewScript.Run(ctx, j.o.Redis, []string{j.lockKey(day)}, tok, j.o.LockTTL.Milliseconds()).Int()
+		if err != nil {
+			return false, fmt.Errorf("cannot renew the mail lock: %w", err)
+		}
+		if renewed == 0 {
+			log.Warn().Msg("mail lock lost; another coordinator carries on")
+			return false, nil
+		}
+		// Another coordinator may have sent it between our reading the
+		// marks and taking the lock.
+		if n, err := j.o.Redis.Exists(ctx, j.markKey(day, app)).Result(); err != nil {
+			return false, fmt.Errorf("cannot read the digest mark of %s for %s: %w", app, day, err)
+		} else if n == 1 {
+			continue
+		}
+		state, err := j.sendOne(ctx, day, app, start)
+		if errors.Is(err, errCrash) {
+			crashed = true
+			return false, err
+		}
+		if err != nil {
+			failed++
+			j.Stats.Failed.Add(1)
+			if !giveUp {
+				log.Warn().Err(err).Str("app_id", app).Msg("cannot send daily digest; will retry")
+				continue
+			}
+			log.Error().Err(err).Str("app_id", app).Msg("cannot send daily digest; giving up on this day's digest after 24 h of retries")
+			state = "expired"
+		}
+		marked, err := markScript.Run(ctx, j.o.Redis, []string{j.lockKey(day), j.markKey(day, app)},
+			tok, state, coordinator.DayTTL.Milliseconds()).Int()
+		if err != nil {
+			// Sent but not marked: the next run sends it again (at most once more).
+			return false, fmt.Errorf("cannot mark the digest of %s for %s: %w", app, day, err)
+		}
+		if marked == 0 {
+			log.Warn().Str("app_id", app).Str("state", state).Msg("mail lock lost before marking; the next holder may send this digest once more")
+			return false, nil
+		}
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if failed > 0 && !giveUp {
+		wait := min(j.o.RetryMin<<min(rs.tries, 16), j.o.RetryMax)
+		rs.tries++
+		rs.next = now.Add(wait)
+		j.retry[day] = rs
+		log.Info().Int("failed", failed).Dur("retry_in", wait).Msg("daily digests incomplete")
+		return false, nil
+	}
+	delete(j.retry, day)
+	log.Info().Msg("daily digests done")
+	return true, nil
+}
+
+// unmarked returns the applications of apps whose digest is not marked.
+func (j *Job) unmarked(ctx context.Context, day string, apps []string) ([]string, error) {
+	if len(apps) == 0 {
+		return nil, nil
+	}
+	cmds := make([]*redis.IntCmd, len(apps))
+	_, err := j.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, a := range apps {
+			cmds[i] = p.Exists(ctx, j.markKey(day, a))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read digest marks for %s: %w", day, err)
+	}
+	var out []string
+	for i, a := range apps {
+		if cmds[i].Val() == 0 {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// MaxListed bounds the webhooks one digest lists per section; the rest are
+// counted.
+const MaxListed = 500
+
+var errCrash = errors.New("simulated crash after the SMTP server accepted")
+
+// sendOne builds and sends one application's digest and returns the state
+// to mark: "sent", "rejected" (refused for good), "nothing" (no entries
+// left) or "no-recipient" (application gone or without a usable address).
+func (j *Job) sendOne(ctx context.Context, day, appID string, start time.Time) (string, error) {
+	d, err := j.digest(ctx, day, appID, start)
+	if err != nil {
+		return "", err
+	}
+	if len(d.Failing) == 0 && len(d.Deleted) == 0 {
+		return "nothing", nil
+	}
+	log := j.o.Log.With().Str("day", day).Str("app_id", appID).Logger()
+	a := j.o.Registry.App(appID)
+	if a == nil {
+		log.Warn().Msg("application gone; no digest")
+		return "no-recipient", nil
+	}
+	addr, err := netmail.ParseAddress(a.DeveloperEmail)
+	if err != nil {
+		log.Warn().Err(err).Msg("application has no usable developer email; no digest")
+		return "no-recipient", nil
+	}
+	d.App = App{ID: a.ID, Name: a.Name, Email: addr.Address}
+	msg, err := j.tmpl.Render(d, j.o.From, j.o.Now())
+	if err != nil {
+		return "", err
+	}
+	sctx, cancel := context.WithTimeout(ctx, j.o.SendTimeout)
+	err = j.send(sctx, j.o.From, addr.Address, msg, day+"_"+appID)
+	cancel()
+	if errors.Is(err, errPermanent) {
+		j.Stats.Rejected.Add(1)
+		log.Error().Err(err).Msg("daily digest refused by the mail server; not retried")
+		return "rejected", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	j.Stats.Sent.Add(1)
+	log.Info().Int("failing", len(d.Failing)).Int("deleted", len(d.Deleted)).Msg("daily digest sent")
+	if j.o.AfterAccept != nil {
+		if err := j.o.AfterAccept(day, appID); err != nil {
+			return "", fmt.Errorf("%w: %v", errCrash, err)
+		}
+	}
+	return "sent", nil
+}
+
+// digest reads an application's day records.
+func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*Digest, error) {
+	var failing, deleted *redis.MapStringStringCmd
+	_, err := j.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		failing = p.HGetAll(ctx, j.keys.DayFailing(day, appID))
+		deleted = p.HGetAll(ctx, j.keys.DayDeleted(day, appID))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read day records of %s for %s: %w", appID, day, err)
+	}
+	d := &Digest{Day: day, Start: start, End: start.Add(24 * time.Hour), DeleteAfter: j.o.Policy.After()}
+	gone := map[string]bool{}
+	for id, raw := range deleted.Val() {
+		e, err := coordinator.DecodeDayEntry([]byte(raw))
+		if err != nil {
+			j.o.Log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
+			continue
+		}
+		gone[id] = true
+		d.Deleted = append(d.Deleted, e)
+	}
+	for id, raw := range failing.Val() {
+		if gone[id] {
+			continue
+		}
+		e, err := coordinator.DecodeDayEntry([]byte(raw))
+		if err != nil {
+			j.o.Log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
+			continue
+		}
+		d.Failing = append(d.Failing, e)
+	}
+	slices.SortFunc(d.Deleted, func(a, b *coordinator.DayEntry) int {
+		return cmp.Or(a.Deleted.Compare(b.Deleted), cmp.Compare(a.WebhookID, b.WebhookID))
+	})
+	slices.SortFunc(d.Failing, func(a, b *coordinator.DayEntry) int {
+		return cmp.Or(cmp.Compare(a.Address, b.Address), cmp.Compare(a.WebhookID, b.WebhookID))
+	})
+	if n := len(d.Deleted) - MaxListed; n > 0 {
+		d.Deleted, d.DeletedMore = d.Deleted[:MaxListed], n
+	}
+	if n := len(d.Failing) - MaxListed; n > 0 {
+		d.Failing, d.FailingMore = d.Failing[:MaxListed], n
+	}
+	return d, nil
+}
+
+// WriteMetrics appends the job's counters in Prometheus text format.
+func (j *Job) WriteMetrics(b *bytes.Buffer) {
+	fmt.Fprintf(b, "# HELP geckohook_digests_total Daily digests by result (failed: tries that will be retried or given up).\n# TYPE geckohook_digests_total counter\n")
+	fmt.Fprintf(b, "geckohook_digests_total{result=\"sent\"} %d\n", j.Stats.Sent.Load())
+	fmt.Fprintf(b, "geckohook_digests_total{result=\"failed\"} %d\n", j.Stats.Failed.Load())
+	fmt.Fprintf(b, "geckohook_digests_total{result=\"rejected\"} %d\n", j.Stats.Rejected.Load())
+}

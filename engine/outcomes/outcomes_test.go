@@ -1,0 +1,191 @@
+package outcomes
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/kafkaio"
+	"github.com/geckohook/geckohook/internal/testenv"
+)
+
+var t0 = time.Date(2026, 11, 20, 1, 0, 0, 0, time.UTC)
+
+func o(kind Kind, webhook string, attempt int) *Outcome {
+	return &Outcome{Kind: kind, WebhookID: webhook, AppID: "app_1", Status: 500, Error: "boom", Attempt: attempt, At: t0}
+}
+
+func TestPublisherForwardsOnlyWhatMatters(t *testing.T) {
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: DefaultTopic, Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher(brokers, DefaultTopic, zerolog.New(zerolog.NewTestWriter(t)))
+	p.Publish(o(Success, "wh_healthy", 1)) // healthy: filtered
+	p.Publish(o(Failure, "wh_1", 1))
+	p.Publish(o(Dead, "wh_1", 1))
+	p.Publish(o(Success, "wh_1", 1)) // first success after a failure
+	p.Publish(o(Success, "wh_1", 1)) // healthy again: filtered
+	p.Publish(o(Success, "wh_2", 3)) // a retry's success: always
+	p.Publish(o(Gone, "wh_3", 1))
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p.Filtered.Load() != 2 || p.Published.Load() != 5 || p.Dropped.Load() != 0 {
+		t.Fatalf("filtered %d published %d dropped %d, want 2, 5, 0", p.Filtered.Load(), p.Published.Load(), p.Dropped.Load())
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: DefaultTopic, Partition: 0, MaxWait: 50 * time.Millisecond})
+	defer r.Close()
+	var got []string
+	for len(got) < 5 {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			t.Fatalf("read %v so far: %v", got, err)
+		}
+		out, err := Decode(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Key) != out.WebhookID || out.AppID != "app_1" || !out.At.Equal(t0) {
+			t.Fatalf("record %+v under key %s", out, m.Key)
+		}
+		got = append(got, out.WebhookID+":"+out.Kind.String())
+	}
+	want := []string{"wh_1:failure", "wh_1:dead", "wh_1:success", "wh_2:success", "wh_3:gone"}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("records %v, want %v", got, want)
+		}
+	}
+}
+
+func TestPublishNeverBlocks(t *testing.T) {
+	port, err := testenv.FreePort() // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher([]string{"127.0.0.1:" + strconv.Itoa(port)}, DefaultTopic, zerolog.Nop(), WithBuffer(4))
+	for i := 0; i < 1000; i++ {
+		p.Publish(o(Failure, "wh_1", 1))
+	}
+	if d := p.Dropped.Load(); d < 1000-4-maxBatch {
+		t.Fatalf("dropped %d of 1000 with a buffer of 4 and no broker", d)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := p.Close(ctx); err == nil {
+		t.Fatal("Close with no broker reported no loss")
+	}
+	if p.Published.Load() != 0 {
+		t.Fatalf("published %d with no broker", p.Published.Load())
+	}
+	p.Publish(o(Failure, "wh_1", 1)) // after Close: dropped, no panic
+}
+
+func TestFailingSetMakesSuccessWorthForwarding(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	if err := rdb.ZAdd(context.Background(), "gh:failing", redis.Z{Score: 1, Member: "wh_elsewhere"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher([]string{"127.0.0.1:1"}, DefaultTopic, zerolog.Nop(), WithFailingSet(rdb, "gh:failing", 10*time.Millisecond))
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		_ = p.Close(ctx)
+	}()
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if !p.Failing("wh_elsewhere") {
+			return errors.New("failing set not read yet")
+		}
+		return nil
+	})
+	p.Publish(o(Success, "wh_elsewhere", 1))
+	if p.Filtered.Load() != 0 || p.Failing("wh_elsewhere") {
+		t.Fatal("the success of a webhook failing elsewhere was filtered")
+	}
+}
+
+func TestDecodeRejectsBadRecords(t *testing.T) {
+	for name, raw := range map[string][]byte{
+		"garbage":    []byte("\xc1\xc1"),
+		"no webhook": mustEncode(t, &Outcome{Kind: Failure}),
+		"bad kind":   mustEncode(t, &Outcome{Kind: 9, WebhookID: "wh_1"}),
+	} {
+		if _, err := Decode(raw); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+	good := &Outcome{Kind: Failure, WebhookID: "wh_1", Status: 502, Error: "bad gateway", Attempt: 2, At: t0}
+	got, err := Decode(mustEncode(t, good))
+	if err != nil || got.Status != 502 || got.Attempt != 2 || !got.At.Equal(t0) || got.Kind.String() != "failure" {
+		t.Fatalf("round trip = %+v, %v", got, err)
+	}
+}
+
+func mustEncode(t *testing.T, o *Outcome) []byte {
+	t.Helper()
+	b, err := Encode(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The success path of a healthy webhook must stay cheap.
+func TestHealthySuccessAllocatesNothing(t *testing.T) {
+	p := NewPublisher([]string{"127.0.0.1:1"}, DefaultTopic, zerolog.Nop())
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		_ = p.Close(ctx)
+	}()
+	x := o(Success, "wh_healthy", 1)
+	if n := testing.AllocsPerRun(1000, func() { p.Publish(x) }); n != 0 {
+		t.Fatalf("%v allocations per healthy success", n)
+	}
+}
+
+func BenchmarkPublishHealthySuccess(b *testing.B) {
+	p := NewPublisher([]string{"127.0.0.1:1"}, DefaultTopic, zerolog.Nop())
+	x := o(Success, "wh_healthy", 1)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			p.Publish(x)
+		}
+	})
+}
+
+// A success lost to a full buffer must not leave the webhook looking
+// healthy: the next success is forwarded instead.
+func TestDroppedSuccessKeepsWebhookMarked(t *testing.T) {
+	p := NewPublisher([]string{"127.0.0.1:1"}, DefaultTopic, zerolog.Nop(), WithBuffer(1))
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		_ = p.Close(ctx)
+	}()
+	for i := 0; i < 100 && p.Dropped.Load() == 0; i++ { // fill the buffer
+		p.Publish(o(Failure, "wh_other", 1))
+	}
+	if p.Dropped.Load() == 0 {
+		t.Fatal("buffer never full")
+	}
+	p.Publish(o(Failure, "wh_1", 1))
+	dropped := p.Dropped.Load()
+	p.Publish(o(Success, "wh_1", 1))
+	if p.Dropped.Load() == dropped {
+		t.Skip("the writer drained the buffer in between; nothing to check")
+	}
+	if !p.Failing("wh_1") {
+		t.Fatal("a dropped success cleared the webhook's failure mark")
+	}
+}
