@@ -121,11 +121,25 @@ func TestRetriesPublishOutcomes(t *testing.T) {
 	dies := e.hook("acc2", "order.create", "/dies")
 	e.produce("acc1", `{"account_id":"acc1","event":"order.create","object_id":1}`)
 	e.produce("acc2", `{"account_id":"acc2","event":"order.create","object_id":1}`)
-	e.waitReceived("/recovers", 1)
-	e.waitReceived("/dies", 1)
+	rid := e.waitReceived("/recovers", 1)[0].DeliveryID
+	did := e.waitReceived("/dies", 1)[0].DeliveryID
+	// Each step: once the last failure is in the queue (its due time read
+	// from the clock before the move), move the clock past it.
+	scheduled := func(id string, attempts int) func() error {
+		return func() error {
+			if d := e.find(id); d == nil || d.Attempts != attempts {
+				return fmt.Errorf("delivery %s not yet scheduled after %d attempts", id, attempts)
+			}
+			return nil
+		}
+	}
 	for _, want := range []int{2, 3} {
+		testenv.WaitFor(t, 10*time.Second, scheduled(did, want-1))
+		if want == 2 {
+			testenv.WaitFor(t, 10*time.Second, scheduled(rid, 1))
+		}
 		clk.Add(24 * time.Hour)
-		e.waitReceived("/recovers", min(want, 3))
+		e.waitReceived("/recovers", want)
 		e.waitReceived("/dies", want)
 	}
 	testenv.WaitFor(t, 10*time.Second, func() error {
