@@ -168,6 +168,15 @@ func (r *faultRig) flood(d time.Duration) chan error {
 	return done
 }
 
+// floodUntilRetrying registers the webhooks, floods, and returns once
+// retries are under way, with the flood's completion.
+func (r *faultRig) floodUntilRetrying() chan error {
+	r.setUp()
+	flooded := r.flood(2 * time.Second)
+	r.waitRetrying()
+	return flooded
+}
+
 // waitRetrying waits until retries are flowing, with some being answered
 // right now: the first 100 pairs were answered 2xx, which only a retry
 // (15-25 s after the failure) can do, and at least 5 attempts are in flight.
@@ -301,9 +310,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	t.Parallel()
 	r := newFaultRig(t)
 	cmd, exited := r.start("all")
-	r.setUp()
-	flooded := r.flood(2 * time.Second)
-	r.waitRetrying()
+	flooded := r.floodUntilRetrying()
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -326,9 +333,7 @@ func TestRedisRestartLosesNothing(t *testing.T) {
 	t.Parallel()
 	r := newFaultRig(t)
 	cmd, exited := r.start("all")
-	r.setUp()
-	flooded := r.flood(2 * time.Second)
-	r.waitRetrying()
+	flooded := r.floodUntilRetrying()
 	r.redis.Kill()
 	// An outage, not a blip: geckohook must see Redis gone before it returns.
 	testenv.WaitFor(t, 10*time.Second, func() error {
@@ -351,7 +356,6 @@ func TestRebalanceHandsOverRetryQueues(t *testing.T) {
 	r := newFaultRig(t)
 	cmd, exited := r.start("all")
 	second, secondExited := r.start("dispatcher")
-	r.setUp()
 	// The second dispatcher must hold partitions before the flood.
 	testenv.WaitFor(t, 30*time.Second, func() error {
 		_, metrics, err := get("http://" + r.apiAddr + "/metrics")
@@ -360,8 +364,7 @@ func TestRebalanceHandsOverRetryQueues(t *testing.T) {
 		}
 		return nil
 	})
-	flooded := r.flood(2 * time.Second)
-	r.waitRetrying()
+	flooded := r.floodUntilRetrying()
 	stopProcess(t, second, secondExited)
 	testenv.WaitFor(t, 30*time.Second, func() error {
 		_, metrics, err := get("http://" + r.apiAddr + "/metrics")

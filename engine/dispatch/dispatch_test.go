@@ -700,16 +700,7 @@ func TestDeadHostDoesNotFillTheWindow(t *testing.T) {
 	e := startEnvWith(t, loadtest.Always(200), func(o *Options) {
 		o.Workers, o.Sender, o.Window, o.StallAfter = 16, testSender(4), 32, 200*time.Millisecond
 	})
-	dead, err := loadtest.NewReceiver(func(string, int) int {
-		entered.Add(1)
-		<-release
-		return 200
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dead.Close() })
-	t.Cleanup(func() { close(release) }) // first: lets the stuck attempts end
+	dead := hangingReceiver(t, release, &entered)
 	if _, err := e.reg.CreateWebhook(context.Background(), registry.Webhook{AppID: e.app.ID, AccountID: "acc-dead", Event: "order.create", Address: dead.URL + "/dead"}); err != nil {
 		t.Fatal(err)
 	}
@@ -746,4 +737,22 @@ func TestDeadHostDoesNotFillTheWindow(t *testing.T) {
 			}
 		}
 	}
+}
+
+// hangingReceiver is an endpoint that takes requests and answers none until
+// release is closed (at test end, before the receiver stops); entered
+// counts the requests it took.
+func hangingReceiver(t *testing.T, release chan struct{}, entered *atomic.Int64) *loadtest.Receiver {
+	t.Helper()
+	r, err := loadtest.NewReceiver(func(string, int) int {
+		entered.Add(1)
+		<-release
+		return 200
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	t.Cleanup(func() { close(release) }) // runs first: lets the stuck attempts end
+	return r
 }

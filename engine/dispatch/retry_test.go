@@ -227,16 +227,7 @@ func TestRetriesOfDeadHostArePaced(t *testing.T) {
 		o.Now, o.PollEvery = clk.Now, 5*time.Millisecond
 		o.Workers, o.Sender, o.StallAfter = 16, testSender(4), 200*time.Millisecond
 	})
-	dead, err := loadtest.NewReceiver(func(string, int) int {
-		entered.Add(1)
-		<-release
-		return 200
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dead.Close() })
-	t.Cleanup(func() { close(release) })
+	dead := hangingReceiver(t, release, &entered)
 	deadHook, err := e.reg.CreateWebhook(context.Background(), registry.Webhook{AppID: e.app.ID, AccountID: "acc-dead", Event: "order.create", Address: dead.URL + "/dead"})
 	if err != nil {
 		t.Fatal(err)
