@@ -52,7 +52,8 @@ type record struct {
 	s        health.State
 	changed  bool
 	conflict bool
-	// deletedNow: this update is the one that marked it deleted.
+	// deletedNow: this update is the one that marked it deleted (or that
+	// turned a sweep's "removed" into the 410 that caused it).
 	deletedNow bool
 }
 
@@ -123,10 +124,19 @@ type item struct {
 	off  int64
 }
 
-// apply applies the outcomes not applied yet, then the 3-day rule at now.
-func (r *record) apply(p health.Policy, items []item, now time.Time) {
-	wasDeleted := !r.s.Deleted.IsZero()
-	defer func() { r.deletedNow = !wasDeleted && !r.s.Deleted.IsZero() }()
+// apply applies the outcomes not applied yet, each judged at its own time
+// (a failure that itself comes DeleteAfter into its streak deletes); then,
+// only when checkNow is set, the 3-day rule at now. checkNow must be set
+// only once every outcome up to now has been applied (the coordinator is
+// caught up): a lagging coordinator checking its backlog against its clock
+// would count the hours it was behind as failing time and delete a webhook
+// whose success is still unread.
+func (r *record) apply(p health.Policy, items []item, now time.Time, checkNow bool) {
+	wasDeleted, wasReason := !r.s.Deleted.IsZero(), r.s.Reason
+	defer func() {
+		r.deletedNow = !r.s.Deleted.IsZero() &&
+			(!wasDeleted || (wasReason == health.ReasonRemoved && r.s.Reason == health.ReasonGone))
+	}()
 	for _, it := range items {
 		if it.part == r.part && it.off <= r.off {
 			continue // a replay of what Redis already has
@@ -145,18 +155,18 @@ func (r *record) apply(p health.Policy, items []item, now time.Time) {
 			p.MarkDeleted(&r.s, now, health.ReasonFailing)
 		}
 	}
-	if p.Due(&r.s, now) {
+	if checkNow && p.Due(&r.s, now) {
 		p.MarkDeleted(&r.s, now, health.ReasonFailing)
 		r.changed = true
 	}
 }
 
 // settle brings the webhooks ids to their new state: it reads their health,
-// applies their outcomes (none for a sweep) and the 3-day rule, writes the
-// result with a version check (re-reading on a conflict), and then carries
-// out what follows: deletions, the failing set and the day records.
-func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string][]item) error {
-	now := c.o.Now()
+// applies their outcomes (none for a sweep) and, when checkNow, the 3-day
+// rule at now, writes the result with a version check (re-reading on a
+// conflict), and then carries out what follows: deletions, the failing set
+// and the day records.
+func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string][]item, now time.Time, checkNow bool) error {
 	final := make([]*record, 0, len(ids))
 	pending := ids
 	for round := 0; len(pending) > 0; round++ {
@@ -173,7 +183,7 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 			return err
 		}
 		for _, r := range recs {
-			r.apply(c.o.Policy, items[r.id], now)
+			r.apply(c.o.Policy, items[r.id], now, checkNow)
 			if r.deletedNow && r.s.Reason == health.ReasonFailing {
 				stored, err := c.o.Registry.Stored(ctx, r.id)
 				if err != nil {
