@@ -292,3 +292,28 @@ func TestGoneAfterSweepRecordsTheDeletion(t *testing.T) {
 		t.Fatalf("deleted gone %d failing %d, want 1 and 0", c.Stats.DeletedGone.Load(), c.Stats.DeletedFailing.Load())
 	}
 }
+
+// One batch holds the failure at 72 h and, after it, a success dated 71 h
+// (published late): the success breaks the streak, so nothing is deleted
+// and the streak restarts at the 72 h failure.
+func TestSuccessLaterInTheBatchStillCounts(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	crossing := t0.Add(72 * time.Hour)
+	now := crossing.Add(time.Minute)
+	c.o.Now = func() time.Time { return now }
+	if err := c.process([]kafka.Message{
+		msg(t, w, outcomes.Failure, crossing, 0, 2),
+		msg(t, w, outcomes.Success, t0.Add(71*time.Hour), 0, 3),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted although a success in the same batch broke the streak")
+	}
+	if since, _ := c.o.Redis.HGet(context.Background(), c.keys.Health(w.ID), "since").Result(); since != ms(crossing) {
+		t.Fatalf("streak start %s, want restarted at the 72 h failure %s", since, ms(crossing))
+	}
+}

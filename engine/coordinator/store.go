@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -124,15 +125,17 @@ type item struct {
 	off  int64
 }
 
-// apply applies the outcomes not applied yet, each judged at its own time
-// (a failure that itself comes DeleteAfter into its streak deletes); then,
-// only when checkNow is set, the 3-day rule at now. checkNow must be set
+// apply applies the outcomes not applied yet, then the 3-day rule at the
+// outcomes' own time (a failure that itself came DeleteAfter into its
+// streak deletes, unless a success in the batch broke the streak) and,
+// only when checkNow is set, at now. checkNow must be set
 // only once every outcome up to now has been applied (the coordinator is
 // caught up): a lagging coordinator checking its backlog against its clock
 // would count the hours it was behind as failing time and delete a webhook
 // whose success is still unread.
 func (r *record) apply(p health.Policy, items []item, now time.Time, checkNow bool) {
 	wasDeleted, wasReason := !r.s.Deleted.IsZero(), r.s.Reason
+	var crossed time.Time // newest failure that was DeleteAfter into its streak
 	defer func() {
 		r.deletedNow = !r.s.Deleted.IsZero() &&
 			(!wasDeleted || (wasReason == health.ReasonRemoved && r.s.Reason == health.ReasonGone))
@@ -151,11 +154,14 @@ func (r *record) apply(p health.Policy, items []item, now time.Time, checkNow bo
 		d := p.Apply(&r.s, o, now)
 		r.part, r.off = it.part, it.off
 		r.changed = true
-		if d.Delete && d.Reason == health.ReasonFailing {
-			p.MarkDeleted(&r.s, now, health.ReasonFailing)
+		if at := cmp.Or(o.At, now); d.Delete && d.Reason == health.ReasonFailing && at.After(crossed) {
+			crossed = at
 		}
 	}
-	if checkNow && p.Due(&r.s, now) {
+	// The rule is decided once the whole batch is applied, so a success
+	// later in the batch (published late, dated earlier) still counts: at
+	// the newest failure that crossed DeleteAfter, then at now.
+	if (!crossed.IsZero() && p.Due(&r.s, crossed)) || (checkNow && p.Due(&r.s, now)) {
 		p.MarkDeleted(&r.s, now, health.ReasonFailing)
 		r.changed = true
 	}
