@@ -182,11 +182,8 @@ func (c *Coordinator) process(batch []kafka.Message) error {
 	defer cancel()
 	items := make(map[string][]item, len(batch))
 	ids := make([]string, 0, len(batch))
-	newest := map[int]time.Time{}
+	newest := map[int]time.Time{} // per partition, the newest outcome time in the batch
 	for _, m := range batch {
-		if _, ok := newest[m.Partition]; !ok {
-			newest[m.Partition] = time.Time{}
-		}
 		o, err := outcomes.Decode(m.Value)
 		if err != nil {
 			c.Stats.Bad.Add(1)
@@ -208,11 +205,6 @@ func (c *Coordinator) process(batch []kafka.Message) error {
 			return err
 		}
 	}
-	for p, t := range newest {
-		if t.IsZero() {
-			delete(newest, p)
-		}
-	}
 	if err := c.recordApplied(ctx, newest); err != nil {
 		return err
 	}
@@ -232,19 +224,19 @@ func (c *Coordinator) sweepLoop(ctx context.Context) {
 		}
 		// Sweep only when caught up: after downtime the backlog may hold
 		// the success that resets a streak the clock says is due.
-		caught, err := c.CheckLag(ctx)
+		st, err := c.checkLag(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				c.o.Log.Warn().Err(err).Msg("cannot check the outcomes lag; sweep skipped")
 			}
 			continue
 		}
-		if !caught {
+		if !st.caughtUp() {
 			c.Stats.SweepsSkipped.Add(1)
 			continue
 		}
 		c.Stats.Sweeps.Add(1)
-		if err := c.sweep(ctx, c.lag.Load().at); err != nil && ctx.Err() == nil {
+		if err := c.sweep(ctx, st.at); err != nil && ctx.Err() == nil {
 			c.o.Log.Warn().Err(err).Msg("sweep failed; next one in a while")
 		}
 	}

@@ -145,11 +145,16 @@ return 1`)
 // and moves the watermark in Redis forward. It returns whether the group is
 // caught up.
 func (c *Coordinator) CheckLag(ctx context.Context) (bool, error) {
+	st, err := c.checkLag(ctx)
+	return st.caughtUp(), err
+}
+
+func (c *Coordinator) checkLag(ctx context.Context) (*lagState, error) {
 	now := c.o.Now() // before the offsets: everything in Kafka by now is counted
 	lag, err := c.groupLag(ctx)
 	if err != nil {
 		c.lag.Store(nil)
-		return false, err
+		return nil, err
 	}
 	st := &lagState{at: now, behind: lag}
 	c.lag.Store(st)
@@ -157,7 +162,7 @@ func (c *Coordinator) CheckLag(ctx context.Context) (bool, error) {
 	if len(lag) > 0 {
 		applied, err := c.o.Redis.HGetAll(ctx, c.keys.Applied()).Result()
 		if err != nil {
-			return false, fmt.Errorf("cannot read the applied outcome times: %w", err)
+			return nil, fmt.Errorf("cannot read the applied outcome times: %w", err)
 		}
 		for p := range lag {
 			n, _ := strconv.ParseInt(applied[strconv.Itoa(p)], 10, 64)
@@ -166,10 +171,10 @@ func (c *Coordinator) CheckLag(ctx context.Context) (bool, error) {
 	}
 	if wm > 0 {
 		if err := advanceScript.Run(ctx, c.o.Redis, []string{c.keys.Watermark()}, wm).Err(); err != nil {
-			return false, fmt.Errorf("cannot record the catch-up watermark: %w", err)
+			return nil, fmt.Errorf("cannot record the catch-up watermark: %w", err)
 		}
 	}
-	return st.caughtUp(), nil
+	return st, nil
 }
 
 // batchCaughtUp reports whether, after batch, everything up to now is
