@@ -317,3 +317,54 @@ func TestSuccessLaterInTheBatchStillCounts(t *testing.T) {
 		t.Fatalf("streak start %s, want restarted at the 72 h failure %s", since, ms(crossing))
 	}
 }
+
+// While a partition is behind, the watermark is the newest outcome time
+// applied from it; caught-up partitions count as the clock.
+func TestWatermarkIsTheSlowestPartition(t *testing.T) {
+	c, _, w := setup(t)
+	ctx := context.Background()
+	brokers := []string{testenv.Kafka(t, 2).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(5 * time.Hour)
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: c.o.Registry, Now: func() time.Time { return now },
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if caught, err := c2.CheckLag(ctx); err != nil || !caught {
+		t.Fatalf("an empty topic: caught up = %v (%v), want true", caught, err)
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != now.UnixMilli() {
+		t.Fatalf("watermark %d on an empty topic, want the clock %d", wm, now.UnixMilli())
+	}
+	// Partition 1 gets a record the group has not read.
+	conn, err := kafka.DialLeader(ctx, "tcp", brokers[0], outcomes.DefaultTopic, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.WriteMessages(msg(t, w, outcomes.Failure, now, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close()
+	// What was applied so far from each partition.
+	if err := c2.process([]kafka.Message{msg(t, w, outcomes.Failure, t0.Add(time.Hour), 0, 50), msg(t, w, outcomes.Failure, t0.Add(2*time.Hour), 1, 50)}); err != nil {
+		t.Fatal(err)
+	}
+	now = t0.Add(6 * time.Hour)
+	if caught, err := c2.CheckLag(ctx); err != nil || caught {
+		t.Fatalf("caught up = %v (%v) with partition 1 behind", caught, err)
+	}
+	// Forward only: the watermark stays at the clock of the caught-up check
+	// (5 h), it does not fall back to partition 1's 2 h.
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != t0.Add(5*time.Hour).UnixMilli() {
+		t.Fatalf("watermark %v, want it kept at 5 h", time.UnixMilli(wm).UTC())
+	}
+	if err := c.o.Redis.Del(ctx, c.keys.Watermark()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.CheckLag(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != t0.Add(2*time.Hour).UnixMilli() {
+		t.Fatalf("watermark %v, want partition 1's newest applied outcome (2 h)", time.UnixMilli(wm).UTC())
+	}
+}
