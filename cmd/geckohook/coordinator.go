@@ -26,6 +26,7 @@ type coordinatorConfig struct {
 	DeleteAfter      time.Duration
 	SweepEvery       time.Duration
 	MailAt           string
+	MailGrace        time.Duration
 	MailOutbox       string
 	MailTemplates    string
 	MailFrom         string
@@ -42,6 +43,7 @@ func addCoordinatorFlags(fs *flag.FlagSet, c *coordinatorConfig) {
 	fs.DurationVar(&c.DeleteAfter, "delete-after", health.DefaultDeleteAfter, "delete a webhook whose failures have run this long without a single success (the seed's 3 days)")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Minute, "how often the coordinator sweeps failing webhooks for --delete-after")
 	fs.StringVar(&c.MailAt, "mail-at", "00:00", "time of day (HH:MM, UTC) of the daily digest, which covers the 24 h before it")
+	fs.DurationVar(&c.MailGrace, "mail-grace", 2*time.Minute, "a day's digest waits until the coordinators have applied every outcome up to this long past the day's end (covers an outcome's trip into Kafka)")
 	fs.StringVar(&c.MailOutbox, "mail-outbox", "./outbox", "with no --smtp-addr, directory where digests are written as .eml files")
 	fs.StringVar(&c.MailTemplates, "mail-templates", "", "directory with digest templates replacing the built-in ones: subject.tmpl, digest.txt.tmpl (text/template), digest.html.tmpl (html/template); missing files keep the built-in version")
 	fs.StringVar(&c.MailFrom, "mail-from", "geckohook@localhost", "sender address of the daily digests")
@@ -56,8 +58,8 @@ func (c *coordinatorConfig) validate() error {
 		return fmt.Errorf("bad --mail-at %q: want HH:MM (UTC)", c.MailAt)
 	}
 	c.mailAt = time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute
-	if c.DeleteAfter <= 0 || c.SweepEvery <= 0 {
-		return fmt.Errorf("--delete-after and --sweep-every must be positive")
+	if c.DeleteAfter <= 0 || c.SweepEvery <= 0 || c.MailGrace <= 0 {
+		return fmt.Errorf("--delete-after, --sweep-every and --mail-grace must be positive")
 	}
 	return nil
 }
@@ -85,7 +87,7 @@ func startCoordinator(c *config, brokers []string, rdb redis.UniversalClient, re
 	job, err := mail.New(mail.Options{
 		Redis: rdb, Prefix: c.RedisPrefix, Registry: reg, Policy: c.policy(),
 		From: c.MailFrom, SMTPAddr: c.SMTPAddr, SMTPUser: c.SMTPUser, SMTPPassword: c.SMTPPassword,
-		Outbox: c.MailOutbox, Templates: c.MailTemplates,
+		Outbox: c.MailOutbox, Templates: c.MailTemplates, Grace: c.MailGrace,
 		Log: log.With().Str("part", "mail").Logger(),
 	})
 	if err != nil {

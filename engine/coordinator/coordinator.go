@@ -6,7 +6,10 @@
 // sweep), and records per mail day what failed and what was deleted, for
 // the daily digest (package mail). Kafka offsets are committed only after
 // Redis has the batch; a replayed batch is recognised by the partition and
-// offset stored with each webhook's health and not counted twice.
+// offset stored with each webhook's health and not counted twice. The sweep
+// and the 3-day check against the clock wait until the group has caught up
+// with the topic, and the catch-up watermark tells the mail job which days
+// are complete (see lag.go).
 package coordinator
 
 import (
@@ -41,8 +44,12 @@ type Options struct {
 	// Policy: DeleteAfter (72h) and MailAt (00:00), which sets the mail day
 	// failures are counted in.
 	Policy health.Policy
-	// SweepEvery is how often the failing set is swept for the 3-day rule (1m).
+	// SweepEvery is how often the failing set is swept for the 3-day rule
+	// (1m); a sweep is skipped while the group has outcomes left to read.
 	SweepEvery time.Duration
+	// WatermarkEvery is how often the group's lag is read and the catch-up
+	// watermark moved (5s).
+	WatermarkEvery time.Duration
 	// MaxBatch outcomes per Redis round (500).
 	MaxBatch int
 	// SessionTimeout of the group member (30s).
@@ -55,13 +62,18 @@ type Options struct {
 // Stats are cumulative counters of a Coordinator.
 type Stats struct {
 	Outcomes, Bad, Batches, Conflicts, DeletedFailing, DeletedGone, Swept atomic.Int64
+	// Sweeps run by the loop; SweepsSkipped: skipped because outcomes were
+	// left to read.
+	Sweeps, SweepsSkipped atomic.Int64
 }
 
 // Coordinator is one coordinator process's consumer and sweeper.
 type Coordinator struct {
-	o     Options
-	keys  Keys
-	Stats Stats
+	o      Options
+	keys   Keys
+	client *kafka.Client
+	lag    atomic.Pointer[lagState] // the last lag check; nil: none or it failed
+	Stats  Stats
 }
 
 // New returns a Coordinator; Run starts it.
@@ -78,6 +90,9 @@ func New(o Options) *Coordinator {
 	if o.SweepEvery <= 0 {
 		o.SweepEvery = time.Minute
 	}
+	if o.WatermarkEvery <= 0 {
+		o.WatermarkEvery = 5 * time.Second
+	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 500
 	}
@@ -87,7 +102,8 @@ func New(o Options) *Coordinator {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Coordinator{o: o, keys: Keys{Prefix: o.Prefix}}
+	return &Coordinator{o: o, keys: Keys{Prefix: o.Prefix},
+		client: &kafka.Client{Addr: kafka.TCP(o.Brokers...), Timeout: 10 * time.Second}}
 }
 
 // Keys returns the key layout in use.
@@ -113,8 +129,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		ErrorLogger:       kafka.LoggerFunc(func(f string, args ...any) { c.o.Log.Warn().Msgf(f, args...) }),
 	})
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); c.sweepLoop(ctx) }()
+	go func() { defer wg.Done(); c.watermarkLoop(ctx) }()
 	c.consume(ctx, r)
 	wg.Wait()
 	if err := r.Close(); err != nil {
@@ -165,6 +182,7 @@ func (c *Coordinator) process(batch []kafka.Message) error {
 	defer cancel()
 	items := make(map[string][]item, len(batch))
 	ids := make([]string, 0, len(batch))
+	newest := map[int]time.Time{} // per partition, the newest outcome time in the batch
 	for _, m := range batch {
 		o, err := outcomes.Decode(m.Value)
 		if err != nil {
@@ -176,11 +194,18 @@ func (c *Coordinator) process(batch []kafka.Message) error {
 			ids = append(ids, o.WebhookID)
 		}
 		items[o.WebhookID] = append(items[o.WebhookID], item{o: o, part: m.Partition, off: m.Offset})
+		if o.At.After(newest[m.Partition]) {
+			newest[m.Partition] = o.At
+		}
 	}
-	if len(ids) == 0 {
-		return nil
+	if len(ids) > 0 {
+		// The 3-day rule against the clock only when nothing older is
+		// left to read (see apply); otherwise the sweep does it later.
+		if err := c.settle(ctx, ids, items, c.o.Now(), c.batchCaughtUp(batch)); err != nil {
+			return err
+		}
 	}
-	if err := c.settle(ctx, ids, items); err != nil {
+	if err := c.recordApplied(ctx, newest); err != nil {
 		return err
 	}
 	c.Stats.Outcomes.Add(int64(len(batch)))
@@ -197,7 +222,21 @@ func (c *Coordinator) sweepLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := c.Sweep(ctx); err != nil && ctx.Err() == nil {
+		// Sweep only when caught up: after downtime the backlog may hold
+		// the success that resets a streak the clock says is due.
+		st, err := c.checkLag(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.o.Log.Warn().Err(err).Msg("cannot check the outcomes lag; sweep skipped")
+			}
+			continue
+		}
+		if !st.caughtUp() {
+			c.Stats.SweepsSkipped.Add(1)
+			continue
+		}
+		c.Stats.Sweeps.Add(1)
+		if err := c.sweep(ctx, st.at); err != nil && ctx.Err() == nil {
 			c.o.Log.Warn().Err(err).Msg("sweep failed; next one in a while")
 		}
 	}
@@ -205,10 +244,14 @@ func (c *Coordinator) sweepLoop(ctx context.Context) {
 
 // Sweep deletes every webhook whose streak began at least DeleteAfter ago
 // with no success since. Any number of coordinators may sweep at once: the
-// version-checked write makes each webhook's deletion happen once.
-func (c *Coordinator) Sweep(ctx context.Context) error {
+// version-checked write makes each webhook's deletion happen once. It trusts
+// Redis to be up to date: the coordinator's own loop sweeps only when the
+// group has caught up with the outcomes topic.
+func (c *Coordinator) Sweep(ctx context.Context) error { return c.sweep(ctx, c.o.Now()) }
+
+func (c *Coordinator) sweep(ctx context.Context, now time.Time) error {
 	// Streaks that began at or before now - DeleteAfter.
-	limit := c.o.Now().Add(-c.o.Policy.After()).UnixMilli()
+	limit := now.Add(-c.o.Policy.After()).UnixMilli()
 	// Every webhook settled leaves the range (deleted, re-scored or
 	// removed), so this ends; the bound is a safety net.
 	for round := 0; round < 1000; round++ {
@@ -221,7 +264,7 @@ func (c *Coordinator) Sweep(ctx context.Context) error {
 		if len(ids) == 0 {
 			return nil
 		}
-		if err := c.settle(ctx, ids, nil); err != nil {
+		if err := c.settle(ctx, ids, nil, now, true); err != nil {
 			return err
 		}
 		c.Stats.Swept.Add(int64(len(ids)))
@@ -263,5 +306,10 @@ func (c *Coordinator) WriteMetrics(b *bytes.Buffer) {
 	fmt.Fprintf(b, "# HELP geckohook_webhooks_deleted_total Webhooks deleted by the coordinator, by reason.\n# TYPE geckohook_webhooks_deleted_total counter\n")
 	fmt.Fprintf(b, "geckohook_webhooks_deleted_total{reason=\"failing\"} %d\n", st.DeletedFailing.Load())
 	fmt.Fprintf(b, "geckohook_webhooks_deleted_total{reason=\"gone\"} %d\n", st.DeletedGone.Load())
+	caught := 0
+	if c.lag.Load().caughtUp() {
+		caught = 1
+	}
+	fmt.Fprintf(b, "# HELP geckohook_coordinator_caught_up 1 when the last lag check found every outcome applied (the sweep runs only then).\n# TYPE geckohook_coordinator_caught_up gauge\ngeckohook_coordinator_caught_up %d\n", caught)
 	fmt.Fprintf(b, "# HELP geckohook_health_conflicts_total Health updates re-read because another coordinator wrote first.\n# TYPE geckohook_health_conflicts_total counter\ngeckohook_health_conflicts_total %d\n", st.Conflicts.Load())
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/geckohook/geckohook/engine/health"
+	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/internal/testenv"
@@ -195,5 +196,175 @@ func TestSweepDropsEntryWithoutHealth(t *testing.T) {
 	}
 	if n, _ := c.o.Redis.Exists(ctx, c.keys.Health("wh_stale")).Result(); n != 0 {
 		t.Fatal("the sweep created health for an unknown webhook")
+	}
+}
+
+// After downtime the sweep waits until the backlog is read: at t0+80h the
+// coordinator restarts with a success of t0+70h still in Kafka for a
+// webhook failing since t0. The success must reset the streak; a sweep
+// before it was read would delete the webhook.
+func TestSweepWaitsForTheBacklog(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	brokers := []string{testenv.Kafka(t, 2).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	// Before the downtime (a partition Kafka does not have, so the real
+	// records are not taken for replays of it).
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 99, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	pub := outcomes.NewPublisher(brokers, outcomes.DefaultTopic, log)
+	pub.Publish(&outcomes.Outcome{Kind: outcomes.Success, WebhookID: w.ID, AppID: w.AppID, Status: 200, Attempt: 2, At: t0.Add(70 * time.Hour)})
+	if err := pub.Close(ctx); err != nil || pub.Published.Load() != 1 {
+		t.Fatalf("success not published: %v", err)
+	}
+	now := t0.Add(80 * time.Hour)
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, SweepEvery: 5 * time.Millisecond,
+		WatermarkEvery: 20 * time.Millisecond, SessionTimeout: 6 * time.Second, Now: func() time.Time { return now }, Log: log})
+	// Behind: no watermark yet, no catching up.
+	if caught, err := c2.CheckLag(ctx); err != nil || caught {
+		t.Fatalf("caught up = %v (%v) with the success unread", caught, err)
+	}
+	if n, _ := c.o.Redis.Exists(ctx, c.keys.Watermark()).Result(); n != 0 {
+		t.Fatal("a watermark was recorded while a partition with nothing applied is behind")
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c2.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		since, _ := c.o.Redis.HGet(ctx, c.keys.Health(w.ID), "since").Result()
+		if since != "0" {
+			return fmt.Errorf("streak start %q, want reset by the success", since)
+		}
+		if c2.Stats.Sweeps.Load() == 0 {
+			return fmt.Errorf("no sweep yet (%d skipped)", c2.Stats.SweepsSkipped.Load())
+		}
+		return nil
+	})
+	if reg.Webhook(w.ID) == nil || c2.Stats.DeletedFailing.Load() != 0 {
+		t.Fatal("deleted by a sweep that ran before the backlog was read")
+	}
+	if c2.Stats.SweepsSkipped.Load() == 0 {
+		t.Error("no sweep was held back while the backlog was unread")
+	}
+	wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64()
+	if wm != now.UnixMilli() {
+		t.Fatalf("watermark %d, want the clock %d once caught up", wm, now.UnixMilli())
+	}
+}
+
+// A 3-day sweep that found the webhook already gone from the registry (the
+// dispatcher deleted it on a 410) records "removed"; the Gone outcome that
+// arrives next records it as deleted for the 410.
+func TestGoneAfterSweepRecordsTheDeletion(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx := context.Background()
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.DeleteWebhook(ctx, w.ID); err != nil { // the dispatcher, on the 410
+		t.Fatal(err)
+	}
+	now := t0.Add(72*time.Hour + time.Second)
+	c.o.Now = func() time.Time { return now }
+	if err := c.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	gone := t0.Add(72 * time.Hour)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Gone, gone, 0, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := c.o.Redis.HGet(ctx, c.keys.DayDeleted("2026-11-23", w.AppID), w.ID).Result()
+	if err != nil {
+		t.Fatalf("no deletion record for the 410: %v", err)
+	}
+	if e, _ := DecodeDayEntry([]byte(raw)); e == nil || e.Reason != health.ReasonGone || !e.Deleted.Equal(gone) {
+		t.Fatalf("deletion record = %+v, want gone at %v", e, gone)
+	}
+	if ok, _ := c.o.Redis.SIsMember(ctx, c.keys.DayApps("2026-11-23"), w.AppID).Result(); !ok {
+		t.Fatal("application not listed for the day's mail")
+	}
+	if c.Stats.DeletedGone.Load() != 1 || c.Stats.DeletedFailing.Load() != 0 {
+		t.Fatalf("deleted gone %d failing %d, want 1 and 0", c.Stats.DeletedGone.Load(), c.Stats.DeletedFailing.Load())
+	}
+}
+
+// One batch holds the failure at 72 h and, after it, a success dated 71 h
+// (published late): the success breaks the streak, so nothing is deleted
+// and the streak restarts at the 72 h failure.
+func TestSuccessLaterInTheBatchStillCounts(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	crossing := t0.Add(72 * time.Hour)
+	now := crossing.Add(time.Minute)
+	c.o.Now = func() time.Time { return now }
+	if err := c.process([]kafka.Message{
+		msg(t, w, outcomes.Failure, crossing, 0, 2),
+		msg(t, w, outcomes.Success, t0.Add(71*time.Hour), 0, 3),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted although a success in the same batch broke the streak")
+	}
+	if since, _ := c.o.Redis.HGet(context.Background(), c.keys.Health(w.ID), "since").Result(); since != ms(crossing) {
+		t.Fatalf("streak start %s, want restarted at the 72 h failure %s", since, ms(crossing))
+	}
+}
+
+// While a partition is behind, the watermark is the newest outcome time
+// applied from it; caught-up partitions count as the clock.
+func TestWatermarkIsTheSlowestPartition(t *testing.T) {
+	c, _, w := setup(t)
+	ctx := context.Background()
+	brokers := []string{testenv.Kafka(t, 2).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(5 * time.Hour)
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: c.o.Registry, Now: func() time.Time { return now },
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if caught, err := c2.CheckLag(ctx); err != nil || !caught {
+		t.Fatalf("an empty topic: caught up = %v (%v), want true", caught, err)
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != now.UnixMilli() {
+		t.Fatalf("watermark %d on an empty topic, want the clock %d", wm, now.UnixMilli())
+	}
+	// Partition 1 gets a record the group has not read.
+	conn, err := kafka.DialLeader(ctx, "tcp", brokers[0], outcomes.DefaultTopic, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.WriteMessages(msg(t, w, outcomes.Failure, now, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close()
+	// What was applied so far from each partition.
+	if err := c2.process([]kafka.Message{msg(t, w, outcomes.Failure, t0.Add(time.Hour), 0, 50), msg(t, w, outcomes.Failure, t0.Add(2*time.Hour), 1, 50)}); err != nil {
+		t.Fatal(err)
+	}
+	now = t0.Add(6 * time.Hour)
+	if caught, err := c2.CheckLag(ctx); err != nil || caught {
+		t.Fatalf("caught up = %v (%v) with partition 1 behind", caught, err)
+	}
+	// Forward only: the watermark stays at the clock of the caught-up check
+	// (5 h), it does not fall back to partition 1's 2 h.
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != t0.Add(5*time.Hour).UnixMilli() {
+		t.Fatalf("watermark %v, want it kept at 5 h", time.UnixMilli(wm).UTC())
+	}
+	if err := c.o.Redis.Del(ctx, c.keys.Watermark()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.CheckLag(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != t0.Add(2*time.Hour).UnixMilli() {
+		t.Fatalf("watermark %v, want partition 1's newest applied outcome (2 h)", time.UnixMilli(wm).UTC())
 	}
 }

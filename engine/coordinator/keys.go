@@ -15,6 +15,8 @@ import (
 //	{p}day:{date}:apps          SET   applications with something to report for that mail day
 //	{p}day:{date}:failing:{app} HASH  webhook id → msgpack DayEntry: failures that day
 //	{p}day:{date}:deleted:{app} HASH  webhook id → msgpack DayEntry: deleted that day, with reason
+//	{p}coord:applied            HASH  outcomes-topic partition → newest outcome time applied (unix ms)
+//	{p}coord:watermark          STRING unix ms up to which every outcome is applied (see Watermark)
 //
 // The day keys expire after DayTTL; the health hash DeleteAfter + DayTTL
 // after its last change.
@@ -29,6 +31,14 @@ func (k Keys) Health(webhookID string) string { return k.Prefix + "health:{" + w
 
 // Failing is the key of the failing set.
 func (k Keys) Failing() string { return k.Prefix + "failing" }
+
+// Applied is the key of the newest outcome time applied per partition.
+func (k Keys) Applied() string { return k.Prefix + "coord:applied" }
+
+// Watermark is the key of the coordinators' catch-up watermark: every
+// outcome published (given the grace for its trip into Kafka) up to that
+// time has been applied. The mail job waits for it.
+func (k Keys) Watermark() string { return k.Prefix + "coord:watermark" }
 
 // DayApps is the key of the set of applications with something to report.
 func (k Keys) DayApps(day string) string { return k.Prefix + "day:{" + day + "}:apps" }

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -52,7 +53,8 @@ type record struct {
 	s        health.State
 	changed  bool
 	conflict bool
-	// deletedNow: this update is the one that marked it deleted.
+	// deletedNow: this update is the one that marked it deleted (or that
+	// turned a sweep's "removed" into the 410 that caused it).
 	deletedNow bool
 }
 
@@ -123,10 +125,21 @@ type item struct {
 	off  int64
 }
 
-// apply applies the outcomes not applied yet, then the 3-day rule at now.
-func (r *record) apply(p health.Policy, items []item, now time.Time) {
-	wasDeleted := !r.s.Deleted.IsZero()
-	defer func() { r.deletedNow = !wasDeleted && !r.s.Deleted.IsZero() }()
+// apply applies the outcomes not applied yet, then the 3-day rule at the
+// outcomes' own time (a failure that itself came DeleteAfter into its
+// streak deletes, unless a success in the batch broke the streak) and,
+// only when checkNow is set, at now. checkNow must be set
+// only once every outcome up to now has been applied (the coordinator is
+// caught up): a lagging coordinator checking its backlog against its clock
+// would count the hours it was behind as failing time and delete a webhook
+// whose success is still unread.
+func (r *record) apply(p health.Policy, items []item, now time.Time, checkNow bool) {
+	wasDeleted, wasReason := !r.s.Deleted.IsZero(), r.s.Reason
+	var crossed time.Time // newest failure that was DeleteAfter into its streak
+	defer func() {
+		r.deletedNow = !r.s.Deleted.IsZero() &&
+			(!wasDeleted || (wasReason == health.ReasonRemoved && r.s.Reason == health.ReasonGone))
+	}()
 	for _, it := range items {
 		if it.part == r.part && it.off <= r.off {
 			continue // a replay of what Redis already has
@@ -141,22 +154,25 @@ func (r *record) apply(p health.Policy, items []item, now time.Time) {
 		d := p.Apply(&r.s, o, now)
 		r.part, r.off = it.part, it.off
 		r.changed = true
-		if d.Delete && d.Reason == health.ReasonFailing {
-			p.MarkDeleted(&r.s, now, health.ReasonFailing)
+		if at := cmp.Or(o.At, now); d.Delete && d.Reason == health.ReasonFailing && at.After(crossed) {
+			crossed = at
 		}
 	}
-	if p.Due(&r.s, now) {
+	// The rule is decided once the whole batch is applied, so a success
+	// later in the batch (published late, dated earlier) still counts: at
+	// the newest failure that crossed DeleteAfter, then at now.
+	if (!crossed.IsZero() && p.Due(&r.s, crossed)) || (checkNow && p.Due(&r.s, now)) {
 		p.MarkDeleted(&r.s, now, health.ReasonFailing)
 		r.changed = true
 	}
 }
 
 // settle brings the webhooks ids to their new state: it reads their health,
-// applies their outcomes (none for a sweep) and the 3-day rule, writes the
-// result with a version check (re-reading on a conflict), and then carries
-// out what follows: deletions, the failing set and the day records.
-func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string][]item) error {
-	now := c.o.Now()
+// applies their outcomes (none for a sweep) and, when checkNow, the 3-day
+// rule at now, writes the result with a version check (re-reading on a
+// conflict), and then carries out what follows: deletions, the failing set
+// and the day records.
+func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string][]item, now time.Time, checkNow bool) error {
 	final := make([]*record, 0, len(ids))
 	pending := ids
 	for round := 0; len(pending) > 0; round++ {
@@ -173,7 +189,7 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 			return err
 		}
 		for _, r := range recs {
-			r.apply(c.o.Policy, items[r.id], now)
+			r.apply(c.o.Policy, items[r.id], now, checkNow)
 			if r.deletedNow && r.s.Reason == health.ReasonFailing {
 				stored, err := c.o.Registry.Stored(ctx, r.id)
 				if err != nil {

@@ -19,7 +19,12 @@
 //     to be after the success. A success at or before the streak's start
 //     changes nothing but LastSuccess.
 //   - Deletion is due when a streak exists and began at least DeleteAfter
-//     before now.
+//     before a given time. When a failure arrives, that time is the
+//     failure's own At, never the coordinator's clock: a lagging coordinator
+//     reading a backlog must not count the hours it was behind as failing
+//     time (a success later in the backlog may still reset the streak).
+//     Checking against the clock (Due(s, now)) is the caller's business, and
+//     only sound once every outcome up to now has been applied.
 package health
 
 import (
@@ -111,15 +116,24 @@ func (p Policy) Due(s *State, now time.Time) bool {
 	return s.Deleted.IsZero() && s.Failing() && !now.Before(p.DeleteAt(s.StreakStart))
 }
 
-// Apply applies one outcome to s at now and says what follows. An outcome
-// for a webhook already deleted changes nothing.
+// Apply applies one outcome to s and says what follows. now stands in for
+// an outcome without a time; the 3-day rule is checked at the outcome's own
+// time. An outcome for a webhook already deleted changes nothing, except a
+// 410 Gone for one recorded as ReasonRemoved: the dispatcher's 410 deleted
+// it before the coordinator's sweep got there, so the deletion is recorded
+// as gone.
 func (p Policy) Apply(s *State, o *outcomes.Outcome, now time.Time) Decision {
-	if !s.Deleted.IsZero() {
-		return Decision{}
-	}
 	at := o.At
 	if at.IsZero() {
 		at = now
+	}
+	if !s.Deleted.IsZero() {
+		if o.Kind == outcomes.Gone && s.Reason == ReasonRemoved {
+			s.LastStatus, s.LastError = 410, "410 Gone"
+			s.Deleted, s.Reason = at, ReasonGone
+			return Decision{Changed: true, Delete: true, Reason: ReasonGone}
+		}
+		return Decision{}
 	}
 	switch o.Kind {
 	case outcomes.Gone:
@@ -128,7 +142,7 @@ func (p Policy) Apply(s *State, o *outcomes.Outcome, now time.Time) Decision {
 		return Decision{Changed: true, Delete: true, Reason: ReasonGone}
 	case outcomes.Dead:
 		p.countDay(s, at, true)
-		return Decision{Changed: true, Delete: p.Due(s, now), Reason: ReasonFailing}
+		return Decision{Changed: true, Delete: p.Due(s, at), Reason: ReasonFailing}
 	case outcomes.Success:
 		d := Decision{}
 		if at.After(s.LastSuccess) {
@@ -164,7 +178,7 @@ func (p Policy) Apply(s *State, o *outcomes.Outcome, now time.Time) Decision {
 				}
 			}
 		}
-		return Decision{Changed: true, Delete: p.Due(s, now), Reason: ReasonFailing}
+		return Decision{Changed: true, Delete: p.Due(s, at), Reason: ReasonFailing}
 	}
 }
 

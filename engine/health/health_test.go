@@ -161,3 +161,47 @@ func TestDayCounting(t *testing.T) {
 		t.Fatalf("DayStart = %v, %v", start, err)
 	}
 }
+
+// A lagging coordinator applies, at t0+80h, a backlog of a failure at
+// t0+69h (streak since t0) and a success at t0+70h. The failure is judged
+// at its own time, so it does not delete, and the success then resets.
+func TestBacklogIsJudgedAtTheOutcomesTime(t *testing.T) {
+	p := Policy{}
+	var s State
+	p.Apply(&s, fail(t0), t0)
+	now := t0.Add(80 * time.Hour)
+	if d := p.Apply(&s, fail(t0.Add(69*time.Hour)), now); d.Delete {
+		t.Fatalf("a failure at 69 h applied at 80 h deletes: %+v", d)
+	}
+	if d := p.Apply(&s, success(t0.Add(70*time.Hour), 1), now); !d.Recovered || s.Failing() {
+		t.Fatalf("the success after it did not reset the streak: %+v %+v", d, s)
+	}
+	// An old failure applied to an empty state does not delete at once.
+	var s2 State
+	if d := p.Apply(&s2, fail(t0), now); d.Delete {
+		t.Fatalf("an old failure on an empty state deletes: %+v", d)
+	}
+	// A failure that itself comes 72 h after the streak began does.
+	if d := p.Apply(&s2, fail(t0.Add(72*time.Hour)), now); !d.Delete || d.Reason != ReasonFailing {
+		t.Fatalf("the failure at 72 h did not delete: %+v", d)
+	}
+}
+
+// The 3-day sweep found the webhook already gone from the registry (the
+// dispatcher deleted it on a 410) and recorded it as removed; the Gone
+// outcome arriving later records the deletion as gone.
+func TestGoneAfterRemovedIsRecordedAsGone(t *testing.T) {
+	p := Policy{}
+	var s State
+	p.Apply(&s, fail(t0), t0)
+	p.MarkDeleted(&s, t0.Add(72*time.Hour), ReasonRemoved)
+	at := t0.Add(72*time.Hour - time.Minute)
+	d := p.Apply(&s, &outcomes.Outcome{Kind: outcomes.Gone, WebhookID: "wh_1", Status: 410, At: at}, t0.Add(73*time.Hour))
+	if !d.Delete || d.Reason != ReasonGone || s.Reason != ReasonGone || !s.Deleted.Equal(at) {
+		t.Fatalf("decision %+v state %+v, want the deletion recorded as gone at the 410", d, s)
+	}
+	// A second Gone (a replay from another delivery) changes nothing.
+	if d := p.Apply(&s, &outcomes.Outcome{Kind: outcomes.Gone, WebhookID: "wh_1", At: at}, at); d.Changed {
+		t.Fatalf("second Gone applied: %+v", d)
+	}
+}

@@ -17,6 +17,13 @@
 // digest and before the mark was written makes the next lock holder send
 // that one digest again, so an application gets at most one extra copy per
 // such crash, with the same Message-ID. Nothing else is sent twice.
+//
+// Catching up. A day is mailed only once the coordinators have applied
+// every outcome of it: the catch-up watermark they keep in Redis
+// (coordinator.Keys.Watermark) must have reached the day's end plus Grace.
+// After downtime, or while the coordinators lag, the digest waits for them
+// instead of being built from records hours behind. The retry backoff of
+// a day is kept in Redis, so every coordinator process honours it.
 package mail
 
 import (
@@ -29,7 +36,6 @@ import (
 	netmail "net/mail"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +76,10 @@ type Options struct {
 	RetryMin, RetryMax time.Duration
 	// CatchUp: how many ended days are looked at after downtime (7).
 	CatchUp int
+	// Grace: a day is mailed once the coordinators' catch-up watermark is
+	// this far past its end (2m), which covers an outcome's trip from the
+	// dispatcher's buffer into Kafka.
+	Grace time.Duration
 
 	// AfterAccept, when set, runs after the server accepted a digest and
 	// before it is marked sent; an error stops the run there as a crash
@@ -87,21 +97,20 @@ type Stats struct {
 
 // Job runs the daily digest.
 type Job struct {
-	o     Options
-	keys  coordinator.Keys
-	tmpl  *Templates
-	send  sendFunc
-	Stats Stats
-
-	// per mail day: when to try again, how many failed tries, first try
-	mu    sync.Mutex
-	retry map[string]retryState
+	o       Options
+	keys    coordinator.Keys
+	tmpl    *Templates
+	send    sendFunc
+	waitLog zerolog.Logger // sampled: "waiting for the coordinators"
+	Stats   Stats
 }
 
+// retryState is a day's backoff after failed sends, kept in Redis
+// ({p}mail:{date}:retry) so that every coordinator process honours it.
 type retryState struct {
-	next  time.Time
-	tries int
-	first time.Time
+	next  time.Time // no try before
+	tries int       // failed tries so far
+	first time.Time // first failed try; retries stop 24 h after it
 }
 
 // New returns a Job; it fails only on unreadable templates.
@@ -137,6 +146,9 @@ func New(o Options) (*Job, error) {
 	if o.CatchUp <= 0 {
 		o.CatchUp = 7
 	}
+	if o.Grace <= 0 {
+		o.Grace = 2 * time.Minute
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -144,7 +156,8 @@ func New(o Options) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &Job{o: o, keys: coordinator.Keys{Prefix: o.Prefix}, tmpl: t, retry: map[string]retryState{}}
+	j := &Job{o: o, keys: coordinator.Keys{Prefix: o.Prefix}, tmpl: t,
+		waitLog: o.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Minute})}
 	if o.SMTPAddr != "" {
 		s := &smtpSender{addr: o.SMTPAddr, user: o.SMTPUser, password: o.SMTPPassword, tlsConfig: o.SMTPTLS}
 		j.send = s.send
@@ -157,6 +170,7 @@ func New(o Options) (*Job, error) {
 func (j *Job) markKey(day, app string) string { return j.o.Prefix + "mail:{" + day + "}:" + app }
 func (j *Job) lockKey(day string) string      { return j.o.Prefix + "mail:{" + day + "}:lock" }
 func (j *Job) tokenKey(day string) string     { return j.o.Prefix + "mail:{" + day + "}:token" }
+func (j *Job) retryKey(day string) string     { return j.o.Prefix + "mail:{" + day + "}:retry" }
 func (j *Job) doneKey() string                { return j.o.Prefix + "mail:done" }
 
 // Run looks for days to mail every Poll until ctx ends.
@@ -175,12 +189,32 @@ func (j *Job) Run(ctx context.Context) error {
 	}
 }
 
-// RunDue mails every ended day not completed yet (the catch-up window at
-// most), oldest first, and advances the completed-day mark.
+// RunDue mails every ended day not completed yet whose outcomes the
+// coordinators have all applied (the catch-up window at most), oldest
+// first, and advances the completed-day mark.
 func (j *Job) RunDue(ctx context.Context) error {
 	now := j.o.Now()
 	p := j.o.Policy
-	last := addDays(p.Day(now), -1) // the latest day that has ended
+	wms, err := j.o.Redis.Get(ctx, j.keys.Watermark()).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("cannot read the coordinators' catch-up watermark: %w", err)
+	}
+	wmMS, _ := strconv.ParseInt(wms, 10, 64)
+	ended := addDays(p.Day(now), -1) // the latest day that has ended
+	if wmMS <= 0 {
+		j.waitLog.Info().Str("day", ended).Msg("no catch-up watermark yet; the daily mail waits for the coordinators")
+		return nil
+	}
+	// The latest day whose end + Grace the watermark (and the clock) passed.
+	upTo := time.UnixMilli(wmMS).UTC()
+	if now.Before(upTo) {
+		upTo = now
+	}
+	last := addDays(p.Day(upTo.Add(-j.o.Grace)), -1)
+	if last < ended {
+		j.waitLog.Info().Str("day", ended).Time("watermark", time.UnixMilli(wmMS).UTC()).
+			Msg("the coordinators have outcomes of an ended day left to apply; its digest waits for them")
+	}
 	first := addDays(last, -(j.o.CatchUp - 1))
 	done, err := j.o.Redis.Get(ctx, j.doneKey()).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -217,6 +251,13 @@ func addDays(day string, n int) string {
 }
 
 var (
+	// retryScript records a day's backoff (KEYS[2]) if the token still
+	// holds the lock (KEYS[1]).
+	retryScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'next', ARGV[2], 'tries', ARGV[3], 'first', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1`)
 	// advanceScript moves gh:mail:done forward only.
 	advanceScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
@@ -244,9 +285,10 @@ var errLockLost = errors.New("mail lock lost to another coordinator")
 // runDay sends the day's digests under the day's lock and reports whether
 // every application of the day is marked.
 func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, error) {
-	j.mu.Lock()
-	rs := j.retry[day]
-	j.mu.Unlock()
+	rs, err := j.retryState(ctx, day)
+	if err != nil {
+		return false, err
+	}
 	if now.Before(rs.next) {
 		return false, nil
 	}
@@ -336,19 +378,39 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 			return false, nil
 		}
 	}
-	j.mu.Lock()
-	defer j.mu.Unlock()
 	if failed > 0 && !giveUp {
 		wait := min(j.o.RetryMin<<min(rs.tries, 16), j.o.RetryMax)
 		rs.tries++
 		rs.next = now.Add(wait)
-		j.retry[day] = rs
+		if err := retryScript.Run(ctx, j.o.Redis, []string{j.lockKey(day), j.retryKey(day)}, tok,
+			rs.next.UnixMilli(), rs.tries, rs.first.UnixMilli(), coordinator.DayTTL.Milliseconds()).Err(); err != nil {
+			return false, fmt.Errorf("cannot record the retry time of %s: %w", day, err)
+		}
 		log.Info().Int("failed", failed).Dur("retry_in", wait).Msg("daily digests incomplete")
 		return false, nil
 	}
-	delete(j.retry, day)
+	if err := j.o.Redis.Del(ctx, j.retryKey(day)).Err(); err != nil {
+		log.Warn().Err(err).Msg("cannot clear the day's retry state; it expires on its own")
+	}
 	log.Info().Msg("daily digests done")
 	return true, nil
+}
+
+// retryState reads a day's backoff; none: try now.
+func (j *Job) retryState(ctx context.Context, day string) (retryState, error) {
+	h, err := j.o.Redis.HGetAll(ctx, j.retryKey(day)).Result()
+	if err != nil {
+		return retryState{}, fmt.Errorf("cannot read the retry state of %s: %w", day, err)
+	}
+	ms := func(k string) time.Time {
+		n, err := strconv.ParseInt(h[k], 10, 64)
+		if err != nil || n <= 0 {
+			return time.Time{}
+		}
+		return time.UnixMilli(n).UTC()
+	}
+	tries, _ := strconv.Atoi(h["tries"])
+	return retryState{next: ms("next"), tries: tries, first: ms("first")}, nil
 }
 
 // unmarked returns the applications of apps whose digest is not marked.

@@ -92,19 +92,36 @@ func (e *env) registry() *registry.Registry {
 
 // coordinator starts a coordinator with its own registry copy.
 func (e *env) coordinator() *coordinator.Coordinator {
-	c := coordinator.New(coordinator.Options{
+	c, _ := e.coordinatorIn(e.ctx)
+	return c
+}
+
+// coordinatorIn starts a coordinator that runs until ctx ends; done closes
+// when it has stopped.
+func (e *env) coordinatorIn(ctx context.Context) (c *coordinator.Coordinator, done chan struct{}) {
+	c = coordinator.New(coordinator.Options{
 		Brokers: e.brokers, Redis: e.rdb, Registry: e.registry(),
-		SweepEvery: 20 * time.Millisecond, SessionTimeout: 6 * time.Second,
+		SweepEvery: 20 * time.Millisecond, WatermarkEvery: 20 * time.Millisecond, SessionTimeout: 6 * time.Second,
 		Now: e.clk.Now, Log: e.log.With().Int("coordinator", len(e.coords)).Logger(),
 	})
 	e.coords = append(e.coords, c)
 	e.wg.Add(1)
-	go func() { defer e.wg.Done(); _ = c.Run(e.ctx) }()
-	return c
+	done = make(chan struct{})
+	go func() { defer e.wg.Done(); defer close(done); _ = c.Run(ctx) }()
+	return c, done
 }
 
 // job starts a mail job; change adjusts its options.
 func (e *env) job(ctx context.Context, change func(*mail.Options)) *mail.Job {
+	e.t.Helper()
+	j := e.newJob(change)
+	e.wg.Add(1)
+	go func() { defer e.wg.Done(); _ = j.Run(ctx) }()
+	return j
+}
+
+// newJob returns a mail job that is not running; the test calls RunDue.
+func (e *env) newJob(change func(*mail.Options)) *mail.Job {
 	e.t.Helper()
 	o := mail.Options{
 		Redis: e.rdb, Registry: e.registry(), From: "geckohook@example.com", SMTPAddr: e.sink.Addr,
@@ -118,8 +135,6 @@ func (e *env) job(ctx context.Context, change func(*mail.Options)) *mail.Job {
 		e.t.Fatal(err)
 	}
 	e.jobs = append(e.jobs, j)
-	e.wg.Add(1)
-	go func() { defer e.wg.Done(); _ = j.Run(ctx) }()
 	return j
 }
 
@@ -168,6 +183,32 @@ func (e *env) applied() {
 		}
 		if n < int64(e.sent) {
 			return fmt.Errorf("coordinators applied %d of %d outcomes", n, e.sent)
+		}
+		return nil
+	})
+}
+
+// published waits until every outcome published is in Kafka (not
+// necessarily applied): moving the fake clock on before that would let a
+// caught-up coordinator vouch for outcomes still in the publisher's buffer,
+// which the mail's grace covers in real time.
+func (e *env) published() {
+	e.t.Helper()
+	testenv.WaitFor(e.t, 20*time.Second, func() error {
+		if n := e.pub.Published.Load(); n < int64(e.sent) {
+			return fmt.Errorf("published %d of %d outcomes", n, e.sent)
+		}
+		return nil
+	})
+}
+
+// caughtUp waits until the coordinators' watermark reached the clock.
+func (e *env) caughtUp() {
+	e.t.Helper()
+	testenv.WaitFor(e.t, 20*time.Second, func() error {
+		wm, _ := e.rdb.Get(e.ctx, "gh:coord:watermark").Int64()
+		if want := e.clk.Now().UnixMilli(); wm < want {
+			return fmt.Errorf("watermark %d, want %d", wm, want)
 		}
 		return nil
 	})
@@ -290,7 +331,7 @@ func TestThreeDaysOfFailuresDeleteAndDailyDigests(t *testing.T) {
 	}
 
 	// Midnight: the day's digests.
-	e.clk.Set(at(1, 0).Add(30 * time.Second))
+	e.clk.Set(at(1, 0).Add(3 * time.Minute)) // past the 2-minute grace
 	e.mailedThrough("2026-11-20")
 	if n := len(e.mailsTo(a)); n != 1 {
 		t.Fatalf("alpha got %d digests for the first day, want 1", n)
@@ -326,8 +367,9 @@ func TestThreeDaysOfFailuresDeleteAndDailyDigests(t *testing.T) {
 				e.publish(b1, outcomes.Success, 200, 2, at(d, h))
 			}
 		}
-		e.applied()
-		e.clk.Set(at(d+1, 0).Add(30 * time.Second))
+		// Only in Kafka, not necessarily applied: the digest must wait.
+		e.published()
+		e.clk.Set(at(d+1, 0).Add(3 * time.Minute)) // past the 2-minute grace
 		e.mailedThrough(day0.AddDate(0, 0, d).Format(time.DateOnly))
 		if n := len(e.mailsTo(a)); n != d+1 {
 			t.Fatalf("alpha has %d digests after day %d, want %d", n, d, d+1)
@@ -363,7 +405,7 @@ func TestThreeDaysOfFailuresDeleteAndDailyDigests(t *testing.T) {
 	if n, _ := e.rdb.ZCard(e.ctx, "gh:failing").Result(); n != 0 {
 		t.Fatalf("failing set holds %d webhooks after the deletion", n)
 	}
-	e.clk.Set(at(4, 0).Add(30 * time.Second))
+	e.clk.Set(at(4, 0).Add(3 * time.Minute)) // past the 2-minute grace
 	e.mailedThrough("2026-11-23")
 	if n := len(e.mailsTo(a)); n != 4 {
 		t.Fatalf("alpha has %d digests, want 4", n)
@@ -401,7 +443,7 @@ func TestTwoCoordinatorsSendOnce(t *testing.T) {
 	failingDay(e, apps...)
 	e.job(e.ctx, nil)
 	e.job(e.ctx, nil)
-	e.clk.Set(day0.AddDate(0, 0, 1).Add(time.Second))
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(3 * time.Minute))
 	e.mailedThrough("2026-11-20")
 	for _, a := range apps {
 		if n := len(e.mailsTo(a)); n != 1 {
@@ -412,7 +454,7 @@ func TestTwoCoordinatorsSendOnce(t *testing.T) {
 		}
 	}
 	// Both kept polling after the day was done: still one each.
-	e.clk.Set(day0.AddDate(0, 0, 1).Add(time.Minute))
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(4 * time.Minute))
 	e.mailedThrough("2026-11-20")
 	if n := len(e.sink.Mail()); n != len(apps) {
 		t.Fatalf("%d mails, want %d", n, len(apps))
@@ -437,7 +479,7 @@ func TestCrashAfterAcceptSendsAtMostOneExtraCopy(t *testing.T) {
 			return err
 		}
 	})
-	e.clk.Set(day0.AddDate(0, 0, 1).Add(time.Second))
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(3 * time.Minute))
 	testenv.WaitFor(t, 10*time.Second, func() error {
 		if crashCtx.Err() == nil {
 			return errors.New("no digest sent yet")
@@ -479,7 +521,7 @@ func TestSMTPDownRetriedLaterThatDay(t *testing.T) {
 	failingDay(e, a)
 	e.sink.Down()
 	j := e.job(e.ctx, nil)
-	e.clk.Set(day0.AddDate(0, 0, 1).Add(time.Second))
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(3 * time.Minute))
 	testenv.WaitFor(t, 10*time.Second, func() error {
 		if j.Stats.Failed.Load() == 0 {
 			return errors.New("no failed send yet")
@@ -511,7 +553,7 @@ func TestOutboxWithoutSMTP(t *testing.T) {
 	failingDay(e, a)
 	dir := t.TempDir()
 	e.job(e.ctx, func(o *mail.Options) { o.SMTPAddr, o.Outbox = "", dir })
-	e.clk.Set(day0.AddDate(0, 0, 1).Add(time.Second))
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(3 * time.Minute))
 	e.mailedThrough("2026-11-20")
 	raw, err := os.ReadFile(filepath.Join(dir, "2026-11-20_"+a.ID+".eml"))
 	if err != nil {
@@ -562,19 +604,22 @@ func TestSMTPStartTLSAndAuth(t *testing.T) {
 	secure := testenv.SMTPWith(t, testenv.SMTPOptions{TLS: serverTLS, User: "mailer", Password: "s3cret"})
 	a := e.app("one")
 	failingDay(e, a)
-	bad := e.job(e.ctx, func(o *mail.Options) {
+	bad := e.newJob(func(o *mail.Options) {
 		o.SMTPAddr, o.SMTPTLS, o.SMTPUser, o.SMTPPassword = secure.Addr, clientTLS, "mailer", "wrong"
 	})
-	e.clk.Set(day0.AddDate(0, 0, 1).Add(time.Second))
-	testenv.WaitFor(t, 10*time.Second, func() error {
-		if bad.Stats.Failed.Load() == 0 {
-			return errors.New("the wrong password has not failed yet")
-		}
-		return nil
-	})
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(3 * time.Minute))
+	e.caughtUp()
+	if err := bad.RunDue(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if bad.Stats.Failed.Load() != 1 {
+		t.Fatalf("the wrong password failed %d times, want once", bad.Stats.Failed.Load())
+	}
 	if len(secure.Mail()) != 0 {
 		t.Fatal("accepted with a wrong password")
 	}
+	// The retry, by any process, waits for the day's backoff (1 min).
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(5 * time.Minute))
 	e.job(e.ctx, func(o *mail.Options) {
 		o.SMTPAddr, o.SMTPTLS, o.SMTPUser, o.SMTPPassword = secure.Addr, clientTLS, "mailer", "s3cret"
 	})
@@ -582,5 +627,97 @@ func TestSMTPStartTLSAndAuth(t *testing.T) {
 	got := secure.Mail()
 	if len(got) != 1 || !got[0].TLS || got[0].User != "mailer" || got[0].To[0] != a.DeveloperEmail || got[0].From != "geckohook@example.com" {
 		t.Fatalf("mails %+v, want one over TLS, authenticated, to %s", got, a.DeveloperEmail)
+	}
+}
+
+// The coordinator is down for the second half of day 0: the failures of
+// that half are in Kafka, unread, when the digest falls due. The digest
+// waits for a coordinator to apply them and then names all of them.
+func TestDigestWaitsForUnreadOutcomes(t *testing.T) {
+	e := newEnv(t)
+	cctx, stop := context.WithCancel(e.ctx)
+	_, stopped := e.coordinatorIn(cctx)
+	a := e.app("late")
+	w := e.hook(a, "fails")
+	e.fail(w, day0.Add(2*time.Hour))
+	e.clk.Set(day0.Add(3 * time.Hour))
+	e.applied() // the morning is in Redis
+	stop()
+	<-stopped
+	for _, h := range []int{13, 23} {
+		e.clk.Set(day0.Add(time.Duration(h) * time.Hour))
+		e.fail(w, e.clk.Now())
+	}
+	e.published()
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(10 * time.Minute))
+	j := e.newJob(nil)
+	if err := j.RunDue(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.sink.Mail()); n != 0 {
+		t.Fatalf("%d digests sent with the day's outcomes unread, want none yet", n)
+	}
+	if done, _ := e.rdb.Get(e.ctx, "gh:mail:done").Result(); done >= "2026-11-20" {
+		t.Fatalf("day marked done (%s) with its outcomes unread", done)
+	}
+	// A coordinator comes back and reads the backlog; the digest follows.
+	e.coordinator()
+	e.job(e.ctx, nil)
+	e.mailedThrough("2026-11-20")
+	got := e.mailsTo(a)
+	if len(got) != 1 {
+		t.Fatalf("%d digests, want 1", len(got))
+	}
+	_, body, _ := text(t, got[0])
+	mustContain(t, section(body, w.Address), "failures that day: 3")
+}
+
+// The backoff after a failed send is the day's, not the process's: a second
+// coordinator does not retry before it either.
+func TestRetryBackoffSharedAcrossProcesses(t *testing.T) {
+	e := newEnv(t)
+	e.coordinator()
+	a := e.app("one")
+	failingDay(e, a)
+	e.sink.Down()
+	j1, j2 := e.newJob(nil), e.newJob(nil)
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(3 * time.Minute))
+	e.caughtUp()
+	run := func(j *mail.Job) {
+		t.Helper()
+		if err := j.RunDue(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(j1)
+	if j1.Stats.Failed.Load() != 1 {
+		t.Fatalf("first try failed %d times, want 1", j1.Stats.Failed.Load())
+	}
+	run(j2)
+	if j2.Stats.Failed.Load() != 0 {
+		t.Fatal("the second process tried again before the day's backoff (1 min) ran out")
+	}
+	// Past the backoff either may try; its failure doubles the wait (2 min).
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(4*time.Minute + time.Second))
+	e.caughtUp()
+	run(j2)
+	if j2.Stats.Failed.Load() != 1 {
+		t.Fatalf("second process failed %d times after the backoff, want 1", j2.Stats.Failed.Load())
+	}
+	e.sink.Up()
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(5 * time.Minute))
+	e.caughtUp()
+	run(j1)
+	if n := len(e.sink.Mail()); n != 0 {
+		t.Fatal("sent before the doubled backoff ran out")
+	}
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(7 * time.Minute))
+	e.caughtUp()
+	run(j1)
+	if n := len(e.mailsTo(a)); n != 1 {
+		t.Fatalf("%d digests after the backoff, want 1", n)
+	}
+	if n, _ := e.rdb.Exists(e.ctx, "gh:mail:{2026-11-20}:retry").Result(); n != 0 {
+		t.Fatal("retry state kept after the day was done")
 	}
 }

@@ -158,6 +158,11 @@ type Publisher struct {
 	stop     chan struct{}
 	done     chan struct{}
 
+	// The failing-set reader runs beside the writer, so a slow Redis never
+	// holds up the Kafka writes; Close cancels it and waits for it.
+	syncCancel context.CancelFunc
+	syncDone   chan struct{}
+
 	// Published counts outcomes written to Kafka; Dropped those lost to a
 	// full buffer or a failed write; Filtered successes not worth sending.
 	Published, Dropped, Filtered atomic.Int64
@@ -183,6 +188,11 @@ func NewPublisher(brokers []string, topic string, log zerolog.Logger, opts ...Op
 	p.w = kafkaio.NewWriter(brokers, topic)
 	p.w.BatchTimeout = 20 * time.Millisecond
 	go p.run()
+	if p.rdb != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.syncCancel, p.syncDone = cancel, make(chan struct{})
+		go p.syncLoop(ctx)
+	}
 	return p
 }
 
@@ -263,12 +273,25 @@ func (p *Publisher) Close(ctx context.Context) error {
 	}
 	if p.closed.CompareAndSwap(false, true) {
 		close(p.stop)
+		if p.syncCancel != nil {
+			p.syncCancel()
+		}
 	}
 	select {
 	case <-p.done:
 	case <-ctx.Done():
 		_ = p.w.Close()
 		return fmt.Errorf("cannot flush outcomes: %w", ctx.Err())
+	}
+	if p.syncDone != nil {
+		// The reader stops at its next step; a Redis read in progress
+		// may not heed the cancel (go-redis without ContextTimeoutEnabled
+		// waits for its read timeout), so wait no longer than ctx.
+		select {
+		case <-p.syncDone:
+		case <-ctx.Done():
+			p.log.Warn().Msg("failing-set reader still waiting on Redis at close; it stops after its read timeout")
+		}
 	}
 	if err := p.w.Close(); err != nil {
 		return fmt.Errorf("cannot close outcomes writer: %w", err)
@@ -284,24 +307,14 @@ const maxBatch = 512
 func (p *Publisher) run() {
 	defer close(p.done)
 	batch := make([]kafka.Message, 0, maxBatch)
-	var syncTick, pruneTick <-chan time.Time
 	prune := time.NewTicker(time.Minute)
 	defer prune.Stop()
-	pruneTick = prune.C
-	if p.rdb != nil {
-		t := time.NewTicker(p.syncEvery)
-		defer t.Stop()
-		syncTick = t.C
-		p.syncFailing()
-	}
+	pruneTick := prune.C
 	for {
 		batch = batch[:0]
 		select {
 		case o := <-p.ch:
 			batch = p.add(batch, &o)
-		case <-syncTick:
-			p.syncFailing()
-			continue
 		case <-pruneTick:
 			p.prune()
 			continue
@@ -347,7 +360,9 @@ func (p *Publisher) add(batch []kafka.Message, o *Outcome) []kafka.Message {
 }
 
 // write sends one batch, retrying a few times; a batch that still fails is
-// counted as dropped (the buffer keeps filling meanwhile, bounded).
+// counted as dropped (the buffer keeps filling meanwhile, bounded), and the
+// webhooks whose success it carried are marked failing again, so their next
+// success is forwarded instead (Publish unmarked them when it queued it).
 func (p *Publisher) write(batch []kafka.Message) {
 	var err error
 	for attempt, wait := 0, 100*time.Millisecond; attempt < 4; attempt, wait = attempt+1, wait*2 {
@@ -369,20 +384,47 @@ func (p *Publisher) write(batch []kafka.Message) {
 	if p.closed.Load() {
 		p.flushErr.Store(&err)
 	}
+	ms := p.now().UnixMilli()
+	for _, m := range batch {
+		if o, derr := Decode(m.Value); derr == nil && o.Kind == Success {
+			sh := p.shard(o.WebhookID)
+			sh.mu.Lock()
+			sh.m[o.WebhookID] = ms
+			sh.mu.Unlock()
+		}
+	}
 	n := p.Dropped.Add(int64(len(batch)))
 	p.dropLog.Error().Err(err).Int("batch", len(batch)).Int64("dropped_total", n).Msg("cannot write outcomes; batch dropped")
 }
 
+// syncLoop reads the failing set at start and every syncEvery until ctx
+// ends (Close).
+func (p *Publisher) syncLoop(ctx context.Context) {
+	defer close(p.syncDone)
+	t := time.NewTicker(p.syncEvery)
+	defer t.Stop()
+	for {
+		p.syncFailing(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // syncFailing marks every webhook in the coordinator's failing set.
-func (p *Publisher) syncFailing() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func (p *Publisher) syncFailing(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ms := p.now().UnixMilli()
 	var cursor uint64
 	for {
 		keys, next, err := p.rdb.ZScan(ctx, p.failingKey, cursor, "", 1000).Result()
 		if err != nil {
-			p.log.Warn().Err(err).Msg("cannot read the failing set; successes after failures seen elsewhere may be filtered until the next try")
+			if ctx.Err() == nil || !errors.Is(err, context.Canceled) {
+				p.log.Warn().Err(err).Msg("cannot read the failing set; successes after failures seen elsewhere may be filtered until the next try")
+			}
 			return
 		}
 		for i := 0; i < len(keys); i += 2 { // member, score pairs

@@ -3,7 +3,9 @@ package outcomes
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,5 +189,93 @@ func TestDroppedSuccessKeepsWebhookMarked(t *testing.T) {
 	}
 	if !p.Failing("wh_1") {
 		t.Fatal("a dropped success cleared the webhook's failure mark")
+	}
+}
+
+// A success whose batch could not be written to Kafka must not leave the
+// webhook looking healthy: Publish unmarked it when it queued the success,
+// so the write re-marks it and the next success is forwarded.
+func TestSuccessLostInFailedWriteKeepsWebhookMarked(t *testing.T) {
+	port, err := testenv.FreePort() // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher([]string{"127.0.0.1:" + strconv.Itoa(port)}, DefaultTopic, zerolog.Nop())
+	p.w.MaxAttempts, p.w.WriteBackoffMax = 1, time.Millisecond // fail fast; set before the writer's first use
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		_ = p.Close(ctx)
+	}()
+	p.Publish(o(Failure, "wh_1", 1))
+	p.Publish(o(Success, "wh_1", 1))
+	if p.Failing("wh_1") {
+		t.Fatal("the success queued did not unmark the webhook")
+	}
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if p.Dropped.Load() < 2 {
+			return errors.New("the batch has not failed yet")
+		}
+		return nil
+	})
+	if !p.Failing("wh_1") {
+		t.Fatal("a success lost with its batch left the webhook unmarked: its streak would never be reset")
+	}
+}
+
+// blackholeRedis accepts connections and never answers.
+func blackholeRedis(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// A stuck Redis (the failing-set read waits up to 10 s) must not hold up
+// the Kafka writes, and Close must not wait for it.
+func TestStuckFailingSetDoesNotStallWrites(t *testing.T) {
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: DefaultTopic, Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: blackholeRedis(t), MaxRetries: -1, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
+	defer rdb.Close()
+	p := NewPublisher(brokers, DefaultTopic, zerolog.Nop(), WithFailingSet(rdb, "gh:failing", time.Hour))
+	p.Publish(o(Failure, "wh_1", 1))
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if p.Published.Load() != 1 {
+			return errors.New("the failure is not in Kafka yet")
+		}
+		return nil
+	})
+	cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer ccancel()
+	if err := p.Close(cctx); err != nil {
+		t.Fatalf("Close with Redis stuck: %v", err)
 	}
 }
