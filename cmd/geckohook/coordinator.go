@@ -81,7 +81,7 @@ func startCoordinator(c *config, brokers []string, rdb redis.UniversalClient, re
 	co := coordinator.New(coordinator.Options{
 		Brokers: brokers, Topic: c.OutcomesTopic, Group: c.CoordinatorGroup,
 		Redis: rdb, Prefix: c.RedisPrefix, Registry: reg, Policy: c.policy(),
-		SweepEvery: c.SweepEvery, SessionTimeout: c.KafkaSession,
+		SweepEvery: c.SweepEvery, SessionTimeout: c.KafkaSession, Grace: c.MailGrace,
 		Log: log.With().Str("part", "coordinator").Logger(),
 	})
 	job, err := mail.New(mail.Options{

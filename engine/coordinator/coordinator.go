@@ -7,9 +7,10 @@
 // the daily digest (package mail). Kafka offsets are committed only after
 // Redis has the batch; a replayed batch is recognised by the partition and
 // offset stored with each webhook's health and not counted twice. The sweep
-// and the 3-day check against the clock wait until the group has caught up
-// with the topic, and the catch-up watermark tells the mail job which days
-// are complete (see lag.go).
+// and the 3-day check against the clock judge at a safe time, the catch-up
+// watermark less a grace (see judgeAt and lag.go), so they run however busy
+// the topic is and never act on outcomes not applied yet; the same
+// watermark tells the mail job which days are complete.
 package coordinator
 
 import (
@@ -45,8 +46,13 @@ type Options struct {
 	// failures are counted in.
 	Policy health.Policy
 	// SweepEvery is how often the failing set is swept for the 3-day rule
-	// (1m); a sweep is skipped while the group has outcomes left to read.
+	// (1m). A sweep judges at min(now, watermark) - Grace; it is skipped
+	// only while no catch-up watermark exists yet.
 	SweepEvery time.Duration
+	// Grace is how long an outcome may take from the dispatcher's buffer
+	// into Kafka (2m, the mail's --mail-grace): the 3-day rule against the
+	// clock is judged this far behind the catch-up watermark.
+	Grace time.Duration
 	// WatermarkEvery is how often the group's lag is read and the catch-up
 	// watermark moved (5s).
 	WatermarkEvery time.Duration
@@ -62,8 +68,8 @@ type Options struct {
 // Stats are cumulative counters of a Coordinator.
 type Stats struct {
 	Outcomes, Bad, Batches, Conflicts, DeletedFailing, DeletedGone, Swept atomic.Int64
-	// Sweeps run by the loop; SweepsSkipped: skipped because outcomes were
-	// left to read.
+	// Sweeps run by the loop; SweepsSkipped: skipped because there is no
+	// catch-up watermark yet.
 	Sweeps, SweepsSkipped atomic.Int64
 }
 
@@ -73,6 +79,7 @@ type Coordinator struct {
 	keys   Keys
 	client *kafka.Client
 	lag    atomic.Pointer[lagState] // the last lag check; nil: none or it failed
+	wm     atomic.Int64             // the catch-up watermark as last seen in Redis (unix ms; 0: none)
 	Stats  Stats
 }
 
@@ -95,6 +102,9 @@ func New(o Options) *Coordinator {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 500
+	}
+	if o.Grace <= 0 {
+		o.Grace = 2 * time.Minute
 	}
 	if o.SessionTimeout <= 0 {
 		o.SessionTimeout = 30 * time.Second
@@ -199,9 +209,9 @@ func (c *Coordinator) process(batch []kafka.Message) error {
 		}
 	}
 	if len(ids) > 0 {
-		// The 3-day rule against the clock only when nothing older is
-		// left to read (see apply); otherwise the sweep does it later.
-		if err := c.settle(ctx, ids, items, c.o.Now(), c.batchCaughtUp(batch)); err != nil {
+		// The 3-day rule against the clock at the safe time (see apply).
+		now := c.o.Now()
+		if err := c.settle(ctx, ids, items, now, c.judgeAt(now, c.wm.Load())); err != nil {
 			return err
 		}
 	}
@@ -222,36 +232,86 @@ func (c *Coordinator) sweepLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		// Sweep only when caught up: after downtime the backlog may hold
-		// the success that resets a streak the clock says is due.
-		st, err := c.checkLag(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				c.o.Log.Warn().Err(err).Msg("cannot check the outcomes lag; sweep skipped")
-			}
-			continue
-		}
-		if !st.caughtUp() {
-			c.Stats.SweepsSkipped.Add(1)
-			continue
-		}
-		c.Stats.Sweeps.Add(1)
-		if err := c.sweep(ctx, st.at); err != nil && ctx.Err() == nil {
+		if _, err := c.sweepTick(ctx); err != nil && ctx.Err() == nil {
 			c.o.Log.Warn().Err(err).Msg("sweep failed; next one in a while")
 		}
 	}
 }
 
-// Sweep deletes every webhook whose streak began at least DeleteAfter ago
-// with no success since. Any number of coordinators may sweep at once: the
-// version-checked write makes each webhook's deletion happen once. It trusts
-// Redis to be up to date: the coordinator's own loop sweeps only when the
-// group has caught up with the outcomes topic.
-func (c *Coordinator) Sweep(ctx context.Context) error { return c.sweep(ctx, c.o.Now()) }
+// sweepTick moves the watermark (a failed lag check only leaves it where it
+// is) and sweeps at the safe time; false: no watermark yet, nothing swept.
+func (c *Coordinator) sweepTick(ctx context.Context) (bool, error) {
+	if _, err := c.checkLag(ctx); err != nil && ctx.Err() == nil {
+		c.o.Log.Warn().Err(err).Msg("cannot check the outcomes lag; sweeping at the last watermark")
+	}
+	swept, err := c.sweepSafe(ctx)
+	if err != nil {
+		return false, err
+	}
+	if swept {
+		c.Stats.Sweeps.Add(1)
+	} else {
+		c.Stats.SweepsSkipped.Add(1)
+	}
+	return swept, nil
+}
 
-func (c *Coordinator) sweep(ctx context.Context, now time.Time) error {
-	// Streaks that began at or before now - DeleteAfter.
-	limit := now.Add(-c.o.Policy.After()).UnixMilli()
+// judgeAt is the time the 3-day rule is judged at against the clock:
+// min(now, watermark) - Grace, zero (no judging) without a watermark. Every
+// outcome dated up to it is applied: the watermark vouches for what was in
+// Kafka, the grace for what was still in a publisher's buffer or in its
+// write retries. Since a streak only becomes due as time passes, judging at
+// an earlier time than now never deletes wrongly; it deletes at most
+// Grace (plus the coordinators' lag) late, and never waits for the topic
+// to fall idle.
+func (c *Coordinator) judgeAt(now time.Time, wmMS int64) time.Time {
+	if wmMS <= 0 {
+		return time.Time{}
+	}
+	at := time.UnixMilli(wmMS).UTC()
+	if now.Before(at) {
+		at = now
+	}
+	return at.Add(-c.o.Grace)
+}
+
+// Sweep deletes every webhook whose streak began at least DeleteAfter
+// before the safe judging time (see judgeAt) with no success since. Any
+// number of coordinators may sweep at once: the version-checked write makes
+// each webhook's deletion happen once. Without a catch-up watermark in
+// Redis it does nothing.
+func (c *Coordinator) Sweep(ctx context.Context) error {
+	_, err := c.sweepSafe(ctx)
+	return err
+}
+
+func (c *Coordinator) sweepSafe(ctx context.Context) (bool, error) {
+	wm, err := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return false, fmt.Errorf("cannot read the catch-up watermark: %w", err)
+	}
+	c.raiseWatermark(wm)
+	now := c.o.Now()
+	judge := c.judgeAt(now, wm)
+	if judge.IsZero() {
+		return false, nil
+	}
+	return true, c.sweep(ctx, now, judge)
+}
+
+// raiseWatermark keeps the newest watermark seen.
+func (c *Coordinator) raiseWatermark(wm int64) {
+	for {
+		cur := c.wm.Load()
+		if wm <= cur || c.wm.CompareAndSwap(cur, wm) {
+			return
+		}
+	}
+}
+
+func (c *Coordinator) sweep(ctx context.Context, now, judge time.Time) error {
+	// Streaks that began at or before judge - DeleteAfter.
+	limit := judge.Add(-c.o.Policy.After()).UnixMilli()
 	// Every webhook settled leaves the range (deleted, re-scored or
 	// removed), so this ends; the bound is a safety net.
 	for round := 0; round < 1000; round++ {
@@ -264,7 +324,7 @@ func (c *Coordinator) sweep(ctx context.Context, now time.Time) error {
 		if len(ids) == 0 {
 			return nil
 		}
-		if err := c.settle(ctx, ids, nil, now, true); err != nil {
+		if err := c.settle(ctx, ids, nil, now, judge); err != nil {
 			return err
 		}
 		c.Stats.Swept.Add(int64(len(ids)))
@@ -310,6 +370,6 @@ func (c *Coordinator) WriteMetrics(b *bytes.Buffer) {
 	if c.lag.Load().caughtUp() {
 		caught = 1
 	}
-	fmt.Fprintf(b, "# HELP geckohook_coordinator_caught_up 1 when the last lag check found every outcome applied (the sweep runs only then).\n# TYPE geckohook_coordinator_caught_up gauge\ngeckohook_coordinator_caught_up %d\n", caught)
+	fmt.Fprintf(b, "# HELP geckohook_coordinator_caught_up 1 when the last lag check found every outcome applied.\n# TYPE geckohook_coordinator_caught_up gauge\ngeckohook_coordinator_caught_up %d\n", caught)
 	fmt.Fprintf(b, "# HELP geckohook_health_conflicts_total Health updates re-read because another coordinator wrote first.\n# TYPE geckohook_health_conflicts_total counter\ngeckohook_health_conflicts_total %d\n", st.Conflicts.Load())
 }

@@ -42,6 +42,14 @@ func setup(t *testing.T) (*Coordinator, *registry.Registry, *registry.Webhook) {
 	return c, reg, w
 }
 
+// setWatermark records the catch-up watermark as a lag check would.
+func setWatermark(t *testing.T, c *Coordinator, at time.Time) {
+	t.Helper()
+	if err := c.o.Redis.Set(context.Background(), c.keys.Watermark(), at.UnixMilli(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func msg(t *testing.T, w *registry.Webhook, kind outcomes.Kind, at time.Time, partition int, offset int64) kafka.Message {
 	t.Helper()
 	v, err := outcomes.Encode(&outcomes.Outcome{Kind: kind, WebhookID: w.ID, AppID: w.AppID, AccountID: w.AccountID,
@@ -166,6 +174,7 @@ func TestSweepOfWebhookRemovedThroughAPI(t *testing.T) {
 	}
 	now := t0.Add(73 * time.Hour)
 	c.o.Now = func() time.Time { return now }
+	setWatermark(t, c, now)
 	if err := c.Sweep(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +197,7 @@ func TestSweepDropsEntryWithoutHealth(t *testing.T) {
 	if err := c.o.Redis.ZAdd(ctx, c.keys.Failing(), redis.Z{Score: 1, Member: "wh_stale"}).Err(); err != nil {
 		t.Fatal(err)
 	}
+	setWatermark(t, c, t0)
 	if err := c.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -269,8 +279,9 @@ func TestGoneAfterSweepRecordsTheDeletion(t *testing.T) {
 	if err := reg.DeleteWebhook(ctx, w.ID); err != nil { // the dispatcher, on the 410
 		t.Fatal(err)
 	}
-	now := t0.Add(72*time.Hour + time.Second)
+	now := t0.Add(72*time.Hour + c.o.Grace + time.Second)
 	c.o.Now = func() time.Time { return now }
+	setWatermark(t, c, now)
 	if err := c.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -366,5 +377,105 @@ func TestWatermarkIsTheSlowestPartition(t *testing.T) {
 	}
 	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != t0.Add(2*time.Hour).UnixMilli() {
 		t.Fatalf("watermark %v, want partition 1's newest applied outcome (2 h)", time.UnixMilli(wm).UTC())
+	}
+}
+
+// Busy traffic: a partition that always has outcomes left to read no longer
+// holds the sweep back. The sweep judges at the watermark (partition 1's
+// newest applied outcome, 79 h) less the grace: a webhook failing since t0
+// is deleted although the clock (80 h) is ahead of what is applied, one
+// whose streak is due by the clock but not by 79 h - grace is kept.
+func TestSweepRunsWhileAPartitionIsBehind(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx := context.Background()
+	a := reg.App(w.AppID)
+	w2, err := reg.CreateWebhook(ctx, registry.Webhook{AppID: a.ID, AccountID: "acc-1", Event: "order.create", Address: "https://example.com/h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokers := []string{testenv.Kafka(t, 2).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(80 * time.Hour)
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, Now: func() time.Time { return now },
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	// Failing since t0 and since t0+8h (a partition Kafka does not have);
+	// partition 1 applied up to 79 h and has one more outcome unread.
+	if err := c2.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 99, 1), msg(t, w2, outcomes.Failure, t0.Add(8*time.Hour), 99, 2),
+		msg(t, w, outcomes.Failure, t0.Add(79*time.Hour), 1, 50)}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := kafka.DialLeader(ctx, "tcp", brokers[0], outcomes.DefaultTopic, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.WriteMessages(msg(t, w, outcomes.Failure, now, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close()
+	swept, err := c2.sweepTick(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !swept || c2.lag.Load().caughtUp() {
+		t.Fatalf("swept = %v, caught up = %v; want a sweep while partition 1 is behind", swept, c2.lag.Load().caughtUp())
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != t0.Add(79*time.Hour).UnixMilli() {
+		t.Fatalf("watermark %v, want partition 1's 79 h", time.UnixMilli(wm).UTC())
+	}
+	if reg.Webhook(w.ID) != nil || c2.Stats.DeletedFailing.Load() != 1 {
+		t.Fatalf("webhook failing for 79 h not deleted while a partition is behind (deleted %d)", c2.Stats.DeletedFailing.Load())
+	}
+	if reg.Webhook(w2.ID) == nil {
+		t.Fatal("webhook due by the clock but not by the watermark was deleted")
+	}
+}
+
+// A success dated before now may still be on its way into Kafka: the
+// clock check is judged the grace behind the watermark. At 72 h + 1 min,
+// caught up, a webhook failing since t0 is kept; at 72 h + grace it goes.
+func TestSweepJudgesGraceBehindTheWatermark(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx := context.Background()
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(72*time.Hour + time.Minute)
+	c.o.Now = func() time.Time { return now }
+	setWatermark(t, c, now)
+	if err := c.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A batch that reaches its partition's end judges at the same time.
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0.Add(71*time.Hour), 0, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted within the grace, while a success could still be on its way into Kafka")
+	}
+	now = t0.Add(72*time.Hour + c.o.Grace)
+	setWatermark(t, c, now)
+	if err := c.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) != nil {
+		t.Fatal("not deleted once the grace had passed")
+	}
+}
+
+// Without a watermark nothing is judged against the clock.
+func TestSweepWithoutWatermarkDoesNothing(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(100 * time.Hour)
+	c.o.Now = func() time.Time { return now }
+	if swept, err := c.sweepSafe(context.Background()); err != nil || swept {
+		t.Fatalf("swept = %v (%v) without a watermark", swept, err)
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted without a watermark")
 	}
 }

@@ -30,8 +30,11 @@ import (
 //     applied from that partition (Keys.Applied; 0 when none is known), since
 //     a partition is read in the order its outcomes were published.
 //
-// Outcomes reach Kafka a moment after their time (the publisher batches);
-// readers of the watermark allow a grace for that (the mail job: 2 minutes).
+// Outcomes reach Kafka a moment after their time (the publisher batches and
+// retries its writes); readers of the watermark allow a grace for that
+// (Options.Grace, the mail's --mail-grace: 2 minutes). The 3-day rule
+// against the clock is judged at min(now, watermark) - grace, so it needs
+// neither an idle topic nor every partition at zero lag.
 
 // lagState is the group's lag at one moment.
 type lagState struct {
@@ -126,11 +129,11 @@ func (c *Coordinator) groupLag(ctx context.Context) (map[int]int64, error) {
 	return lag, nil
 }
 
-// advanceScript moves the watermark forward only.
+// advanceScript moves the watermark forward only and returns it.
 var advanceScript = redis.NewScript(`
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1`)
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]); cur = tonumber(ARGV[1]) end
+return cur`)
 
 // appliedScript raises, per partition (ARGV pairs: partition, unix ms), the
 // newest outcome time applied.
@@ -170,37 +173,13 @@ func (c *Coordinator) checkLag(ctx context.Context) (*lagState, error) {
 		}
 	}
 	if wm > 0 {
-		if err := advanceScript.Run(ctx, c.o.Redis, []string{c.keys.Watermark()}, wm).Err(); err != nil {
+		cur, err := advanceScript.Run(ctx, c.o.Redis, []string{c.keys.Watermark()}, wm).Int64()
+		if err != nil {
 			return nil, fmt.Errorf("cannot record the catch-up watermark: %w", err)
 		}
+		c.raiseWatermark(cur)
 	}
 	return st, nil
-}
-
-// batchCaughtUp reports whether, after batch, everything up to now is
-// applied as far as this coordinator can tell: the batch reached the high
-// watermark (as of its fetch) of every partition it came from, and the last
-// lag check found no other partition behind.
-func (c *Coordinator) batchCaughtUp(batch []kafka.Message) bool {
-	st := c.lag.Load()
-	if st == nil {
-		return false
-	}
-	mine := map[int]bool{}
-	for _, m := range batch {
-		mine[m.Partition] = m.Offset+1 >= m.HighWaterMark
-	}
-	for _, ok := range mine {
-		if !ok {
-			return false
-		}
-	}
-	for p := range st.behind {
-		if _, ok := mine[p]; !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // recordApplied raises the newest outcome time applied per partition.
