@@ -134,9 +134,14 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		HeartbeatInterval: c.o.SessionTimeout / 4,
 		RebalanceTimeout:  c.o.SessionTimeout,
 		JoinGroupBackoff:  time.Second,
-		CommitInterval:    0, // synchronous: CommitMessages returns once committed
-		QueueCapacity:     c.o.MaxBatch,
-		ErrorLogger:       kafka.LoggerFunc(func(f string, args ...any) { c.o.Log.Warn().Msgf(f, args...) }),
+		// Partitions added to the outcomes topic are read too (the group
+		// rebalances when the leader sees them); otherwise they would be
+		// lag that is never read and the watermark would stall.
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: c.o.WatermarkEvery,
+		CommitInterval:         0, // synchronous: CommitMessages returns once committed
+		QueueCapacity:          c.o.MaxBatch,
+		ErrorLogger:            kafka.LoggerFunc(func(f string, args ...any) { c.o.Log.Warn().Msgf(f, args...) }),
 	})
 	var wg sync.WaitGroup
 	wg.Add(2)

@@ -479,3 +479,54 @@ func TestSweepWithoutWatermarkDoesNothing(t *testing.T) {
 		t.Fatal("deleted without a watermark")
 	}
 }
+
+// A partition added to the outcomes topic while the coordinator runs is
+// read: its outcome is applied and the group catches up (the watermark
+// does not stall on it).
+func TestAddedPartitionIsRead(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, SweepEvery: 50 * time.Millisecond,
+		WatermarkEvery: 100 * time.Millisecond, SessionTimeout: 6 * time.Second, Now: func() time.Time { return now },
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c2.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if !c2.lag.Load().caughtUp() {
+			return fmt.Errorf("not caught up yet")
+		}
+		return nil
+	})
+	res, err := c2.client.CreatePartitions(ctx, &kafka.CreatePartitionsRequest{Topics: []kafka.TopicPartitionsConfig{{Name: outcomes.DefaultTopic, Count: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Errors[outcomes.DefaultTopic]; err != nil {
+		t.Fatal(err)
+	}
+	conn, err := kafka.DialLeader(ctx, "tcp", brokers[0], outcomes.DefaultTopic, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.WriteMessages(msg(t, w, outcomes.Failure, t0, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close()
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		off, _ := c.o.Redis.HGet(ctx, c.keys.Health(w.ID), "off").Result()
+		if off != "1:0" {
+			return fmt.Errorf("outcome on the added partition not applied (off %q)", off)
+		}
+		if st := c2.lag.Load(); !st.caughtUp() {
+			return fmt.Errorf("still behind: %v", st)
+		}
+		return nil
+	})
+}
