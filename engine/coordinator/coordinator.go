@@ -71,6 +71,8 @@ type Stats struct {
 	// Sweeps run by the loop; SweepsSkipped: skipped because there is no
 	// catch-up watermark yet.
 	Sweeps, SweepsSkipped atomic.Int64
+	// CommitFailures: offset commits that failed (and are retried).
+	CommitFailures atomic.Int64
 }
 
 // Coordinator is one coordinator process's consumer and sweeper.
@@ -155,14 +157,63 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	return nil
 }
 
-func (c *Coordinator) consume(ctx context.Context, r *kafka.Reader) {
+// outcomeReader is the part of *kafka.Reader consume uses.
+type outcomeReader interface {
+	FetchMessage(ctx context.Context) (kafka.Message, error)
+	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+func (c *Coordinator) consume(ctx context.Context, r outcomeReader) {
 	batch := make([]kafka.Message, 0, c.o.MaxBatch)
+	// Offsets applied to Redis and not committed yet: the newest message
+	// per partition. A failed commit is retried with backoff before the
+	// next fetch and, while the topic is idle, when the backoff ends, so the
+	// group's lag (and with it the watermark) does not freeze on an idle
+	// topic until a rebalance.
+	pending := map[int]kafka.Message{}
+	var nextCommit time.Time
+	commitWait := 100 * time.Millisecond
+	commit := func() {
+		if len(pending) == 0 {
+			return
+		}
+		msgs := make([]kafka.Message, 0, len(pending))
+		for _, m := range pending {
+			msgs = append(msgs, m)
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := r.CommitMessages(cctx, msgs...)
+		cancel()
+		if err == nil {
+			clear(pending)
+			commitWait = 100 * time.Millisecond
+			return
+		}
+		c.Stats.CommitFailures.Add(1)
+		c.o.Log.Warn().Err(err).Dur("retry_in", commitWait).Int("partitions", len(msgs)).
+			Msg("cannot commit outcome offsets; retrying (a crash meanwhile replays the batch, applied once)")
+		nextCommit = time.Now().Add(commitWait)
+		commitWait = min(2*commitWait, 5*time.Second)
+	}
+	// On the way out, one last try: what stays uncommitted is replayed.
+	defer commit()
 	for ctx.Err() == nil {
+		if len(pending) > 0 && !time.Now().Before(nextCommit) {
+			commit()
+		}
 		batch = batch[:0]
-		m, err := r.FetchMessage(ctx)
+		fctx, cancel := ctx, context.CancelFunc(func() {})
+		if len(pending) > 0 {
+			fctx, cancel = context.WithDeadline(ctx, nextCommit)
+		}
+		m, err := r.FetchMessage(fctx)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
 				return
+			}
+			if len(pending) > 0 && fctx.Err() != nil {
+				continue // time to retry the commit
 			}
 			c.o.Log.Warn().Err(err).Msg("cannot fetch outcomes; retrying")
 			sleep(ctx, 500*time.Millisecond)
@@ -183,11 +234,14 @@ func (c *Coordinator) consume(ctx context.Context, r *kafka.Reader) {
 		if !c.retry(ctx, "apply outcomes", func() error { return c.process(batch) }) {
 			return
 		}
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := r.CommitMessages(cctx, batch...); err != nil {
-			c.o.Log.Warn().Err(err).Msg("cannot commit outcome offsets; the batch will be replayed (applied once)")
+		for _, m := range batch {
+			if p, ok := pending[m.Partition]; !ok || m.Offset > p.Offset {
+				pending[m.Partition] = m
+			}
 		}
-		cancel()
+		if !time.Now().Before(nextCommit) {
+			commit()
+		}
 	}
 }
 
@@ -376,5 +430,6 @@ func (c *Coordinator) WriteMetrics(b *bytes.Buffer) {
 		caught = 1
 	}
 	fmt.Fprintf(b, "# HELP geckohook_coordinator_caught_up 1 when the last lag check found every outcome applied.\n# TYPE geckohook_coordinator_caught_up gauge\ngeckohook_coordinator_caught_up %d\n", caught)
+	fmt.Fprintf(b, "# HELP geckohook_coordinator_commit_failures_total Outcome offset commits that failed; they are retried with backoff until they succeed.\n# TYPE geckohook_coordinator_commit_failures_total counter\ngeckohook_coordinator_commit_failures_total %d\n", st.CommitFailures.Load())
 	fmt.Fprintf(b, "# HELP geckohook_health_conflicts_total Health updates re-read because another coordinator wrote first.\n# TYPE geckohook_health_conflicts_total counter\ngeckohook_health_conflicts_total %d\n", st.Conflicts.Load())
 }

@@ -530,3 +530,72 @@ func TestAddedPartitionIsRead(t *testing.T) {
 		return nil
 	})
 }
+
+// fakeReader hands out queued messages and fails the first failCommits
+// commits.
+type fakeReader struct {
+	msgs        chan kafka.Message
+	mu          sync.Mutex
+	failCommits int
+	calls       int
+	committed   map[int]int64
+}
+
+func (f *fakeReader) FetchMessage(ctx context.Context) (kafka.Message, error) {
+	select {
+	case m := <-f.msgs:
+		return m, nil
+	case <-ctx.Done():
+		return kafka.Message{}, ctx.Err()
+	}
+}
+
+func (f *fakeReader) CommitMessages(_ context.Context, msgs ...kafka.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.calls <= f.failCommits {
+		return fmt.Errorf("coordinator not available")
+	}
+	for _, m := range msgs {
+		f.committed[m.Partition] = max(f.committed[m.Partition], m.Offset)
+	}
+	return nil
+}
+
+func (f *fakeReader) state() (int, map[int]int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[int]int64{}
+	for p, o := range f.committed {
+		out[p] = o
+	}
+	return f.calls, out
+}
+
+// A failed offset commit is retried while the topic is idle, until it
+// works; the newest offset of each partition is committed.
+func TestFailedCommitIsRetriedOnAnIdleTopic(t *testing.T) {
+	c, _, w := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &fakeReader{msgs: make(chan kafka.Message, 10), failCommits: 3, committed: map[int]int64{}}
+	f.msgs <- msg(t, w, outcomes.Failure, t0, 4, 7)
+	f.msgs <- msg(t, w, outcomes.Failure, t0.Add(time.Second), 4, 8)
+	f.msgs <- msg(t, w, outcomes.Failure, t0.Add(time.Second), 5, 2)
+	done := make(chan struct{})
+	go func() { defer close(done); c.consume(ctx, f) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		calls, got := f.state()
+		if got[4] != 8 || got[5] != 2 {
+			return fmt.Errorf("committed %v after %d tries, want partition 4 at 8 and 5 at 2", got, calls)
+		}
+		return nil
+	})
+	if calls, _ := f.state(); calls != 4 || c.Stats.CommitFailures.Load() != 3 {
+		t.Fatalf("%d commit calls, %d failures counted; want 4 and 3", calls, c.Stats.CommitFailures.Load())
+	}
+	if n := c.Stats.Outcomes.Load(); n != 3 {
+		t.Fatalf("%d outcomes applied, want 3 (no replay)", n)
+	}
+}
