@@ -16,7 +16,10 @@
 // dies, stalls past the lock's TTL or loses Redis after the SMTP server accepted a
 // digest and before the mark was written makes the next lock holder send
 // that one digest again, so an application gets at most one extra copy per
-// such crash, with the same Message-ID. Nothing else is sent twice.
+// such crash, with the same Message-ID. Nothing else is sent twice. A
+// normal shutdown is not such a crash: a send in progress finishes (or
+// fails by its deadline) and its mark is written (5 s at most) before the
+// job stops.
 //
 // Catching up. A day is mailed only once the coordinators have applied
 // every outcome of it: the catch-up watermark they keep in Redis
@@ -279,6 +282,10 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1`)
 )
 
+// markTimeout bounds writing a digest's mark, which is done even when the
+// job is being stopped.
+const markTimeout = 5 * time.Second
+
 // errLockLost stops a run whose lock went to another coordinator.
 var errLockLost = errors.New("mail lock lost to another coordinator")
 
@@ -367,8 +374,13 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 			log.Error().Err(err).Str("app_id", app).Msg("cannot send daily digest; giving up on this day's digest after 24 h of retries")
 			state = "expired"
 		}
-		marked, err := markScript.Run(ctx, j.o.Redis, []string{j.lockKey(day), j.markKey(day, app)},
+		// The mark outlives a shutdown that arrives during the send: once
+		// the server accepted, not writing it would make the next process
+		// send the digest again.
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
+		marked, err := markScript.Run(mctx, j.o.Redis, []string{j.lockKey(day), j.markKey(day, app)},
 			tok, state, coordinator.DayTTL.Milliseconds()).Int()
+		cancel()
 		if err != nil {
 			// Sent but not marked: the next run sends it again (at most once more).
 			return false, fmt.Errorf("cannot mark the digest of %s for %s: %w", app, day, err)
@@ -470,7 +482,10 @@ func (j *Job) sendOne(ctx context.Context, day, appID string, start time.Time) (
 	if err != nil {
 		return "", err
 	}
-	sctx, cancel := context.WithTimeout(ctx, j.o.SendTimeout)
+	// A shutdown does not cut a conversation short (a cancel mid-DATA
+	// would leave it unknown whether the server accepted): it finishes, or
+	// fails by its deadline, and its result is marked.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), j.o.SendTimeout)
 	err = j.send(sctx, j.o.From, addr.Address, msg, day+"_"+appID)
 	cancel()
 	if errors.Is(err, errPermanent) {

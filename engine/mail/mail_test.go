@@ -723,3 +723,36 @@ func TestRetryBackoffSharedAcrossProcesses(t *testing.T) {
 		t.Fatal("retry state kept after the day was done")
 	}
 }
+
+// A normal shutdown that arrives while a digest is being sent (after the
+// server accepted it) still marks it: the next process does not send it
+// again.
+func TestShutdownDuringSendStillMarks(t *testing.T) {
+	e := newEnv(t)
+	e.coordinator()
+	a := e.app("one")
+	failingDay(e, a)
+	jctx, stop := context.WithCancel(e.ctx)
+	defer stop()
+	j := e.newJob(func(o *mail.Options) {
+		o.AfterAccept = func(day, appID string) error { stop(); return nil }
+	})
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(3 * time.Minute))
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if jctx.Err() != nil {
+			return nil
+		}
+		if err := j.RunDue(jctx); err != nil && jctx.Err() == nil {
+			return err
+		}
+		return errors.New("no digest sent yet")
+	})
+	if v, err := e.rdb.Get(e.ctx, "gh:mail:{2026-11-20}:"+a.ID).Result(); v != "sent" {
+		t.Fatalf("digest marked %q (%v) after a shutdown during its send, want sent", v, err)
+	}
+	e.job(e.ctx, nil)
+	e.mailedThrough("2026-11-20")
+	if n := len(e.mailsTo(a)); n != 1 {
+		t.Fatalf("%d digests, want 1", n)
+	}
+}
