@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/geckohook/geckohook/engine/coordinator"
 	"github.com/geckohook/geckohook/engine/kafkaio"
@@ -754,5 +755,90 @@ func TestShutdownDuringSendStillMarks(t *testing.T) {
 	e.mailedThrough("2026-11-20")
 	if n := len(e.mailsTo(a)); n != 1 {
 		t.Fatalf("%d digests, want 1", n)
+	}
+}
+
+// dayRecord writes a failing webhook into a day's records, as a
+// coordinator would.
+func (e *env) dayRecord(day string, a *registry.App, w *registry.Webhook) {
+	e.t.Helper()
+	keys := coordinator.Keys{Prefix: "gh:"}
+	raw, err := msgpack.Marshal(&coordinator.DayEntry{WebhookID: w.ID, AppID: a.ID, Address: w.Address, Event: w.Event, Failures: 1, LastStatus: 500})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.rdb.HSet(e.ctx, keys.DayFailing(day, a.ID), w.ID, raw).Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.rdb.SAdd(e.ctx, keys.DayApps(day), a.ID).Err(); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// After a stall longer than the catch-up window, the mail resumes the day
+// after the last one completed, not CatchUp days before the watermark.
+func TestCatchUpResumesAfterTheLastDoneDay(t *testing.T) {
+	e := newEnv(t)
+	a := e.app("one")
+	w := e.hook(a, "fails")
+	e.dayRecord("2026-11-21", a, w)
+	e.dayRecord("2026-11-22", a, w)
+	now := time.Date(2026, 11, 25, 0, 3, 0, 0, time.UTC)
+	e.clk.Set(now)
+	if err := e.rdb.Set(e.ctx, "gh:mail:done", "2026-11-20", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Set(e.ctx, "gh:coord:watermark", now.Add(-90*time.Second).UnixMilli(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	j := e.newJob(func(o *mail.Options) { o.CatchUp = 2 })
+	if err := j.RunDue(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.mailsTo(a)); n != 2 {
+		t.Fatalf("%d digests, want the two days after the last one done", n)
+	}
+	if done, _ := e.rdb.Get(e.ctx, "gh:mail:done").Result(); done != "2026-11-23" {
+		t.Fatalf("done = %s, want 2026-11-23 (the watermark is 90 s past midnight, inside the grace)", done)
+	}
+	if j.Stats.DaysSkipped.Load() != 0 {
+		t.Fatalf("%d days counted as skipped", j.Stats.DaysSkipped.Load())
+	}
+	var b bytes.Buffer
+	j.WriteMetrics(&b)
+	mustContain(t, b.String(), "geckohook_coordinator_watermark_age_seconds 90\n", "geckohook_digest_days_skipped_total 0\n")
+}
+
+// Days whose records expired before the watermark reached them are logged
+// and counted once, and the mail goes on from the oldest day still kept.
+func TestExpiredDaysAreCountedAsSkipped(t *testing.T) {
+	e := newEnv(t)
+	a := e.app("one")
+	w := e.hook(a, "fails")
+	// At 11-26 00:03 the oldest day fully kept is 11-19: a write at
+	// 11-18 00:01 expired at 11-26 00:01.
+	e.dayRecord("2026-11-19", a, w)
+	now := time.Date(2026, 11, 26, 0, 3, 0, 0, time.UTC)
+	e.clk.Set(now)
+	if err := e.rdb.Set(e.ctx, "gh:mail:done", "2026-11-10", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Set(e.ctx, "gh:coord:watermark", now.UnixMilli(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	j1, j2 := e.newJob(nil), e.newJob(nil)
+	for _, j := range []*mail.Job{j1, j2, j1} {
+		if err := j.RunDue(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := j1.Stats.DaysSkipped.Load() + j2.Stats.DaysSkipped.Load(); got != 8 {
+		t.Fatalf("%d days counted as skipped, want 8 (11-11 to 11-18), once", got)
+	}
+	if n := len(e.mailsTo(a)); n != 1 {
+		t.Fatalf("%d digests, want the one of 11-19", n)
+	}
+	if done, _ := e.rdb.Get(e.ctx, "gh:mail:done").Result(); done != "2026-11-25" {
+		t.Fatalf("done = %s, want 2026-11-25", done)
 	}
 }
