@@ -13,10 +13,11 @@ import (
 
 // Catching up. A coordinator that was down, or is slower than the
 // dispatchers, reads a backlog of outcomes from the past. Two things must
-// wait until the backlog is read, or they act on a past that is not in Redis
-// yet: the 3-day rule checked against the clock (a success in the backlog
-// may still reset a streak) and the daily digest (a day's failures may still
-// be in Kafka). Both go by the consumer group's lag, read from Kafka itself:
+// not run ahead of what is applied, or they act on a past that is not in
+// Redis yet: the 3-day rule checked against the clock (a success in the
+// backlog may still reset a streak) and the daily digest (a day's failures
+// may still be in Kafka). Both go by the watermark below, which comes from
+// the consumer group's lag, read from Kafka itself:
 // per partition of the outcomes topic, the high watermark minus the group's
 // committed offset (offsets are committed only after Redis has the batch).
 //
