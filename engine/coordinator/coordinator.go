@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -82,6 +83,7 @@ type Coordinator struct {
 	client *kafka.Client
 	lag    atomic.Pointer[lagState] // the last lag check; nil: none or it failed
 	wm     atomic.Int64             // the catch-up watermark as last seen in Redis (unix ms; 0: none)
+	id     string                   // names this process's sweep holds
 	Stats  Stats
 }
 
@@ -114,7 +116,7 @@ func New(o Options) *Coordinator {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Coordinator{o: o, keys: Keys{Prefix: o.Prefix},
+	return &Coordinator{o: o, keys: Keys{Prefix: o.Prefix}, id: strconv.FormatUint(rand.Uint64(), 36),
 		client: &kafka.Client{Addr: kafka.TCP(o.Brokers...), Timeout: 10 * time.Second}}
 }
 
@@ -344,18 +346,51 @@ func (c *Coordinator) Sweep(ctx context.Context) error {
 	return err
 }
 
+// sweepHold bounds (in real time) how long a sweep holds the watermark; a
+// sweep is cut off at half of it, and a hold past it is dropped as left by
+// a crashed coordinator.
+const sweepHold = 2 * time.Minute
+
 func (c *Coordinator) sweepSafe(ctx context.Context) (bool, error) {
+	// Hold the watermark at the time this sweep dates its deletions, so a
+	// sweep running across the end of a mail day cannot record a deletion
+	// in a day whose digest another coordinator has already sent.
+	now := c.o.Now()
+	hold := c.id + "|" + strconv.FormatInt(time.Now().Add(sweepHold).UnixMilli(), 10)
+	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, c.keys.Sweeps(), redis.Z{Score: float64(now.UnixMilli()), Member: hold})
+		p.PExpire(ctx, c.keys.Sweeps(), 2*sweepHold)
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("cannot hold the catch-up watermark for a sweep: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := c.o.Redis.ZRem(rctx, c.keys.Sweeps(), hold).Err(); err != nil {
+			c.o.Log.Warn().Err(err).Msg("cannot release the sweep's hold on the watermark; it lapses on its own")
+		}
+	}()
+	// Read after the hold: the watermark may be past now (another
+	// coordinator's clock, or it moved before the hold was in place); then
+	// deletions are dated at it, which the hold keeps unmailed.
 	wm, err := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return false, fmt.Errorf("cannot read the catch-up watermark: %w", err)
 	}
 	c.raiseWatermark(wm)
-	now := c.o.Now()
 	judge := c.judgeAt(now, wm)
 	if judge.IsZero() {
 		return false, nil
 	}
-	return true, c.sweep(ctx, now, judge)
+	at := now
+	if w := time.UnixMilli(wm).UTC(); w.After(at) {
+		at = w
+	}
+	sctx, cancel := context.WithTimeout(ctx, sweepHold/2)
+	defer cancel()
+	return true, c.sweep(sctx, at, judge)
 }
 
 // raiseWatermark keeps the newest watermark seen.

@@ -599,3 +599,65 @@ func TestFailedCommitIsRetriedOnAnIdleTopic(t *testing.T) {
 		t.Fatalf("%d outcomes applied, want 3 (no replay)", n)
 	}
 }
+
+// A sweep in progress holds the watermark at the time it dates its
+// deletions, so a digest cannot go out for a day the sweep still records
+// into; a hold left by a crashed coordinator lapses at its deadline; a
+// finished sweep releases its hold.
+func TestSweepInProgressHoldsTheWatermark(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx := context.Background()
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// Another coordinator sweeps, dating deletions at 23:59:59.
+	sweepAt := time.Date(2026, 11, 23, 23, 59, 59, 0, time.UTC)
+	setWatermark(t, c, sweepAt.Add(-time.Minute))
+	hold := fmt.Sprintf("other|%d", time.Now().Add(time.Minute).UnixMilli())
+	if err := c.o.Redis.ZAdd(ctx, c.keys.Sweeps(), redis.Z{Score: float64(sweepAt.UnixMilli()), Member: hold}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	now := sweepAt.Add(5 * time.Minute) // past the day's end + grace
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, Now: func() time.Time { return now },
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if caught, err := c2.CheckLag(ctx); err != nil || !caught {
+		t.Fatalf("caught up = %v (%v)", caught, err)
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != sweepAt.UnixMilli() {
+		t.Fatalf("watermark %v during a sweep dated %v, want held there", time.UnixMilli(wm).UTC(), sweepAt)
+	}
+	// The sweeping coordinator died: its hold lapses at its deadline.
+	stale := fmt.Sprintf("other|%d", time.Now().Add(-time.Second).UnixMilli())
+	if err := c.o.Redis.ZAdd(ctx, c.keys.Sweeps(), redis.Z{Score: float64(sweepAt.UnixMilli()), Member: stale}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.o.Redis.ZRem(ctx, c.keys.Sweeps(), hold).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.CheckLag(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != now.UnixMilli() {
+		t.Fatalf("watermark %v with only a lapsed hold, want the clock %v", time.UnixMilli(wm).UTC(), now)
+	}
+	// A sweep whose clock is behind the watermark dates its deletions at
+	// the watermark (a day not mailed yet) and releases its hold.
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	behind := now.Add(-3 * time.Minute)
+	c2.o.Now = func() time.Time { return behind }
+	if err := c2.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) != nil {
+		t.Fatal("not deleted")
+	}
+	if deleted, _ := c.o.Redis.HGet(ctx, c.keys.Health(w.ID), "deleted").Result(); deleted != ms(now) {
+		t.Fatalf("deletion dated %s, want the watermark %s", deleted, ms(now))
+	}
+	if n, _ := c.o.Redis.ZCard(ctx, c.keys.Sweeps()).Result(); n != 0 {
+		t.Fatalf("%d holds left after the sweep", n)
+	}
+}

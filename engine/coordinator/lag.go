@@ -130,10 +130,23 @@ func (c *Coordinator) groupLag(ctx context.Context) (map[int]int64, error) {
 	return lag, nil
 }
 
-// advanceScript moves the watermark forward only and returns it.
+// advanceScript moves the watermark (KEYS[1]) forward only, to ARGV[1] but
+// not past the oldest sweep in progress (KEYS[2]; holds whose real-time
+// deadline, after the "|" of the member, is before ARGV[2] are dropped as
+// left by a crashed coordinator), and returns it.
 var advanceScript = redis.NewScript(`
+local to = tonumber(ARGV[1])
+local holds = redis.call('ZRANGE', KEYS[2], 0, 99, 'WITHSCORES')
+for i = 1, #holds, 2 do
+  local deadline = tonumber(string.match(holds[i], '|(%d+)$') or '0')
+  if deadline < tonumber(ARGV[2]) then
+    redis.call('ZREM', KEYS[2], holds[i])
+  elseif tonumber(holds[i+1]) < to then
+    to = tonumber(holds[i+1])
+  end
+end
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]); cur = tonumber(ARGV[1]) end
+if to > cur then redis.call('SET', KEYS[1], to); cur = to end
 return cur`)
 
 // appliedScript raises, per partition (ARGV pairs: partition, unix ms), the
@@ -174,7 +187,7 @@ func (c *Coordinator) checkLag(ctx context.Context) (*lagState, error) {
 		}
 	}
 	if wm > 0 {
-		cur, err := advanceScript.Run(ctx, c.o.Redis, []string{c.keys.Watermark()}, wm).Int64()
+		cur, err := advanceScript.Run(ctx, c.o.Redis, []string{c.keys.Watermark(), c.keys.Sweeps()}, wm, time.Now().UnixMilli()).Int64()
 		if err != nil {
 			return nil, fmt.Errorf("cannot record the catch-up watermark: %w", err)
 		}
