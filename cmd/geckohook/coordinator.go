@@ -43,7 +43,7 @@ func addCoordinatorFlags(fs *flag.FlagSet, c *coordinatorConfig) {
 	fs.DurationVar(&c.DeleteAfter, "delete-after", health.DefaultDeleteAfter, "delete a webhook whose failures have run this long without a single success (the seed's 3 days)")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Minute, "how often the coordinator sweeps failing webhooks for --delete-after")
 	fs.StringVar(&c.MailAt, "mail-at", "00:00", "time of day (HH:MM, UTC) of the daily digest, which covers the 24 h before it")
-	fs.DurationVar(&c.MailGrace, "mail-grace", 2*time.Minute, "a day's digest waits until the coordinators have applied every outcome up to this long past the day's end (covers an outcome's trip into Kafka)")
+	fs.DurationVar(&c.MailGrace, "mail-grace", 2*time.Minute, "the time an outcome may take into Kafka: a day's digest waits until the coordinators have applied every outcome up to this long past the day's end, and the 3-day rule is judged this long behind the coordinators' catch-up watermark")
 	fs.StringVar(&c.MailOutbox, "mail-outbox", "./outbox", "with no --smtp-addr, directory where digests are written as .eml files")
 	fs.StringVar(&c.MailTemplates, "mail-templates", "", "directory with digest templates replacing the built-in ones: subject.tmpl, digest.txt.tmpl (text/template), digest.html.tmpl (html/template); missing files keep the built-in version")
 	fs.StringVar(&c.MailFrom, "mail-from", "geckohook@localhost", "sender address of the daily digests")
@@ -81,7 +81,7 @@ func startCoordinator(c *config, brokers []string, rdb redis.UniversalClient, re
 	co := coordinator.New(coordinator.Options{
 		Brokers: brokers, Topic: c.OutcomesTopic, Group: c.CoordinatorGroup,
 		Redis: rdb, Prefix: c.RedisPrefix, Registry: reg, Policy: c.policy(),
-		SweepEvery: c.SweepEvery, SessionTimeout: c.KafkaSession,
+		SweepEvery: c.SweepEvery, SessionTimeout: c.KafkaSession, Grace: c.MailGrace,
 		Log: log.With().Str("part", "coordinator").Logger(),
 	})
 	job, err := mail.New(mail.Options{

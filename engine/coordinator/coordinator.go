@@ -7,9 +7,10 @@
 // the daily digest (package mail). Kafka offsets are committed only after
 // Redis has the batch; a replayed batch is recognised by the partition and
 // offset stored with each webhook's health and not counted twice. The sweep
-// and the 3-day check against the clock wait until the group has caught up
-// with the topic, and the catch-up watermark tells the mail job which days
-// are complete (see lag.go).
+// and the 3-day check against the clock judge at a safe time, the catch-up
+// watermark less a grace (see judgeAt and lag.go), so they run however busy
+// the topic is and never act on outcomes not applied yet; the same
+// watermark tells the mail job which days are complete.
 package coordinator
 
 import (
@@ -17,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -45,8 +47,13 @@ type Options struct {
 	// failures are counted in.
 	Policy health.Policy
 	// SweepEvery is how often the failing set is swept for the 3-day rule
-	// (1m); a sweep is skipped while the group has outcomes left to read.
+	// (1m). A sweep judges at min(now, watermark) - Grace; it is skipped
+	// only while no catch-up watermark exists yet.
 	SweepEvery time.Duration
+	// Grace is how long an outcome may take from the dispatcher's buffer
+	// into Kafka (2m, the mail's --mail-grace): the 3-day rule against the
+	// clock is judged this far behind the catch-up watermark.
+	Grace time.Duration
 	// WatermarkEvery is how often the group's lag is read and the catch-up
 	// watermark moved (5s).
 	WatermarkEvery time.Duration
@@ -62,9 +69,11 @@ type Options struct {
 // Stats are cumulative counters of a Coordinator.
 type Stats struct {
 	Outcomes, Bad, Batches, Conflicts, DeletedFailing, DeletedGone, Swept atomic.Int64
-	// Sweeps run by the loop; SweepsSkipped: skipped because outcomes were
-	// left to read.
+	// Sweeps run by the loop; SweepsSkipped: skipped because there is no
+	// catch-up watermark yet.
 	Sweeps, SweepsSkipped atomic.Int64
+	// CommitFailures: offset commits that failed (and are retried).
+	CommitFailures atomic.Int64
 }
 
 // Coordinator is one coordinator process's consumer and sweeper.
@@ -73,6 +82,8 @@ type Coordinator struct {
 	keys   Keys
 	client *kafka.Client
 	lag    atomic.Pointer[lagState] // the last lag check; nil: none or it failed
+	wm     atomic.Int64             // the catch-up watermark as last seen in Redis (unix ms; 0: none)
+	id     string                   // names this process's sweep holds
 	Stats  Stats
 }
 
@@ -96,13 +107,16 @@ func New(o Options) *Coordinator {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 500
 	}
+	if o.Grace <= 0 {
+		o.Grace = 2 * time.Minute
+	}
 	if o.SessionTimeout <= 0 {
 		o.SessionTimeout = 30 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Coordinator{o: o, keys: Keys{Prefix: o.Prefix},
+	return &Coordinator{o: o, keys: Keys{Prefix: o.Prefix}, id: strconv.FormatUint(rand.Uint64(), 36),
 		client: &kafka.Client{Addr: kafka.TCP(o.Brokers...), Timeout: 10 * time.Second}}
 }
 
@@ -124,9 +138,14 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		HeartbeatInterval: c.o.SessionTimeout / 4,
 		RebalanceTimeout:  c.o.SessionTimeout,
 		JoinGroupBackoff:  time.Second,
-		CommitInterval:    0, // synchronous: CommitMessages returns once committed
-		QueueCapacity:     c.o.MaxBatch,
-		ErrorLogger:       kafka.LoggerFunc(func(f string, args ...any) { c.o.Log.Warn().Msgf(f, args...) }),
+		// Partitions added to the outcomes topic are read too (the group
+		// rebalances when the leader sees them); otherwise they would be
+		// lag that is never read and the watermark would stall.
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: c.o.WatermarkEvery,
+		CommitInterval:         0, // synchronous: CommitMessages returns once committed
+		QueueCapacity:          c.o.MaxBatch,
+		ErrorLogger:            kafka.LoggerFunc(func(f string, args ...any) { c.o.Log.Warn().Msgf(f, args...) }),
 	})
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -140,14 +159,63 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	return nil
 }
 
-func (c *Coordinator) consume(ctx context.Context, r *kafka.Reader) {
+// outcomeReader is the part of *kafka.Reader consume uses.
+type outcomeReader interface {
+	FetchMessage(ctx context.Context) (kafka.Message, error)
+	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+func (c *Coordinator) consume(ctx context.Context, r outcomeReader) {
 	batch := make([]kafka.Message, 0, c.o.MaxBatch)
+	// Offsets applied to Redis and not committed yet: the newest message
+	// per partition. A failed commit is retried with backoff before the
+	// next fetch and, while the topic is idle, when the backoff ends, so the
+	// group's lag (and with it the watermark) does not freeze on an idle
+	// topic until a rebalance.
+	pending := map[int]kafka.Message{}
+	var nextCommit time.Time
+	commitWait := 100 * time.Millisecond
+	commit := func() {
+		if len(pending) == 0 {
+			return
+		}
+		msgs := make([]kafka.Message, 0, len(pending))
+		for _, m := range pending {
+			msgs = append(msgs, m)
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := r.CommitMessages(cctx, msgs...)
+		cancel()
+		if err == nil {
+			clear(pending)
+			commitWait = 100 * time.Millisecond
+			return
+		}
+		c.Stats.CommitFailures.Add(1)
+		c.o.Log.Warn().Err(err).Dur("retry_in", commitWait).Int("partitions", len(msgs)).
+			Msg("cannot commit outcome offsets; retrying (a crash meanwhile replays the batch, applied once)")
+		nextCommit = time.Now().Add(commitWait)
+		commitWait = min(2*commitWait, 5*time.Second)
+	}
+	// On the way out, one last try: what stays uncommitted is replayed.
+	defer commit()
 	for ctx.Err() == nil {
+		if len(pending) > 0 && !time.Now().Before(nextCommit) {
+			commit()
+		}
 		batch = batch[:0]
-		m, err := r.FetchMessage(ctx)
+		fctx, cancel := ctx, context.CancelFunc(func() {})
+		if len(pending) > 0 {
+			fctx, cancel = context.WithDeadline(ctx, nextCommit)
+		}
+		m, err := r.FetchMessage(fctx)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
 				return
+			}
+			if len(pending) > 0 && fctx.Err() != nil {
+				continue // time to retry the commit
 			}
 			c.o.Log.Warn().Err(err).Msg("cannot fetch outcomes; retrying")
 			sleep(ctx, 500*time.Millisecond)
@@ -168,11 +236,14 @@ func (c *Coordinator) consume(ctx context.Context, r *kafka.Reader) {
 		if !c.retry(ctx, "apply outcomes", func() error { return c.process(batch) }) {
 			return
 		}
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := r.CommitMessages(cctx, batch...); err != nil {
-			c.o.Log.Warn().Err(err).Msg("cannot commit outcome offsets; the batch will be replayed (applied once)")
+		for _, m := range batch {
+			if p, ok := pending[m.Partition]; !ok || m.Offset > p.Offset {
+				pending[m.Partition] = m
+			}
 		}
-		cancel()
+		if !time.Now().Before(nextCommit) {
+			commit()
+		}
 	}
 }
 
@@ -199,9 +270,9 @@ func (c *Coordinator) process(batch []kafka.Message) error {
 		}
 	}
 	if len(ids) > 0 {
-		// The 3-day rule against the clock only when nothing older is
-		// left to read (see apply); otherwise the sweep does it later.
-		if err := c.settle(ctx, ids, items, c.o.Now(), c.batchCaughtUp(batch)); err != nil {
+		// The 3-day rule against the clock at the safe time (see apply).
+		now := c.o.Now()
+		if err := c.settle(ctx, ids, items, now, c.judgeAt(now, c.wm.Load())); err != nil {
 			return err
 		}
 	}
@@ -222,36 +293,119 @@ func (c *Coordinator) sweepLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		// Sweep only when caught up: after downtime the backlog may hold
-		// the success that resets a streak the clock says is due.
-		st, err := c.checkLag(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				c.o.Log.Warn().Err(err).Msg("cannot check the outcomes lag; sweep skipped")
-			}
-			continue
-		}
-		if !st.caughtUp() {
-			c.Stats.SweepsSkipped.Add(1)
-			continue
-		}
-		c.Stats.Sweeps.Add(1)
-		if err := c.sweep(ctx, st.at); err != nil && ctx.Err() == nil {
+		if _, err := c.sweepTick(ctx); err != nil && ctx.Err() == nil {
 			c.o.Log.Warn().Err(err).Msg("sweep failed; next one in a while")
 		}
 	}
 }
 
-// Sweep deletes every webhook whose streak began at least DeleteAfter ago
-// with no success since. Any number of coordinators may sweep at once: the
-// version-checked write makes each webhook's deletion happen once. It trusts
-// Redis to be up to date: the coordinator's own loop sweeps only when the
-// group has caught up with the outcomes topic.
-func (c *Coordinator) Sweep(ctx context.Context) error { return c.sweep(ctx, c.o.Now()) }
+// sweepTick moves the watermark (a failed lag check only leaves it where it
+// is) and sweeps at the safe time; false: no watermark yet, nothing swept.
+func (c *Coordinator) sweepTick(ctx context.Context) (bool, error) {
+	if _, err := c.checkLag(ctx); err != nil && ctx.Err() == nil {
+		c.o.Log.Warn().Err(err).Msg("cannot check the outcomes lag; sweeping at the last watermark")
+	}
+	swept, err := c.sweepSafe(ctx)
+	if err != nil {
+		return false, err
+	}
+	if swept {
+		c.Stats.Sweeps.Add(1)
+	} else {
+		c.Stats.SweepsSkipped.Add(1)
+	}
+	return swept, nil
+}
 
-func (c *Coordinator) sweep(ctx context.Context, now time.Time) error {
-	// Streaks that began at or before now - DeleteAfter.
-	limit := now.Add(-c.o.Policy.After()).UnixMilli()
+// judgeAt is the time the 3-day rule is judged at against the clock:
+// min(now, watermark) - Grace, zero (no judging) without a watermark. Every
+// outcome dated up to it is applied: the watermark vouches for what was in
+// Kafka, the grace for what was still in a publisher's buffer or in its
+// write retries. Since a streak only becomes due as time passes, judging at
+// an earlier time than now never deletes wrongly; it deletes at most
+// Grace (plus the coordinators' lag) late, and never waits for the topic
+// to fall idle.
+func (c *Coordinator) judgeAt(now time.Time, wmMS int64) time.Time {
+	if wmMS <= 0 {
+		return time.Time{}
+	}
+	at := time.UnixMilli(wmMS).UTC()
+	if now.Before(at) {
+		at = now
+	}
+	return at.Add(-c.o.Grace)
+}
+
+// Sweep deletes every webhook whose streak began at least DeleteAfter
+// before the safe judging time (see judgeAt) with no success since. Any
+// number of coordinators may sweep at once: the version-checked write makes
+// each webhook's deletion happen once. Without a catch-up watermark in
+// Redis it does nothing.
+func (c *Coordinator) Sweep(ctx context.Context) error {
+	_, err := c.sweepSafe(ctx)
+	return err
+}
+
+// sweepHold bounds (in real time) how long a sweep holds the watermark; a
+// sweep is cut off at half of it, and a hold past it is dropped as left by
+// a crashed coordinator.
+const sweepHold = 2 * time.Minute
+
+func (c *Coordinator) sweepSafe(ctx context.Context) (bool, error) {
+	// Hold the watermark at the time this sweep dates its deletions, so a
+	// sweep running across the end of a mail day cannot record a deletion
+	// in a day whose digest another coordinator has already sent.
+	now := c.o.Now()
+	hold := c.id + "|" + strconv.FormatInt(time.Now().Add(sweepHold).UnixMilli(), 10)
+	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, c.keys.Sweeps(), redis.Z{Score: float64(now.UnixMilli()), Member: hold})
+		p.PExpire(ctx, c.keys.Sweeps(), 2*sweepHold)
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("cannot hold the catch-up watermark for a sweep: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := c.o.Redis.ZRem(rctx, c.keys.Sweeps(), hold).Err(); err != nil {
+			c.o.Log.Warn().Err(err).Msg("cannot release the sweep's hold on the watermark; it lapses on its own")
+		}
+	}()
+	// Read after the hold: the watermark may be past now (another
+	// coordinator's clock, or it moved before the hold was in place); then
+	// deletions are dated at it, which the hold keeps unmailed.
+	wm, err := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return false, fmt.Errorf("cannot read the catch-up watermark: %w", err)
+	}
+	c.raiseWatermark(wm)
+	judge := c.judgeAt(now, wm)
+	if judge.IsZero() {
+		return false, nil
+	}
+	at := now
+	if w := time.UnixMilli(wm).UTC(); w.After(at) {
+		at = w
+	}
+	sctx, cancel := context.WithTimeout(ctx, sweepHold/2)
+	defer cancel()
+	return true, c.sweep(sctx, at, judge)
+}
+
+// raiseWatermark keeps the newest watermark seen.
+func (c *Coordinator) raiseWatermark(wm int64) {
+	for {
+		cur := c.wm.Load()
+		if wm <= cur || c.wm.CompareAndSwap(cur, wm) {
+			return
+		}
+	}
+}
+
+func (c *Coordinator) sweep(ctx context.Context, now, judge time.Time) error {
+	// Streaks that began at or before judge - DeleteAfter.
+	limit := judge.Add(-c.o.Policy.After()).UnixMilli()
 	// Every webhook settled leaves the range (deleted, re-scored or
 	// removed), so this ends; the bound is a safety net.
 	for round := 0; round < 1000; round++ {
@@ -264,7 +418,7 @@ func (c *Coordinator) sweep(ctx context.Context, now time.Time) error {
 		if len(ids) == 0 {
 			return nil
 		}
-		if err := c.settle(ctx, ids, nil, now, true); err != nil {
+		if err := c.settle(ctx, ids, nil, now, judge); err != nil {
 			return err
 		}
 		c.Stats.Swept.Add(int64(len(ids)))
@@ -310,6 +464,7 @@ func (c *Coordinator) WriteMetrics(b *bytes.Buffer) {
 	if c.lag.Load().caughtUp() {
 		caught = 1
 	}
-	fmt.Fprintf(b, "# HELP geckohook_coordinator_caught_up 1 when the last lag check found every outcome applied (the sweep runs only then).\n# TYPE geckohook_coordinator_caught_up gauge\ngeckohook_coordinator_caught_up %d\n", caught)
+	fmt.Fprintf(b, "# HELP geckohook_coordinator_caught_up 1 when the last lag check found every outcome applied.\n# TYPE geckohook_coordinator_caught_up gauge\ngeckohook_coordinator_caught_up %d\n", caught)
+	fmt.Fprintf(b, "# HELP geckohook_coordinator_commit_failures_total Outcome offset commits that failed; they are retried with backoff until they succeed.\n# TYPE geckohook_coordinator_commit_failures_total counter\ngeckohook_coordinator_commit_failures_total %d\n", st.CommitFailures.Load())
 	fmt.Fprintf(b, "# HELP geckohook_health_conflicts_total Health updates re-read because another coordinator wrote first.\n# TYPE geckohook_health_conflicts_total counter\ngeckohook_health_conflicts_total %d\n", st.Conflicts.Load())
 }

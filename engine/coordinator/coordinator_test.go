@@ -42,6 +42,14 @@ func setup(t *testing.T) (*Coordinator, *registry.Registry, *registry.Webhook) {
 	return c, reg, w
 }
 
+// setWatermark records the catch-up watermark as a lag check would.
+func setWatermark(t *testing.T, c *Coordinator, at time.Time) {
+	t.Helper()
+	if err := c.o.Redis.Set(context.Background(), c.keys.Watermark(), at.UnixMilli(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func msg(t *testing.T, w *registry.Webhook, kind outcomes.Kind, at time.Time, partition int, offset int64) kafka.Message {
 	t.Helper()
 	v, err := outcomes.Encode(&outcomes.Outcome{Kind: kind, WebhookID: w.ID, AppID: w.AppID, AccountID: w.AccountID,
@@ -166,6 +174,7 @@ func TestSweepOfWebhookRemovedThroughAPI(t *testing.T) {
 	}
 	now := t0.Add(73 * time.Hour)
 	c.o.Now = func() time.Time { return now }
+	setWatermark(t, c, now)
 	if err := c.Sweep(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +197,7 @@ func TestSweepDropsEntryWithoutHealth(t *testing.T) {
 	if err := c.o.Redis.ZAdd(ctx, c.keys.Failing(), redis.Z{Score: 1, Member: "wh_stale"}).Err(); err != nil {
 		t.Fatal(err)
 	}
+	setWatermark(t, c, t0)
 	if err := c.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -269,8 +279,9 @@ func TestGoneAfterSweepRecordsTheDeletion(t *testing.T) {
 	if err := reg.DeleteWebhook(ctx, w.ID); err != nil { // the dispatcher, on the 410
 		t.Fatal(err)
 	}
-	now := t0.Add(72*time.Hour + time.Second)
+	now := t0.Add(72*time.Hour + c.o.Grace + time.Second)
 	c.o.Now = func() time.Time { return now }
+	setWatermark(t, c, now)
 	if err := c.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -366,5 +377,298 @@ func TestWatermarkIsTheSlowestPartition(t *testing.T) {
 	}
 	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != t0.Add(2*time.Hour).UnixMilli() {
 		t.Fatalf("watermark %v, want partition 1's newest applied outcome (2 h)", time.UnixMilli(wm).UTC())
+	}
+}
+
+// Busy traffic: a partition that always has outcomes left to read no longer
+// holds the sweep back. The sweep judges at the watermark (partition 1's
+// newest applied outcome, 79 h) less the grace: a webhook failing since t0
+// is deleted although the clock (80 h) is ahead of what is applied, one
+// whose streak is due by the clock but not by 79 h - grace is kept.
+func TestSweepRunsWhileAPartitionIsBehind(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx := context.Background()
+	a := reg.App(w.AppID)
+	w2, err := reg.CreateWebhook(ctx, registry.Webhook{AppID: a.ID, AccountID: "acc-1", Event: "order.create", Address: "https://example.com/h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokers := []string{testenv.Kafka(t, 2).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(80 * time.Hour)
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, Now: func() time.Time { return now },
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	// Failing since t0 and since t0+8h (a partition Kafka does not have);
+	// partition 1 applied up to 79 h and has one more outcome unread.
+	if err := c2.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 99, 1), msg(t, w2, outcomes.Failure, t0.Add(8*time.Hour), 99, 2),
+		msg(t, w, outcomes.Failure, t0.Add(79*time.Hour), 1, 50)}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := kafka.DialLeader(ctx, "tcp", brokers[0], outcomes.DefaultTopic, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.WriteMessages(msg(t, w, outcomes.Failure, now, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close()
+	swept, err := c2.sweepTick(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !swept || c2.lag.Load().caughtUp() {
+		t.Fatalf("swept = %v, caught up = %v; want a sweep while partition 1 is behind", swept, c2.lag.Load().caughtUp())
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != t0.Add(79*time.Hour).UnixMilli() {
+		t.Fatalf("watermark %v, want partition 1's 79 h", time.UnixMilli(wm).UTC())
+	}
+	if reg.Webhook(w.ID) != nil || c2.Stats.DeletedFailing.Load() != 1 {
+		t.Fatalf("webhook failing for 79 h not deleted while a partition is behind (deleted %d)", c2.Stats.DeletedFailing.Load())
+	}
+	if reg.Webhook(w2.ID) == nil {
+		t.Fatal("webhook due by the clock but not by the watermark was deleted")
+	}
+}
+
+// A success dated before now may still be on its way into Kafka: the
+// clock check is judged the grace behind the watermark. At 72 h + 1 min,
+// caught up, a webhook failing since t0 is kept; at 72 h + grace it goes.
+func TestSweepJudgesGraceBehindTheWatermark(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx := context.Background()
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(72*time.Hour + time.Minute)
+	c.o.Now = func() time.Time { return now }
+	setWatermark(t, c, now)
+	if err := c.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A batch that reaches its partition's end judges at the same time.
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0.Add(71*time.Hour), 0, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted within the grace, while a success could still be on its way into Kafka")
+	}
+	now = t0.Add(72*time.Hour + c.o.Grace)
+	setWatermark(t, c, now)
+	if err := c.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) != nil {
+		t.Fatal("not deleted once the grace had passed")
+	}
+}
+
+// Without a watermark nothing is judged against the clock.
+func TestSweepWithoutWatermarkDoesNothing(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(100 * time.Hour)
+	c.o.Now = func() time.Time { return now }
+	if swept, err := c.sweepSafe(context.Background()); err != nil || swept {
+		t.Fatalf("swept = %v (%v) without a watermark", swept, err)
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted without a watermark")
+	}
+}
+
+// A partition added to the outcomes topic while the coordinator runs is
+// read: its outcome is applied and the group catches up (the watermark
+// does not stall on it).
+func TestAddedPartitionIsRead(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	now := t0
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, SweepEvery: 50 * time.Millisecond,
+		WatermarkEvery: 100 * time.Millisecond, SessionTimeout: 6 * time.Second, Now: func() time.Time { return now },
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c2.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	// The group is running (an outcome on partition 0 applied) before the
+	// partition is added: kafka-go's watcher compares with the partitions
+	// it read when the generation started.
+	first, err := kafka.DialLeader(ctx, "tcp", brokers[0], outcomes.DefaultTopic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.WriteMessages(msg(t, w, outcomes.Failure, t0, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Close()
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if off, _ := c.o.Redis.HGet(ctx, c.keys.Health(w.ID), "off").Result(); off != "0:0" {
+			return fmt.Errorf("outcome on partition 0 not applied yet (off %q)", off)
+		}
+		return nil
+	})
+	res, err := c2.client.CreatePartitions(ctx, &kafka.CreatePartitionsRequest{Topics: []kafka.TopicPartitionsConfig{{Name: outcomes.DefaultTopic, Count: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Errors[outcomes.DefaultTopic]; err != nil {
+		t.Fatal(err)
+	}
+	conn, err := kafka.DialLeader(ctx, "tcp", brokers[0], outcomes.DefaultTopic, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.WriteMessages(msg(t, w, outcomes.Failure, t0.Add(time.Minute), 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close()
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		off, _ := c.o.Redis.HGet(ctx, c.keys.Health(w.ID), "off").Result()
+		if off != "1:0" {
+			return fmt.Errorf("outcome on the added partition not applied (off %q)", off)
+		}
+		if st := c2.lag.Load(); !st.caughtUp() {
+			return fmt.Errorf("still behind: %v", st)
+		}
+		return nil
+	})
+}
+
+// fakeReader hands out queued messages and fails the first failCommits
+// commits.
+type fakeReader struct {
+	msgs        chan kafka.Message
+	mu          sync.Mutex
+	failCommits int
+	calls       int
+	committed   map[int]int64
+}
+
+func (f *fakeReader) FetchMessage(ctx context.Context) (kafka.Message, error) {
+	select {
+	case m := <-f.msgs:
+		return m, nil
+	case <-ctx.Done():
+		return kafka.Message{}, ctx.Err()
+	}
+}
+
+func (f *fakeReader) CommitMessages(_ context.Context, msgs ...kafka.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.calls <= f.failCommits {
+		return fmt.Errorf("coordinator not available")
+	}
+	for _, m := range msgs {
+		f.committed[m.Partition] = max(f.committed[m.Partition], m.Offset)
+	}
+	return nil
+}
+
+func (f *fakeReader) state() (int, map[int]int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[int]int64{}
+	for p, o := range f.committed {
+		out[p] = o
+	}
+	return f.calls, out
+}
+
+// A failed offset commit is retried while the topic is idle, until it
+// works; the newest offset of each partition is committed.
+func TestFailedCommitIsRetriedOnAnIdleTopic(t *testing.T) {
+	c, _, w := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &fakeReader{msgs: make(chan kafka.Message, 10), failCommits: 3, committed: map[int]int64{}}
+	f.msgs <- msg(t, w, outcomes.Failure, t0, 4, 7)
+	f.msgs <- msg(t, w, outcomes.Failure, t0.Add(time.Second), 4, 8)
+	f.msgs <- msg(t, w, outcomes.Failure, t0.Add(time.Second), 5, 2)
+	done := make(chan struct{})
+	go func() { defer close(done); c.consume(ctx, f) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		calls, got := f.state()
+		if got[4] != 8 || got[5] != 2 {
+			return fmt.Errorf("committed %v after %d tries, want partition 4 at 8 and 5 at 2", got, calls)
+		}
+		return nil
+	})
+	if calls, _ := f.state(); calls != 4 || c.Stats.CommitFailures.Load() != 3 {
+		t.Fatalf("%d commit calls, %d failures counted; want 4 and 3", calls, c.Stats.CommitFailures.Load())
+	}
+	if n := c.Stats.Outcomes.Load(); n != 3 {
+		t.Fatalf("%d outcomes applied, want 3 (no replay)", n)
+	}
+}
+
+// A sweep in progress holds the watermark at the time it dates its
+// deletions, so a digest cannot go out for a day the sweep still records
+// into; a hold left by a crashed coordinator lapses at its deadline; a
+// finished sweep releases its hold.
+func TestSweepInProgressHoldsTheWatermark(t *testing.T) {
+	c, reg, w := setup(t)
+	ctx := context.Background()
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// Another coordinator sweeps, dating deletions at 23:59:59.
+	sweepAt := time.Date(2026, 11, 23, 23, 59, 59, 0, time.UTC)
+	setWatermark(t, c, sweepAt.Add(-time.Minute))
+	hold := fmt.Sprintf("other|%d", time.Now().Add(time.Minute).UnixMilli())
+	if err := c.o.Redis.ZAdd(ctx, c.keys.Sweeps(), redis.Z{Score: float64(sweepAt.UnixMilli()), Member: hold}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	now := sweepAt.Add(5 * time.Minute) // past the day's end + grace
+	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, Now: func() time.Time { return now },
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if caught, err := c2.CheckLag(ctx); err != nil || !caught {
+		t.Fatalf("caught up = %v (%v)", caught, err)
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != sweepAt.UnixMilli() {
+		t.Fatalf("watermark %v during a sweep dated %v, want held there", time.UnixMilli(wm).UTC(), sweepAt)
+	}
+	// The sweeping coordinator died: its hold lapses at its deadline.
+	stale := fmt.Sprintf("other|%d", time.Now().Add(-time.Second).UnixMilli())
+	if err := c.o.Redis.ZAdd(ctx, c.keys.Sweeps(), redis.Z{Score: float64(sweepAt.UnixMilli()), Member: stale}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.o.Redis.ZRem(ctx, c.keys.Sweeps(), hold).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.CheckLag(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if wm, _ := c.o.Redis.Get(ctx, c.keys.Watermark()).Int64(); wm != now.UnixMilli() {
+		t.Fatalf("watermark %v with only a lapsed hold, want the clock %v", time.UnixMilli(wm).UTC(), now)
+	}
+	// A sweep whose clock is behind the watermark dates its deletions at
+	// the watermark (a day not mailed yet) and releases its hold.
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	behind := now.Add(-3 * time.Minute)
+	c2.o.Now = func() time.Time { return behind }
+	if err := c2.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) != nil {
+		t.Fatal("not deleted")
+	}
+	if deleted, _ := c.o.Redis.HGet(ctx, c.keys.Health(w.ID), "deleted").Result(); deleted != ms(now) {
+		t.Fatalf("deletion dated %s, want the watermark %s", deleted, ms(now))
+	}
+	if n, _ := c.o.Redis.ZCard(ctx, c.keys.Sweeps()).Result(); n != 0 {
+		t.Fatalf("%d holds left after the sweep", n)
 	}
 }

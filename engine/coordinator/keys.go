@@ -17,6 +17,7 @@ import (
 //	{p}day:{date}:deleted:{app} HASH  webhook id → msgpack DayEntry: deleted that day, with reason
 //	{p}coord:applied            HASH  outcomes-topic partition → newest outcome time applied (unix ms)
 //	{p}coord:watermark          STRING unix ms up to which every outcome is applied (see Watermark)
+//	{{p}coord:watermark}:sweeps ZSET  sweeps in progress, "coordinator|real-time deadline" → the time they date deletions at; the watermark does not pass them
 //
 // The day keys expire after DayTTL; the health hash DeleteAfter + DayTTL
 // after its last change.
@@ -39,6 +40,11 @@ func (k Keys) Applied() string { return k.Prefix + "coord:applied" }
 // outcome published (given the grace for its trip into Kafka) up to that
 // time has been applied. The mail job waits for it.
 func (k Keys) Watermark() string { return k.Prefix + "coord:watermark" }
+
+// Sweeps is the key of the sweeps in progress; it shares the watermark's
+// Redis Cluster slot (its hash tag is the watermark's key), so one script
+// reads both.
+func (k Keys) Sweeps() string { return "{" + k.Watermark() + "}:sweeps" }
 
 // DayApps is the key of the set of applications with something to report.
 func (k Keys) DayApps(day string) string { return k.Prefix + "day:{" + day + "}:apps" }

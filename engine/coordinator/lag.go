@@ -13,10 +13,11 @@ import (
 
 // Catching up. A coordinator that was down, or is slower than the
 // dispatchers, reads a backlog of outcomes from the past. Two things must
-// wait until the backlog is read, or they act on a past that is not in Redis
-// yet: the 3-day rule checked against the clock (a success in the backlog
-// may still reset a streak) and the daily digest (a day's failures may still
-// be in Kafka). Both go by the consumer group's lag, read from Kafka itself:
+// not run ahead of what is applied, or they act on a past that is not in
+// Redis yet: the 3-day rule checked against the clock (a success in the
+// backlog may still reset a streak) and the daily digest (a day's failures
+// may still be in Kafka). Both go by the watermark below, which comes from
+// the consumer group's lag, read from Kafka itself:
 // per partition of the outcomes topic, the high watermark minus the group's
 // committed offset (offsets are committed only after Redis has the batch).
 //
@@ -30,8 +31,11 @@ import (
 //     applied from that partition (Keys.Applied; 0 when none is known), since
 //     a partition is read in the order its outcomes were published.
 //
-// Outcomes reach Kafka a moment after their time (the publisher batches);
-// readers of the watermark allow a grace for that (the mail job: 2 minutes).
+// Outcomes reach Kafka a moment after their time (the publisher batches and
+// retries its writes); readers of the watermark allow a grace for that
+// (Options.Grace, the mail's --mail-grace: 2 minutes). The 3-day rule
+// against the clock is judged at min(now, watermark) - grace, so it needs
+// neither an idle topic nor every partition at zero lag.
 
 // lagState is the group's lag at one moment.
 type lagState struct {
@@ -126,11 +130,24 @@ func (c *Coordinator) groupLag(ctx context.Context) (map[int]int64, error) {
 	return lag, nil
 }
 
-// advanceScript moves the watermark forward only.
+// advanceScript moves the watermark (KEYS[1]) forward only, to ARGV[1] but
+// not past the oldest sweep in progress (KEYS[2]; holds whose real-time
+// deadline, after the "|" of the member, is before ARGV[2] are dropped as
+// left by a crashed coordinator), and returns it.
 var advanceScript = redis.NewScript(`
+local to = tonumber(ARGV[1])
+local holds = redis.call('ZRANGE', KEYS[2], 0, 99, 'WITHSCORES')
+for i = 1, #holds, 2 do
+  local deadline = tonumber(string.match(holds[i], '|(%d+)$') or '0')
+  if deadline < tonumber(ARGV[2]) then
+    redis.call('ZREM', KEYS[2], holds[i])
+  elseif tonumber(holds[i+1]) < to then
+    to = tonumber(holds[i+1])
+  end
+end
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1`)
+if to > cur then redis.call('SET', KEYS[1], to); cur = to end
+return cur`)
 
 // appliedScript raises, per partition (ARGV pairs: partition, unix ms), the
 // newest outcome time applied.
@@ -170,37 +187,13 @@ func (c *Coordinator) checkLag(ctx context.Context) (*lagState, error) {
 		}
 	}
 	if wm > 0 {
-		if err := advanceScript.Run(ctx, c.o.Redis, []string{c.keys.Watermark()}, wm).Err(); err != nil {
+		cur, err := advanceScript.Run(ctx, c.o.Redis, []string{c.keys.Watermark(), c.keys.Sweeps()}, wm, time.Now().UnixMilli()).Int64()
+		if err != nil {
 			return nil, fmt.Errorf("cannot record the catch-up watermark: %w", err)
 		}
+		c.raiseWatermark(cur)
 	}
 	return st, nil
-}
-
-// batchCaughtUp reports whether, after batch, everything up to now is
-// applied as far as this coordinator can tell: the batch reached the high
-// watermark (as of its fetch) of every partition it came from, and the last
-// lag check found no other partition behind.
-func (c *Coordinator) batchCaughtUp(batch []kafka.Message) bool {
-	st := c.lag.Load()
-	if st == nil {
-		return false
-	}
-	mine := map[int]bool{}
-	for _, m := range batch {
-		mine[m.Partition] = m.Offset+1 >= m.HighWaterMark
-	}
-	for _, ok := range mine {
-		if !ok {
-			return false
-		}
-	}
-	for p := range st.behind {
-		if _, ok := mine[p]; !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // recordApplied raises the newest outcome time applied per partition.

@@ -128,12 +128,13 @@ type item struct {
 // apply applies the outcomes not applied yet, then the 3-day rule at the
 // outcomes' own time (a failure that itself came DeleteAfter into its
 // streak deletes, unless a success in the batch broke the streak) and,
-// only when checkNow is set, at now. checkNow must be set
-// only once every outcome up to now has been applied (the coordinator is
-// caught up): a lagging coordinator checking its backlog against its clock
-// would count the hours it was behind as failing time and delete a webhook
-// whose success is still unread.
-func (r *record) apply(p health.Policy, items []item, now time.Time, checkNow bool) {
+// unless judge is zero, at judge: a time up to which every outcome is known
+// to be applied (the catch-up watermark less the grace, see
+// Coordinator.judgeAt). Judging at the clock instead would count the time a
+// success spends in a publisher's buffer or in a coordinator's backlog as
+// failing time and delete a webhook whose success is still unread. The
+// deletion itself is dated now.
+func (r *record) apply(p health.Policy, items []item, now, judge time.Time) {
 	wasDeleted, wasReason := !r.s.Deleted.IsZero(), r.s.Reason
 	var crossed time.Time // newest failure that was DeleteAfter into its streak
 	defer func() {
@@ -160,19 +161,19 @@ func (r *record) apply(p health.Policy, items []item, now time.Time, checkNow bo
 	}
 	// The rule is decided once the whole batch is applied, so a success
 	// later in the batch (published late, dated earlier) still counts: at
-	// the newest failure that crossed DeleteAfter, then at now.
-	if (!crossed.IsZero() && p.Due(&r.s, crossed)) || (checkNow && p.Due(&r.s, now)) {
+	// the newest failure that crossed DeleteAfter, then at judge.
+	if (!crossed.IsZero() && p.Due(&r.s, crossed)) || (!judge.IsZero() && p.Due(&r.s, judge)) {
 		p.MarkDeleted(&r.s, now, health.ReasonFailing)
 		r.changed = true
 	}
 }
 
 // settle brings the webhooks ids to their new state: it reads their health,
-// applies their outcomes (none for a sweep) and, when checkNow, the 3-day
-// rule at now, writes the result with a version check (re-reading on a
+// applies their outcomes (none for a sweep) and, unless judge is zero, the
+// 3-day rule at judge, writes the result with a version check (re-reading on a
 // conflict), and then carries out what follows: deletions, the failing set
 // and the day records.
-func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string][]item, now time.Time, checkNow bool) error {
+func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string][]item, now, judge time.Time) error {
 	final := make([]*record, 0, len(ids))
 	pending := ids
 	for round := 0; len(pending) > 0; round++ {
@@ -189,7 +190,7 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 			return err
 		}
 		for _, r := range recs {
-			r.apply(c.o.Policy, items[r.id], now, checkNow)
+			r.apply(c.o.Policy, items[r.id], now, judge)
 			if r.deletedNow && r.s.Reason == health.ReasonFailing {
 				stored, err := c.o.Registry.Stored(ctx, r.id)
 				if err != nil {

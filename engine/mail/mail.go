@@ -10,13 +10,17 @@
 // (1 min doubling to 30 min of the injected clock) until 24 h after the
 // first try; a permanent refusal (5xx to the recipient or the message) is
 // logged and marked so it is not retried. The last day completed in order
-// is kept (gh:mail:done); on start every day after it, up to 7 days back,
-// is caught up, so a restart never skips a day, and the per-application
+// is kept (gh:mail:done); every day after it is caught up in order, back to
+// the oldest whose records have not expired (8 days; older ones are logged
+// and counted as skipped), so a restart never skips a day, and the per-application
 // marks keep it from sending a day twice. The one gap: a coordinator that
 // dies, stalls past the lock's TTL or loses Redis after the SMTP server accepted a
 // digest and before the mark was written makes the next lock holder send
 // that one digest again, so an application gets at most one extra copy per
-// such crash, with the same Message-ID. Nothing else is sent twice.
+// such crash, with the same Message-ID. Nothing else is sent twice. A
+// normal shutdown is not such a crash: a send in progress finishes (or
+// fails by its deadline) and its mark is written (5 s at most) before the
+// job stops.
 //
 // Catching up. A day is mailed only once the coordinators have applied
 // every outcome of it: the catch-up watermark they keep in Redis
@@ -74,7 +78,10 @@ type Options struct {
 	SendTimeout time.Duration
 	// RetryMin, RetryMax: backoff after a failed send (1m, 30m, clock time).
 	RetryMin, RetryMax time.Duration
-	// CatchUp: how many ended days are looked at after downtime (7).
+	// CatchUp: how many ended days are looked at when no day was ever
+	// completed (7). Once one was, every later day is mailed in order,
+	// back to the oldest whose records have not expired (DayTTL); older
+	// ones are logged and counted as skipped.
 	CatchUp int
 	// Grace: a day is mailed once the coordinators' catch-up watermark is
 	// this far past its end (2m), which covers an outcome's trip from the
@@ -93,6 +100,12 @@ type Options struct {
 // Stats are cumulative counters of a Job.
 type Stats struct {
 	Sent, Failed, Rejected atomic.Int64
+	// DaysSkipped: days never mailed because their records had expired
+	// before the watermark reached them.
+	DaysSkipped atomic.Int64
+	// WatermarkAge: how far (seconds of the clock) the catch-up watermark
+	// was behind at the last pass; -1 before one was seen.
+	WatermarkAge atomic.Int64
 }
 
 // Job runs the daily digest.
@@ -158,6 +171,7 @@ func New(o Options) (*Job, error) {
 	}
 	j := &Job{o: o, keys: coordinator.Keys{Prefix: o.Prefix}, tmpl: t,
 		waitLog: o.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Minute})}
+	j.Stats.WatermarkAge.Store(-1)
 	if o.SMTPAddr != "" {
 		s := &smtpSender{addr: o.SMTPAddr, user: o.SMTPUser, password: o.SMTPPassword, tlsConfig: o.SMTPTLS}
 		j.send = s.send
@@ -201,6 +215,9 @@ func (j *Job) RunDue(ctx context.Context) error {
 	}
 	wmMS, _ := strconv.ParseInt(wms, 10, 64)
 	ended := addDays(p.Day(now), -1) // the latest day that has ended
+	if wmMS > 0 {
+		j.Stats.WatermarkAge.Store(max(0, now.UnixMilli()-wmMS) / 1000)
+	}
 	if wmMS <= 0 {
 		j.waitLog.Info().Str("day", ended).Msg("no catch-up watermark yet; the daily mail waits for the coordinators")
 		return nil
@@ -215,12 +232,43 @@ func (j *Job) RunDue(ctx context.Context) error {
 		j.waitLog.Info().Str("day", ended).Time("watermark", time.UnixMilli(wmMS).UTC()).
 			Msg("the coordinators have outcomes of an ended day left to apply; its digest waits for them")
 	}
-	first := addDays(last, -(j.o.CatchUp - 1))
+	// The oldest day whose records are all still in Redis: every write to
+	// a day's records happens after the day began and renews them for
+	// DayTTL.
+	floor := addDays(p.Day(now.Add(-coordinator.DayTTL)), 1)
 	done, err := j.o.Redis.Get(ctx, j.doneKey()).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("cannot read the last mailed day: %w", err)
 	}
-	if done != "" && addDays(done, 1) > first {
+	if _, err := time.Parse(time.DateOnly, done); done != "" && err != nil {
+		j.o.Log.Error().Str("done", done).Msg("unreadable last mailed day; catching up as on a first start")
+		done = ""
+	}
+	var first string
+	switch {
+	case done == "":
+		// Never ran: look back CatchUp days.
+		first = max(addDays(last, -(j.o.CatchUp-1)), floor)
+	case addDays(done, 1) < floor:
+		// The watermark was stuck longer than the records live: those
+		// days cannot be mailed any more. Said once (by whoever moves the
+		// completed-day mark past them), loudly.
+		first = floor
+		moved, err := advanceScript.Run(ctx, j.o.Redis, []string{j.doneKey()}, addDays(floor, -1)).Int()
+		if err != nil {
+			return fmt.Errorf("cannot record the last mailed day: %w", err)
+		}
+		if moved == 1 {
+			n := 0
+			for d := addDays(done, 1); d < floor; d = addDays(d, 1) {
+				n++
+			}
+			j.Stats.DaysSkipped.Add(int64(n))
+			j.o.Log.Error().Str("from", addDays(done, 1)).Str("to", addDays(floor, -1)).Int("days", n).
+				Time("watermark", time.UnixMilli(wmMS).UTC()).
+				Msg("daily digests skipped: their records expired before the coordinators' watermark reached them")
+		}
+	default:
 		first = addDays(done, 1)
 	}
 	contiguous := true
@@ -258,11 +306,11 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], 'next', ARGV[2], 'tries', ARGV[3], 'first', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 1`)
-	// advanceScript moves gh:mail:done forward only.
+	// advanceScript moves gh:mail:done forward only: 1 moved, 0 not.
 	advanceScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
-if (not cur) or cur < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1`)
+if (not cur) or cur < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]); return 1 end
+return 0`)
 	// renewScript extends the lock if the token still holds it.
 	renewScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -278,6 +326,10 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1`)
 )
+
+// markTimeout bounds writing a digest's mark, which is done even when the
+// job is being stopped.
+const markTimeout = 5 * time.Second
 
 // errLockLost stops a run whose lock went to another coordinator.
 var errLockLost = errors.New("mail lock lost to another coordinator")
@@ -367,8 +419,13 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 			log.Error().Err(err).Str("app_id", app).Msg("cannot send daily digest; giving up on this day's digest after 24 h of retries")
 			state = "expired"
 		}
-		marked, err := markScript.Run(ctx, j.o.Redis, []string{j.lockKey(day), j.markKey(day, app)},
+		// The mark outlives a shutdown that arrives during the send: once
+		// the server accepted, not writing it would make the next process
+		// send the digest again.
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
+		marked, err := markScript.Run(mctx, j.o.Redis, []string{j.lockKey(day), j.markKey(day, app)},
 			tok, state, coordinator.DayTTL.Milliseconds()).Int()
+		cancel()
 		if err != nil {
 			// Sent but not marked: the next run sends it again (at most once more).
 			return false, fmt.Errorf("cannot mark the digest of %s for %s: %w", app, day, err)
@@ -470,7 +527,10 @@ func (j *Job) sendOne(ctx context.Context, day, appID string, start time.Time) (
 	if err != nil {
 		return "", err
 	}
-	sctx, cancel := context.WithTimeout(ctx, j.o.SendTimeout)
+	// A shutdown does not cut a conversation short (a cancel mid-DATA
+	// would leave it unknown whether the server accepted): it finishes, or
+	// fails by its deadline, and its result is marked.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), j.o.SendTimeout)
 	err = j.send(sctx, j.o.From, addr.Address, msg, day+"_"+appID)
 	cancel()
 	if errors.Is(err, errPermanent) {
@@ -545,4 +605,6 @@ func (j *Job) WriteMetrics(b *bytes.Buffer) {
 	fmt.Fprintf(b, "geckohook_digests_total{result=\"sent\"} %d\n", j.Stats.Sent.Load())
 	fmt.Fprintf(b, "geckohook_digests_total{result=\"failed\"} %d\n", j.Stats.Failed.Load())
 	fmt.Fprintf(b, "geckohook_digests_total{result=\"rejected\"} %d\n", j.Stats.Rejected.Load())
+	fmt.Fprintf(b, "# HELP geckohook_digest_days_skipped_total Mail days never mailed because their records expired before the coordinators' watermark reached them.\n# TYPE geckohook_digest_days_skipped_total counter\ngeckohook_digest_days_skipped_total %d\n", j.Stats.DaysSkipped.Load())
+	fmt.Fprintf(b, "# HELP geckohook_coordinator_watermark_age_seconds How far the coordinators' catch-up watermark is behind the clock (-1: none yet); the daily mail and the 3-day rule wait for it.\n# TYPE geckohook_coordinator_watermark_age_seconds gauge\ngeckohook_coordinator_watermark_age_seconds %d\n", j.Stats.WatermarkAge.Load())
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/geckohook/geckohook/engine/coordinator"
 	"github.com/geckohook/geckohook/engine/kafkaio"
@@ -388,8 +389,10 @@ func TestThreeDaysOfFailuresDeleteAndDailyDigests(t *testing.T) {
 	if e.reg.Webhook(a1.ID) == nil || e.coords[0].Stats.Swept.Load() != sweeps {
 		t.Fatal("a1 deleted before 72 h of failures")
 	}
-	// 72 h after its first failure the sweep deletes it, in every process.
-	e.clk.Set(at(3, 1))
+	// 72 h after its first failure plus the 2-minute grace (a success
+	// could still be on its way into Kafka), the sweep deletes it, in
+	// every process.
+	e.clk.Set(at(3, 1).Add(2 * time.Minute))
 	testenv.WaitFor(t, 10*time.Second, func() error {
 		if e.reg.Webhook(a1.ID) != nil {
 			return errors.New("a1 still registered")
@@ -412,7 +415,7 @@ func TestThreeDaysOfFailuresDeleteAndDailyDigests(t *testing.T) {
 	}
 	_, body, _ = text(t, e.mailsTo(a)[3])
 	mustContain(t, body, "DELETED WEBHOOKS (1)")
-	mustContain(t, section(body, a1.Address), "deleted: 2026-11-23 01:00 UTC", "failed without a success for 3 days")
+	mustContain(t, section(body, a1.Address), "deleted: 2026-11-23 01:02 UTC", "failed without a success for 3 days")
 	if strings.Contains(body, "FAILING WEBHOOKS") {
 		t.Error("the deleted webhook is also listed as failing")
 	}
@@ -719,5 +722,123 @@ func TestRetryBackoffSharedAcrossProcesses(t *testing.T) {
 	}
 	if n, _ := e.rdb.Exists(e.ctx, "gh:mail:{2026-11-20}:retry").Result(); n != 0 {
 		t.Fatal("retry state kept after the day was done")
+	}
+}
+
+// A normal shutdown that arrives while a digest is being sent (after the
+// server accepted it) still marks it: the next process does not send it
+// again.
+func TestShutdownDuringSendStillMarks(t *testing.T) {
+	e := newEnv(t)
+	e.coordinator()
+	a := e.app("one")
+	failingDay(e, a)
+	jctx, stop := context.WithCancel(e.ctx)
+	defer stop()
+	j := e.newJob(func(o *mail.Options) {
+		o.AfterAccept = func(day, appID string) error { stop(); return nil }
+	})
+	e.clk.Set(day0.AddDate(0, 0, 1).Add(3 * time.Minute))
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if jctx.Err() != nil {
+			return nil
+		}
+		if err := j.RunDue(jctx); err != nil && jctx.Err() == nil {
+			return err
+		}
+		return errors.New("no digest sent yet")
+	})
+	if v, err := e.rdb.Get(e.ctx, "gh:mail:{2026-11-20}:"+a.ID).Result(); v != "sent" {
+		t.Fatalf("digest marked %q (%v) after a shutdown during its send, want sent", v, err)
+	}
+	e.job(e.ctx, nil)
+	e.mailedThrough("2026-11-20")
+	if n := len(e.mailsTo(a)); n != 1 {
+		t.Fatalf("%d digests, want 1", n)
+	}
+}
+
+// dayRecord writes a failing webhook into a day's records, as a
+// coordinator would.
+func (e *env) dayRecord(day string, a *registry.App, w *registry.Webhook) {
+	e.t.Helper()
+	keys := coordinator.Keys{Prefix: "gh:"}
+	raw, err := msgpack.Marshal(&coordinator.DayEntry{WebhookID: w.ID, AppID: a.ID, Address: w.Address, Event: w.Event, Failures: 1, LastStatus: 500})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.rdb.HSet(e.ctx, keys.DayFailing(day, a.ID), w.ID, raw).Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.rdb.SAdd(e.ctx, keys.DayApps(day), a.ID).Err(); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// After a stall longer than the catch-up window, the mail resumes the day
+// after the last one completed, not CatchUp days before the watermark.
+func TestCatchUpResumesAfterTheLastDoneDay(t *testing.T) {
+	e := newEnv(t)
+	a := e.app("one")
+	w := e.hook(a, "fails")
+	e.dayRecord("2026-11-21", a, w)
+	e.dayRecord("2026-11-22", a, w)
+	now := time.Date(2026, 11, 25, 0, 3, 0, 0, time.UTC)
+	e.clk.Set(now)
+	if err := e.rdb.Set(e.ctx, "gh:mail:done", "2026-11-20", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Set(e.ctx, "gh:coord:watermark", now.Add(-90*time.Second).UnixMilli(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	j := e.newJob(func(o *mail.Options) { o.CatchUp = 2 })
+	if err := j.RunDue(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.mailsTo(a)); n != 2 {
+		t.Fatalf("%d digests, want the two days after the last one done", n)
+	}
+	if done, _ := e.rdb.Get(e.ctx, "gh:mail:done").Result(); done != "2026-11-23" {
+		t.Fatalf("done = %s, want 2026-11-23 (the watermark is 90 s past midnight, inside the grace)", done)
+	}
+	if j.Stats.DaysSkipped.Load() != 0 {
+		t.Fatalf("%d days counted as skipped", j.Stats.DaysSkipped.Load())
+	}
+	var b bytes.Buffer
+	j.WriteMetrics(&b)
+	mustContain(t, b.String(), "geckohook_coordinator_watermark_age_seconds 90\n", "geckohook_digest_days_skipped_total 0\n")
+}
+
+// Days whose records expired before the watermark reached them are logged
+// and counted once, and the mail goes on from the oldest day still kept.
+func TestExpiredDaysAreCountedAsSkipped(t *testing.T) {
+	e := newEnv(t)
+	a := e.app("one")
+	w := e.hook(a, "fails")
+	// At 11-26 00:03 the oldest day fully kept is 11-19: a write at
+	// 11-18 00:01 expired at 11-26 00:01.
+	e.dayRecord("2026-11-19", a, w)
+	now := time.Date(2026, 11, 26, 0, 3, 0, 0, time.UTC)
+	e.clk.Set(now)
+	if err := e.rdb.Set(e.ctx, "gh:mail:done", "2026-11-10", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Set(e.ctx, "gh:coord:watermark", now.UnixMilli(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	j1, j2 := e.newJob(nil), e.newJob(nil)
+	for _, j := range []*mail.Job{j1, j2, j1} {
+		if err := j.RunDue(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := j1.Stats.DaysSkipped.Load() + j2.Stats.DaysSkipped.Load(); got != 8 {
+		t.Fatalf("%d days counted as skipped, want 8 (11-11 to 11-18), once", got)
+	}
+	if n := len(e.mailsTo(a)); n != 1 {
+		t.Fatalf("%d digests, want the one of 11-19", n)
+	}
+	if done, _ := e.rdb.Get(e.ctx, "gh:mail:done").Result(); done != "2026-11-25" {
+		t.Fatalf("done = %s, want 2026-11-25", done)
 	}
 }
