@@ -217,10 +217,7 @@ func TestSweepWaitsForTheBacklog(t *testing.T) {
 	c, reg, w := setup(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	brokers := []string{testenv.Kafka(t, 2).Addr()}
-	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 2}); err != nil {
-		t.Fatal(err)
-	}
+	brokers := outcomesBroker(t, 2)
 	// Before the downtime (a partition Kafka does not have, so the real
 	// records are not taken for replays of it).
 	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 99, 1)}); err != nil {
@@ -335,10 +332,7 @@ func TestSuccessLaterInTheBatchStillCounts(t *testing.T) {
 func TestWatermarkIsTheSlowestPartition(t *testing.T) {
 	c, _, w := setup(t)
 	ctx := context.Background()
-	brokers := []string{testenv.Kafka(t, 2).Addr()}
-	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 2}); err != nil {
-		t.Fatal(err)
-	}
+	brokers := outcomesBroker(t, 2)
 	now := t0.Add(5 * time.Hour)
 	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: c.o.Registry, Now: func() time.Time { return now },
 		Log: zerolog.New(zerolog.NewTestWriter(t))})
@@ -394,10 +388,7 @@ func TestSweepRunsWhileAPartitionIsBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	brokers := []string{testenv.Kafka(t, 2).Addr()}
-	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 2}); err != nil {
-		t.Fatal(err)
-	}
+	brokers := outcomesBroker(t, 2)
 	now := t0.Add(80 * time.Hour)
 	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, Now: func() time.Time { return now },
 		Log: zerolog.New(zerolog.NewTestWriter(t))})
@@ -488,10 +479,7 @@ func TestAddedPartitionIsRead(t *testing.T) {
 	c, reg, w := setup(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	brokers := []string{testenv.Kafka(t, 1).Addr()}
-	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
-		t.Fatal(err)
-	}
+	brokers := outcomesBroker(t, 1)
 	now := t0
 	c2 := New(Options{Brokers: brokers, Redis: c.o.Redis, Registry: reg, SweepEvery: 50 * time.Millisecond,
 		WatermarkEvery: 100 * time.Millisecond, SessionTimeout: 6 * time.Second, Now: func() time.Time { return now },
@@ -619,10 +607,7 @@ func TestFailedCommitIsRetriedOnAnIdleTopic(t *testing.T) {
 func TestSweepInProgressHoldsTheWatermark(t *testing.T) {
 	c, reg, w := setup(t)
 	ctx := context.Background()
-	brokers := []string{testenv.Kafka(t, 1).Addr()}
-	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
-		t.Fatal(err)
-	}
+	brokers := outcomesBroker(t, 1)
 	// Another coordinator sweeps, dating deletions at 23:59:59.
 	sweepAt := time.Date(2026, 11, 23, 23, 59, 59, 0, time.UTC)
 	setWatermark(t, c, sweepAt.Add(-time.Minute))
@@ -672,4 +657,17 @@ func TestSweepInProgressHoldsTheWatermark(t *testing.T) {
 	if n, _ := c.o.Redis.ZCard(ctx, c.keys.Sweeps()).Result(); n != 0 {
 		t.Fatalf("%d holds left after the sweep", n)
 	}
+}
+
+// outcomesBroker starts the embedded Kafka with the outcomes topic of the
+// given partitions and returns its address.
+func outcomesBroker(t *testing.T, partitions int) []string {
+	t.Helper()
+	brokers := []string{testenv.Kafka(t, partitions).Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: partitions}); err != nil {
+		t.Fatal(err)
+	}
+	return brokers
 }
