@@ -485,3 +485,48 @@ func (q *Queue) Quarantine(ctx context.Context, id string, at time.Time) error {
 	}
 	return nil
 }
+
+// TrimDead drops dead deliveries older than cutoff, and the oldest beyond
+// maxLen, with their records and index entries (Sidekiq keeps its dead set
+// the same way: 6 months, 10,000 jobs). It returns how many it dropped.
+func (q *Queue) TrimDead(ctx context.Context, cutoff time.Time, maxLen int64) (int, error) {
+	dropped := 0
+	for {
+		card, err := q.rdb.ZCard(ctx, q.DeadKey).Result()
+		if err != nil {
+			return dropped, fmt.Errorf("cannot count the dead set of %s: %w", q.Shard, err)
+		}
+		oldest, err := q.rdb.ZRangeWithScores(ctx, q.DeadKey, 0, 499).Result()
+		if err != nil {
+			return dropped, fmt.Errorf("cannot read the dead set of %s: %w", q.Shard, err)
+		}
+		var ids []string
+		for i, z := range oldest {
+			if int64(i) < card-maxLen || z.Score < ms(cutoff) {
+				ids = append(ids, z.Member.(string))
+			}
+		}
+		if len(ids) == 0 {
+			return dropped, nil
+		}
+		raws, err := q.rdb.HMGet(ctx, q.DeadData, ids...).Result()
+		if err != nil {
+			return dropped, fmt.Errorf("cannot read dead deliveries of %s: %w", q.Shard, err)
+		}
+		_, err = q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZRem(ctx, q.DeadKey, toAny(ids)...)
+			p.HDel(ctx, q.DeadData, ids...)
+			for i, r := range raws {
+				rec := new(Record)
+				if s, ok := r.(string); ok && msgpack.Unmarshal([]byte(s), rec) == nil && rec.WebhookID != "" {
+					p.ZRem(ctx, q.deadHookKey(rec.WebhookID), ids[i])
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return dropped, fmt.Errorf("cannot trim the dead set of %s: %w", q.Shard, err)
+		}
+		dropped += len(ids)
+	}
+}

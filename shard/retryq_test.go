@@ -3,6 +3,7 @@ package shard
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -256,5 +257,55 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	}
 	if _, err := rdb.ZScore(ctx, q.DueKey, "orphan").Result(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("orphan id left in the due set: %v", err)
+	}
+}
+
+func TestTrimDeadKeepsRetentionAndLength(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	st := NewStore(rdb, "gh:")
+	if err := st.Register(ctx, "ev", 0); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.UnixMilli(1_700_000_000_000)
+	var ops []Op
+	for i := 0; i < 600; i++ {
+		rec := &Record{ID: fmt.Sprintf("d%03d", i), WebhookID: fmt.Sprintf("wh_%d", i%2), FirstAttempt: t0}
+		ops = append(ops, Op{Kind: OpKill, Rec: rec, At: t0.Add(time.Duration(i) * time.Minute)})
+	}
+	if err := q.Apply(ctx, ops); err != nil {
+		t.Fatal(err)
+	}
+	// Older than the cutoff: the first 100 go.
+	n, err := q.TrimDead(ctx, t0.Add(100*time.Minute), 10000)
+	if err != nil || n != 100 {
+		t.Fatalf("trimmed %d by age (%v), want 100", n, err)
+	}
+	// Beyond the length: the oldest 450 of the 500 left go, over more than
+	// one round of 500.
+	n, err = q.TrimDead(ctx, t0, 50)
+	if err != nil || n != 450 {
+		t.Fatalf("trimmed %d by length (%v), want 450", n, err)
+	}
+	if l, _ := q.DeadLen(ctx); l != 50 {
+		t.Fatalf("dead set holds %d, want 50", l)
+	}
+	if h, _ := rdb.HLen(ctx, q.DeadData).Result(); h != 50 {
+		t.Fatalf("dead records left: %d, want 50", h)
+	}
+	var indexed int64
+	for _, w := range []string{"wh_0", "wh_1"} {
+		c, _ := rdb.ZCard(ctx, q.deadHookKey(w)).Result()
+		indexed += c
+	}
+	if indexed != 50 {
+		t.Fatalf("dead index entries left: %d, want 50", indexed)
+	}
+	if _, _, err := q.GetDead(ctx, "d549"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("d549 should be trimmed: %v", err)
+	}
+	if _, _, err := q.GetDead(ctx, "d550"); err != nil {
+		t.Fatalf("d550 should be kept: %v", err)
 	}
 }

@@ -47,6 +47,8 @@ type config struct {
 	MaxRetries      int
 	RetryLease      time.Duration
 	RetryWindow     int
+	DeadRetention   time.Duration
+	DeadMax         int
 	DeliveryHeader  string
 	SignatureHeader string
 
@@ -97,6 +99,8 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.IntVar(&c.MaxRetries, "max-retries", 25, "retries before a delivery is dead (Sidekiq's default 25, about 20 days; 0: a failed delivery is dead at once)")
 	fs.DurationVar(&c.RetryLease, "retry-lease", time.Minute, "how long a claimed retry stays out of its queue; a process that dies mid-attempt gives its claims back after this (must exceed --request-timeout)")
 	fs.IntVar(&c.RetryWindow, "retry-window", 1024, "claimed retries in flight per shard (bounds memory while retries drain)")
+	fs.DurationVar(&c.DeadRetention, "dead-retention", 180*24*time.Hour, "how long dead deliveries are kept for inspection and replay")
+	fs.IntVar(&c.DeadMax, "dead-max", 10000, "dead deliveries kept per shard; the oldest beyond it are dropped")
 	fs.StringVar(&c.DeliveryHeader, "delivery-header", "X-Gecko-Delivery", "name of the delivery id header")
 	fs.StringVar(&c.SignatureHeader, "signature-header", "X-Gecko-Signature", "name of the signature header")
 
@@ -190,8 +194,8 @@ func parseConfig(cmd string, args []string, getenv func(string) string) (*config
 	if c.RetryLease <= c.RequestTimeout {
 		return nil, fs, fmt.Errorf("--retry-lease (%v) must be longer than --request-timeout (%v): a lease that ends mid-attempt lets the delivery be claimed twice", c.RetryLease, c.RequestTimeout)
 	}
-	if c.RetryWindow < 1 {
-		return nil, fs, fmt.Errorf("--retry-window must be at least 1")
+	if c.RetryWindow < 1 || c.DeadMax < 1 || c.DeadRetention <= 0 {
+		return nil, fs, fmt.Errorf("--retry-window and --dead-max must be at least 1, --dead-retention positive")
 	}
 	if err := c.coordinatorConfig.validate(); err != nil {
 		return nil, fs, err

@@ -312,6 +312,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 			}),
 			Workers: c.Workers, Window: c.Window, MaxRetries: maxRetries(c.MaxRetries),
 			Lease: c.RetryLease, RetryWindow: c.RetryWindow, Outcomes: pub,
+			DeadRetention: c.DeadRetention, DeadMax: c.DeadMax,
 			DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
 			Log: log.With().Str("part", "dispatcher").Logger(),
 		})

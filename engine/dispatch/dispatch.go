@@ -71,6 +71,11 @@ type Options struct {
 	PollEvery time.Duration
 	// RetryWindow bounds claimed retries in flight per shard (1024).
 	RetryWindow int
+	// DeadRetention and DeadMax bound each shard's dead set: deliveries
+	// dead longer than DeadRetention, and the oldest beyond DeadMax, are
+	// dropped when new ones die (180 days and 10,000, Sidekiq's defaults).
+	DeadRetention time.Duration
+	DeadMax       int
 	// CommitEvery is how often each shard commits its offset (500ms).
 	CommitEvery time.Duration
 	// DrainTimeout bounds how long a revoked shard waits for its in-flight
@@ -131,6 +136,12 @@ func (o *Options) defaults() {
 	}
 	if o.RetryWindow <= 0 {
 		o.RetryWindow = 1024
+	}
+	if o.DeadRetention <= 0 {
+		o.DeadRetention = 180 * 24 * time.Hour
+	}
+	if o.DeadMax <= 0 {
+		o.DeadMax = 10000
 	}
 	if o.CommitEvery <= 0 {
 		o.CommitEvery = 500 * time.Millisecond

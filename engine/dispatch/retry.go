@@ -294,6 +294,19 @@ func (s *shardRun) extendLeases(ctx context.Context) {
 	s.retries.extended(ls, end)
 }
 
+// trimDead keeps the shard's dead set within DeadRetention and DeadMax.
+// A failure is only logged: the next death trims again.
+func (s *shardRun) trimDead(ctx context.Context) {
+	o := &s.d.o
+	n, err := s.queue.TrimDead(ctx, o.Now().Add(-o.DeadRetention), int64(o.DeadMax))
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn().Err(err).Msg("cannot trim the dead set")
+	}
+	if n > 0 {
+		s.log.Info().Int("dropped", n).Msg("oldest dead deliveries dropped (--dead-retention, --dead-max)")
+	}
+}
+
 // releaseClaims gives back the leases of retries this shard claimed and
 // never finished, so the partition's next owner need not wait them out.
 func (s *shardRun) releaseClaims() { s.releaseLeases(s.retries.claimed()) }

@@ -276,3 +276,32 @@ func TestRetriesOfDeadHostArePaced(t *testing.T) {
 		t.Fatalf("%d of the live host's retries still scheduled", len(n))
 	}
 }
+
+// The dead set stays within --dead-max: the oldest deaths are dropped as
+// new ones arrive.
+func TestDeadSetIsTrimmed(t *testing.T) {
+	e := startEnvWith(t, loadtest.Always(500), func(o *Options) {
+		o.MaxRetries, o.DeadMax = -1, 2 // every failure dies at once
+	})
+	w := e.hook("acc1", "order.create", "/x")
+	for i := 0; i < 5; i++ {
+		e.produce("acc1", fmt.Sprintf(`{"account_id":"acc1","event":"order.create","object_id":%d}`, i))
+		e.waitReceived("/x", i+1)
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			if n := e.disp.Stats.Dead.Load(); n != int64(i+1) {
+				return fmt.Errorf("%d dead, want %d", n, i+1)
+			}
+			return nil
+		})
+	}
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		dead, err := shard.NewStore(e.rdb, "gh:").List(context.Background(), w.ID, shard.Dead, 100)
+		if err != nil {
+			return err
+		}
+		if len(dead) != 2 {
+			return fmt.Errorf("%d dead deliveries kept, want 2", len(dead))
+		}
+		return nil
+	})
+}

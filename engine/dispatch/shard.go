@@ -449,10 +449,12 @@ func (s *shardRun) scheduleLoop(ctx context.Context) {
 		if !s.retry(ctx, "update retries", func() error { return s.queue.Apply(ctx, ops) }) {
 			return
 		}
+		died := false
 		for _, e := range entries {
 			if !e.Dead {
 				s.d.Stats.Scheduled.Add(1)
 			}
+			died = died || e.Dead
 		}
 		for _, op := range ops {
 			switch op.Kind {
@@ -460,7 +462,11 @@ func (s *shardRun) scheduleLoop(ctx context.Context) {
 				s.d.Stats.Scheduled.Add(1)
 			case shard.OpKill:
 				s.d.Stats.Dead.Add(1)
+				died = true
 			}
+		}
+		if died {
+			s.trimDead(ctx)
 		}
 		if !soonest.IsZero() {
 			s.retries.wakeBy(soonest)
