@@ -90,7 +90,6 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 	type found struct {
 		raws   *redis.SliceCmd
 		scores *redis.FloatSliceCmd
-		state  State
 	}
 	finds := make([]found, 0, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -103,7 +102,7 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 			if state == Dead {
 				dataKey, zsetKey = q.DeadData, q.DeadKey
 			}
-			finds = append(finds, found{raws: p.HMGet(ctx, dataKey, list...), scores: p.ZMScore(ctx, zsetKey, list...), state: state})
+			finds = append(finds, found{raws: p.HMGet(ctx, dataKey, list...), scores: p.ZMScore(ctx, zsetKey, list...)})
 		}
 		return nil
 	})
@@ -126,7 +125,7 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 			if i < len(scores) {
 				at = time.UnixMilli(int64(scores[i]))
 			}
-			out = append(out, Delivery{Record: rec, State: f.state, At: at})
+			out = append(out, Delivery{Record: rec, State: state, At: at})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].FirstAttempt.Before(out[j].FirstAttempt) })

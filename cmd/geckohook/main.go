@@ -24,6 +24,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/geckohook/geckohook/engine/api"
+	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/dispatch"
 	"github.com/geckohook/geckohook/engine/embedded"
@@ -364,18 +365,17 @@ func maxRetries(n int) int {
 
 // waitRedis pings until Redis answers or ctx ends.
 func waitRedis(ctx context.Context, rdb redis.UniversalClient, log zerolog.Logger) error {
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+	var last error
+	ping := func() error {
 		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := rdb.Ping(pctx).Err()
-		cancel()
-		if err == nil {
-			return nil
-		}
-		log.Warn().Err(err).Msg("waiting for Redis")
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("redis not reachable: %w", err)
-		case <-time.After(wait):
-		}
+		defer cancel()
+		last = rdb.Ping(pctx).Err()
+		return last
 	}
+	if !backoff.Retry(ctx, 100*time.Millisecond, 5*time.Second, ping, func(err error, _ time.Duration) {
+		log.Warn().Err(err).Msg("waiting for Redis")
+	}) {
+		return fmt.Errorf("redis not reachable: %w", last)
+	}
+	return nil
 }

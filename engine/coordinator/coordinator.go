@@ -28,6 +28,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/health"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
@@ -431,17 +432,9 @@ func (c *Coordinator) sweep(ctx context.Context, now, judge time.Time) error {
 
 // retry runs op until it succeeds (true) or ctx ends (false), backing off.
 func (c *Coordinator) retry(ctx context.Context, what string, op func() error) bool {
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		err := op()
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
+	return backoff.Retry(ctx, 100*time.Millisecond, 5*time.Second, op, func(err error, wait time.Duration) {
 		c.o.Log.Warn().Err(err).Dur("retry_in", wait).Msgf("cannot %s; offsets held until it works", what)
-		sleep(ctx, wait)
-	}
+	})
 }
 
 func sleep(ctx context.Context, d time.Duration) {

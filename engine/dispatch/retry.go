@@ -18,6 +18,7 @@ import (
 // than the poller planned.
 type retrier struct {
 	slots chan struct{} // one token per claimed delivery in flight
+	space chan struct{} // signalled when a slot frees
 
 	mu       sync.Mutex
 	inflight map[string]time.Time // claimed delivery id -> lease end, until its outcome is written
@@ -27,7 +28,7 @@ type retrier struct {
 }
 
 func newRetrier(window int) *retrier {
-	return &retrier{slots: make(chan struct{}, window), inflight: make(map[string]time.Time), wake: make(chan struct{}, 1)}
+	return &retrier{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]time.Time), wake: make(chan struct{}, 1)}
 }
 
 // take registers a claimed delivery; false if it is already in flight here
@@ -51,6 +52,10 @@ func (r *retrier) done(id string) {
 	delete(r.inflight, id)
 	r.mu.Unlock()
 	<-r.slots
+	select {
+	case r.space <- struct{}{}:
+	default:
+	}
 }
 
 func (r *retrier) free() int     { return cap(r.slots) - len(r.slots) }
@@ -63,6 +68,19 @@ func (r *retrier) claimed() []shard.Lease {
 	ls := make([]shard.Lease, 0, len(r.inflight))
 	for id, end := range r.inflight {
 		ls = append(ls, shard.Lease{ID: id, End: end})
+	}
+	return ls
+}
+
+// untaken returns the leases of claimed records not in flight here.
+func (r *retrier) untaken(recs []*shard.Record, leaseEnd time.Time) []shard.Lease {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ls := make([]shard.Lease, 0, len(recs))
+	for _, rec := range recs {
+		if _, ours := r.inflight[rec.ID]; !ours {
+			ls = append(ls, shard.Lease{ID: rec.ID, End: leaseEnd})
+		}
 	}
 	return ls
 }
@@ -88,15 +106,14 @@ func (r *retrier) wakeBy(due time.Time) {
 	}
 }
 
-// drain waits until every claimed delivery is written back or ctx ends.
+// drain waits until every claimed delivery is written back or ctx ends
+// (returning its error).
 func (r *retrier) drain(ctx context.Context) error {
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
 	for r.inFlight() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case <-r.space:
 		}
 	}
 	return nil
@@ -123,13 +140,16 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 			s.extendLeases(ctx)
 		default:
 		}
-		if r.free() == 0 {
-			// Every slot is taken: look again shortly (a slot frees
-			// when a retry's outcome is written).
-			if !sleep(ctx, r.wake, 10*time.Millisecond) {
+		// Every slot taken: wait until a retry's outcome is written,
+		// keeping the leases of those in flight.
+		for r.free() == 0 {
+			select {
+			case <-ctx.Done():
 				return
+			case <-r.space:
+			case <-renew.C:
+				s.extendLeases(ctx)
 			}
-			continue
 		}
 		now := d.o.Now()
 		leaseEnd := now.Add(d.o.Lease)
@@ -234,15 +254,7 @@ func (s *shardRun) record(ctx context.Context, dl *delivery) bool {
 
 // releaseUntaken gives back claims the poller never handed out.
 func (s *shardRun) releaseUntaken(recs []*shard.Record, leaseEnd time.Time) {
-	ls := make([]shard.Lease, 0, len(recs))
-	s.retries.mu.Lock()
-	for _, rec := range recs {
-		if _, ours := s.retries.inflight[rec.ID]; !ours {
-			ls = append(ls, shard.Lease{ID: rec.ID, End: leaseEnd})
-		}
-	}
-	s.retries.mu.Unlock()
-	s.releaseLeases(ls)
+	s.releaseLeases(s.retries.untaken(recs, leaseEnd))
 }
 
 // op is what a retry's outcome does to its record.

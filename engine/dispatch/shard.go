@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
@@ -451,10 +452,12 @@ func (s *shardRun) scheduleLoop(ctx context.Context) {
 		}
 		died := false
 		for _, e := range entries {
-			if !e.Dead {
+			if e.Dead {
+				s.d.Stats.Dead.Add(1)
+				died = true
+			} else {
 				s.d.Stats.Scheduled.Add(1)
 			}
-			died = died || e.Dead
 		}
 		for _, op := range ops {
 			switch op.Kind {
@@ -495,7 +498,6 @@ func (s *shardRun) entry(dl *delivery) shard.Entry {
 	}
 	due, err := contract.NextAttempt(dl.at, 0, max(o.MaxRetries, 0), o.Rand)
 	if err != nil {
-		s.d.Stats.Dead.Add(1)
 		s.d.publish(outcomes.Dead, dl, dl.at)
 		return shard.Entry{Rec: rec, Due: dl.at, Dead: true}
 	}
@@ -589,19 +591,7 @@ func tooLarge(err error) bool {
 
 // retry runs op until it succeeds (true) or ctx ends (false), backing off.
 func (s *shardRun) retry(ctx context.Context, what string, op func() error) bool {
-	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		err := op()
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
+	return backoff.Retry(ctx, 50*time.Millisecond, 5*time.Second, op, func(err error, wait time.Duration) {
 		s.log.Warn().Err(err).Dur("retry_in", wait).Msgf("cannot %s; offsets held until it works", what)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(wait):
-		}
-	}
+	})
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/backoff"
 )
 
 // Topic is a topic to create when missing.
@@ -33,24 +35,21 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error 
 		}
 		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t.Name, NumPartitions: t.Partitions, ReplicationFactor: rf})
 	}
+	var resp *kafka.CreateTopicsResponse
 	var lastErr error
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		resp, err := client.CreateTopics(ctx, req)
-		if err == nil {
-			for name, terr := range resp.Errors {
-				if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
-					return fmt.Errorf("cannot create topic %s: %w", name, terr)
-				}
-			}
-			return nil
-		}
-		lastErr = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cannot create topics on %v: %w", brokers, lastErr)
-		case <-time.After(wait):
+	create := func() error {
+		resp, lastErr = client.CreateTopics(ctx, req)
+		return lastErr
+	}
+	if !backoff.Retry(ctx, 100*time.Millisecond, 2*time.Second, create, nil) {
+		return fmt.Errorf("cannot create topics on %v: %w", brokers, lastErr)
+	}
+	for name, terr := range resp.Errors {
+		if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
+			return fmt.Errorf("cannot create topic %s: %w", name, terr)
 		}
 	}
+	return nil
 }
 
 // NewWriter returns a writer to topic that acknowledges after all in-sync

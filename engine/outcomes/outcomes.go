@@ -309,45 +309,36 @@ func (p *Publisher) run() {
 	batch := make([]kafka.Message, 0, maxBatch)
 	prune := time.NewTicker(time.Minute)
 	defer prune.Stop()
-	pruneTick := prune.C
 	for {
-		batch = batch[:0]
 		select {
 		case o := <-p.ch:
-			batch = p.add(batch, &o)
-		case <-pruneTick:
+			p.write(p.fill(p.add(batch[:0], &o)))
+		case <-prune.C:
 			p.prune()
-			continue
 		case <-p.stop:
 			// Drain what is buffered, then stop.
 			for {
-				batch = batch[:0]
-				for len(batch) < maxBatch {
-					select {
-					case o := <-p.ch:
-						batch = p.add(batch, &o)
-						continue
-					default:
-					}
-					break
-				}
-				if len(batch) == 0 {
+				b := p.fill(batch[:0])
+				if len(b) == 0 {
 					return
 				}
-				p.write(batch)
+				p.write(b)
 			}
 		}
-		for len(batch) < maxBatch {
-			select {
-			case o := <-p.ch:
-				batch = p.add(batch, &o)
-				continue
-			default:
-			}
-			break
-		}
-		p.write(batch)
 	}
+}
+
+// fill adds what is already buffered to batch, up to maxBatch.
+func (p *Publisher) fill(batch []kafka.Message) []kafka.Message {
+	for len(batch) < maxBatch {
+		select {
+		case o := <-p.ch:
+			batch = p.add(batch, &o)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (p *Publisher) add(batch []kafka.Message, o *Outcome) []kafka.Message {
