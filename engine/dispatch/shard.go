@@ -306,8 +306,10 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 		d.publish(outcomes.Success, dl, time.Time{})
 		s.settle(dl)
 	case contract.Gone:
-		var err error
-		if d.o.Registry.Webhook(hook.ID) != nil { // concurrent 410s delete once
+		// Concurrent 410s of one webhook delete it once: only the attempt
+		// whose delete removed it reports the deletion.
+		err := registry.ErrNotFound
+		if d.o.Registry.Webhook(hook.ID) != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err = d.o.Registry.DeleteWebhook(ctx, hook.ID)
 			cancel()
@@ -319,8 +321,10 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 			return healthy
 		}
 		d.Stats.Gone.Add(1)
-		d.publish(outcomes.Gone, dl, dl.at)
-		s.log.Info().Str("webhook_id", hook.ID).Str("app_id", hook.AppID).Msg("webhook deleted: endpoint answered 410 Gone")
+		if err == nil {
+			d.publish(outcomes.Gone, dl, dl.at)
+			s.log.Info().Str("webhook_id", hook.ID).Str("app_id", hook.AppID).Msg("webhook deleted: endpoint answered 410 Gone")
+		}
 		s.settle(dl)
 	default:
 		d.Stats.Failed.Add(1)
