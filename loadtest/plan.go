@@ -71,3 +71,23 @@ func (p *Plan) AddAccount(app int32, servers []int, bs []EndpointBehaviour) int 
 	p.Accounts = append(p.Accounts, hooks)
 	return int(acc)
 }
+
+// Pairs is how many (event, webhook) pairs events 0 to n-1 make with the
+// webhooks keep accepts (nil: every webhook).
+func (p *Plan) Pairs(n int, keep func(h *PlanHook) bool) int64 {
+	per := make([]int64, len(p.Accounts)+1) // per[a]: pairs of accounts before a
+	for a, hooks := range p.Accounts {
+		c := int64(0)
+		for _, hi := range hooks {
+			if keep == nil || keep(&p.Hooks[hi]) {
+				c++
+			}
+		}
+		per[a+1] = per[a] + c
+	}
+	accounts := len(p.Accounts)
+	if accounts == 0 || n <= 0 {
+		return 0
+	}
+	return int64(n/accounts)*per[accounts] + per[n%accounts]
+}

@@ -164,6 +164,9 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	if other, _ := st.List(ctx, "wh_2", Scheduled, 100); len(other) != 0 {
 		t.Fatalf("another webhook's list holds %d", len(other))
 	}
+	if depths, err := st.WebhookDepths(ctx, []string{"wh_1", "wh_2"}); err != nil || depths["wh_1"] != 2 || depths["wh_2"] != 0 {
+		t.Fatalf("webhook depths %v err %v, want wh_1 2 (b scheduled, c dead) and wh_2 0", depths, err)
+	}
 
 	// Find by id, retry now, replay the dead.
 	found, fq, err := st.Find(ctx, "c")

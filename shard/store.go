@@ -247,3 +247,32 @@ func (st *Store) Depth(ctx context.Context) (scheduled, dead int64, err error) {
 	}
 	return scheduled, dead, nil
 }
+
+// WebhookDepths returns, per webhook id, how many of its deliveries wait in
+// the retry queues of every registered shard, scheduled or dead.
+func (st *Store) WebhookDepths(ctx context.Context, webhookIDs []string) (map[string]int64, error) {
+	qs, err := st.Queues(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cmds := make([]*redis.IntCmd, 0, 2*len(qs)*len(webhookIDs))
+	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, id := range webhookIDs {
+			for _, q := range qs {
+				cmds = append(cmds, p.ZCard(ctx, q.hookKey(id)), p.ZCard(ctx, q.deadHookKey(id)))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot count the retry queues of %d webhooks: %w", len(webhookIDs), err)
+	}
+	out := make(map[string]int64, len(webhookIDs))
+	per := 2 * len(qs)
+	for i, id := range webhookIDs {
+		for _, c := range cmds[i*per : (i+1)*per] {
+			out[id] += c.Val()
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,129 @@
+package loadtest
+
+// This file owns the raw HTTP ceiling: the same farm endpoints sent the same
+// bodies and headers straight from a fasthttp client, without Kafka or Redis,
+// at geckohook's concurrency. It is the most deliveries/s this machine can
+// do, and every scenario's rate is reported against it.
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/geckohook/geckohook/engine/contract"
+)
+
+// Ceiling is the outcome of one ceiling run.
+type Ceiling struct {
+	Requests int64
+	Elapsed  time.Duration
+	PerSec   float64
+}
+
+// CeilingOptions shapes a ceiling run.
+type CeilingOptions struct {
+	Duration        time.Duration // how long to send
+	Workers         int           // concurrent requests (geckohook's --workers)
+	MaxConnsPerHost int           // geckohook's --max-conns-per-host
+	// Healthy picks the hooks to send to (nil: every hook whose endpoint
+	// answers at once, the zero behaviour).
+	Healthy func(h *PlanHook) bool
+}
+
+// RunCeiling sends the plan's events to its healthy endpoints, recording
+// them in a ledger of its own on the farm, and measures the rate.
+func RunCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Ceiling, error) {
+	healthy := o.Healthy
+	if healthy == nil {
+		healthy = func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) }
+	}
+	// The ledger covers more events than this machine can send in the time
+	// given; a run that reaches the end stops early and is still measured.
+	maxEvents := max(int(o.Duration.Seconds()*150_000), 10_000)
+	l := NewLedger(p, maxEvents)
+	farm.Use(l)
+	defer farm.Use(nil)
+	signers := make([]*contract.Signer, len(p.Apps))
+	for i, a := range p.Apps {
+		signers[i] = contract.NewSigner(a.Secret)
+	}
+	c := &fasthttp.Client{
+		MaxConnsPerHost: o.MaxConnsPerHost, MaxConnWaitTimeout: 10 * time.Second,
+		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, MaxResponseBodySize: 4096,
+		MaxIdleConnDuration: 30 * time.Second,
+	}
+	defer c.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, o.Duration)
+	defer cancel()
+	var nextEvent atomic.Int64
+	var sent atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < max(o.Workers, 1); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			var body, sig, id []byte
+			for ctx.Err() == nil {
+				e := int(nextEvent.Add(1) - 1)
+				if e >= maxEvents {
+					return
+				}
+				acc := p.EventAccount(e)
+				body = appendBody(body[:0], p.Event, e)
+				l.Produced(e, time.Now())
+				for _, hi := range p.Accounts[acc] {
+					h := &p.Hooks[hi]
+					if !healthy(h) {
+						continue
+					}
+					sig = signers[h.App].AppendSignature(sig[:0], body)
+					id = contract.AppendDeliveryID(id[:0], "ceiling", 0, int64(e), h.ID)
+					req.Reset()
+					req.Header.SetMethod(fasthttp.MethodPost)
+					req.SetRequestURI(h.URL)
+					req.Header.SetContentType("application/json")
+					req.Header.SetBytesV("X-Gecko-Delivery", id)
+					req.Header.SetBytesV("X-Gecko-Signature", sig)
+					req.SetBodyRaw(body)
+					if err := c.DoTimeout(req, resp, 10*time.Second); err != nil {
+						errOnce.Do(func() { firstErr = fmt.Errorf("ceiling request to %s: %w", h.URL, err) })
+						return
+					}
+					sent.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if firstErr != nil {
+		return Ceiling{}, firstErr
+	}
+	if got := l.Delivered(); got != sent.Load() {
+		return Ceiling{}, fmt.Errorf("ceiling: the farm recorded %d deliveries of %d sent", got, sent.Load())
+	}
+	return Ceiling{Requests: sent.Load(), Elapsed: elapsed, PerSec: float64(sent.Load()) / elapsed.Seconds()}, nil
+}
+
+// appendBody appends the body geckohook sends for event e of a plan whose
+// event is order.create (resource path "orders", the default resource base).
+func appendBody(dst []byte, event string, e int) []byte {
+	dst = append(dst, `{"object_id":`...)
+	dst = strconv.AppendInt(dst, int64(e), 10)
+	dst = append(dst, `,"event":"`...)
+	dst = append(dst, event...)
+	dst = append(dst, `","timestamp":1700000000,"resource_url":"https://api.tradegecko.com/orders/`...)
+	dst = strconv.AppendInt(dst, int64(e), 10)
+	return append(dst, `.json"}`...)
+}
