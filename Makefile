@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 ARGS    ?=
 
-.PHONY: all build run test test-tools lint
+.PHONY: all build run test test-tools lint bench bench-go
 
 all: build
 
@@ -23,6 +23,19 @@ run: build
 test: test-tools lint
 	$(GO) test -count=1 -run 'Alloc' ./engine/contract/
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# The capacity suite: every scenario against `geckohook broker`, redis-server
+# and geckohook run as separate processes, each compared with the raw HTTP
+# ceiling measured on the same receivers in the same run. One scenario:
+# make bench SCENARIO=healthy. The short smoke of each: BENCH_SHORT=1.
+# Writes bench/results/<timestamp>/report.json and report.html.
+bench: build test-tools
+	$(GO) build -o bin/geckoload ./cmd/geckoload
+	./bin/geckoload -geckohook $(BIN) $(if $(SCENARIO),-scenario $(SCENARIO)) $(if $(filter 1,$(BENCH_SHORT)),-short)
+
+# The Go benchmarks of the hot functions and the retry queue (real redis-server).
+bench-go: test-tools
+	$(GO) test -run xxx -bench . -benchmem ./bench ./engine/contract
 
 # Installs the tools the tests talk to when they are missing: with apt-get as
 # root or through sudo; otherwise says in one line what to install.

@@ -1,0 +1,87 @@
+// Command geckoload is geckohook's capacity harness, run by `make bench`:
+// for each scenario it starts `geckohook broker`, redis-server and geckohook
+// as separate processes (or uses existing ones named by flags), registers
+// applications and webhooks through the API, floods events into Kafka at a
+// farm of loopback receivers, accounts for every (event, webhook) pair, and
+// reports throughput against the raw HTTP ceiling measured on the same farm,
+// latency, retry-queue depth, CPU and memory. It lives apart from the
+// geckohook binary so none of this reaches production.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/geckohook/geckohook/loadtest"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	fs := flag.NewFlagSet("geckoload", flag.ExitOnError)
+	scenarios := fs.String("scenario", os.Getenv("SCENARIO"), "comma-separated scenarios to run (empty: all): "+strings.Join(loadtest.ScenarioNames, ", ")+"; default $SCENARIO")
+	short := fs.Bool("short", os.Getenv("BENCH_SHORT") == "1", "run the short smoke version of each scenario (default true when BENCH_SHORT=1)")
+	out := fs.String("out", "", "directory for report.json, report.html and process logs (default bench/results/<UTC timestamp>)")
+	bin := fs.String("geckohook", "bin/geckohook", "geckohook binary the suite starts as broker, dispatcher and API processes")
+	redisBin := fs.String("redis-server", "redis-server", "redis-server binary the suite starts")
+	brokers := fs.String("kafka-brokers", "", "existing Kafka brokers (comma-separated) instead of starting `geckohook broker`")
+	redisAddr := fs.String("redis-addr", "", "existing Redis (host:port, or a comma-separated cluster) instead of starting redis-server")
+	api := fs.String("api", "", "existing geckohook API (http://host:port) instead of starting geckohook; needs --admin-token, --kafka-brokers and --redis-addr")
+	admin := fs.String("admin-token", "", "admin token of the existing API")
+	topic := fs.String("topic", "geckohook.events", "events topic")
+	workers := fs.Int("workers", 1024, "geckohook --workers, and the ceiling's concurrency")
+	conns := fs.Int("max-conns-per-host", 64, "geckohook --max-conns-per-host, and the ceiling's")
+	_ = fs.Parse(os.Args[1:])
+
+	if *api != "" && (*admin == "" || *brokers == "" || *redisAddr == "") {
+		fmt.Fprintln(os.Stderr, "geckoload: --api needs --admin-token, --kafka-brokers and --redis-addr too")
+		return 2
+	}
+	if *out == "" {
+		*out = filepath.Join("bench", "results", time.Now().UTC().Format("20060102T150405Z"))
+	}
+	o := loadtest.SuiteOptions{
+		Out: *out, Short: *short, Log: os.Stderr, Geckohook: *bin, RedisBin: *redisBin,
+		RedisAddr: *redisAddr, API: strings.TrimRight(*api, "/"), AdminToken: *admin, Topic: *topic,
+		Workers: *workers, MaxConnsPerHost: *conns,
+	}
+	if *brokers != "" {
+		o.Brokers = strings.Split(*brokers, ",")
+	}
+	if *scenarios != "" {
+		o.Scenarios = strings.Split(*scenarios, ",")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := loadtest.RunSuite(ctx, o)
+	if rep == nil {
+		fmt.Fprintf(os.Stderr, "geckoload: %v\n", err)
+		return 2
+	}
+	rep.Command = strings.Join(os.Args, " ")
+	jsonPath, htmlPath, werr := rep.WriteFiles(*out)
+	fmt.Println()
+	_ = rep.WriteTable(os.Stdout)
+	if werr != nil {
+		fmt.Fprintf(os.Stderr, "geckoload: %v\n", werr)
+		return 1
+	}
+	fmt.Printf("\nreport: %s\n        %s\n", jsonPath, htmlPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "geckoload: %v\n", err)
+		return 1
+	}
+	if rep.Failed() {
+		return 1
+	}
+	return 0
+}

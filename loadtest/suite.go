@@ -1,0 +1,592 @@
+package loadtest
+
+// This file owns the capacity suite behind `make bench`: the scenarios, how
+// each is run against its own broker, redis-server and geckohook processes,
+// and how its figures are taken.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/geckohook/geckohook/shard"
+)
+
+// ScenarioNames are the scenarios of `make bench`, in the order they run.
+var ScenarioNames = []string{"healthy", "dead-endpoints", "recovering", "churn", "registry-scale", "partitions"}
+
+// SuiteOptions configures a capacity run.
+type SuiteOptions struct {
+	Out       string   // results directory (report files, process logs)
+	Short     bool     // the smoke version of every scenario
+	Scenarios []string // names to run (empty: all)
+	Log       io.Writer
+
+	Geckohook string // geckohook binary, for the processes the suite starts
+	RedisBin  string // redis-server binary
+
+	// Existing deployment (all three set: nothing is started; the
+	// partitions scenario, which must start its own processes, is skipped).
+	Brokers    []string
+	RedisAddr  string
+	API        string
+	AdminToken string
+	Topic      string // events topic (default geckohook.events)
+
+	Workers         int // geckohook's --workers, also the ceiling's concurrency (default 1024)
+	MaxConnsPerHost int // geckohook's --max-conns-per-host, also the ceiling's (default 64)
+}
+
+// RunSuite runs the chosen scenarios one after the other and returns the
+// report; a scenario that cannot run becomes a failed row, and the others
+// still run.
+func RunSuite(ctx context.Context, o SuiteOptions) (*Report, error) {
+	if o.Topic == "" {
+		o.Topic = "geckohook.events"
+	}
+	if o.Workers == 0 {
+		o.Workers = 1024
+	}
+	if o.MaxConnsPerHost == 0 {
+		o.MaxConnsPerHost = 64
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	names := o.Scenarios
+	if len(names) == 0 {
+		names = ScenarioNames
+	}
+	for _, n := range names {
+		if !slices.Contains(ScenarioNames, n) {
+			return nil, fmt.Errorf("unknown scenario %q (scenarios: %s)", n, strings.Join(ScenarioNames, ", "))
+		}
+	}
+	s := &suite{o: o}
+	rep := &Report{Started: time.Now().UTC(), Host: CurrentHost(), Short: o.Short}
+	for _, n := range names {
+		fmt.Fprintf(o.Log, "== %s\n", n)
+		rows, err := s.scenario(ctx, n)
+		if err != nil {
+			fmt.Fprintf(o.Log, "%s: %v\n", n, err)
+			rows = append(rows, Scenario{Name: n, Failures: []string{err.Error()}})
+		}
+		for _, r := range rows {
+			if r.Name == "healthy" && r.Passed {
+				s.healthyRate = r.DeliveriesPerSec
+			}
+		}
+		rep.Scenarios = append(rep.Scenarios, rows...)
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+	}
+	return rep, nil
+}
+
+type suite struct {
+	o           SuiteOptions
+	healthyRate float64 // of the healthy scenario, for dead-endpoints
+}
+
+// sizes picks the full or the short figure.
+func (s *suite) sizes(full, short time.Duration) time.Duration {
+	if s.o.Short {
+		return short
+	}
+	return full
+}
+
+// spec is one run of one scenario.
+type spec struct {
+	name, variant           string
+	partitions, dispatchers int
+	servers                 int
+	plan                    *Plan
+	flood                   time.Duration // how long to produce
+	settle                  time.Duration // the most to wait after for every pair to settle
+	paced                   time.Duration // > 0: then a latency phase at half the rate
+	// deliverable: hooks whose attempts succeed during the flood (the
+	// producer keeps at most maxAhead of their pairs undelivered).
+	deliverable func(h *PlanHook) bool
+	// queued: hooks whose pairs may end waiting in the retry queue.
+	queued func(h *PlanHook) bool
+	// deleted: hooks that must be deleted by the end.
+	deleted func(h *PlanHook) bool
+	// arm gives hooks their time-based behaviour when the flood starts.
+	arm func(farm *Farm, p *Plan, t0 time.Time)
+	// perWebhook: report the memory geckohook grew by per webhook registered.
+	perWebhook bool
+}
+
+const maxAhead = 40_000
+
+func (s *suite) scenario(ctx context.Context, name string) ([]Scenario, error) {
+	ok := func(*PlanHook) bool { return true }
+	zero := func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) }
+	switch name {
+	case "healthy":
+		p := singles(1000, 10, 16, nil)
+		return s.runOne(ctx, spec{name: name, partitions: 8, dispatchers: 1, servers: 16, plan: p,
+			flood: s.sizes(30*time.Second, 10*time.Second), settle: 30 * time.Second,
+			paced: s.sizes(15*time.Second, 6*time.Second), deliverable: ok})
+	case "dead-endpoints":
+		// 100 of 1,000 endpoints never answer, spread over 10 hosts of
+		// their own; each attempt takes the whole 10 s limit.
+		p := singles(1000, 10, 26, func(i int) (int, EndpointBehaviour) {
+			if i%10 == 9 {
+				return 16 + (i/10)%10, EndpointBehaviour{Hang: true}
+			}
+			return i % 16, EndpointBehaviour{}
+		})
+		hang := func(h *PlanHook) bool { return h.Behaviour.Hang }
+		return s.runOne(ctx, spec{name: name, partitions: 8, dispatchers: 1, servers: 26, plan: p,
+			flood: s.sizes(30*time.Second, 12*time.Second), settle: 40 * time.Second,
+			deliverable: zero, queued: hang})
+	case "recovering":
+		// 200 of 1,000 endpoints answer 500 for the first part of the
+		// flood, then 200: their deliveries wait for Sidekiq's first
+		// retry (15-25 s later) and must all arrive.
+		failFor := s.sizes(10*time.Second, 5*time.Second)
+		p := singles(1000, 10, 16, nil)
+		failing := func(h *PlanHook) bool { return h.Account%5 == 4 }
+		return s.runOne(ctx, spec{name: name, partitions: 8, dispatchers: 1, servers: 16, plan: p,
+			flood: s.sizes(20*time.Second, 10*time.Second), settle: 90 * time.Second,
+			deliverable: func(h *PlanHook) bool { return !failing(h) },
+			arm: func(farm *Farm, p *Plan, t0 time.Time) {
+				for i := range p.Hooks {
+					if failing(&p.Hooks[i]) {
+						farm.SetBehaviour(i, EndpointBehaviour{FailUntil: t0.Add(failFor)})
+					}
+				}
+			}})
+	case "churn":
+		// 100 of 1,000 endpoints start answering 410 a third of the way
+		// into the flood: each webhook is deleted at its first 410 and
+		// receives nothing after.
+		flood := s.sizes(30*time.Second, 12*time.Second)
+		p := singles(1000, 10, 16, nil)
+		churned := func(h *PlanHook) bool { return h.Account%10 == 3 }
+		return s.runOne(ctx, spec{name: name, partitions: 8, dispatchers: 1, servers: 16, plan: p,
+			flood: flood, settle: 30 * time.Second,
+			deliverable: func(h *PlanHook) bool { return !churned(h) }, deleted: churned,
+			arm: func(farm *Farm, p *Plan, t0 time.Time) {
+				for i := range p.Hooks {
+					if churned(&p.Hooks[i]) {
+						farm.SetBehaviour(i, EndpointBehaviour{GoneFrom: t0.Add(flood / 3)})
+					}
+				}
+			}})
+	case "registry-scale":
+		// 100,000 webhooks (20,000 in the short run); account i has
+		// 1 + i%10 of them, so an event fans out to 1 to 10.
+		hooks := 100_000
+		if s.o.Short {
+			hooks = 20_000
+		}
+		p := fanouts(hooks, 10, 16)
+		return s.runOne(ctx, spec{name: name, partitions: 8, dispatchers: 1, servers: 16, plan: p,
+			flood: s.sizes(30*time.Second, 10*time.Second), settle: 30 * time.Second,
+			deliverable: ok, perWebhook: true})
+	case "partitions":
+		if s.o.API != "" {
+			return nil, fmt.Errorf("the partitions scenario starts its own processes; it cannot run against an existing deployment")
+		}
+		var rows []Scenario
+		for _, parts := range []int{1, 2, 4, 8} {
+			for _, disp := range []int{1, 2} {
+				r, err := s.runOne(ctx, spec{name: name, variant: fmt.Sprintf("%d partitions, %d dispatchers", parts, disp),
+					partitions: parts, dispatchers: disp, servers: 16, plan: singles(1000, 10, 16, nil),
+					flood: s.sizes(15*time.Second, 5*time.Second), settle: 30 * time.Second, deliverable: ok})
+				if err != nil {
+					return rows, fmt.Errorf("%d partitions, %d dispatchers: %w", parts, disp, err)
+				}
+				rows = append(rows, r...)
+			}
+		}
+		return rows, nil
+	}
+	return nil, fmt.Errorf("unknown scenario %q", name)
+}
+
+// singles is a plan of n accounts with one webhook each, spread over apps
+// applications and servers farm servers; place, when set, picks a hook's
+// server and behaviour.
+func singles(n, apps, servers int, place func(i int) (int, EndpointBehaviour)) *Plan {
+	p := &Plan{Event: "order.create"}
+	for a := 0; a < apps; a++ {
+		p.Apps = append(p.Apps, PlanApp{Name: fmt.Sprintf("bench-app-%d", a)})
+	}
+	for i := 0; i < n; i++ {
+		srv, b := i%servers, EndpointBehaviour{}
+		if place != nil {
+			srv, b = place(i)
+		}
+		p.AddAccount(int32(i%apps), []int{srv}, []EndpointBehaviour{b})
+	}
+	return p
+}
+
+// fanouts is a plan of about hooks webhooks where account i has 1 + i%10.
+func fanouts(hooks, apps, servers int) *Plan {
+	p := &Plan{Event: "order.create"}
+	for a := 0; a < apps; a++ {
+		p.Apps = append(p.Apps, PlanApp{Name: fmt.Sprintf("bench-app-%d", a)})
+	}
+	for i := 0; len(p.Hooks) < hooks; i++ {
+		n := min(1+i%10, hooks-len(p.Hooks))
+		srvs, bs := make([]int, n), make([]EndpointBehaviour, n)
+		for k := range srvs {
+			srvs[k] = (len(p.Hooks) + k) % servers
+		}
+		p.AddAccount(int32(i%apps), srvs, bs)
+	}
+	return p
+}
+
+// runOne runs one spec on a farm and stack of its own.
+func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
+	o := s.o
+	limit := sp.flood + sp.settle + 2*sp.paced + 3*time.Minute
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	row := Scenario{Name: sp.name, Variant: sp.variant, Partitions: sp.partitions, Dispatchers: sp.dispatchers, Webhooks: len(sp.plan.Hooks)}
+	dirName := sp.name
+	if sp.variant != "" {
+		dirName += "-" + strings.NewReplacer(" ", "", ",", "-").Replace(sp.variant)
+	}
+	farm, err := NewFarm(sp.servers)
+	if err != nil {
+		return nil, err
+	}
+	defer farm.Close()
+	farm.Add(sp.plan)
+	stack, err := StartStack(ctx, StackOptions{
+		Dir: filepath.Join(o.Out, dirName), Geckohook: o.Geckohook, RedisBin: o.RedisBin,
+		Brokers: o.Brokers, RedisAddr: o.RedisAddr, API: o.API, AdminToken: o.AdminToken,
+		Partitions: sp.partitions, Topic: o.Topic, Group: "geckohook-dispatchers", Dispatchers: sp.dispatchers,
+		Args: []string{"--workers", fmt.Sprint(o.Workers), "--max-conns-per-host", fmt.Sprint(o.MaxConnsPerHost)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer stack.Stop()
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: strings.Split(stack.RedisAddr, ",")})
+	defer rdb.Close()
+	store := shard.NewStore(rdb, "gh:")
+
+	before := s.geckohookRSS(stack)
+	regStart := time.Now()
+	if err := Register(ctx, stack.API, stack.AdminToken, sp.plan, 32, func(n int) {
+		if n%20000 == 0 {
+			fmt.Fprintf(o.Log, "%s: %d webhooks registered\n", sp.name, n)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(o.Log, "%s: %d webhooks of %d applications registered in %s\n", sp.name, len(sp.plan.Hooks), len(sp.plan.Apps), time.Since(regStart).Round(time.Millisecond))
+	farm.SetSecrets(sp.plan)
+	if err := stack.WaitShards(ctx, sp.partitions, 60*time.Second); err != nil {
+		return nil, err
+	}
+	if sp.perWebhook && before > 0 {
+		row.BytesPerWebhook = float64(s.geckohookRSS(stack)-before) / float64(len(sp.plan.Hooks))
+	}
+
+	ceil, err := RunCeiling(ctx, farm, sp.plan, CeilingOptions{
+		Duration: s.sizes(5*time.Second, 2*time.Second), Workers: o.Workers, MaxConnsPerHost: o.MaxConnsPerHost,
+		Healthy: func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) && sp.deliverable(h) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	row.CeilingPerSec = ceil.PerSec
+	fmt.Fprintf(o.Log, "%s: raw ceiling %.0f deliveries/s\n", sp.name, ceil.PerSec)
+
+	// The flood.
+	maxEvents := int(sp.flood.Seconds()*120_000) + 1000
+	if f := sp.plan.Pairs(len(sp.plan.Accounts), nil) / int64(len(sp.plan.Accounts)); f > 1 {
+		maxEvents /= int(f)
+	}
+	l := NewLedger(sp.plan, maxEvents)
+	farm.Use(l)
+	smp := newSampler(stack.Procs())
+	gen := NewGenerator(stack.Brokers, o.Topic, sp.plan, l)
+	defer gen.Close()
+	t0 := time.Now()
+	if sp.arm != nil {
+		sp.arm(farm, sp.plan, t0)
+	}
+	mon := s.monitor(ctx, sp.name, stack, store, smp, l, t0)
+	produced, err := gen.Run(ctx, Flood{Count: maxEvents, Duration: sp.flood, MaxAhead: maxAhead,
+		Ahead: func(n int) int64 { return sp.plan.Pairs(n, sp.deliverable) - l.Delivered() }}, nil)
+	if err != nil {
+		mon.stop()
+		return nil, err
+	}
+	floodEnd := time.Now()
+	acc, settleErr := s.settle(ctx, sp, stack, store, l, floodEnd.Add(sp.settle))
+	mon.stop()
+	if settleErr != nil {
+		row.Failures = append(row.Failures, settleErr.Error())
+	}
+	if err := stack.Check(); err != nil {
+		row.Failures = append(row.Failures, err.Error())
+	}
+	wall := mon.lastAt.Sub(t0)
+	row.Events = int64(produced)
+	row.Deliveries = acc.Delivered
+	if wall > 0 {
+		row.DeliveriesPerSec = float64(mon.deliveredAtLast) / wall.Seconds()
+	}
+	row.DurationSec = time.Since(t0).Seconds()
+	row.Missing, row.Duplicates, row.BadSignatures = acc.Missing, acc.Duplicates, acc.BadSignatures
+	row.Deleted, row.Queued, row.IDMismatches, row.Unexpected = acc.Deleted, acc.Queued, acc.IDMismatches, acc.Unexpected
+	row.PeakRetryDepth = mon.peakDepth
+	row.PeakRSSBytes = mon.peakRSS
+	row.Roles = smp.roleUsage(time.Since(t0))
+	q := l.Latency()
+	row.P50Ms, row.P95Ms, row.P99Ms, row.MaxMs = ms(q.P50), ms(q.P95), ms(q.P99), ms(q.Max)
+	row.LatencyNote = "produce→answer of each pair's first 2xx, during the flood (saturated: includes the backlog the producer keeps ahead)"
+	row.Series = mon.points(l.Series())
+	switch sp.name {
+	case "dead-endpoints":
+		row.HealthyPerSec = row.DeliveriesPerSec
+		if s.healthyRate > 0 {
+			row.Notes = append(row.Notes, fmt.Sprintf("healthy endpoints got %.0f deliveries/s, %.1f%% of the healthy scenario's %.0f/s",
+				row.HealthyPerSec, 100*row.HealthyPerSec/s.healthyRate, s.healthyRate))
+		}
+	case "recovering":
+		row.Notes = append(row.Notes, "deliveries/s covers the whole run, the retry drain included (Sidekiq's first retry waits 15-25 s)")
+	}
+	if sp.paced > 0 && row.DeliveriesPerSec > 0 && len(row.Failures) == 0 {
+		if err := s.pacedPhase(ctx, sp, stack, farm, &row); err != nil {
+			row.Failures = append(row.Failures, err.Error())
+		}
+	}
+	if row.Missing > 0 {
+		row.Failures = append(row.Failures, fmt.Sprintf("%d pairs missing, e.g. %s", row.Missing, strings.Join(acc.MissingSamples, "; ")))
+	}
+	if row.BadSignatures > 0 {
+		row.Failures = append(row.Failures, fmt.Sprintf("%d requests with a bad signature", row.BadSignatures))
+	}
+	if row.IDMismatches > 0 {
+		row.Failures = append(row.Failures, fmt.Sprintf("%d re-sent pairs carried another delivery id", row.IDMismatches))
+	}
+	if row.Unexpected > 0 {
+		row.Failures = append(row.Failures, fmt.Sprintf("%d requests no webhook expected", row.Unexpected))
+	}
+	if row.CeilingPerSec > 0 {
+		row.Ratio = row.DeliveriesPerSec / row.CeilingPerSec
+	}
+	row.Passed = len(row.Failures) == 0
+	fmt.Fprintf(o.Log, "%s %s: %d events, %d deliveries, %.0f/s (%.2f of the ceiling), missing %d, duplicates %d\n",
+		sp.name, sp.variant, row.Events, row.Deliveries, row.DeliveriesPerSec, row.Ratio, row.Missing, row.Duplicates)
+	return []Scenario{row}, nil
+}
+
+// pacedPhase produces at half the flood's rate and takes the latency from it.
+func (s *suite) pacedPhase(ctx context.Context, sp spec, stack *Stack, farm *Farm, row *Scenario) error {
+	rate := row.DeliveriesPerSec / 2 / (float64(sp.plan.Pairs(len(sp.plan.Accounts), nil)) / float64(len(sp.plan.Accounts)))
+	n := int(rate*sp.paced.Seconds()) + 1
+	l := NewLedger(sp.plan, n)
+	farm.Use(l)
+	gen := NewGenerator(stack.Brokers, s.o.Topic, sp.plan, l)
+	defer gen.Close()
+	produced, err := gen.Run(ctx, Flood{Count: n, Rate: rate}, nil)
+	if err != nil {
+		return err
+	}
+	want := sp.plan.Pairs(produced, nil)
+	deadline := time.Now().Add(30 * time.Second)
+	for l.Delivered() < want {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("paced phase: %d of %d pairs delivered after 30 s", l.Delivered(), want)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	acc := l.Account(func(int) bool { return false }, func(int) int64 { return 0 })
+	row.Duplicates += acc.Duplicates
+	row.BadSignatures += acc.BadSignatures
+	row.IDMismatches += acc.IDMismatches
+	q := l.Latency()
+	row.P50Ms, row.P95Ms, row.P99Ms, row.MaxMs = ms(q.P50), ms(q.P95), ms(q.P99), ms(q.Max)
+	row.OfferedPerSec = rate
+	row.LatencyNote = fmt.Sprintf("produce→answer, paced at %.0f events/s (half the flood's rate) for %s", rate, sp.paced)
+	fmt.Fprintf(s.o.Log, "%s: paced at %.0f events/s: p50 %.1f ms, p99 %.1f ms\n", sp.name, rate, row.P50Ms, row.P99Ms)
+	return nil
+}
+
+// settle waits until every pair is accounted for or the deadline passes.
+func (s *suite) settle(ctx context.Context, sp spec, stack *Stack, store *shard.Store, l *Ledger, deadline time.Time) (Accounting, error) {
+	var queuedIDs []string
+	for _, h := range sp.plan.Hooks {
+		if sp.queued != nil && sp.queued(&h) {
+			queuedIDs = append(queuedIDs, h.ID)
+		}
+	}
+	var acc Accounting
+	for {
+		var existing map[string]bool
+		var depths map[string]int64
+		var err error
+		if sp.deleted != nil {
+			existing, err = Existing(stack.API, sp.plan)
+		}
+		if err == nil && len(queuedIDs) > 0 {
+			depths, err = store.WebhookDepths(ctx, queuedIDs)
+		}
+		if err == nil {
+			acc = l.Account(
+				func(h int) bool { return existing != nil && !existing[sp.plan.Hooks[h].ID] },
+				func(h int) int64 { return depths[sp.plan.Hooks[h].ID] })
+			if acc.Missing == 0 {
+				return acc, s.checkDeleted(sp, existing)
+			}
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return acc, err
+			}
+			return acc, fmt.Errorf("%d pairs still unaccounted %s after the flood", acc.Missing, sp.settle)
+		}
+		if err := stack.Check(); err != nil {
+			return acc, err
+		}
+		select {
+		case <-ctx.Done():
+			return acc, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// checkDeleted fails when a hook that had to be deleted still exists.
+func (s *suite) checkDeleted(sp spec, existing map[string]bool) error {
+	if sp.deleted == nil {
+		return nil
+	}
+	left := 0
+	for i := range sp.plan.Hooks {
+		if sp.deleted(&sp.plan.Hooks[i]) && existing[sp.plan.Hooks[i].ID] {
+			left++
+		}
+	}
+	if left > 0 {
+		return fmt.Errorf("%d webhooks that answered 410 were not deleted", left)
+	}
+	return nil
+}
+
+func (s *suite) geckohookRSS(stack *Stack) int64 {
+	var rss int64
+	for _, p := range stack.Geckohook {
+		if u, err := ReadUsage(p.Pid()); err == nil {
+			rss += u.RSS
+		}
+	}
+	return rss
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// monitor follows a scenario while it runs: when the deliveries last grew,
+// and once a second the retry-queue depth, geckohook's CPU and memory, and a
+// progress line.
+type monitor struct {
+	mu              sync.Mutex
+	lastAt          time.Time
+	deliveredAtLast int64
+	peakDepth       int64
+	peakRSS         int64
+	secs            []sample
+	done            chan struct{}
+	wg              sync.WaitGroup
+}
+
+type sample struct {
+	depth int64
+	rss   int64
+	cores float64
+}
+
+func (s *suite) monitor(ctx context.Context, name string, stack *Stack, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time) *monitor {
+	m := &monitor{lastAt: t0, done: make(chan struct{})}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		nextSample := t0.Add(time.Second)
+		var last int64
+		for {
+			select {
+			case <-m.done:
+				return
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				if d := l.Delivered(); d != last {
+					last = d
+					m.mu.Lock()
+					m.lastAt, m.deliveredAtLast = now, d
+					m.mu.Unlock()
+				}
+				if now.Before(nextSample) {
+					continue
+				}
+				nextSample = nextSample.Add(time.Second)
+				cores, rss := smp.sample("geckohook")
+				sched, dead, err := store.Depth(ctx)
+				if err != nil {
+					sched, dead = -1, 0
+				}
+				m.mu.Lock()
+				m.secs = append(m.secs, sample{depth: sched + dead, rss: rss, cores: cores})
+				m.peakDepth = max(m.peakDepth, sched+dead)
+				m.peakRSS = max(m.peakRSS, rss)
+				m.mu.Unlock()
+				el := now.Sub(t0).Seconds()
+				fmt.Fprintf(s.o.Log, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d, %.0f deliveries/s, geckohook %.2f cores %d MiB\n",
+					name, el, l.ProducedCount(), last, l.Expected(), sched+dead, float64(last)/math.Max(el, 1e-9), cores, rss>>20)
+			}
+		}
+	}()
+	return m
+}
+
+func (m *monitor) stop() {
+	close(m.done)
+	m.wg.Wait()
+}
+
+// points joins the ledger's seconds with the monitor's samples.
+func (m *monitor) points(secs []Second) []Point {
+	n := max(len(secs), len(m.secs))
+	out := make([]Point, n)
+	for i := range out {
+		out[i].T = float64(i + 1)
+	}
+	for _, s := range secs {
+		if s.At >= 0 && s.At < n {
+			p := &out[s.At]
+			p.DeliveredPerSec, p.P50Ms, p.P99Ms = float64(s.Delivered), ms(s.P50), ms(s.P99)
+		}
+	}
+	for i, s := range m.secs {
+		out[i].RetryDepth, out[i].RSSBytes, out[i].CPUCores = s.depth, s.rss, s.cores
+	}
+	return out
+}
