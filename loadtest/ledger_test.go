@@ -10,8 +10,8 @@ import (
 )
 
 // smallPlan has 3 accounts with fanouts 1, 2, 3: account 0 holds hook 0,
-// account 1 hooks 1-2, account 2 hooks 3-5. Hooks alternate between apps 0
-// and 1 and between servers 0 and 1.
+// account 1 hooks 1-2, account 2 hooks 3-5. Accounts 0 and 2 belong to app
+// 0, account 1 to app 1; the hooks are spread over servers 0 and 1.
 func smallPlan() *Plan {
 	p := &Plan{Event: "order.create", Apps: []PlanApp{{Name: "app0"}, {Name: "app1"}}}
 	p.AddAccount(0, []int{0}, make([]EndpointBehaviour, 1))
