@@ -57,7 +57,8 @@ func CurrentHost() Host {
 //
 // Every float is written to JSON rounded (rates to 0.1, milliseconds to
 // 0.01, the ratio to 0.001) and NaN or ±Inf as 0, so encoding a report never
-// fails; Roles and Series are written as [] when empty, never null.
+// fails; the ratio is written as 0 when there is no ceiling; Roles and
+// Series are written as [] when empty, never null.
 type Scenario struct {
 	Name    string `json:"name"`              // healthy, dead-endpoints, recovering, churn, registry-scale, partitions
 	Variant string `json:"variant,omitempty"` // e.g. "8 partitions, 2 dispatchers"
@@ -154,13 +155,16 @@ func (r Report) MarshalJSON() ([]byte, error) {
 	return json.Marshal(plain(r))
 }
 
-// MarshalJSON rounds the floats, writes NaN and ±Inf as 0 and empty Roles
-// and Series as [].
+// MarshalJSON rounds the floats, writes NaN and ±Inf as 0, the ratio as 0
+// when there is no ceiling, and empty Roles and Series as [].
 func (s Scenario) MarshalJSON() ([]byte, error) {
 	type plain Scenario
 	s.DeliveriesPerSec = reportRound(s.DeliveriesPerSec, 10)
 	s.CeilingPerSec = reportRound(s.CeilingPerSec, 10)
 	s.Ratio = reportRound(s.Ratio, 1000)
+	if !(s.CeilingPerSec > 0) || !reportFinite(s.CeilingPerSec) {
+		s.Ratio = 0 // no ceiling, no ratio
+	}
 	s.P50Ms = reportRound(s.P50Ms, 100)
 	s.P95Ms = reportRound(s.P95Ms, 100)
 	s.P99Ms = reportRound(s.P99Ms, 100)
