@@ -338,10 +338,10 @@ func reportNotes(s *Scenario) []string {
 	if s.LatencyNote != "" {
 		notes = append(notes, "latency: "+s.LatencyNote)
 	}
-	if s.HealthyPerSec != 0 {
+	if reportRound(s.HealthyPerSec, 10) != 0 {
 		notes = append(notes, "healthy endpoints alone: "+reportFmtRate(s.HealthyPerSec)+" deliveries/s")
 	}
-	if s.BytesPerWebhook != 0 {
+	if reportRound(s.BytesPerWebhook, 10) != 0 {
 		n := strconv.FormatFloat(reportRound(s.BytesPerWebhook, 10), 'f', 1, 64) + " bytes per webhook"
 		if s.Webhooks > 0 {
 			n += " (" + strconv.Itoa(s.Webhooks) + " webhooks)"
