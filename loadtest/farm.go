@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -140,6 +141,20 @@ func (f *Farm) Add(p *Plan) {
 	if old := f.state.Load(); old != nil {
 		st.signers = old.signers
 	}
+	f.state.Store(st)
+}
+
+// SetBehaviour changes how hook answers from now on (requests already
+// being answered keep their behaviour).
+func (f *Farm) SetBehaviour(hook int, b EndpointBehaviour) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := f.state.Load()
+	if old == nil || hook < 0 || hook >= len(old.hooks) {
+		return
+	}
+	st := &farmState{signers: old.signers, hooks: slices.Clone(old.hooks)}
+	st.hooks[hook].b = b
 	f.state.Store(st)
 }
 

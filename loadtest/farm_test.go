@@ -491,3 +491,31 @@ func BenchmarkFarmRequest(b *testing.B) {
 		f.handle(ctx)
 	}
 }
+
+// SetBehaviour changes one endpoint's answers while the farm serves, and
+// leaves the others and the secrets alone.
+func TestFarmSetBehaviour(t *testing.T) {
+	p := oneHookPlan(EndpointBehaviour{}, EndpointBehaviour{})
+	f := newTestFarm(t, 1)
+	f.Add(p)
+	f.SetSecrets(p)
+	l := NewLedger(p, 4)
+	f.Use(l)
+	c := &fasthttp.Client{}
+	for e := 0; e < 4; e++ {
+		l.Produced(e, time.Now())
+	}
+	if s := sendEvent(t, c, p, 0, 0, "s3cret"); s != 200 {
+		t.Fatalf("before: status %d", s)
+	}
+	f.SetBehaviour(0, EndpointBehaviour{GoneFrom: time.Now().Add(-time.Second)})
+	if s := sendEvent(t, c, p, 0, 2, "s3cret"); s != 410 { // events alternate accounts
+		t.Fatalf("after: status %d, want 410", s)
+	}
+	if s := sendEvent(t, c, p, 1, 1, "s3cret"); s != 200 {
+		t.Fatalf("the other hook: status %d, want 200", s)
+	}
+	if a := l.Account(nil, nil); a.BadSignatures != 0 || a.Unexpected != 0 || a.Delivered != 2 {
+		t.Fatalf("account %+v, want 2 delivered, nothing unexpected, no bad signature", a)
+	}
+}

@@ -95,8 +95,12 @@ type Scenario struct {
 	Dispatchers     int     `json:"dispatchers,omitempty"`
 	BytesPerWebhook float64 `json:"bytes_per_webhook,omitempty"`
 
-	// Roles is CPU and memory per geckohook process role (all, api,
-	// dispatcher, coordinator); the sum of their CPUCoresAvg is the
+	// Notes are what the harness observed besides the figures.
+	Notes []string `json:"notes,omitempty"`
+
+	// Roles is CPU and memory per process role: "broker" (Kafka), "redis",
+	// and the geckohook ones ("geckohook", or all, api, dispatcher,
+	// coordinator); the sum of the geckohook roles' CPUCoresAvg is the
 	// "geckohook CPU" of the table.
 	Roles []RoleUsage `json:"roles"`
 
@@ -285,6 +289,9 @@ func reportCores(s *Scenario) float64 {
 	sum := 0.0
 	if len(s.Roles) > 0 {
 		for _, u := range s.Roles {
+			if u.Role == "broker" || u.Role == "redis" {
+				continue // not geckohook
+			}
 			if reportFinite(u.CPUCoresAvg) {
 				sum += u.CPUCoresAvg
 			}
@@ -334,7 +341,7 @@ func reportFmtMiB(b int64) string {
 // reportNotes is what the table and the page say under a scenario besides
 // its failures.
 func reportNotes(s *Scenario) []string {
-	var notes []string
+	notes := append([]string(nil), s.Notes...)
 	if s.LatencyNote != "" {
 		notes = append(notes, "latency: "+s.LatencyNote)
 	}

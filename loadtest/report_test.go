@@ -40,6 +40,7 @@ func reportTestFull() Scenario {
 		DurationSec: 60.1234, OfferedPerSec: 20000, LatencyNote: "paced at 50% of the sustained rate",
 		HealthyPerSec: 4123.45, Deleted: 3, Queued: 4, IDMismatches: 5, Unexpected: 6, PeakRetryDepth: 7,
 		Webhooks: 100000, Partitions: 8, Dispatchers: 2, BytesPerWebhook: 1234.56,
+		Notes:  []string{"healthy endpoints got 95% of the healthy rate"},
 		Roles:  []RoleUsage{{Role: "dispatcher", CPUSeconds: 200.123, CPUCoresAvg: 3.3333, PeakRSSBytes: 150 << 20}},
 		Passed: false, Failures: []string{"12 pairs missing"},
 		Series: reportTestSeries(3),
@@ -126,7 +127,7 @@ func TestReportJSONKeys(t *testing.T) {
 	reportTestSameKeys(t, "full scenario", full, append(slices.Clone(reportRequiredKeys),
 		"variant", "duration_sec", "offered_per_sec", "latency_note", "healthy_per_sec", "deleted", "queued",
 		"id_mismatches", "unexpected", "peak_retry_depth", "webhooks", "partitions", "dispatchers",
-		"bytes_per_webhook", "roles", "passed", "failures", "series"))
+		"bytes_per_webhook", "notes", "roles", "passed", "failures", "series"))
 	roles := full["roles"].([]any)
 	reportTestSameKeys(t, "role", reportTestKeys(t, "role", roles[0]), []string{"role", "cpu_seconds", "cpu_cores_avg", "peak_rss_bytes"})
 	series := full["series"].([]any)
