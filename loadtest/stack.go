@@ -125,6 +125,7 @@ type Stack struct {
 	Redis     *Proc    // nil when pointed at an existing Redis
 	Geckohook []*Proc  // nil when pointed at an existing geckohook
 	Metrics   []string // /metrics of each geckohook process started
+	Pprof     string   // http://host:port of the first one's profiles, when asked for
 
 	dir string
 }
@@ -145,6 +146,7 @@ type StackOptions struct {
 	// every role (`all`), the others `dispatcher`.
 	Dispatchers int
 	Args        []string // extra flags for every geckohook process
+	Pprof       bool     // serve profiles from the first geckohook process
 }
 
 // StartStack starts the broker, redis-server and geckohook processes the
@@ -218,6 +220,14 @@ func StartStack(ctx context.Context, o StackOptions) (*Stack, error) {
 				"--partitions", strconv.Itoa(o.Partitions), "--events-topic", o.Topic, "--consumer-group", o.Group,
 				"--kafka-session-timeout", "6s", "--log-level", "warn", "--log-format", "json",
 				"--mail-outbox", filepath.Join(o.Dir, "outbox")}
+			if i == 0 && o.Pprof {
+				pp, err := freeAddr()
+				if err != nil {
+					return nil, err
+				}
+				args = append(args, "--pprof-listen", pp)
+				s.Pprof = "http://" + pp
+			}
 			args = append(args, o.Args...)
 			p, err := StartProc("geckohook", filepath.Join(o.Dir, fmt.Sprintf("geckohook-%d.log", i)), o.Geckohook, args...)
 			if err != nil {

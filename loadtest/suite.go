@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -41,8 +42,14 @@ type SuiteOptions struct {
 	AdminToken string
 	Topic      string // events topic (default geckohook.events)
 
-	Workers         int // geckohook's --workers, also the ceiling's concurrency (default 1024)
+	Workers         int // geckohook's --workers, also the ceiling's largest concurrency (default 1024)
 	MaxConnsPerHost int // geckohook's --max-conns-per-host, also the ceiling's (default 64)
+	// Profile: take a CPU profile of the first geckohook process during
+	// each flood, saved beside the process logs (cpu.pprof).
+	Profile bool
+	// PacedRate is the events/s of the healthy scenario's latency phase
+	// (0: half the rate its flood sustained).
+	PacedRate float64
 }
 
 // RunSuite runs the chosen scenarios one after the other and returns the
@@ -273,7 +280,8 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		Dir: filepath.Join(o.Out, dirName), Geckohook: o.Geckohook, RedisBin: o.RedisBin,
 		Brokers: o.Brokers, RedisAddr: o.RedisAddr, API: o.API, AdminToken: o.AdminToken,
 		Partitions: sp.partitions, Topic: o.Topic, Group: "geckohook-dispatchers", Dispatchers: sp.dispatchers,
-		Args: []string{"--workers", fmt.Sprint(o.Workers), "--max-conns-per-host", fmt.Sprint(o.MaxConnsPerHost)},
+		Args:  []string{"--workers", fmt.Sprint(o.Workers), "--max-conns-per-host", fmt.Sprint(o.MaxConnsPerHost)},
+		Pprof: o.Profile,
 	})
 	if err != nil {
 		return nil, err
@@ -302,14 +310,14 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	}
 
 	ceil, err := RunCeiling(ctx, farm, sp.plan, CeilingOptions{
-		Duration: s.sizes(5*time.Second, 2*time.Second), Workers: o.Workers, MaxConnsPerHost: o.MaxConnsPerHost,
+		Duration: s.sizes(9*time.Second, 4500*time.Millisecond), Workers: o.Workers, MaxConnsPerHost: o.MaxConnsPerHost,
 		Healthy: func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) && sp.deliverable(h) },
 	})
 	if err != nil {
 		return nil, err
 	}
 	row.CeilingPerSec = ceil.PerSec
-	fmt.Fprintf(o.Log, "%s: raw ceiling %.0f deliveries/s\n", sp.name, ceil.PerSec)
+	fmt.Fprintf(o.Log, "%s: raw ceiling %.0f deliveries/s (best at %d concurrent requests)\n", sp.name, ceil.PerSec, ceil.Workers)
 
 	// The flood.
 	maxEvents := int(sp.flood.Seconds()*120_000) + 1000
@@ -326,6 +334,9 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		sp.arm(farm, sp.plan, t0)
 	}
 	mon := s.monitor(ctx, sp.name, stack, store, smp, l, t0)
+	if stack.Pprof != "" {
+		go s.profile(stack, filepath.Join(o.Out, dirName, "cpu.pprof"), max(sp.flood-2*time.Second, time.Second))
+	}
 	produced, err := gen.Run(ctx, Flood{Count: maxEvents, Duration: sp.flood, MaxAhead: maxAhead,
 		Ahead: func(n int) int64 { return sp.plan.Pairs(n, sp.deliverable) - l.Delivered() }}, nil)
 	if err != nil {
@@ -396,6 +407,10 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 // pacedPhase produces at half the flood's rate and takes the latency from it.
 func (s *suite) pacedPhase(ctx context.Context, sp spec, stack *Stack, farm *Farm, row *Scenario) error {
 	rate := row.DeliveriesPerSec / 2 / (float64(sp.plan.Pairs(len(sp.plan.Accounts), nil)) / float64(len(sp.plan.Accounts)))
+	how := "half the flood's rate"
+	if s.o.PacedRate > 0 {
+		rate, how = s.o.PacedRate, "set by --paced-rate"
+	}
 	n := int(rate*sp.paced.Seconds()) + 1
 	l := NewLedger(sp.plan, n)
 	farm.Use(l)
@@ -424,7 +439,7 @@ func (s *suite) pacedPhase(ctx context.Context, sp spec, stack *Stack, farm *Far
 	q := l.Latency()
 	row.P50Ms, row.P95Ms, row.P99Ms, row.MaxMs = ms(q.P50), ms(q.P95), ms(q.P99), ms(q.Max)
 	row.OfferedPerSec = rate
-	row.LatencyNote = fmt.Sprintf("produce→answer, paced at %.0f events/s (half the flood's rate) for %s", rate, sp.paced)
+	row.LatencyNote = fmt.Sprintf("produce→answer, paced at %.0f events/s (%s) for %s", rate, how, sp.paced)
 	fmt.Fprintf(s.o.Log, "%s: paced at %.0f events/s: p50 %.1f ms, p99 %.1f ms\n", sp.name, rate, row.P50Ms, row.P99Ms)
 	return nil
 }
@@ -498,6 +513,22 @@ func (s *suite) geckohookRSS(stack *Stack) int64 {
 		}
 	}
 	return rss
+}
+
+// profile saves a CPU profile of the first geckohook process over d.
+func (s *suite) profile(stack *Stack, path string, d time.Duration) {
+	code, body, err := apiDo("GET", fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", stack.Pprof, int(d.Seconds())), "", nil)
+	if err == nil && code != 200 {
+		err = fmt.Errorf("answered %d", code)
+	}
+	if err == nil {
+		err = os.WriteFile(path, body, 0o644)
+	}
+	if err != nil {
+		fmt.Fprintf(s.o.Log, "cannot take a CPU profile: %v\n", err)
+		return
+	}
+	fmt.Fprintf(s.o.Log, "CPU profile of geckohook: %s (go tool pprof -top %s)\n", path, path)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -20,6 +20,7 @@ type config struct {
 
 	APIListen     string
 	MetricsListen string
+	PprofListen   string
 	AdminToken    string
 	KafkaBrokers  string
 	EmbeddedKafka string
@@ -70,6 +71,7 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 
 	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "host:port of the management API (applications, webhooks, events, /healthz)")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics and /healthz of a `dispatcher` or `coordinator` process (empty: off; `all` and `api` serve them on --api-listen)")
+	fs.StringVar(&c.PprofListen, "pprof-listen", "", "host:port serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
 
 	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty in `all` starts the embedded broker (not for production data)")

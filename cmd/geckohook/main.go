@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -276,6 +278,21 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 		return nil
 	}
 	health := func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
+	if c.PprofListen != "" {
+		ln, err := net.Listen("tcp", c.PprofListen)
+		if err != nil {
+			return fmt.Errorf("cannot listen for profiles on %s: %w", c.PprofListen, err)
+		}
+		srv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
+		startPart("profiles", func(ctx context.Context) error {
+			go func() { <-ctx.Done(); _ = srv.Close() }()
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		fmt.Fprintf(stdout, "profiles listening on http://%s/debug/pprof/\n", ln.Addr())
+	}
 
 	var d *dispatch.Dispatcher
 	var pub *outcomes.Publisher
@@ -378,4 +395,15 @@ func waitRedis(ctx context.Context, rdb redis.UniversalClient, log zerolog.Logge
 		return fmt.Errorf("redis not reachable: %w", last)
 	}
 	return nil
+}
+
+// pprofMux serves Go's profiles under /debug/pprof/.
+func pprofMux() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("/debug/pprof/", pprof.Index)
+	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return m
 }

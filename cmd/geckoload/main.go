@@ -40,6 +40,8 @@ func run() int {
 	topic := fs.String("topic", "geckohook.events", "events topic")
 	workers := fs.Int("workers", 1024, "geckohook --workers, and the ceiling's concurrency")
 	conns := fs.Int("max-conns-per-host", 64, "geckohook --max-conns-per-host, and the ceiling's")
+	paced := fs.Float64("paced-rate", 0, "events/s of the healthy scenario's latency phase (0: half the rate its flood sustained)")
+	profile := fs.Bool("profile", false, "save a CPU profile of geckohook during each flood (cpu.pprof beside the process logs)")
 	_ = fs.Parse(os.Args[1:])
 
 	if *api != "" && (*admin == "" || *brokers == "" || *redisAddr == "") {
@@ -52,7 +54,7 @@ func run() int {
 	o := loadtest.SuiteOptions{
 		Out: *out, Short: *short, Log: os.Stderr, Geckohook: *bin, RedisBin: *redisBin,
 		RedisAddr: *redisAddr, API: strings.TrimRight(*api, "/"), AdminToken: *admin, Topic: *topic,
-		Workers: *workers, MaxConnsPerHost: *conns,
+		Workers: *workers, MaxConnsPerHost: *conns, PacedRate: *paced, Profile: *profile,
 	}
 	if *brokers != "" {
 		o.Brokers = strings.Split(*brokers, ",")
