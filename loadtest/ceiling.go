@@ -84,6 +84,7 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
+	stamp := time.Now().Unix()
 	var nextEvent atomic.Int64
 	var sent atomic.Int64
 	var firstErr error
@@ -104,7 +105,7 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 					return
 				}
 				acc := p.EventAccount(e)
-				body = appendBody(body[:0], p.Event, e)
+				body = appendBody(body[:0], p.Event, e, stamp)
 				l.Produced(e, time.Now())
 				for _, hi := range p.Accounts[acc] {
 					h := &p.Hooks[hi]
@@ -142,12 +143,14 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 
 // appendBody appends the body geckohook sends for event e of a plan whose
 // event is order.create (resource path "orders", the default resource base).
-func appendBody(dst []byte, event string, e int) []byte {
+func appendBody(dst []byte, event string, e int, stamp int64) []byte {
 	dst = append(dst, `{"object_id":`...)
 	dst = strconv.AppendInt(dst, int64(e), 10)
 	dst = append(dst, `,"event":"`...)
 	dst = append(dst, event...)
-	dst = append(dst, `","timestamp":1700000000,"resource_url":"https://api.tradegecko.com/orders/`...)
+	dst = append(dst, `","timestamp":`...)
+	dst = strconv.AppendInt(dst, stamp, 10)
+	dst = append(dst, `,"resource_url":"https://api.tradegecko.com/orders/`...)
 	dst = strconv.AppendInt(dst, int64(e), 10)
 	return append(dst, `.json"}`...)
 }

@@ -366,14 +366,14 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	row.Roles = smp.roleUsage(time.Since(t0))
 	q := l.Latency()
 	row.P50Ms, row.P95Ms, row.P99Ms, row.MaxMs = ms(q.P50), ms(q.P95), ms(q.P99), ms(q.Max)
-	row.LatencyNote = "produce→answer of each pair's first 2xx, during the flood (saturated: includes the backlog the producer keeps ahead)"
+	row.LatencyNote = "produce→first 2xx during the saturated flood (includes the backlog kept ahead)"
 	row.Series = mon.points(l.Series())
 	switch sp.name {
 	case "dead-endpoints":
 		row.HealthyPerSec = row.DeliveriesPerSec
 		if s.healthyRate > 0 {
-			row.Notes = append(row.Notes, fmt.Sprintf("healthy endpoints got %.0f deliveries/s, %.1f%% of the healthy scenario's %.0f/s",
-				row.HealthyPerSec, 100*row.HealthyPerSec/s.healthyRate, s.healthyRate))
+			row.Notes = append(row.Notes, fmt.Sprintf("the healthy endpoints' rate is %.1f%% of the healthy scenario's %.0f/s",
+				100*row.HealthyPerSec/s.healthyRate, s.healthyRate))
 		}
 	case "recovering":
 		row.Notes = append(row.Notes, "deliveries/s covers the whole run, the retry drain included (Sidekiq's first retry waits 15-25 s)")
@@ -605,7 +605,10 @@ func (m *monitor) stop() {
 
 // points joins the ledger's seconds with the monitor's samples.
 func (m *monitor) points(secs []Second) []Point {
-	n := max(len(secs), len(m.secs))
+	n := len(m.secs)
+	for _, s := range secs {
+		n = max(n, s.At+1)
+	}
 	out := make([]Point, n)
 	for i := range out {
 		out[i].T = float64(i + 1)

@@ -1,0 +1,103 @@
+package loadtest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/geckohook/geckohook/engine/catalog"
+	"github.com/geckohook/geckohook/engine/contract"
+)
+
+// Plan.Pairs agrees with counting pair by pair, whole and filtered.
+func TestPlanPairs(t *testing.T) {
+	p := fanouts(47, 3, 4)
+	odd := func(h *PlanHook) bool { return h.Pos%2 == 1 }
+	for _, n := range []int{0, 1, 5, 9, 10, 11, 23, 100} {
+		var all, kept int64
+		for e := 0; e < n; e++ {
+			for _, hi := range p.Accounts[p.EventAccount(e)] {
+				all++
+				if odd(&p.Hooks[hi]) {
+					kept++
+				}
+			}
+		}
+		if got := p.Pairs(n, nil); got != all {
+			t.Errorf("Pairs(%d) = %d, want %d", n, got, all)
+		}
+		if got := p.Pairs(n, odd); got != kept {
+			t.Errorf("Pairs(%d, odd) = %d, want %d", n, got, kept)
+		}
+	}
+	if len(p.Hooks) != 47 || len(p.Accounts[0]) != 1 || len(p.Accounts[9]) != 10 {
+		t.Fatalf("fanouts: %d hooks, first account %d, tenth %d", len(p.Hooks), len(p.Accounts[0]), len(p.Accounts[9]))
+	}
+}
+
+// The generator writes events geckohook accepts, and the ceiling sends
+// exactly the body geckohook builds from them.
+func TestGeneratorEventsAndCeilingBodies(t *testing.T) {
+	p := singles(7, 2, 3, nil)
+	g := &Generator{Plan: p, stamp: 1_800_000_000}
+	cat := catalog.Default()
+	for _, e := range []int{0, 6, 7, 123456} {
+		value := g.appendEvent(nil, e)
+		ev, err := contract.DecodeEvent(value, []byte(AccountName(p.EventAccount(e))), 0, cat)
+		if err != nil {
+			t.Fatalf("event %d %s: %v", e, value, err)
+		}
+		if ev.AccountID != AccountName(e%7) {
+			t.Fatalf("event %d is for account %q", e, ev.AccountID)
+		}
+		want := contract.AppendBody(nil, &ev, "https://api.tradegecko.com", cat)
+		if got := appendBody(nil, p.Event, e, 1_800_000_000); !bytes.Equal(got, want) {
+			t.Fatalf("ceiling body\n%s\ngeckohook body\n%s", got, want)
+		}
+		if got := scanObjectID(want); got != e {
+			t.Fatalf("the farm reads object_id %d from %s", got, want)
+		}
+	}
+}
+
+// ReadUsage sees this process's CPU time grow and its memory.
+func TestReadUsage(t *testing.T) {
+	before, err := ReadUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(nil)
+	for start := time.Now(); time.Since(start) < 150*time.Millisecond; {
+		sum = sha256.Sum256(sum[:])
+	}
+	after, err := ReadUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.CPU-before.CPU < 50*time.Millisecond || after.RSS < 1<<20 {
+		t.Fatalf("usage before %+v after %+v: want 50 ms of CPU more and some memory", before, after)
+	}
+	if _, err := ReadUsage(1 << 30); err == nil {
+		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+// The monitor's points put each second's deliveries and samples together.
+func TestMonitorPoints(t *testing.T) {
+	m := &monitor{secs: []sample{{depth: 5, rss: 100, cores: 0.5}, {depth: 7, rss: 200, cores: 1.5}}}
+	pts := m.points([]Second{{At: 0, Delivered: 10, P50: time.Millisecond}, {At: 2, Delivered: 30, P99: 3 * time.Millisecond}})
+	if len(pts) != 3 || pts[0].DeliveredPerSec != 10 || pts[0].P50Ms != 1 || pts[1].RetryDepth != 7 ||
+		pts[1].CPUCores != 1.5 || pts[2].DeliveredPerSec != 30 || pts[2].P99Ms != 3 || pts[2].T != 3 {
+		t.Fatalf("points %+v", pts)
+	}
+}
+
+func TestUnknownScenario(t *testing.T) {
+	_, err := RunSuite(t.Context(), SuiteOptions{Scenarios: []string{"healthy", "nope"}})
+	if err == nil || !strings.Contains(err.Error(), `unknown scenario "nope"`) {
+		t.Fatalf("err %v", err)
+	}
+}
