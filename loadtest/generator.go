@@ -70,9 +70,9 @@ func (g *Generator) Run(ctx context.Context, f Flood, progress func(produced int
 	if f.Duration > 0 {
 		deadline = time.Now().Add(f.Duration)
 	}
-	// As fast as possible: batches of 2,000; paced: a batch every 5 ms
+	// As fast as possible: batches of 2,000; paced: a batch every 1 ms
 	// holding the events due by then.
-	const tick = 5 * time.Millisecond
+	const tick = time.Millisecond
 	start := time.Now()
 	produced := 0
 	msgs := make([]kafka.Message, 0, 2000)

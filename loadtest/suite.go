@@ -132,6 +132,10 @@ type spec struct {
 	arm func(farm *Farm, p *Plan, t0 time.Time)
 	// perWebhook: report the memory geckohook grew by per webhook registered.
 	perWebhook bool
+	// farm and ceiling, when set, are shared with other runs of the
+	// scenario (the plan's URLs point at that farm).
+	farm    *Farm
+	ceiling *Ceiling
 }
 
 const maxAhead = 40_000
@@ -207,15 +211,25 @@ func (s *suite) scenario(ctx context.Context, name string) ([]Scenario, error) {
 		if s.o.API != "" {
 			return nil, fmt.Errorf("the partitions scenario starts its own processes; it cannot run against an existing deployment")
 		}
+		// One farm and one ceiling for every combination: each gets a
+		// broker, redis-server and geckohook processes of its own.
+		farm, err := NewFarm(16)
+		if err != nil {
+			return nil, err
+		}
+		defer farm.Close()
 		var rows []Scenario
+		var ceil *Ceiling
 		for _, parts := range []int{1, 2, 4, 8} {
 			for _, disp := range []int{1, 2} {
 				r, err := s.runOne(ctx, spec{name: name, variant: fmt.Sprintf("%d partitions, %d dispatchers", parts, disp),
 					partitions: parts, dispatchers: disp, servers: 16, plan: singles(1000, 10, 16, nil),
-					flood: s.sizes(15*time.Second, 5*time.Second), settle: 30 * time.Second, deliverable: ok})
+					flood: s.sizes(15*time.Second, 5*time.Second), settle: 30 * time.Second, deliverable: ok,
+					farm: farm, ceiling: ceil})
 				if err != nil {
 					return rows, fmt.Errorf("%d partitions, %d dispatchers: %w", parts, disp, err)
 				}
+				ceil = &Ceiling{PerSec: r[0].CeilingPerSec}
 				rows = append(rows, r...)
 			}
 		}
@@ -270,11 +284,14 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	if sp.variant != "" {
 		dirName += "-" + strings.NewReplacer(" ", "", ",", "-").Replace(sp.variant)
 	}
-	farm, err := NewFarm(sp.servers)
-	if err != nil {
-		return nil, err
+	farm := sp.farm
+	if farm == nil {
+		var err error
+		if farm, err = NewFarm(sp.servers); err != nil {
+			return nil, err
+		}
+		defer farm.Close()
 	}
-	defer farm.Close()
 	farm.Add(sp.plan)
 	stack, err := StartStack(ctx, StackOptions{
 		Dir: filepath.Join(o.Out, dirName), Geckohook: o.Geckohook, RedisBin: o.RedisBin,
@@ -309,15 +326,18 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		row.BytesPerWebhook = float64(s.geckohookRSS(stack)-before) / float64(len(sp.plan.Hooks))
 	}
 
-	ceil, err := RunCeiling(ctx, farm, sp.plan, CeilingOptions{
-		Duration: s.sizes(9*time.Second, 4500*time.Millisecond), Workers: o.Workers, MaxConnsPerHost: o.MaxConnsPerHost,
-		Healthy: func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) && sp.deliverable(h) },
-	})
-	if err != nil {
-		return nil, err
+	if sp.ceiling == nil {
+		ceil, err := RunCeiling(ctx, farm, sp.plan, CeilingOptions{
+			Duration: s.sizes(9*time.Second, 4500*time.Millisecond), Workers: o.Workers, MaxConnsPerHost: o.MaxConnsPerHost,
+			Healthy: func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) && sp.deliverable(h) },
+		})
+		if err != nil {
+			return nil, err
+		}
+		sp.ceiling = &ceil
+		fmt.Fprintf(o.Log, "%s: raw ceiling %.0f deliveries/s (best at %d concurrent requests)\n", sp.name, ceil.PerSec, ceil.Workers)
 	}
-	row.CeilingPerSec = ceil.PerSec
-	fmt.Fprintf(o.Log, "%s: raw ceiling %.0f deliveries/s (best at %d concurrent requests)\n", sp.name, ceil.PerSec, ceil.Workers)
+	row.CeilingPerSec = sp.ceiling.PerSec
 
 	// The flood.
 	maxEvents := int(sp.flood.Seconds()*120_000) + 1000
