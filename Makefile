@@ -21,7 +21,7 @@ run: build
 # The allocation tests (meaningful only without -race), then every test with
 # the race detector against a real redis-server and kcat.
 test: test-tools lint
-	$(GO) test -count=1 -run 'Alloc' ./engine/contract/
+	$(GO) test -count=1 -run 'Alloc' ./engine/contract/ ./loadtest/
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 # The capacity suite: every scenario against `geckohook broker`, redis-server

@@ -52,6 +52,7 @@ var (
 // them in, then Use a ledger per run.
 type Farm struct {
 	servers []*fasthttp.Server
+	lns     []net.Listener
 	ports   []int
 	served  sync.WaitGroup
 
@@ -107,6 +108,7 @@ func NewFarm(servers int) (*Farm, error) {
 			Logger:                quietLogger{},
 		}
 		f.servers = append(f.servers, s)
+		f.lns = append(f.lns, ln)
 		f.served.Go(func() { _ = s.Serve(ln) })
 	}
 	return f, nil
@@ -201,6 +203,11 @@ func (f *Farm) Close() error {
 		})
 	}
 	wg.Wait()
+	// A server whose Serve had not begun when Shutdown ran would accept
+	// forever: closing its listener ends it.
+	for _, ln := range f.lns {
+		_ = ln.Close()
+	}
 	f.served.Wait()
 	return errors.Join(errs...)
 }

@@ -1,6 +1,12 @@
-// Package loadtest holds geckohook's load-test parts that tests and the
-// capacity harness share. This file is the receiver: a fasthttp server on
-// loopback that plays a webhook endpoint with a chosen behaviour, checks
+// Package loadtest is geckohook's load-test harness, behind `make bench`
+// (cmd/geckoload) and shared with the tests: the plan of who subscribes to
+// what, the receiver farm and its ledger of (event, webhook) pairs, the
+// flood generator, the raw HTTP ceiling, the processes a run starts, the
+// scenarios, and the report. Nothing here is imported by the geckohook
+// binary.
+//
+// This file is the simple receiver the tests use: one fasthttp server on
+// loopback that plays webhook endpoints with a chosen behaviour, checks
 // every request's signature against its application's secret, and records
 // each delivery it answered.
 package loadtest

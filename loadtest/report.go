@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -470,16 +471,25 @@ func (r *Report) WriteTable(w io.Writer) error {
 			out.WriteString("  " + label(s) + ": " + indent(f) + "\n")
 		}
 	}
-	first := true
+	// A note several rows share is printed once, naming them all.
+	var notes []string
+	noteRows := map[string][]string{}
 	for i := range r.Scenarios {
 		s := &r.Scenarios[i]
 		for _, n := range reportNotes(s) {
-			if first {
-				out.WriteString("\nnotes:\n")
-				first = false
+			if _, seen := noteRows[n]; !seen {
+				notes = append(notes, n)
 			}
-			out.WriteString("  " + label(s) + ": " + indent(n) + "\n")
+			if l := label(s); !slices.Contains(noteRows[n], l) {
+				noteRows[n] = append(noteRows[n], l)
+			}
 		}
+	}
+	if len(notes) > 0 {
+		out.WriteString("\nnotes:\n")
+	}
+	for _, n := range notes {
+		out.WriteString("  " + strings.Join(noteRows[n], ", ") + ": " + indent(n) + "\n")
 	}
 	if failed == 0 {
 		fmt.Fprintf(&out, "\nPASS: all %d scenarios passed\n", len(r.Scenarios))

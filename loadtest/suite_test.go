@@ -33,8 +33,8 @@ func TestPlanPairs(t *testing.T) {
 			t.Errorf("Pairs(%d, odd) = %d, want %d", n, got, kept)
 		}
 	}
-	if len(p.Hooks) != 47 || len(p.Accounts[0]) != 1 || len(p.Accounts[9]) != 10 {
-		t.Fatalf("fanouts: %d hooks, first account %d, tenth %d", len(p.Hooks), len(p.Accounts[0]), len(p.Accounts[9]))
+	if len(p.Hooks) != 47 || len(p.Accounts[0]) != 1 || len(p.Accounts[8]) != 9 || len(p.Accounts[9]) != 2 {
+		t.Fatalf("fanouts: %d hooks, accounts of %d, %d and %d", len(p.Hooks), len(p.Accounts[0]), len(p.Accounts[8]), len(p.Accounts[9]))
 	}
 }
 
