@@ -741,8 +741,8 @@ func TestDeadHostDoesNotFillTheWindow(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !strings.HasPrefix(rec.LastError, "host_saturated") || rec.Attempts != 0 {
-				t.Errorf("delivery %s failed with %q after %d attempts, want shed without an attempt", id, rec.LastError, rec.Attempts)
+			if !strings.HasPrefix(rec.LastError, "host_saturated") || rec.Attempts != 0 || rec.Deferrals != 1 {
+				t.Errorf("delivery %s failed with %q after %d attempts and %d deferrals, want shed once without an attempt", id, rec.LastError, rec.Attempts, rec.Deferrals)
 			}
 		}
 	}

@@ -257,6 +257,12 @@ func (s *shardRun) releaseUntaken(recs []*shard.Record, leaseEnd time.Time) {
 	s.releaseLeases(s.retries.untaken(recs, leaseEnd))
 }
 
+// deferral is how long the n-th deferral in a row (from 1) waits: as long as
+// Sidekiq's retry n-1 (15-25 s, 16-35 s, 31-60 s, ...), at most retry 24's.
+func deferral(n int, randn func(int) int) time.Duration {
+	return contract.RetryDelay(min(max(n-1, 0), 24), randn)
+}
+
 // op is what a retry's outcome does to its record.
 func (s *shardRun) op(dl *delivery) shard.Op {
 	o := &s.d.o
@@ -269,9 +275,10 @@ func (s *shardRun) op(dl *delivery) shard.Op {
 		return shard.Op{Kind: shard.OpKill, Rec: rec, At: dl.at}
 	}
 	if errors.Is(dl.res.Err, errHostSaturated) {
-		// Not attempted: its host is at its limit. Wait a first retry's
-		// delay and keep its retry count.
-		return shard.Op{Kind: shard.OpReschedule, Rec: rec, At: dl.at.Add(contract.RetryDelay(0, o.Rand))}
+		// Not attempted: its host is at its limit. Keep the retry count
+		// and wait longer with each deferral in a row.
+		rec.Deferrals++
+		return shard.Op{Kind: shard.OpReschedule, Rec: rec, At: dl.at.Add(deferral(rec.Deferrals, o.Rand))}
 	}
 	due, err := contract.NextAttempt(dl.at, rec.Retries+1, max(o.MaxRetries, 0), o.Rand)
 	if err != nil {
@@ -279,6 +286,7 @@ func (s *shardRun) op(dl *delivery) shard.Op {
 	}
 	rec.Attempts++
 	rec.Retries++
+	rec.Deferrals = 0
 	if rec.FirstAttempt.IsZero() {
 		rec.FirstAttempt = dl.at
 	}

@@ -206,6 +206,20 @@ func TestRetryOp(t *testing.T) {
 	if op := failed(3, errHostSaturated); op.Kind != shard.OpReschedule || op.Rec.Retries != 3 || op.Rec.Attempts != 4 {
 		t.Fatalf("a deferral spent a retry: %+v", op.Rec)
 	}
+	// Deferrals in a row wait like retries 0, 1, 2, ... without spending
+	// one; an attempt starts the count again.
+	rec := &shard.Record{ID: "d", Attempts: 1, Retries: 2}
+	for n := 1; n <= 30; n++ {
+		op := s.op(&delivery{rec: rec, at: at, res: sender.Result{Outcome: contract.Failure, Err: errHostSaturated}})
+		m := min(n-1, 24)
+		want := at.Add(time.Duration(m*m*m*m+15+10*(m+1)-1) * time.Second)
+		if op.Kind != shard.OpReschedule || !op.At.Equal(want) || rec.Deferrals != n || rec.Retries != 2 || rec.Attempts != 1 {
+			t.Fatalf("deferral %d: %+v due %v, want %v", n, rec, op.At, want)
+		}
+	}
+	if op := s.op(&delivery{rec: rec, at: at, res: sender.Result{Outcome: contract.Failure, Status: 500}}); op.Rec.Deferrals != 0 || op.Rec.Retries != 3 {
+		t.Fatalf("an attempt after deferrals: %+v, want deferrals reset and retry 3", op.Rec)
+	}
 	done := &delivery{rec: &shard.Record{ID: "d"}, settled: true}
 	if op := s.op(done); op.Kind != shard.OpRemove {
 		t.Fatalf("settled retry: kind %d, want remove", op.Kind)
@@ -263,7 +277,7 @@ func TestRetriesOfDeadHostArePaced(t *testing.T) {
 		for _, d := range list {
 			// Deferred: due 15-25 s on, no retry spent, the last real
 			// attempt's result kept.
-			if d.Retries == 0 && d.Attempts == 1 && d.LastStatus == 500 && !d.At.Before(clk.Now().Add(15*time.Second)) {
+			if d.Retries == 0 && d.Deferrals == 1 && d.Attempts == 1 && d.LastStatus == 500 && !d.At.Before(clk.Now().Add(15*time.Second)) {
 				deferred++
 			}
 		}

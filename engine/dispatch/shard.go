@@ -500,6 +500,9 @@ func (s *shardRun) entry(dl *delivery) shard.Entry {
 		LastStatus: dl.res.Status, LastError: dl.res.ErrorText(),
 		Topic: o.Topic, Partition: int32(s.partition), Offset: dl.offset,
 	}
+	if rec.Attempts == 0 {
+		rec.Deferrals = 1 // the first, deferred: see Record.Deferrals
+	}
 	due, err := contract.NextAttempt(dl.at, 0, max(o.MaxRetries, 0), o.Rand)
 	if err != nil {
 		s.d.publish(outcomes.Dead, dl, dl.at)
