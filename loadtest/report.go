@@ -474,6 +474,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 	// A note several rows share is printed once, naming them all.
 	var notes []string
 	noteRows := map[string][]string{}
+	noteNames := map[string][]string{}
+	perName := map[string]int{}
+	for i := range r.Scenarios {
+		perName[r.Scenarios[i].Name]++
+	}
 	for i := range r.Scenarios {
 		s := &r.Scenarios[i]
 		for _, n := range reportNotes(s) {
@@ -483,13 +488,19 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if l := label(s); !slices.Contains(noteRows[n], l) {
 				noteRows[n] = append(noteRows[n], l)
 			}
+			noteNames[n] = append(noteNames[n], s.Name)
 		}
 	}
 	if len(notes) > 0 {
 		out.WriteString("\nnotes:\n")
 	}
 	for _, n := range notes {
-		out.WriteString("  " + strings.Join(noteRows[n], ", ") + ": " + indent(n) + "\n")
+		who := strings.Join(noteRows[n], ", ")
+		// Every row of one scenario: name it once.
+		if names := noteNames[n]; len(names) > 1 && names[0] == names[len(names)-1] && perName[names[0]] == len(names) {
+			who = fmt.Sprintf("%s (all %d)", names[0], len(names))
+		}
+		out.WriteString("  " + who + ": " + indent(n) + "\n")
 	}
 	if failed == 0 {
 		fmt.Fprintf(&out, "\nPASS: all %d scenarios passed\n", len(r.Scenarios))

@@ -627,3 +627,28 @@ func TestCurrentHost(t *testing.T) {
 		t.Error("kernel not read from /proc/sys/kernel/osrelease")
 	}
 }
+
+// A note every row of a scenario shares is printed once, naming the
+// scenario; a note of some rows names each.
+func TestReportTableGroupsSharedNotes(t *testing.T) {
+	r := &Report{Scenarios: []Scenario{
+		{Name: "partitions", Variant: "1 partition", Passed: true, LatencyNote: "saturated"},
+		{Name: "partitions", Variant: "2 partitions", Passed: true, LatencyNote: "saturated"},
+		{Name: "healthy", Passed: true, LatencyNote: "paced"},
+		{Name: "churn", Passed: true, LatencyNote: "saturated"},
+	}}
+	var b strings.Builder
+	if err := r.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if strings.Count(out, "saturated") != 1 || !strings.Contains(out, "partitions (1 partition), partitions (2 partitions), churn: latency: saturated") {
+		t.Fatalf("shared note not grouped by row:\n%s", out)
+	}
+	r.Scenarios = r.Scenarios[:3]
+	b.Reset()
+	_ = r.WriteTable(&b)
+	if out := b.String(); !strings.Contains(out, "partitions (all 2): latency: saturated") {
+		t.Fatalf("a note of every partitions row not collapsed:\n%s", out)
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 )
 
 // Proc is a child process of the harness with the role it plays.
@@ -431,26 +433,39 @@ func httpGet(url string) (int, string, error) {
 	return code, string(body), err
 }
 
-// WaitShards waits until the geckohook processes started hold every one of
-// the partitions between them, each at least one when there are enough.
-func (s *Stack) WaitShards(ctx context.Context, partitions int, limit time.Duration) error {
+// WaitShards waits until the consumer group is stable with every geckohook
+// process started in it, and they hold every one of the partitions between
+// them (each at least one when there are enough), so no rebalance falls
+// inside a measurement.
+func (s *Stack) WaitShards(ctx context.Context, group string, partitions int, limit time.Duration) error {
 	if len(s.Metrics) == 0 {
 		return nil
 	}
+	client := &kafka.Client{Addr: kafka.TCP(s.Brokers...), Timeout: 5 * time.Second}
 	return waitFor(ctx, limit, s.Geckohook[0], func() error {
-		total := 0
-		for i, url := range s.Metrics {
+		resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+		if err != nil {
+			return fmt.Errorf("cannot describe group %s: %w", group, err)
+		}
+		if len(resp.Groups) != 1 || resp.Groups[0].Error != nil {
+			return fmt.Errorf("group %s not described: %+v", group, resp.Groups)
+		}
+		if g := resp.Groups[0]; g.GroupState != "Stable" || len(g.Members) != len(s.Geckohook) {
+			return fmt.Errorf("group %s is %s with %d of %d members", group, g.GroupState, len(g.Members), len(s.Geckohook))
+		}
+		total, holding := 0, 0
+		for _, url := range s.Metrics {
 			n, err := metricValue(url, "geckohook_shards")
 			if err != nil {
 				return err
 			}
-			if n == 0 && i < partitions {
-				return fmt.Errorf("geckohook process %d holds no partition yet", i)
-			}
 			total += int(n)
+			if n > 0 {
+				holding++
+			}
 		}
-		if total != partitions {
-			return fmt.Errorf("the dispatchers hold %d of %d partitions", total, partitions)
+		if total != partitions || holding < min(partitions, len(s.Metrics)) {
+			return fmt.Errorf("the dispatchers hold %d of %d partitions, %d of them holding any", total, partitions, holding)
 		}
 		return nil
 	})

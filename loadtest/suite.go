@@ -293,10 +293,11 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		defer farm.Close()
 	}
 	farm.Add(sp.plan)
+	const group = "geckohook-dispatchers"
 	stack, err := StartStack(ctx, StackOptions{
 		Dir: filepath.Join(o.Out, dirName), Geckohook: o.Geckohook, RedisBin: o.RedisBin,
 		Brokers: o.Brokers, RedisAddr: o.RedisAddr, API: o.API, AdminToken: o.AdminToken,
-		Partitions: sp.partitions, Topic: o.Topic, Group: "geckohook-dispatchers", Dispatchers: sp.dispatchers,
+		Partitions: sp.partitions, Topic: o.Topic, Group: group, Dispatchers: sp.dispatchers,
 		Args:  []string{"--workers", fmt.Sprint(o.Workers), "--max-conns-per-host", fmt.Sprint(o.MaxConnsPerHost)},
 		Pprof: o.Profile,
 	})
@@ -319,7 +320,7 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	}
 	fmt.Fprintf(o.Log, "%s: %d webhooks of %d applications registered in %s\n", sp.name, len(sp.plan.Hooks), len(sp.plan.Apps), time.Since(regStart).Round(time.Millisecond))
 	farm.SetSecrets(sp.plan)
-	if err := stack.WaitShards(ctx, sp.partitions, 60*time.Second); err != nil {
+	if err := stack.WaitShards(ctx, group, sp.partitions, 60*time.Second); err != nil {
 		return nil, err
 	}
 	if sp.perWebhook && before > 0 {
