@@ -65,3 +65,17 @@ func BenchmarkRegistryMatch(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkClassify sorts attempt results into success, gone and failure,
+// the decision after every attempt.
+func BenchmarkClassify(b *testing.B) {
+	statuses := []int{200, 204, 302, 410, 500, 503, 0}
+	want := []contract.Outcome{contract.Success, contract.Success, contract.Success, contract.Gone, contract.Failure, contract.Failure, contract.Failure}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		k := i % len(statuses)
+		if got := contract.Classify(statuses[k], nil); got != want[k] {
+			b.Fatalf("status %d: %v, want %v", statuses[k], got, want[k])
+		}
+	}
+}
