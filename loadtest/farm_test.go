@@ -162,6 +162,19 @@ func TestFarmRecordsSignedRequests(t *testing.T) {
 
 // oneHookPlan makes a plan of one account per behaviour, one hook each, all
 // on server 0 and of app 0.
+// serveLedger makes f answer for p with a new ledger of events events, the
+// first produced of them marked produced now.
+func serveLedger(f *Farm, p *Plan, events, produced int) *Ledger {
+	f.Add(p)
+	f.SetSecrets(p)
+	l := NewLedger(p, events)
+	for e := range produced {
+		l.Produced(e, time.Now())
+	}
+	f.Use(l)
+	return l
+}
+
 func oneHookPlan(bs ...EndpointBehaviour) *Plan {
 	p := &Plan{Event: "order.create", Apps: []PlanApp{{Name: "app", Secret: "s3cret"}}}
 	for _, b := range bs {
@@ -244,11 +257,7 @@ func TestFarmFailUntilSwitches(t *testing.T) {
 func TestFarmFailRate(t *testing.T) {
 	p := oneHookPlan(EndpointBehaviour{FailRate: 0.3})
 	f := newTestFarm(t, 1)
-	f.Add(p)
-	f.SetSecrets(p)
-	l := NewLedger(p, 1)
-	l.Produced(0, time.Now())
-	f.Use(l)
+	l := serveLedger(f, p, 1, 1)
 	c := &fasthttp.Client{}
 	const n, workers = 2000, 8
 	var mu sync.Mutex
@@ -287,10 +296,7 @@ func TestFarmDelay(t *testing.T) {
 		EndpointBehaviour{Delay: delay, FailUntil: time.Now().Add(time.Hour)}, // failures wait too
 	)
 	f := newTestFarm(t, 1)
-	f.Add(p)
-	f.SetSecrets(p)
-	l := NewLedger(p, 2)
-	f.Use(l)
+	l := serveLedger(f, p, 2, 0)
 	c := &fasthttp.Client{}
 	for h, want := range []int{200, 500} {
 		l.Produced(h, time.Now())
@@ -318,11 +324,7 @@ func TestFarmHangReleasesOnClose(t *testing.T) {
 			_ = f.Close()
 		}
 	})
-	f.Add(p)
-	f.SetSecrets(p)
-	l := NewLedger(p, 1)
-	l.Produced(0, time.Now())
-	f.Use(l)
+	l := serveLedger(f, p, 1, 1)
 
 	c := &fasthttp.Client{}
 	body := eventBody(0)
@@ -361,11 +363,7 @@ func TestFarmHangReleasesOnClose(t *testing.T) {
 func TestFarmReset(t *testing.T) {
 	p := oneHookPlan(EndpointBehaviour{Reset: true}, EndpointBehaviour{})
 	f := newTestFarm(t, 1)
-	f.Add(p)
-	f.SetSecrets(p)
-	l := NewLedger(p, 2)
-	l.Produced(0, time.Now())
-	f.Use(l)
+	l := serveLedger(f, p, 2, 1)
 	c := &fasthttp.Client{}
 	body := eventBody(0)
 	sig := contract.NewSigner("s3cret").Sign(body)
@@ -458,11 +456,7 @@ func TestFarmHandlerAllocs(t *testing.T) {
 	}
 	p := oneHookPlan(EndpointBehaviour{})
 	f := newTestFarm(t, 1)
-	f.Add(p)
-	f.SetSecrets(p)
-	l := NewLedger(p, 1)
-	l.Produced(0, time.Now())
-	f.Use(l)
+	l := serveLedger(f, p, 1, 1)
 	ctx := handlerCtx(p, 0)
 	allocs := testing.AllocsPerRun(1000, func() { f.handle(ctx) })
 	if allocs != 0 || ctx.Response.StatusCode() != 200 {
@@ -480,11 +474,7 @@ func BenchmarkFarmRequest(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	f.Add(p)
-	f.SetSecrets(p)
-	l := NewLedger(p, 1)
-	l.Produced(0, time.Now())
-	f.Use(l)
+	serveLedger(f, p, 1, 1)
 	ctx := handlerCtx(p, 0)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -497,10 +487,7 @@ func BenchmarkFarmRequest(b *testing.B) {
 func TestFarmSetBehaviour(t *testing.T) {
 	p := oneHookPlan(EndpointBehaviour{}, EndpointBehaviour{})
 	f := newTestFarm(t, 1)
-	f.Add(p)
-	f.SetSecrets(p)
-	l := NewLedger(p, 4)
-	f.Use(l)
+	l := serveLedger(f, p, 4, 0)
 	c := &fasthttp.Client{}
 	for e := 0; e < 4; e++ {
 		l.Produced(e, time.Now())
