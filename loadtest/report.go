@@ -255,12 +255,13 @@ func (r *Report) WriteFiles(dir string) (jsonPath, htmlPath string, err error) {
 // --- the summary row, shared by the table and the page ---
 
 type reportRow struct {
-	Name, Variant, Result                        string
-	Passed                                       bool
-	Events, Deliveries                           string
-	Rate, Ceiling, Ratio                         string
-	P50, P95, P99, Max                           string
-	Missing, Duplicates, BadSignatures, RSS, CPU string
+	Name, Variant, Result                     string
+	Passed                                    bool
+	Events, Deliveries                        string
+	Rate, Ceiling, Ratio                      string
+	P50, P95, P99, Max                        string
+	Missing, Duplicates, BadSignatures, Retry string
+	RSS, CPU                                  string
 }
 
 func reportRowOf(s *Scenario) reportRow {
@@ -271,6 +272,7 @@ func reportRowOf(s *Scenario) reportRow {
 		P50: reportFmtMs(s.P50Ms), P95: reportFmtMs(s.P95Ms), P99: reportFmtMs(s.P99Ms), Max: reportFmtMs(s.MaxMs),
 		Missing: strconv.FormatInt(s.Missing, 10), Duplicates: strconv.FormatInt(s.Duplicates, 10),
 		BadSignatures: strconv.FormatInt(s.BadSignatures, 10),
+		Retry:         strconv.FormatInt(s.PeakRetryDepth, 10),
 		RSS:           reportFmtMiB(s.PeakRSSBytes),
 		CPU:           strconv.FormatFloat(reportRound(reportCores(s), 100), 'f', 2, 64),
 	}
@@ -425,15 +427,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 	var tbl bytes.Buffer
 	tw := tabwriter.NewWriter(&tbl, 0, 0, 2, ' ', tabwriter.AlignRight)
 	header := [][]string{
-		{pad("scenario", nameW), "result", "deliveries", "ceiling", "ratio", "p50", "p95", "p99", "max", "missing", "dups", "bad", "RSS", "CPU"},
-		{pad("", nameW), "      ", "/s", "/s", "", "ms", "ms", "ms", "ms", "", "", "sig", "MiB", "cores"},
+		{pad("scenario", nameW), "result", "deliveries", "ceiling", "ratio", "p50", "p95", "p99", "max", "missing", "dups", "bad", "retry", "RSS", "CPU"},
+		{pad("", nameW), "      ", "/s", "/s", "", "ms", "ms", "ms", "ms", "", "", "sig", "peak", "MiB", "cores"},
 	}
 	for _, h := range header {
 		fmt.Fprint(tw, strings.Join(h, "\t")+"\t\n")
 	}
 	for _, row := range rows {
 		cells := []string{pad(row.Name, nameW), pad(row.Result, 6), row.Rate, row.Ceiling, row.Ratio,
-			row.P50, row.P95, row.P99, row.Max, row.Missing, row.Duplicates, row.BadSignatures, row.RSS, row.CPU}
+			row.P50, row.P95, row.P99, row.Max, row.Missing, row.Duplicates, row.BadSignatures, row.Retry, row.RSS, row.CPU}
 		fmt.Fprint(tw, strings.Join(cells, "\t")+"\t\n")
 	}
 	if err := tw.Flush(); err != nil {
@@ -896,8 +898,8 @@ svg path.l0, svg path.l1 { fill: none; }
 {{if .Command}}<p class="meta">command: <code>{{.Command}}</code></p>{{end}}
 {{if .Failed}}<p class="banner fail">FAIL: {{.Passed}} of {{.Total}} scenarios passed</p>{{else}}<p class="banner pass">PASS: all {{.Total}} scenarios passed</p>{{end}}
 <table>
-<tr><th>scenario</th><th>variant</th><th>result</th><th>events</th><th>deliveries</th><th>deliveries/s</th><th>ceiling/s</th><th>ratio</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>max ms</th><th>missing</th><th>dups</th><th>bad sig</th><th>peak RSS MiB</th><th>CPU cores</th></tr>
-{{range $i, $r := .Rows}}<tr><td><a href="#s{{$i}}">{{$r.Name}}</a></td><td>{{$r.Variant}}</td><td class="{{if $r.Passed}}pass{{else}}fail{{end}}">{{$r.Result}}</td><td class="n">{{$r.Events}}</td><td class="n">{{$r.Deliveries}}</td><td class="n">{{$r.Rate}}</td><td class="n">{{$r.Ceiling}}</td><td class="n">{{$r.Ratio}}</td><td class="n">{{$r.P50}}</td><td class="n">{{$r.P95}}</td><td class="n">{{$r.P99}}</td><td class="n">{{$r.Max}}</td><td class="n">{{$r.Missing}}</td><td class="n">{{$r.Duplicates}}</td><td class="n">{{$r.BadSignatures}}</td><td class="n">{{$r.RSS}}</td><td class="n">{{$r.CPU}}</td></tr>
+<tr><th>scenario</th><th>variant</th><th>result</th><th>events</th><th>deliveries</th><th>deliveries/s</th><th>ceiling/s</th><th>ratio</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>max ms</th><th>missing</th><th>dups</th><th>bad sig</th><th>retry queue peak</th><th>peak RSS MiB</th><th>CPU cores</th></tr>
+{{range $i, $r := .Rows}}<tr><td><a href="#s{{$i}}">{{$r.Name}}</a></td><td>{{$r.Variant}}</td><td class="{{if $r.Passed}}pass{{else}}fail{{end}}">{{$r.Result}}</td><td class="n">{{$r.Events}}</td><td class="n">{{$r.Deliveries}}</td><td class="n">{{$r.Rate}}</td><td class="n">{{$r.Ceiling}}</td><td class="n">{{$r.Ratio}}</td><td class="n">{{$r.P50}}</td><td class="n">{{$r.P95}}</td><td class="n">{{$r.P99}}</td><td class="n">{{$r.Max}}</td><td class="n">{{$r.Missing}}</td><td class="n">{{$r.Duplicates}}</td><td class="n">{{$r.BadSignatures}}</td><td class="n">{{$r.Retry}}</td><td class="n">{{$r.RSS}}</td><td class="n">{{$r.CPU}}</td></tr>
 {{end}}</table>
 {{range .Sections}}
 <section id="{{.ID}}">

@@ -533,10 +533,10 @@ func TestReportTable(t *testing.T) {
 		t.Fatalf("no row for %s in\n%s", name, out)
 		return ""
 	}
-	if f := strings.Fields(row("healthy")); !slices.Equal(f, []string{"healthy", "PASS", "48211", "52000", "0.93", "1.23", "4.50", "12.3", "254", "0", "0", "0", "300", "3.25"}) {
+	if f := strings.Fields(row("healthy")); !slices.Equal(f, []string{"healthy", "PASS", "48211", "52000", "0.93", "1.23", "4.50", "12.3", "254", "0", "0", "0", "0", "300", "3.25"}) {
 		t.Errorf("healthy row: %q", f)
 	}
-	if f := strings.Fields(row("partitions")); len(f) < 2 || f[1] != "FAIL" || f[9] != "12" {
+	if f := strings.Fields(row("partitions")); len(f) < 13 || f[1] != "FAIL" || f[9] != "12" || f[12] != "7" {
 		t.Errorf("partitions row: %q", f)
 	}
 	if f := strings.Fields(row("churn")); len(f) < 2 || f[1] != "FAIL" {
