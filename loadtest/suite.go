@@ -602,10 +602,10 @@ func (s *suite) monitor(ctx context.Context, name string, stack *Stack, store *s
 				nextSample = nextSample.Add(time.Second)
 				cores, rss := smp.sample("geckohook")
 				sched, dead, err := store.Depth(ctx)
-				if err != nil {
-					sched, dead = -1, 0
-				}
 				m.mu.Lock()
+				if err != nil && len(m.secs) > 0 { // keep the last depth seen
+					sched, dead = m.secs[len(m.secs)-1].depth, 0
+				}
 				m.secs = append(m.secs, sample{depth: sched + dead, rss: rss, cores: cores})
 				m.peakDepth = max(m.peakDepth, sched+dead)
 				m.peakRSS = max(m.peakRSS, rss)
