@@ -643,5 +643,11 @@ func (m *monitor) points(secs []Second) []Point {
 	for i, s := range m.secs {
 		out[i].RetryDepth, out[i].RSSBytes, out[i].CPUCores = s.depth, s.rss, s.cores
 	}
+	// Seconds the ledger saw after the last sample keep its depth and RSS.
+	if k := len(m.secs); k > 0 {
+		for i := k; i < n; i++ {
+			out[i].RetryDepth, out[i].RSSBytes = m.secs[k-1].depth, m.secs[k-1].rss
+		}
+	}
 	return out
 }

@@ -90,7 +90,8 @@ func TestMonitorPoints(t *testing.T) {
 	m := &monitor{secs: []sample{{depth: 5, rss: 100, cores: 0.5}, {depth: 7, rss: 200, cores: 1.5}}}
 	pts := m.points([]Second{{At: 0, Delivered: 10, P50: time.Millisecond}, {At: 2, Delivered: 30, P99: 3 * time.Millisecond}})
 	if len(pts) != 3 || pts[0].DeliveredPerSec != 10 || pts[0].P50Ms != 1 || pts[1].RetryDepth != 7 ||
-		pts[1].CPUCores != 1.5 || pts[2].DeliveredPerSec != 30 || pts[2].P99Ms != 3 || pts[2].T != 3 {
+		pts[1].CPUCores != 1.5 || pts[2].DeliveredPerSec != 30 || pts[2].P99Ms != 3 || pts[2].T != 3 ||
+		pts[2].RetryDepth != 7 || pts[2].RSSBytes != 200 || pts[2].CPUCores != 0 {
 		t.Fatalf("points %+v", pts)
 	}
 }
