@@ -87,6 +87,7 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	stamp := time.Now().Unix()
 	var nextEvent atomic.Int64
 	var sent atomic.Int64
+	var failed atomic.Int64
 	var firstErr error
 	var errOnce sync.Once
 	start := time.Now()
@@ -122,8 +123,11 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 					req.Header.SetBytesV("X-Gecko-Signature", sig)
 					req.SetBodyRaw(body)
 					if err := c.DoTimeout(req, resp, 10*time.Second); err != nil {
+						// A loaded machine may drop the odd request; many
+						// failing mean the farm is broken.
 						errOnce.Do(func() { firstErr = fmt.Errorf("ceiling request to %s: %w", h.URL, err) })
-						return
+						failed.Add(1)
+						continue
 					}
 					sent.Add(1)
 				}
@@ -132,11 +136,12 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	if firstErr != nil {
-		return Ceiling{}, firstErr
+	if n := failed.Load(); n > 0 && n*100 > sent.Load()+n {
+		return Ceiling{}, fmt.Errorf("ceiling: %d of %d requests failed, the first: %w", n, sent.Load()+n, firstErr)
 	}
-	if got := l.Delivered(); got != sent.Load() {
-		return Ceiling{}, fmt.Errorf("ceiling: the farm recorded %d deliveries of %d sent", got, sent.Load())
+	// Every answered request was recorded; a failed one may have been too.
+	if got := l.Delivered(); got < sent.Load() || got > sent.Load()+failed.Load() {
+		return Ceiling{}, fmt.Errorf("ceiling: the farm recorded %d deliveries of %d sent (%d failed)", got, sent.Load(), failed.Load())
 	}
 	return Ceiling{Requests: sent.Load(), Elapsed: elapsed, PerSec: float64(sent.Load()) / elapsed.Seconds(), Workers: o.Workers}, nil
 }

@@ -74,7 +74,11 @@ func (p *Plan) AddAccount(app int32, servers []int, bs []EndpointBehaviour) int 
 
 // Pairs is how many (event, webhook) pairs events 0 to n-1 make with the
 // webhooks keep accepts (nil: every webhook).
-func (p *Plan) Pairs(n int, keep func(h *PlanHook) bool) int64 {
+func (p *Plan) Pairs(n int, keep func(h *PlanHook) bool) int64 { return p.PairCounter(keep)(n) }
+
+// PairCounter is Pairs for one keep, counted per account once, so each call
+// costs O(1) (the flood's gate asks every millisecond).
+func (p *Plan) PairCounter(keep func(h *PlanHook) bool) func(n int) int64 {
 	per := make([]int64, len(p.Accounts)+1) // per[a]: pairs of accounts before a
 	for a, hooks := range p.Accounts {
 		c := int64(0)
@@ -86,8 +90,10 @@ func (p *Plan) Pairs(n int, keep func(h *PlanHook) bool) int64 {
 		per[a+1] = per[a] + c
 	}
 	accounts := len(p.Accounts)
-	if accounts == 0 || n <= 0 {
-		return 0
+	return func(n int) int64 {
+		if accounts == 0 || n <= 0 {
+			return 0
+		}
+		return int64(n/accounts)*per[accounts] + per[n%accounts]
 	}
-	return int64(n/accounts)*per[accounts] + per[n%accounts]
 }

@@ -39,6 +39,8 @@ func StartProc(role, logPath, bin string, args ...string) (*Proc, error) {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// A harness killed outright takes its children with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	// Settings come from the arguments alone, not from the caller's
 	// GECKOHOOK_* variables.
 	for _, kv := range os.Environ() {

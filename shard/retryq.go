@@ -378,7 +378,7 @@ func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Rec
 				if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
 					continue // left in the dead set, as it is
 				}
-				rec.Retries = 0
+				rec.Retries, rec.Deferrals = 0, 0
 				raw, err := msgpack.Marshal(rec)
 				if err != nil {
 					return fmt.Errorf("cannot encode delivery %s: %w", rec.ID, err)

@@ -131,6 +131,7 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	b := recs[1]
 	b.Attempts, b.Retries, b.LastStatus = 2, 1, 503
 	c := mk("c")
+	c.Deferrals = 3
 	if err := q.Apply(ctx, []Op{
 		{Kind: OpRemove, Rec: recs[0]},
 		{Kind: OpReschedule, Rec: b, At: t0.Add(200 * time.Second)},
@@ -191,7 +192,7 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	if ids(recs) != "bc" {
 		t.Fatalf("after retry-now and replay, claim got %q, want bc", ids(recs))
 	}
-	if recs[1].Retries != 0 || recs[1].Attempts != 1 {
+	if recs[1].Retries != 0 || recs[1].Deferrals != 0 || recs[1].Attempts != 1 {
 		t.Fatalf("a replayed dead delivery starts its schedule again: %+v", recs[1])
 	}
 	if dl, _ := q.DeadLen(ctx); dl != 0 {

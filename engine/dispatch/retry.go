@@ -257,10 +257,15 @@ func (s *shardRun) releaseUntaken(recs []*shard.Record, leaseEnd time.Time) {
 	s.releaseLeases(s.retries.untaken(recs, leaseEnd))
 }
 
+// maxDeferralStep caps the deferral wait at Sidekiq's retry 5 (11-12
+// minutes): a host that comes back gets its backlog within minutes, and a
+// dead one's is claimed at most every 11 minutes or so.
+const maxDeferralStep = 5
+
 // deferral is how long the n-th deferral in a row (from 1) waits: as long as
-// Sidekiq's retry n-1 (15-25 s, 16-35 s, 31-60 s, ...), at most retry 24's.
+// Sidekiq's retry n-1 (15-25 s, 16-35 s, 31-60 s, ...), at most retry 5's.
 func deferral(n int, randn func(int) int) time.Duration {
-	return contract.RetryDelay(min(max(n-1, 0), 24), randn)
+	return contract.RetryDelay(min(max(n-1, 0), maxDeferralStep), randn)
 }
 
 // op is what a retry's outcome does to its record.

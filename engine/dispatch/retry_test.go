@@ -211,7 +211,7 @@ func TestRetryOp(t *testing.T) {
 	rec := &shard.Record{ID: "d", Attempts: 1, Retries: 2}
 	for n := 1; n <= 30; n++ {
 		op := s.op(&delivery{rec: rec, at: at, res: sender.Result{Outcome: contract.Failure, Err: errHostSaturated}})
-		m := min(n-1, 24)
+		m := min(n-1, maxDeferralStep)
 		want := at.Add(time.Duration(m*m*m*m+15+10*(m+1)-1) * time.Second)
 		if op.Kind != shard.OpReschedule || !op.At.Equal(want) || rec.Deferrals != n || rec.Retries != 2 || rec.Attempts != 1 {
 			t.Fatalf("deferral %d: %+v due %v, want %v", n, rec, op.At, want)
