@@ -72,12 +72,18 @@ func (p *Plan) AddAccount(app int32, servers []int, bs []EndpointBehaviour) int 
 	return int(acc)
 }
 
-// Pairs is how many (event, webhook) pairs events 0 to n-1 make with the
-// webhooks keep accepts (nil: every webhook).
-func (p *Plan) Pairs(n int, keep func(h *PlanHook) bool) int64 { return p.PairCounter(keep)(n) }
+// MeanFanout is how many webhooks an event reaches on average.
+func (p *Plan) MeanFanout() float64 {
+	if len(p.Accounts) == 0 {
+		return 0
+	}
+	return float64(len(p.Hooks)) / float64(len(p.Accounts))
+}
 
-// PairCounter is Pairs for one keep, counted per account once, so each call
-// costs O(1) (the flood's gate asks every millisecond).
+// PairCounter returns how many (event, webhook) pairs events 0 to n-1 make
+// with the webhooks keep accepts (nil: every webhook). The counts per
+// account are taken once, so each call costs O(1) (the flood's gate asks
+// every millisecond).
 func (p *Plan) PairCounter(keep func(h *PlanHook) bool) func(n int) int64 {
 	per := make([]int64, len(p.Accounts)+1) // per[a]: pairs of accounts before a
 	for a, hooks := range p.Accounts {

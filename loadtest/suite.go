@@ -344,8 +344,8 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 
 	// The flood.
 	maxEvents := int(sp.flood.Seconds()*120_000) + 1000
-	if f := sp.plan.Pairs(len(sp.plan.Accounts), nil) / int64(len(sp.plan.Accounts)); f > 1 {
-		maxEvents /= int(f)
+	if f := int(sp.plan.MeanFanout()); f > 1 {
+		maxEvents /= f
 	}
 	l := NewLedger(sp.plan, maxEvents)
 	farm.Use(l)
@@ -430,9 +430,7 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	if row.Unexpected > 0 {
 		row.Failures = append(row.Failures, fmt.Sprintf("%d requests no webhook expected", row.Unexpected))
 	}
-	if row.CeilingPerSec > 0 {
-		row.Ratio = row.DeliveriesPerSec / row.CeilingPerSec
-	}
+	row.Ratio = RatioOf(row.DeliveriesPerSec, row.CeilingPerSec)
 	row.Passed = len(row.Failures) == 0
 	fmt.Fprintf(o.Log, "%s %s: %d events, %d deliveries, %.0f/s (%.2f of the ceiling), missing %d, duplicates %d\n",
 		sp.name, sp.variant, row.Events, row.Deliveries, row.DeliveriesPerSec, row.Ratio, row.Missing, row.Duplicates)
@@ -441,7 +439,7 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 
 // pacedPhase produces at half the flood's rate and takes the latency from it.
 func (s *suite) pacedPhase(ctx context.Context, sp spec, stack *Stack, farm *Farm, row *Scenario) error {
-	rate := row.DeliveriesPerSec / 2 / (float64(sp.plan.Pairs(len(sp.plan.Accounts), nil)) / float64(len(sp.plan.Accounts)))
+	rate := row.DeliveriesPerSec / 2 / sp.plan.MeanFanout()
 	how := "half the flood's rate"
 	if s.o.PacedRate > 0 {
 		rate, how = s.o.PacedRate, "set by --paced-rate"

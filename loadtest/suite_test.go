@@ -12,7 +12,8 @@ import (
 	"github.com/geckohook/geckohook/engine/contract"
 )
 
-// Plan.Pairs agrees with counting pair by pair, whole and filtered.
+// Plan.PairCounter agrees with counting pair by pair, whole and filtered,
+// and MeanFanout with the plan's shape.
 func TestPlanPairs(t *testing.T) {
 	p := fanouts(47, 3, 4)
 	odd := func(h *PlanHook) bool { return h.Pos%2 == 1 }
@@ -26,15 +27,18 @@ func TestPlanPairs(t *testing.T) {
 				}
 			}
 		}
-		if got := p.Pairs(n, nil); got != all {
-			t.Errorf("Pairs(%d) = %d, want %d", n, got, all)
+		if got := p.PairCounter(nil)(n); got != all {
+			t.Errorf("pairs of %d events = %d, want %d", n, got, all)
 		}
-		if got := p.Pairs(n, odd); got != kept {
-			t.Errorf("Pairs(%d, odd) = %d, want %d", n, got, kept)
+		if got := p.PairCounter(odd)(n); got != kept {
+			t.Errorf("odd pairs of %d events = %d, want %d", n, got, kept)
 		}
 	}
 	if len(p.Hooks) != 47 || len(p.Accounts[0]) != 1 || len(p.Accounts[8]) != 9 || len(p.Accounts[9]) != 2 {
 		t.Fatalf("fanouts: %d hooks, accounts of %d, %d and %d", len(p.Hooks), len(p.Accounts[0]), len(p.Accounts[8]), len(p.Accounts[9]))
+	}
+	if got := p.MeanFanout(); got != 4.7 {
+		t.Fatalf("mean fanout %v, want 47 hooks / 10 accounts", got)
 	}
 }
 
