@@ -119,8 +119,8 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 					req.Header.SetMethod(fasthttp.MethodPost)
 					req.SetRequestURI(h.URL)
 					req.Header.SetContentType("application/json")
-					req.Header.SetBytesV("X-Gecko-Delivery", id)
-					req.Header.SetBytesV("X-Gecko-Signature", sig)
+					req.Header.SetBytesV(contract.DefaultDeliveryHeader, id)
+					req.Header.SetBytesV(contract.DefaultSignatureHeader, sig)
 					req.SetBodyRaw(body)
 					if err := c.DoTimeout(req, resp, 10*time.Second); err != nil {
 						// A loaded machine may drop the odd request; many

@@ -39,8 +39,8 @@ const (
 )
 
 var (
-	deliveryHeader  = []byte("X-Gecko-Delivery")
-	signatureHeader = []byte("X-Gecko-Signature")
+	deliveryHeader  = []byte(contract.DefaultDeliveryHeader)
+	signatureHeader = []byte(contract.DefaultSignatureHeader)
 	objectIDKey     = []byte(`"object_id":`)
 	hookPrefix      = []byte("/h/")
 )

@@ -77,7 +77,7 @@ func (r *Receiver) Expect(path, secret string) {
 func (r *Receiver) handle(ctx *fasthttp.RequestCtx) {
 	path := string(ctx.Path())
 	body := append([]byte(nil), ctx.PostBody()...)
-	sig := string(ctx.Request.Header.Peek("X-Gecko-Signature"))
+	sig := string(ctx.Request.Header.Peek(contract.DefaultSignatureHeader))
 	r.mu.Lock()
 	secret, known := r.secrets[path]
 	n := r.counts[path]
@@ -85,7 +85,7 @@ func (r *Receiver) handle(ctx *fasthttp.RequestCtx) {
 	r.mu.Unlock()
 	status := r.behaviour(path, n) // may block: a slow endpoint
 	rec := Received{
-		Path: path, DeliveryID: string(ctx.Request.Header.Peek("X-Gecko-Delivery")), Signature: sig,
+		Path: path, DeliveryID: string(ctx.Request.Header.Peek(contract.DefaultDeliveryHeader)), Signature: sig,
 		ContentType: string(ctx.Request.Header.ContentType()), UserAgent: string(ctx.Request.Header.UserAgent()),
 		Body: body, Status: status, ValidSig: known && contract.ValidSignature(secret, body, []byte(sig)), At: time.Now(),
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/shard"
 )
 
@@ -309,7 +310,7 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	defer stack.Stop()
 	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: strings.Split(stack.RedisAddr, ",")})
 	defer rdb.Close()
-	store := shard.NewStore(rdb, "gh:")
+	store := shard.NewStore(rdb, contract.DefaultRedisPrefix)
 
 	before := s.geckohookRSS(stack)
 	regStart := time.Now()

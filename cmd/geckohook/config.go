@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/geckohook/geckohook/engine/contract"
 )
 
 // config is every setting of every role. Flags (with their help text) are
@@ -86,7 +88,7 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis host:port, or a comma-separated list for Redis Cluster; empty in `all` starts the embedded Redis (not for production data)")
 	fs.StringVar(&c.RedisPassword, "redis-password", "", "Redis password (prefer GECKOHOOK_REDIS_PASSWORD)")
-	fs.StringVar(&c.RedisPrefix, "redis-prefix", "gh:", "prefix of every Redis key")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", contract.DefaultRedisPrefix, "prefix of every Redis key")
 	fs.StringVar(&c.EmbeddedRedis, "embedded-redis-listen", "127.0.0.1:0", "host:port of the embedded Redis (port 0: a free port, printed at start)")
 
 	fs.BoolVar(&c.AllowPrivate, "allow-private-targets", false, "allow webhooks to loopback, private and link-local addresses (development, tests, benchmarks); on by default in `all` with embedded Kafka or Redis")
@@ -103,8 +105,8 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.IntVar(&c.RetryWindow, "retry-window", 1024, "claimed retries in flight per shard (bounds memory while retries drain)")
 	fs.DurationVar(&c.DeadRetention, "dead-retention", 180*24*time.Hour, "how long dead deliveries are kept for inspection and replay")
 	fs.IntVar(&c.DeadMax, "dead-max", 10000, "dead deliveries kept per shard; the oldest beyond it are dropped")
-	fs.StringVar(&c.DeliveryHeader, "delivery-header", "X-Gecko-Delivery", "name of the delivery id header")
-	fs.StringVar(&c.SignatureHeader, "signature-header", "X-Gecko-Signature", "name of the signature header")
+	fs.StringVar(&c.DeliveryHeader, "delivery-header", contract.DefaultDeliveryHeader, "name of the delivery id header")
+	fs.StringVar(&c.SignatureHeader, "signature-header", contract.DefaultSignatureHeader, "name of the signature header")
 
 	addCoordinatorFlags(fs, &c.coordinatorConfig)
 

@@ -12,10 +12,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/geckohook/geckohook/engine/coordinator"
-	"github.com/geckohook/geckohook/engine/health"
 	"github.com/geckohook/geckohook/engine/mail"
 	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/streak"
 )
 
 // coordinatorConfig holds the settings of the coordinator role, the daily
@@ -40,7 +41,7 @@ type coordinatorConfig struct {
 func addCoordinatorFlags(fs *flag.FlagSet, c *coordinatorConfig) {
 	fs.StringVar(&c.OutcomesTopic, "outcomes-topic", outcomes.DefaultTopic, "Kafka topic where dispatchers publish delivery outcomes for the coordinator (key = webhook id)")
 	fs.StringVar(&c.CoordinatorGroup, "coordinator-group", "geckohook-coordinators", "Kafka consumer group of the coordinators")
-	fs.DurationVar(&c.DeleteAfter, "delete-after", health.DefaultDeleteAfter, "delete a webhook whose failures have run this long without a single success (the seed's 3 days)")
+	fs.DurationVar(&c.DeleteAfter, "delete-after", streak.DefaultDeleteAfter, "delete a webhook whose failures have run this long without a single success (the seed's 3 days)")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Minute, "how often the coordinator sweeps failing webhooks for --delete-after")
 	fs.StringVar(&c.MailAt, "mail-at", "00:00", "time of day (HH:MM, UTC) of the daily digest, which covers the 24 h before it")
 	fs.DurationVar(&c.MailGrace, "mail-grace", 2*time.Minute, "the time an outcome may take into Kafka: a day's digest waits until the coordinators have applied every outcome up to this long past the day's end, and the 3-day rule is judged this long behind the coordinators' catch-up watermark")
@@ -64,14 +65,14 @@ func (c *coordinatorConfig) validate() error {
 	return nil
 }
 
-func (c *coordinatorConfig) policy() health.Policy {
-	return health.Policy{DeleteAfter: c.DeleteAfter, MailAt: c.mailAt}
+func (c *coordinatorConfig) policy() streak.Policy {
+	return streak.Policy{DeleteAfter: c.DeleteAfter, MailAt: c.mailAt}
 }
 
 // newOutcomes starts the publisher dispatchers report outcomes through.
-func newOutcomes(c *config, brokers []string, rdb redis.UniversalClient, log zerolog.Logger) *outcomes.Publisher {
-	return outcomes.NewPublisher(brokers, c.OutcomesTopic, log.With().Str("part", "outcomes").Logger(),
-		outcomes.WithFailingSet(rdb, coordinator.Keys{Prefix: c.RedisPrefix}.Failing(), 30*time.Second))
+func newOutcomes(c *config, brokers []string, rdb redis.UniversalClient, log zerolog.Logger) *publish.Publisher {
+	return publish.New(brokers, c.OutcomesTopic, log.With().Str("part", "outcomes").Logger(),
+		publish.WithFailingSet(rdb, coordinator.Keys{Prefix: c.RedisPrefix}.Failing(), 30*time.Second))
 }
 
 // startCoordinator starts the coordinator and the daily mail job as parts

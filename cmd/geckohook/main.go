@@ -32,7 +32,7 @@ import (
 	"github.com/geckohook/geckohook/engine/embedded"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/netguard"
-	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
@@ -295,7 +295,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 	}
 
 	var d *dispatch.Dispatcher
-	var pub *outcomes.Publisher
+	var pub *publish.Publisher
 	var coordMetrics func(*bytes.Buffer)
 	metrics := func(b *bytes.Buffer) {
 		if d != nil {

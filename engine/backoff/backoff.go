@@ -7,6 +7,8 @@ package backoff
 import (
 	"context"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Retry runs op until it returns nil (true) or ctx ends (false). After each
@@ -34,4 +36,13 @@ func Retry(ctx context.Context, first, limit time.Duration, op func() error, fai
 		case <-t.C:
 		}
 	}
+}
+
+// Hold is Retry for a loop whose progress waits on op (a Redis write, a
+// Kafka commit): waits double from first up to 5 s, and each failure is
+// logged as "cannot <what>; offsets held until it works".
+func Hold(ctx context.Context, log zerolog.Logger, first time.Duration, what string, op func() error) bool {
+	return Retry(ctx, first, 5*time.Second, op, func(err error, wait time.Duration) {
+		log.Warn().Err(err).Dur("retry_in", wait).Msgf("cannot %s; offsets held until it works", what)
+	})
 }

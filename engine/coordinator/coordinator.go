@@ -29,9 +29,10 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/geckohook/geckohook/engine/backoff"
-	"github.com/geckohook/geckohook/engine/health"
+	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/streak"
 )
 
 // Options configure a Coordinator. Zero values mean the defaults in brackets.
@@ -46,7 +47,7 @@ type Options struct {
 
 	// Policy: DeleteAfter (72h) and MailAt (00:00), which sets the mail day
 	// failures are counted in.
-	Policy health.Policy
+	Policy streak.Policy
 	// SweepEvery is how often the failing set is swept for the 3-day rule
 	// (1m). A sweep judges at min(now, watermark) - Grace; it is skipped
 	// only while no catch-up watermark exists yet.
@@ -97,7 +98,7 @@ func New(o Options) *Coordinator {
 		o.Group = "geckohook-coordinators"
 	}
 	if o.Prefix == "" {
-		o.Prefix = "gh:"
+		o.Prefix = contract.DefaultRedisPrefix
 	}
 	if o.SweepEvery <= 0 {
 		o.SweepEvery = time.Minute
@@ -432,9 +433,7 @@ func (c *Coordinator) sweep(ctx context.Context, now, judge time.Time) error {
 
 // retry runs op until it succeeds (true) or ctx ends (false), backing off.
 func (c *Coordinator) retry(ctx context.Context, what string, op func() error) bool {
-	return backoff.Retry(ctx, 100*time.Millisecond, 5*time.Second, op, func(err error, wait time.Duration) {
-		c.o.Log.Warn().Err(err).Dur("retry_in", wait).Msgf("cannot %s; offsets held until it works", what)
-	})
+	return backoff.Hold(ctx, c.o.Log, 100*time.Millisecond, what, op)
 }
 
 func sleep(ctx context.Context, d time.Duration) {

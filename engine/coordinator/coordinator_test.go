@@ -11,10 +11,11 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/geckohook/geckohook/engine/health"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/streak"
 	"github.com/geckohook/geckohook/internal/testenv"
 )
 
@@ -140,14 +141,14 @@ func TestFailureCrossingDeleteAfterDeletesOnArrival(t *testing.T) {
 		t.Fatal("not deleted by the failure at 72 h")
 	}
 	h, _ := c.o.Redis.HGetAll(context.Background(), c.keys.Health(w.ID)).Result()
-	if h["reason"] != health.ReasonFailing || h["deleted"] == "0" {
+	if h["reason"] != streak.ReasonFailing || h["deleted"] == "0" {
 		t.Fatalf("health = %v, want deleted for failing", h)
 	}
 	raw, err := c.o.Redis.HGet(context.Background(), c.keys.DayDeleted("2026-11-23", w.AppID), w.ID).Result()
 	if err != nil {
 		t.Fatalf("no deletion record for the day: %v", err)
 	}
-	if e, _ := DecodeDayEntry([]byte(raw)); e == nil || e.Reason != health.ReasonFailing || e.Address != w.Address {
+	if e, _ := DecodeDayEntry([]byte(raw)); e == nil || e.Reason != streak.ReasonFailing || e.Address != w.Address {
 		t.Fatalf("deletion record = %+v", e)
 	}
 	if ok, _ := c.o.Redis.SIsMember(context.Background(), c.keys.DayApps("2026-11-23"), w.AppID).Result(); !ok {
@@ -224,7 +225,7 @@ func TestSweepWaitsForTheBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	pub := outcomes.NewPublisher(brokers, outcomes.DefaultTopic, log)
+	pub := publish.New(brokers, outcomes.DefaultTopic, log)
 	pub.Publish(&outcomes.Outcome{Kind: outcomes.Success, WebhookID: w.ID, AppID: w.AppID, Status: 200, Attempt: 2, At: t0.Add(70 * time.Hour)})
 	if err := pub.Close(ctx); err != nil || pub.Published.Load() != 1 {
 		t.Fatalf("success not published: %v", err)
@@ -291,7 +292,7 @@ func TestGoneAfterSweepRecordsTheDeletion(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no deletion record for the 410: %v", err)
 	}
-	if e, _ := DecodeDayEntry([]byte(raw)); e == nil || e.Reason != health.ReasonGone || !e.Deleted.Equal(gone) {
+	if e, _ := DecodeDayEntry([]byte(raw)); e == nil || e.Reason != streak.ReasonGone || !e.Deleted.Equal(gone) {
 		t.Fatalf("deletion record = %+v, want gone at %v", e, gone)
 	}
 	if ok, _ := c.o.Redis.SIsMember(ctx, c.keys.DayApps("2026-11-23"), w.AppID).Result(); !ok {

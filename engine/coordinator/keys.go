@@ -75,7 +75,7 @@ type DayEntry struct {
 	DeleteAt    time.Time `msgpack:"da"` // when the 3-day rule deletes it, if the streak goes on
 	LastSuccess time.Time `msgpack:"ls"`
 	Deleted     time.Time `msgpack:"dl"`
-	Reason      string    `msgpack:"r"` // health.ReasonGone or health.ReasonFailing
+	Reason      string    `msgpack:"r"` // streak.ReasonGone or streak.ReasonFailing
 }
 
 // DecodeDayEntry reads a DayEntry.

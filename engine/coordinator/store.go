@@ -13,9 +13,9 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/geckohook/geckohook/engine/health"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/streak"
 )
 
 // Fields of the health hash {p}health:{webhook}:
@@ -50,7 +50,7 @@ type record struct {
 	account  string
 	event    string
 	address  string
-	s        health.State
+	s        streak.State
 	changed  bool
 	conflict bool
 	// deletedNow: this update is the one that marked it deleted (or that
@@ -93,7 +93,7 @@ func parseRecord(id string, h map[string]string) *record {
 		}
 	}
 	r.app, r.account, r.event, r.address = h["app"], h["account"], h["event"], h["address"]
-	r.s = health.State{
+	r.s = streak.State{
 		StreakStart: fromMS(h["since"]), LastFailure: fromMS(h["last_failure"]), Failures: atoi(h["failures"]),
 		LastStatus: atoi(h["status"]), LastError: h["error"], LastSuccess: fromMS(h["last_success"]),
 		Day: h["day"], FailuresToday: atoi(h["fday"]), DeadToday: atoi(h["dday"]),
@@ -134,12 +134,12 @@ type item struct {
 // success spends in a publisher's buffer or in a coordinator's backlog as
 // failing time and delete a webhook whose success is still unread. The
 // deletion itself is dated now.
-func (r *record) apply(p health.Policy, items []item, now, judge time.Time) {
+func (r *record) apply(p streak.Policy, items []item, now, judge time.Time) {
 	wasDeleted, wasReason := !r.s.Deleted.IsZero(), r.s.Reason
 	var crossed time.Time // newest failure that was DeleteAfter into its streak
 	defer func() {
 		r.deletedNow = !r.s.Deleted.IsZero() &&
-			(!wasDeleted || (wasReason == health.ReasonRemoved && r.s.Reason == health.ReasonGone))
+			(!wasDeleted || (wasReason == streak.ReasonRemoved && r.s.Reason == streak.ReasonGone))
 	}()
 	for _, it := range items {
 		if it.part == r.part && it.off <= r.off {
@@ -155,7 +155,7 @@ func (r *record) apply(p health.Policy, items []item, now, judge time.Time) {
 		d := p.Apply(&r.s, o, now)
 		r.part, r.off = it.part, it.off
 		r.changed = true
-		if at := cmp.Or(o.At, now); d.Delete && d.Reason == health.ReasonFailing && at.After(crossed) {
+		if at := cmp.Or(o.At, now); d.Delete && d.Reason == streak.ReasonFailing && at.After(crossed) {
 			crossed = at
 		}
 	}
@@ -163,7 +163,7 @@ func (r *record) apply(p health.Policy, items []item, now, judge time.Time) {
 	// later in the batch (published late, dated earlier) still counts: at
 	// the newest failure that crossed DeleteAfter, then at judge.
 	if (!crossed.IsZero() && p.Due(&r.s, crossed)) || (!judge.IsZero() && p.Due(&r.s, judge)) {
-		p.MarkDeleted(&r.s, now, health.ReasonFailing)
+		p.MarkDeleted(&r.s, now, streak.ReasonFailing)
 		r.changed = true
 	}
 }
@@ -191,14 +191,14 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 		}
 		for _, r := range recs {
 			r.apply(c.o.Policy, items[r.id], now, judge)
-			if r.deletedNow && r.s.Reason == health.ReasonFailing {
+			if r.deletedNow && r.s.Reason == streak.ReasonFailing {
 				stored, err := c.o.Registry.Stored(ctx, r.id)
 				if err != nil {
 					return err
 				}
 				if !stored {
 					// Its owner deleted it through the API: nothing to report.
-					r.s.Reason = health.ReasonRemoved
+					r.s.Reason = streak.ReasonRemoved
 				}
 			}
 		}
@@ -257,7 +257,7 @@ func (c *Coordinator) store(ctx context.Context, recs []*record) error {
 	return nil
 }
 
-func entryOf(r *record, p health.Policy) DayEntry {
+func entryOf(r *record, p streak.Policy) DayEntry {
 	s := &r.s
 	e := DayEntry{
 		WebhookID: r.id, AppID: r.app, AccountID: r.account, Event: r.event, Address: r.address,
@@ -281,16 +281,16 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 		}
 		// The dispatcher deleted a 410's webhook already; a replay finds
 		// it gone too (unless this copy of the registry still has it).
-		if (r.deletedNow && r.s.Reason == health.ReasonFailing) || c.o.Registry.Webhook(r.id) != nil {
+		if (r.deletedNow && r.s.Reason == streak.ReasonFailing) || c.o.Registry.Webhook(r.id) != nil {
 			err := c.o.Registry.DeleteWebhook(ctx, r.id)
 			if err != nil && !errors.Is(err, registry.ErrNotFound) {
 				return fmt.Errorf("cannot delete webhook %s: %w", r.id, err)
 			}
 		}
-		if !r.deletedNow || r.s.Reason == health.ReasonRemoved {
+		if !r.deletedNow || r.s.Reason == streak.ReasonRemoved {
 			continue
 		}
-		if r.s.Reason == health.ReasonFailing {
+		if r.s.Reason == streak.ReasonFailing {
 			c.Stats.DeletedFailing.Add(1)
 		} else {
 			c.Stats.DeletedGone.Add(1)
@@ -318,7 +318,7 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 			}
 			e := entryOf(r, c.o.Policy)
 			switch {
-			case r.s.Reason == health.ReasonRemoved:
+			case r.s.Reason == streak.ReasonRemoved:
 				p.ZRem(ctx, c.keys.Failing(), r.id)
 			case !r.s.Deleted.IsZero():
 				p.ZRem(ctx, c.keys.Failing(), r.id)

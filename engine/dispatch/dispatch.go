@@ -22,7 +22,7 @@ import (
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/kafkaio"
-	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
@@ -44,7 +44,7 @@ type Options struct {
 
 	// Outcomes receives failures, recoveries, 410s and dead deliveries for
 	// the coordinator (nil: not published).
-	Outcomes *outcomes.Publisher
+	Outcomes *publish.Publisher
 
 	// Workers send deliveries for every shard of this process (1024). A
 	// worker is held for the length of one attempt.
@@ -108,7 +108,7 @@ func (o *Options) defaults() {
 		o.Catalog = catalog.Default()
 	}
 	if o.RedisPrefix == "" {
-		o.RedisPrefix = "gh:"
+		o.RedisPrefix = contract.DefaultRedisPrefix
 	}
 	if o.ResourceBase == "" {
 		o.ResourceBase = "https://api.tradegecko.com"

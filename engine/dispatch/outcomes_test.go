@@ -12,13 +12,14 @@ import (
 
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/internal/testenv"
 )
 
 // The dispatcher publishes failures, the first success after a failure,
 // 410s and dead deliveries; the successes of a healthy webhook cost nothing.
 func TestDispatcherPublishesOutcomes(t *testing.T) {
-	var pub *outcomes.Publisher
+	var pub *publish.Publisher
 	e := startEnvWith(t, func(path string, n int) int {
 		switch {
 		case strings.HasPrefix(path, "/gone"):
@@ -36,7 +37,7 @@ func TestDispatcherPublishesOutcomes(t *testing.T) {
 		if err := kafkaio.EnsureTopics(context.Background(), o.Brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
 			t.Fatal(err)
 		}
-		pub = outcomes.NewPublisher(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
+		pub = publish.New(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
 		o.Outcomes = pub
 		o.MaxRetries = -1 // every failure is dead at once
 	})
@@ -73,7 +74,7 @@ func TestDispatcherPublishesOutcomes(t *testing.T) {
 
 // outcomes stops the dispatcher, flushes pub and returns what it published
 // per webhook as kind+status[@attempt when above 1], each checked by check.
-func (e *env) outcomes(pub *outcomes.Publisher, check func(o *outcomes.Outcome)) map[string][]string {
+func (e *env) outcomes(pub *publish.Publisher, check func(o *outcomes.Outcome)) map[string][]string {
 	t := e.t
 	t.Helper()
 	e.stop()
@@ -108,7 +109,7 @@ func (e *env) outcomes(pub *outcomes.Publisher, check func(o *outcomes.Outcome))
 // that ends a streak, and the death after the last retry.
 func TestRetriesPublishOutcomes(t *testing.T) {
 	clk := newClock(time.Unix(1_800_000_000, 0))
-	var pub *outcomes.Publisher
+	var pub *publish.Publisher
 	e := startEnvWith(t, func(path string, n int) int {
 		if path == "/recovers" && n >= 2 {
 			return 200
@@ -118,7 +119,7 @@ func TestRetriesPublishOutcomes(t *testing.T) {
 		if err := kafkaio.EnsureTopics(context.Background(), o.Brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
 			t.Fatal(err)
 		}
-		pub = outcomes.NewPublisher(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
+		pub = publish.New(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
 		o.Outcomes, o.MaxRetries = pub, 2
 		o.Now, o.PollEvery = clk.Now, 5*time.Millisecond
 	})

@@ -598,7 +598,5 @@ func tooLarge(err error) bool {
 
 // retry runs op until it succeeds (true) or ctx ends (false), backing off.
 func (s *shardRun) retry(ctx context.Context, what string, op func() error) bool {
-	return backoff.Retry(ctx, 50*time.Millisecond, 5*time.Second, op, func(err error, wait time.Duration) {
-		s.log.Warn().Err(err).Dur("retry_in", wait).Msgf("cannot %s; offsets held until it works", what)
-	})
+	return backoff.Hold(ctx, s.log, 50*time.Millisecond, what, op)
 }

@@ -46,9 +46,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/coordinator"
-	"github.com/geckohook/geckohook/engine/health"
 	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/streak"
 )
 
 // Options configure a Job. Zero values mean the defaults in brackets.
@@ -57,7 +58,7 @@ type Options struct {
 	Prefix   string // ("gh:")
 	Registry *registry.Registry
 	// Policy: MailAt (00:00 UTC) and DeleteAfter (72h), as the coordinator's.
-	Policy health.Policy
+	Policy streak.Policy
 
 	From         string // sender address ("geckohook@localhost")
 	SMTPAddr     string // host:port; empty: write .eml files into Outbox
@@ -129,7 +130,7 @@ type retryState struct {
 // New returns a Job; it fails only on unreadable templates.
 func New(o Options) (*Job, error) {
 	if o.Prefix == "" {
-		o.Prefix = "gh:"
+		o.Prefix = contract.DefaultRedisPrefix
 	}
 	if o.From == "" {
 		o.From = "geckohook@localhost"

@@ -25,6 +25,7 @@ import (
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/mail"
 	"github.com/geckohook/geckohook/engine/outcomes"
+	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/internal/testenv"
 )
@@ -51,7 +52,7 @@ type env struct {
 	brokers []string
 	reg     *registry.Registry // the test's own copy, following announcements
 	clk     *clock
-	pub     *outcomes.Publisher
+	pub     *publish.Publisher
 	sink    *testenv.SMTPSink
 	coords  []*coordinator.Coordinator
 	jobs    []*mail.Job
@@ -73,7 +74,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e.reg = e.registry()
-	e.pub = outcomes.NewPublisher(e.brokers, outcomes.DefaultTopic, e.log, outcomes.WithClock(e.clk.Now))
+	e.pub = publish.New(e.brokers, outcomes.DefaultTopic, e.log, publish.WithClock(e.clk.Now))
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

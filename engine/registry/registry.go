@@ -123,7 +123,7 @@ type Registry struct {
 // New returns an empty Registry; Start loads it and follows changes.
 func New(rdb redis.UniversalClient, o Options) *Registry {
 	if o.Prefix == "" {
-		o.Prefix = "gh:"
+		o.Prefix = contract.DefaultRedisPrefix
 	}
 	if o.ReloadEvery == 0 {
 		o.ReloadEvery = 5 * time.Minute

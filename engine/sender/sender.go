@@ -64,10 +64,10 @@ func (o *Options) defaults() {
 		o.UserAgent = "geckohook/" + Version
 	}
 	if o.DeliveryHeader == "" {
-		o.DeliveryHeader = "X-Gecko-Delivery"
+		o.DeliveryHeader = contract.DefaultDeliveryHeader
 	}
 	if o.SignatureHeader == "" {
-		o.SignatureHeader = "X-Gecko-Signature"
+		o.SignatureHeader = contract.DefaultSignatureHeader
 	}
 }
 

@@ -1,4 +1,4 @@
-// Package health holds the failure-streak rules of the seed as pure code:
+// Package streak holds the failure-streak rules of the delivery contract as pure code:
 // how one delivery outcome changes a webhook's health State, and when a
 // webhook must be deleted (410 Gone at once; failures unbroken for
 // DeleteAfter, 72 h by default). It does no I/O; the coordinator reads the
@@ -25,7 +25,7 @@
 //     time (a success later in the backlog may still reset the streak).
 //     Checking against the clock (Due(s, now)) is the caller's business, and
 //     only sound once every outcome up to now has been applied.
-package health
+package streak
 
 import (
 	"time"

@@ -1,0 +1,393 @@
+// Package publish sends outcome records (package outcomes) to the outcomes
+// topic off the delivery path: Publish only queues into a bounded buffer
+// (dropping and counting when it is full) and a background writer sends
+// batches; successes of webhooks that have not failed are filtered out in
+// memory, so healthy webhooks cost one read-locked lookup.
+package publish
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/kafkaio"
+	"github.com/geckohook/geckohook/engine/outcomes"
+)
+
+const shardCount = 64
+
+// failingShard remembers the webhooks this process saw fail since their
+// last forwarded success: webhook id → unix ms of the last failure (or of
+// the last time the coordinator's failing set named it).
+type failingShard struct {
+	mu sync.RWMutex
+	m  map[string]int64
+}
+
+// Option changes a Publisher.
+type Option func(*Publisher)
+
+// WithBuffer sets how many outcomes may wait for the writer (default 8192).
+func WithBuffer(n int) Option { return func(p *Publisher) { p.bufSize = max(n, 1) } }
+
+// WithClock sets the clock used to age remembered failures (default time.Now).
+func WithClock(now func() time.Time) Option { return func(p *Publisher) { p.now = now } }
+
+// WithFailingSet makes the Publisher read the coordinator's failing set
+// (ZSET key, e.g. "gh:failing") every `every` (default 30s) and treat the
+// webhooks in it as failing. Then a success is forwarded even when the
+// failure was seen by another process (a moved partition, another
+// producer's partitioner), so the streak is reset.
+func WithFailingSet(rdb redis.UniversalClient, key string, every time.Duration) Option {
+	return func(p *Publisher) {
+		p.rdb, p.failingKey, p.syncEvery = rdb, key, every
+		if p.syncEvery <= 0 {
+			p.syncEvery = 30 * time.Second
+		}
+	}
+}
+
+// WithRemember sets how long a failure seen here keeps making the next
+// success of its webhook worth forwarding (default 7 days; the coordinator
+// deletes a webhook after 3 days of failures).
+func WithRemember(d time.Duration) Option { return func(p *Publisher) { p.remember = d } }
+
+// Publisher sends outcomes to the outcomes topic in the background. Its
+// methods are safe for concurrent use.
+type Publisher struct {
+	w          *kafka.Writer
+	log        zerolog.Logger
+	dropLog    zerolog.Logger
+	now        func() time.Time
+	bufSize    int
+	remember   time.Duration
+	rdb        redis.UniversalClient
+	failingKey string
+	syncEvery  time.Duration
+
+	seed   maphash.Seed
+	shards [shardCount]failingShard
+
+	ch       chan outcomes.Outcome
+	closed   atomic.Bool
+	flushErr atomic.Pointer[error] // a batch lost while closing
+	stop     chan struct{}
+	done     chan struct{}
+
+	// The failing-set reader runs beside the writer, so a slow Redis never
+	// holds up the Kafka writes; Close cancels it and waits for it.
+	syncCancel context.CancelFunc
+	syncDone   chan struct{}
+
+	// Published counts outcomes written to Kafka; Dropped those lost to a
+	// full buffer or a failed write; Filtered successes not worth sending.
+	Published, Dropped, Filtered atomic.Int64
+}
+
+// New starts a Publisher writing to topic on brokers.
+func New(brokers []string, topic string, log zerolog.Logger, opts ...Option) *Publisher {
+	if topic == "" {
+		topic = outcomes.DefaultTopic
+	}
+	p := &Publisher{
+		log: log, now: time.Now, bufSize: 8192, remember: 7 * 24 * time.Hour,
+		seed: maphash.MakeSeed(), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	p.dropLog = log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})
+	for i := range p.shards {
+		p.shards[i].m = make(map[string]int64)
+	}
+	p.ch = make(chan outcomes.Outcome, p.bufSize)
+	p.w = kafkaio.NewWriter(brokers, topic)
+	p.w.BatchTimeout = 20 * time.Millisecond
+	go p.run()
+	if p.rdb != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.syncCancel, p.syncDone = cancel, make(chan struct{})
+		go p.syncLoop(ctx)
+	}
+	return p
+}
+
+func (p *Publisher) shard(webhookID string) *failingShard {
+	return &p.shards[maphash.String(p.seed, webhookID)%shardCount]
+}
+
+// Publish queues o for the outcomes topic (a zero At is set to the
+// Publisher's clock, read only when the outcome is queued). It never blocks: when the buffer
+// is full the outcome is dropped and counted. A first-attempt Success is
+// queued only if this Publisher queued a Failure (or Dead) for the webhook
+// since its last forwarded Success, or the coordinator lists it as failing;
+// a retry's Success (Attempt > 1) always is.
+func (p *Publisher) Publish(o *outcomes.Outcome) {
+	if p == nil || o == nil {
+		return
+	}
+	sh := p.shard(o.WebhookID)
+	switch o.Kind {
+	case outcomes.Success:
+		sh.mu.RLock()
+		_, failing := sh.m[o.WebhookID]
+		sh.mu.RUnlock()
+		if !failing && o.Attempt <= 1 {
+			p.Filtered.Add(1)
+			return
+		}
+		if failing {
+			sh.mu.Lock()
+			delete(sh.m, o.WebhookID)
+			sh.mu.Unlock()
+		}
+	case outcomes.Gone:
+		sh.mu.Lock()
+		delete(sh.m, o.WebhookID)
+		sh.mu.Unlock()
+	default:
+		ms := p.now().UnixMilli()
+		sh.mu.Lock()
+		sh.m[o.WebhookID] = ms
+		sh.mu.Unlock()
+	}
+	if p.closed.Load() {
+		p.drop(o, "publisher closed")
+		return
+	}
+	// Past this point a dropped success re-marks its webhook (below).
+	v := *o
+	if v.At.IsZero() {
+		v.At = p.now()
+	}
+	if len(v.Error) > outcomes.MaxError {
+		v.Error = v.Error[:outcomes.MaxError]
+	}
+	select {
+	case p.ch <- v:
+	default:
+		p.drop(o, "outcome buffer full")
+		if o.Kind == outcomes.Success {
+			// Keep the webhook marked so its next success is sent instead.
+			sh.mu.Lock()
+			sh.m[o.WebhookID] = p.now().UnixMilli()
+			sh.mu.Unlock()
+		}
+	}
+}
+
+func (p *Publisher) drop(o *outcomes.Outcome, why string) {
+	n := p.Dropped.Add(1)
+	p.dropLog.Warn().Str("reason", why).Str("kind", o.Kind.String()).Str("webhook_id", o.WebhookID).
+		Int64("dropped_total", n).Msg("outcome dropped; failure counters may miss it")
+}
+
+// Close stops accepting outcomes and writes what is buffered, until ctx ends.
+func (p *Publisher) Close(ctx context.Context) error {
+	if p == nil {
+		return nil
+	}
+	if p.closed.CompareAndSwap(false, true) {
+		close(p.stop)
+		if p.syncCancel != nil {
+			p.syncCancel()
+		}
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		_ = p.w.Close()
+		return fmt.Errorf("cannot flush outcomes: %w", ctx.Err())
+	}
+	if p.syncDone != nil {
+		// The reader stops at its next step; a Redis read in progress
+		// may not heed the cancel (go-redis without ContextTimeoutEnabled
+		// waits for its read timeout), so wait no longer than ctx.
+		select {
+		case <-p.syncDone:
+		case <-ctx.Done():
+			p.log.Warn().Msg("failing-set reader still waiting on Redis at close; it stops after its read timeout")
+		}
+	}
+	if err := p.w.Close(); err != nil {
+		return fmt.Errorf("cannot close outcomes writer: %w", err)
+	}
+	if e := p.flushErr.Load(); e != nil {
+		return fmt.Errorf("cannot flush outcomes: %w", *e)
+	}
+	return nil
+}
+
+const maxBatch = 512
+
+func (p *Publisher) run() {
+	defer close(p.done)
+	batch := make([]kafka.Message, 0, maxBatch)
+	prune := time.NewTicker(time.Minute)
+	defer prune.Stop()
+	for {
+		select {
+		case o := <-p.ch:
+			p.write(p.fill(p.add(batch[:0], &o)))
+		case <-prune.C:
+			p.prune()
+		case <-p.stop:
+			// Drain what is buffered, then stop.
+			for {
+				b := p.fill(batch[:0])
+				if len(b) == 0 {
+					return
+				}
+				p.write(b)
+			}
+		}
+	}
+}
+
+// fill adds what is already buffered to batch, up to maxBatch.
+func (p *Publisher) fill(batch []kafka.Message) []kafka.Message {
+	for len(batch) < maxBatch {
+		select {
+		case o := <-p.ch:
+			batch = p.add(batch, &o)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+func (p *Publisher) add(batch []kafka.Message, o *outcomes.Outcome) []kafka.Message {
+	v, err := outcomes.Encode(o)
+	if err != nil {
+		p.drop(o, err.Error())
+		return batch
+	}
+	return append(batch, kafka.Message{Key: []byte(o.WebhookID), Value: v})
+}
+
+// write sends one batch, retrying a few times; a batch that still fails is
+// counted as dropped (the buffer keeps filling meanwhile, bounded), and the
+// webhooks whose success it carried are marked failing again, so their next
+// success is forwarded instead (Publish unmarked them when it queued it).
+func (p *Publisher) write(batch []kafka.Message) {
+	var err error
+	for attempt, wait := 0, 100*time.Millisecond; attempt < 4; attempt, wait = attempt+1, wait*2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err = p.w.WriteMessages(ctx, batch...)
+		cancel()
+		if err == nil {
+			p.Published.Add(int64(len(batch)))
+			return
+		}
+		select {
+		case <-time.After(wait):
+		case <-p.stop:
+			if attempt > 0 {
+				attempt = 4 // closing: one more try at most
+			}
+		}
+	}
+	if p.closed.Load() {
+		p.flushErr.Store(&err)
+	}
+	ms := p.now().UnixMilli()
+	for _, m := range batch {
+		if o, derr := outcomes.Decode(m.Value); derr == nil && o.Kind == outcomes.Success {
+			sh := p.shard(o.WebhookID)
+			sh.mu.Lock()
+			sh.m[o.WebhookID] = ms
+			sh.mu.Unlock()
+		}
+	}
+	n := p.Dropped.Add(int64(len(batch)))
+	p.dropLog.Error().Err(err).Int("batch", len(batch)).Int64("dropped_total", n).Msg("cannot write outcomes; batch dropped")
+}
+
+// syncLoop reads the failing set at start and every syncEvery until ctx
+// ends (Close).
+func (p *Publisher) syncLoop(ctx context.Context) {
+	defer close(p.syncDone)
+	t := time.NewTicker(p.syncEvery)
+	defer t.Stop()
+	for {
+		p.syncFailing(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// syncFailing marks every webhook in the coordinator's failing set.
+func (p *Publisher) syncFailing(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ms := p.now().UnixMilli()
+	var cursor uint64
+	for {
+		keys, next, err := p.rdb.ZScan(ctx, p.failingKey, cursor, "", 1000).Result()
+		if err != nil {
+			if ctx.Err() == nil || !errors.Is(err, context.Canceled) {
+				p.log.Warn().Err(err).Msg("cannot read the failing set; successes after failures seen elsewhere may be filtered until the next try")
+			}
+			return
+		}
+		for i := 0; i < len(keys); i += 2 { // member, score pairs
+			sh := p.shard(keys[i])
+			sh.mu.Lock()
+			sh.m[keys[i]] = ms
+			sh.mu.Unlock()
+		}
+		if cursor = next; cursor == 0 {
+			return
+		}
+	}
+}
+
+// prune forgets failures older than the remember period, so the memory is
+// bounded by the webhooks that failed recently.
+func (p *Publisher) prune() {
+	cut := p.now().Add(-p.remember).UnixMilli()
+	for i := range p.shards {
+		sh := &p.shards[i]
+		sh.mu.Lock()
+		for id, at := range sh.m {
+			if at < cut {
+				delete(sh.m, id)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// Failing reports whether the Publisher would forward the next first-attempt
+// success of webhookID (for tests and debugging).
+func (p *Publisher) Failing(webhookID string) bool {
+	sh := p.shard(webhookID)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	_, ok := sh.m[webhookID]
+	return ok
+}
+
+// WriteMetrics appends the publisher's counters in Prometheus text format.
+func (p *Publisher) WriteMetrics(b *bytes.Buffer) {
+	if p == nil {
+		return
+	}
+	fmt.Fprintf(b, "# HELP geckohook_outcomes_total Outcomes for failure tracking, by fate (published to Kafka, dropped: buffer full or write failed, filtered: success of a healthy webhook).\n# TYPE geckohook_outcomes_total counter\n")
+	fmt.Fprintf(b, "geckohook_outcomes_total{fate=\"published\"} %d\n", p.Published.Load())
+	fmt.Fprintf(b, "geckohook_outcomes_total{fate=\"dropped\"} %d\n", p.Dropped.Load())
+	fmt.Fprintf(b, "geckohook_outcomes_total{fate=\"filtered\"} %d\n", p.Filtered.Load())
+}
