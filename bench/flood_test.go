@@ -14,6 +14,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/valyala/fasthttp"
 
+	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/dispatch"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/netguard"
@@ -136,7 +137,7 @@ func BenchmarkFlood(b *testing.B) {
 	_ = w.Close()
 
 	d := dispatch.New(dispatch.Options{
-		Brokers: brokers, Registry: reg, Redis: rdb, Workers: floodWorkers,
+		Brokers: brokers, Registry: reg, Redis: rdb, Workers: floodWorkers, MaxRetries: contract.DefaultMaxRetries,
 		Sender: sender.New(sender.Options{Policy: netguard.Policy{AllowPrivate: true, AllowHTTP: true}}),
 		Log:    zerolog.Nop(),
 	})

@@ -279,9 +279,10 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 		if r.s.Deleted.IsZero() || r.app == "" {
 			continue
 		}
-		// The dispatcher deleted a 410's webhook already; a replay finds
-		// it gone too (unless this copy of the registry still has it).
-		if (r.deletedNow && r.s.Reason == streak.ReasonFailing) || c.o.Registry.Webhook(r.id) != nil {
+		// Only the 3-day rule deletes here: a 410's webhook was deleted by
+		// the dispatcher before it published the outcome. A replayed batch
+		// deletes again what this copy of the registry still has.
+		if r.s.Reason == streak.ReasonFailing && (r.deletedNow || c.o.Registry.Webhook(r.id) != nil) {
 			err := c.o.Registry.DeleteWebhook(ctx, r.id)
 			if err != nil && !errors.Is(err, registry.ErrNotFound) {
 				return fmt.Errorf("cannot delete webhook %s: %w", r.id, err)

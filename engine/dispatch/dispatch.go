@@ -1,18 +1,29 @@
 // Package dispatch is the dispatcher role: it joins the events topic's
-// consumer group, runs one shard per assigned partition (fetch, decode, fan
-// out to the registry's webhooks, send through a shared worker pool, schedule
-// failures into the shard's Redis retry queue, dead-letter bad input), and
+// consumer group and runs one shard per assigned partition, delivering
+// each event to every matching webhook through a shared worker pool, and
 // commits each partition's offset up to its lowest unfinished event.
+//
+// Where each step lives:
+//   - fetch.go: the partition's fetch loop (kafka-go Reader, window).
+//   - fanout.go: decoding an event, matching webhooks, building the body.
+//   - attempt.go: the worker's turn: host gate, the HTTP attempt, and its
+//     classification (the worker does no Redis I/O).
+//   - delivery.go: concluding a turn with the decision of package retry
+//     (publish, complete, or hand to the writer).
+//   - writer.go: the shard's one writer: 410 deletions, retry-queue
+//     writes, what they make true (dead, gone), then completion.
+//   - poller.go and claims.go: claiming due retries under a lease.
+//   - deadletter.go, commit.go: the dead-letter topic and offset commits.
+//   - shard.go: a shard's goroutines, their owner and their stop path.
+//   - hosts.go: per-host concurrency limits (AIMD) and overflow.
 package dispatch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,6 +35,7 @@ import (
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/retry"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
 )
@@ -58,8 +70,9 @@ type Options struct {
 	StallAfter time.Duration
 	// Window bounds unfinished deliveries per shard (4096).
 	Window int
-	// MaxRetries before a delivery is dead (0: 25, Sidekiq's default;
-	// negative: none, every failure is dead at once).
+	// MaxRetries before a delivery is dead; 0: none, every failure is
+	// dead at once. There is no default here: the binary's --max-retries
+	// gives Sidekiq's 25 (contract.DefaultMaxRetries).
 	MaxRetries int
 	// Lease: how long a claimed retry stays out of the queue before it comes
 	// back for any owner (60s). It must outlast an attempt (the request
@@ -125,9 +138,6 @@ func (o *Options) defaults() {
 	if o.Window <= 0 {
 		o.Window = 4096
 	}
-	if o.MaxRetries == 0 {
-		o.MaxRetries = contract.DefaultMaxRetries
-	}
 	if o.Lease <= 0 {
 		o.Lease = 60 * time.Second
 	}
@@ -168,51 +178,15 @@ func (o *Options) defaults() {
 	}
 }
 
-// Stats are cumulative counters of a Dispatcher.
-type Stats struct {
-	Events, DeadLettered, Delivered, Failed, Gone, Dropped, Scheduled atomic.Int64
-	// Retried counts deliveries claimed from the retry queues; Dead those
-	// that failed their last retry.
-	Retried, Dead atomic.Int64
-	// Shards is the number of partitions this process holds right now.
-	Shards atomic.Int64
-}
-
-// WriteMetrics appends the dispatcher's counters in Prometheus text format.
-func (d *Dispatcher) WriteMetrics(b *bytes.Buffer) {
-	counter := func(name, help string, series ...string) {
-		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name)
-		for _, s := range series {
-			b.WriteString(s)
-		}
-	}
-	st := &d.Stats
-	counter("geckohook_events_total", "Events read from the events topic.",
-		fmt.Sprintf("geckohook_events_total %d\n", st.Events.Load()))
-	counter("geckohook_dead_letters_total", "Events written to the dead-letter topic.",
-		fmt.Sprintf("geckohook_dead_letters_total %d\n", st.DeadLettered.Load()))
-	counter("geckohook_deliveries_total", "Deliveries by outcome (failure includes those deferred without an attempt; dropped: webhook deleted before sending).",
-		fmt.Sprintf("geckohook_deliveries_total{outcome=\"success\"} %d\n", st.Delivered.Load()),
-		fmt.Sprintf("geckohook_deliveries_total{outcome=\"failure\"} %d\n", st.Failed.Load()),
-		fmt.Sprintf("geckohook_deliveries_total{outcome=\"gone\"} %d\n", st.Gone.Load()),
-		fmt.Sprintf("geckohook_deliveries_total{outcome=\"dropped\"} %d\n", st.Dropped.Load()))
-	counter("geckohook_retries_scheduled_total", "Failed deliveries written to the Redis retry queues.",
-		fmt.Sprintf("geckohook_retries_scheduled_total %d\n", st.Scheduled.Load()))
-	counter("geckohook_retries_claimed_total", "Deliveries claimed from the Redis retry queues for another attempt.",
-		fmt.Sprintf("geckohook_retries_claimed_total %d\n", st.Retried.Load()))
-	counter("geckohook_deliveries_dead_total", "Deliveries moved to a dead set after their last retry.",
-		fmt.Sprintf("geckohook_deliveries_dead_total %d\n", st.Dead.Load()))
-	fmt.Fprintf(b, "# HELP geckohook_shards Partitions this process holds.\n# TYPE geckohook_shards gauge\ngeckohook_shards %d\n", st.Shards.Load())
-}
-
 // Dispatcher consumes the events topic and delivers webhooks.
 type Dispatcher struct {
-	o     Options
-	work  chan *delivery
-	hosts *hostGate
-	dlq   *kafka.Writer
-	store *shard.Store
-	Stats Stats
+	o      Options
+	policy retry.Policy
+	work   chan *delivery
+	hosts  *hostGate
+	dlq    *kafka.Writer
+	store  *shard.Store
+	Stats  Stats
 
 	commitMu sync.Mutex // serialises offset commits on the group connection
 }
@@ -222,7 +196,7 @@ func New(o Options) *Dispatcher {
 	o.defaults()
 	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
 	dlq.Balancer = &kafka.Hash{}
-	return &Dispatcher{o: o, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now), dlq: dlq,
+	return &Dispatcher{o: o, policy: retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand}, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now), dlq: dlq,
 		store: shard.NewStore(o.Redis, o.RedisPrefix)}
 }
 
@@ -315,10 +289,4 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.o.Log.Warn().Err(err).Msg("closing dead-letter writer")
 	}
 	return nil
-}
-
-func (d *Dispatcher) commit(gen *kafka.Generation, partition int, offset int64) error {
-	d.commitMu.Lock()
-	defer d.commitMu.Unlock()
-	return gen.CommitOffsets(map[string]map[int]int64{d.o.Topic: {partition: offset}})
 }

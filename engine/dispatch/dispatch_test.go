@@ -18,6 +18,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/geckohook/geckohook/engine/catalog"
+	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/netguard"
 	"github.com/geckohook/geckohook/engine/registry"
@@ -97,6 +98,7 @@ func (e *env) startDispatcher() (*Dispatcher, func()) {
 		Brokers: []string{e.broker}, Registry: e.reg, Catalog: catalog.Default(), Redis: e.rdb,
 		Sender:         testSender(0),
 		Workers:        16,
+		MaxRetries:     contract.DefaultMaxRetries,
 		CommitEvery:    50 * time.Millisecond,
 		SessionTimeout: 6 * time.Second,
 		DrainTimeout:   3 * time.Second,

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/internal/testenv"
+	"github.com/geckohook/geckohook/loadtest"
 )
 
 // The dispatcher publishes failures, the first success after a failure,
@@ -39,7 +42,7 @@ func TestDispatcherPublishesOutcomes(t *testing.T) {
 		}
 		pub = publish.New(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
 		o.Outcomes = pub
-		o.MaxRetries = -1 // every failure is dead at once
+		o.MaxRetries = 0 // every failure is dead at once
 	})
 	flaky := e.hook("acc1", "order.create", "/flaky")
 	gone := e.hook("acc1", "order.create", "/gone")
@@ -163,5 +166,61 @@ func TestRetriesPublishOutcomes(t *testing.T) {
 		if fmt.Sprint(got[id]) != w {
 			t.Errorf("%s: outcomes %v, want %s", id, got[id], w)
 		}
+	}
+}
+
+// lostReply makes the first transaction that deletes a webhook fail on the
+// client after Redis carried it out, as a reply lost to a timeout would.
+type lostReply struct{ armed atomic.Bool }
+
+func (h *lostReply) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *lostReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *lostReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, c := range cmds {
+			if err == nil && c.Name() == "hdel" && fmt.Sprint(c.Args()[1]) == "gh:webhooks" && h.armed.CompareAndSwap(true, false) {
+				return context.DeadlineExceeded
+			}
+		}
+		return err
+	}
+}
+
+// A 410 whose delete timed out on the client after Redis deleted the
+// webhook is still reported, once.
+func TestGoneReportedWhenTheDeleteReplyIsLost(t *testing.T) {
+	var pub *publish.Publisher
+	hook := &lostReply{}
+	e := startEnvWith(t, loadtest.Always(410), func(o *Options) {
+		if err := kafkaio.EnsureTopics(context.Background(), o.Brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
+			t.Fatal(err)
+		}
+		pub = publish.New(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
+		o.Outcomes = pub
+	})
+	gone := e.hook("acc1", "order.create", "/gone")
+	hook.armed.Store(true)
+	e.rdb.AddHook(hook)
+	e.produce("acc1", `{"account_id":"acc1","event":"order.create","object_id":1}`)
+	e.waitReceived("/gone", 1)
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if stored, err := e.reg.Stored(context.Background(), gone.ID); err != nil || stored {
+			return fmt.Errorf("webhook still stored (%v)", err)
+		}
+		return nil
+	})
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if e.disp.Stats.Gone.Load() != 1 {
+			return fmt.Errorf("gone %d, want 1", e.disp.Stats.Gone.Load())
+		}
+		return nil
+	})
+	if hook.armed.Load() {
+		t.Fatal("the delete's reply was never lost: the test tried nothing")
+	}
+	got := e.outcomes(pub, func(*outcomes.Outcome) {})
+	if fmt.Sprint(got[gone.ID]) != "[gone410]" {
+		t.Fatalf("outcomes %v, want [gone410]", got[gone.ID])
 	}
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/registry"
-	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/internal/testenv"
 	"github.com/geckohook/geckohook/loadtest"
 	"github.com/geckohook/geckohook/shard"
@@ -180,56 +179,6 @@ func TestRetryOfDeletedWebhookIsDiscarded(t *testing.T) {
 	}
 }
 
-// The outcome of a retry, as a pure decision: Sidekiq's schedule, the dead
-// set after the last retry, removal on success, no retry spent on a
-// deferral.
-func TestRetryOp(t *testing.T) {
-	s := &shardRun{d: &Dispatcher{o: Options{MaxRetries: 25, Rand: func(n int) int { return n - 1 }}}}
-	at := time.Unix(1_800_000_000, 0)
-	failed := func(retries int, err error) shard.Op {
-		dl := &delivery{rec: &shard.Record{ID: "d", Attempts: retries + 1, Retries: retries}, at: at,
-			res: sender.Result{Outcome: contract.Failure, Status: 503, Err: err}}
-		return s.op(dl)
-	}
-	// Retry n failed -> retry n+1 waits (n+1)^4 + 15 + rand(10(n+2)) s.
-	for n := 0; n < 24; n++ {
-		op := failed(n, nil)
-		m := n + 1
-		want := at.Add(time.Duration(m*m*m*m+15+10*(m+1)-1) * time.Second)
-		if op.Kind != shard.OpReschedule || !op.At.Equal(want) || op.Rec.Retries != m || op.Rec.Attempts != n+2 || op.Rec.LastStatus != 503 {
-			t.Fatalf("retry %d failed: %+v at %v, want due %v", n, op.Rec, op.At, want)
-		}
-	}
-	if op := failed(24, nil); op.Kind != shard.OpKill || !op.At.Equal(at) || op.Rec.Attempts != 26 {
-		t.Fatalf("25th retry failed: kind %d %+v, want dead", op.Kind, op.Rec)
-	}
-	if op := failed(3, errHostSaturated); op.Kind != shard.OpReschedule || op.Rec.Retries != 3 || op.Rec.Attempts != 4 {
-		t.Fatalf("a deferral spent a retry: %+v", op.Rec)
-	}
-	// Deferrals in a row wait like retries 0, 1, 2, ... without spending
-	// one; an attempt starts the count again.
-	rec := &shard.Record{ID: "d", Attempts: 1, Retries: 2}
-	for n := 1; n <= 30; n++ {
-		op := s.op(&delivery{rec: rec, at: at, res: sender.Result{Outcome: contract.Failure, Err: errHostSaturated}})
-		m := min(n-1, maxDeferralStep)
-		want := at.Add(time.Duration(m*m*m*m+15+10*(m+1)-1) * time.Second)
-		if op.Kind != shard.OpReschedule || !op.At.Equal(want) || rec.Deferrals != n || rec.Retries != 2 || rec.Attempts != 1 {
-			t.Fatalf("deferral %d: %+v due %v, want %v", n, rec, op.At, want)
-		}
-	}
-	if op := s.op(&delivery{rec: rec, at: at, res: sender.Result{Outcome: contract.Failure, Status: 500}}); op.Rec.Deferrals != 0 || op.Rec.Retries != 3 {
-		t.Fatalf("an attempt after deferrals: %+v, want deferrals reset and retry 3", op.Rec)
-	}
-	done := &delivery{rec: &shard.Record{ID: "d"}, settled: true}
-	if op := s.op(done); op.Kind != shard.OpRemove {
-		t.Fatalf("settled retry: kind %d, want remove", op.Kind)
-	}
-	s.d.o.MaxRetries = -1 // no retries: a replayed dead delivery dies again at its first failure
-	if op := failed(0, nil); op.Kind != shard.OpKill {
-		t.Fatalf("with no retries allowed: kind %d, want dead", op.Kind)
-	}
-}
-
 // Retries of a dead host are paced: at most its limit of attempts at once,
 // the rest deferred without spending a retry, while another host's retries,
 // due at the same moment, are all delivered.
@@ -295,7 +244,7 @@ func TestRetriesOfDeadHostArePaced(t *testing.T) {
 // new ones arrive.
 func TestDeadSetIsTrimmed(t *testing.T) {
 	e := startEnvWith(t, loadtest.Always(500), func(o *Options) {
-		o.MaxRetries, o.DeadMax = -1, 2 // every failure dies at once
+		o.MaxRetries, o.DeadMax = 0, 2 // every failure dies at once
 	})
 	w := e.hook("acc1", "order.create", "/x")
 	for i := 0; i < 5; i++ {

@@ -1,0 +1,94 @@
+package dispatch
+
+import (
+	"errors"
+	"time"
+
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/retry"
+	"github.com/geckohook/geckohook/engine/sender"
+)
+
+// deliver runs on a worker: it passes the delivery through its host's gate,
+// makes the attempt, and then sends whatever the gate hands over next for
+// that host, so a queued delivery never holds a worker while it waits.
+func (d *Dispatcher) deliver(dl *delivery) {
+	admitted := false
+	for dl != nil {
+		host := dl.hook.Host()
+		if !admitted {
+			a, shed := d.hosts.admit(host, dl)
+			for _, o := range shed {
+				d.overflow(o)
+			}
+			switch a {
+			case admitQueued:
+				return
+			case admitOverflow:
+				d.overflow(dl)
+				return
+			}
+		}
+		healthy := d.attempt(dl) // dl is released or handed on after this
+		var overflow []*delivery
+		dl, overflow = d.hosts.done(host, healthy)
+		for _, o := range overflow {
+			d.overflow(o)
+		}
+		admitted = true
+	}
+}
+
+// errHostSaturated is the error recorded for a delivery deferred without an
+// attempt.
+var errHostSaturated = errors.New("host_saturated: host is not keeping up; deferred to the retry queue without an attempt")
+
+// overflow defers a delivery its host cannot take now, without an attempt.
+func (d *Dispatcher) overflow(dl *delivery) {
+	dl.res = sender.Result{Outcome: contract.Failure, Err: errHostSaturated}
+	dl.sh.conclude(dl.sh.life, dl, retry.Saturated, d.o.Now())
+}
+
+// attempt makes one attempt and concludes the delivery's turn. It reports
+// whether the host looked healthy: it answered, and not too slowly. The
+// worker only classifies: whatever must be written (a retry, a 410's
+// deletion) goes to the shard's writer.
+func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
+	s := dl.sh
+	if s.life.Err() != nil {
+		// The shard gave its partition up without this delivery finished;
+		// the next owner replays the event (or re-claims the retry).
+		// Sending now would only add a duplicate and hold up shutdown.
+		s.abandon(dl)
+		return true
+	}
+	hook, app := d.o.Registry.Target(dl.hook.ID)
+	if hook == nil {
+		// Deleted since the event was matched: nothing to deliver.
+		s.conclude(s.life, dl, retry.Deleted, time.Time{})
+		return true
+	}
+	sig := app.Signer().AppendSignature(dl.sig[:0], dl.body)
+	start := time.Now()
+	dl.res = d.o.Sender.Send(hook.Address, dl.body, dl.id[:], sig)
+	healthy = dl.res.Err == nil && time.Since(start) < d.o.SlowAttempt
+	if refusedTarget(dl.res.Err) {
+		healthy = true // our policy, not the host's health
+	}
+	var at time.Time
+	r := retry.ResultOf(dl.res.Outcome)
+	if r != retry.Delivered {
+		at = d.o.Now()
+	}
+	if r == retry.Failed {
+		s.failLog.Info().Str("webhook_id", hook.ID).Int("status", dl.res.Status).Str("error", dl.res.ErrorText()).
+			Str("delivery", string(dl.id[:])).Msg("delivery failed; scheduling retry")
+	}
+	s.conclude(s.life, dl, r, at)
+	return healthy
+}
+
+func refusedTarget(err error) bool {
+	var ae *sender.AttemptError
+	return err != nil && errors.As(err, &ae) && ae.Stage == sender.StageRefusedTarget
+}

@@ -1,0 +1,116 @@
+package dispatch
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/geckohook/geckohook/shard"
+)
+
+// claims tracks one shard's retries claimed from its queue and still in
+// flight (bounded by the retry window, each with the end of its lease), and
+// wakes the retry poller when something falls due sooner than it planned.
+type claims struct {
+	slots chan struct{} // one token per claimed delivery in flight
+	space chan struct{} // signalled when a slot frees
+
+	mu       sync.Mutex
+	inflight map[string]time.Time // claimed delivery id -> lease end, until its outcome is written
+
+	wake     chan struct{}
+	wakeAtMs atomic.Int64 // clock time (ms) the poller plans to look next
+}
+
+func newClaims(window int) *claims {
+	return &claims{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]time.Time), wake: make(chan struct{}, 1)}
+}
+
+// take registers a claimed delivery; false if it is already in flight here
+// (its lease ran out while it waited behind its host and the poller claimed
+// it again: the claim just extended the lease).
+func (r *claims) take(id string, leaseEnd time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, busy := r.inflight[id]; busy {
+		// The claim re-leased it; keep the newer lease end.
+		r.inflight[id] = leaseEnd
+		return false
+	}
+	r.inflight[id] = leaseEnd
+	r.slots <- struct{}{} // never blocks: the poller claims at most the free slots
+	return true
+}
+
+func (r *claims) done(id string) {
+	r.mu.Lock()
+	delete(r.inflight, id)
+	r.mu.Unlock()
+	<-r.slots
+	select {
+	case r.space <- struct{}{}:
+	default:
+	}
+}
+
+func (r *claims) free() int     { return cap(r.slots) - len(r.slots) }
+func (r *claims) inFlight() int { return len(r.slots) }
+
+// claimed returns the leases still in flight.
+func (r *claims) claimed() []shard.Lease {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ls := make([]shard.Lease, 0, len(r.inflight))
+	for id, end := range r.inflight {
+		ls = append(ls, shard.Lease{ID: id, End: end})
+	}
+	return ls
+}
+
+// untaken returns the leases of claimed records not in flight here.
+func (r *claims) untaken(recs []*shard.Record, leaseEnd time.Time) []shard.Lease {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ls := make([]shard.Lease, 0, len(recs))
+	for _, rec := range recs {
+		if _, ours := r.inflight[rec.ID]; !ours {
+			ls = append(ls, shard.Lease{ID: rec.ID, End: leaseEnd})
+		}
+	}
+	return ls
+}
+
+// extended records new lease ends for the claims still in flight.
+func (r *claims) extended(ls []shard.Lease, end time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range ls {
+		if _, ok := r.inflight[l.ID]; ok {
+			r.inflight[l.ID] = end
+		}
+	}
+}
+
+// wakeBy wakes the poller if it plans to sleep past due.
+func (r *claims) wakeBy(due time.Time) {
+	if due.UnixMilli() < r.wakeAtMs.Load() {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drain waits until every claimed delivery is written back or ctx ends
+// (returning its error).
+func (r *claims) drain(ctx context.Context) error {
+	for r.inFlight() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.space:
+		}
+	}
+	return nil
+}

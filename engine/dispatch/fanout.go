@@ -1,0 +1,56 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/engine/contract"
+)
+
+// fanOut decodes one event and hands one delivery per matching webhook to
+// the workers; an event that cannot be decoded goes to the dead-letter
+// writer. The body is built once and shared; each delivery gets its id
+// from the event's coordinates and the webhook. If ctx ends while it waits
+// to hand work over, the event stays unfinished (its offset uncommitted)
+// and the partition's next owner replays it.
+func (s *shardRun) fanOut(ctx context.Context, m kafka.Message) {
+	d := s.d
+	d.Stats.Events.Add(1)
+	recordTime := m.Time.Unix()
+	if m.Time.IsZero() {
+		recordTime = d.o.Now().Unix()
+	}
+	ev, err := contract.DecodeEvent(m.Value, m.Key, recordTime, d.o.Catalog)
+	if err != nil {
+		var de *contract.DecodeError
+		if !errors.As(err, &de) {
+			de = &contract.DecodeError{Reason: "invalid_json", Detail: err.Error()}
+		}
+		s.tracker.Add(m.Offset, 1)
+		select {
+		case s.dead <- deadLetter{msg: m, err: de}:
+		case <-ctx.Done():
+		}
+		return
+	}
+	hooks := d.o.Registry.Match(ev.AccountID, ev.Event)
+	if len(hooks) == 0 {
+		s.tracker.Add(m.Offset, 0)
+		return
+	}
+	body := contract.AppendBody(make([]byte, 0, 160+len(ev.ResourceURL)), &ev, d.o.ResourceBase, d.o.Catalog)
+	s.tracker.Add(m.Offset, len(hooks))
+	for _, h := range hooks {
+		dl := deliveryPool.Get().(*delivery)
+		dl.sh, dl.offset, dl.hook, dl.body = s, m.Offset, h, body
+		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, h.ID)
+		select {
+		case d.work <- dl:
+		case <-ctx.Done():
+			releaseDelivery(dl)
+			return
+		}
+	}
+}

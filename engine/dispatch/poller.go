@@ -1,0 +1,164 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/retry"
+	"github.com/geckohook/geckohook/engine/sender"
+	"github.com/geckohook/geckohook/shard"
+)
+
+// errMalformedRecord marks a retry record geckohook cannot send.
+var errMalformedRecord = errors.New("malformed_record: the delivery id is not a geckohook delivery id")
+
+// claimBatch is the most deliveries one claim takes.
+const claimBatch = 256
+
+// pollLoop claims due deliveries from the shard's queue under a lease and
+// hands them to the workers, until ctx ends. It sleeps until the earliest
+// due delivery or PollEvery, whichever is sooner, and wakes early when the
+// shard schedules something sooner.
+func (s *shardRun) pollLoop(ctx context.Context) {
+	d := s.d
+	r := s.claims
+	renew := time.NewTicker(d.o.Lease / 3)
+	defer renew.Stop()
+	for ctx.Err() == nil {
+		select {
+		case <-renew.C:
+			s.extendLeases(ctx)
+		default:
+		}
+		// Every slot taken: wait until a retry's outcome is written,
+		// keeping the leases of those in flight.
+		for r.free() == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.space:
+			case <-renew.C:
+				s.extendLeases(ctx)
+			}
+		}
+		now := d.o.Now()
+		leaseEnd := now.Add(d.o.Lease)
+		var recs []*shard.Record
+		var bad []string
+		var next time.Time
+		ok := s.retry(ctx, "claim due retries", func() error {
+			var err error
+			recs, bad, next, err = s.queue.Claim(ctx, now, leaseEnd, min(r.free(), claimBatch))
+			return err
+		})
+		if !ok {
+			return
+		}
+		for _, id := range bad {
+			s.log.Error().Str("delivery", id).Msg("unreadable retry record moved to the dead set as it is")
+			if !s.retry(ctx, "move an unreadable retry record", func() error { return s.queue.Quarantine(ctx, id, now) }) {
+				return
+			}
+		}
+		for i, rec := range recs {
+			if !r.take(rec.ID, leaseEnd) {
+				continue
+			}
+			d.Stats.Retried.Add(1)
+			if !s.handRetry(ctx, rec) {
+				s.releaseUntaken(recs[i:], leaseEnd)
+				return
+			}
+		}
+		if len(recs) == claimBatch {
+			continue // more may be due
+		}
+		wait := d.o.PollEvery
+		if !next.IsZero() {
+			wait = min(wait, max(next.Sub(now), time.Millisecond))
+		}
+		r.wakeAtMs.Store(now.Add(wait).UnixMilli())
+		if !sleep(ctx, r.wake, wait) {
+			return
+		}
+	}
+}
+
+// sleep waits for d, a wake-up, or ctx's end (false).
+func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-wake:
+	case <-t.C:
+	}
+	return true
+}
+
+// handRetry turns a claimed record into a delivery for the workers. A
+// webhook deleted since the failure has nothing left to deliver, and a
+// record geckohook cannot send is kept for inspection: both are concluded
+// here without an attempt. It reports false if ctx ended first (the
+// claim's lease brings the delivery back).
+func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
+	d := s.d
+	dl := deliveryPool.Get().(*delivery)
+	dl.sh, dl.rec, dl.body, dl.offset, dl.queued = s, rec, rec.Body, rec.Offset, true
+	if len(rec.ID) != len(dl.id) {
+		s.log.Error().Str("delivery", rec.ID).Str("webhook_id", rec.WebhookID).Msg("retry record with a malformed delivery id moved to the dead set")
+		dl.res = sender.Result{Outcome: contract.Failure, Err: errMalformedRecord}
+		return s.conclude(ctx, dl, retry.Malformed, d.o.Now())
+	}
+	copy(dl.id[:], rec.ID)
+	hook, _ := d.o.Registry.Target(rec.WebhookID)
+	if hook == nil {
+		return s.conclude(ctx, dl, retry.Deleted, time.Time{})
+	}
+	dl.hook = hook
+	select {
+	case d.work <- dl:
+		return true
+	case <-ctx.Done():
+		s.abandon(dl)
+		return false
+	}
+}
+
+// releaseUntaken gives back claims the poller never handed out.
+func (s *shardRun) releaseUntaken(recs []*shard.Record, leaseEnd time.Time) {
+	s.releaseLeases(s.claims.untaken(recs, leaseEnd))
+}
+
+// extendLeases keeps the claims still in flight leased for another Lease,
+// so a retry that waits long behind its host is not claimed a second time.
+func (s *shardRun) extendLeases(ctx context.Context) {
+	ls := s.claims.claimed()
+	if len(ls) == 0 {
+		return
+	}
+	end := s.d.o.Now().Add(s.d.o.Lease)
+	if err := s.queue.Extend(ctx, ls, end); err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn().Err(err).Int("claims", len(ls)).Msg("cannot extend retry leases")
+		}
+		return
+	}
+	s.claims.extended(ls, end)
+}
+
+// releaseLeases gives back claims this shard will not finish, so the
+// partition's next owner need not wait their leases out.
+func (s *shardRun) releaseLeases(ls []shard.Lease) {
+	if len(ls) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.queue.Release(ctx, ls, s.d.o.Now()); err != nil {
+		s.log.Warn().Err(err).Int("claims", len(ls)).Msg("cannot release unfinished retries; they return when their lease ends")
+	}
+}
