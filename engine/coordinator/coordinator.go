@@ -129,13 +129,17 @@ func (c *Coordinator) Keys() Keys { return c.keys }
 // finished (or left uncommitted) before it returns.
 func (c *Coordinator) Run(ctx context.Context) error {
 	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:           c.o.Brokers,
-		GroupID:           c.o.Group,
-		Topic:             c.o.Topic,
-		MinBytes:          1,
-		MaxBytes:          4 << 20,
-		MaxWait:           200 * time.Millisecond,
-		StartOffset:       kafka.FirstOffset,
+		Brokers:     c.o.Brokers,
+		GroupID:     c.o.Group,
+		Topic:       c.o.Topic,
+		MinBytes:    1,
+		MaxBytes:    4 << 20,
+		MaxWait:     200 * time.Millisecond,
+		StartOffset: kafka.FirstOffset,
+		// Only geckohook's own writer (not transactional) writes outcomes,
+		// so no marker or aborted record can appear; read_committed keeps
+		// it that way should a transactional writer ever be added.
+		IsolationLevel:    kafka.ReadCommitted,
 		SessionTimeout:    c.o.SessionTimeout,
 		HeartbeatInterval: c.o.SessionTimeout / 4,
 		RebalanceTimeout:  c.o.SessionTimeout,

@@ -46,6 +46,9 @@ type Options struct {
 	Topic    string // events topic ("geckohook.events")
 	DLQTopic string // dead-letter topic ("geckohook.events.dlq")
 	Group    string // consumer group ("geckohook-dispatchers")
+	// Isolation of the events topic's reads (read_committed: records of
+	// aborted transactions are never delivered).
+	Isolation kafkaio.Isolation
 
 	Registry     *registry.Registry
 	Catalog      *catalog.Catalog // (catalog.Default())
@@ -186,7 +189,9 @@ type Dispatcher struct {
 	hosts  *hostGate
 	dlq    *kafka.Writer
 	store  *shard.Store
-	Stats  Stats
+	// transport carries every shard's fetches, sharing connections.
+	transport *kafka.Transport
+	Stats     Stats
 
 	commitMu sync.Mutex // serialises offset commits on the group connection
 }
@@ -196,8 +201,15 @@ func New(o Options) *Dispatcher {
 	o.defaults()
 	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
 	dlq.Balancer = &kafka.Hash{}
-	return &Dispatcher{o: o, policy: retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand}, work: make(chan *delivery, o.Workers), hosts: newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now), dlq: dlq,
-		store: shard.NewStore(o.Redis, o.RedisPrefix)}
+	return &Dispatcher{
+		o:         o,
+		policy:    retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand},
+		work:      make(chan *delivery, o.Workers),
+		hosts:     newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now),
+		dlq:       dlq,
+		transport: &kafka.Transport{},
+		store:     shard.NewStore(o.Redis, o.RedisPrefix),
+	}
 }
 
 // Run consumes until ctx ends, then drains: every shard stops fetching,
@@ -288,5 +300,6 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.dlq.Close(); err != nil {
 		d.o.Log.Warn().Err(err).Msg("closing dead-letter writer")
 	}
+	d.transport.CloseIdleConnections()
 	return nil
 }

@@ -1,12 +1,14 @@
 package dispatch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 
 	"github.com/segmentio/kafka-go"
 
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/kafkaio"
 )
 
 // fanOut decodes one event and hands one delivery per matching webhook to
@@ -15,7 +17,7 @@ import (
 // from the event's coordinates and the webhook. If ctx ends while it waits
 // to hand work over, the event stays unfinished (its offset uncommitted)
 // and the partition's next owner replays it.
-func (s *shardRun) fanOut(ctx context.Context, m kafka.Message) {
+func (s *shardRun) fanOut(ctx context.Context, m *kafkaio.Record) {
 	d := s.d
 	d.Stats.Events.Add(1)
 	recordTime := m.Time.Unix()
@@ -29,8 +31,12 @@ func (s *shardRun) fanOut(ctx context.Context, m kafka.Message) {
 			de = &contract.DecodeError{Reason: "invalid_json", Detail: err.Error()}
 		}
 		s.tracker.Add(m.Offset, 1)
+		// The record's bytes are the reader's until its next fetch: the
+		// dead letter keeps a copy, empty and null values as they were.
+		msg := kafka.Message{Topic: d.o.Topic, Partition: s.partition, Offset: m.Offset,
+			Key: bytes.Clone(m.Key), Value: bytes.Clone(m.Value)}
 		select {
-		case s.dead <- deadLetter{msg: m, err: de}:
+		case s.dead <- deadLetter{msg: msg, err: de}:
 		case <-ctx.Done():
 		}
 		return

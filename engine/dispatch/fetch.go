@@ -4,39 +4,28 @@ import (
 	"context"
 	"time"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/geckohook/geckohook/engine/kafkaio"
 )
 
 // fetchLoop reads the partition from offset and fans each event out, until
 // ctx ends. It never holds more than Window unfinished deliveries: it waits
-// for the window before each fetch.
+// for the window before each event. With read_committed isolation (the
+// default), records of aborted transactions and transaction markers are
+// skipped, their offsets counted as done.
 func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 	d := s.d
-	reader := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:        d.o.Brokers,
-		Topic:          d.o.Topic,
-		Partition:      s.partition,
-		MinBytes:       1,
-		MaxBytes:       8 << 20,
-		MaxWait:        100 * time.Millisecond,
-		QueueCapacity:  1024,
-		ReadBackoffMin: 10 * time.Millisecond,
-		ReadBackoffMax: 250 * time.Millisecond,
-		ErrorLogger:    kafka.LoggerFunc(func(f string, args ...any) { s.log.Warn().Msgf(f, args...) }),
-	})
-	defer func() {
-		if err := reader.Close(); err != nil {
-			s.log.Warn().Err(err).Msg("closing partition reader")
-		}
-	}()
-	if err := reader.SetOffset(offset); err != nil {
-		s.log.Error().Err(err).Msg("cannot seek partition reader")
-	}
-	for {
-		if err := s.tracker.WaitBelow(ctx, d.o.Window); err != nil {
-			return
-		}
-		m, err := reader.FetchMessage(ctx)
+	r := kafkaio.NewPartitionReader(kafkaio.PartitionConfig{
+		Brokers:   d.o.Brokers,
+		Topic:     d.o.Topic,
+		Partition: s.partition,
+		Isolation: d.o.Isolation,
+		MinBytes:  1,
+		MaxBytes:  1 << 20, // ~10,000 events a fetch, held until fanned out
+		MaxWait:   100 * time.Millisecond,
+		Transport: d.transport,
+	}, offset)
+	for ctx.Err() == nil {
+		recs, err := r.Fetch(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -50,6 +39,16 @@ func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 			t.Stop()
 			continue
 		}
-		s.fanOut(ctx, m)
+		for i := range recs {
+			rec := &recs[i]
+			if rec.Skip {
+				s.tracker.Add(rec.Offset, 0)
+				continue
+			}
+			if err := s.tracker.WaitBelow(ctx, d.o.Window); err != nil {
+				return
+			}
+			s.fanOut(ctx, rec)
+		}
 	}
 }
