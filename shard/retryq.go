@@ -32,7 +32,10 @@ type Record struct {
 	// attempts). The n-th waits as long as Sidekiq's retry n-1, so a dead
 	// host's backlog is claimed less and less often instead of every
 	// 15-25 s; it spends no retry.
-	Deferrals    int       `msgpack:"deferrals,omitempty"`
+	Deferrals int `msgpack:"deferrals,omitempty"`
+	// RetryAfter: the next attempt waits for the receiver's Retry-After
+	// (a 429 or 503 asked for longer than the retry schedule).
+	RetryAfter   bool      `msgpack:"retry_after,omitempty"`
 	FirstAttempt time.Time `msgpack:"first_attempt"`
 	LastAttempt  time.Time `msgpack:"last_attempt"`
 	LastStatus   int       `msgpack:"last_status"`

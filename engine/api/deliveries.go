@@ -14,20 +14,25 @@ import (
 
 // DeliveryView is a delivery in the retry queues as the API shows it.
 type DeliveryView struct {
-	ID            string          `json:"id"` // X-Gecko-Delivery
-	WebhookID     string          `json:"webhook_id"`
-	State         string          `json:"state"` // scheduled or dead
-	Event         string          `json:"event"`
-	AccountID     string          `json:"account_id"`
-	Attempts      int             `json:"attempts"`
-	Retries       int             `json:"retries"`
-	FirstAttempt  string          `json:"first_attempt_at"`
-	LastAttempt   string          `json:"last_attempt_at"`
-	LastStatus    int             `json:"last_status,omitempty"`
-	LastError     string          `json:"last_error,omitempty"`
-	NextAttemptAt string          `json:"next_attempt_at,omitempty"` // scheduled
-	DiedAt        string          `json:"died_at,omitempty"`         // dead
-	Payload       json.RawMessage `json:"payload"`
+	ID            string `json:"id"` // X-Gecko-Delivery
+	WebhookID     string `json:"webhook_id"`
+	State         string `json:"state"` // scheduled or dead
+	Event         string `json:"event"`
+	AccountID     string `json:"account_id"`
+	Attempts      int    `json:"attempts"`
+	Retries       int    `json:"retries"`
+	FirstAttempt  string `json:"first_attempt_at"`
+	LastAttempt   string `json:"last_attempt_at"`
+	LastStatus    int    `json:"last_status,omitempty"`
+	LastError     string `json:"last_error,omitempty"`
+	NextAttemptAt string `json:"next_attempt_at,omitempty"` // scheduled
+	// NextAttemptReason says what set next_attempt_at: "backoff" (the
+	// retry schedule), "retry_after" (the receiver's Retry-After asked for
+	// longer) or "host_saturated" (deferred without an attempt while the
+	// host is at its connection limit).
+	NextAttemptReason string          `json:"next_attempt_reason,omitempty"`
+	DiedAt            string          `json:"died_at,omitempty"` // dead
+	Payload           json.RawMessage `json:"payload"`
 }
 
 func deliveryView(d *shard.Delivery) DeliveryView {
@@ -44,6 +49,14 @@ func deliveryView(d *shard.Delivery) DeliveryView {
 		v.DiedAt = responseTime(d.At)
 	} else {
 		v.NextAttemptAt = responseTime(d.At)
+		switch {
+		case d.RetryAfter:
+			v.NextAttemptReason = "retry_after"
+		case d.Deferrals > 0:
+			v.NextAttemptReason = "host_saturated"
+		default:
+			v.NextAttemptReason = "backoff"
+		}
 	}
 	return v
 }

@@ -214,3 +214,31 @@ func TestDecodeEvent(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"120", 2 * time.Minute, true},
+		{"0", 0, true},
+		{"007", 7 * time.Second, true},
+		{"99999999999999999999999", 365 * 24 * time.Hour, true},
+		{"Tue, 01 Dec 2026 13:00:00 GMT", time.Hour, true},          // IMF-fixdate
+		{"Tuesday, 01-Dec-26 12:00:30 GMT", 30 * time.Second, true}, // RFC 850
+		{"Tue Dec  1 12:10:00 2026", 10 * time.Minute, true},        // asctime
+		{"Tue, 01 Dec 2026 11:00:00 GMT", 0, true},                  // past
+		{"", 0, false},
+		{"-5", 0, false},
+		{"1.5", 0, false},
+		{" 120", 0, false},
+		{"soon", 0, false},
+	} {
+		got, ok := ParseRetryAfter([]byte(c.in), now)
+		if got != c.want || ok != c.ok {
+			t.Errorf("ParseRetryAfter(%q) = %v, %v; want %v, %v", c.in, got, ok, c.want, c.ok)
+		}
+	}
+}

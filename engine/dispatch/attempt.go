@@ -71,7 +71,8 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	sig := app.Signer().AppendSignature(dl.sig[:0], dl.body)
 	start := time.Now()
 	dl.res = d.o.Sender.Send(hook.Address, dl.body, dl.id[:], sig)
-	healthy = dl.res.Err == nil && time.Since(start) < d.o.SlowAttempt
+	// A 429 asks for less: it lowers the host's concurrency like a timeout.
+	healthy = dl.res.Err == nil && dl.res.Status != 429 && time.Since(start) < d.o.SlowAttempt
 	if refusedTarget(dl.res.Err) {
 		healthy = true // our policy, not the host's health
 	}

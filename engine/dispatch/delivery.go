@@ -70,7 +70,7 @@ func (s *shardRun) conclude(ctx context.Context, dl *delivery, r retry.Result, a
 	case retry.Deleted:
 		d.Stats.Dropped.Add(1)
 	}
-	dec := d.policy.Decide(dl.state(), r, at)
+	dec := d.policy.Decide(dl.state(), retry.Turn{Result: r, At: at, RetryAfter: dl.res.RetryAfter})
 	dl.turn = 1
 	if dl.queued {
 		dl.turn = int32(dl.rec.Attempts + 1)
@@ -104,6 +104,7 @@ func (s *shardRun) note(dl *delivery, dec retry.Decision) {
 	}
 	st := dec.State
 	rec.Attempts, rec.Retries, rec.Deferrals, rec.FirstAttempt = st.Attempts, st.Retries, st.Deferrals, st.FirstAttempt
+	rec.RetryAfter = dec.RetryAfter
 	if dec.Note {
 		rec.LastAttempt, rec.LastStatus, rec.LastError = dl.at, dl.res.Status, dl.res.ErrorText()
 	}

@@ -77,6 +77,9 @@ type Options struct {
 	// dead at once. There is no default here: the binary's --max-retries
 	// gives Sidekiq's 25 (contract.DefaultMaxRetries).
 	MaxRetries int
+	// MaxRetryAfter caps the wait a receiver's Retry-After (on a 429 or
+	// 503) can add beyond the retry schedule (6h).
+	MaxRetryAfter time.Duration
 	// Lease: how long a claimed retry stays out of the queue before it comes
 	// back for any owner (60s). It must outlast an attempt (the request
 	// timeout) plus the wait behind its host's limit; a process that dies
@@ -141,6 +144,9 @@ func (o *Options) defaults() {
 	if o.Window <= 0 {
 		o.Window = 4096
 	}
+	if o.MaxRetryAfter <= 0 {
+		o.MaxRetryAfter = 6 * time.Hour
+	}
 	if o.Lease <= 0 {
 		o.Lease = 60 * time.Second
 	}
@@ -203,7 +209,7 @@ func New(o Options) *Dispatcher {
 	dlq.Balancer = &kafka.Hash{}
 	return &Dispatcher{
 		o:         o,
-		policy:    retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand},
+		policy:    retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand, MaxRetryAfter: o.MaxRetryAfter},
 		work:      make(chan *delivery, o.Workers),
 		hosts:     newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now),
 		dlq:       dlq,

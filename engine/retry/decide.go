@@ -8,7 +8,9 @@
 // The rules are the delivery contract's: a status 200-399 is delivered; a
 // 410 Gone deletes the webhook; anything else is retried on Sidekiq's
 // schedule (retry n waits n^4 + 15 + rand(10(n+1)) s) until MaxRetries,
-// then the delivery is dead. Two cases spend no retry: a delivery deferred
+// then the delivery is dead. A 429 or 503 with Retry-After only ever
+// lengthens the wait the schedule gives (capped at MaxRetryAfter), and
+// still spends a retry. Two cases spend no retry: a delivery deferred
 // because its host is saturated (not attempted; the n-th deferral in a row
 // waits like Sidekiq's retry n-1, capped at retry 5's 11-12 minutes), and
 // one whose webhook was deleted meanwhile (dropped).
@@ -50,6 +52,16 @@ func ResultOf(o contract.Outcome) Result {
 		return Gone
 	}
 	return Failed
+}
+
+// Turn is how a delivery's turn ended.
+type Turn struct {
+	Result Result
+	// At is when the turn ended (may be zero for Delivered and Deleted:
+	// a healthy delivery reads no clock).
+	At time.Time
+	// RetryAfter is the wait a 429 or 503 asked for (0: none).
+	RetryAfter time.Duration
 }
 
 // State is what the retry queue keeps of a delivery between attempts.
@@ -102,6 +114,8 @@ type Decision struct {
 	PublishWritten outcomes.Kind
 	// DeleteWebhook: the endpoint answered 410; delete the webhook.
 	DeleteWebhook bool
+	// RetryAfter: At was pushed back to the receiver's Retry-After.
+	RetryAfter bool
 	// Note: store this turn's time, status and error as the record's last
 	// (every turn that is written, except a queued delivery's deferral,
 	// which keeps the last attempt's).
@@ -115,6 +129,9 @@ type Policy struct {
 	MaxRetries int
 	// Rand returns a uniform integer in [0, n), like math/rand/v2.IntN.
 	Rand func(n int) int
+	// MaxRetryAfter caps the wait a Retry-After can ask for; 0: Retry-After
+	// is ignored.
+	MaxRetryAfter time.Duration
 }
 
 // maxDeferralStep caps the deferral wait at Sidekiq's retry 5 (11-12
@@ -128,10 +145,10 @@ func Deferral(n int, randn func(int) int) time.Duration {
 	return contract.RetryDelay(min(max(n-1, 0), maxDeferralStep), randn)
 }
 
-// Decide says what follows a turn of the delivery in state s that ended in
-// r at time at.
-func (p Policy) Decide(s State, r Result, at time.Time) Decision {
-	switch r {
+// Decide says what follows turn t of the delivery in state s.
+func (p Policy) Decide(s State, t Turn) Decision {
+	at := t.At
+	switch t.Result {
 	case Delivered:
 		return Decision{Write: removeIf(s.Queued), Publish: outcomes.Success}
 	case Gone:
@@ -168,7 +185,11 @@ func (p Policy) Decide(s State, r Result, at time.Time) Decision {
 	if err != nil {
 		return Decision{Write: Kill, At: at, State: s, Publish: outcomes.Failure, PublishWritten: outcomes.Dead, Note: true}
 	}
-	return Decision{Write: Schedule, At: due, State: s, Publish: outcomes.Failure, Note: true}
+	d := Decision{Write: Schedule, At: due, State: s, Publish: outcomes.Failure, Note: true}
+	if asked := at.Add(min(t.RetryAfter, p.MaxRetryAfter)); asked.After(due) {
+		d.At, d.RetryAfter = asked, true
+	}
+	return d
 }
 
 func removeIf(queued bool) Write {

@@ -79,7 +79,7 @@ func TestDecide(t *testing.T) {
 			if r == 0 {
 				r = ResultOf(contract.Classify(c.turn.status, c.turn.err))
 			}
-			if got := c.p.Decide(c.s, r, at); got != c.want {
+			if got := c.p.Decide(c.s, Turn{Result: r, At: at}); got != c.want {
 				t.Fatalf("Decide(%+v, %d)\n got %+v\nwant %+v", c.s, r, got, c.want)
 			}
 		})
@@ -90,12 +90,12 @@ func TestDecide(t *testing.T) {
 // retry's failure is dead.
 func TestDecideFollowsSidekiqsSchedule(t *testing.T) {
 	p := Policy{MaxRetries: contract.DefaultMaxRetries, Rand: top}
-	d := p.Decide(State{}, Failed, at)
+	d := p.Decide(State{}, Turn{Result: Failed, At: at})
 	for n := 0; n < contract.DefaultMaxRetries; n++ {
 		if d.Write != Schedule || !d.At.Equal(at.Add(sidekiq(n))) || d.State.Retries != n || d.State.Attempts != n+1 {
 			t.Fatalf("before retry %d: %+v, want due %v", n, d, at.Add(sidekiq(n)))
 		}
-		d = p.Decide(d.State, Failed, at)
+		d = p.Decide(d.State, Turn{Result: Failed, At: at})
 	}
 	if d.Write != Kill || d.PublishWritten != outcomes.Dead || d.State.Attempts != 26 {
 		t.Fatalf("25th retry failed: %+v, want dead after 26 attempts", d)
@@ -108,14 +108,14 @@ func TestDeferralsGrowAndReset(t *testing.T) {
 	p := Policy{MaxRetries: 25, Rand: top}
 	s := State{Queued: true, Attempts: 1, Retries: 2, FirstAttempt: at}
 	for n := 1; n <= 30; n++ {
-		d := p.Decide(s, Saturated, at)
+		d := p.Decide(s, Turn{Result: Saturated, At: at})
 		m := min(n-1, maxDeferralStep)
 		if d.Write != Schedule || !d.At.Equal(at.Add(sidekiq(m))) || d.State.Deferrals != n || d.State.Retries != 2 || d.State.Attempts != 1 {
 			t.Fatalf("deferral %d: %+v, want due %v", n, d, at.Add(sidekiq(m)))
 		}
 		s = d.State
 	}
-	if d := p.Decide(s, Failed, at); d.State.Deferrals != 0 || d.State.Retries != 3 {
+	if d := p.Decide(s, Turn{Result: Failed, At: at}); d.State.Deferrals != 0 || d.State.Retries != 3 {
 		t.Fatalf("an attempt after deferrals: %+v, want deferrals reset and retry 3", d.State)
 	}
 }
@@ -125,6 +125,38 @@ func BenchmarkDecide(b *testing.B) {
 	s := State{Queued: true, Attempts: 4, Retries: 3, FirstAttempt: at}
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = p.Decide(s, Failed, at)
+		_ = p.Decide(s, Turn{Result: Failed, At: at})
+	}
+}
+
+// A 429 or 503 with Retry-After: the later of Sidekiq's schedule and the
+// receiver's ask, capped; a retry is spent either way.
+func TestDecideHonoursRetryAfter(t *testing.T) {
+	p := Policy{MaxRetries: 25, Rand: top, MaxRetryAfter: 6 * time.Hour}
+	retry3 := State{Queued: true, Attempts: 4, Retries: 3, FirstAttempt: at}
+	spent := State{Queued: true, Attempts: 5, Retries: 4, FirstAttempt: at}
+	for _, c := range []struct {
+		name       string
+		p          Policy
+		s          State
+		retryAfter time.Duration
+		due        time.Time
+		asked      bool
+	}{
+		{"longer than the schedule", p, retry3, 2 * time.Hour, at.Add(2 * time.Hour), true},
+		{"shorter than the schedule", p, retry3, time.Minute, at.Add(sidekiq(4)), false},
+		{"capped", p, retry3, 30 * 24 * time.Hour, at.Add(6 * time.Hour), true},
+		{"none", p, retry3, 0, at.Add(sidekiq(4)), false},
+		{"ignored when the cap is 0", Policy{MaxRetries: 25, Rand: top}, retry3, 2 * time.Hour, at.Add(sidekiq(4)), false},
+	} {
+		d := c.p.Decide(c.s, Turn{Result: Failed, At: at, RetryAfter: c.retryAfter})
+		if d.Write != Schedule || !d.At.Equal(c.due) || d.RetryAfter != c.asked || d.State != spent || d.Publish != outcomes.Failure {
+			t.Errorf("%s: %+v, want due %v (retry after: %v) with a retry spent", c.name, d, c.due, c.asked)
+		}
+	}
+	// The last retry still dies: Retry-After asks for time, not for retries.
+	last := State{Queued: true, Attempts: 25, Retries: 24, FirstAttempt: at}
+	if d := p.Decide(last, Turn{Result: Failed, At: at, RetryAfter: time.Hour}); d.Write != Kill {
+		t.Errorf("last retry with Retry-After: %+v, want dead", d)
 	}
 }

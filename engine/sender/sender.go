@@ -128,6 +128,9 @@ type Result struct {
 	Outcome contract.Outcome
 	Status  int   // HTTP status, 0 when no response was read
 	Err     error // transport error, nil when a response was read
+	// RetryAfter is the wait a 429 or 503 asked for with Retry-After
+	// (0: none, or another status).
+	RetryAfter time.Duration
 }
 
 // ErrorText describes a failed attempt in a few words for records and mails.
@@ -168,7 +171,11 @@ func (s *Sender) Send(address string, body, deliveryID, signature []byte) Result
 	default:
 		err = describe(err, s.opts.Timeout)
 	}
-	return Result{Outcome: contract.Classify(status, err), Status: status, Err: err}
+	var retryAfter time.Duration
+	if status == fasthttp.StatusTooManyRequests || status == fasthttp.StatusServiceUnavailable {
+		retryAfter, _ = contract.ParseRetryAfter(resp.Header.Peek(fasthttp.HeaderRetryAfter), time.Now())
+	}
+	return Result{Outcome: contract.Classify(status, err), Status: status, Err: err, RetryAfter: retryAfter}
 }
 
 // Stages of an AttemptError.
