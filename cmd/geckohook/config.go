@@ -12,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/kafkaio"
 )
 
 // config is every setting of every role. Flags (with their help text) are
@@ -48,6 +49,8 @@ type config struct {
 	Window          int
 	MaxConnsPerHost int
 	MaxRetries      int
+	MaxRetryAfter   time.Duration
+	IsolationLevel  string
 	RetryLease      time.Duration
 	RetryWindow     int
 	DeadRetention   time.Duration
@@ -101,6 +104,8 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.IntVar(&c.Window, "window", 4096, "unfinished deliveries per shard before it stops fetching (bounds memory)")
 	fs.IntVar(&c.MaxConnsPerHost, "max-conns-per-host", 64, "concurrent attempts per webhook host:port; halved on each timeout or connection error and regrown on answers, with a degraded host's overflow sent to the retry queue")
 	fs.IntVar(&c.MaxRetries, "max-retries", 25, "retries before a delivery is dead (Sidekiq's default 25, about 20 days; 0: a failed delivery is dead at once)")
+	fs.DurationVar(&c.MaxRetryAfter, "max-retry-after", 6*time.Hour, "longest wait a receiver's Retry-After (on a 429 or 503) can ask for before the next attempt; shorter asks than the retry schedule's are ignored")
+	fs.StringVar(&c.IsolationLevel, "isolation-level", "read_committed", "how events written in Kafka transactions are read: read_committed (only committed transactions are delivered) or read_uncommitted (every record, aborted transactions included)")
 	fs.DurationVar(&c.RetryLease, "retry-lease", time.Minute, "how long a claimed retry stays out of its queue; a process that dies mid-attempt gives its claims back after this (must exceed --request-timeout)")
 	fs.IntVar(&c.RetryWindow, "retry-window", 1024, "claimed retries in flight per shard (bounds memory while retries drain)")
 	fs.DurationVar(&c.DeadRetention, "dead-retention", 180*24*time.Hour, "how long dead deliveries are kept for inspection and replay")
@@ -191,6 +196,12 @@ func parseConfig(cmd string, args []string, getenv func(string) string) (*config
 	}
 	if c.MaxRetries < 0 {
 		return nil, fs, fmt.Errorf("--max-retries must not be negative")
+	}
+	if c.MaxRetryAfter <= 0 {
+		return nil, fs, fmt.Errorf("--max-retry-after must be positive")
+	}
+	if _, err := kafkaio.ParseIsolation(c.IsolationLevel); err != nil {
+		return nil, fs, fmt.Errorf("--isolation-level: %w", err)
 	}
 	if c.RequestTimeout <= 0 {
 		return nil, fs, fmt.Errorf("--request-timeout must be positive")

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/geckohook/geckohook/engine/retry"
 	"github.com/geckohook/geckohook/internal/testenv"
 )
 
@@ -63,13 +64,21 @@ func TestConfigErrorsAreClear(t *testing.T) {
 	f(nil, map[string]string{"GECKOHOOK_PARTITIONS": "many"}, "GECKOHOOK_PARTITIONS")
 	f([]string{"--partitions", "0"}, nil, "at least 1")
 	f([]string{"stray"}, nil, "unexpected arguments")
+	f([]string{"--isolation-level", "committed"}, nil, "--isolation-level")
+	f([]string{"--max-retry-after", "0s"}, nil, "--max-retry-after")
 }
 
 func TestMaxRetriesZeroMeansNone(t *testing.T) {
-	if got := maxRetries(0); got >= 0 {
-		t.Fatalf("--max-retries 0 maps to %d: the dispatcher would read it as the default 25", got)
-	}
-	if got := maxRetries(25); got != 25 {
-		t.Fatalf("--max-retries 25 maps to %d", got)
+	at := time.Unix(1_800_000_000, 0)
+	for flagValue, want := range map[string]retry.Write{"0": retry.Kill, "25": retry.Schedule} {
+		c, _, err := parseConfig("dispatcher", []string{"--max-retries", flagValue}, func(string) string { return "" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The dispatcher takes the flag's value as it is.
+		p := retry.Policy{MaxRetries: c.MaxRetries, Rand: func(int) int { return 0 }}
+		if d := p.Decide(retry.State{}, retry.Turn{Result: retry.Failed, At: at}); d.Write != want {
+			t.Fatalf("--max-retries %s: a first failure gives write %d, want %d", flagValue, d.Write, want)
+		}
 	}
 }

@@ -328,7 +328,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 				Policy: policy, Timeout: c.RequestTimeout, MaxConnsPerHost: c.MaxConnsPerHost,
 				DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
 			}),
-			Workers: c.Workers, Window: c.Window, MaxRetries: maxRetries(c.MaxRetries),
+			Workers: c.Workers, Window: c.Window, MaxRetries: c.MaxRetries, MaxRetryAfter: c.MaxRetryAfter, Isolation: isolation(c.IsolationLevel),
 			Lease: c.RetryLease, RetryWindow: c.RetryWindow, Outcomes: pub,
 			DeadRetention: c.DeadRetention, DeadMax: c.DeadMax,
 			DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
@@ -373,11 +373,10 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 
 // maxRetries maps --max-retries to dispatch.Options, where 0 means the
 // default and a negative number none.
-func maxRetries(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
+// isolation reads a level parseConfig has already checked.
+func isolation(s string) kafkaio.Isolation {
+	iso, _ := kafkaio.ParseIsolation(s)
+	return iso
 }
 
 // waitRedis pings until Redis answers or ctx ends.
