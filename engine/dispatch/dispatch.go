@@ -195,9 +195,8 @@ type Dispatcher struct {
 	hosts  *hostGate
 	dlq    *kafka.Writer
 	store  *shard.Store
-	// transport carries every shard's fetches, sharing connections.
-	transport *kafka.Transport
-	Stats     Stats
+
+	Stats Stats
 
 	commitMu sync.Mutex // serialises offset commits on the group connection
 }
@@ -208,13 +207,12 @@ func New(o Options) *Dispatcher {
 	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
 	dlq.Balancer = &kafka.Hash{}
 	return &Dispatcher{
-		o:         o,
-		policy:    retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand, MaxRetryAfter: o.MaxRetryAfter},
-		work:      make(chan *delivery, o.Workers),
-		hosts:     newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now),
-		dlq:       dlq,
-		transport: &kafka.Transport{},
-		store:     shard.NewStore(o.Redis, o.RedisPrefix),
+		o:      o,
+		policy: retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand, MaxRetryAfter: o.MaxRetryAfter},
+		work:   make(chan *delivery, o.Workers),
+		hosts:  newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now),
+		dlq:    dlq,
+		store:  shard.NewStore(o.Redis, o.RedisPrefix),
 	}
 }
 
@@ -306,6 +304,5 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.dlq.Close(); err != nil {
 		d.o.Log.Warn().Err(err).Msg("closing dead-letter writer")
 	}
-	d.transport.CloseIdleConnections()
 	return nil
 }

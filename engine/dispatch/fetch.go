@@ -22,8 +22,8 @@ func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 		MinBytes:  1,
 		MaxBytes:  1 << 20, // ~10,000 events a fetch, held until fanned out
 		MaxWait:   100 * time.Millisecond,
-		Transport: d.transport,
 	}, offset)
+	defer r.Close()
 	for ctx.Err() == nil {
 		recs, err := r.Fetch(ctx)
 		if err != nil {

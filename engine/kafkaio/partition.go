@@ -25,8 +25,10 @@ type PartitionConfig struct {
 	MinBytes int
 	MaxBytes int
 	MaxWait  time.Duration
-	// Transport carries the requests (kafka.DefaultTransport); share one
-	// between readers to share connections.
+	// Transport carries the requests (a transport of the reader's own,
+	// closed by Close). Readers should not share one: a broker answers a
+	// connection's requests in order, so one partition's long poll would
+	// hold up the others' fetches.
 	Transport kafka.RoundTripper
 }
 
@@ -51,6 +53,7 @@ type Record struct {
 // list can drop them). Not safe for concurrent use.
 type PartitionReader struct {
 	c      PartitionConfig
+	own    *kafka.Transport // the transport the reader made, if it did
 	client *kafka.Client
 	offset int64
 	buf    []byte   // keys and values of the last fetch
@@ -69,11 +72,20 @@ func NewPartitionReader(c PartitionConfig, offset int64) *PartitionReader {
 	if c.MaxWait <= 0 {
 		c.MaxWait = 100 * time.Millisecond
 	}
+	var own *kafka.Transport
 	if c.Transport == nil {
-		c.Transport = kafka.DefaultTransport
+		own = &kafka.Transport{}
+		c.Transport = own
 	}
-	return &PartitionReader{c: c, offset: offset,
+	return &PartitionReader{c: c, offset: offset, own: own,
 		client: &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: c.Transport, Timeout: 10 * time.Second}}
+}
+
+// Close closes the connections of the reader's own transport.
+func (r *PartitionReader) Close() {
+	if r.own != nil {
+		r.own.CloseIdleConnections()
+	}
 }
 
 // Offset is the next offset Fetch reads.

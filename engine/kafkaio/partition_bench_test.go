@@ -59,6 +59,7 @@ func BenchmarkIntake(b *testing.B) {
 	b.Run("reader=partition", func(b *testing.B) {
 		brokers, topic := fill(b, b.N)
 		r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: topic, MaxWait: 100 * time.Millisecond}, 0)
+		defer r.Close()
 		b.ReportAllocs()
 		b.ResetTimer()
 		for n := 0; n < b.N; {

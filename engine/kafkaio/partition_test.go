@@ -111,11 +111,13 @@ func TestPartitionReaderReadsCommittedOnly(t *testing.T) {
 	produce(t, plain, "p4")
 
 	committed := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", Isolation: ReadCommitted, MaxWait: 50 * time.Millisecond}, kafka.FirstOffset)
+	defer committed.Close()
 	got := readAll(t, committed, 5)
 	if want := []string{"p1", "a1", "a2", "p2", "a3", "p3"}; !slices.Equal(got, want) {
 		t.Fatalf("read_committed with c open: %v, want %v", got, want)
 	}
 	uncommitted := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", Isolation: ReadUncommitted, MaxWait: 50 * time.Millisecond}, kafka.FirstOffset)
+	defer uncommitted.Close()
 	if got, want := readAll(t, uncommitted, 5), []string{"p1", "a1", "a2", "b1", "p2", "a3", "b2", "p3", "c1", "p4"}; !slices.Equal(got, want) {
 		t.Fatalf("read_uncommitted: %v, want %v", got, want)
 	}
@@ -151,6 +153,7 @@ func TestPartitionReaderMovesPastAbortedOnly(t *testing.T) {
 	produce(t, a, "x1", "x2", "x3")
 	end(t, a, kgo.TryAbort)
 	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond}, 0)
+	defer r.Close()
 	var skipped []int64
 	for range 3 {
 		recs, err := r.Fetch(ctx)
