@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
@@ -183,7 +184,9 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 		if round > 0 {
 			// Another coordinator wrote first: step aside a random moment
 			// so two writers do not keep colliding.
-			time.Sleep(time.Duration(rand.IntN(round*2+1)) * time.Millisecond)
+			if !backoff.Sleep(ctx, time.Duration(rand.IntN(round*2+1))*time.Millisecond) {
+				return fmt.Errorf("cannot update webhook health: %w", ctx.Err())
+			}
 		}
 		recs, err := c.load(ctx, pending)
 		if err != nil {
