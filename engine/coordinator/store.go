@@ -14,6 +14,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/geckohook/geckohook/engine/backoff"
+	"github.com/geckohook/geckohook/engine/daylog"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
@@ -240,7 +241,7 @@ func (c *Coordinator) load(ctx context.Context, ids []string) ([]*record, error)
 }
 
 func (c *Coordinator) store(ctx context.Context, recs []*record) error {
-	ttl := c.o.Policy.After() + DayTTL
+	ttl := c.o.Policy.After() + daylog.TTL
 	cmds := make(map[*record]*redis.Cmd)
 	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, r := range recs {
@@ -260,9 +261,9 @@ func (c *Coordinator) store(ctx context.Context, recs []*record) error {
 	return nil
 }
 
-func entryOf(r *record, p streak.Policy) DayEntry {
+func entryOf(r *record, p streak.Policy) daylog.Entry {
 	s := &r.s
-	e := DayEntry{
+	e := daylog.Entry{
 		WebhookID: r.id, AppID: r.app, AccountID: r.account, Event: r.event, Address: r.address,
 		Failures: s.FailuresToday, Dead: s.DeadToday, LastStatus: s.LastStatus, LastError: s.LastError,
 		LastFailure: s.LastFailure, StreakStart: s.StreakStart, LastSuccess: s.LastSuccess,
@@ -302,15 +303,15 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 			Time("streak_start", r.s.StreakStart).Int("failures", r.s.Failures).Msg("webhook deleted")
 	}
 	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
-		day := func(day, key string, e *DayEntry) error {
+		day := func(day, key string, e *daylog.Entry) error {
 			raw, err := msgpack.Marshal(e)
 			if err != nil {
 				return fmt.Errorf("cannot encode day entry: %w", err)
 			}
 			p.HSet(ctx, key, e.WebhookID, raw)
-			p.PExpire(ctx, key, DayTTL)
+			p.PExpire(ctx, key, daylog.TTL)
 			p.SAdd(ctx, c.keys.DayApps(day), e.AppID)
-			p.PExpire(ctx, c.keys.DayApps(day), DayTTL)
+			p.PExpire(ctx, c.keys.DayApps(day), daylog.TTL)
 			return nil
 		}
 		for _, r := range recs {
