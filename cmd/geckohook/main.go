@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -32,6 +30,7 @@ import (
 	"github.com/geckohook/geckohook/engine/embedded"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/netguard"
+	"github.com/geckohook/geckohook/engine/ops"
 	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
@@ -283,14 +282,7 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 		if err != nil {
 			return fmt.Errorf("cannot listen for profiles on %s: %w", c.PprofListen, err)
 		}
-		srv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
-		startPart("profiles", func(ctx context.Context) error {
-			go func() { <-ctx.Done(); _ = srv.Close() }()
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
+		startPart("profiles", func(ctx context.Context) error { return ops.ServeProfiles(ctx, ln) })
 		fmt.Fprintf(stdout, "profiles listening on http://%s/debug/pprof/\n", ln.Addr())
 	}
 
@@ -338,10 +330,13 @@ func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdo
 		log.Info().Strs("brokers", brokers).Str("topic", c.EventsTopic).Str("group", c.Group).Msg("dispatcher running")
 	}
 	if (role == "dispatcher" || role == "coordinator") && c.MetricsListen != "" {
-		ops := api.New(api.Options{Health: health, Metrics: metrics, Log: log.With().Str("part", "metrics").Logger()})
-		if err := serveAPI("metrics and health endpoint", c.MetricsListen, ops); err != nil {
-			return err
+		srv := ops.New(ops.Options{Health: health, Metrics: metrics, Log: log.With().Str("part", "metrics").Logger()})
+		ln, err := net.Listen("tcp", c.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("cannot listen for the metrics and health endpoint on %s: %w", c.MetricsListen, err)
 		}
+		startPart("metrics and health endpoint", func(ctx context.Context) error { return srv.Serve(ctx, ln) })
+		fmt.Fprintf(stdout, "metrics and health endpoint listening on http://%s\n", ln.Addr())
 	}
 	if role == "all" || role == "api" {
 		w := kafkaio.NewWriter(brokers, c.EventsTopic)
@@ -395,15 +390,4 @@ func waitRedis(ctx context.Context, rdb redis.UniversalClient, log zerolog.Logge
 		return fmt.Errorf("redis not reachable: %w", last)
 	}
 	return nil
-}
-
-// pprofMux serves Go's profiles under /debug/pprof/.
-func pprofMux() *http.ServeMux {
-	m := http.NewServeMux()
-	m.HandleFunc("/debug/pprof/", pprof.Index)
-	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return m
 }
