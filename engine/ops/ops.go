@@ -55,18 +55,11 @@ func New(o Options) *Server {
 // Serve serves the endpoints on ln until ctx ends, then shuts down
 // gracefully (within ShutdownTimeout). It returns nil on a clean stop.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return Serve(ctx, s.FastServer(s.Handler()), ln, s.o.ShutdownTimeout)
+	return Serve(ctx, NewFastServer(s.Handler(), s.o.Log, maxBodySize, &s.requests), ln, s.o.ShutdownTimeout)
 }
 
-// FastServer returns the fasthttp server geckohook's HTTP endpoints run on,
-// with every limit set, answering with h and counting what it cannot read
-// into the Server's requests.
-func (s *Server) FastServer(h fasthttp.RequestHandler) *fasthttp.Server {
-	return NewFastServer(h, s.o.Log, maxBodySize, &s.requests)
-}
-
-// NewFastServer returns a fasthttp server answering with h: requests it
-// cannot read (too large a body, a timeout, bad HTTP) are answered with a
+// NewFastServer returns the fasthttp server geckohook's HTTP endpoints run
+// on, with every limit set, answering with h: requests it cannot read (too large a body, a timeout, bad HTTP) are answered with a
 // JSON error and counted in reqs under the route "transport".
 func NewFastServer(h fasthttp.RequestHandler, log zerolog.Logger, maxBody int, reqs *Requests) *fasthttp.Server {
 	return &fasthttp.Server{
