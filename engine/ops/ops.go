@@ -122,6 +122,7 @@ func Serve(ctx context.Context, srv *fasthttp.Server, ln net.Listener, timeout t
 // Handler returns the Server's request handler.
 func (s *Server) Handler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
 		route := "unknown"
 		defer func() {
 			if p := recover(); p != nil {
@@ -129,7 +130,10 @@ func (s *Server) Handler() fasthttp.RequestHandler {
 				ctx.Response.Reset()
 				WriteError(ctx, fasthttp.StatusInternalServerError, "internal", "internal error")
 			}
-			s.requests.Count(route, ctx.Response.StatusCode())
+			status := ctx.Response.StatusCode()
+			s.requests.Count(route, status)
+			s.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", ctx.Path()).
+				Int("status", status).Dur("took", time.Since(start)).Msg("api request")
 		}()
 		switch string(ctx.Path()) {
 		case "/healthz":
