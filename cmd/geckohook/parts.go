@@ -135,7 +135,7 @@ func (p *process) runs(pt part) bool {
 // serve runs the parts of cmd's role until ctx ends (a signal) or one of
 // them stops by itself, then stops the started ones in reverse order,
 // logging how long each took.
-func serve(ctx context.Context, cmd string, c *config, log zerolog.Logger, stdout io.Writer) (err error) {
+func serve(ctx context.Context, cmd string, c *config, log zerolog.Logger, stdout io.Writer) error {
 	p := &process{role: roleOf(cmd), cmd: cmd, c: c, log: log, stdout: stdout,
 		brokers: splitList(c.KafkaBrokers), redisAddrs: splitList(c.RedisAddr)}
 	if err := p.check(); err != nil {
