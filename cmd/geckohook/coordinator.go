@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,7 +13,6 @@ import (
 	"github.com/geckohook/geckohook/engine/mail"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/publish"
-	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
 )
 
@@ -69,39 +66,41 @@ func (c *coordinatorConfig) policy() streak.Policy {
 	return streak.Policy{DeleteAfter: c.DeleteAfter, MailAt: c.mailAt}
 }
 
-// newOutcomes starts the publisher dispatchers report outcomes through.
+// newOutcomes builds the publisher dispatchers report outcomes through;
+// the part "outcomes publisher" starts and closes it.
 func newOutcomes(c *config, brokers []string, rdb redis.UniversalClient, log zerolog.Logger) *publish.Publisher {
-	return publish.New(brokers, c.OutcomesTopic, log.With().Str("part", "outcomes").Logger(),
+	return publish.NewUnstarted(brokers, c.OutcomesTopic, log.With().Str("part", "outcomes").Logger(),
 		publish.WithFailingSet(rdb, coordinator.Keys{Prefix: c.RedisPrefix}.Failing(), 30*time.Second))
 }
 
-// startCoordinator starts the coordinator and the daily mail job as parts
-// of the process; it returns their metrics.
-func startCoordinator(c *config, brokers []string, rdb redis.UniversalClient, reg *registry.Registry, log zerolog.Logger,
-	stdout io.Writer, startPart func(string, func(context.Context) error)) (func(*bytes.Buffer), error) {
-	co := coordinator.New(coordinator.Options{
-		Brokers: brokers, Topic: c.OutcomesTopic, Group: c.CoordinatorGroup,
-		Redis: rdb, Prefix: c.RedisPrefix, Registry: reg, Policy: c.policy(),
+// newCoordinator builds the coordinator and the daily mail job, the parts
+// "coordinator" and "daily mail".
+func (p *process) newCoordinator(context.Context) (err error) {
+	c := p.c
+	p.coordinator = coordinator.New(coordinator.Options{
+		Brokers: p.brokers, Topic: c.OutcomesTopic, Group: c.CoordinatorGroup,
+		Redis: p.rdb, Prefix: c.RedisPrefix, Registry: p.registry, Policy: c.policy(),
 		SweepEvery: c.SweepEvery, SessionTimeout: c.KafkaSession, Grace: c.MailGrace,
-		Log: log.With().Str("part", "coordinator").Logger(),
+		Log: p.log.With().Str("part", "coordinator").Logger(),
 	})
-	job, err := mail.New(mail.Options{
-		Redis: rdb, Prefix: c.RedisPrefix, Registry: reg, Policy: c.policy(),
+	p.mail, err = mail.New(mail.Options{
+		Redis: p.rdb, Prefix: c.RedisPrefix, Registry: p.registry, Policy: c.policy(),
 		From: c.MailFrom, SMTPAddr: c.SMTPAddr, SMTPUser: c.SMTPUser, SMTPPassword: c.SMTPPassword,
 		Outbox: c.MailOutbox, Templates: c.MailTemplates, Grace: c.MailGrace,
-		Log: log.With().Str("part", "mail").Logger(),
+		Log: p.log.With().Str("part", "mail").Logger(),
 	})
-	if err != nil {
-		return nil, err
-	}
-	startPart("coordinator", co.Run)
-	startPart("daily mail", job.Run)
+	return err
+}
+
+// announceCoordinator says where the digests go once the daily mail starts.
+func (p *process) announceCoordinator(context.Context) error {
+	c := p.c
 	where := "SMTP " + c.SMTPAddr
 	if c.SMTPAddr == "" {
 		where = "outbox " + c.MailOutbox
-		fmt.Fprintf(stdout, "daily digests are written into %s (no --smtp-addr)\n", c.MailOutbox)
+		fmt.Fprintf(p.stdout, "daily digests are written into %s (no --smtp-addr)\n", c.MailOutbox)
 	}
-	log.Info().Str("topic", c.OutcomesTopic).Str("group", c.CoordinatorGroup).Dur("delete_after", c.DeleteAfter).
+	p.log.Info().Str("topic", c.OutcomesTopic).Str("group", c.CoordinatorGroup).Dur("delete_after", c.DeleteAfter).
 		Str("mail_at", c.MailAt).Str("mail_to", where).Msg("coordinator running")
-	return func(b *bytes.Buffer) { co.WriteMetrics(b); job.WriteMetrics(b) }, nil
+	return nil
 }

@@ -4,17 +4,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -23,19 +17,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
-	"github.com/segmentio/kafka-go"
 
-	"github.com/geckohook/geckohook/engine/api"
 	"github.com/geckohook/geckohook/engine/backoff"
-	"github.com/geckohook/geckohook/engine/catalog"
-	"github.com/geckohook/geckohook/engine/dispatch"
-	"github.com/geckohook/geckohook/engine/embedded"
 	"github.com/geckohook/geckohook/engine/kafkaio"
-	"github.com/geckohook/geckohook/engine/netguard"
-	"github.com/geckohook/geckohook/engine/publish"
-	"github.com/geckohook/geckohook/engine/registry"
-	"github.com/geckohook/geckohook/engine/sender"
-	"github.com/geckohook/geckohook/shard"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -77,8 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
-	case "all", "dispatcher", "api", "broker", "coordinator":
-	default:
+	}
+	if roleOf(cmd) == 0 {
 		fmt.Fprintf(stderr, "geckohook: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
@@ -98,15 +82,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "geckohook: %v\n", err)
 		return 2
 	}
-	sender.Version = version
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if cmd == "broker" {
-		err = runBroker(ctx, c, log, stdout)
-	} else {
-		err = serve(ctx, cmd, c, log, stdout)
-	}
-	if err != nil {
+	if err := serve(ctx, cmd, c, log, stdout); err != nil {
 		log.Error().Err(err).Msg("geckohook stopped with an error")
 		return 1
 	}
@@ -135,28 +113,6 @@ func newLogger(c *config, w io.Writer) (zerolog.Logger, error) {
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
 
-// closer is one started part, stopped in reverse order at shutdown.
-type closer struct {
-	name string
-	fn   func()
-}
-
-func runBroker(ctx context.Context, c *config, log zerolog.Logger, stdout io.Writer) error {
-	k, err := embedded.StartKafka(embedded.KafkaOptions{Listen: c.EmbeddedKafka, Partitions: c.Partitions, DataDir: c.DataDir})
-	if err != nil {
-		return err
-	}
-	defer k.Close()
-	if err := kafkaio.EnsureTopics(ctx, []string{k.Addr()}, topics(c)...); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "embedded Kafka broker listening on %s (for trials and tests, not production data)\n", k.Addr())
-	log.Info().Str("addr", k.Addr()).Str("data_dir", c.DataDir).Msg("embedded Kafka broker running")
-	<-ctx.Done()
-	log.Info().Msg("stopping embedded Kafka broker")
-	return nil
-}
-
 func topics(c *config) []kafkaio.Topic {
 	return []kafkaio.Topic{
 		{Name: c.EventsTopic, Partitions: c.Partitions, ReplicationFactor: c.Replication},
@@ -165,214 +121,6 @@ func topics(c *config) []kafkaio.Topic {
 	}
 }
 
-func serve(ctx context.Context, role string, c *config, log zerolog.Logger, stdout io.Writer) (err error) {
-	var closers []closer
-	defer func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			start := time.Now()
-			closers[i].fn()
-			log.Info().Str("part", closers[i].name).Dur("took", time.Since(start)).Msg("stopped")
-		}
-	}()
-
-	brokers, redisAddrs := splitList(c.KafkaBrokers), splitList(c.RedisAddr)
-	embeddedMode := false
-	if len(brokers) == 0 {
-		if role != "all" {
-			return fmt.Errorf("--kafka-brokers is required for %s (only `all` starts an embedded Kafka)", role)
-		}
-		k, err := embedded.StartKafka(embedded.KafkaOptions{Listen: c.EmbeddedKafka, Partitions: c.Partitions, DataDir: c.DataDir})
-		if err != nil {
-			return err
-		}
-		closers = append(closers, closer{"embedded Kafka", k.Close})
-		brokers = []string{k.Addr()}
-		embeddedMode = true
-		fmt.Fprintf(stdout, "embedded Kafka listening on %s (for trying geckohook, not for production data)\n", k.Addr())
-	}
-	if len(redisAddrs) == 0 {
-		if role != "all" {
-			return fmt.Errorf("--redis-addr is required for %s (only `all` starts an embedded Redis)", role)
-		}
-		r, err := embedded.StartRedis(c.EmbeddedRedis)
-		if err != nil {
-			return err
-		}
-		closers = append(closers, closer{"embedded Redis", r.Close})
-		redisAddrs = []string{r.Addr()}
-		embeddedMode = true
-		fmt.Fprintf(stdout, "embedded Redis listening on %s (in memory: for trying geckohook, not for production data)\n", r.Addr())
-	}
-	if embeddedMode {
-		if c.set["allow-private-targets"] == "" {
-			c.AllowPrivate = true
-		}
-		if c.set["allow-http"] == "" {
-			c.AllowHTTP = true
-		}
-		if c.AdminToken == "" {
-			b := make([]byte, 24)
-			_, _ = rand.Read(b)
-			c.AdminToken = "gha_" + base64.RawURLEncoding.EncodeToString(b)
-			fmt.Fprintf(stdout, "admin token (generated for this run; set --admin-token to choose one): %s\n", c.AdminToken)
-		}
-	}
-	if c.AllowPrivate || c.AllowHTTP {
-		log.Warn().Bool("allow_private_targets", c.AllowPrivate).Bool("allow_http", c.AllowHTTP).
-			Msg("webhooks may target private addresses and/or plain http: fine for a trial, never in production")
-	}
-
-	cat, err := catalog.Load(c.EventsCatalog)
-	if err != nil {
-		return err
-	}
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: redisAddrs, Password: c.RedisPassword})
-	closers = append(closers, closer{"redis client", func() { _ = rdb.Close() }})
-	if err := waitRedis(ctx, rdb, log); err != nil {
-		return err
-	}
-	if err := kafkaio.EnsureTopics(ctx, brokers, topics(c)...); err != nil {
-		return err
-	}
-
-	regCtx, stopReg := context.WithCancel(context.Background())
-	reg := registry.New(rdb, registry.Options{Prefix: c.RedisPrefix, Log: log.With().Str("part", "registry").Logger()})
-	if err := reg.Start(regCtx); err != nil {
-		stopReg()
-		return err
-	}
-	closers = append(closers, closer{"registry", func() { stopReg(); <-reg.Done() }})
-	apps, hooks := reg.Counts()
-	log.Info().Int("applications", apps).Int("webhooks", hooks).Msg("registry loaded")
-
-	policy := netguard.Policy{AllowPrivate: c.AllowPrivate, AllowHTTP: c.AllowHTTP}
-	failed := make(chan error, 8) // a part that stops on its own stops the process
-	// startPart runs fn until the shutdown stops it; if it returns before,
-	// the process shuts down with its error.
-	startPart := func(name string, fn func(ctx context.Context) error) {
-		pctx, stop := context.WithCancel(context.Background())
-		late := make(chan error, 1)
-		go func() {
-			err := fn(pctx)
-			if pctx.Err() == nil {
-				failed <- fmt.Errorf("%s stopped by itself: %v", name, err)
-				err = nil
-			}
-			late <- err
-		}()
-		closers = append(closers, closer{name, func() {
-			stop()
-			if err := <-late; err != nil {
-				log.Error().Err(err).Str("part", name).Msg("error while stopping")
-			}
-		}})
-	}
-	// serveAPI serves a on addr as a part of the process.
-	serveAPI := func(name, addr string, a *api.API) error {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("cannot listen for the %s on %s: %w", name, addr, err)
-		}
-		startPart(name, func(ctx context.Context) error { return a.Serve(ctx, ln) })
-		fmt.Fprintf(stdout, "%s listening on http://%s\n", name, ln.Addr())
-		return nil
-	}
-	health := func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
-	if c.PprofListen != "" {
-		ln, err := net.Listen("tcp", c.PprofListen)
-		if err != nil {
-			return fmt.Errorf("cannot listen for profiles on %s: %w", c.PprofListen, err)
-		}
-		srv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
-		startPart("profiles", func(ctx context.Context) error {
-			go func() { <-ctx.Done(); _ = srv.Close() }()
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-		fmt.Fprintf(stdout, "profiles listening on http://%s/debug/pprof/\n", ln.Addr())
-	}
-
-	var d *dispatch.Dispatcher
-	var pub *publish.Publisher
-	var coordMetrics func(*bytes.Buffer)
-	metrics := func(b *bytes.Buffer) {
-		if d != nil {
-			d.WriteMetrics(b)
-		}
-		pub.WriteMetrics(b)
-		if coordMetrics != nil {
-			coordMetrics(b)
-		}
-	}
-	if role == "all" || role == "coordinator" {
-		if coordMetrics, err = startCoordinator(c, brokers, rdb, reg, log, stdout, startPart); err != nil {
-			return err
-		}
-	}
-	if role == "all" || role == "dispatcher" {
-		// Closed after the dispatcher drained, so its last outcomes go out.
-		pub = newOutcomes(c, brokers, rdb, log)
-		closers = append(closers, closer{"outcomes publisher", func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := pub.Close(ctx); err != nil {
-				log.Warn().Err(err).Msg("outcomes not all flushed")
-			}
-		}})
-		d = dispatch.New(dispatch.Options{
-			Brokers: brokers, Topic: c.EventsTopic, DLQTopic: c.DLQTopic, Group: c.Group,
-			Registry: reg, Catalog: cat, Redis: rdb, RedisPrefix: c.RedisPrefix, ResourceBase: c.ResourceBase,
-			Sender: sender.New(sender.Options{
-				Policy: policy, Timeout: c.RequestTimeout, MaxConnsPerHost: c.MaxConnsPerHost,
-				DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
-			}),
-			Workers: c.Workers, Window: c.Window, MaxRetries: c.MaxRetries, MaxRetryAfter: c.MaxRetryAfter, Isolation: isolation(c.IsolationLevel),
-			Lease: c.RetryLease, RetryWindow: c.RetryWindow, Outcomes: pub,
-			DeadRetention: c.DeadRetention, DeadMax: c.DeadMax,
-			DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
-			Log: log.With().Str("part", "dispatcher").Logger(),
-		})
-		startPart("dispatcher (drained)", d.Run)
-		log.Info().Strs("brokers", brokers).Str("topic", c.EventsTopic).Str("group", c.Group).Msg("dispatcher running")
-	}
-	if (role == "dispatcher" || role == "coordinator") && c.MetricsListen != "" {
-		ops := api.New(api.Options{Health: health, Metrics: metrics, Log: log.With().Str("part", "metrics").Logger()})
-		if err := serveAPI("metrics and health endpoint", c.MetricsListen, ops); err != nil {
-			return err
-		}
-	}
-	if role == "all" || role == "api" {
-		w := kafkaio.NewWriter(brokers, c.EventsTopic)
-		closers = append(closers, closer{"event writer", func() { _ = w.Close() }})
-		a := api.New(api.Options{
-			Registry: reg, Catalog: cat, Policy: policy, Lookup: netguard.SystemLookup, AdminToken: c.AdminToken,
-			Produce: func(ctx context.Context, key, value []byte) error {
-				return w.WriteMessages(ctx, kafka.Message{Key: key, Value: value})
-			},
-			Health: health, Metrics: metrics, Deliveries: shard.NewStore(rdb, c.RedisPrefix),
-			Log: log.With().Str("part", "api").Logger(),
-		})
-		if err := serveAPI("management API", c.APIListen, a); err != nil {
-			return err
-		}
-	}
-	log.Info().Str("role", role).Str("version", version).Msg("geckohook running; Ctrl-C or SIGTERM to stop")
-	select {
-	case <-ctx.Done():
-	case err := <-failed:
-		log.Error().Err(err).Msg("a part stopped; shutting down")
-		return err
-	}
-	// A second Ctrl-C or SIGTERM now ends the process at once.
-	signal.Reset(os.Interrupt, syscall.SIGTERM)
-	log.Info().Msg("shutting down: draining in-flight deliveries")
-	return nil
-}
-
-// maxRetries maps --max-retries to dispatch.Options, where 0 means the
-// default and a negative number none.
 // isolation reads a level parseConfig has already checked.
 func isolation(s string) kafkaio.Isolation {
 	iso, _ := kafkaio.ParseIsolation(s)
@@ -394,15 +142,4 @@ func waitRedis(ctx context.Context, rdb redis.UniversalClient, log zerolog.Logge
 		return fmt.Errorf("redis not reachable: %w", last)
 	}
 	return nil
-}
-
-// pprofMux serves Go's profiles under /debug/pprof/.
-func pprofMux() *http.ServeMux {
-	m := http.NewServeMux()
-	m.HandleFunc("/debug/pprof/", pprof.Index)
-	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return m
 }

@@ -4,7 +4,9 @@
 // (application or admin token), /healthz and /metrics. Requests and responses
 // are JSON; every error answers {"error":{"code":…,"message":…}}. It stores
 // nothing itself: applications and webhooks live in the registry, events go
-// to the Produce function it is given.
+// to the Produce function it is given. /healthz, /metrics and the server
+// itself are package ops's, which also serves them alone for processes
+// without the API.
 package api
 
 import (
@@ -18,10 +20,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sort"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -29,14 +28,15 @@ import (
 
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/netguard"
+	"github.com/geckohook/geckohook/engine/ops"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/shard"
 )
 
 // Options configure an API.
 type Options struct {
-	// Registry holds applications and webhooks (started). Nil serves only
-	// /healthz and /metrics: the operations endpoints of a dispatcher.
+	// Registry holds applications and webhooks (started; required). A
+	// process without the API serves /healthz and /metrics with package ops.
 	Registry *registry.Registry
 	// Catalog lists the accepted event names (default catalog.Default()).
 	Catalog *catalog.Catalog
@@ -75,14 +75,7 @@ type Options struct {
 type API struct {
 	o         Options
 	adminHash [sha256.Size]byte
-
-	mu      sync.Mutex
-	metrics map[metricKey]uint64
-}
-
-type metricKey struct {
-	route string
-	code  int
+	requests  ops.Requests
 }
 
 // New returns an API; Handler or Serve put it on the network.
@@ -102,7 +95,7 @@ func New(o Options) *API {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 10 * time.Second
 	}
-	a := &API{o: o, metrics: make(map[metricKey]uint64)}
+	a := &API{o: o}
 	if o.AdminToken != "" {
 		a.adminHash = sha256.Sum256([]byte(o.AdminToken))
 	}
@@ -113,63 +106,8 @@ func New(o Options) *API {
 // (in-flight requests finish, within ShutdownTimeout). It returns nil on a
 // clean stop.
 func (a *API) Serve(ctx context.Context, ln net.Listener) error {
-	srv := a.server()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
-	defer cancel()
-	shutErr := srv.ShutdownWithContext(sctx)
-	// If Serve had not registered ln yet, shutdown did not close it.
-	_ = ln.Close()
-	serveErr := <-errc
-	if shutErr != nil && !errors.Is(shutErr, net.ErrClosed) {
-		return fmt.Errorf("api shutdown: %w", shutErr)
-	}
-	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) {
-		return serveErr
-	}
-	return nil
-}
-
-func (a *API) server() *fasthttp.Server {
-	return &fasthttp.Server{
-		Handler:            a.Handler(),
-		ErrorHandler:       a.transportError,
-		Name:               "geckohook",
-		ReadTimeout:        10 * time.Second,
-		WriteTimeout:       10 * time.Second,
-		IdleTimeout:        60 * time.Second,
-		MaxRequestBodySize: a.o.MaxBodySize,
-		ReadBufferSize:     8 << 10, // bounds request line and headers
-		Logger:             fasthttpLogger{a.o.Log},
-	}
-}
-
-type fasthttpLogger struct{ l zerolog.Logger }
-
-func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Warn().Str("component", "api").Msgf(format, args...)
-}
-
-// transportError answers requests fasthttp could not read.
-func (a *API) transportError(ctx *fasthttp.RequestCtx, err error) {
-	var e *apiError
-	var ne net.Error
-	switch {
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		e = errBodyTooLarge(a.o.MaxBodySize)
-	case errors.As(err, &ne) && ne.Timeout():
-		e = &apiError{fasthttp.StatusRequestTimeout, "timeout", "request was not received in time"}
-	default:
-		e = &apiError{fasthttp.StatusBadRequest, "bad_request", "cannot parse HTTP request"}
-	}
-	writeError(ctx, e)
-	a.count("transport", e.status)
+	srv := ops.NewFastServer(a.Handler(), a.o.Log, a.o.MaxBodySize, &a.requests)
+	return ops.Serve(ctx, srv, ln, a.o.ShutdownTimeout)
 }
 
 // Handler returns the API's request handler.
@@ -185,7 +123,7 @@ func (a *API) Handler() fasthttp.RequestHandler {
 				writeError(ctx, &apiError{fasthttp.StatusInternalServerError, "internal", "internal error"})
 			}
 			status := ctx.Response.StatusCode()
-			a.count(route, status)
+			a.requests.Count(route, status)
 			a.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", ctx.Path()).
 				Int("status", status).Str("app_id", appID).Dur("took", time.Since(start)).Msg("api request")
 		}()
@@ -205,7 +143,7 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 	case path == "/healthz":
 		route, allowed = "healthz", "GET, HEAD"
 		if method == "GET" || method == "HEAD" {
-			a.healthz(ctx)
+			ops.Healthz(ctx, a.o.Health)
 			return route, ""
 		}
 	case path == "/metrics":
@@ -214,9 +152,6 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 			a.serveMetrics(ctx)
 			return route, ""
 		}
-	case a.o.Registry == nil:
-		writeError(ctx, &apiError{fasthttp.StatusNotFound, "not_found", "no such endpoint"})
-		return "unknown", ""
 	case path == "/v1/applications":
 		route, allowed = "applications", "POST"
 		if method == "POST" {
@@ -325,36 +260,12 @@ func invalid(code, msg string) *apiError {
 	return &apiError{fasthttp.StatusUnprocessableEntity, code, msg}
 }
 
-type errorBody struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
 func writeError(ctx *fasthttp.RequestCtx, e *apiError) {
-	if e.status == fasthttp.StatusUnauthorized {
-		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="geckohook"`)
-	}
-	var b errorBody
-	b.Error.Code, b.Error.Message = e.code, e.message
-	writeJSON(ctx, e.status, b)
+	ops.WriteError(ctx, e.status, e.code, e.message)
 }
 
-func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		// Only our own response types are encoded; they always encode.
-		status = fasthttp.StatusInternalServerError
-		buf.Reset()
-		buf.WriteString(`{"error":{"code":"internal","message":"cannot encode response"}}` + "\n")
-	}
-	ctx.SetStatusCode(status)
-	ctx.SetContentType("application/json; charset=utf-8")
-	ctx.SetBody(buf.Bytes())
-}
+// writeJSON answers with v as JSON.
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) { ops.WriteJSON(ctx, status, v) }
 
 // decodeBody reads the request body as one JSON object into dst.
 func decodeBody(ctx *fasthttp.RequestCtx, dst any) *apiError {
@@ -397,38 +308,9 @@ func jsonKind(goKind string) string {
 // responseTime formats a time as RFC 3339 in UTC.
 func responseTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
-// count records one answered request for /metrics.
-func (a *API) count(route string, status int) {
-	a.mu.Lock()
-	a.metrics[metricKey{route, status}]++
-	a.mu.Unlock()
-}
-
 func (a *API) serveMetrics(ctx *fasthttp.RequestCtx) {
-	a.mu.Lock()
-	keys := make([]metricKey, 0, len(a.metrics))
-	for k := range a.metrics {
-		keys = append(keys, k)
-	}
-	vals := make(map[metricKey]uint64, len(keys))
-	for _, k := range keys {
-		vals[k] = a.metrics[k]
-	}
-	a.mu.Unlock()
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].route != keys[j].route {
-			return keys[i].route < keys[j].route
-		}
-		return keys[i].code < keys[j].code
-	})
 	var b bytes.Buffer
-	b.WriteString("# HELP geckohook_api_requests_total API requests answered, by route and status code.\n")
-	b.WriteString("# TYPE geckohook_api_requests_total counter\n")
-	for _, k := range keys {
-		b.WriteString(`geckohook_api_requests_total{route="` + k.route + `",code="` + strconv.Itoa(k.code) + `"} `)
-		b.WriteString(strconv.FormatUint(vals[k], 10))
-		b.WriteByte('\n')
-	}
+	a.requests.WriteMetrics(&b)
 	if a.o.Metrics != nil {
 		a.o.Metrics(&b)
 	}
@@ -442,28 +324,7 @@ func (a *API) serveMetrics(ctx *fasthttp.RequestCtx) {
 			fmt.Fprintf(&b, "geckohook_retry_queue_deliveries{state=\"scheduled\"} %d\ngeckohook_retry_queue_deliveries{state=\"dead\"} %d\n", scheduled, dead)
 		}
 	}
-	ctx.SetStatusCode(fasthttp.StatusOK)
-	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
-	ctx.SetBody(b.Bytes())
-}
-
-func (a *API) healthz(ctx *fasthttp.RequestCtx) {
-	if a.o.Health != nil {
-		hctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := a.o.Health(hctx)
-		cancel()
-		if err != nil {
-			var b struct {
-				Status string `json:"status"`
-				errorBody
-			}
-			b.Status = "unavailable"
-			b.Error.Code, b.Error.Message = "unhealthy", err.Error()
-			writeJSON(ctx, fasthttp.StatusServiceUnavailable, b)
-			return
-		}
-	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ok"})
+	ops.WriteMetrics(ctx, b.Bytes())
 }
 
 // access is what token an endpoint needs.

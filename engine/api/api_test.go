@@ -17,7 +17,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
-	"github.com/valyala/fasthttp"
 
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/contract"
@@ -623,29 +622,5 @@ func TestServeReturnsNilWhenContextAlreadyEnded(t *testing.T) {
 	if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
 		c.Close()
 		t.Fatal("listener still accepts connections after Serve returned")
-	}
-}
-
-// Without a registry the API serves only the operations endpoints, as a
-// dispatcher process does on --metrics-listen.
-func TestOperationsOnlyMode(t *testing.T) {
-	a := New(Options{Metrics: func(b *bytes.Buffer) { b.WriteString("geckohook_shards 3\n") }})
-	call := func(method, path string) (int, string) {
-		var ctx fasthttp.RequestCtx
-		ctx.Request.Header.SetMethod(method)
-		ctx.Request.SetRequestURI(path)
-		a.Handler()(&ctx)
-		return ctx.Response.StatusCode(), string(ctx.Response.Body())
-	}
-	if code, body := call("GET", "/healthz"); code != 200 || !strings.Contains(body, `"ok"`) {
-		t.Errorf("healthz: %d %s", code, body)
-	}
-	if code, body := call("GET", "/metrics"); code != 200 || !strings.Contains(body, "geckohook_shards 3") {
-		t.Errorf("metrics: %d %s", code, body)
-	}
-	for _, p := range []string{"/v1/webhooks", "/v1/applications", "/v1/events"} {
-		if code, _ := call("POST", p); code != 404 {
-			t.Errorf("POST %s without a registry: %d, want 404", p, code)
-		}
 	}
 }

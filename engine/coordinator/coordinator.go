@@ -180,7 +180,7 @@ func (c *Coordinator) consume(ctx context.Context, r outcomeReader) {
 	// topic until a rebalance.
 	pending := map[int]kafka.Message{}
 	var nextCommit time.Time
-	commitWait := 100 * time.Millisecond
+	commitWaits := backoff.NewWaits(100*time.Millisecond, backoff.HoldLimit)
 	commit := func() {
 		if len(pending) == 0 {
 			return
@@ -194,14 +194,14 @@ func (c *Coordinator) consume(ctx context.Context, r outcomeReader) {
 		cancel()
 		if err == nil {
 			clear(pending)
-			commitWait = 100 * time.Millisecond
+			commitWaits.Reset()
 			return
 		}
 		c.Stats.CommitFailures.Add(1)
-		c.o.Log.Warn().Err(err).Dur("retry_in", commitWait).Int("partitions", len(msgs)).
+		wait := commitWaits.Next()
+		c.o.Log.Warn().Err(err).Dur("retry_in", wait).Int("partitions", len(msgs)).
 			Msg("cannot commit outcome offsets; retrying (a crash meanwhile replays the batch, applied once)")
-		nextCommit = time.Now().Add(commitWait)
-		commitWait = min(2*commitWait, 5*time.Second)
+		nextCommit = time.Now().Add(wait)
 	}
 	// On the way out, one last try: what stays uncommitted is replayed.
 	defer commit()
@@ -224,7 +224,7 @@ func (c *Coordinator) consume(ctx context.Context, r outcomeReader) {
 				continue // time to retry the commit
 			}
 			c.o.Log.Warn().Err(err).Msg("cannot fetch outcomes; retrying")
-			sleep(ctx, 500*time.Millisecond)
+			backoff.Sleep(ctx, 500*time.Millisecond)
 			continue
 		}
 		batch = append(batch, m)
@@ -438,13 +438,6 @@ func (c *Coordinator) sweep(ctx context.Context, now, judge time.Time) error {
 // retry runs op until it succeeds (true) or ctx ends (false), backing off.
 func (c *Coordinator) retry(ctx context.Context, what string, op func() error) bool {
 	return backoff.Hold(ctx, c.o.Log, 100*time.Millisecond, what, op)
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
 }
 
 // WriteMetrics appends the coordinator's counters in Prometheus text format.

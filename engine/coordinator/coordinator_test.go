@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/geckohook/geckohook/engine/daylog"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/publish"
@@ -87,7 +88,7 @@ func TestReplayedBatchIsAppliedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := DecodeDayEntry([]byte(raw))
+	e, err := daylog.Decode([]byte(raw))
 	if err != nil || e.Failures != 2 || !e.StreakStart.Equal(t0) || !e.DeleteAt.Equal(t0.Add(72*time.Hour)) || e.Address != w.Address {
 		t.Fatalf("day entry = %+v (%v)", e, err)
 	}
@@ -148,7 +149,7 @@ func TestFailureCrossingDeleteAfterDeletesOnArrival(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no deletion record for the day: %v", err)
 	}
-	if e, _ := DecodeDayEntry([]byte(raw)); e == nil || e.Reason != streak.ReasonFailing || e.Address != w.Address {
+	if e, _ := daylog.Decode([]byte(raw)); e == nil || e.Reason != streak.ReasonFailing || e.Address != w.Address {
 		t.Fatalf("deletion record = %+v", e)
 	}
 	if ok, _ := c.o.Redis.SIsMember(context.Background(), c.keys.DayApps("2026-11-23"), w.AppID).Result(); !ok {
@@ -292,7 +293,7 @@ func TestGoneAfterSweepRecordsTheDeletion(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no deletion record for the 410: %v", err)
 	}
-	if e, _ := DecodeDayEntry([]byte(raw)); e == nil || e.Reason != streak.ReasonGone || !e.Deleted.Equal(gone) {
+	if e, _ := daylog.Decode([]byte(raw)); e == nil || e.Reason != streak.ReasonGone || !e.Deleted.Equal(gone) {
 		t.Fatalf("deletion record = %+v, want gone at %v", e, gone)
 	}
 	if ok, _ := c.o.Redis.SIsMember(ctx, c.keys.DayApps("2026-11-23"), w.AppID).Result(); !ok {

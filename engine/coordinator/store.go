@@ -13,6 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/geckohook/geckohook/engine/backoff"
+	"github.com/geckohook/geckohook/engine/daylog"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
@@ -183,7 +185,9 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 		if round > 0 {
 			// Another coordinator wrote first: step aside a random moment
 			// so two writers do not keep colliding.
-			time.Sleep(time.Duration(rand.IntN(round*2+1)) * time.Millisecond)
+			if !backoff.Sleep(ctx, time.Duration(rand.IntN(round*2+1))*time.Millisecond) {
+				return fmt.Errorf("cannot update webhook health: %w", ctx.Err())
+			}
 		}
 		recs, err := c.load(ctx, pending)
 		if err != nil {
@@ -237,7 +241,7 @@ func (c *Coordinator) load(ctx context.Context, ids []string) ([]*record, error)
 }
 
 func (c *Coordinator) store(ctx context.Context, recs []*record) error {
-	ttl := c.o.Policy.After() + DayTTL
+	ttl := c.o.Policy.After() + daylog.TTL
 	cmds := make(map[*record]*redis.Cmd)
 	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, r := range recs {
@@ -257,9 +261,9 @@ func (c *Coordinator) store(ctx context.Context, recs []*record) error {
 	return nil
 }
 
-func entryOf(r *record, p streak.Policy) DayEntry {
+func entryOf(r *record, p streak.Policy) daylog.Entry {
 	s := &r.s
-	e := DayEntry{
+	e := daylog.Entry{
 		WebhookID: r.id, AppID: r.app, AccountID: r.account, Event: r.event, Address: r.address,
 		Failures: s.FailuresToday, Dead: s.DeadToday, LastStatus: s.LastStatus, LastError: s.LastError,
 		LastFailure: s.LastFailure, StreakStart: s.StreakStart, LastSuccess: s.LastSuccess,
@@ -300,15 +304,15 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 			Time("streak_start", r.s.StreakStart).Int("failures", r.s.Failures).Msg("webhook deleted")
 	}
 	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
-		day := func(day, key string, e *DayEntry) error {
+		day := func(day, key string, e *daylog.Entry) error {
 			raw, err := msgpack.Marshal(e)
 			if err != nil {
 				return fmt.Errorf("cannot encode day entry: %w", err)
 			}
 			p.HSet(ctx, key, e.WebhookID, raw)
-			p.PExpire(ctx, key, DayTTL)
+			p.PExpire(ctx, key, daylog.TTL)
 			p.SAdd(ctx, c.keys.DayApps(day), e.AppID)
-			p.PExpire(ctx, c.keys.DayApps(day), DayTTL)
+			p.PExpire(ctx, c.keys.DayApps(day), daylog.TTL)
 			return nil
 		}
 		for _, r := range recs {

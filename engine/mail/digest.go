@@ -19,7 +19,7 @@ import (
 	texttemplate "text/template"
 	"time"
 
-	"github.com/geckohook/geckohook/engine/coordinator"
+	"github.com/geckohook/geckohook/engine/daylog"
 )
 
 //go:embed templates/*.tmpl
@@ -43,8 +43,8 @@ type Digest struct {
 	Day        string // the mail day, YYYY-MM-DD
 	Start, End time.Time
 	App        App
-	Failing    []*coordinator.DayEntry // failed that day and not deleted, by address
-	Deleted    []*coordinator.DayEntry // deleted that day, by time
+	Failing    []*daylog.Entry // failed that day and not deleted, by address
+	Deleted    []*daylog.Entry // deleted that day, by time
 	// FailingMore and DeletedMore count those left out past MaxListed.
 	FailingMore, DeletedMore int
 	DeleteAfter              time.Duration

@@ -24,7 +24,7 @@
 //
 // Catching up. A day is mailed only once the coordinators have applied
 // every outcome of it: the catch-up watermark they keep in Redis
-// (coordinator.Keys.Watermark) must have reached the day's end plus Grace.
+// (daylog.Keys.Watermark) must have reached the day's end plus Grace.
 // After downtime, or while the coordinators lag, the digest waits for them
 // instead of being built from records hours behind. The retry backoff of
 // a day is kept in Redis, so every coordinator process honours it.
@@ -47,7 +47,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/geckohook/geckohook/engine/contract"
-	"github.com/geckohook/geckohook/engine/coordinator"
+	"github.com/geckohook/geckohook/engine/daylog"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
 )
@@ -112,7 +112,7 @@ type Stats struct {
 // Job runs the daily digest.
 type Job struct {
 	o       Options
-	keys    coordinator.Keys
+	keys    daylog.Keys
 	tmpl    *Templates
 	send    sendFunc
 	waitLog zerolog.Logger // sampled: "waiting for the coordinators"
@@ -170,7 +170,7 @@ func New(o Options) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &Job{o: o, keys: coordinator.Keys{Prefix: o.Prefix}, tmpl: t,
+	j := &Job{o: o, keys: daylog.Keys{Prefix: o.Prefix}, tmpl: t,
 		waitLog: o.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Minute})}
 	j.Stats.WatermarkAge.Store(-1)
 	if o.SMTPAddr != "" {
@@ -236,7 +236,7 @@ func (j *Job) RunDue(ctx context.Context) error {
 	// The oldest day whose records are all still in Redis: every write to
 	// a day's records happens after the day began and renews them for
 	// DayTTL.
-	floor := addDays(p.Day(now.Add(-coordinator.DayTTL)), 1)
+	floor := addDays(p.Day(now.Add(-daylog.TTL)), 1)
 	done, err := j.o.Redis.Get(ctx, j.doneKey()).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("cannot read the last mailed day: %w", err)
@@ -345,7 +345,7 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 	if now.Before(rs.next) {
 		return false, nil
 	}
-	apps, err := j.o.Redis.SMembers(ctx, j.keys.DayApps(day)).Result()
+	apps, err := j.o.Redis.SMembers(ctx, j.keys.Apps(day)).Result()
 	if err != nil {
 		return false, fmt.Errorf("cannot read applications to mail for %s: %w", day, err)
 	}
@@ -367,7 +367,7 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 	if !ok {
 		return false, nil // another coordinator is on it
 	}
-	_ = j.o.Redis.PExpire(ctx, j.tokenKey(day), coordinator.DayTTL).Err()
+	_ = j.o.Redis.PExpire(ctx, j.tokenKey(day), daylog.TTL).Err()
 	log := j.o.Log.With().Str("day", day).Int64("token", token).Logger()
 	log.Info().Int("applications", len(pending)).Msg("sending daily digests")
 
@@ -425,7 +425,7 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 		// send the digest again.
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
 		marked, err := markScript.Run(mctx, j.o.Redis, []string{j.lockKey(day), j.markKey(day, app)},
-			tok, state, coordinator.DayTTL.Milliseconds()).Int()
+			tok, state, daylog.TTL.Milliseconds()).Int()
 		cancel()
 		if err != nil {
 			// Sent but not marked: the next run sends it again (at most once more).
@@ -441,7 +441,7 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 		rs.tries++
 		rs.next = now.Add(wait)
 		if err := retryScript.Run(ctx, j.o.Redis, []string{j.lockKey(day), j.retryKey(day)}, tok,
-			rs.next.UnixMilli(), rs.tries, rs.first.UnixMilli(), coordinator.DayTTL.Milliseconds()).Err(); err != nil {
+			rs.next.UnixMilli(), rs.tries, rs.first.UnixMilli(), daylog.TTL.Milliseconds()).Err(); err != nil {
 			return false, fmt.Errorf("cannot record the retry time of %s: %w", day, err)
 		}
 		log.Info().Int("failed", failed).Dur("retry_in", wait).Msg("daily digests incomplete")
@@ -556,8 +556,8 @@ func (j *Job) sendOne(ctx context.Context, day, appID string, start time.Time) (
 func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*Digest, error) {
 	var failing, deleted *redis.MapStringStringCmd
 	_, err := j.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
-		failing = p.HGetAll(ctx, j.keys.DayFailing(day, appID))
-		deleted = p.HGetAll(ctx, j.keys.DayDeleted(day, appID))
+		failing = p.HGetAll(ctx, j.keys.Failing(day, appID))
+		deleted = p.HGetAll(ctx, j.keys.Deleted(day, appID))
 		return nil
 	})
 	if err != nil {
@@ -566,7 +566,7 @@ func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*
 	d := &Digest{Day: day, Start: start, End: start.Add(24 * time.Hour), DeleteAfter: j.o.Policy.After()}
 	gone := map[string]bool{}
 	for id, raw := range deleted.Val() {
-		e, err := coordinator.DecodeDayEntry([]byte(raw))
+		e, err := daylog.Decode([]byte(raw))
 		if err != nil {
 			j.o.Log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
 			continue
@@ -578,17 +578,17 @@ func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*
 		if gone[id] {
 			continue
 		}
-		e, err := coordinator.DecodeDayEntry([]byte(raw))
+		e, err := daylog.Decode([]byte(raw))
 		if err != nil {
 			j.o.Log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
 			continue
 		}
 		d.Failing = append(d.Failing, e)
 	}
-	slices.SortFunc(d.Deleted, func(a, b *coordinator.DayEntry) int {
+	slices.SortFunc(d.Deleted, func(a, b *daylog.Entry) int {
 		return cmp.Or(a.Deleted.Compare(b.Deleted), cmp.Compare(a.WebhookID, b.WebhookID))
 	})
-	slices.SortFunc(d.Failing, func(a, b *coordinator.DayEntry) int {
+	slices.SortFunc(d.Failing, func(a, b *daylog.Entry) int {
 		return cmp.Or(cmp.Compare(a.Address, b.Address), cmp.Compare(a.WebhookID, b.WebhookID))
 	})
 	if n := len(d.Deleted) - MaxListed; n > 0 {

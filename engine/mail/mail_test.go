@@ -22,6 +22,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/geckohook/geckohook/engine/coordinator"
+	"github.com/geckohook/geckohook/engine/daylog"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/mail"
 	"github.com/geckohook/geckohook/engine/outcomes"
@@ -580,7 +581,7 @@ func TestTemplatesOverride(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &mail.Digest{Day: "2026-11-20", App: mail.App{ID: "app_1", Name: "Shop <b>", Email: "dev@example.com"},
-		Failing: []*coordinator.DayEntry{{WebhookID: "wh_1", Address: "https://x.example.com/?a=1&b=<2>", Failures: 3}}, FailingMore: 7}
+		Failing: []*daylog.Entry{{WebhookID: "wh_1", Address: "https://x.example.com/?a=1&b=<2>", Failures: 3}}, FailingMore: 7}
 	raw, err := tm.Render(d, "geckohook@example.com", day0)
 	if err != nil {
 		t.Fatal(err)
@@ -764,7 +765,7 @@ func TestShutdownDuringSendStillMarks(t *testing.T) {
 func (e *env) dayRecord(day string, a *registry.App, w *registry.Webhook) {
 	e.t.Helper()
 	keys := coordinator.Keys{Prefix: "gh:"}
-	raw, err := msgpack.Marshal(&coordinator.DayEntry{WebhookID: w.ID, AppID: a.ID, Address: w.Address, Event: w.Event, Failures: 1, LastStatus: 500})
+	raw, err := msgpack.Marshal(&daylog.Entry{WebhookID: w.ID, AppID: a.ID, Address: w.Address, Event: w.Event, Failures: 1, LastStatus: 500})
 	if err != nil {
 		e.t.Fatal(err)
 	}

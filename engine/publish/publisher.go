@@ -2,7 +2,8 @@
 // topic off the delivery path: Publish only queues into a bounded buffer
 // (dropping and counting when it is full) and a background writer sends
 // batches; successes of webhooks that have not failed are filtered out in
-// memory, so healthy webhooks cost one read-locked lookup.
+// memory, so healthy webhooks cost one read-locked lookup. The Publisher
+// owns its goroutines: Start runs them, Close stops them and waits.
 package publish
 
 import (
@@ -19,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/outcomes"
 )
@@ -80,28 +82,42 @@ type Publisher struct {
 	ch       chan outcomes.Outcome
 	closed   atomic.Bool
 	flushErr atomic.Pointer[error] // a batch lost while closing
-	stop     chan struct{}
-	done     chan struct{}
 
-	// The failing-set reader runs beside the writer, so a slow Redis never
-	// holds up the Kafka writes; Close cancels it and waits for it.
-	syncCancel context.CancelFunc
-	syncDone   chan struct{}
+	// Start runs the writer and, with a failing set, its reader beside it,
+	// so a slow Redis never holds up the Kafka writes. Close cancels
+	// stopping: the writer drains the buffer and closes done, the reader
+	// stops at its next step and closes syncDone.
+	startOnce sync.Once
+	stopping  context.Context
+	stop      context.CancelFunc
+	done      chan struct{}
+	syncDone  chan struct{}
 
 	// Published counts outcomes written to Kafka; Dropped those lost to a
 	// full buffer or a failed write; Filtered successes not worth sending.
 	Published, Dropped, Filtered atomic.Int64
 }
 
-// New starts a Publisher writing to topic on brokers.
+// New returns a started Publisher writing to topic on brokers: NewUnstarted
+// followed by Start, for a caller that needs no step in between.
 func New(brokers []string, topic string, log zerolog.Logger, opts ...Option) *Publisher {
+	p := NewUnstarted(brokers, topic, log, opts...)
+	p.Start()
+	return p
+}
+
+// NewUnstarted returns a Publisher writing to topic on brokers that runs
+// nothing yet: Publish queues into its buffer, Start begins sending, and
+// Close stops it.
+func NewUnstarted(brokers []string, topic string, log zerolog.Logger, opts ...Option) *Publisher {
 	if topic == "" {
 		topic = outcomes.DefaultTopic
 	}
 	p := &Publisher{
 		log: log, now: time.Now, bufSize: 8192, remember: 7 * 24 * time.Hour,
-		seed: maphash.MakeSeed(), stop: make(chan struct{}), done: make(chan struct{}),
+		seed: maphash.MakeSeed(), done: make(chan struct{}), syncDone: make(chan struct{}),
 	}
+	p.stopping, p.stop = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(p)
 	}
@@ -112,13 +128,20 @@ func New(brokers []string, topic string, log zerolog.Logger, opts ...Option) *Pu
 	p.ch = make(chan outcomes.Outcome, p.bufSize)
 	p.w = kafkaio.NewWriter(brokers, topic)
 	p.w.BatchTimeout = 20 * time.Millisecond
-	go p.run()
-	if p.rdb != nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		p.syncCancel, p.syncDone = cancel, make(chan struct{})
-		go p.syncLoop(ctx)
-	}
 	return p
+}
+
+// Start runs the writer (and the failing-set reader) until Close. Calls
+// after the first, or after Close, do nothing.
+func (p *Publisher) Start() {
+	p.startOnce.Do(func() {
+		go p.run()
+		if p.rdb != nil {
+			go p.syncLoop()
+		} else {
+			close(p.syncDone)
+		}
+	})
 }
 
 func (p *Publisher) shard(webhookID string) *failingShard {
@@ -191,16 +214,16 @@ func (p *Publisher) drop(o *outcomes.Outcome, why string) {
 		Int64("dropped_total", n).Msg("outcome dropped; failure counters may miss it")
 }
 
-// Close stops accepting outcomes and writes what is buffered, until ctx ends.
+// Close stops accepting outcomes and writes what is buffered, until ctx
+// ends; then it waits for the Publisher's goroutines. A Publisher never
+// started is started first, so what it queued is written too.
 func (p *Publisher) Close(ctx context.Context) error {
 	if p == nil {
 		return nil
 	}
+	p.Start()
 	if p.closed.CompareAndSwap(false, true) {
-		close(p.stop)
-		if p.syncCancel != nil {
-			p.syncCancel()
-		}
+		p.stop()
 	}
 	select {
 	case <-p.done:
@@ -208,15 +231,13 @@ func (p *Publisher) Close(ctx context.Context) error {
 		_ = p.w.Close()
 		return fmt.Errorf("cannot flush outcomes: %w", ctx.Err())
 	}
-	if p.syncDone != nil {
-		// The reader stops at its next step; a Redis read in progress
-		// may not heed the cancel (go-redis without ContextTimeoutEnabled
-		// waits for its read timeout), so wait no longer than ctx.
-		select {
-		case <-p.syncDone:
-		case <-ctx.Done():
-			p.log.Warn().Msg("failing-set reader still waiting on Redis at close; it stops after its read timeout")
-		}
+	// The reader stops at its next step; a Redis read in progress may not
+	// heed the cancel (go-redis without ContextTimeoutEnabled waits for its
+	// read timeout), so wait no longer than ctx.
+	select {
+	case <-p.syncDone:
+	case <-ctx.Done():
+		p.log.Warn().Msg("failing-set reader still waiting on Redis at close; it stops after its read timeout")
 	}
 	if err := p.w.Close(); err != nil {
 		return fmt.Errorf("cannot close outcomes writer: %w", err)
@@ -240,7 +261,7 @@ func (p *Publisher) run() {
 			p.write(p.fill(p.add(batch[:0], &o)))
 		case <-prune.C:
 			p.prune()
-		case <-p.stop:
+		case <-p.stopping.Done():
 			// Drain what is buffered, then stop.
 			for {
 				b := p.fill(batch[:0])
@@ -275,27 +296,28 @@ func (p *Publisher) add(batch []kafka.Message, o *outcomes.Outcome) []kafka.Mess
 	return append(batch, kafka.Message{Key: []byte(o.WebhookID), Value: v})
 }
 
-// write sends one batch, retrying a few times; a batch that still fails is
-// counted as dropped (the buffer keeps filling meanwhile, bounded), and the
-// webhooks whose success it carried are marked failing again, so their next
-// success is forwarded instead (Publish unmarked them when it queued it).
+// write sends one batch, trying up to 4 times with backoff (waits of 100,
+// 200, 400 ms; Close cuts a wait short, and then the batch gets one more try
+// only if it had one so far); a batch that still fails is counted as dropped
+// (the buffer keeps filling meanwhile, bounded), and the webhooks whose
+// success it carried are marked failing again, so their next success is
+// forwarded instead (Publish unmarked them when it queued it).
 func (p *Publisher) write(batch []kafka.Message) {
 	var err error
-	for attempt, wait := 0, 100*time.Millisecond; attempt < 4; attempt, wait = attempt+1, wait*2 {
+	tries := 0
+	send := func() error {
+		tries++
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
 		err = p.w.WriteMessages(ctx, batch...)
-		cancel()
-		if err == nil {
-			p.Published.Add(int64(len(batch)))
-			return
-		}
-		select {
-		case <-time.After(wait):
-		case <-p.stop:
-			if attempt > 0 {
-				attempt = 4 // closing: one more try at most
-			}
-		}
+		return err
+	}
+	if backoff.Tries(p.stopping, 4, 100*time.Millisecond, time.Second, send, nil) != nil && tries == 1 {
+		_ = send() // closing: one more try at most
+	}
+	if err == nil {
+		p.Published.Add(int64(len(batch)))
+		return
 	}
 	if p.closed.Load() {
 		p.flushErr.Store(&err)
@@ -313,10 +335,10 @@ func (p *Publisher) write(batch []kafka.Message) {
 	p.dropLog.Error().Err(err).Int("batch", len(batch)).Int64("dropped_total", n).Msg("cannot write outcomes; batch dropped")
 }
 
-// syncLoop reads the failing set at start and every syncEvery until ctx
-// ends (Close).
-func (p *Publisher) syncLoop(ctx context.Context) {
+// syncLoop reads the failing set at start and every syncEvery until Close.
+func (p *Publisher) syncLoop() {
 	defer close(p.syncDone)
+	ctx := p.stopping
 	t := time.NewTicker(p.syncEvery)
 	defer t.Stop()
 	for {

@@ -254,3 +254,25 @@ func TestStuckFailingSetDoesNotStallWrites(t *testing.T) {
 		t.Fatalf("Close with Redis stuck: %v", err)
 	}
 }
+
+// An unstarted Publisher runs nothing: it queues, and Close (which starts
+// it) writes what was queued.
+func TestUnstartedPublisherQueuesUntilClose(t *testing.T) {
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	p := NewUnstarted(brokers, outcomes.DefaultTopic, zerolog.Nop())
+	p.Publish(o(outcomes.Failure, "wh_1", 1))
+	if len(p.ch) != 1 {
+		t.Fatalf("%d outcomes queued before Start, want 1 (no writer takes them)", len(p.ch))
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p.Published.Load() != 1 {
+		t.Fatalf("published %d after Close, want 1", p.Published.Load())
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/contract"
 )
 
@@ -141,7 +142,9 @@ func New(rdb redis.UniversalClient, o Options) *Registry {
 }
 
 // Start subscribes to changes, loads the registry, and follows changes until
-// ctx ends. It returns once the first load is done.
+// ctx ends. It returns once the first load is done; Done is closed when the
+// follower (and its goroutines) stopped after ctx ended. Cancelling ctx and
+// waiting for Done is the one way to stop it.
 func (r *Registry) Start(ctx context.Context) error {
 	ps := r.rdb.Subscribe(ctx, r.channel)
 	if _, err := ps.Receive(ctx); err != nil {
@@ -164,9 +167,15 @@ func (r *Registry) Reloads() int64 { return r.reloads.Load() }
 
 func (r *Registry) follow(ctx context.Context, ps *redis.PubSub) {
 	defer close(r.done)
+	// The receiver below is this follower's: closing ps (deferred last, so
+	// it runs first) unblocks it, and done closes only once it has ended.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	defer ps.Close()
 	msgs := make(chan any)
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		defer close(msgs)
 		for {
 			m, err := ps.Receive(ctx)
@@ -175,10 +184,8 @@ func (r *Registry) follow(ctx context.Context, ps *redis.PubSub) {
 			}
 			if err != nil {
 				r.opts.Log.Warn().Err(err).Msg("registry subscription lost; reconnecting")
-				select {
-				case <-ctx.Done():
+				if !backoff.Sleep(ctx, 500*time.Millisecond) {
 					return
-				case <-time.After(500 * time.Millisecond):
 				}
 				continue
 			}
@@ -222,18 +229,10 @@ func (r *Registry) follow(ctx context.Context, ps *redis.PubSub) {
 }
 
 func (r *Registry) reloadUntilDone(ctx context.Context) {
-	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
-		err := r.Reload(ctx)
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		r.opts.Log.Warn().Err(err).Dur("retry_in", wait).Msg("cannot reload registry")
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
+	backoff.Retry(ctx, 100*time.Millisecond, 5*time.Second, func() error { return r.Reload(ctx) },
+		func(err error, wait time.Duration) {
+			r.opts.Log.Warn().Err(err).Dur("retry_in", wait).Msg("cannot reload registry")
+		})
 }
 
 // Reload replaces the in-memory copy with what Redis holds.

@@ -16,8 +16,10 @@ import (
 	"github.com/geckohook/geckohook/engine/netguard"
 )
 
-// Version names this build in the User-Agent; set by the linker or main.
-var Version = "dev"
+// Version is the version the default User-Agent names. A build with a
+// version of its own sets Options.UserAgent (geckohook's main sends
+// "geckohook/<its version>").
+const Version = "dev"
 
 // Options configure a Sender. Zero values mean the defaults in brackets.
 type Options struct {
@@ -36,7 +38,8 @@ type Options struct {
 	MaxIdleConnDuration time.Duration
 	// MaxResponseBodySize is read and discarded at most (16 KiB).
 	MaxResponseBodySize int
-	// UserAgent ("geckohook/<Version>").
+	// UserAgent ("geckohook/" + Version): the binary passes its own version
+	// here, so no package variable is written at start.
 	UserAgent string
 	// DeliveryHeader ("X-Gecko-Delivery") and SignatureHeader
 	// ("X-Gecko-Signature") can be renamed for white-label use.
