@@ -58,6 +58,10 @@ type PartitionReader struct {
 	offset int64
 	buf    []byte   // keys and values of the last fetch
 	recs   []Record // the last fetch
+	// end is the offset a consumer can read up to, as of the last fetch:
+	// the last stable offset with ReadCommitted, the high watermark
+	// otherwise (-1 before the first answer).
+	end int64
 }
 
 // NewPartitionReader returns a reader of c.Partition from offset, which may
@@ -77,7 +81,7 @@ func NewPartitionReader(c PartitionConfig, offset int64) *PartitionReader {
 		own = &kafka.Transport{}
 		c.Transport = own
 	}
-	return &PartitionReader{c: c, offset: offset, own: own,
+	return &PartitionReader{c: c, offset: offset, own: own, end: -1,
 		client: &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: c.Transport, Timeout: 10 * time.Second}}
 }
 
@@ -90,6 +94,16 @@ func (r *PartitionReader) Close() {
 
 // Offset is the next offset Fetch reads.
 func (r *PartitionReader) Offset() int64 { return r.offset }
+
+// Lag is how many offsets the reader is behind what it may read, as of its
+// last fetch (0 before the first). With ReadCommitted an open transaction
+// ends what may be read, so records behind it are not counted.
+func (r *PartitionReader) Lag() int64 {
+	if r.end < 0 || r.offset < 0 {
+		return 0
+	}
+	return max(r.end-r.offset, 0)
+}
 
 // Fetch returns the next records, waiting up to MaxWait for some; it may
 // return none. Offsets move past every record returned, skipped or not. An
@@ -130,6 +144,10 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 			return nil, fmt.Errorf("offset %d of %s/%d is gone; reading on from %d: %w", from, r.c.Topic, r.c.Partition, r.offset, err)
 		}
 		return nil, err
+	}
+	r.end = p.HighWatermark
+	if r.c.Isolation == ReadCommitted && p.LastStableOffset >= 0 {
+		r.end = p.LastStableOffset
 	}
 	return r.read(p)
 }

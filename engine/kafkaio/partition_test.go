@@ -122,6 +122,22 @@ func TestPartitionReaderReadsCommittedOnly(t *testing.T) {
 		t.Fatalf("read_uncommitted: %v, want %v", got, want)
 	}
 
+	// Lag counts what may be read and is not yet: with c open, offsets 1-9
+	// for read_committed (c1 at 10 holds the rest back), 1-11 otherwise.
+	for iso, want := range map[Isolation]int64{ReadCommitted: 9, ReadUncommitted: 11} {
+		one := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", Isolation: iso, MaxBytes: 1}, 0)
+		if _, err := one.Fetch(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if one.Offset() != 1 || one.Lag() != want {
+			t.Fatalf("%v after one batch: offset %d lag %d, want 1 and %d", iso, one.Offset(), one.Lag(), want)
+		}
+		one.Close()
+	}
+	// Having read everything, nothing is lag.
+	if committed.Lag() != 0 || uncommitted.Lag() != 0 {
+		t.Fatalf("lag %d (committed), %d (uncommitted) after reading all there is", committed.Lag(), uncommitted.Lag())
+	}
 	end(t, c, kgo.TryCommit)
 	produce(t, plain, "p5")
 	if got, want := readAll(t, committed, 5), []string{"c1", "p4", "p5"}; !slices.Equal(got, want) {
