@@ -167,6 +167,12 @@ func (e *env) publish(w *registry.Webhook, kind outcomes.Kind, status, attempt i
 	if kind == outcomes.Failure {
 		o.Error = fmt.Sprintf("%d Internal Server Error", status)
 	}
+	if kind == outcomes.Gone {
+		// As a dispatcher does: it deletes the webhook, then reports it.
+		if err := e.reg.DeleteWebhook(e.ctx, w.ID); err != nil {
+			e.t.Fatal(err)
+		}
+	}
 	before := e.pub.Filtered.Load()
 	e.pub.Publish(o)
 	if e.pub.Filtered.Load() == before {
