@@ -8,15 +8,19 @@ package loadtest
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/contract"
 )
+
+// resourceBase is geckohook's default --resource-base, which the bodies it
+// sends in the scenarios are built with.
+const resourceBase = "https://api.tradegecko.com"
 
 // Ceiling is the outcome of one ceiling run.
 type Ceiling struct {
@@ -69,6 +73,7 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	// The ledger covers more events than this machine can send in the time
 	// given; a run that reaches the end stops early and is still measured.
 	maxEvents := max(int(o.Duration.Seconds()*150_000), 10_000)
+	cat := catalog.Default()
 	l := NewLedger(p, maxEvents)
 	farm.Use(l)
 	defer farm.Use(nil)
@@ -106,7 +111,7 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 					return
 				}
 				acc := p.EventAccount(e)
-				body = appendBody(body[:0], p.Event, e, stamp)
+				body = ceilingBody(body[:0], cat, p.Event, e, stamp)
 				l.Produced(e, time.Now())
 				for _, hi := range p.Accounts[acc] {
 					h := &p.Hooks[hi]
@@ -146,16 +151,10 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	return Ceiling{Requests: sent.Load(), Elapsed: elapsed, PerSec: float64(sent.Load()) / elapsed.Seconds(), Workers: o.Workers}, nil
 }
 
-// appendBody appends the body geckohook sends for event e of a plan whose
-// event is order.create (resource path "orders", the default resource base).
-func appendBody(dst []byte, event string, e int, stamp int64) []byte {
-	dst = append(dst, `{"object_id":`...)
-	dst = strconv.AppendInt(dst, int64(e), 10)
-	dst = append(dst, `,"event":"`...)
-	dst = append(dst, event...)
-	dst = append(dst, `","timestamp":`...)
-	dst = strconv.AppendInt(dst, stamp, 10)
-	dst = append(dst, `,"resource_url":"https://api.tradegecko.com/orders/`...)
-	dst = strconv.AppendInt(dst, int64(e), 10)
-	return append(dst, `.json"}`...)
+// ceilingBody appends the body geckohook sends for event e of a plan
+// (object_id e, the plan's event, the given timestamp, no resource_url of
+// its own), built by the contract as geckohook builds it.
+func ceilingBody(dst []byte, cat *catalog.Catalog, event string, e int, stamp int64) []byte {
+	ev := contract.Event{Event: event, ObjectID: int64(e), Timestamp: stamp}
+	return contract.AppendBody(dst, &ev, resourceBase, cat)
 }
