@@ -3,7 +3,8 @@ package loadtest
 // This file owns the raw HTTP ceiling: the same farm endpoints sent the same
 // bodies and headers straight from a fasthttp client, without Kafka or Redis,
 // at geckohook's concurrency. It is the most deliveries/s this machine can
-// do, and every scenario's rate is reported against it.
+// do, and every scenario's rate is reported against it. Its loop is also
+// bench's BenchmarkRawCeiling.
 
 import (
 	"context"
@@ -35,6 +36,9 @@ type CeilingOptions struct {
 	Duration        time.Duration // how long to send
 	Workers         int           // concurrent requests (geckohook's --workers)
 	MaxConnsPerHost int           // geckohook's --max-conns-per-host
+	// Events, when above 0, is how many events one run sends (a benchmark's
+	// b.N); Duration then bounds the run only when it is above 0 too.
+	Events int
 	// Healthy picks the hooks to send to (nil: every hook whose endpoint
 	// answers at once, the zero behaviour).
 	Healthy func(h *PlanHook) bool
@@ -52,7 +56,7 @@ func RunCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 		}
 		one := o
 		one.Workers, one.Duration = w, o.Duration/3
-		c, err := runCeiling(ctx, farm, p, one)
+		c, err := RunCeilingAt(ctx, farm, p, one)
 		if err != nil {
 			return Ceiling{}, err
 		}
@@ -63,9 +67,10 @@ func RunCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	return best, nil
 }
 
-// runCeiling sends the plan's events to its healthy endpoints, recording
+// RunCeilingAt is one ceiling run at exactly o.Workers concurrent
+// requests: it sends the plan's events to its healthy endpoints, recording
 // them in a ledger of its own on the farm, and measures the rate.
-func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Ceiling, error) {
+func RunCeilingAt(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Ceiling, error) {
 	healthy := o.Healthy
 	if healthy == nil {
 		healthy = func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) }
@@ -73,6 +78,9 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	// The ledger covers more events than this machine can send in the time
 	// given; a run that reaches the end stops early and is still measured.
 	maxEvents := max(int(o.Duration.Seconds()*150_000), 10_000)
+	if o.Events > 0 {
+		maxEvents = o.Events
+	}
 	cat := catalog.Default()
 	l := NewLedger(p, maxEvents)
 	farm.Use(l)
@@ -87,8 +95,11 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 		MaxIdleConnDuration: 30 * time.Second,
 	}
 	defer c.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(ctx, o.Duration)
-	defer cancel()
+	if o.Events == 0 || o.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		defer cancel()
+	}
 	stamp := time.Now().Unix()
 	var nextEvent atomic.Int64
 	var sent atomic.Int64
