@@ -255,8 +255,8 @@ func (f *Farm) handle(ctx *fasthttp.RequestCtx) {
 	hook := st.endpoint(ctx.Path())
 	body := ctx.PostBody()
 	sig := ctx.Request.Header.PeekBytes(signatureHeader)
+	valid := hook >= 0 && st.validSignature(st.hooks[hook].app, body, sig)
 	if f.rec != nil {
-		valid := hook >= 0 && st.validSignature(st.hooks[hook].app, body, sig)
 		f.rec.answer(ctx, body, sig, valid)
 		return
 	}
@@ -270,7 +270,6 @@ func (f *Farm) handle(ctx *fasthttp.RequestCtx) {
 	h := &st.hooks[hook]
 	e := scanObjectID(body)
 	id := ctx.Request.Header.PeekBytes(deliveryHeader)
-	valid := st.validSignature(h.app, body, sig)
 	b := &h.b
 
 	now := time.Now()
