@@ -3,16 +3,11 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
-	"github.com/valyala/fasthttp"
 
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/dispatch"
@@ -21,6 +16,7 @@ import (
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/internal/testenv"
+	"github.com/geckohook/geckohook/loadtest"
 )
 
 const (
@@ -30,75 +26,41 @@ const (
 	floodWorkers    = 256
 )
 
-// receivers are fasthttp servers on loopback that count requests and answer
-// 200: the cheapest endpoint, so the measurement is of the sender side.
-type receivers struct {
-	urls  []string
-	count atomic.Int64
-	srvs  []*fasthttp.Server
-}
-
-func startReceivers(b *testing.B) *receivers {
-	r := &receivers{}
-	for i := 0; i < floodReceivers; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { r.count.Add(1) }, ReadTimeout: 30 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		r.srvs = append(r.srvs, srv)
-		r.urls = append(r.urls, "http://"+ln.Addr().String())
+// startFarm starts the endpoints both benchmarks send to: the load-test
+// farm on floodReceivers servers, playing floodWebhooks webhooks (webhook i
+// of account acc-i, on server i%floodReceivers) that answer 200 at once and
+// record each request in the ledger in use. They know no secret, so they
+// skip checking signatures: the cheapest endpoint, so the measurement is of
+// the sender side.
+func startFarm(b *testing.B) (*loadtest.Farm, *loadtest.Plan) {
+	b.Helper()
+	p := &loadtest.Plan{Event: "order.create", Apps: []loadtest.PlanApp{{Name: "bench"}}}
+	for i := 0; i < floodWebhooks; i++ {
+		p.AddAccount(0, []int{i % floodReceivers}, []loadtest.EndpointBehaviour{{}})
 	}
-	b.Cleanup(func() {
-		for _, s := range r.srvs {
-			_ = s.Shutdown()
-		}
-	})
-	return r
+	f, err := loadtest.NewFarm(floodReceivers)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = f.Close() })
+	f.Add(p)
+	return f, p
 }
 
 // BenchmarkRawCeiling is the most POSTs/s this machine does into the same
-// receivers with the same body, headers and concurrency, without Kafka or
-// Redis: the ceiling BenchmarkFlood is compared with.
+// endpoints with the same bodies, headers and concurrency, without Kafka or
+// Redis: the ceiling BenchmarkFlood is compared with. It is one run of the
+// capacity harness's ceiling at 256 concurrent requests.
 func BenchmarkRawCeiling(b *testing.B) {
-	r := startReceivers(b)
-	c := &fasthttp.Client{MaxConnsPerHost: 64, MaxConnWaitTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
-	body := []byte(`{"object_id":1234567,"event":"fulfillments.create","timestamp":1546272000,"resource_url":"https://api.tradegecko.com/fulfillments/1234567.json"}`)
-	sig := []byte("AK5Ou/IZRsZIjJ37NlPFWIMXcTZa/Ph+MeF6V4HonE8=")
-	id := []byte("d4903db7-e66c-8bf7-b732-5361be698465")
-	var next atomic.Int64
+	f, p := startFarm(b)
 	b.ResetTimer()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for w := 0; w < floodWorkers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			defer fasthttp.ReleaseRequest(req)
-			defer fasthttp.ReleaseResponse(resp)
-			for {
-				i := next.Add(1)
-				if i > int64(b.N) {
-					return
-				}
-				req.Reset()
-				req.SetRequestURI(r.urls[int(i)%len(r.urls)] + "/hook")
-				req.Header.SetMethod("POST")
-				req.Header.SetContentType("application/json")
-				req.Header.SetBytesV("X-Gecko-Delivery", id)
-				req.Header.SetBytesV("X-Gecko-Signature", sig)
-				req.SetBodyRaw(body)
-				if err := c.DoTimeout(req, resp, 10*time.Second); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
+	c, err := loadtest.RunCeilingAt(context.Background(), f, p, loadtest.CeilingOptions{
+		Events: b.N, Workers: floodWorkers, MaxConnsPerHost: 64,
+	})
+	if err != nil {
+		b.Fatal(err)
 	}
-	wg.Wait()
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
+	b.ReportMetric(c.PerSec, "deliveries/s")
 }
 
 // BenchmarkFlood measures the whole delivery path in one process: events
@@ -107,7 +69,6 @@ func BenchmarkRawCeiling(b *testing.B) {
 // and the dispatcher consuming, signing and POSTing until every delivery
 // was answered. Setup and producing are not timed.
 func BenchmarkFlood(b *testing.B) {
-	r := startReceivers(b)
 	srv := testenv.Redis(b)
 	k := testenv.Kafka(b, floodPartitions)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -118,14 +79,15 @@ func BenchmarkFlood(b *testing.B) {
 		b.Fatal(err)
 	}
 	rdb := srv.Client()
+	farm, p := startFarm(b)
 	reg := seededRegistry(b, rdb, floodWebhooks, func(i int) registry.Webhook {
-		return registry.Webhook{AccountID: "acc-" + strconv.Itoa(i), Event: "order.create", Address: r.urls[i%len(r.urls)] + "/hook/" + strconv.Itoa(i)}
+		return registry.Webhook{AccountID: loadtest.AccountName(i), Event: p.Event, Address: p.Hooks[i].URL}
 	})
 	w := kafkaio.NewWriter(brokers, "geckohook.events")
 	w.BatchSize = 5000
 	msgs := make([]kafka.Message, 0, 5000)
 	for i := 0; i < b.N; i++ {
-		acc := "acc-" + strconv.Itoa(i%floodWebhooks)
+		acc := loadtest.AccountName(i % floodWebhooks)
 		msgs = append(msgs, kafka.Message{Key: []byte(acc), Value: fmt.Appendf(nil, `{"account_id":%q,"event":"order.create","object_id":%d,"timestamp":1700000000}`, acc, i)})
 		if len(msgs) == cap(msgs) || i == b.N-1 {
 			if err := w.WriteMessages(ctx, msgs...); err != nil {
@@ -135,6 +97,13 @@ func BenchmarkFlood(b *testing.B) {
 		}
 	}
 	_ = w.Close()
+	// Event i is account i%floodWebhooks's, as in the plan: the farm records
+	// the flood in a ledger, as it does the ceiling's requests.
+	l := loadtest.NewLedger(p, b.N)
+	for i := 0; i < b.N; i++ {
+		l.Produced(i, time.Now())
+	}
+	farm.Use(l)
 
 	d := dispatch.New(dispatch.Options{
 		Brokers: brokers, Registry: reg, Redis: rdb, Workers: floodWorkers, MaxRetries: contract.DefaultMaxRetries,
@@ -148,9 +117,9 @@ func BenchmarkFlood(b *testing.B) {
 	dctx, stop := context.WithCancel(ctx)
 	go func() { done <- d.Run(dctx) }()
 	deadline := time.Now().Add(5 * time.Minute)
-	for r.count.Load() < int64(b.N) {
+	for farm.Requests() < int64(b.N) {
 		if time.Now().After(deadline) {
-			b.Fatalf("only %d of %d delivered in 5 minutes", r.count.Load(), b.N)
+			b.Fatalf("only %d of %d delivered in 5 minutes", farm.Requests(), b.N)
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -3,20 +3,25 @@ package loadtest
 // This file owns the raw HTTP ceiling: the same farm endpoints sent the same
 // bodies and headers straight from a fasthttp client, without Kafka or Redis,
 // at geckohook's concurrency. It is the most deliveries/s this machine can
-// do, and every scenario's rate is reported against it.
+// do, and every scenario's rate is reported against it. Its loop is also
+// bench's BenchmarkRawCeiling.
 
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/contract"
 )
+
+// resourceBase is geckohook's default --resource-base, which the bodies it
+// sends in the scenarios are built with.
+const resourceBase = "https://api.tradegecko.com"
 
 // Ceiling is the outcome of one ceiling run.
 type Ceiling struct {
@@ -31,6 +36,9 @@ type CeilingOptions struct {
 	Duration        time.Duration // how long to send
 	Workers         int           // concurrent requests (geckohook's --workers)
 	MaxConnsPerHost int           // geckohook's --max-conns-per-host
+	// Events, when above 0, is how many events one run sends (a benchmark's
+	// b.N); Duration then bounds the run only when it is above 0 too.
+	Events int
 	// Healthy picks the hooks to send to (nil: every hook whose endpoint
 	// answers at once, the zero behaviour).
 	Healthy func(h *PlanHook) bool
@@ -48,7 +56,7 @@ func RunCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 		}
 		one := o
 		one.Workers, one.Duration = w, o.Duration/3
-		c, err := runCeiling(ctx, farm, p, one)
+		c, err := RunCeilingAt(ctx, farm, p, one)
 		if err != nil {
 			return Ceiling{}, err
 		}
@@ -59,9 +67,10 @@ func RunCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	return best, nil
 }
 
-// runCeiling sends the plan's events to its healthy endpoints, recording
+// RunCeilingAt is one ceiling run at exactly o.Workers concurrent
+// requests: it sends the plan's events to its healthy endpoints, recording
 // them in a ledger of its own on the farm, and measures the rate.
-func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Ceiling, error) {
+func RunCeilingAt(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Ceiling, error) {
 	healthy := o.Healthy
 	if healthy == nil {
 		healthy = func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) }
@@ -69,6 +78,10 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	// The ledger covers more events than this machine can send in the time
 	// given; a run that reaches the end stops early and is still measured.
 	maxEvents := max(int(o.Duration.Seconds()*150_000), 10_000)
+	if o.Events > 0 {
+		maxEvents = o.Events
+	}
+	cat := catalog.Default()
 	l := NewLedger(p, maxEvents)
 	farm.Use(l)
 	defer farm.Use(nil)
@@ -82,8 +95,11 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 		MaxIdleConnDuration: 30 * time.Second,
 	}
 	defer c.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(ctx, o.Duration)
-	defer cancel()
+	if o.Events == 0 || o.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		defer cancel()
+	}
 	stamp := time.Now().Unix()
 	var nextEvent atomic.Int64
 	var sent atomic.Int64
@@ -106,7 +122,7 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 					return
 				}
 				acc := p.EventAccount(e)
-				body = appendBody(body[:0], p.Event, e, stamp)
+				body = ceilingBody(body[:0], cat, p.Event, e, stamp)
 				l.Produced(e, time.Now())
 				for _, hi := range p.Accounts[acc] {
 					h := &p.Hooks[hi]
@@ -146,16 +162,10 @@ func runCeiling(ctx context.Context, farm *Farm, p *Plan, o CeilingOptions) (Cei
 	return Ceiling{Requests: sent.Load(), Elapsed: elapsed, PerSec: float64(sent.Load()) / elapsed.Seconds(), Workers: o.Workers}, nil
 }
 
-// appendBody appends the body geckohook sends for event e of a plan whose
-// event is order.create (resource path "orders", the default resource base).
-func appendBody(dst []byte, event string, e int, stamp int64) []byte {
-	dst = append(dst, `{"object_id":`...)
-	dst = strconv.AppendInt(dst, int64(e), 10)
-	dst = append(dst, `,"event":"`...)
-	dst = append(dst, event...)
-	dst = append(dst, `","timestamp":`...)
-	dst = strconv.AppendInt(dst, stamp, 10)
-	dst = append(dst, `,"resource_url":"https://api.tradegecko.com/orders/`...)
-	dst = strconv.AppendInt(dst, int64(e), 10)
-	return append(dst, `.json"}`...)
+// ceilingBody appends the body geckohook sends for event e of a plan
+// (object_id e, the plan's event, the given timestamp, no resource_url of
+// its own), built by the contract as geckohook builds it.
+func ceilingBody(dst []byte, cat *catalog.Catalog, event string, e int, stamp int64) []byte {
+	ev := contract.Event{Event: event, ObjectID: int64(e), Timestamp: stamp}
+	return contract.AppendBody(dst, &ev, resourceBase, cat)
 }

@@ -3,6 +3,8 @@
 // per its webhook's EndpointBehaviour, its signature checked against the
 // webhook's application secret, and recorded in the current Ledger, on a
 // path that takes no lock and allocates nothing beyond fasthttp's own work.
+// It is the only receiver in the repository: the tests' Receiver
+// (receiver.go) and the Go benchmarks in bench/ are farms too.
 
 package loadtest
 
@@ -63,12 +65,20 @@ type Farm struct {
 
 	closed    chan struct{}
 	closeOnce sync.Once
+	shutdown  time.Duration // how long Close waits for connections
+
+	// rec, set only for a Receiver, answers every request with the test's
+	// Behaviour and keeps a copy of each one; nil for the harness.
+	rec *recording
 }
 
 // farmState is what the handlers read: replaced whole, never changed.
 type farmState struct {
 	hooks   []farmHook
 	signers []*contract.Signer // app -> signer; nil until its secret is known
+	// paths, when set, names the endpoints by path (a Receiver's, through
+	// Expect) instead of /h/<hook>.
+	paths map[string]int32
 }
 
 type farmHook struct {
@@ -77,11 +87,15 @@ type farmHook struct {
 }
 
 // NewFarm starts servers fasthttp servers, each on its own 127.0.0.1 port.
-func NewFarm(servers int) (*Farm, error) {
+func NewFarm(servers int) (*Farm, error) { return newFarm(servers, nil, farmShutdown) }
+
+// newFarm starts a farm that answers through rec when it is set, and whose
+// Close waits up to shutdown for connections to end.
+func newFarm(servers int, rec *recording, shutdown time.Duration) (*Farm, error) {
 	if servers < 1 {
 		return nil, fmt.Errorf("farm needs at least one server, not %d", servers)
 	}
-	f := &Farm{closed: make(chan struct{})}
+	f := &Farm{closed: make(chan struct{}), rec: rec, shutdown: shutdown}
 	lns := make([]net.Listener, 0, servers)
 	for i := range servers {
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -146,6 +160,25 @@ func (f *Farm) Add(p *Plan) {
 	f.state.Store(st)
 }
 
+// expect adds an endpoint named path whose requests are signed with secret
+// (the Receiver's Expect); a path expected again takes the new secret.
+func (f *Farm) expect(path, secret string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := &farmState{paths: map[string]int32{}}
+	if old := f.state.Load(); old != nil {
+		st.hooks, st.signers = slices.Clip(old.hooks), slices.Clip(old.signers)
+		for p, h := range old.paths {
+			st.paths[p] = h
+		}
+	}
+	app := int32(len(st.signers))
+	st.signers = append(st.signers, contract.NewSigner(secret))
+	st.paths[path] = int32(len(st.hooks))
+	st.hooks = append(st.hooks, farmHook{app: app})
+	f.state.Store(st)
+}
+
 // SetBehaviour changes how hook answers from now on (requests already
 // being answered keep their behaviour).
 func (f *Farm) SetBehaviour(hook int, b EndpointBehaviour) {
@@ -155,7 +188,7 @@ func (f *Farm) SetBehaviour(hook int, b EndpointBehaviour) {
 	if old == nil || hook < 0 || hook >= len(old.hooks) {
 		return
 	}
-	st := &farmState{signers: old.signers, hooks: slices.Clone(old.hooks)}
+	st := &farmState{signers: old.signers, hooks: slices.Clone(old.hooks), paths: old.paths}
 	st.hooks[hook].b = b
 	f.state.Store(st)
 }
@@ -174,7 +207,7 @@ func (f *Farm) SetSecrets(p *Plan) {
 	}
 	st := &farmState{signers: signers}
 	if old := f.state.Load(); old != nil {
-		st.hooks = old.hooks
+		st.hooks, st.paths = old.hooks, old.paths
 	}
 	f.state.Store(st)
 }
@@ -187,11 +220,11 @@ func (f *Farm) Use(l *Ledger) { f.ledger.Store(l) }
 func (f *Farm) Requests() int64 { return f.requests.Load() }
 
 // Close stops every server: hung requests are let go at once (their
-// connections close without an answer), then it waits up to 5 s for the
-// servers' connections to end.
+// connections close without an answer), then it waits up to 5 s (a
+// Receiver's: 2 s) for the servers' connections to end.
 func (f *Farm) Close() error {
 	f.closeOnce.Do(func() { close(f.closed) })
-	ctx, cancel := context.WithTimeout(context.Background(), farmShutdown)
+	ctx, cancel := context.WithTimeout(context.Background(), f.shutdown)
 	defer cancel()
 	errs := make([]error, len(f.servers))
 	var wg sync.WaitGroup
@@ -212,13 +245,22 @@ func (f *Farm) Close() error {
 	return errors.Join(errs...)
 }
 
-// handle answers one request.
+// handle answers one request: it finds the endpoint by path, checks the
+// signature against the endpoint's application, and answers and records per
+// the plan (or, for a Receiver, per its Behaviour and in its copies).
 func (f *Farm) handle(ctx *fasthttp.RequestCtx) {
 	f.requests.Add(1)
 	l := f.ledger.Load()
 	st := f.state.Load()
-	hook := hookIndex(ctx.Path())
-	if st == nil || hook < 0 || hook >= len(st.hooks) {
+	hook := st.endpoint(ctx.Path())
+	body := ctx.PostBody()
+	sig := ctx.Request.Header.PeekBytes(signatureHeader)
+	valid := hook >= 0 && st.validSignature(st.hooks[hook].app, body, sig)
+	if f.rec != nil {
+		f.rec.answer(ctx, body, sig, valid)
+		return
+	}
+	if hook < 0 {
 		ctx.SetStatusCode(fasthttp.StatusNotFound)
 		if l != nil {
 			l.Record(-1, -1, nil, false, fasthttp.StatusNotFound, time.Now())
@@ -226,10 +268,8 @@ func (f *Farm) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	h := &st.hooks[hook]
-	body := ctx.PostBody()
 	e := scanObjectID(body)
 	id := ctx.Request.Header.PeekBytes(deliveryHeader)
-	valid := st.validSignature(h.app, body, ctx.Request.Header.PeekBytes(signatureHeader))
 	b := &h.b
 
 	now := time.Now()
@@ -295,6 +335,24 @@ func (f *Farm) wait(d time.Duration) {
 	case <-t.C:
 	case <-f.closed:
 	}
+}
+
+// endpoint is the hook path names: /h/<hook>, or with named endpoints the
+// hook named path; -1 for none (st may be nil).
+func (st *farmState) endpoint(path []byte) int {
+	if st == nil {
+		return -1
+	}
+	if st.paths != nil {
+		if h, ok := st.paths[string(path)]; ok {
+			return int(h)
+		}
+		return -1
+	}
+	if h := hookIndex(path); h < len(st.hooks) {
+		return h
+	}
+	return -1
 }
 
 // validSignature checks sig against the signature of body under app's secret.

@@ -506,3 +506,46 @@ func TestFarmSetBehaviour(t *testing.T) {
 		t.Fatalf("account %+v, want 2 delivered, nothing unexpected, no bad signature", a)
 	}
 }
+
+// The Receiver, a farm of named endpoints: every path is answered by its
+// Behaviour with the path's own request count, and each request is kept
+// whole, its signature checked against the secret expected for its path.
+func TestReceiverKeepsEveryRequest(t *testing.T) {
+	r, err := NewReceiver(func(path string, n int) int {
+		if path == "/flaky" && n == 0 {
+			return 500
+		}
+		return 200
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	r.Expect("/flaky", "s3cret")
+	r.Expect("/h/0", "other")
+	c := &fasthttp.Client{}
+	body := eventBody(7)
+	sig := contract.NewSigner("s3cret").Sign(body)
+	for _, want := range []struct {
+		path   string
+		status int
+	}{{"/flaky", 500}, {"/flaky", 200}, {"/h/0", 200}, {"/unknown", 200}} {
+		if s, err := post(c, r.URL+want.path, body, "d-"+want.path, sig, 5*time.Second); err != nil || s != want.status {
+			t.Fatalf("%s: %d %v, want %d", want.path, s, err, want.status)
+		}
+	}
+	got := r.Received()
+	if len(got) != 4 {
+		t.Fatalf("received %d requests, want 4", len(got))
+	}
+	for i, valid := range []bool{true, true, false, false} {
+		g := got[i]
+		if g.ValidSig != valid || string(g.Body) != string(body) || g.DeliveryID != "d-"+g.Path || g.Signature != sig ||
+			g.ContentType != "application/json" || g.At.IsZero() {
+			t.Errorf("request %d: %+v, want a valid signature %v", i, g, valid)
+		}
+	}
+	if got[0].Status != 500 || got[1].Status != 200 {
+		t.Errorf("statuses %d, %d; want 500, 200", got[0].Status, got[1].Status)
+	}
+}

@@ -5,22 +5,17 @@
 // scenarios, and the report. Nothing here is imported by the geckohook
 // binary.
 //
-// This file is the simple receiver the tests use: one fasthttp server on
-// loopback that plays webhook endpoints with a chosen behaviour, checks
-// every request's signature against its application's secret, and records
-// each delivery it answered.
+// This file is the receiver the tests use: a farm of one server whose
+// endpoints are named by path, answered with the test's Behaviour, and whose
+// every request is kept whole, for tests that look at each delivery.
 package loadtest
 
 import (
-	"context"
-	"fmt"
-	"net"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
-
-	"github.com/geckohook/geckohook/engine/contract"
 )
 
 // Received is one request a Receiver answered.
@@ -42,52 +37,61 @@ type Behaviour func(path string, n int) int
 // Always answers status to everything.
 func Always(status int) Behaviour { return func(string, int) int { return status } }
 
+// receiverShutdown bounds how long a Receiver's Close waits for connections.
+const receiverShutdown = 2 * time.Second
+
 // Receiver is a webhook endpoint farm on one loopback port; the path picks
-// the endpoint.
+// the endpoint. It is a Farm of one server that answers every path with its
+// Behaviour and keeps a copy of every request.
 type Receiver struct {
 	URL string // http://127.0.0.1:port
 
-	mu        sync.Mutex
-	behaviour Behaviour
-	secrets   map[string]string // path -> app secret
-	counts    map[string]int
-	got       []Received
-	srv       *fasthttp.Server
+	farm *Farm
 }
 
 // NewReceiver starts a receiver on 127.0.0.1:0 answering per b.
 func NewReceiver(b Behaviour) (*Receiver, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	f, err := newFarm(1, &recording{behaviour: b, counts: map[string]int{}}, receiverShutdown)
 	if err != nil {
-		return nil, fmt.Errorf("cannot listen for receiver: %w", err)
+		return nil, err
 	}
-	r := &Receiver{URL: "http://" + ln.Addr().String(), behaviour: b, secrets: map[string]string{}, counts: map[string]int{}}
-	r.srv = &fasthttp.Server{Handler: r.handle, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
-	go func() { _ = r.srv.Serve(ln) }()
-	return r, nil
+	return &Receiver{URL: "http://127.0.0.1:" + strconv.Itoa(f.ports[0]), farm: f}, nil
 }
 
 // Expect registers the application secret that signs requests to path.
-func (r *Receiver) Expect(path, secret string) {
-	r.mu.Lock()
-	r.secrets[path] = secret
-	r.mu.Unlock()
+func (r *Receiver) Expect(path, secret string) { r.farm.expect(path, secret) }
+
+// Received returns a copy of everything answered so far.
+func (r *Receiver) Received() []Received { return r.farm.rec.received() }
+
+// Close stops the server.
+func (r *Receiver) Close() error { return r.farm.Close() }
+
+// recording is the Receiver's part of a farm's handler: the Behaviour that
+// answers, how many requests each path has had, and a copy of each request
+// answered, in the order the answers were given.
+type recording struct {
+	behaviour Behaviour
+
+	mu     sync.Mutex
+	counts map[string]int
+	got    []Received
 }
 
-func (r *Receiver) handle(ctx *fasthttp.RequestCtx) {
+// answer answers one request to ctx per the Behaviour (which may block: a
+// slow endpoint) and keeps a copy of it; valid says whether sig signs body
+// under the secret expected for its path.
+func (r *recording) answer(ctx *fasthttp.RequestCtx, body, sig []byte, valid bool) {
 	path := string(ctx.Path())
-	body := append([]byte(nil), ctx.PostBody()...)
-	sig := string(ctx.Request.Header.Peek(contract.DefaultSignatureHeader))
 	r.mu.Lock()
-	secret, known := r.secrets[path]
 	n := r.counts[path]
 	r.counts[path] = n + 1
 	r.mu.Unlock()
-	status := r.behaviour(path, n) // may block: a slow endpoint
+	status := r.behaviour(path, n)
 	rec := Received{
-		Path: path, DeliveryID: string(ctx.Request.Header.Peek(contract.DefaultDeliveryHeader)), Signature: sig,
+		Path: path, DeliveryID: string(ctx.Request.Header.PeekBytes(deliveryHeader)), Signature: string(sig),
 		ContentType: string(ctx.Request.Header.ContentType()), UserAgent: string(ctx.Request.Header.UserAgent()),
-		Body: body, Status: status, ValidSig: known && contract.ValidSignature(secret, body, []byte(sig)), At: time.Now(),
+		Body: append([]byte(nil), body...), Status: status, ValidSig: valid, At: time.Now(),
 	}
 	r.mu.Lock()
 	r.got = append(r.got, rec)
@@ -95,16 +99,8 @@ func (r *Receiver) handle(ctx *fasthttp.RequestCtx) {
 	ctx.SetStatusCode(status)
 }
 
-// Received returns a copy of everything answered so far.
-func (r *Receiver) Received() []Received {
+func (r *recording) received() []Received {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]Received(nil), r.got...)
-}
-
-// Close stops the server.
-func (r *Receiver) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return r.srv.ShutdownWithContext(ctx)
 }

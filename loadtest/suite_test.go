@@ -58,7 +58,7 @@ func TestGeneratorEventsAndCeilingBodies(t *testing.T) {
 			t.Fatalf("event %d is for account %q", e, ev.AccountID)
 		}
 		want := contract.AppendBody(nil, &ev, "https://api.tradegecko.com", cat)
-		if got := appendBody(nil, p.Event, e, 1_800_000_000); !bytes.Equal(got, want) {
+		if got := ceilingBody(nil, cat, p.Event, e, 1_800_000_000); !bytes.Equal(got, want) {
 			t.Fatalf("ceiling body\n%s\ngeckohook body\n%s", got, want)
 		}
 		if got := scanObjectID(want); got != e {
