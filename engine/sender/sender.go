@@ -6,7 +6,6 @@ package sender
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
@@ -87,7 +86,11 @@ func New(o Options) *Sender {
 	c := &fasthttp.Client{
 		Name: o.UserAgent,
 		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
-			return policy.Dialer(timeout).Dial("tcp", addr)
+			c, err := policy.Dialer(timeout).Dial("tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return track(c), nil
 		},
 		MaxConnsPerHost:        o.MaxConnsPerHost,
 		MaxConnWaitTimeout:     o.MaxConnWait,
@@ -99,28 +102,13 @@ func New(o Options) *Sender {
 		ReadBufferSize:         8 << 10,
 		WriteBufferSize:        8 << 10,
 		DisablePathNormalizing: true,
-		// A keep-alive connection the server closed while idle fails the
-		// first write or read; try once more on a fresh one. Duplicates
-		// carry the same delivery id, which receivers de-duplicate on.
-		RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
-			return false, attempts < 2 && closedBeforeAnswer(err)
-		},
+		// One request per attempt: fasthttp never sends one again, the
+		// transport alone does, and only on a pooled connection that got
+		// not one byte of it (transport.go).
+		Transport:  transport{},
+		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
 	}
 	return &Sender{c: c, opts: o}
-}
-
-// closedBeforeAnswer reports whether err means the server dropped the
-// connection before answering: a pooled keep-alive connection it closed or
-// reset while idle. Inside its retry loop fasthttp hands RetryIfErr the raw
-// io.EOF (any error on the first response byte is reported as io.EOF), which
-// becomes ErrConnectionClosed only when Do returns; a write to a connection
-// the peer reset fails with a *net.OpError "write" (ECONNRESET, EPIPE).
-func closedBeforeAnswer(err error) bool {
-	if errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) {
-		return true
-	}
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "write" && !op.Timeout()
 }
 
 // MaxConnsPerHost is the connection limit per host:port this Sender keeps.

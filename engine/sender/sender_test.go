@@ -405,6 +405,52 @@ func TestSendConnectionDropped(t *testing.T) {
 	}
 }
 
+// TestSendOneRequestPerAttempt: a receiver that reads the whole request and
+// closes the connection without answering may have acted on it, so the
+// attempt fails and the request is not sent again, whether the connection
+// was fresh or came from the pool.
+func TestSendOneRequestPerAttempt(t *testing.T) {
+	f := func(t *testing.T, answered int64) {
+		t.Helper()
+		var requests atomic.Int64
+		base, conns := serveRaw(t, func(c net.Conn) {
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for {
+				if _, _, err := readRequest(br); err != nil {
+					return
+				}
+				if requests.Add(1) > answered {
+					return // read in full, never answered
+				}
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok")
+			}
+		})
+		s := New(Options{Policy: devPolicy, Timeout: 5 * time.Second})
+		for i := int64(0); i < answered; i++ {
+			wantSuccess(t, s.Send(base+"/", testBody, testID, testSig), 200)
+		}
+		res := s.Send(base+"/", testBody, testID, testSig)
+		ae := wantTransportFailure(t, res, "connection")
+		if !errors.Is(ae, fasthttp.ErrConnectionClosed) {
+			t.Errorf("err = %v, want it to be fasthttp.ErrConnectionClosed", ae)
+		}
+		if want := "connection: the receiver closed the connection without answering after the request was sent"; res.ErrorText() != want {
+			t.Errorf("ErrorText = %q, want %q", res.ErrorText(), want)
+		}
+		// Send returns only after the server closed the connection it read
+		// the last request on, so every request sent has been counted.
+		if n := requests.Load(); n != answered+1 {
+			t.Errorf("server read %d requests for the unanswered attempt, want 1", n-answered)
+		}
+		if n := conns.accepted.Load(); n != 1 {
+			t.Errorf("server accepted %d connections, want 1", n)
+		}
+	}
+	t.Run("fresh connection", func(t *testing.T) { f(t, 0) })
+	t.Run("pooled connection", func(t *testing.T) { f(t, 1) })
+}
+
 func TestSendRefusesPrivateTargetsAtDialTime(t *testing.T) {
 	ln := listen(t).(*net.TCPListener)
 	t.Cleanup(func() { ln.Close() })
@@ -578,12 +624,12 @@ func TestSendRetriesIdleConnectionClosedByServer(t *testing.T) {
 }
 
 func testIdleConnectionDropped(t *testing.T, reset bool) {
-	closed := make(chan struct{}, 64)
+	closed := make(chan net.Conn, 64)
 	var requests atomic.Int64
 	base, conns := serveRaw(t, func(c net.Conn) {
 		defer func() {
 			c.Close()
-			closed <- struct{}{}
+			closed <- c
 		}()
 		r, body, err := readRequest(bufio.NewReader(c))
 		if err != nil {
@@ -601,7 +647,8 @@ func testIdleConnectionDropped(t *testing.T, reset bool) {
 	waitClosed := func() {
 		t.Helper()
 		select {
-		case <-closed:
+		case c := <-closed:
+			waitClientSawClose(t, c)
 		case <-time.After(5 * time.Second):
 			t.Fatal("server did not close its connection")
 		}
@@ -616,8 +663,8 @@ func testIdleConnectionDropped(t *testing.T, reset bool) {
 		wantSuccess(t, s.Send(base+"/", testBody, testID, testSig), 200)
 		waitClosed()
 	}
-	// Each round wrote to the dead pooled connection (nothing is answered
-	// there) and then succeeded on exactly one fresh connection.
+	// Each round found the pooled connection dead before writing to it and
+	// succeeded on exactly one fresh connection.
 	if n := requests.Load(); n != rounds+1 {
 		t.Errorf("server answered %d requests, want %d", n, rounds+1)
 	}
