@@ -5,8 +5,26 @@ BIN     ?= bin/geckohook
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 ARGS    ?=
+# How long `make fuzz` runs each fuzz target, and how long the fuzzer may
+# spend shrinking each new input (Go's default, 60s, stalls short runs).
+FUZZTIME         ?= 1m
+FUZZMINIMIZETIME ?= 5s
 
-.PHONY: all build run test test-tools lint bench bench-go
+# The fuzz targets, as package:Target (go test -fuzz takes one per run).
+FUZZ_TARGETS := \
+	./engine/contract:FuzzDecodeEvent \
+	./engine/contract:FuzzAppendBody \
+	./engine/api:FuzzAPIJSONBodies
+
+# $(call run-fuzz,TIME) runs every fuzz target for TIME; inputs that fail are
+# saved under the package's testdata/fuzz and replayed by every go test.
+run-fuzz = @for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t\#*:} for $(1)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t\#*:}$$" -fuzztime $(1) \
+			-fuzzminimizetime $(FUZZMINIMIZETIME) "$${t%%:*}" || exit 1; \
+	done
+
+.PHONY: all build run test test-tools lint bench bench-go fuzz
 
 all: build
 
@@ -19,10 +37,16 @@ run: build
 	./$(BIN) all $(ARGS)
 
 # The allocation tests (meaningful only without -race), then every test with
-# the race detector against a real redis-server and kcat.
+# the race detector against a real redis-server and kcat, then each fuzz
+# target for 3 s beyond its starting corpus.
 test: test-tools lint
 	$(GO) test -count=1 -run 'Alloc' ./engine/contract/ ./loadtest/
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(call run-fuzz,3s)
+
+# Each fuzz target for FUZZTIME (default 1m): make fuzz FUZZTIME=10m.
+fuzz: test-tools
+	$(call run-fuzz,$(FUZZTIME))
 
 # The capacity suite: every scenario against `geckohook broker`, redis-server
 # and geckohook run as separate processes, each compared with the raw HTTP

@@ -49,7 +49,7 @@ type Options struct {
 	// admin endpoint (they answer 401).
 	AdminToken string
 	// Produce writes one event into the events topic (key = account id,
-	// value = the event as contract.Event marshals it) and returns once
+	// value = contract.AppendValue of the event) and returns once
 	// Kafka acknowledged it. Nil makes POST /v1/events answer 503.
 	Produce func(ctx context.Context, key, value []byte) error
 	// ProduceTimeout bounds one Produce call (default 10s).

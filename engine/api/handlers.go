@@ -196,8 +196,9 @@ func (a *API) deleteWebhook(ctx *fasthttp.RequestCtx, c caller) *apiError {
 }
 
 // ingestEvent: POST /v1/events (application or admin). The inner object is
-// validated with contract.DecodeEvent, exactly as the dispatcher will decode
-// it, and written to Kafka as contract.Event marshals it.
+// validated with contract.DecodeEvent, exactly as the dispatcher decodes a
+// Kafka value (so both accept and refuse the same events), and written to
+// Kafka with contract.AppendValue.
 func (a *API) ingestEvent(ctx *fasthttp.RequestCtx, c caller) *apiError {
 	var req struct {
 		Event json.RawMessage `json:"event"`
@@ -226,16 +227,12 @@ func (a *API) ingestEvent(ctx *fasthttp.RequestCtx, c caller) *apiError {
 		}
 		return invalid(de.Reason, "event."+de.Detail)
 	}
-	value, err := json.Marshal(&ev)
-	if err != nil {
-		return &apiError{fasthttp.StatusInternalServerError, "internal", "cannot encode event"}
-	}
 	if a.o.Produce == nil {
 		return &apiError{fasthttp.StatusServiceUnavailable, "kafka_unavailable", "event ingest is not configured on this server"}
 	}
 	pctx, cancel := context.WithTimeout(context.Background(), a.o.ProduceTimeout)
 	defer cancel()
-	if err := a.o.Produce(pctx, []byte(ev.AccountID), value); err != nil {
+	if err := a.o.Produce(pctx, []byte(ev.AccountID), contract.AppendValue(nil, &ev)); err != nil {
 		l := a.o.Log.Warn().Err(err).Str("event", ev.Event)
 		if c.app != nil {
 			l = l.Str("app_id", c.app.ID)

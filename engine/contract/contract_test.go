@@ -205,6 +205,9 @@ func TestDecodeEvent(t *testing.T) {
 		{`{"account_id":"a","event":"order.create","object_id":1,"timestamp":"now"}`, "invalid_field"},
 		{`{"account_id":{},"event":"order.create","object_id":1}`, "invalid_field"},
 		{`{"account_id":"","event":"order.create","object_id":1}`, "invalid_field"},
+		{`{"account_id":"a","event":7,"object_id":1}`, "invalid_field"},
+		{`{"account_id":"a","event":"order.create","object_id":1,"resource_url":{}}`, "invalid_field"},
+		{`["a"]`, "invalid_json"},
 	}
 	for _, b := range bad {
 		_, err := DecodeEvent([]byte(b.value), nil, 5, cat)
@@ -240,5 +243,24 @@ func TestParseRetryAfter(t *testing.T) {
 		if got != c.want || ok != c.ok {
 			t.Errorf("ParseRetryAfter(%q) = %v, %v; want %v, %v", c.in, got, ok, c.want, c.ok)
 		}
+	}
+}
+
+func TestAppendValueDecodesOnTheFastPath(t *testing.T) {
+	cat := catalog.Default()
+	ev := Event{AccountID: "acc-1", Event: "order.create", ObjectID: 7, Timestamp: 1546272000, ResourceURL: "https://x.test/o/7.json?a=1&b=<2>"}
+	const want = `{"account_id":"acc-1","event":"order.create","object_id":7,"timestamp":1546272000,"resource_url":"https://x.test/o/7.json?a=1&b=<2>"}`
+	if got := string(AppendValue(nil, &ev)); got != want {
+		t.Fatalf("AppendValue\n got %s\nwant %s", got, want)
+	}
+	for _, e := range []Event{ev, {AccountID: "77", Event: "order.create", ObjectID: 0, Timestamp: 0}} {
+		if got, ok := decodeFast(AppendValue(nil, &e), nil, 1, cat); !ok || got != e {
+			t.Errorf("%+v: fast path gives %+v, %v", e, got, ok)
+		}
+	}
+	// A string that needs an escape takes the slow path, to the same Event.
+	ev.AccountID = "a\"b\n"
+	if got, err := DecodeEvent(AppendValue(nil, &ev), nil, 1, cat); err != nil || got != ev {
+		t.Fatalf("%+v decodes to %+v, %v", ev, got, err)
 	}
 }
