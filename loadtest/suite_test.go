@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,9 +74,21 @@ func TestReadUsage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Burn until the kernel has counted 60 ms of this process's CPU (by
+	// getrusage, not the /proc reading under test), however busy the
+	// machine is; at most 30 s.
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
 	sum := sha256.Sum256(nil)
-	for start := time.Now(); time.Since(start) < 150*time.Millisecond; {
-		sum = sha256.Sum256(sum[:])
+	for start, from := time.Now(), cpu(); cpu()-from < 60*time.Millisecond && time.Since(start) < 30*time.Second; {
+		for range 1000 {
+			sum = sha256.Sum256(sum[:])
+		}
 	}
 	after, err := ReadUsage(os.Getpid())
 	if err != nil {
