@@ -100,6 +100,9 @@ func start(t *testing.T, edit func(*Options)) *env {
 	if edit != nil {
 		edit(&o)
 	}
+	// Every request of the tests is checked against openapi.json.
+	v := newValidator(t, o.AdminToken, func(token string) bool { return e.reg.AppByToken(token) != nil })
+	e.client.Transport = &validatingTransport{t: t, v: v, base: http.DefaultTransport}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		cancel()
