@@ -71,27 +71,42 @@ func newValidator(t testing.TB, adminToken string, isApp func(string) bool) *val
 	return &validator{doc: doc, router: router, adminToken: adminToken, isApp: isApp}
 }
 
-func (c *validator) options() *openapi3filter.Options {
-	return &openapi3filter.Options{
-		AuthenticationFunc:    c.authenticate,
+func (vd *validator) options() *openapi3filter.Options {
+	o := &openapi3filter.Options{
+		AuthenticationFunc:    vd.authenticate,
 		IncludeResponseStatus: true, // an undescribed status is a mismatch
 		SkipSettingDefaults:   true,
 		MultiError:            true,
 	}
+	o.WithCustomSchemaErrorFunc(briefSchemaError)
+	return o
+}
+
+// briefSchemaError says where and why, and the same of the error it stems
+// from, without the whole schema and value after each.
+func briefSchemaError(err *openapi3.SchemaError) string {
+	s := "at /" + strings.Join(err.JSONPointer(), "/") + ": " + err.Reason
+	var origin *openapi3.SchemaError
+	if errors.As(err.Origin, &origin) {
+		s += " (" + briefSchemaError(origin) + ")"
+	} else if err.Origin != nil {
+		s += " (" + err.Origin.Error() + ")"
+	}
+	return s
 }
 
 // authenticate decides a bearer scheme of the description as the server
 // should: adminToken is the configured admin token, applicationToken a
 // registered application's token.
-func (c *validator) authenticate(_ context.Context, in *openapi3filter.AuthenticationInput) error {
+func (vd *validator) authenticate(_ context.Context, in *openapi3filter.AuthenticationInput) error {
 	token := bearer([]byte(in.RequestValidationInput.Request.Header.Get("Authorization")))
 	switch in.SecuritySchemeName {
 	case "adminToken":
-		if token == "" || token != c.adminToken {
+		if token == "" || token != vd.adminToken {
 			return in.NewError(errors.New("not the admin token"))
 		}
 	case "applicationToken":
-		if token == "" || !c.isApp(token) {
+		if token == "" || !vd.isApp(token) {
 			return in.NewError(errors.New("not an application's token"))
 		}
 	default:
@@ -102,25 +117,25 @@ func (c *validator) authenticate(_ context.Context, in *openapi3filter.Authentic
 
 // check validates one exchange; reqBody and respBody are the bodies as
 // sent and received.
-func (c *validator) check(req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) error {
+func (vd *validator) check(req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) error {
 	ctx := context.Background()
 	vreq := req.Clone(ctx)
 	vreq.Body = io.NopCloser(bytes.NewReader(reqBody))
-	route, params, err := c.router.FindRoute(vreq)
+	route, params, err := vd.router.FindRoute(vreq)
 	switch {
 	case errors.Is(err, routers.ErrPathNotFound):
-		return c.checkUndescribed(resp, respBody, http.StatusNotFound, "not_found")
+		return vd.checkUndescribed(resp, respBody, http.StatusNotFound, "not_found")
 	case errors.Is(err, routers.ErrMethodNotAllowed):
-		if err := c.checkUndescribed(resp, respBody, http.StatusMethodNotAllowed, "method_not_allowed"); err != nil {
+		if err := vd.checkUndescribed(resp, respBody, http.StatusMethodNotAllowed, "method_not_allowed"); err != nil {
 			return err
 		}
-		return c.checkAllow(req, resp.Header.Get("Allow"))
+		return vd.checkAllow(req, resp.Header.Get("Allow"))
 	case err != nil:
 		return fmt.Errorf("cannot route by the description: %w", err)
 	}
 	exercised.Store(route.Operation.OperationID, true)
 
-	in := &openapi3filter.RequestValidationInput{Request: vreq, PathParams: params, Route: route, Options: c.options()}
+	in := &openapi3filter.RequestValidationInput{Request: vreq, PathParams: params, Route: route, Options: vd.options()}
 	reqErr := openapi3filter.ValidateRequest(ctx, in)
 	status := resp.StatusCode
 	var secErr *openapi3filter.SecurityRequirementsError
@@ -138,7 +153,7 @@ func (c *validator) check(req *http.Request, reqBody []byte, resp *http.Response
 	}
 	out := &openapi3filter.ResponseValidationInput{
 		RequestValidationInput: in, Status: status, Header: resp.Header,
-		Body: io.NopCloser(bytes.NewReader(respBody)), Options: c.options(),
+		Body: io.NopCloser(bytes.NewReader(respBody)), Options: vd.options(),
 	}
 	if err := openapi3filter.ValidateResponse(ctx, out); err != nil {
 		return fmt.Errorf("the answer does not match the description: %w", err)
@@ -148,7 +163,7 @@ func (c *validator) check(req *http.Request, reqBody []byte, resp *http.Response
 
 // checkUndescribed checks the answer to a request the description has no
 // operation for: status with the error body and code.
-func (c *validator) checkUndescribed(resp *http.Response, body []byte, status int, code string) error {
+func (vd *validator) checkUndescribed(resp *http.Response, body []byte, status int, code string) error {
 	if resp.StatusCode != status {
 		return fmt.Errorf("the description has no such operation, yet it was answered %d, not %d", resp.StatusCode, status)
 	}
@@ -156,7 +171,7 @@ func (c *validator) checkUndescribed(resp *http.Response, body []byte, status in
 	if err := json.Unmarshal(body, &v); err != nil {
 		return fmt.Errorf("error answer is not JSON: %w", err)
 	}
-	if err := c.doc.Components.Schemas["Error"].Value.VisitJSON(v, openapi3.EnableJSONSchema2020()); err != nil {
+	if err := vd.doc.Components.Schemas["Error"].Value.VisitJSON(v, openapi3.EnableJSONSchema2020()); err != nil {
 		return fmt.Errorf("error answer is not the Error schema: %w", err)
 	}
 	if got := v.(map[string]any)["error"].(map[string]any)["code"]; got != code {
@@ -167,12 +182,12 @@ func (c *validator) checkUndescribed(resp *http.Response, body []byte, status in
 
 // checkAllow checks that a 405's Allow header names exactly the methods the
 // description has for the path.
-func (c *validator) checkAllow(req *http.Request, allow string) error {
+func (vd *validator) checkAllow(req *http.Request, allow string) error {
 	var described []string
 	for _, m := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
 		r := req.Clone(context.Background())
 		r.Method = m
-		if _, _, err := c.router.FindRoute(r); err == nil {
+		if _, _, err := vd.router.FindRoute(r); err == nil {
 			described = append(described, m)
 		}
 	}
@@ -219,7 +234,8 @@ func (vt *validatingTransport) RoundTrip(req *http.Request) (*http.Response, err
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(respBody))
 	if err := vt.v.check(req, reqBody, resp, respBody); err != nil {
-		vt.t.Errorf("OpenAPI contract: %s %s with %.200q answered %d %.300s:\n%v", req.Method, req.URL.RequestURI(), reqBody, resp.StatusCode, respBody, err)
+		vt.t.Errorf("openapi.json: %s %s with body %.200q answered %d %.300s\n%v",
+			req.Method, req.URL.RequestURI(), reqBody, resp.StatusCode, bytes.TrimSpace(respBody), err)
 	}
 	return resp, nil
 }
