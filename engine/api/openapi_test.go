@@ -352,6 +352,8 @@ func TestValidatorFindsDrift(t *testing.T) {
 		{"bad limit accepted", "GET", "/v1/webhooks?limit=0", app, "", 200, nil, `{"webhooks":[]}`, false},
 		{"application token on an admin route", "POST", "/v1/applications", app, `{"application":{"name":"x","developer_email":"a@example.com"}}`, 201, nil,
 			`{"application":{"id":"app_1","name":"x","developer_email":"a@example.com","secret":"s","token":"t"}}`, false},
+		{"refused token answered 404", "GET", "/v1/webhooks/wh_1", "", "", 404, nil, `{"error":{"code":"not_found","message":"m"}}`, false},
+		{"refused token and body answered 422", "POST", "/v1/webhooks", "", `{"webhook":{}}`, 422, nil, `{"error":{"code":"missing_field","message":"m"}}`, false},
 		{"valid token refused", "GET", "/v1/webhooks", app, "", 403, nil, `{"error":{"code":"forbidden","message":"m"}}`, false},
 		{"dead delivery without died_at", "GET", "/v1/webhooks/wh_1/deliveries?state=dead", app, "", 200, nil, `{"deliveries":[` + delivery + `}]}`, false},
 		{"healthz 503 saying ok", "GET", "/healthz", "", "", 503, nil, `{"status":"ok"}`, false},
