@@ -1,7 +1,8 @@
 // Package api owns geckohook's management HTTP API, served with fasthttp:
 // creating applications (admin token), managing an application's own
 // webhooks (application token), ingesting events into the Kafka events topic
-// (application or admin token), /healthz and /metrics. Requests and responses
+// (application or admin token), /healthz and /metrics, and its own OpenAPI
+// description at /v1/openapi.json (openapi.json). Requests and responses
 // are JSON; every error answers {"error":{"code":…,"message":…}}. It stores
 // nothing itself: applications and webhooks live in the registry, events go
 // to the Produce function it is given. /healthz, /metrics and the server
@@ -150,6 +151,12 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 		route, allowed = "metrics", "GET, HEAD"
 		if method == "GET" || method == "HEAD" {
 			a.serveMetrics(ctx)
+			return route, ""
+		}
+	case path == "/v1/openapi.json":
+		route, allowed = "openapi", "GET, HEAD"
+		if method == "GET" || method == "HEAD" {
+			serveOpenAPI(ctx)
 			return route, ""
 		}
 	case path == "/v1/applications":

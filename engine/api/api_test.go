@@ -63,6 +63,9 @@ type env struct {
 	prod   *producer
 	health atomic.Pointer[error]
 	client *http.Client
+	// seconds moves the registry's clock: it reads fixedNow plus this many
+	// seconds.
+	seconds atomic.Int64
 }
 
 // start runs a real redis-server, a started registry and the API served on
@@ -72,7 +75,9 @@ func start(t *testing.T, edit func(*Options)) *env {
 	srv := testenv.Redis(t)
 	e := &env{t: t, rdb: srv.Client(), prod: &producer{}, client: &http.Client{Timeout: 10 * time.Second}}
 	ctx, cancel := context.WithCancel(context.Background())
-	e.reg = registry.New(e.rdb, registry.Options{Now: func() time.Time { return fixedNow }})
+	e.reg = registry.New(e.rdb, registry.Options{Now: func() time.Time {
+		return fixedNow.Add(time.Duration(e.seconds.Load()) * time.Second)
+	}})
 	if err := e.reg.Start(ctx); err != nil {
 		cancel()
 		t.Fatal(err)
@@ -95,6 +100,9 @@ func start(t *testing.T, edit func(*Options)) *env {
 	if edit != nil {
 		edit(&o)
 	}
+	// Every request of the tests is checked against openapi.json.
+	v := newValidator(t, o.AdminToken, func(token string) bool { return e.reg.AppByToken(token) != nil })
+	e.client.Transport = &validatingTransport{t: t, v: v, base: http.DefaultTransport}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		cancel()

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"github.com/valyala/fasthttp"
 
@@ -65,6 +64,8 @@ func queuesUnavailable() *apiError {
 	return &apiError{fasthttp.StatusServiceUnavailable, "queue_unavailable", "the retry queues cannot be read right now; try again"}
 }
 
+// A list answers defaultListLimit items unless its limit parameter asks for
+// 1 to maxListLimit.
 const (
 	defaultListLimit = 100
 	maxListLimit     = 1000
@@ -86,13 +87,9 @@ func (a *API) listDeliveries(ctx *fasthttp.RequestCtx, c caller) *apiError {
 	default:
 		return &apiError{fasthttp.StatusBadRequest, "invalid_query", fmt.Sprintf("state must be scheduled or dead, not %.40q", state)}
 	}
-	limit := defaultListLimit
-	if raw := args.Peek("limit"); raw != nil {
-		n, err := strconv.Atoi(string(raw))
-		if err != nil || n < 1 || n > maxListLimit {
-			return &apiError{fasthttp.StatusBadRequest, "invalid_query", fmt.Sprintf("limit must be a whole number from 1 to %d", maxListLimit)}
-		}
-		limit = n
+	limit, e := listLimit(args.Peek("limit"))
+	if e != nil {
+		return e
 	}
 	if a.o.Deliveries == nil {
 		return queuesUnavailable()

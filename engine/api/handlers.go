@@ -1,11 +1,15 @@
 package api
 
 import (
+	"cmp"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/mail"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -143,16 +147,98 @@ func (a *API) createWebhook(ctx *fasthttp.RequestCtx, c caller) *apiError {
 	return nil
 }
 
-// listWebhooks: GET /v1/webhooks[?account_id=] (application).
+// listWebhooks: GET /v1/webhooks[?account_id=][&limit=N][&cursor=C]
+// (application): one page of the application's webhooks in the registry's
+// order (created_at, then id), and next_cursor when more follow.
 func (a *API) listWebhooks(ctx *fasthttp.RequestCtx, c caller) *apiError {
-	account := string(ctx.QueryArgs().Peek("account_id"))
-	hooks := a.o.Registry.Webhooks(c.app.ID, account)
-	out := make([]WebhookView, len(hooks))
-	for i, w := range hooks {
-		out[i] = webhookView(w)
+	args := ctx.QueryArgs()
+	limit, e := listLimit(args.Peek("limit"))
+	if e != nil {
+		return e
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string][]WebhookView{"webhooks": out})
+	var after *webhookCursor
+	if raw := args.Peek("cursor"); len(raw) > 0 { // an empty cursor is the first page
+		cur, err := decodeWebhookCursor(string(raw))
+		if err != nil {
+			return &apiError{fasthttp.StatusBadRequest, "invalid_query", "cursor is not one this API returned: " + err.Error()}
+		}
+		after = &cur
+	}
+	hooks := a.o.Registry.Webhooks(c.app.ID, string(args.Peek("account_id")))
+	start := 0
+	if after != nil {
+		start = sort.Search(len(hooks), func(i int) bool { return after.before(hooks[i]) })
+	}
+	end := min(start+limit, len(hooks))
+	page := hooks[start:end]
+	out := webhookPage{Webhooks: make([]WebhookView, len(page))}
+	for i, w := range page {
+		out.Webhooks[i] = webhookView(w)
+	}
+	if end < len(hooks) {
+		out.NextCursor = encodeWebhookCursor(page[len(page)-1])
+	}
+	writeJSON(ctx, fasthttp.StatusOK, out)
 	return nil
+}
+
+// webhookPage is the answer to GET /v1/webhooks.
+type webhookPage struct {
+	Webhooks []WebhookView `json:"webhooks"`
+	// NextCursor, when set, asks for the next page; absent on the last.
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// listLimit parses a list's limit parameter: defaultListLimit when absent,
+// else a whole number from 1 to maxListLimit.
+func listLimit(raw []byte) (int, *apiError) {
+	if raw == nil {
+		return defaultListLimit, nil
+	}
+	n, err := strconv.Atoi(string(raw))
+	if err != nil || n < 1 || n > maxListLimit {
+		return 0, &apiError{fasthttp.StatusBadRequest, "invalid_query", fmt.Sprintf("limit must be a whole number from 1 to %d", maxListLimit)}
+	}
+	return n, nil
+}
+
+// webhookCursor is the position after the last webhook of a page, in the
+// registry's order: created_at, then id. A position rather than an index,
+// so webhooks created or deleted between two pages neither repeat nor
+// shift the ones not yet listed.
+type webhookCursor struct {
+	createdAt time.Time
+	id        string
+}
+
+// maxCursorLen bounds a cursor parameter before it is decoded.
+const maxCursorLen = 128
+
+// encodeWebhookCursor makes the opaque cursor that resumes after w:
+// base64url (unpadded) of "<created_at Unix nanoseconds>:<id>".
+func encodeWebhookCursor(w *registry.Webhook) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(w.CreatedAt.UnixNano(), 10) + ":" + w.ID))
+}
+
+func decodeWebhookCursor(s string) (webhookCursor, error) {
+	if len(s) > maxCursorLen {
+		return webhookCursor{}, fmt.Errorf("it is longer than %d characters", maxCursorLen)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return webhookCursor{}, errors.New("it is not base64url")
+	}
+	nanos, id, ok := strings.Cut(string(raw), ":")
+	n, err := strconv.ParseInt(nanos, 10, 64)
+	if !ok || err != nil || id == "" || !utf8.ValidString(id) {
+		return webhookCursor{}, errors.New("it does not name a position")
+	}
+	return webhookCursor{time.Unix(0, n), id}, nil
+}
+
+// before reports whether the cursor's position comes before w.
+func (c *webhookCursor) before(w *registry.Webhook) bool {
+	return cmp.Or(c.createdAt.Compare(w.CreatedAt), strings.Compare(c.id, w.ID)) < 0
 }
 
 // ownWebhook returns the caller's webhook named in the path; another
