@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"testing"
@@ -144,5 +145,43 @@ func TestReadUncommittedIntake(t *testing.T) {
 	}
 	if n := e.disp.Stats.DeadLettered.Load(); n != 0 {
 		t.Fatalf("%d records dead-lettered, want none", n)
+	}
+}
+
+// An empty value and a null value are dead-lettered as they came: empty
+// stays empty, null stays null (a plain reader cannot tell them apart, so
+// the dead letters are read with kafkaio's reader).
+func TestEmptyAndNullValuesDeadLetteredAsSent(t *testing.T) {
+	e := startEnv(t, loadtest.Always(200))
+	e.hook("acc-t", "order.create", "/t")
+	p := txnProducer(t, e, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, v := range [][]byte{{}, nil} {
+		if err := p.ProduceSync(ctx, &kgo.Record{Key: []byte("acc-t"), Value: v, Partition: 0}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produceObjects(t, p, 1, 1)
+	e.waitReceived("/t", 1)
+	r := kafkaio.NewPartitionReader(kafkaio.PartitionConfig{Brokers: []string{e.broker}, Topic: "geckohook.events.dlq", MaxWait: 50 * time.Millisecond}, 0)
+	defer r.Close()
+	var got []kafkaio.Record
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		recs, err := r.Fetch(ctx)
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			rec.Value = bytes.Clone(rec.Value)
+			got = append(got, rec)
+		}
+		if len(got) < 2 {
+			return fmt.Errorf("%d dead letters", len(got))
+		}
+		return nil
+	})
+	if got[0].Value == nil || len(got[0].Value) != 0 || got[1].Value != nil {
+		t.Fatalf("dead letters %q (nil %v), %q (nil %v): want empty, then null", got[0].Value, got[0].Value == nil, got[1].Value, got[1].Value == nil)
 	}
 }
