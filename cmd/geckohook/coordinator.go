@@ -100,7 +100,7 @@ func (p *process) announceCoordinator(context.Context) error {
 		where = "outbox " + c.MailOutbox
 		fmt.Fprintf(p.stdout, "daily digests are written into %s (no --smtp-addr)\n", c.MailOutbox)
 	}
-	p.log.Info().Str("topic", c.OutcomesTopic).Str("group", c.CoordinatorGroup).Dur("delete_after", c.DeleteAfter).
+	p.log.Info().Str("topic", c.OutcomesTopic).Str("group", c.CoordinatorGroup).Str("delete_after", c.DeleteAfter.String()).
 		Str("mail_at", c.MailAt).Str("mail_to", where).Msg("coordinator running")
 	return nil
 }

@@ -110,6 +110,8 @@ func newLogger(c *config, w io.Writer) (zerolog.Logger, error) {
 		return zerolog.Logger{}, fmt.Errorf("bad --log-format %q (console, json)", c.LogFormat)
 	}
 	zerolog.TimeFieldFormat = time.RFC3339Nano
+	// Duration fields are named *_ms (logfields_test.go keeps them so).
+	zerolog.DurationFieldUnit = time.Millisecond
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
 

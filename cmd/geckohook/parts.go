@@ -146,7 +146,7 @@ func serve(ctx context.Context, cmd string, c *config, log zerolog.Logger, stdou
 		for i := len(up) - 1; i >= 0; i-- {
 			t := time.Now()
 			up[i].halt(log)
-			log.Info().Str("part", up[i].name).Dur("took", time.Since(t)).Msg("stopped")
+			log.Info().Str("part", up[i].name).Dur("took_ms", time.Since(t)).Msg("stopped")
 		}
 	}()
 	table := p.parts()

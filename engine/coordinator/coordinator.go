@@ -199,7 +199,7 @@ func (c *Coordinator) consume(ctx context.Context, r outcomeReader) {
 		}
 		c.Stats.CommitFailures.Add(1)
 		wait := commitWaits.Next()
-		c.o.Log.Warn().Err(err).Dur("retry_in", wait).Int("partitions", len(msgs)).
+		c.o.Log.Warn().Err(err).Dur("retry_in_ms", wait).Int("partitions", len(msgs)).
 			Msg("cannot commit outcome offsets; retrying (a crash meanwhile replays the batch, applied once)")
 		nextCommit = time.Now().Add(wait)
 	}
