@@ -30,6 +30,7 @@ import (
 
 	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
@@ -151,7 +152,8 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		PartitionWatchInterval: c.o.WatermarkEvery,
 		CommitInterval:         0, // synchronous: CommitMessages returns once committed
 		QueueCapacity:          c.o.MaxBatch,
-		ErrorLogger:            kafka.LoggerFunc(func(f string, args ...any) { c.o.Log.Warn().Msgf(f, args...) }),
+		// An idle partition's fetch timing out is debug, not a warning.
+		ErrorLogger: kafkaio.ErrorLogger(c.o.Log),
 	})
 	var wg sync.WaitGroup
 	wg.Add(2)
