@@ -318,7 +318,7 @@ func (p *process) startRedisClient(ctx context.Context) error {
 }
 
 func (p *process) ensureTopics(ctx context.Context) error {
-	return kafkaio.EnsureTopics(ctx, p.brokers, topics(p.c)...)
+	return kafkaio.EnsureTopics(ctx, p.brokers, topics(p.c, p.role)...)
 }
 
 func (p *process) startRegistry(ctx context.Context) error {
