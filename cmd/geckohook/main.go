@@ -137,6 +137,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, cmd, c, log, stdout); err != nil {
+		if errors.As(err, new(earlyError)) {
+			fmt.Fprintf(stderr, "geckohook %s: %v\n", cmd, err)
+			return 1
+		}
 		log.Error().Err(err).Msg("geckohook stopped with an error")
 		return 1
 	}
