@@ -220,10 +220,12 @@ func StartStack(ctx context.Context, o StackOptions) (*Stack, error) {
 				return nil, err
 			}
 			args := []string{role, "--kafka-brokers", strings.Join(s.Brokers, ","), "--redis-addr", s.RedisAddr,
-				listenFlag, addr, "--admin-token", s.AdminToken, "--allow-private-targets", "--allow-http",
+				listenFlag, addr, "--allow-private-targets", "--allow-http",
 				"--partitions", strconv.Itoa(o.Partitions), "--events-topic", o.Topic, "--consumer-group", o.Group,
-				"--kafka-session-timeout", "6s", "--log-level", "warn", "--log-format", "json",
-				"--mail-outbox", filepath.Join(o.Dir, "outbox")}
+				"--kafka-session-timeout", "6s", "--log-level", "warn", "--log-format", "json"}
+			if role == "all" { // a dispatcher refuses the flags it does not use
+				args = append(args, "--admin-token", s.AdminToken, "--mail-outbox", filepath.Join(o.Dir, "outbox"))
+			}
 			if i == 0 && o.Pprof {
 				pp, err := freeAddr()
 				if err != nil {

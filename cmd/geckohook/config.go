@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -68,35 +69,102 @@ type config struct {
 	set map[string]string
 }
 
-// roles a flag applies to; every role accepts every flag so one config file
-// serves all processes, but help text is grouped by what matters.
+// everyRole is every command that runs parts.
+const everyRole = serving | roleBroker
+
+// flagRoles is which roles use each flag. A role lists and accepts on its
+// command line only its own flags; the config file and the GECKOHOOK_*
+// variables may hold every role's settings, so one file or environment
+// serves every process, and a role ignores the settings it does not use.
+// Kafka topics are created by the roles that use their flag (topics).
+var flagRoles = map[string]roles{
+	"config":     everyRole,
+	"log-level":  everyRole,
+	"log-format": everyRole,
+
+	"api-listen":     roleAll | roleAPI,
+	"metrics-listen": roleDispatcher | roleCoordinator,
+	"pprof-listen":   serving,
+	"admin-token":    roleAll | roleAPI,
+
+	"kafka-brokers":         serving,
+	"embedded-kafka-listen": roleAll | roleBroker,
+	"data-dir":              roleAll | roleBroker,
+	"events-topic":          roleAll | roleAPI | roleDispatcher | roleBroker,
+	"dlq-topic":             roleAll | roleDispatcher | roleBroker,
+	"outcomes-topic":        roleAll | roleDispatcher | roleCoordinator | roleBroker,
+	"partitions":            everyRole,
+	"replication-factor":    serving,
+	"consumer-group":        roleAll | roleDispatcher,
+	"coordinator-group":     roleAll | roleCoordinator,
+	"kafka-session-timeout": roleAll | roleDispatcher | roleCoordinator,
+
+	"redis-addr":            serving,
+	"redis-password":        serving,
+	"redis-prefix":          serving,
+	"embedded-redis-listen": roleAll,
+
+	"allow-private-targets": roleAll | roleAPI | roleDispatcher,
+	"allow-http":            roleAll | roleAPI | roleDispatcher,
+	"events-catalog":        roleAll | roleAPI | roleDispatcher,
+	"resource-base":         roleAll | roleDispatcher,
+
+	"request-timeout":    roleAll | roleDispatcher,
+	"workers":            roleAll | roleDispatcher,
+	"window":             roleAll | roleDispatcher,
+	"max-conns-per-host": roleAll | roleDispatcher,
+	"max-retries":        roleAll | roleDispatcher,
+	"max-retry-after":    roleAll | roleDispatcher,
+	"isolation-level":    roleAll | roleDispatcher,
+	"retry-lease":        roleAll | roleDispatcher,
+	"retry-window":       roleAll | roleDispatcher,
+	"dead-retention":     roleAll | roleDispatcher,
+	"dead-max":           roleAll | roleDispatcher,
+	"delivery-header":    roleAll | roleDispatcher,
+	"signature-header":   roleAll | roleDispatcher,
+
+	"delete-after":   roleAll | roleCoordinator,
+	"sweep-every":    roleAll | roleCoordinator,
+	"mail-at":        roleAll | roleCoordinator,
+	"mail-grace":     roleAll | roleCoordinator,
+	"mail-outbox":    roleAll | roleCoordinator,
+	"mail-templates": roleAll | roleCoordinator,
+	"mail-from":      roleAll | roleCoordinator,
+	"smtp-addr":      roleAll | roleCoordinator,
+	"smtp-user":      roleAll | roleCoordinator,
+	"smtp-password":  roleAll | roleCoordinator,
+}
+
+// newFlagSet defines every flag of every role on c; roleFlags picks a
+// role's. A back-quoted word in a usage string is the value's name in -h
+// (-api-listen addr): keep back-quotes for that alone.
 func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs := flag.NewFlagSet("geckohook "+cmd, flag.ContinueOnError)
-	fs.StringVar(&c.ConfigFile, "config", "", "YAML file of settings, keys named like the flags (e.g. kafka-brokers: ...); the command line and GECKOHOOK_* variables win over it")
+	fs.StringVar(&c.ConfigFile, "config", "", "`path` of a YAML file of settings, keys named like the flags (e.g. kafka-brokers: ...); it may hold every command's settings: those this command does not use are ignored; the command line and GECKOHOOK_* variables win over it")
 
-	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "host:port of the management API (applications, webhooks, events, /healthz)")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics and /healthz of a `dispatcher` or `coordinator` process (empty: off; `all` and `api` serve them on --api-listen)")
-	fs.StringVar(&c.PprofListen, "pprof-listen", "", "host:port serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
+	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "`addr` (host:port) of the management API (applications, webhooks, events, /healthz, /metrics)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "`addr` (host:port) serving /metrics and /healthz (empty: off)")
+	fs.StringVar(&c.PprofListen, "pprof-listen", "", "`addr` (host:port) serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
 
-	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty in `all` starts the embedded broker (not for production data)")
-	fs.StringVar(&c.EmbeddedKafka, "embedded-kafka-listen", "127.0.0.1:9092", "host:port of the embedded Kafka broker (used when --kafka-brokers is empty, and by `broker`)")
-	fs.StringVar(&c.DataDir, "data-dir", "", "directory where the embedded Kafka keeps its log across restarts (empty: in memory only)")
+	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated `list` of Kafka bootstrap brokers (host:port); required, except in the all command, where empty starts the embedded broker (not for production data)")
+	fs.StringVar(&c.EmbeddedKafka, "embedded-kafka-listen", "127.0.0.1:9092", "`addr` (host:port) of the embedded Kafka broker (in the all command, used when --kafka-brokers is empty)")
+	fs.StringVar(&c.DataDir, "data-dir", "", "`path` of the directory where the embedded Kafka keeps its log across restarts (empty: in memory only)")
 	fs.StringVar(&c.EventsTopic, "events-topic", "geckohook.events", "Kafka topic producers write events to (key = account id)")
 	fs.StringVar(&c.DLQTopic, "dlq-topic", "", "dead-letter topic for events that cannot be decoded or name an unknown event (default <events-topic>.dlq)")
 	fs.StringVar(&c.Group, "consumer-group", "geckohook-dispatchers", "Kafka consumer group of the dispatchers")
-	fs.DurationVar(&c.KafkaSession, "kafka-session-timeout", 30*time.Second, "consumer group session timeout: how long the partitions of a crashed dispatcher wait before another takes them (a graceful stop hands them over at once)")
-	fs.IntVar(&c.Partitions, "partitions", 8, "partitions of the events topic when geckohook creates it (one shard each)")
+	fs.DurationVar(&c.KafkaSession, "kafka-session-timeout", 30*time.Second, "consumer group session timeout: how long the partitions of a crashed process wait before another takes them (a graceful stop hands them over at once)")
+	fs.IntVar(&c.Partitions, "partitions", 8, "partitions of the events and outcomes topics when geckohook creates them (one shard each)")
 	fs.IntVar(&c.Replication, "replication-factor", 0, "replication factor of topics geckohook creates (0: the cluster's default)")
 
-	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis host:port, or a comma-separated list for Redis Cluster; empty in `all` starts the embedded Redis (not for production data)")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis `addr` (host:port), or a comma-separated list for Redis Cluster; required, except in the all command, where empty starts the embedded Redis (not for production data)")
 	fs.StringVar(&c.RedisPassword, "redis-password", "", "Redis password (prefer GECKOHOOK_REDIS_PASSWORD)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", contract.DefaultRedisPrefix, "prefix of every Redis key")
-	fs.StringVar(&c.EmbeddedRedis, "embedded-redis-listen", "127.0.0.1:0", "host:port of the embedded Redis (port 0: a free port, printed at start)")
+	fs.StringVar(&c.EmbeddedRedis, "embedded-redis-listen", "127.0.0.1:0", "`addr` (host:port) of the embedded Redis (port 0: a free port, printed at start)")
 
-	fs.BoolVar(&c.AllowPrivate, "allow-private-targets", false, "allow webhooks to loopback, private and link-local addresses (development, tests, benchmarks); on by default in `all` with embedded Kafka or Redis")
-	fs.BoolVar(&c.AllowHTTP, "allow-http", false, "allow plain http:// webhook addresses besides https://; on by default in `all` with embedded Kafka or Redis")
-	fs.StringVar(&c.EventsCatalog, "events-catalog", "", "YAML event catalog (event name: resource path) replacing the built-in configs/events.yaml")
+	fs.BoolVar(&c.AllowPrivate, "allow-private-targets", false, "allow webhooks to loopback, private and link-local addresses (development, tests, benchmarks); on by default in the all command with embedded Kafka or Redis")
+	fs.BoolVar(&c.AllowHTTP, "allow-http", false, "allow plain http:// webhook addresses besides https://; on by default in the all command with embedded Kafka or Redis")
+	fs.StringVar(&c.EventsCatalog, "events-catalog", "", "`path` of a YAML event catalog (event name: resource path) replacing the built-in configs/events.yaml")
 	fs.StringVar(&c.ResourceBase, "resource-base", "https://api.tradegecko.com", "base of resource_url when an event gives none: {resource-base}/{resource path}/{object_id}.json")
 
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "time limit of one delivery attempt, connection wait included; a timeout is a failure")
@@ -125,15 +193,55 @@ func envName(flagName string) string {
 	return "GECKOHOOK_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// parseConfig reads args, then the environment, then the YAML file.
+// roleFlags returns the flags of every (all of them) that cmd's role
+// uses. They share every's values, so setting one sets the config field.
+func roleFlags(cmd string, every *flag.FlagSet) *flag.FlagSet {
+	r := roleOf(cmd)
+	fs := flag.NewFlagSet("geckohook "+cmd, flag.ContinueOnError)
+	// Parse only returns its errors: run prints them in one line, and the
+	// help (printHelp) on -h.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	every.VisitAll(func(f *flag.Flag) {
+		if flagRoles[f.Name]&r != 0 {
+			fs.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	return fs
+}
+
+// commandLineError is a mistake on the command line: run points at -h.
+type commandLineError struct{ error }
+
+// flagError words an error of flag.Parse for an operator: a flag of
+// another role says whose it is.
+func flagError(cmd string, err error) error {
+	name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -")
+	if !ok {
+		return commandLineError{err}
+	}
+	if r := flagRoles[name]; r != 0 {
+		return commandLineError{fmt.Errorf("--%s is a flag of %s, not of %s", name, r, cmd)}
+	}
+	return commandLineError{fmt.Errorf("unknown flag --%s", name)}
+}
+
+// parseConfig reads cmd's flags from args, then the environment, then the
+// YAML file. The file and the environment may hold settings of other
+// roles; cmd ignores them. A key of the file that is no flag of any role
+// is an error.
 func parseConfig(cmd string, args []string, getenv func(string) string) (*config, *flag.FlagSet, error) {
 	c := &config{set: map[string]string{}}
-	fs := newFlagSet(cmd, c)
+	every := newFlagSet(cmd, c)
+	fs := roleFlags(cmd, every)
 	if err := fs.Parse(args); err != nil {
-		return nil, fs, err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, fs, err
+		}
+		return nil, fs, flagError(cmd, err)
 	}
 	if fs.NArg() > 0 {
-		return nil, fs, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+		return nil, fs, commandLineError{fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
 	}
 	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = "flag" })
 	if c.set["config"] == "" {
@@ -153,7 +261,7 @@ func parseConfig(cmd string, args []string, getenv func(string) string) (*config
 		}
 		var unknown []string
 		for k := range file {
-			if fs.Lookup(k) == nil || k == "config" {
+			if every.Lookup(k) == nil || k == "config" {
 				unknown = append(unknown, k)
 			}
 		}

@@ -38,14 +38,14 @@ type coordinatorConfig struct {
 func addCoordinatorFlags(fs *flag.FlagSet, c *coordinatorConfig) {
 	fs.StringVar(&c.OutcomesTopic, "outcomes-topic", outcomes.DefaultTopic, "Kafka topic where dispatchers publish delivery outcomes for the coordinator (key = webhook id)")
 	fs.StringVar(&c.CoordinatorGroup, "coordinator-group", "geckohook-coordinators", "Kafka consumer group of the coordinators")
-	fs.DurationVar(&c.DeleteAfter, "delete-after", streak.DefaultDeleteAfter, "delete a webhook whose failures have run this long without a single success (the seed's 3 days)")
+	fs.DurationVar(&c.DeleteAfter, "delete-after", streak.DefaultDeleteAfter, "delete a webhook whose failures have run this long without a single success (the 3-day rule)")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Minute, "how often the coordinator sweeps failing webhooks for --delete-after")
 	fs.StringVar(&c.MailAt, "mail-at", "00:00", "time of day (HH:MM, UTC) of the daily digest, which covers the 24 h before it")
 	fs.DurationVar(&c.MailGrace, "mail-grace", 2*time.Minute, "the time an outcome may take into Kafka: a day's digest waits until the coordinators have applied every outcome up to this long past the day's end, and the 3-day rule is judged this long behind the coordinators' catch-up watermark")
-	fs.StringVar(&c.MailOutbox, "mail-outbox", "./outbox", "with no --smtp-addr, directory where digests are written as .eml files")
-	fs.StringVar(&c.MailTemplates, "mail-templates", "", "directory with digest templates replacing the built-in ones: subject.tmpl, digest.txt.tmpl (text/template), digest.html.tmpl (html/template); missing files keep the built-in version")
+	fs.StringVar(&c.MailOutbox, "mail-outbox", "./outbox", "`path` of the directory where digests are written as .eml files when there is no --smtp-addr")
+	fs.StringVar(&c.MailTemplates, "mail-templates", "", "`path` of a directory with digest templates replacing the built-in ones: subject.tmpl, digest.txt.tmpl (text/template), digest.html.tmpl (html/template); missing files keep the built-in version")
 	fs.StringVar(&c.MailFrom, "mail-from", "geckohook@localhost", "sender address of the daily digests")
-	fs.StringVar(&c.SMTPAddr, "smtp-addr", "", "SMTP server host:port for the daily digests (STARTTLS when offered); empty: write them into --mail-outbox")
+	fs.StringVar(&c.SMTPAddr, "smtp-addr", "", "SMTP server `addr` (host:port) for the daily digests (STARTTLS when offered); empty: write them into --mail-outbox")
 	fs.StringVar(&c.SMTPUser, "smtp-user", "", "SMTP user (PLAIN auth, only over TLS or to loopback)")
 	fs.StringVar(&c.SMTPPassword, "smtp-password", "", "SMTP password (prefer GECKOHOOK_SMTP_PASSWORD)")
 }
@@ -100,7 +100,7 @@ func (p *process) announceCoordinator(context.Context) error {
 		where = "outbox " + c.MailOutbox
 		fmt.Fprintf(p.stdout, "daily digests are written into %s (no --smtp-addr)\n", c.MailOutbox)
 	}
-	p.log.Info().Str("topic", c.OutcomesTopic).Str("group", c.CoordinatorGroup).Dur("delete_after", c.DeleteAfter).
+	p.log.Info().Str("topic", c.OutcomesTopic).Str("group", c.CoordinatorGroup).Str("delete_after", c.DeleteAfter.String()).
 		Str("mail_at", c.MailAt).Str("mail_to", where).Msg("coordinator running")
 	return nil
 }

@@ -133,7 +133,7 @@ func TestCoordinatorInAll(t *testing.T) {
 		}
 	}
 	for _, o := range []string{out.String(), out2.String()} {
-		if !strings.Contains(o, `"part":"coordinator","took"`) {
+		if !strings.Contains(o, `"part":"coordinator","took_ms"`) {
 			t.Error("the coordinator was not stopped in order")
 		}
 	}

@@ -88,8 +88,10 @@ func newFaultRig(t *testing.T) *faultRig {
 func (r *faultRig) args(role string, extra ...string) []string {
 	a := []string{role, "--kafka-brokers", r.broker, "--redis-addr", r.redis.Addr,
 		"--allow-private-targets", "--allow-http", "--log-format", "json", "--log-level", "warn",
-		"--kafka-session-timeout", "6s", "--request-timeout", "2s", "--retry-lease", "5s",
-		"--api-listen", r.apiAddr, "--admin-token", "admin-secret"}
+		"--kafka-session-timeout", "6s", "--request-timeout", "2s", "--retry-lease", "5s"}
+	if role == "all" {
+		a = append(a, "--api-listen", r.apiAddr, "--admin-token", "admin-secret")
+	}
 	return append(a, extra...)
 }
 

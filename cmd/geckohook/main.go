@@ -25,24 +25,73 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "0.1.0-dev"
 
-const usage = `geckohook: sharded webhook delivery proxy (Kafka in, signed HTTP POSTs out).
+// commands are the commands that run parts, in the order usage lists them.
+var commands = []struct {
+	name  string
+	role  roles
+	about string
+}{
+	{"all", roleAll, "every role in one process; with no --kafka-brokers / --redis-addr\nit starts an embedded Kafka and Redis (for trying it, not production)"},
+	{"dispatcher", roleDispatcher, "consume events and deliver webhooks (needs Kafka and Redis)"},
+	{"api", roleAPI, "management API and event ingest (needs Kafka and Redis)"},
+	{"coordinator", roleCoordinator, "failure counters, the 3-day deletion rule and the daily mail\n(needs Kafka and Redis)"},
+	{"broker", roleBroker, "the embedded Kafka broker alone (trials, tests, benchmarks)"},
+}
+
+// String lists the commands of r: "all, api".
+func (r roles) String() string {
+	var names []string
+	for _, c := range commands {
+		if r&c.role != 0 {
+			names = append(names, c.name)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// usage is the help of geckohook itself.
+func usage() string {
+	var b strings.Builder
+	b.WriteString(`geckohook: sharded webhook delivery proxy (Kafka in, signed HTTP POSTs out).
 
 Usage: geckohook <command> [flags]
 
 Commands:
-  all          every role in one process; with no --kafka-brokers / --redis-addr
-               it starts an embedded Kafka and Redis (for trying it, not production)
-  dispatcher   consume events and deliver webhooks (needs Kafka and Redis)
-  api          management API and event ingest (needs Kafka and Redis)
-  coordinator  failure counters, the 3-day deletion rule and the daily mail
-               (needs Kafka and Redis)
-  broker       the embedded Kafka broker alone (trials, tests, benchmarks)
-  version      print the version
+`)
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  %-12s %s\n", c.name, strings.ReplaceAll(c.about, "\n", "\n"+strings.Repeat(" ", 15)))
+	}
+	b.WriteString(`  version      print the version
 
-Run "geckohook <command> -h" for the flags. Every flag can also be set as
-GECKOHOOK_<FLAG> (e.g. GECKOHOOK_KAFKA_BROKERS) or in the --config YAML file;
-the command line wins, then the environment, then the file.
-`
+Run "geckohook <command> -h" for its flags: each command takes only the
+flags it uses. Every flag can also be set as GECKOHOOK_<FLAG> (e.g.
+GECKOHOOK_KAFKA_BROKERS) or in the --config YAML file; the command line
+wins, then the environment, then the file. One file or environment can
+serve every command: each ignores the settings it does not use.
+`)
+	return b.String()
+}
+
+// printHelp writes cmd's help: what it does and its flags.
+func printHelp(w io.Writer, cmd string, fs *flag.FlagSet) {
+	for _, c := range commands {
+		if c.name == cmd {
+			fmt.Fprintf(w, "geckohook %s: %s\n\n", cmd, strings.ReplaceAll(c.about, "\n", " "))
+		}
+	}
+	fmt.Fprintf(w, `Usage: geckohook %s [flags]
+
+Each flag can also be set as GECKOHOOK_<FLAG> or as a key of the --config
+file; the command line wins, then the environment, then the file. Settings
+of other commands found in the file or the environment are ignored; on the
+command line they are errors.
+
+Flags:
+`, cmd)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -50,7 +99,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage())
 		return 2
 	}
 	cmd := args[0]
@@ -59,21 +108,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "geckohook %s\n", version)
 		return 0
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage())
 		return 0
 	}
 	if roleOf(cmd) == 0 {
-		fmt.Fprintf(stderr, "geckohook: unknown command %q\n\n%s", cmd, usage)
+		fmt.Fprintf(stderr, "geckohook: unknown command %q; see geckohook -h\n", cmd)
 		return 2
 	}
 	c, fs, err := parseConfig(cmd, args[1:], os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
+		printHelp(stdout, cmd, fs)
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "geckohook %s: %v\n", cmd, err)
-		if fs != nil && !strings.Contains(err.Error(), "flag provided but not defined") {
-			fmt.Fprintf(stderr, "Run \"geckohook %s -h\" for the flags.\n", cmd)
+		// One line: the mistake, and where the flags are listed.
+		if errors.As(err, new(commandLineError)) {
+			fmt.Fprintf(stderr, "geckohook %s: %v; see geckohook %s -h\n", cmd, err, cmd)
+		} else {
+			fmt.Fprintf(stderr, "geckohook %s: %v\n", cmd, err)
 		}
 		return 2
 	}
@@ -85,6 +137,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, cmd, c, log, stdout); err != nil {
+		if errors.As(err, new(earlyError)) {
+			fmt.Fprintf(stderr, "geckohook %s: %v\n", cmd, err)
+			return 1
+		}
 		log.Error().Err(err).Msg("geckohook stopped with an error")
 		return 1
 	}
@@ -110,15 +166,29 @@ func newLogger(c *config, w io.Writer) (zerolog.Logger, error) {
 		return zerolog.Logger{}, fmt.Errorf("bad --log-format %q (console, json)", c.LogFormat)
 	}
 	zerolog.TimeFieldFormat = time.RFC3339Nano
+	// Duration fields are named *_ms (logfields_test.go keeps them so).
+	zerolog.DurationFieldUnit = time.Millisecond
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
 
-func topics(c *config) []kafkaio.Topic {
-	return []kafkaio.Topic{
-		{Name: c.EventsTopic, Partitions: c.Partitions, ReplicationFactor: c.Replication},
-		{Name: c.DLQTopic, Partitions: 1, ReplicationFactor: c.Replication},
-		{Name: c.OutcomesTopic, Partitions: c.Partitions, ReplicationFactor: c.Replication},
+// topics are the topics role creates when missing: those whose flag it
+// uses (flagRoles), so a role never creates a topic under a default name
+// it does not know the deployment's setting of.
+func topics(c *config, role roles) []kafkaio.Topic {
+	var ts []kafkaio.Topic
+	for _, t := range []struct {
+		flag string
+		kafkaio.Topic
+	}{
+		{"events-topic", kafkaio.Topic{Name: c.EventsTopic, Partitions: c.Partitions, ReplicationFactor: c.Replication}},
+		{"dlq-topic", kafkaio.Topic{Name: c.DLQTopic, Partitions: 1, ReplicationFactor: c.Replication}},
+		{"outcomes-topic", kafkaio.Topic{Name: c.OutcomesTopic, Partitions: c.Partitions, ReplicationFactor: c.Replication}},
+	} {
+		if flagRoles[t.flag]&role != 0 {
+			ts = append(ts, t.Topic)
+		}
 	}
+	return ts
 }
 
 // isolation reads a level parseConfig has already checked.

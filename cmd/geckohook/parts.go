@@ -73,6 +73,9 @@ type part struct {
 	// stop, if set, releases the part after its context ended and run
 	// returned.
 	stop func()
+	// listen, if set, is the address the part serves: serve binds it
+	// before any part starts (bind), so a taken port fails at once.
+	listen *listener
 }
 
 // process holds what the parts of one geckohook process share; each field
@@ -114,16 +117,18 @@ func (p *process) parts() []part {
 		{name: "Kafka topics", roles: serving | roleBroker, start: p.ensureTopics},
 		{name: "registry", roles: serving, start: p.startRegistry, stop: func() { <-p.registry.Done() }},
 		{name: "profiles", roles: serving, when: func() bool { return p.c.PprofListen != "" }, start: p.listenProfiles,
-			run: func(ctx context.Context) error { return ops.ServeProfiles(ctx, p.profiles) }},
+			run: func(ctx context.Context) error { return ops.ServeProfiles(ctx, p.profiles) }, listen: &listener{"the profiles", p.c.PprofListen, &p.profiles}},
 		{name: "coordinator", roles: roleAll | roleCoordinator, start: p.newCoordinator, run: func(ctx context.Context) error { return p.coordinator.Run(ctx) }},
 		{name: "daily mail", roles: roleAll | roleCoordinator, start: p.announceCoordinator, run: func(ctx context.Context) error { return p.mail.Run(ctx) }},
 		// Stopped after the dispatcher drained, so its last outcomes go out.
 		{name: "outcomes publisher", roles: roleAll | roleDispatcher, start: p.startOutcomes, stop: p.closeOutcomes},
 		{name: "dispatcher (drained)", roles: roleAll | roleDispatcher, start: p.newDispatcher, run: func(ctx context.Context) error { return p.dispatcher.Run(ctx) }},
 		{name: "metrics and health endpoint", roles: roleDispatcher | roleCoordinator, when: func() bool { return p.c.MetricsListen != "" },
-			start: p.listenOps, run: func(ctx context.Context) error { return p.ops.Serve(ctx, p.opsListener) }},
+			start: p.listenOps, run: func(ctx context.Context) error { return p.ops.Serve(ctx, p.opsListener) },
+			listen: &listener{"the metrics and health endpoint", p.c.MetricsListen, &p.opsListener}},
 		{name: "event writer", roles: roleAll | roleAPI, start: p.newEventWriter, stop: func() { _ = p.events.Close() }},
-		{name: "management API", roles: roleAll | roleAPI, start: p.listenAPI, run: func(ctx context.Context) error { return p.api.Serve(ctx, p.apiListener) }},
+		{name: "management API", roles: roleAll | roleAPI, start: p.listenAPI, run: func(ctx context.Context) error { return p.api.Serve(ctx, p.apiListener) },
+			listen: &listener{"the API", p.c.APIListen, &p.apiListener}},
 	}
 }
 
@@ -139,17 +144,22 @@ func serve(ctx context.Context, cmd string, c *config, log zerolog.Logger, stdou
 	p := &process{role: roleOf(cmd), cmd: cmd, c: c, log: log, stdout: stdout,
 		brokers: splitList(c.KafkaBrokers), redisAddrs: splitList(c.RedisAddr)}
 	if err := p.check(); err != nil {
+		return earlyError{err}
+	}
+	table := p.parts()
+	unbind, err := p.bind(table)
+	if err != nil {
 		return err
 	}
+	defer unbind()
 	var up []*started
 	defer func() {
 		for i := len(up) - 1; i >= 0; i-- {
 			t := time.Now()
 			up[i].halt(log)
-			log.Info().Str("part", up[i].name).Dur("took", time.Since(t)).Msg("stopped")
+			log.Info().Str("part", up[i].name).Dur("took_ms", time.Since(t)).Msg("stopped")
 		}
 	}()
-	table := p.parts()
 	failed := make(chan error, len(table)) // a part that stops on its own stops the process
 	for _, pt := range table {
 		if !p.runs(pt) {
@@ -318,7 +328,7 @@ func (p *process) startRedisClient(ctx context.Context) error {
 }
 
 func (p *process) ensureTopics(ctx context.Context) error {
-	return kafkaio.EnsureTopics(ctx, p.brokers, topics(p.c)...)
+	return kafkaio.EnsureTopics(ctx, p.brokers, topics(p.c, p.role)...)
 }
 
 func (p *process) startRegistry(ctx context.Context) error {
@@ -332,9 +342,6 @@ func (p *process) startRegistry(ctx context.Context) error {
 }
 
 func (p *process) listenProfiles(context.Context) (err error) {
-	if p.profiles, err = net.Listen("tcp", p.c.PprofListen); err != nil {
-		return fmt.Errorf("cannot listen for profiles on %s: %w", p.c.PprofListen, err)
-	}
 	fmt.Fprintf(p.stdout, "profiles listening on http://%s/debug/pprof/\n", p.profiles.Addr())
 	return nil
 }
@@ -389,9 +396,6 @@ func (p *process) newDispatcher(context.Context) error {
 
 func (p *process) listenOps(context.Context) (err error) {
 	p.ops = ops.New(ops.Options{Health: p.health, Metrics: p.metrics, Log: p.log.With().Str("part", "metrics").Logger()})
-	if p.opsListener, err = net.Listen("tcp", p.c.MetricsListen); err != nil {
-		return fmt.Errorf("cannot listen for the metrics and health endpoint on %s: %w", p.c.MetricsListen, err)
-	}
 	fmt.Fprintf(p.stdout, "metrics and health endpoint listening on http://%s\n", p.opsListener.Addr())
 	return nil
 }
@@ -411,9 +415,6 @@ func (p *process) listenAPI(context.Context) (err error) {
 		Health: p.health, Metrics: p.metrics, Deliveries: shard.NewStore(p.rdb, c.RedisPrefix),
 		Log: p.log.With().Str("part", "api").Logger(),
 	})
-	if p.apiListener, err = net.Listen("tcp", c.APIListen); err != nil {
-		return fmt.Errorf("cannot listen for the management API on %s: %w", c.APIListen, err)
-	}
 	fmt.Fprintf(p.stdout, "management API listening on http://%s\n", p.apiListener.Addr())
 	return nil
 }

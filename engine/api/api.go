@@ -126,7 +126,7 @@ func (a *API) Handler() fasthttp.RequestHandler {
 			status := ctx.Response.StatusCode()
 			a.requests.Count(route, status)
 			a.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", ctx.Path()).
-				Int("status", status).Str("app_id", appID).Dur("took", time.Since(start)).Msg("api request")
+				Int("status", status).Str("app_id", appID).Dur("took_ms", time.Since(start)).Msg("api request")
 		}()
 		route, appID = a.route(ctx)
 	}

@@ -56,7 +56,7 @@ func Tries(ctx context.Context, n int, first, limit time.Duration, op func() err
 // logged as "cannot <what>; offsets held until it works".
 func Hold(ctx context.Context, log zerolog.Logger, first time.Duration, what string, op func() error) bool {
 	return Retry(ctx, first, HoldLimit, op, func(err error, wait time.Duration) {
-		log.Warn().Err(err).Dur("retry_in", wait).Msgf("cannot %s; offsets held until it works", what)
+		log.Warn().Err(err).Dur("retry_in_ms", wait).Msgf("cannot %s; offsets held until it works", what)
 	})
 }
 

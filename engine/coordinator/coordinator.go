@@ -30,6 +30,7 @@ import (
 
 	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/kafkaio"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
@@ -151,7 +152,8 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		PartitionWatchInterval: c.o.WatermarkEvery,
 		CommitInterval:         0, // synchronous: CommitMessages returns once committed
 		QueueCapacity:          c.o.MaxBatch,
-		ErrorLogger:            kafka.LoggerFunc(func(f string, args ...any) { c.o.Log.Warn().Msgf(f, args...) }),
+		// An idle partition's fetch timing out is debug, not a warning.
+		ErrorLogger: kafkaio.ErrorLogger(c.o.Log),
 	})
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -199,7 +201,7 @@ func (c *Coordinator) consume(ctx context.Context, r outcomeReader) {
 		}
 		c.Stats.CommitFailures.Add(1)
 		wait := commitWaits.Next()
-		c.o.Log.Warn().Err(err).Dur("retry_in", wait).Int("partitions", len(msgs)).
+		c.o.Log.Warn().Err(err).Dur("retry_in_ms", wait).Int("partitions", len(msgs)).
 			Msg("cannot commit outcome offsets; retrying (a crash meanwhile replays the batch, applied once)")
 		nextCommit = time.Now().Add(wait)
 	}

@@ -175,7 +175,7 @@ func (o *Options) defaults() {
 		o.RebalanceTimeout = 30 * time.Second
 	}
 	if limit := min(o.SessionTimeout, o.RebalanceTimeout) - 3*time.Second; o.DrainTimeout > limit {
-		o.Log.Warn().Dur("drain_timeout", o.DrainTimeout).Dur("cut_to", limit).
+		o.Log.Warn().Dur("drain_timeout_ms", o.DrainTimeout).Dur("cut_to_ms", limit).
 			Msg("drain timeout must stay below the group's session and rebalance timeouts")
 		o.DrainTimeout = max(limit, time.Second)
 	}

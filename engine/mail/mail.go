@@ -444,7 +444,7 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 			rs.next.UnixMilli(), rs.tries, rs.first.UnixMilli(), daylog.TTL.Milliseconds()).Err(); err != nil {
 			return false, fmt.Errorf("cannot record the retry time of %s: %w", day, err)
 		}
-		log.Info().Int("failed", failed).Dur("retry_in", wait).Msg("daily digests incomplete")
+		log.Info().Int("failed", failed).Dur("retry_in_ms", wait).Msg("daily digests incomplete")
 		return false, nil
 	}
 	if err := j.o.Redis.Del(ctx, j.retryKey(day)).Err(); err != nil {

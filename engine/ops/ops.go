@@ -133,7 +133,7 @@ func (s *Server) Handler() fasthttp.RequestHandler {
 			status := ctx.Response.StatusCode()
 			s.requests.Count(route, status)
 			s.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", ctx.Path()).
-				Int("status", status).Dur("took", time.Since(start)).Msg("api request")
+				Int("status", status).Dur("took_ms", time.Since(start)).Msg("api request")
 		}()
 		switch string(ctx.Path()) {
 		case "/healthz":

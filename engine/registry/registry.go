@@ -231,7 +231,7 @@ func (r *Registry) follow(ctx context.Context, ps *redis.PubSub) {
 func (r *Registry) reloadUntilDone(ctx context.Context) {
 	backoff.Retry(ctx, 100*time.Millisecond, 5*time.Second, func() error { return r.Reload(ctx) },
 		func(err error, wait time.Duration) {
-			r.opts.Log.Warn().Err(err).Dur("retry_in", wait).Msg("cannot reload registry")
+			r.opts.Log.Warn().Err(err).Dur("retry_in_ms", wait).Msg("cannot reload registry")
 		})
 }
 
