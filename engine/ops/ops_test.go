@@ -1,7 +1,6 @@
 package ops
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -11,13 +10,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/fasthttp"
 )
 
 // The operations endpoints alone, as a dispatcher process serves them on
 // --metrics-listen (they moved here from the API's registry-less mode).
 func TestOperationsOnlyMode(t *testing.T) {
-	s := New(Options{Metrics: func(b *bytes.Buffer) { b.WriteString("geckohook_shards 3\n") }})
+	set := metrics.NewSet()
+	set.NewGauge("geckohook_shards", func() float64 { return 3 })
+	s := New(Options{Metrics: set})
 	call := func(method, path string) (int, string) {
 		var ctx fasthttp.RequestCtx
 		ctx.Request.Header.SetMethod(method)
