@@ -113,8 +113,8 @@ func (p *process) parts() []part {
 		{name: "embedded Redis", roles: roleAll, when: p.noRedis, start: p.startRedis, stop: func() { p.redis.Close() }},
 		{name: "target policy", roles: serving, start: p.startPolicy},
 		{name: "events catalog", roles: serving, start: p.loadCatalog},
-		{name: "redis client", roles: serving, start: p.startRedisClient, stop: func() { _ = p.rdb.Close() }},
-		{name: "redis watch", roles: serving, run: p.watchRedis},
+		// Its run pings Redis for geckohook_redis_up.
+		{name: "redis client", roles: serving, start: p.startRedisClient, run: p.watchRedis, stop: func() { _ = p.rdb.Close() }},
 		{name: "Kafka topics", roles: serving | roleBroker, start: p.ensureTopics},
 		{name: "registry", roles: serving, start: p.startRegistry, stop: func() { <-p.registry.Done() }},
 		{name: "profiles", roles: serving, when: func() bool { return p.c.PprofListen != "" }, start: p.listenProfiles,
