@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"bytes"
 	"strconv"
 	"sync"
 
@@ -43,7 +44,9 @@ func WriteMetrics(ctx *fasthttp.RequestCtx, set *metrics.Set) {
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
 	if set != nil {
-		set.WritePrometheus(ctx)
+		var b bytes.Buffer
+		set.WritePrometheus(&b)
+		writeWithHelp(ctx, b.Bytes())
 	}
 	metrics.WriteProcessMetrics(ctx)
 }

@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -95,5 +96,14 @@ func TestServeAndProfilesStopWithTheirContext(t *testing.T) {
 		case <-time.After(15 * time.Second):
 			t.Fatalf("%s: Serve did not return", name)
 		}
+	}
+}
+
+func TestHelpTextsFillBareHelpLines(t *testing.T) {
+	var b bytes.Buffer
+	writeWithHelp(&b, []byte("# HELP geckohook_shards\n# TYPE geckohook_shards gauge\ngeckohook_shards 3\n# HELP other_thing\n# HELP geckohook_redis_up kept as is\n"))
+	want := "# HELP geckohook_shards Partitions this process holds.\n# TYPE geckohook_shards gauge\ngeckohook_shards 3\n# HELP other_thing\n# HELP geckohook_redis_up kept as is\n"
+	if b.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
 	}
 }
