@@ -74,8 +74,8 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs := flag.NewFlagSet("geckohook "+cmd, flag.ContinueOnError)
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML file of settings, keys named like the flags (e.g. kafka-brokers: ...); the command line and GECKOHOOK_* variables win over it")
 
-	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "host:port of the management API (applications, webhooks, events, /healthz)")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics and /healthz of a `dispatcher` or `coordinator` process (empty: off; `all` and `api` serve them on --api-listen)")
+	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "host:port of the management API (applications, webhooks, events, /healthz, /readyz, /metrics)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics, /healthz and /readyz of a `dispatcher` or `coordinator` process (empty: off; `all` and `api` serve them on --api-listen)")
 	fs.StringVar(&c.PprofListen, "pprof-listen", "", "host:port serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
 

@@ -1,12 +1,12 @@
 // Package api owns geckohook's management HTTP API, served with fasthttp:
 // creating applications (admin token), managing an application's own
 // webhooks (application token), ingesting events into the Kafka events topic
-// (application or admin token), /healthz, /readyz and /metrics. Requests and responses
-// are JSON; every error answers {"error":{"code":…,"message":…}}. It stores
-// nothing itself: applications and webhooks live in the registry, events go
-// to the Produce function it is given. /healthz, /readyz, /metrics and the server
-// itself are package ops's, which also serves them alone for processes
-// without the API.
+// (application or admin token), /healthz, /readyz and /metrics. Requests and
+// responses are JSON; every error answers {"error":{"code":…,"message":…}}.
+// It stores nothing itself: applications and webhooks live in the registry,
+// events go to the Produce function it is given. /healthz, /readyz, /metrics
+// and the server itself are package ops's, which also serves them alone for
+// processes without the API.
 package api
 
 import (
