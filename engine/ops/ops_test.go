@@ -107,3 +107,20 @@ func TestHelpTextsFillBareHelpLines(t *testing.T) {
 		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
 	}
 }
+
+func TestReadyzNamesWhatIsNotReady(t *testing.T) {
+	ok := Check{Name: "redis", Ready: func(context.Context) error { return nil }}
+	down := Check{Name: "kafka", Ready: func(context.Context) error { return errors.New("dial tcp: refused") }}
+	f := func(checks []Check, code int, body string) {
+		t.Helper()
+		var ctx fasthttp.RequestCtx
+		ctx.Request.SetRequestURI("/readyz")
+		New(Options{Ready: checks}).Handler()(&ctx)
+		if ctx.Response.StatusCode() != code || string(ctx.Response.Body()) != body+"\n" {
+			t.Fatalf("readyz: %d %s, want %d %s", ctx.Response.StatusCode(), ctx.Response.Body(), code, body)
+		}
+	}
+	f(nil, 200, `{"status":"ok"}`)
+	f([]Check{ok}, 200, `{"status":"ok"}`)
+	f([]Check{ok, down}, 503, `{"status":"unavailable","not_ready":{"kafka":"dial tcp: refused"}}`)
+}
