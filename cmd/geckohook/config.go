@@ -142,8 +142,8 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs := flag.NewFlagSet("geckohook "+cmd, flag.ContinueOnError)
 	fs.StringVar(&c.ConfigFile, "config", "", "`path` of a YAML file of settings, keys named like the flags (e.g. kafka-brokers: ...); it may hold every command's settings: those this command does not use are ignored; the command line and GECKOHOOK_* variables win over it")
 
-	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "`addr` (host:port) of the management API (applications, webhooks, events, /healthz, /metrics)")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "`addr` (host:port) serving /metrics and /healthz (empty: off)")
+	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:8080", "`addr` (host:port) of the management API (applications, webhooks, events, /healthz, /readyz, /metrics)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "`addr` (host:port) serving /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.PprofListen, "pprof-listen", "", "`addr` (host:port) serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
@@ -68,9 +69,10 @@ func (c *coordinatorConfig) policy() streak.Policy {
 
 // newOutcomes builds the publisher dispatchers report outcomes through;
 // the part "outcomes publisher" starts and closes it.
-func newOutcomes(c *config, brokers []string, rdb redis.UniversalClient, log zerolog.Logger) *publish.Publisher {
+func newOutcomes(c *config, brokers []string, rdb redis.UniversalClient, set *metrics.Set, log zerolog.Logger) *publish.Publisher {
 	return publish.NewUnstarted(brokers, c.OutcomesTopic, log.With().Str("part", "outcomes").Logger(),
-		publish.WithFailingSet(rdb, coordinator.Keys{Prefix: c.RedisPrefix}.Failing(), 30*time.Second))
+		publish.WithFailingSet(rdb, coordinator.Keys{Prefix: c.RedisPrefix}.Failing(), 30*time.Second),
+		publish.WithMetrics(set))
 }
 
 // newCoordinator builds the coordinator and the daily mail job, the parts
@@ -81,13 +83,13 @@ func (p *process) newCoordinator(context.Context) (err error) {
 		Brokers: p.brokers, Topic: c.OutcomesTopic, Group: c.CoordinatorGroup,
 		Redis: p.rdb, Prefix: c.RedisPrefix, Registry: p.registry, Policy: c.policy(),
 		SweepEvery: c.SweepEvery, SessionTimeout: c.KafkaSession, Grace: c.MailGrace,
-		Log: p.log.With().Str("part", "coordinator").Logger(),
+		Metrics: p.metrics, Log: p.log.With().Str("part", "coordinator").Logger(),
 	})
 	p.mail, err = mail.New(mail.Options{
 		Redis: p.rdb, Prefix: c.RedisPrefix, Registry: p.registry, Policy: c.policy(),
 		From: c.MailFrom, SMTPAddr: c.SMTPAddr, SMTPUser: c.SMTPUser, SMTPPassword: c.SMTPPassword,
 		Outbox: c.MailOutbox, Templates: c.MailTemplates, Grace: c.MailGrace,
-		Log: p.log.With().Str("part", "mail").Logger(),
+		Metrics: p.metrics, Log: p.log.With().Str("part", "mail").Logger(),
 	})
 	return err
 }

@@ -315,6 +315,19 @@ func TestSeparateRoles(t *testing.T) {
 	if err != nil || !strings.Contains(metrics, "geckohook_shards 2") || strings.Contains(metrics, `geckohook_deliveries_total{outcome="success"} 0`) {
 		t.Errorf("dispatcher metrics (%v):\n%s", err, metrics)
 	}
+	// Each role's listener answers the orchestrator's probes.
+	for _, url := range []string{base + "/readyz", "http://" + metricsAddr + "/readyz", "http://" + metricsAddr + "/healthz"} {
+		if code, body, err := get(url); err != nil || code != 200 || body != `{"status":"ok"}`+"\n" {
+			t.Errorf("%s: %d %q (%v)", url, code, body, err)
+		}
+	}
+	for _, name := range []string{`geckohook_attempt_duration_seconds_count{outcome="success"}`, "geckohook_delivery_latency_seconds_count",
+		`geckohook_consumer_lag{topic="geckohook.events",partition="0"}`, "geckohook_redis_up 1", "geckohook_registry_webhooks 1",
+		"geckohook_hosts_throttled", "geckohook_offset_commit_failures_total", "go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(metrics, name) {
+			t.Errorf("dispatcher metrics lack %s", name)
+		}
+	}
 	for name, p := range map[string]struct {
 		cmd    *exec.Cmd
 		exited chan error

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -10,9 +9,11 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
@@ -101,6 +102,8 @@ type process struct {
 	dispatcher          *dispatch.Dispatcher
 	opsListener         net.Listener
 	ops                 *ops.Server
+	metrics             *metrics.Set // every part's metrics, at /metrics
+	redisUp             atomic.Bool  // the last Redis ping was answered
 	events              *kafka.Writer
 	apiListener         net.Listener
 	api                 *api.API
@@ -113,7 +116,8 @@ func (p *process) parts() []part {
 		{name: "embedded Redis", roles: roleAll, when: p.noRedis, start: p.startRedis, stop: func() { p.redis.Close() }},
 		{name: "target policy", roles: serving, start: p.startPolicy},
 		{name: "events catalog", roles: serving, start: p.loadCatalog},
-		{name: "redis client", roles: serving, start: p.startRedisClient, stop: func() { _ = p.rdb.Close() }},
+		// Its run pings Redis for geckohook_redis_up.
+		{name: "redis client", roles: serving, start: p.startRedisClient, run: p.watchRedis, stop: func() { _ = p.rdb.Close() }},
 		{name: "Kafka topics", roles: serving | roleBroker, start: p.ensureTopics},
 		{name: "registry", roles: serving, start: p.startRegistry, stop: func() { <-p.registry.Done() }},
 		{name: "profiles", roles: serving, when: func() bool { return p.c.PprofListen != "" }, start: p.listenProfiles,
@@ -142,7 +146,8 @@ func (p *process) runs(pt part) bool {
 // logging how long each took.
 func serve(ctx context.Context, cmd string, c *config, log zerolog.Logger, stdout io.Writer) error {
 	p := &process{role: roleOf(cmd), cmd: cmd, c: c, log: log, stdout: stdout,
-		brokers: splitList(c.KafkaBrokers), redisAddrs: splitList(c.RedisAddr)}
+		brokers: splitList(c.KafkaBrokers), redisAddrs: splitList(c.RedisAddr), metrics: metrics.NewSet()}
+	metrics.ExposeMetadata(true) // # TYPE lines, so histograms and counters say what they are
 	if err := p.check(); err != nil {
 		return earlyError{err}
 	}
@@ -324,6 +329,7 @@ func (p *process) startRedisClient(ctx context.Context) error {
 		_ = p.rdb.Close()
 		return err
 	}
+	p.redisUp.Store(true)
 	return nil
 }
 
@@ -336,6 +342,7 @@ func (p *process) startRegistry(ctx context.Context) error {
 	if err := p.registry.Start(ctx); err != nil {
 		return err
 	}
+	p.registerProcessMetrics()
 	apps, hooks := p.registry.Counts()
 	p.log.Info().Int("applications", apps).Int("webhooks", hooks).Msg("registry loaded")
 	return nil
@@ -346,23 +353,8 @@ func (p *process) listenProfiles(context.Context) (err error) {
 	return nil
 }
 
-// health is the readiness of every role: Redis answers.
-func (p *process) health(ctx context.Context) error { return p.rdb.Ping(ctx).Err() }
-
-// metrics appends the metrics of the parts this process runs.
-func (p *process) metrics(b *bytes.Buffer) {
-	if p.dispatcher != nil {
-		p.dispatcher.WriteMetrics(b)
-	}
-	p.outcomes.WriteMetrics(b)
-	if p.coordinator != nil {
-		p.coordinator.WriteMetrics(b)
-		p.mail.WriteMetrics(b)
-	}
-}
-
 func (p *process) startOutcomes(context.Context) error {
-	p.outcomes = newOutcomes(p.c, p.brokers, p.rdb, p.log)
+	p.outcomes = newOutcomes(p.c, p.brokers, p.rdb, p.metrics, p.log)
 	p.outcomes.Start()
 	return nil
 }
@@ -388,14 +380,14 @@ func (p *process) newDispatcher(context.Context) error {
 		Lease: c.RetryLease, RetryWindow: c.RetryWindow, Outcomes: p.outcomes,
 		DeadRetention: c.DeadRetention, DeadMax: c.DeadMax,
 		DrainTimeout: c.RequestTimeout + 5*time.Second, SessionTimeout: c.KafkaSession,
-		Log: p.log.With().Str("part", "dispatcher").Logger(),
+		Metrics: p.metrics, Log: p.log.With().Str("part", "dispatcher").Logger(),
 	})
 	p.log.Info().Strs("brokers", p.brokers).Str("topic", c.EventsTopic).Str("group", c.Group).Msg("dispatcher running")
 	return nil
 }
 
 func (p *process) listenOps(context.Context) (err error) {
-	p.ops = ops.New(ops.Options{Health: p.health, Metrics: p.metrics, Log: p.log.With().Str("part", "metrics").Logger()})
+	p.ops = ops.New(ops.Options{Health: p.health, Ready: p.readiness(), Metrics: p.metrics, Log: p.log.With().Str("part", "metrics").Logger()})
 	fmt.Fprintf(p.stdout, "metrics and health endpoint listening on http://%s\n", p.opsListener.Addr())
 	return nil
 }
@@ -412,7 +404,7 @@ func (p *process) listenAPI(context.Context) (err error) {
 		Produce: func(ctx context.Context, key, value []byte) error {
 			return p.events.WriteMessages(ctx, kafka.Message{Key: key, Value: value})
 		},
-		Health: p.health, Metrics: p.metrics, Deliveries: shard.NewStore(p.rdb, c.RedisPrefix),
+		Health: p.health, Ready: p.readiness(), Metrics: p.metrics, Deliveries: shard.NewStore(p.rdb, c.RedisPrefix),
 		Log: p.log.With().Str("part", "api").Logger(),
 	})
 	fmt.Fprintf(p.stdout, "management API listening on http://%s\n", p.apiListener.Addr())

@@ -1,13 +1,13 @@
 // Package api owns geckohook's management HTTP API, served with fasthttp:
 // creating applications (admin token), managing an application's own
 // webhooks (application token), ingesting events into the Kafka events topic
-// (application or admin token), /healthz and /metrics, and its own OpenAPI
-// description at /v1/openapi.json (openapi.json). Requests and responses
-// are JSON; every error answers {"error":{"code":…,"message":…}}. It stores
-// nothing itself: applications and webhooks live in the registry, events go
-// to the Produce function it is given. /healthz, /metrics and the server
-// itself are package ops's, which also serves them alone for processes
-// without the API.
+// (application or admin token), /healthz, /readyz and /metrics, and its
+// own OpenAPI description at /v1/openapi.json (openapi.json). Requests and
+// responses are JSON; every error answers {"error":{"code":…,"message":…}}.
+// It stores nothing itself: applications and webhooks live in the registry,
+// events go to the Produce function it is given. /healthz, /readyz,
+// /metrics and the server itself are package ops's, which also serves them
+// alone for processes without the API.
 package api
 
 import (
@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
@@ -37,7 +38,8 @@ import (
 // Options configure an API.
 type Options struct {
 	// Registry holds applications and webhooks (started; required). A
-	// process without the API serves /healthz and /metrics with package ops.
+	// process without the API serves /healthz, /readyz and /metrics with
+	// package ops.
 	Registry *registry.Registry
 	// Catalog lists the accepted event names (default catalog.Default()).
 	Catalog *catalog.Catalog
@@ -55,18 +57,20 @@ type Options struct {
 	Produce func(ctx context.Context, key, value []byte) error
 	// ProduceTimeout bounds one Produce call (default 10s).
 	ProduceTimeout time.Duration
-	// Health reports readiness for /healthz; nil means always healthy.
+	// Health is the check of /healthz; nil means always healthy.
 	Health func(ctx context.Context) error
-	Log    zerolog.Logger
+	// Ready are the checks of /readyz; none means always ready.
+	Ready []ops.Check
+	Log   zerolog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// MaxBodySize limits request bodies in bytes (default 64 KiB).
 	MaxBodySize int
 	// ShutdownTimeout bounds the graceful shutdown in Serve (default 10s).
 	ShutdownTimeout time.Duration
-	// Metrics, when set, appends more Prometheus text to /metrics (the
-	// dispatcher's counters when it runs in the same process).
-	Metrics func(b *bytes.Buffer)
+	// Metrics is the process's set, written at /metrics with the request
+	// counts and the retry queues' depth (nil: a set of the API's own).
+	Metrics *metrics.Set
 	// Deliveries is the retry queues' store, for listing, retrying and
 	// replaying deliveries; nil makes those endpoints answer 503.
 	Deliveries *shard.Store
@@ -76,7 +80,7 @@ type Options struct {
 type API struct {
 	o         Options
 	adminHash [sha256.Size]byte
-	requests  ops.Requests
+	requests  *ops.Requests
 }
 
 // New returns an API; Handler or Serve put it on the network.
@@ -96,7 +100,10 @@ func New(o Options) *API {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 10 * time.Second
 	}
-	a := &API{o: o}
+	if o.Metrics == nil {
+		o.Metrics = metrics.NewSet()
+	}
+	a := &API{o: o, requests: ops.NewRequests(o.Metrics)}
 	if o.AdminToken != "" {
 		a.adminHash = sha256.Sum256([]byte(o.AdminToken))
 	}
@@ -107,7 +114,7 @@ func New(o Options) *API {
 // (in-flight requests finish, within ShutdownTimeout). It returns nil on a
 // clean stop.
 func (a *API) Serve(ctx context.Context, ln net.Listener) error {
-	srv := ops.NewFastServer(a.Handler(), a.o.Log, a.o.MaxBodySize, &a.requests)
+	srv := ops.NewFastServer(a.Handler(), a.o.Log, a.o.MaxBodySize, a.requests)
 	return ops.Serve(ctx, srv, ln, a.o.ShutdownTimeout)
 }
 
@@ -145,6 +152,12 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 		route, allowed = "healthz", "GET, HEAD"
 		if method == "GET" || method == "HEAD" {
 			ops.Healthz(ctx, a.o.Health)
+			return route, ""
+		}
+	case path == "/readyz":
+		route, allowed = "readyz", "GET, HEAD"
+		if method == "GET" || method == "HEAD" {
+			ops.Readyz(ctx, a.o.Ready)
 			return route, ""
 		}
 	case path == "/metrics":
@@ -315,23 +328,26 @@ func jsonKind(goKind string) string {
 // responseTime formats a time as RFC 3339 in UTC.
 func responseTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
+// queueStates are the states of geckohook_retry_queue_deliveries.
+var queueStates = [...]string{"scheduled", "dead"}
+
+// serveMetrics answers /metrics; the retry queues' depth is read from Redis
+// now (within 2 s), and left out when Redis does not answer.
 func (a *API) serveMetrics(ctx *fasthttp.RequestCtx) {
-	var b bytes.Buffer
-	a.requests.WriteMetrics(&b)
-	if a.o.Metrics != nil {
-		a.o.Metrics(&b)
-	}
 	if a.o.Deliveries != nil {
 		qctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		scheduled, dead, err := a.o.Deliveries.Depth(qctx)
 		cancel()
-		if err == nil {
-			b.WriteString("# HELP geckohook_retry_queue_deliveries Deliveries in the Redis retry queues of every shard, by state.\n")
-			b.WriteString("# TYPE geckohook_retry_queue_deliveries gauge\n")
-			fmt.Fprintf(&b, "geckohook_retry_queue_deliveries{state=\"scheduled\"} %d\ngeckohook_retry_queue_deliveries{state=\"dead\"} %d\n", scheduled, dead)
+		for i, n := range [...]int64{scheduled, dead} {
+			name := `geckohook_retry_queue_deliveries{state="` + queueStates[i] + `"}`
+			if err != nil {
+				a.o.Metrics.UnregisterMetric(name)
+				continue
+			}
+			a.o.Metrics.GetOrCreateGauge(name, nil).Set(float64(n))
 		}
 	}
-	ops.WriteMetrics(ctx, b.Bytes())
+	ops.WriteMetrics(ctx, a.o.Metrics)
 }
 
 // access is what token an endpoint needs.

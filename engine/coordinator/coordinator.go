@@ -14,7 +14,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
@@ -31,6 +31,7 @@ import (
 	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/kafkaio"
+	"github.com/geckohook/geckohook/engine/ops"
 	"github.com/geckohook/geckohook/engine/outcomes"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
@@ -65,18 +66,28 @@ type Options struct {
 	// SessionTimeout of the group member (30s).
 	SessionTimeout time.Duration
 
+	// Metrics is the process's set; the coordinator's metrics go in it
+	// (nil: a set of its own).
+	Metrics *metrics.Set
+
 	Now func() time.Time // clock (time.Now)
 	Log zerolog.Logger
 }
 
-// Stats are cumulative counters of a Coordinator.
+// Stats are cumulative counters of a Coordinator; the ops.Counters are in
+// its metrics set.
 type Stats struct {
-	Outcomes, Bad, Batches, Conflicts, DeletedFailing, DeletedGone, Swept atomic.Int64
+	// Outcomes applied; Bad: unreadable, skipped.
+	Outcomes, Bad ops.Counter
+	// Conflicts: health updates re-read because another coordinator wrote
+	// first. DeletedFailing and DeletedGone: webhooks deleted, by reason.
+	Conflicts, DeletedFailing, DeletedGone ops.Counter
+	Batches, Swept                         atomic.Int64
 	// Sweeps run by the loop; SweepsSkipped: skipped because there is no
 	// catch-up watermark yet.
 	Sweeps, SweepsSkipped atomic.Int64
 	// CommitFailures: offset commits that failed (and are retried).
-	CommitFailures atomic.Int64
+	CommitFailures ops.Counter
 }
 
 // Coordinator is one coordinator process's consumer and sweeper.
@@ -88,6 +99,9 @@ type Coordinator struct {
 	wm     atomic.Int64             // the catch-up watermark as last seen in Redis (unix ms; 0: none)
 	id     string                   // names this process's sweep holds
 	Stats  Stats
+
+	lagMu    sync.Mutex
+	lagNames map[int]string // partition → its consumer-lag series
 }
 
 // New returns a Coordinator; Run starts it.
@@ -119,8 +133,31 @@ func New(o Options) *Coordinator {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Coordinator{o: o, keys: Keys{Prefix: o.Prefix}, id: strconv.FormatUint(rand.Uint64(), 36),
-		client: &kafka.Client{Addr: kafka.TCP(o.Brokers...), Timeout: 10 * time.Second}}
+	if o.Metrics == nil {
+		o.Metrics = metrics.NewSet()
+	}
+	c := &Coordinator{o: o, keys: Keys{Prefix: o.Prefix}, id: strconv.FormatUint(rand.Uint64(), 36),
+		client:   &kafka.Client{Addr: kafka.TCP(o.Brokers...), Timeout: 10 * time.Second},
+		lagNames: make(map[int]string)}
+	c.register(o.Metrics)
+	return c
+}
+
+// register puts the coordinator's metrics in set.
+func (c *Coordinator) register(set *metrics.Set) {
+	n := func(name string) ops.Counter { return ops.NewCounter(set, name) }
+	st := &c.Stats
+	st.Outcomes, st.Bad = n(`geckohook_coordinator_outcomes_total{result="applied"}`), n(`geckohook_coordinator_outcomes_total{result="bad"}`)
+	st.DeletedFailing, st.DeletedGone = n(`geckohook_webhooks_deleted_total{reason="failing"}`), n(`geckohook_webhooks_deleted_total{reason="gone"}`)
+	st.CommitFailures = n("geckohook_coordinator_commit_failures_total")
+	st.Conflicts = n("geckohook_health_conflicts_total")
+	// 1 when the last lag check found every outcome applied.
+	set.NewGauge("geckohook_coordinator_caught_up", func() float64 {
+		if c.lag.Load().caughtUp() {
+			return 1
+		}
+		return 0
+	})
 }
 
 // Keys returns the key layout in use.
@@ -199,7 +236,7 @@ func (c *Coordinator) consume(ctx context.Context, r outcomeReader) {
 			commitWaits.Reset()
 			return
 		}
-		c.Stats.CommitFailures.Add(1)
+		c.Stats.CommitFailures.Inc()
 		wait := commitWaits.Next()
 		c.o.Log.Warn().Err(err).Dur("retry_in_ms", wait).Int("partitions", len(msgs)).
 			Msg("cannot commit outcome offsets; retrying (a crash meanwhile replays the batch, applied once)")
@@ -265,7 +302,7 @@ func (c *Coordinator) process(batch []kafka.Message) error {
 	for _, m := range batch {
 		o, err := outcomes.Decode(m.Value)
 		if err != nil {
-			c.Stats.Bad.Add(1)
+			c.Stats.Bad.Inc()
 			c.o.Log.Warn().Err(err).Int("partition", m.Partition).Int64("offset", m.Offset).Msg("skipping unreadable outcome")
 			continue
 		}
@@ -287,7 +324,7 @@ func (c *Coordinator) process(batch []kafka.Message) error {
 	if err := c.recordApplied(ctx, newest); err != nil {
 		return err
 	}
-	c.Stats.Outcomes.Add(int64(len(batch)))
+	c.Stats.Outcomes.Add(len(batch))
 	c.Stats.Batches.Add(1)
 	return nil
 }
@@ -440,22 +477,4 @@ func (c *Coordinator) sweep(ctx context.Context, now, judge time.Time) error {
 // retry runs op until it succeeds (true) or ctx ends (false), backing off.
 func (c *Coordinator) retry(ctx context.Context, what string, op func() error) bool {
 	return backoff.Hold(ctx, c.o.Log, 100*time.Millisecond, what, op)
-}
-
-// WriteMetrics appends the coordinator's counters in Prometheus text format.
-func (c *Coordinator) WriteMetrics(b *bytes.Buffer) {
-	st := &c.Stats
-	fmt.Fprintf(b, "# HELP geckohook_coordinator_outcomes_total Outcome records applied (bad: unreadable, skipped).\n# TYPE geckohook_coordinator_outcomes_total counter\n")
-	fmt.Fprintf(b, "geckohook_coordinator_outcomes_total{result=\"applied\"} %d\n", st.Outcomes.Load())
-	fmt.Fprintf(b, "geckohook_coordinator_outcomes_total{result=\"bad\"} %d\n", st.Bad.Load())
-	fmt.Fprintf(b, "# HELP geckohook_webhooks_deleted_total Webhooks deleted by the coordinator, by reason.\n# TYPE geckohook_webhooks_deleted_total counter\n")
-	fmt.Fprintf(b, "geckohook_webhooks_deleted_total{reason=\"failing\"} %d\n", st.DeletedFailing.Load())
-	fmt.Fprintf(b, "geckohook_webhooks_deleted_total{reason=\"gone\"} %d\n", st.DeletedGone.Load())
-	caught := 0
-	if c.lag.Load().caughtUp() {
-		caught = 1
-	}
-	fmt.Fprintf(b, "# HELP geckohook_coordinator_caught_up 1 when the last lag check found every outcome applied.\n# TYPE geckohook_coordinator_caught_up gauge\ngeckohook_coordinator_caught_up %d\n", caught)
-	fmt.Fprintf(b, "# HELP geckohook_coordinator_commit_failures_total Outcome offset commits that failed; they are retried with backoff until they succeed.\n# TYPE geckohook_coordinator_commit_failures_total counter\ngeckohook_coordinator_commit_failures_total %d\n", st.CommitFailures.Load())
-	fmt.Fprintf(b, "# HELP geckohook_health_conflicts_total Health updates re-read because another coordinator wrote first.\n# TYPE geckohook_health_conflicts_total counter\ngeckohook_health_conflicts_total %d\n", st.Conflicts.Load())
 }

@@ -98,7 +98,9 @@ func TestReplayedBatchIsAppliedOnce(t *testing.T) {
 // partition over while the old owner finishes a batch): no update is lost.
 func TestConcurrentCoordinatorsLoseNoUpdate(t *testing.T) {
 	c1, reg, w := setup(t)
-	c2 := New(c1.o)
+	o := c1.o
+	o.Metrics = nil // a set of its own, as another process has
+	c2 := New(o)
 	const n = 40
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*n)

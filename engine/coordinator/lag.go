@@ -46,7 +46,8 @@ type lagState struct {
 func (l *lagState) caughtUp() bool { return l != nil && len(l.behind) == 0 }
 
 // groupLag reads, per partition of the outcomes topic, how many outcomes
-// the group has not committed yet. A topic that does not exist yet has none.
+// the group has not committed yet (0 included). A topic that does not
+// exist yet has no partitions.
 func (c *Coordinator) groupLag(ctx context.Context) (map[int]int64, error) {
 	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.o.Topic}})
 	if err != nil {
@@ -117,15 +118,13 @@ func (c *Coordinator) groupLag(ctx context.Context) (map[int]int64, error) {
 		}
 		committed[p.Partition] = p.CommittedOffset
 	}
-	lag := make(map[int]int64)
+	lag := make(map[int]int64, len(parts))
 	for _, p := range parts {
 		pos, ok := committed[p]
 		if !ok || pos < 0 || pos < first[p] {
 			pos = first[p] // nothing committed: the group starts at the first offset
 		}
-		if n := last[p] - pos; n > 0 {
-			lag[p] = n
-		}
+		lag[p] = max(last[p]-pos, 0)
 	}
 	return lag, nil
 }
@@ -171,10 +170,18 @@ func (c *Coordinator) checkLag(ctx context.Context) (*lagState, error) {
 	lag, err := c.groupLag(ctx)
 	if err != nil {
 		c.lag.Store(nil)
+		c.showLag(nil)
 		return nil, err
 	}
-	st := &lagState{at: now, behind: lag}
+	st := &lagState{at: now, behind: make(map[int]int64)}
+	for p, n := range lag {
+		if n > 0 {
+			st.behind[p] = n
+		}
+	}
 	c.lag.Store(st)
+	c.showLag(lag)
+	lag = st.behind
 	wm := now.UnixMilli()
 	if len(lag) > 0 {
 		applied, err := c.o.Redis.HGetAll(ctx, c.keys.Applied()).Result()
@@ -223,5 +230,28 @@ func (c *Coordinator) watermarkLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// showLag sets geckohook_consumer_lag{topic,partition} of the outcomes
+// topic to the group's lag, one series per partition (the group's, so every
+// coordinator process shows the same); partitions gone, or every one when
+// the check failed (nil), are removed.
+func (c *Coordinator) showLag(lag map[int]int64) {
+	c.lagMu.Lock()
+	defer c.lagMu.Unlock()
+	for p, name := range c.lagNames {
+		if _, ok := lag[p]; !ok {
+			c.o.Metrics.UnregisterMetric(name)
+			delete(c.lagNames, p)
+		}
+	}
+	for p, n := range lag {
+		name, ok := c.lagNames[p]
+		if !ok {
+			name = `geckohook_consumer_lag{topic="` + c.o.Topic + `",partition="` + strconv.Itoa(p) + `"}`
+			c.lagNames[p] = name
+		}
+		c.o.Metrics.GetOrCreateGauge(name, nil).Set(float64(n))
 	}
 }

@@ -213,7 +213,7 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 		for _, r := range recs {
 			if r.conflict {
 				pending = append(pending, r.id)
-				c.Stats.Conflicts.Add(1)
+				c.Stats.Conflicts.Inc()
 			} else {
 				final = append(final, r)
 			}
@@ -296,9 +296,9 @@ func (c *Coordinator) effects(ctx context.Context, recs []*record, now time.Time
 			continue
 		}
 		if r.s.Reason == streak.ReasonFailing {
-			c.Stats.DeletedFailing.Add(1)
+			c.Stats.DeletedFailing.Inc()
 		} else {
-			c.Stats.DeletedGone.Add(1)
+			c.Stats.DeletedGone.Inc()
 		}
 		c.o.Log.Info().Str("webhook_id", r.id).Str("app_id", r.app).Str("reason", r.s.Reason).
 			Time("streak_start", r.s.StreakStart).Int("failures", r.s.Failures).Msg("webhook deleted")

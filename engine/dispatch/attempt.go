@@ -68,11 +68,15 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 		s.conclude(s.life, dl, retry.Deleted, time.Time{})
 		return true
 	}
-	sig := app.Signer().AppendSignature(dl.sig[:0], dl.body)
+	var sigBuf [64]byte
+	sig := app.Signer().AppendSignature(sigBuf[:0], dl.body)
 	start := time.Now()
 	dl.res = d.o.Sender.Send(hook.Address, dl.body, dl.id[:], sig)
+	answered := time.Now()
+	took := answered.Sub(start)
+	d.m.observe(dl, took, answered)
 	// A 429 asks for less: it lowers the host's concurrency like a timeout.
-	healthy = dl.res.Err == nil && dl.res.Status != 429 && time.Since(start) < d.o.SlowAttempt
+	healthy = dl.res.Err == nil && dl.res.Status != 429 && took < d.o.SlowAttempt
 	if refusedTarget(dl.res.Err) {
 		healthy = true // our policy, not the host's health
 	}

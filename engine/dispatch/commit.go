@@ -49,5 +49,9 @@ func (s *shardRun) commitFinal(gen *kafka.Generation) {
 func (d *Dispatcher) commit(gen *kafka.Generation, partition int, offset int64) error {
 	d.commitMu.Lock()
 	defer d.commitMu.Unlock()
-	return gen.CommitOffsets(map[string]map[int]int64{d.o.Topic: {partition: offset}})
+	err := gen.CommitOffsets(map[string]map[int]int64{d.o.Topic: {partition: offset}})
+	if err != nil {
+		d.Stats.CommitFailures.Inc()
+	}
+	return err
 }

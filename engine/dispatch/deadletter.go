@@ -60,7 +60,7 @@ func (s *shardRun) deadLetterLoop(ctx context.Context) {
 		if !s.retry(ctx, "write to the dead-letter topic", write) {
 			return
 		}
-		s.d.Stats.DeadLettered.Add(int64(len(batch)))
+		s.d.Stats.DeadLettered.Add(len(batch))
 		for _, b := range batch {
 			s.tracker.Done(b.msg.Offset)
 		}

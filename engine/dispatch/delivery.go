@@ -23,8 +23,10 @@ type delivery struct {
 	hook   *registry.Webhook
 	body   []byte // shared by every delivery of the event; never modified
 	id     [contract.DeliveryIDLen]byte
-	sig    [64]byte
-	res    sender.Result
+	// produced is the event's Kafka record time (unix ns; 0: unknown or a
+	// retry), for the produce-to-answer latency of first attempts.
+	produced int64
+	res      sender.Result
 	// rec is the queue's record: claimed with a retry (queued), or made
 	// for a first turn that must be written.
 	rec *shard.Record
@@ -64,11 +66,11 @@ func (s *shardRun) conclude(ctx context.Context, dl *delivery, r retry.Result, a
 	d := s.d
 	switch r {
 	case retry.Delivered:
-		d.Stats.Delivered.Add(1)
+		d.Stats.Delivered.Inc()
 	case retry.Failed, retry.Saturated:
-		d.Stats.Failed.Add(1)
+		d.Stats.Failed.Inc()
 	case retry.Deleted:
-		d.Stats.Dropped.Add(1)
+		d.Stats.Dropped.Inc()
 	}
 	dec := d.policy.Decide(dl.state(), retry.Turn{Result: r, At: at, RetryAfter: dl.res.RetryAfter})
 	dl.turn = 1

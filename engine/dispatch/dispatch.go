@@ -24,8 +24,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
@@ -108,6 +110,10 @@ type Options struct {
 	SessionTimeout   time.Duration
 	RebalanceTimeout time.Duration
 
+	// Metrics is the process's set; the dispatcher's metrics go in it
+	// (nil: a set of its own).
+	Metrics *metrics.Set
+
 	Log  zerolog.Logger
 	Now  func() time.Time // clock (time.Now)
 	Rand func(int) int    // uniform in [0, n) (math/rand/v2.IntN)
@@ -185,6 +191,9 @@ func (o *Options) defaults() {
 	if o.Rand == nil {
 		o.Rand = rand.IntN
 	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.NewSet()
+	}
 }
 
 // Dispatcher consumes the events topic and delivers webhooks.
@@ -197,6 +206,10 @@ type Dispatcher struct {
 	store  *shard.Store
 
 	Stats Stats
+	m     instruments
+	// grouped is true while Run's consumer group loop runs: the
+	// dispatcher holds partitions or waits for an assignment.
+	grouped atomic.Bool
 
 	commitMu sync.Mutex // serialises offset commits on the group connection
 }
@@ -206,7 +219,7 @@ func New(o Options) *Dispatcher {
 	o.defaults()
 	dlq := kafkaio.NewWriter(o.Brokers, o.DLQTopic)
 	dlq.Balancer = &kafka.Hash{}
-	return &Dispatcher{
+	d := &Dispatcher{
 		o:      o,
 		policy: retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand, MaxRetryAfter: o.MaxRetryAfter},
 		work:   make(chan *delivery, o.Workers),
@@ -214,7 +227,13 @@ func New(o Options) *Dispatcher {
 		dlq:    dlq,
 		store:  shard.NewStore(o.Redis, o.RedisPrefix),
 	}
+	d.register(o.Metrics)
+	return d
 }
+
+// Grouped reports whether Run's consumer group loop is running: the
+// dispatcher holds partitions or is waiting for an assignment (readiness).
+func (d *Dispatcher) Grouped() bool { return d.grouped.Load() }
 
 // Run consumes until ctx ends, then drains: every shard stops fetching,
 // waits (up to DrainTimeout) for its in-flight deliveries to finish, commits
@@ -274,6 +293,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}()
 
 	var shards sync.WaitGroup
+	d.grouped.Store(true)
 	for {
 		gen, err := group.Next(ctx)
 		if err != nil {
@@ -293,6 +313,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			})
 		}
 	}
+	d.grouped.Store(false)
 	// Closing the group ends the generation; shards drain and commit.
 	if err := group.Close(); err != nil && !errors.Is(err, kafka.ErrGroupClosed) {
 		d.o.Log.Warn().Err(err).Msg("closing consumer group")

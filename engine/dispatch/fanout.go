@@ -19,10 +19,10 @@ import (
 // and the partition's next owner replays it.
 func (s *shardRun) fanOut(ctx context.Context, m *kafkaio.Record) {
 	d := s.d
-	d.Stats.Events.Add(1)
-	recordTime := m.Time.Unix()
+	d.Stats.Events.Inc()
+	recordTime, produced := m.Time.Unix(), m.Time.UnixNano()
 	if m.Time.IsZero() {
-		recordTime = d.o.Now().Unix()
+		recordTime, produced = d.o.Now().Unix(), 0
 	}
 	ev, err := contract.DecodeEvent(m.Value, m.Key, recordTime, d.o.Catalog)
 	if err != nil {
@@ -50,7 +50,7 @@ func (s *shardRun) fanOut(ctx context.Context, m *kafkaio.Record) {
 	s.tracker.Add(m.Offset, len(hooks))
 	for _, h := range hooks {
 		dl := deliveryPool.Get().(*delivery)
-		dl.sh, dl.offset, dl.hook, dl.body = s, m.Offset, h, body
+		dl.sh, dl.offset, dl.hook, dl.body, dl.produced = s, m.Offset, h, body, produced
 		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, h.ID)
 		select {
 		case d.work <- dl:

@@ -24,6 +24,8 @@ func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 		MaxWait:   100 * time.Millisecond,
 	}, offset)
 	defer r.Close()
+	lag, name := d.lagGauge(s.partition)
+	defer d.m.set.UnregisterMetric(name)
 	for ctx.Err() == nil {
 		recs, err := r.Fetch(ctx)
 		if err != nil {
@@ -39,6 +41,7 @@ func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 			t.Stop()
 			continue
 		}
+		lag.Set(float64(r.Lag()))
 		for i := range recs {
 			rec := &recs[i]
 			if rec.Skip {

@@ -94,6 +94,26 @@ func (g *hostGate) shedStalled() []*delivery {
 	return out
 }
 
+// throttled counts the hosts the gate holds back: degraded (their limit
+// was cut by unhealthy attempts and has not grown back to the start) or
+// stalled (attempts in flight and no answer for stallAfter). A host still
+// ramping from the start limit towards the maximum is not counted: every
+// new host does that, so it says nothing about the host's health. It runs
+// at scrape time, under the gate's lock, over the hosts seen in the last
+// minute or so (sweep forgets idle ones).
+func (g *hostGate) throttled() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	n := 0
+	for _, st := range g.hosts {
+		if st.degraded || st.limit < g.startLimit || (st.inflight > 0 && now.Sub(st.lastProgress) >= g.stallAfter) {
+			n++
+		}
+	}
+	return n
+}
+
 // bounded reports whether a host may queue no more than its limit: it is
 // degraded, or stalled (in flight, and no answer for stallAfter).
 func (g *hostGate) bounded(st *hostState, now time.Time) bool {

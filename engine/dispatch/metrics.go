@@ -1,44 +1,81 @@
 package dispatch
 
 import (
-	"bytes"
-	"fmt"
-	"sync/atomic"
+	"strconv"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/ops"
 )
 
-// Stats are cumulative counters of a Dispatcher.
+// Stats are cumulative counters of a Dispatcher, kept in its metrics set.
 type Stats struct {
-	Events, DeadLettered, Delivered, Failed, Gone, Dropped, Scheduled atomic.Int64
-	// Retried counts deliveries claimed from the retry queues; Dead those
-	// that failed their last retry.
-	Retried, Dead atomic.Int64
+	// Events read from the events topic; DeadLettered: written to the
+	// dead-letter topic.
+	Events, DeadLettered ops.Counter
+	// Deliveries by outcome: Failed includes those deferred without an
+	// attempt; Dropped: webhook deleted before sending.
+	Delivered, Failed, Gone, Dropped ops.Counter
+	// Scheduled: failed deliveries written to the retry queues; Retried:
+	// claimed from them; Dead: failed their last retry.
+	Scheduled, Retried, Dead ops.Counter
+	// CommitFailures: offset commits that failed (the next one retries).
+	CommitFailures ops.Counter
 	// Shards is the number of partitions this process holds right now.
-	Shards atomic.Int64
+	Shards ops.Gauge
 }
 
-// WriteMetrics appends the dispatcher's counters in Prometheus text format.
-func (d *Dispatcher) WriteMetrics(b *bytes.Buffer) {
-	counter := func(name, help string, series ...string) {
-		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name)
-		for _, s := range series {
-			b.WriteString(s)
-		}
+// instruments are the dispatcher's metrics beyond Stats.
+type instruments struct {
+	set *metrics.Set
+	// attempt is the duration of one HTTP attempt, by contract.Outcome.
+	attempt [contract.Failure + 1]*metrics.PrometheusHistogram
+	// latency: the event's Kafka record time to the receiver's answer, on
+	// first attempts.
+	latency *metrics.PrometheusHistogram
+}
+
+// register puts the dispatcher's metrics in set.
+func (d *Dispatcher) register(set *metrics.Set) {
+	c := func(name string) ops.Counter { return ops.NewCounter(set, name) }
+	d.Stats = Stats{
+		Events:         c("geckohook_events_total"),
+		DeadLettered:   c("geckohook_dead_letters_total"),
+		Delivered:      c(`geckohook_deliveries_total{outcome="success"}`),
+		Failed:         c(`geckohook_deliveries_total{outcome="failure"}`),
+		Gone:           c(`geckohook_deliveries_total{outcome="gone"}`),
+		Dropped:        c(`geckohook_deliveries_total{outcome="dropped"}`),
+		Scheduled:      c("geckohook_retries_scheduled_total"),
+		Retried:        c("geckohook_retries_claimed_total"),
+		Dead:           c("geckohook_deliveries_dead_total"),
+		CommitFailures: c("geckohook_offset_commit_failures_total"),
+		Shards:         ops.NewGauge(set, "geckohook_shards"),
 	}
-	st := &d.Stats
-	counter("geckohook_events_total", "Events read from the events topic.",
-		fmt.Sprintf("geckohook_events_total %d\n", st.Events.Load()))
-	counter("geckohook_dead_letters_total", "Events written to the dead-letter topic.",
-		fmt.Sprintf("geckohook_dead_letters_total %d\n", st.DeadLettered.Load()))
-	counter("geckohook_deliveries_total", "Deliveries by outcome (failure includes those deferred without an attempt; dropped: webhook deleted before sending).",
-		fmt.Sprintf("geckohook_deliveries_total{outcome=\"success\"} %d\n", st.Delivered.Load()),
-		fmt.Sprintf("geckohook_deliveries_total{outcome=\"failure\"} %d\n", st.Failed.Load()),
-		fmt.Sprintf("geckohook_deliveries_total{outcome=\"gone\"} %d\n", st.Gone.Load()),
-		fmt.Sprintf("geckohook_deliveries_total{outcome=\"dropped\"} %d\n", st.Dropped.Load()))
-	counter("geckohook_retries_scheduled_total", "Failed deliveries written to the Redis retry queues.",
-		fmt.Sprintf("geckohook_retries_scheduled_total %d\n", st.Scheduled.Load()))
-	counter("geckohook_retries_claimed_total", "Deliveries claimed from the Redis retry queues for another attempt.",
-		fmt.Sprintf("geckohook_retries_claimed_total %d\n", st.Retried.Load()))
-	counter("geckohook_deliveries_dead_total", "Deliveries moved to a dead set after their last retry.",
-		fmt.Sprintf("geckohook_deliveries_dead_total %d\n", st.Dead.Load()))
-	fmt.Fprintf(b, "# HELP geckohook_shards Partitions this process holds.\n# TYPE geckohook_shards gauge\ngeckohook_shards %d\n", st.Shards.Load())
+	d.m.set = set
+	for _, o := range []contract.Outcome{contract.Success, contract.Failure, contract.Gone} {
+		d.m.attempt[o] = set.NewPrometheusHistogramExt(`geckohook_attempt_duration_seconds{outcome="`+o.String()+`"}`, ops.DurationBuckets)
+	}
+	d.m.latency = set.NewPrometheusHistogramExt("geckohook_delivery_latency_seconds", ops.DurationBuckets)
+	set.NewGauge("geckohook_hosts_throttled", func() float64 { return float64(d.hosts.throttled()) })
+}
+
+// lagGauge registers the consumer lag of one of this process's partitions;
+// the shard sets it after each fetch and unregisters it when it stops.
+func (d *Dispatcher) lagGauge(partition int) (g *metrics.Gauge, name string) {
+	name = `geckohook_consumer_lag{topic="` + d.o.Topic + `",partition="` + strconv.Itoa(partition) + `"}`
+	return d.m.set.GetOrCreateGauge(name, nil), name
+}
+
+// observe records an attempt that took took and ended at answered: its
+// duration by outcome and, for a first attempt the receiver answered, the
+// time since the event was produced. It allocates nothing.
+func (m *instruments) observe(dl *delivery, took time.Duration, answered time.Time) {
+	if o := dl.res.Outcome; int(o) < len(m.attempt) && m.attempt[o] != nil {
+		m.attempt[o].Update(took.Seconds())
+	}
+	if dl.produced != 0 && !dl.queued && dl.res.Status != 0 {
+		m.latency.Update(float64(answered.UnixNano()-dl.produced) / 1e9)
+	}
 }

@@ -66,7 +66,7 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 			if !r.take(rec.ID, leaseEnd) {
 				continue
 			}
-			d.Stats.Retried.Add(1)
+			d.Stats.Retried.Inc()
 			if !s.handRetry(ctx, rec) {
 				s.releaseUntaken(recs[i:], leaseEnd)
 				return

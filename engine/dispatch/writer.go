@@ -70,9 +70,9 @@ func (s *shardRun) writeLoop(ctx context.Context) {
 		for _, dl := range batch {
 			switch dl.write {
 			case retry.Schedule:
-				s.d.Stats.Scheduled.Add(1)
+				s.d.Stats.Scheduled.Inc()
 			case retry.Kill:
-				s.d.Stats.Dead.Add(1)
+				s.d.Stats.Dead.Inc()
 				died = true
 			}
 			if dl.published != 0 {
@@ -126,7 +126,7 @@ const goneDeleteTimeout = 5 * time.Second
 // that finds the webhook gone then counts as this turn's (at worst a second
 // report across processes, which the coordinator records once).
 func (s *shardRun) deleteGone(ctx context.Context, dl *delivery) bool {
-	s.d.Stats.Gone.Add(1)
+	s.d.Stats.Gone.Inc()
 	id := dl.hook.ID
 	removed, tried := false, false
 	if s.d.o.Registry.Webhook(id) != nil {

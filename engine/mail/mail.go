@@ -31,7 +31,6 @@
 package mail
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
@@ -40,14 +39,15 @@ import (
 	netmail "net/mail"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/engine/daylog"
+	"github.com/geckohook/geckohook/engine/ops"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/streak"
 )
@@ -94,19 +94,24 @@ type Options struct {
 	// would (no mark, lock left to expire). For tests.
 	AfterAccept func(day, appID string) error
 
+	// Metrics is the process's set; the job's metrics go in it (nil: a
+	// set of its own).
+	Metrics *metrics.Set
+
 	Now func() time.Time // clock (time.Now)
 	Log zerolog.Logger
 }
 
-// Stats are cumulative counters of a Job.
+// Stats are cumulative counters of a Job, in its metrics set.
 type Stats struct {
-	Sent, Failed, Rejected atomic.Int64
+	// Digests by result (Failed: tries that will be retried or given up).
+	Sent, Failed, Rejected ops.Counter
 	// DaysSkipped: days never mailed because their records had expired
 	// before the watermark reached them.
-	DaysSkipped atomic.Int64
+	DaysSkipped ops.Counter
 	// WatermarkAge: how far (seconds of the clock) the catch-up watermark
 	// was behind at the last pass; -1 before one was seen.
-	WatermarkAge atomic.Int64
+	WatermarkAge ops.Gauge
 }
 
 // Job runs the daily digest.
@@ -172,6 +177,16 @@ func New(o Options) (*Job, error) {
 	}
 	j := &Job{o: o, keys: daylog.Keys{Prefix: o.Prefix}, tmpl: t,
 		waitLog: o.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Minute})}
+	if o.Metrics == nil {
+		o.Metrics = metrics.NewSet()
+	}
+	j.Stats = Stats{
+		Sent:         ops.NewCounter(o.Metrics, `geckohook_digests_total{result="sent"}`),
+		Failed:       ops.NewCounter(o.Metrics, `geckohook_digests_total{result="failed"}`),
+		Rejected:     ops.NewCounter(o.Metrics, `geckohook_digests_total{result="rejected"}`),
+		DaysSkipped:  ops.NewCounter(o.Metrics, "geckohook_digest_days_skipped_total"),
+		WatermarkAge: ops.NewGauge(o.Metrics, "geckohook_coordinator_watermark_age_seconds"),
+	}
 	j.Stats.WatermarkAge.Store(-1)
 	if o.SMTPAddr != "" {
 		s := &smtpSender{addr: o.SMTPAddr, user: o.SMTPUser, password: o.SMTPPassword, tlsConfig: o.SMTPTLS}
@@ -264,7 +279,7 @@ func (j *Job) RunDue(ctx context.Context) error {
 			for d := addDays(done, 1); d < floor; d = addDays(d, 1) {
 				n++
 			}
-			j.Stats.DaysSkipped.Add(int64(n))
+			j.Stats.DaysSkipped.Add(n)
 			j.o.Log.Error().Str("from", addDays(done, 1)).Str("to", addDays(floor, -1)).Int("days", n).
 				Time("watermark", time.UnixMilli(wmMS).UTC()).
 				Msg("daily digests skipped: their records expired before the coordinators' watermark reached them")
@@ -412,7 +427,7 @@ func (j *Job) runDay(ctx context.Context, day string, now time.Time) (bool, erro
 		}
 		if err != nil {
 			failed++
-			j.Stats.Failed.Add(1)
+			j.Stats.Failed.Inc()
 			if !giveUp {
 				log.Warn().Err(err).Str("app_id", app).Msg("cannot send daily digest; will retry")
 				continue
@@ -535,14 +550,14 @@ func (j *Job) sendOne(ctx context.Context, day, appID string, start time.Time) (
 	err = j.send(sctx, j.o.From, addr.Address, msg, day+"_"+appID)
 	cancel()
 	if errors.Is(err, errPermanent) {
-		j.Stats.Rejected.Add(1)
+		j.Stats.Rejected.Inc()
 		log.Error().Err(err).Msg("daily digest refused by the mail server; not retried")
 		return "rejected", nil
 	}
 	if err != nil {
 		return "", err
 	}
-	j.Stats.Sent.Add(1)
+	j.Stats.Sent.Inc()
 	log.Info().Int("failing", len(d.Failing)).Int("deleted", len(d.Deleted)).Msg("daily digest sent")
 	if j.o.AfterAccept != nil {
 		if err := j.o.AfterAccept(day, appID); err != nil {
@@ -598,14 +613,4 @@ func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*
 		d.Failing, d.FailingMore = d.Failing[:MaxListed], n
 	}
 	return d, nil
-}
-
-// WriteMetrics appends the job's counters in Prometheus text format.
-func (j *Job) WriteMetrics(b *bytes.Buffer) {
-	fmt.Fprintf(b, "# HELP geckohook_digests_total Daily digests by result (failed: tries that will be retried or given up).\n# TYPE geckohook_digests_total counter\n")
-	fmt.Fprintf(b, "geckohook_digests_total{result=\"sent\"} %d\n", j.Stats.Sent.Load())
-	fmt.Fprintf(b, "geckohook_digests_total{result=\"failed\"} %d\n", j.Stats.Failed.Load())
-	fmt.Fprintf(b, "geckohook_digests_total{result=\"rejected\"} %d\n", j.Stats.Rejected.Load())
-	fmt.Fprintf(b, "# HELP geckohook_digest_days_skipped_total Mail days never mailed because their records expired before the coordinators' watermark reached them.\n# TYPE geckohook_digest_days_skipped_total counter\ngeckohook_digest_days_skipped_total %d\n", j.Stats.DaysSkipped.Load())
-	fmt.Fprintf(b, "# HELP geckohook_coordinator_watermark_age_seconds How far the coordinators' catch-up watermark is behind the clock (-1: none yet); the daily mail and the 3-day rule wait for it.\n# TYPE geckohook_coordinator_watermark_age_seconds gauge\ngeckohook_coordinator_watermark_age_seconds %d\n", j.Stats.WatermarkAge.Load())
 }

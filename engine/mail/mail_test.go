@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/vmihailenco/msgpack/v5"
@@ -799,7 +800,8 @@ func TestCatchUpResumesAfterTheLastDoneDay(t *testing.T) {
 	if err := e.rdb.Set(e.ctx, "gh:coord:watermark", now.Add(-90*time.Second).UnixMilli(), 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	j := e.newJob(func(o *mail.Options) { o.CatchUp = 2 })
+	set := metrics.NewSet()
+	j := e.newJob(func(o *mail.Options) { o.CatchUp = 2; o.Metrics = set })
 	if err := j.RunDue(e.ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -813,7 +815,7 @@ func TestCatchUpResumesAfterTheLastDoneDay(t *testing.T) {
 		t.Fatalf("%d days counted as skipped", j.Stats.DaysSkipped.Load())
 	}
 	var b bytes.Buffer
-	j.WriteMetrics(&b)
+	set.WritePrometheus(&b)
 	mustContain(t, b.String(), "geckohook_coordinator_watermark_age_seconds 90\n", "geckohook_digest_days_skipped_total 0\n")
 }
 

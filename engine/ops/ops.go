@@ -1,8 +1,12 @@
-// Package ops serves a process's operations endpoints: /healthz (readiness)
-// and /metrics (Prometheus text) for a process that runs no management API
-// (a dispatcher, a coordinator), and Go's profiles under /debug/pprof/ on a
-// listener of their own. The management API (package api) answers /healthz
-// and /metrics through the same pieces: Healthz, Requests and Serve.
+// Package ops serves a process's operations endpoints: /healthz (the
+// process lives and reaches Redis), /readyz (every service it needs
+// answers) and /metrics (Prometheus text from a metrics.Set of
+// github.com/VictoriaMetrics/metrics, with the Go runtime's and the
+// process's) for a process that runs no management API (a dispatcher, a
+// coordinator), and Go's profiles under /debug/pprof/ on a listener of
+// their own. The management API (package api) answers /healthz, /readyz
+// and /metrics through the same pieces: Healthz, Readyz, WriteMetrics,
+// Requests and Serve.
 package ops
 
 import (
@@ -14,21 +18,22 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"sort"
-	"strconv"
-	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 )
 
 // Options configure a Server.
 type Options struct {
-	// Health reports readiness for /healthz; nil means always healthy.
+	// Health is the check of /healthz; nil means always healthy.
 	Health func(ctx context.Context) error
-	// Metrics, when set, appends the process's metrics to /metrics.
-	Metrics func(b *bytes.Buffer)
+	// Ready are the checks of /readyz; none means always ready.
+	Ready []Check
+	// Metrics is the process's set, written at /metrics (nil: a set of
+	// the server's own, with the request counts only).
+	Metrics *metrics.Set
 	Log     zerolog.Logger
 	// ShutdownTimeout bounds the graceful shutdown in Serve (default 10s).
 	ShutdownTimeout time.Duration
@@ -37,11 +42,11 @@ type Options struct {
 // maxBodySize limits request bodies; no endpoint here reads one.
 const maxBodySize = 64 << 10
 
-// Server answers /healthz and /metrics; every other path is 404. It is
-// safe for concurrent use.
+// Server answers /healthz, /readyz and /metrics; every other path is 404.
+// It is safe for concurrent use.
 type Server struct {
 	o        Options
-	requests Requests
+	requests *Requests
 }
 
 // New returns a Server; Handler or Serve put it on the network.
@@ -49,13 +54,16 @@ func New(o Options) *Server {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 10 * time.Second
 	}
-	return &Server{o: o}
+	if o.Metrics == nil {
+		o.Metrics = metrics.NewSet()
+	}
+	return &Server{o: o, requests: NewRequests(o.Metrics)}
 }
 
 // Serve serves the endpoints on ln until ctx ends, then shuts down
 // gracefully (within ShutdownTimeout). It returns nil on a clean stop.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return Serve(ctx, NewFastServer(s.Handler(), s.o.Log, maxBodySize, &s.requests), ln, s.o.ShutdownTimeout)
+	return Serve(ctx, NewFastServer(s.Handler(), s.o.Log, maxBodySize, s.requests), ln, s.o.ShutdownTimeout)
 }
 
 // NewFastServer returns the fasthttp server geckohook's HTTP endpoints run
@@ -141,15 +149,15 @@ func (s *Server) Handler() fasthttp.RequestHandler {
 			if Only(ctx, "GET", "HEAD") {
 				Healthz(ctx, s.o.Health)
 			}
+		case "/readyz":
+			route = "readyz"
+			if Only(ctx, "GET", "HEAD") {
+				Readyz(ctx, s.o.Ready)
+			}
 		case "/metrics":
 			route = "metrics"
 			if Only(ctx, "GET", "HEAD") {
-				var b bytes.Buffer
-				s.requests.WriteMetrics(&b)
-				if s.o.Metrics != nil {
-					s.o.Metrics(&b)
-				}
-				WriteMetrics(ctx, b.Bytes())
+				WriteMetrics(ctx, s.o.Metrics)
 			}
 		default:
 			WriteError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint")
@@ -177,7 +185,7 @@ func Only(ctx *fasthttp.RequestCtx, methods ...string) bool {
 	return false
 }
 
-// Healthz answers a readiness check: 200 {"status":"ok"} when health (nil:
+// Healthz answers a health check: 200 {"status":"ok"} when health (nil:
 // always healthy) passes within 5 s, else 503 with the reason.
 func Healthz(ctx *fasthttp.RequestCtx, health func(ctx context.Context) error) {
 	if health != nil {
@@ -196,13 +204,6 @@ func Healthz(ctx *fasthttp.RequestCtx, health func(ctx context.Context) error) {
 		}
 	}
 	WriteJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ok"})
-}
-
-// WriteMetrics answers with Prometheus text.
-func WriteMetrics(ctx *fasthttp.RequestCtx, text []byte) {
-	ctx.SetStatusCode(fasthttp.StatusOK)
-	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
-	ctx.SetBody(text)
 }
 
 type errorBody struct {
@@ -237,54 +238,6 @@ func WriteJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json; charset=utf-8")
 	ctx.SetBody(buf.Bytes())
-}
-
-// Requests counts answered requests by route and status code for
-// /metrics. The zero Requests is ready; it is safe for concurrent use.
-type Requests struct {
-	mu sync.Mutex
-	n  map[requestKey]uint64
-}
-
-type requestKey struct {
-	route string
-	code  int
-}
-
-// Count records one answered request.
-func (r *Requests) Count(route string, code int) {
-	r.mu.Lock()
-	if r.n == nil {
-		r.n = make(map[requestKey]uint64)
-	}
-	r.n[requestKey{route, code}]++
-	r.mu.Unlock()
-}
-
-// WriteMetrics appends the counts in Prometheus text format, sorted by
-// route and code.
-func (r *Requests) WriteMetrics(b *bytes.Buffer) {
-	r.mu.Lock()
-	keys := make([]requestKey, 0, len(r.n))
-	vals := make(map[requestKey]uint64, len(r.n))
-	for k, v := range r.n {
-		keys = append(keys, k)
-		vals[k] = v
-	}
-	r.mu.Unlock()
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].route != keys[j].route {
-			return keys[i].route < keys[j].route
-		}
-		return keys[i].code < keys[j].code
-	})
-	b.WriteString("# HELP geckohook_api_requests_total API requests answered, by route and status code.\n")
-	b.WriteString("# TYPE geckohook_api_requests_total counter\n")
-	for _, k := range keys {
-		b.WriteString(`geckohook_api_requests_total{route="` + k.route + `",code="` + strconv.Itoa(k.code) + `"} `)
-		b.WriteString(strconv.FormatUint(vals[k], 10))
-		b.WriteByte('\n')
-	}
 }
 
 // ServeProfiles serves Go's profiles under /debug/pprof/ on ln until ctx

@@ -11,13 +11,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/fasthttp"
 )
 
 // The operations endpoints alone, as a dispatcher process serves them on
 // --metrics-listen (they moved here from the API's registry-less mode).
 func TestOperationsOnlyMode(t *testing.T) {
-	s := New(Options{Metrics: func(b *bytes.Buffer) { b.WriteString("geckohook_shards 3\n") }})
+	set := metrics.NewSet()
+	set.NewGauge("geckohook_shards", func() float64 { return 3 })
+	s := New(Options{Metrics: set})
 	call := func(method, path string) (int, string) {
 		var ctx fasthttp.RequestCtx
 		ctx.Request.Header.SetMethod(method)
@@ -94,4 +97,30 @@ func TestServeAndProfilesStopWithTheirContext(t *testing.T) {
 			t.Fatalf("%s: Serve did not return", name)
 		}
 	}
+}
+
+func TestHelpTextsFillBareHelpLines(t *testing.T) {
+	var b bytes.Buffer
+	writeWithHelp(&b, []byte("# HELP geckohook_shards\n# TYPE geckohook_shards gauge\ngeckohook_shards 3\n# HELP other_thing\n# HELP geckohook_redis_up kept as is\n"))
+	want := "# HELP geckohook_shards Partitions this process holds.\n# TYPE geckohook_shards gauge\ngeckohook_shards 3\n# HELP other_thing\n# HELP geckohook_redis_up kept as is\n"
+	if b.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+func TestReadyzNamesWhatIsNotReady(t *testing.T) {
+	ok := Check{Name: "redis", Ready: func(context.Context) error { return nil }}
+	down := Check{Name: "kafka", Ready: func(context.Context) error { return errors.New("dial tcp: refused") }}
+	f := func(checks []Check, code int, body string) {
+		t.Helper()
+		var ctx fasthttp.RequestCtx
+		ctx.Request.SetRequestURI("/readyz")
+		New(Options{Ready: checks}).Handler()(&ctx)
+		if ctx.Response.StatusCode() != code || string(ctx.Response.Body()) != body+"\n" {
+			t.Fatalf("readyz: %d %s, want %d %s", ctx.Response.StatusCode(), ctx.Response.Body(), code, body)
+		}
+	}
+	f(nil, 200, `{"status":"ok"}`)
+	f([]Check{ok}, 200, `{"status":"ok"}`)
+	f([]Check{ok, down}, 503, `{"status":"unavailable","not_ready":{"kafka":"dial tcp: refused"}}`)
 }

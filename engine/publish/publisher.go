@@ -7,7 +7,6 @@
 package publish
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,12 +15,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/kafkaio"
+	"github.com/geckohook/geckohook/engine/ops"
 	"github.com/geckohook/geckohook/engine/outcomes"
 )
 
@@ -57,6 +58,10 @@ func WithFailingSet(rdb redis.UniversalClient, key string, every time.Duration) 
 		}
 	}
 }
+
+// WithMetrics puts the Publisher's metrics in the process's set (default:
+// a set of its own).
+func WithMetrics(set *metrics.Set) Option { return func(p *Publisher) { p.set = set } }
 
 // WithRemember sets how long a failure seen here keeps making the next
 // success of its webhook worth forwarding (default 7 days; the coordinator
@@ -95,7 +100,10 @@ type Publisher struct {
 
 	// Published counts outcomes written to Kafka; Dropped those lost to a
 	// full buffer or a failed write; Filtered successes not worth sending.
-	Published, Dropped, Filtered atomic.Int64
+	// They are geckohook_outcomes_total{fate} of the Publisher's metrics
+	// set.
+	Published, Dropped, Filtered ops.Counter
+	set                          *metrics.Set
 }
 
 // New returns a started Publisher writing to topic on brokers: NewUnstarted
@@ -121,6 +129,12 @@ func NewUnstarted(brokers []string, topic string, log zerolog.Logger, opts ...Op
 	for _, o := range opts {
 		o(p)
 	}
+	if p.set == nil {
+		p.set = metrics.NewSet()
+	}
+	p.Published = ops.NewCounter(p.set, `geckohook_outcomes_total{fate="published"}`)
+	p.Dropped = ops.NewCounter(p.set, `geckohook_outcomes_total{fate="dropped"}`)
+	p.Filtered = ops.NewCounter(p.set, `geckohook_outcomes_total{fate="filtered"}`)
 	p.dropLog = log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})
 	for i := range p.shards {
 		p.shards[i].m = make(map[string]int64)
@@ -165,7 +179,7 @@ func (p *Publisher) Publish(o *outcomes.Outcome) {
 		_, failing := sh.m[o.WebhookID]
 		sh.mu.RUnlock()
 		if !failing && o.Attempt <= 1 {
-			p.Filtered.Add(1)
+			p.Filtered.Inc()
 			return
 		}
 		if failing {
@@ -209,7 +223,8 @@ func (p *Publisher) Publish(o *outcomes.Outcome) {
 }
 
 func (p *Publisher) drop(o *outcomes.Outcome, why string) {
-	n := p.Dropped.Add(1)
+	p.Dropped.Inc()
+	n := p.Dropped.Load()
 	p.dropLog.Warn().Str("reason", why).Str("kind", o.Kind.String()).Str("webhook_id", o.WebhookID).
 		Int64("dropped_total", n).Msg("outcome dropped; failure counters may miss it")
 }
@@ -316,7 +331,7 @@ func (p *Publisher) write(batch []kafka.Message) {
 		_ = send() // closing: one more try at most
 	}
 	if err == nil {
-		p.Published.Add(int64(len(batch)))
+		p.Published.Add(len(batch))
 		return
 	}
 	if p.closed.Load() {
@@ -331,7 +346,8 @@ func (p *Publisher) write(batch []kafka.Message) {
 			sh.mu.Unlock()
 		}
 	}
-	n := p.Dropped.Add(int64(len(batch)))
+	p.Dropped.Add(len(batch))
+	n := p.Dropped.Load()
 	p.dropLog.Error().Err(err).Int("batch", len(batch)).Int64("dropped_total", n).Msg("cannot write outcomes; batch dropped")
 }
 
@@ -401,15 +417,4 @@ func (p *Publisher) Failing(webhookID string) bool {
 	defer sh.mu.RUnlock()
 	_, ok := sh.m[webhookID]
 	return ok
-}
-
-// WriteMetrics appends the publisher's counters in Prometheus text format.
-func (p *Publisher) WriteMetrics(b *bytes.Buffer) {
-	if p == nil {
-		return
-	}
-	fmt.Fprintf(b, "# HELP geckohook_outcomes_total Outcomes for failure tracking, by fate (published to Kafka, dropped: buffer full or write failed, filtered: success of a healthy webhook).\n# TYPE geckohook_outcomes_total counter\n")
-	fmt.Fprintf(b, "geckohook_outcomes_total{fate=\"published\"} %d\n", p.Published.Load())
-	fmt.Fprintf(b, "geckohook_outcomes_total{fate=\"dropped\"} %d\n", p.Dropped.Load())
-	fmt.Fprintf(b, "geckohook_outcomes_total{fate=\"filtered\"} %d\n", p.Filtered.Load())
 }
