@@ -41,7 +41,7 @@ bench-go: test-tools
 # root or through sudo; otherwise says in one line what to install.
 test-tools:
 	@missing=""; \
-	for t in redis-server:redis-server redis-cli:redis-tools kcat:kcat; do \
+	for t in redis-server:redis-server redis-cli:redis-tools kcat:kcat prometheus:prometheus promtool:prometheus; do \
 		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then sudo=""; \
