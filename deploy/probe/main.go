@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,15 +24,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: probe URL...")
 		os.Exit(2)
 	}
-	client := &http.Client{
-		Timeout:       timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	client := newClient()
 	for _, u := range os.Args[1:] {
 		if err := get(client, u); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
+	}
+}
+
+// newClient never follows a redirect: a health endpoint that redirects is
+// not answering.
+func newClient() *http.Client {
+	return &http.Client{
+		Timeout:       timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
 
@@ -45,7 +52,7 @@ func get(client *http.Client, u string) error {
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("%s answered %d: %s", u, resp.StatusCode, body)
+		return fmt.Errorf("%s answered %d: %s", u, resp.StatusCode, bytes.TrimSpace(body))
 	}
 	return nil
 }
