@@ -149,12 +149,12 @@ func interpolate(s string) string {
 	})
 }
 
-// geckohookService is a parsed geckohook service of the compose file.
+// geckohookService is a geckohook service of the compose file, with the
+// configuration its role parses.
 type geckohookService struct {
 	name string
 	role string
 	c    *config
-	p    *process
 }
 
 // checkCompose returns every problem of a compose file and the Prometheus
@@ -238,7 +238,7 @@ func checkCompose(composeYAML, prometheusYAML []byte) (services []geckohookServi
 			}
 			bad("%s: --%s (from %s) means nothing to %s, which runs none of %q", name, flagName, src, role, ps)
 		}
-		services = append(services, geckohookService{name: name, role: role, c: c, p: p})
+		services = append(services, geckohookService{name: name, role: role, c: c})
 
 		// Health and metrics are served on the role's ops listener, which
 		// must take connections from other containers.
