@@ -515,3 +515,78 @@ func TestPrometheusScrapesGeckohookAll(t *testing.T) {
 		}
 	}
 }
+
+// runAlertTests runs alerts_test.yml through promtool against rules, with
+// the rules' annotations dropped (the cases leave them out, and promtool
+// would compare them).
+func runAlertTests(t *testing.T, promtool string, rules []byte) ([]byte, error) {
+	t.Helper()
+	var doc map[string]any
+	if err := yaml.Unmarshal(rules, &doc); err != nil {
+		t.Fatal(err)
+	}
+	groups, _ := doc["groups"].([]any)
+	for _, g := range groups {
+		rs, _ := g.(map[string]any)["rules"].([]any)
+		for _, r := range rs {
+			delete(r.(map[string]any), "annotations")
+		}
+	}
+	stripped, err := yaml.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{"alerts.yml": stripped, "alerts_test.yml": readDeploy(t, "prometheus/alerts_test.yml")} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(promtool, "test", "rules", "alerts_test.yml")
+	cmd.Dir = dir
+	return cmd.CombinedOutput()
+}
+
+// Each alert fires when it should and stays quiet when it should not, on
+// synthetic series (deploy/prometheus/alerts_test.yml).
+func TestAlertRulesFire(t *testing.T) {
+	promtool := testenv.Tool(t, "promtool")
+	rules := readDeploy(t, "prometheus/alerts.yml")
+	if out, err := runAlertTests(t, promtool, rules); err != nil {
+		t.Errorf("promtool test rules: %v\n%s", err, out)
+	}
+
+	// Every alert has a case where it fires.
+	var cases struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(readDeploy(t, "prometheus/alerts_test.yml"), &cases); err != nil {
+		t.Fatal(err)
+	}
+	fires := map[string]bool{}
+	for _, tc := range cases.Tests {
+		for _, a := range tc.AlertRuleTest {
+			fires[a.Alertname] = fires[a.Alertname] || len(a.ExpAlerts) > 0
+		}
+	}
+	alerts, _ := checkAlerts(rules)
+	for _, a := range alerts {
+		if !fires[a] {
+			t.Errorf("alerts_test.yml has no case where %s fires", a)
+		}
+	}
+
+	// And the cases are really checked: a rule that cannot fire fails them.
+	broken := strings.Replace(string(rules), "expr: geckohook_redis_up == 0", "expr: geckohook_redis_up == 2", 1)
+	if broken == string(rules) {
+		t.Fatal("alerts.yml no longer has the Redis rule this case breaks; update it")
+	}
+	if out, err := runAlertTests(t, promtool, []byte(broken)); err == nil || !strings.Contains(string(out), "GeckohookRedisUnreachable") {
+		t.Errorf("a broken Redis rule passed promtool test rules (%v):\n%s", err, out)
+	}
+}
