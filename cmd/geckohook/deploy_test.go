@@ -330,13 +330,15 @@ func TestComposeUsesRealFlags(t *testing.T) {
 	for _, err := range problems {
 		t.Error(err)
 	}
+	// The checks above ran on every geckohook service (more may be added).
 	var got []string
 	for _, s := range services {
 		got = append(got, s.name+"="+s.role)
 	}
-	want := []string{"api=api", "coordinator=coordinator", "dispatcher-1=dispatcher", "dispatcher-2=dispatcher"}
-	if !slices.Equal(got, want) {
-		t.Errorf("geckohook services %q, want %q", got, want)
+	for _, want := range []string{"api=api", "coordinator=coordinator", "dispatcher-1=dispatcher", "dispatcher-2=dispatcher"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("geckohook services %q, want %s among them", got, want)
+		}
 	}
 
 	// A modified copy with one mistake must fail with that mistake.
