@@ -65,8 +65,8 @@ bench-go: test-tools
 # root or through sudo; otherwise says in one line what to install.
 test-tools:
 	@missing=""; \
-	for t in redis-server:redis-server redis-cli:redis-tools kcat:kcat curl:curl jq:jq python3:python3 ruby:ruby node:nodejs; do \
-		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	for t in redis-server:redis-server redis-cli:redis-tools kcat:kcat prometheus:prometheus promtool:prometheus curl:curl jq:jq python3:python3 ruby:ruby node:nodejs; do \
+		command -v $${t%%:*} >/dev/null 2>&1 || case " $$missing " in *" $${t#*:} "*) ;; *) missing="$$missing $${t#*:}";; esac; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then sudo=""; \
 		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
