@@ -212,8 +212,13 @@ func checkCompose(composeYAML, prometheusYAML []byte) (services []geckohookServi
 		for k, v := range env {
 			env[k] = interpolate(v)
 			flagName := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(k, "GECKOHOOK_"), "_", "-"))
-			if !strings.HasPrefix(k, "GECKOHOOK_") || fs.Lookup(flagName) == nil || envName(flagName) != k {
+			switch {
+			case !strings.HasPrefix(k, "GECKOHOOK_") || fs.Lookup(flagName) == nil || envName(flagName) != k:
 				bad("%s: environment variable %s is not a geckohook flag's GECKOHOOK_<FLAG> variable", name, k)
+			case flagRoles[flagName]&roleOf(role) == 0:
+				// geckohook ignores it (one file or environment may serve
+				// every role), so it would do nothing here.
+				bad("%s: --%s (from env) means nothing to %s, a setting of %s only", name, flagName, role, flagRoles[flagName])
 			}
 		}
 		c, _, err := parseConfig(role, args, func(k string) string { return env[k] })
@@ -358,8 +363,8 @@ func TestComposeUsesRealFlags(t *testing.T) {
 	f(`["dispatcher", "--metrics-listen", ":9090"]`, `["all", "--metrics-listen", ":9090"]`, `command "all" is not a role`)
 	f("GECKOHOOK_REDIS_ADDR: redis:6379", "GECKOHOOK_REDIS_ADDRESS: redis:6379", "GECKOHOOK_REDIS_ADDRESS is not a geckohook flag")
 	f("GECKOHOOK_REDIS_ADDR: redis:6379", "REDIS_ADDR: redis:6379", "REDIS_ADDR is not a geckohook flag")
-	f(`["api", "--api-listen", ":8080"]`, `["api", "--api-listen", ":8080", "--metrics-listen", ":9090"]`, "--metrics-listen (from flag) means nothing to api")
-	f(`["api", "--api-listen", ":8080"]`, `["api", "--api-listen", ":8080", "--workers", "8"]`, "--workers (from flag) means nothing to api")
+	f(`["api", "--api-listen", ":8080"]`, `["api", "--api-listen", ":8080", "--metrics-listen", ":9090"]`, "--metrics-listen is a flag of dispatcher, coordinator, not of api")
+	f(`["api", "--api-listen", ":8080"]`, `["api", "--api-listen", ":8080", "--workers", "8"]`, "--workers is a flag of all, dispatcher, not of api")
 	f("GECKOHOOK_MAIL_FROM:", "GECKOHOOK_WINDOW: 64\n      GECKOHOOK_MAIL_FROM:", "--window (from env) means nothing to coordinator")
 	f(`["api", "--api-listen", ":8080"]`, `["api", "--api-listen", "127.0.0.1:8080"]`, "must listen on all interfaces")
 	f(`["api", "--api-listen", ":8080"]`, `["api", "--api-listen", ":8081"]`, "not the role's ops listener 127.0.0.1:8081")

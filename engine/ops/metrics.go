@@ -39,7 +39,8 @@ func (g Gauge) Store(v int64) { g.Set(float64(v)) }
 var DurationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
 
 // WriteMetrics answers with set's metrics in Prometheus text, followed by
-// the Go runtime's (go_*) and the process's (process_*).
+// the Go runtime's (go_*) and the process's (process_*, open and maximum
+// file descriptors included).
 func WriteMetrics(ctx *fasthttp.RequestCtx, set *metrics.Set) {
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
@@ -49,6 +50,7 @@ func WriteMetrics(ctx *fasthttp.RequestCtx, set *metrics.Set) {
 		writeWithHelp(ctx, b.Bytes())
 	}
 	metrics.WriteProcessMetrics(ctx)
+	metrics.WriteFDMetrics(ctx)
 }
 
 // Requests counts answered requests by route and status code in
