@@ -25,6 +25,7 @@ type config struct {
 	MetricsListen string
 	PprofListen   string
 	AdminToken    string
+	SecretOverlap time.Duration
 	KafkaBrokers  string
 	EmbeddedKafka string
 	DataDir       string
@@ -78,6 +79,7 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "host:port for /metrics and /healthz of a `dispatcher` or `coordinator` process (empty: off; `all` and `api` serve them on --api-listen)")
 	fs.StringVar(&c.PprofListen, "pprof-listen", "", "host:port serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
+	fs.DurationVar(&c.SecretOverlap, "secret-overlap", 24*time.Hour, "how long an application's old secret keeps signing and its old token keeps working after a rotation, unless the request asks for another overlap (0: retired at once)")
 
 	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty in `all` starts the embedded broker (not for production data)")
 	fs.StringVar(&c.EmbeddedKafka, "embedded-kafka-listen", "127.0.0.1:9092", "host:port of the embedded Kafka broker (used when --kafka-brokers is empty, and by `broker`)")
