@@ -184,3 +184,26 @@ func TestRotationWithoutOverlapAndSchemes(t *testing.T) {
 		t.Fatalf("rotating a missing application: %v, want ErrNotFound", err)
 	}
 }
+
+// During a rotation an attempt signs with two secrets and reads the clock,
+// still without allocating.
+func TestStandardSignatureDuringRotationAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under -race; make test runs this without it")
+	}
+	clk := newClock(time.Now())
+	a := &App{Secret: "new-secret", Scheme: SchemeBoth, PreviousSecrets: []Retired{{Value: "old-secret", Until: clk.Now().Add(time.Hour)}}}
+	a.prepare(clk.Now)
+	id := []byte(contract.DeliveryID("geckohook.events", 0, 7, "wh_1"))
+	body := []byte(`{"object_id":1}`)
+	a.AppendStandardSignature(nil, id, 1, body) // warm the pools
+	allocs := testing.AllocsPerRun(200, func() {
+		var buf [2*64 + 1]byte
+		if sig := a.AppendStandardSignature(buf[:0], id, 1, body); len(sig) != 2*contract.StandardSignatureLen+1 {
+			t.Fatalf("%d bytes, want two entries", len(sig))
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per attempt during a rotation, want 0", allocs)
+	}
+}
