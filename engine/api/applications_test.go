@@ -1,10 +1,12 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -76,10 +78,13 @@ func TestRotationThroughAPI(t *testing.T) {
 	now.Store(fixedNow.UnixNano())
 	clock := func() time.Time { return time.Unix(0, now.Load()).UTC() }
 	var reg *registry.Registry
+	var logs syncBuffer // every log line of the API and registry, debug included
+	log := zerolog.New(&logs).Level(zerolog.DebugLevel)
 	e := start(t, func(o *Options) {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
-		reg = registry.New(testenv.Redis(t).Client(), registry.Options{Now: clock, Log: zerolog.Nop()})
+		o.Log = log
+		reg = registry.New(testenv.Redis(t).Client(), registry.Options{Now: clock, Log: log})
 		if err := reg.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -138,4 +143,32 @@ func TestRotationThroughAPI(t *testing.T) {
 	other := appAnswer(t, e.do("POST", "/v1/applications", adminToken, `{"application":{"name":"o","developer_email":"o@example.com"}}`), 201)
 	e.expectError(e.do("POST", "/v1/applications/"+created.ID+"/secret", other.Token, ""), 404, "not_found", "")
 	e.expectError(e.do("GET", "/v1/applications/"+created.ID+"/secret", adminToken, ""), 405, "method_not_allowed", "")
+
+	// No secret or token, in any form, is ever logged.
+	text := logs.String()
+	if !strings.Contains(text, "application secret rotated") {
+		t.Fatal("the test captured no API log")
+	}
+	for _, v := range []string{created.Secret, created.SecretWhsec, created.Token, rotated.Secret, rotated.SecretWhsec, tok.Token, again.Token} {
+		if v != "" && strings.Contains(text, v) {
+			t.Fatalf("a secret or token was logged: %s", text)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
