@@ -22,7 +22,7 @@ func TestStandardSignatureVerifiesWithReferenceLibrary(t *testing.T) {
 	}
 	s := NewSigner(secret)
 	id := DeliveryID("geckohook.events", 3, 1234, "wh_1")
-	body := []byte(seedBody)
+	body := []byte(signBody)
 	headers := func(ts int64, sig []byte) http.Header {
 		h := http.Header{}
 		h.Set("webhook-id", id)
@@ -72,7 +72,7 @@ func TestStandardSignAllocatesNothing(t *testing.T) {
 		t.Skip("allocation counts are meaningless under -race; make test runs this without it")
 	}
 	s := NewSigner("gecko-secret")
-	body := []byte(seedBody)
+	body := []byte(signBody)
 	id := make([]byte, 0, DeliveryIDLen)
 	id = AppendDeliveryID(id, "geckohook.events", 3, 1234, "wh_1")
 	s.AppendStandardSignature(nil, id, 1546272000, body) // warm the pool
