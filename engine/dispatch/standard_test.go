@@ -61,7 +61,8 @@ func standardVerifies(t *testing.T, secret string, r loadtest.Received) error {
 // both signatures, a retry keeps its webhook-id and is signed again at its
 // own time, and a secret rotation is seen by the receiver as the Standard
 // Webhooks signatures of both secrets during the overlap (X-Gecko-Signature
-// with the new one), then of the new one only.
+// with the new one), then of the new one only. A `standard` application
+// beside it gets the Standard Webhooks headers without X-Gecko-Signature.
 func TestBothSchemeAndRotationThroughDispatcher(t *testing.T) {
 	dispClock := newClock(time.Unix(1_800_000_000, 0))
 	regClock := newClock(time.Now()) // the dispatcher process's registry clock
@@ -90,9 +91,18 @@ func TestBothSchemeAndRotationThroughDispatcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	hook := e.hook("acc1", "order.create", "/both")
+	// A standard application beside it.
+	std, _, err := e.reg.CreateAppWithScheme(ctx, "std", "std@example.com", registry.SchemeStandard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdHook, err := e.reg.CreateWebhook(ctx, registry.Webhook{AppID: std.ID, AccountID: "acc2", Event: "order.create", Address: e.recv.URL + "/std"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	testenv.WaitFor(t, 5*time.Second, func() error {
-		if a := dreg.App(e.app.ID); a == nil || !a.SignsStandard() || dreg.Webhook(hook.ID) == nil {
-			return errors.New("the dispatcher's registry has not seen the both application yet")
+		if a := dreg.App(e.app.ID); a == nil || !a.SignsStandard() || dreg.Webhook(hook.ID) == nil || dreg.Webhook(stdHook.ID) == nil {
+			return errors.New("the dispatcher's registry has not seen the applications yet")
 		}
 		return nil
 	})
@@ -116,9 +126,23 @@ func TestBothSchemeAndRotationThroughDispatcher(t *testing.T) {
 	// Before any rotation, with a retry.
 	secret1 := e.app.Secret
 	e.produce("acc1", event(1))
+	e.produce("acc2", `{"account_id":"acc2","event":"order.create","object_id":1,"timestamp":1700000000}`)
 	first := e.waitReceived("/both", 1)[0]
+	e.waitReceived("/std", 1)
 	dispClock.Add(19 * time.Second) // past the first retry's due time
 	got := e.waitReceived("/both", 2)
+	stdGot := e.waitReceived("/std", 2)
+	for _, r := range stdGot {
+		if r.Signature != "" || r.WebhookID != r.DeliveryID {
+			t.Errorf("standard: X-Gecko-Signature %q sent, or webhook-id %q is not the delivery id %q", r.Signature, r.WebhookID, r.DeliveryID)
+		}
+		if err := standardVerifies(t, std.Secret, r); err != nil {
+			t.Errorf("standard: reference library refuses the request: %v", err)
+		}
+	}
+	if stdGot[0].WebhookID != stdGot[1].WebhookID {
+		t.Error("standard: a retry changed webhook-id")
+	}
 	retry := got[1]
 	if first.Status != 500 || retry.Status != 200 || retry.WebhookID != first.WebhookID {
 		t.Fatalf("attempts %d then %d, webhook-ids %s and %s", first.Status, retry.Status, first.WebhookID, retry.WebhookID)
