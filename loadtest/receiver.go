@@ -20,15 +20,17 @@ import (
 
 // Received is one request a Receiver answered.
 type Received struct {
-	Path        string
-	DeliveryID  string
-	Signature   string
-	ContentType string
-	UserAgent   string
-	Body        []byte
-	Status      int
-	ValidSig    bool
-	At          time.Time
+	Path       string
+	DeliveryID string
+	Signature  string
+	// The Standard Webhooks headers, empty when not sent.
+	WebhookID, WebhookTimestamp, WebhookSignature string
+	ContentType                                   string
+	UserAgent                                     string
+	Body                                          []byte
+	Status                                        int
+	ValidSig                                      bool
+	At                                            time.Time
 }
 
 // Behaviour decides the status for the n-th request (from 0) to path.
@@ -92,6 +94,9 @@ func (r *recording) answer(ctx *fasthttp.RequestCtx, body, sig []byte, valid boo
 		Path: path, DeliveryID: string(ctx.Request.Header.PeekBytes(deliveryHeader)), Signature: string(sig),
 		ContentType: string(ctx.Request.Header.ContentType()), UserAgent: string(ctx.Request.Header.UserAgent()),
 		Body: append([]byte(nil), body...), Status: status, ValidSig: valid, At: time.Now(),
+		WebhookID:        string(ctx.Request.Header.Peek("webhook-id")),
+		WebhookTimestamp: string(ctx.Request.Header.Peek("webhook-timestamp")),
+		WebhookSignature: string(ctx.Request.Header.Peek("webhook-signature")),
 	}
 	r.mu.Lock()
 	r.got = append(r.got, rec)

@@ -26,6 +26,7 @@ type config struct {
 	MetricsListen string
 	PprofListen   string
 	AdminToken    string
+	SecretOverlap time.Duration
 	KafkaBrokers  string
 	EmbeddedKafka string
 	DataDir       string
@@ -86,6 +87,7 @@ var flagRoles = map[string]roles{
 	"metrics-listen": roleDispatcher | roleCoordinator,
 	"pprof-listen":   serving,
 	"admin-token":    roleAll | roleAPI,
+	"secret-overlap": roleAll | roleAPI,
 
 	"kafka-brokers":         serving,
 	"embedded-kafka-listen": roleAll | roleBroker,
@@ -146,6 +148,7 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "`addr` (host:port) serving /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.PprofListen, "pprof-listen", "", "`addr` (host:port) serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
+	fs.DurationVar(&c.SecretOverlap, "secret-overlap", 24*time.Hour, "how long an application's old secret keeps signing and its old token keeps working after a rotation, unless the request asks for another overlap (0: retired at once)")
 
 	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated `list` of Kafka bootstrap brokers (host:port); required, except in the all command, where empty starts the embedded broker (not for production data)")
 	fs.StringVar(&c.EmbeddedKafka, "embedded-kafka-listen", "127.0.0.1:9092", "`addr` (host:port) of the embedded Kafka broker (in the all command, used when --kafka-brokers is empty)")

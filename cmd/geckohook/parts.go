@@ -399,13 +399,18 @@ func (p *process) newEventWriter(context.Context) error {
 
 func (p *process) listenAPI(context.Context) (err error) {
 	c := p.c
+	overlap := c.SecretOverlap
+	if overlap == 0 {
+		overlap = -1 // the API reads 0 as its default, a negative overlap as none
+	}
 	p.api = api.New(api.Options{
 		Registry: p.registry, Catalog: p.catalog, Policy: p.policy, Lookup: netguard.SystemLookup, AdminToken: c.AdminToken,
 		Produce: func(ctx context.Context, key, value []byte) error {
 			return p.events.WriteMessages(ctx, kafka.Message{Key: key, Value: value})
 		},
 		Health: p.health, Ready: p.readiness(), Metrics: p.metrics, Deliveries: shard.NewStore(p.rdb, c.RedisPrefix),
-		Log: p.log.With().Str("part", "api").Logger(),
+		Log:           p.log.With().Str("part", "api").Logger(),
+		SecretOverlap: overlap,
 	})
 	fmt.Fprintf(p.stdout, "management API listening on http://%s\n", p.apiListener.Addr())
 	return nil

@@ -74,6 +74,9 @@ type Options struct {
 	// Deliveries is the retry queues' store, for listing, retrying and
 	// replaying deliveries; nil makes those endpoints answer 503.
 	Deliveries *shard.Store
+	// SecretOverlap is how long a rotated secret or token keeps working
+	// unless the rotation asks otherwise (0: 24h; negative: none).
+	SecretOverlap time.Duration
 }
 
 // API is the management HTTP API. It is safe for concurrent use.
@@ -102,6 +105,9 @@ func New(o Options) *API {
 	}
 	if o.Metrics == nil {
 		o.Metrics = metrics.NewSet()
+	}
+	if o.SecretOverlap == 0 {
+		o.SecretOverlap = 24 * time.Hour
 	}
 	a := &API{o: o, requests: ops.NewRequests(o.Metrics)}
 	if o.AdminToken != "" {
@@ -176,6 +182,24 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 		route, allowed = "applications", "POST"
 		if method == "POST" {
 			h, need = a.createApp, needAdmin
+		}
+	case isPath(path, "/v1/applications/", ""):
+		route, allowed = "application", "GET, PATCH"
+		switch method {
+		case "GET":
+			h, need = a.getApp, needAny
+		case "PATCH":
+			h, need = a.updateApp, needAny
+		}
+	case isPath(path, "/v1/applications/", "secret"):
+		route, allowed = "application_secret", "POST"
+		if method == "POST" {
+			h, need = a.rotateSecret, needAny
+		}
+	case isPath(path, "/v1/applications/", "token"):
+		route, allowed = "application_token", "POST"
+		if method == "POST" {
+			h, need = a.rotateToken, needAny
 		}
 	case path == "/v1/webhooks":
 		route, allowed = "webhooks", "GET, POST"

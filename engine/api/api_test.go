@@ -101,7 +101,10 @@ func start(t *testing.T, edit func(*Options)) *env {
 		edit(&o)
 	}
 	// Every request of the tests is checked against openapi.json.
-	v := newValidator(t, o.AdminToken, func(token string) bool { return e.reg.AppByToken(token) != nil })
+	// The registry the server was given decides tokens, as it does for
+	// the server (a test may give its own).
+	reg := o.Registry
+	v := newValidator(t, o.AdminToken, func(token string) bool { return reg.AppByToken(token) != nil })
 	e.client.Transport = &validatingTransport{t: t, v: v, base: http.DefaultTransport}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

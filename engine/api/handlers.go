@@ -27,14 +27,21 @@ const (
 	storeTimeout    = 5 * time.Second
 )
 
-// ApplicationView is an application as the API shows it. Secret and Token
-// are only set in the answer to its creation.
+// ApplicationView is an application as the API shows it. Secret (in both
+// forms) and Token are only set in the answers that make them: creation and
+// rotation.
 type ApplicationView struct {
-	ID             string `json:"id"`
-	Name           string `json:"name"`
-	DeveloperEmail string `json:"developer_email"`
-	Secret         string `json:"secret,omitempty"`
-	Token          string `json:"token,omitempty"`
+	ID              string `json:"id"`
+	Name            string `json:"name"`
+	DeveloperEmail  string `json:"developer_email"`
+	SignatureScheme string `json:"signature_scheme"`
+	Secret          string `json:"secret,omitempty"`
+	SecretWhsec     string `json:"secret_whsec,omitempty"` // "whsec_" + Base64(secret), for Standard Webhooks libraries
+	Token           string `json:"token,omitempty"`
+	// When the secret and token replaced by the last rotations stop
+	// working (RFC 3339, UTC); absent when none is still valid.
+	PreviousSecretExpiresAt string `json:"previous_secret_expires_at,omitempty"`
+	PreviousTokenExpiresAt  string `json:"previous_token_expires_at,omitempty"`
 }
 
 // WebhookView is a webhook as the API shows it.
@@ -58,8 +65,9 @@ func webhookView(w *registry.Webhook) WebhookView {
 func (a *API) createApp(ctx *fasthttp.RequestCtx, _ caller) *apiError {
 	var req struct {
 		Application *struct {
-			Name           string `json:"name"`
-			DeveloperEmail string `json:"developer_email"`
+			Name            string `json:"name"`
+			DeveloperEmail  string `json:"developer_email"`
+			SignatureScheme string `json:"signature_scheme"`
 		} `json:"application"`
 	}
 	if e := decodeBody(ctx, &req); e != nil {
@@ -77,17 +85,22 @@ func (a *API) createApp(ctx *fasthttp.RequestCtx, _ caller) *apiError {
 		return invalid("invalid_field", fmt.Sprintf("application.name must be 1 to %d characters of UTF-8", maxNameLen))
 	case !bareEmail(in.DeveloperEmail):
 		return invalid("invalid_field", "application.developer_email must be a bare email address such as dev@example.com")
+	case in.SignatureScheme != "" && !registry.ValidScheme(in.SignatureScheme):
+		return errScheme(in.SignatureScheme)
+	}
+	if in.SignatureScheme == "" {
+		in.SignatureScheme = registry.SchemeGecko
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	app, token, err := a.o.Registry.CreateApp(sctx, in.Name, in.DeveloperEmail)
+	app, token, err := a.o.Registry.CreateAppWithScheme(sctx, in.Name, in.DeveloperEmail, in.SignatureScheme)
 	if err != nil {
 		a.o.Log.Error().Err(err).Msg("cannot create application")
 		return storeUnavailable()
 	}
-	writeJSON(ctx, fasthttp.StatusCreated, map[string]ApplicationView{"application": {
-		ID: app.ID, Name: app.Name, DeveloperEmail: app.DeveloperEmail, Secret: app.Secret, Token: token,
-	}})
+	v := appView(app)
+	v.Secret, v.SecretWhsec, v.Token = app.Secret, app.StandardSecret(), token
+	writeJSON(ctx, fasthttp.StatusCreated, map[string]ApplicationView{"application": v})
 	return nil
 }
 

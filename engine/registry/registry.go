@@ -32,8 +32,10 @@ import (
 )
 
 // App is an application: it owns webhooks, signs their deliveries with
-// Secret, and authenticates on the API with a token of which only the hash
-// is stored.
+// Secret in its SignatureScheme, and authenticates on the API with a token
+// of which only the hash is stored. A rotation keeps the replaced secret or
+// token hash in Previous… until its overlap ends (secrets.go). An App in
+// the registry is never modified: a change installs a new one.
 type App struct {
 	ID             string    `msgpack:"id"`
 	Name           string    `msgpack:"name"`
@@ -41,11 +43,20 @@ type App struct {
 	Secret         string    `msgpack:"secret"`
 	TokenHash      string    `msgpack:"token_sha256"`
 	CreatedAt      time.Time `msgpack:"created_at"`
+	// Scheme is the signature scheme (SchemeGecko when empty, as in
+	// records written before there was a choice).
+	Scheme          string    `msgpack:"scheme,omitempty"`
+	PreviousSecrets []Retired `msgpack:"previous_secrets,omitempty"` // newest first
+	PreviousTokens  []Retired `msgpack:"previous_tokens,omitempty"`  // token hashes
 
-	signer *contract.Signer
+	signer      *contract.Signer
+	prevSigners []*contract.Signer // of PreviousSecrets, same order
+	gecko       bool               // sends X-Gecko-Signature
+	standard    bool               // sends the Standard Webhooks headers
+	now         func() time.Time   // the registry's clock, for overlaps
 }
 
-// Signer signs bodies with the application's secret.
+// Signer signs bodies with the application's current secret.
 func (a *App) Signer() *contract.Signer { return a.signer }
 
 // Webhook subscribes an address to one event of one account.
@@ -208,6 +219,9 @@ func (r *Registry) follow(ctx context.Context, ps *redis.PubSub) {
 			return
 		case <-tick:
 			r.reloadUntilDone(ctx)
+			if err := r.DropExpired(ctx); err != nil {
+				r.opts.Log.Warn().Err(err).Msg("cannot drop expired secrets and tokens; next time")
+			}
 		case m, ok := <-msgs:
 			if !ok {
 				return
@@ -247,7 +261,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 	}
 	apps := make(map[string]*App, len(rawApps))
 	for id, raw := range rawApps {
-		a, err := decodeApp([]byte(raw))
+		a, err := r.decodeApp([]byte(raw))
 		if err != nil {
 			r.opts.Log.Error().Err(err).Str("app_id", id).Msg("skipping unreadable application record")
 			continue
@@ -269,12 +283,13 @@ func (r *Registry) Reload(ctx context.Context) error {
 	return nil
 }
 
-func decodeApp(raw []byte) (*App, error) {
+func (r *Registry) decodeApp(raw []byte) (*App, error) {
 	a := new(App)
 	if err := msgpack.Unmarshal(raw, a); err != nil {
 		return nil, err
 	}
-	a.signer = contract.NewSigner(a.Secret)
+	a.dropExpired(r.opts.Now())
+	a.prepare(r.opts.Now)
 	return a, nil
 }
 
@@ -306,7 +321,7 @@ func (r *Registry) apply(c change) error {
 		var a *App
 		if !c.Delete {
 			var err error
-			if a, err = decodeApp(c.Record); err != nil {
+			if a, err = r.decodeApp(c.Record); err != nil {
 				return fmt.Errorf("cannot decode application %s: %w", c.ID, err)
 			}
 		}
@@ -360,11 +375,17 @@ func (x *index) addApp(a *App) {
 	x.removeApp(a.ID)
 	x.apps[a.ID] = a
 	x.byToken[a.TokenHash] = a
+	for _, p := range a.PreviousTokens {
+		x.byToken[p.Value] = a
+	}
 }
 
 func (x *index) removeApp(id string) {
 	if a := x.apps[id]; a != nil {
 		delete(x.byToken, a.TokenHash)
+		for _, p := range a.PreviousTokens {
+			delete(x.byToken, p.Value)
+		}
 		delete(x.apps, id)
 	}
 }
@@ -446,12 +467,17 @@ func (r *Registry) App(id string) *App {
 	return r.apps[id]
 }
 
-// AppByToken returns the application whose API token is token, or nil.
+// AppByToken returns the application whose API token is token, or nil. A
+// token replaced by a rotation is accepted until its overlap ends.
 func (r *Registry) AppByToken(token string) *App {
 	h := HashToken(token)
 	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.byToken[h]
+	a := r.byToken[h]
+	r.mu.RUnlock()
+	if a == nil || a.TokenHash == h || a.previousTokenValid(h, r.opts.Now()) {
+		return a
+	}
+	return nil
 }
 
 // Counts returns how many applications and webhooks are loaded.
@@ -496,14 +522,22 @@ func newID(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// CreateApp stores a new application and returns it with its API token
-// (shown once; only its hash is kept).
+// CreateApp stores a new application signing with SchemeGecko and returns
+// it with its API token (shown once; only its hash is kept).
 func (r *Registry) CreateApp(ctx context.Context, name, email string) (*App, string, error) {
-	token := "ghk_" + randomString(32)
+	return r.CreateAppWithScheme(ctx, name, email, SchemeGecko)
+}
+
+// CreateAppWithScheme is CreateApp with a signature scheme (ValidScheme).
+func (r *Registry) CreateAppWithScheme(ctx context.Context, name, email, scheme string) (*App, string, error) {
+	if !ValidScheme(scheme) {
+		return nil, "", fmt.Errorf("unknown signature scheme %q", scheme)
+	}
+	token := newToken()
 	a := &App{
 		ID: newID("app_"), Name: name, DeveloperEmail: email,
-		Secret: randomString(32), TokenHash: HashToken(token),
-		CreatedAt: r.opts.Now().UTC().Truncate(time.Second),
+		Secret: newSecret(), TokenHash: HashToken(token),
+		CreatedAt: r.opts.Now().UTC().Truncate(time.Second), Scheme: scheme,
 	}
 	raw, err := msgpack.Marshal(a)
 	if err != nil {
@@ -513,7 +547,7 @@ func (r *Registry) CreateApp(ctx context.Context, name, email string) (*App, str
 		return nil, "", fmt.Errorf("cannot store application: %w", err)
 	}
 	// Not r.App(a.ID): a concurrent reload may have swapped the maps.
-	a.signer = contract.NewSigner(a.Secret)
+	a.prepare(r.opts.Now)
 	return a, token, nil
 }
 

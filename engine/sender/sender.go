@@ -138,6 +138,29 @@ func (r Result) ErrorText() string {
 // Send makes one attempt: POST body to address with the contract's headers.
 // It never follows redirects (a 3xx is a success).
 func (s *Sender) Send(address string, body, deliveryID, signature []byte) Result {
+	return s.SendSigned(address, body, deliveryID, Signatures{Gecko: signature})
+}
+
+// Signatures are the signature headers of one attempt; an empty one is not
+// sent.
+type Signatures struct {
+	// Gecko is X-Gecko-Signature (or its configured name).
+	Gecko []byte
+	// Timestamp and Standard are webhook-timestamp (Unix seconds) and
+	// webhook-signature; with them goes webhook-id, the delivery id.
+	Timestamp, Standard []byte
+}
+
+// Standard Webhooks header names, fixed by that specification.
+const (
+	HeaderWebhookID        = "webhook-id"
+	HeaderWebhookTimestamp = "webhook-timestamp"
+	HeaderWebhookSignature = "webhook-signature"
+)
+
+// SendSigned is Send with the signature headers of the application's
+// scheme.
+func (s *Sender) SendSigned(address string, body, deliveryID []byte, sig Signatures) Result {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -148,7 +171,14 @@ func (s *Sender) Send(address string, body, deliveryID, signature []byte) Result
 	req.Header.SetContentType("application/json")
 	req.Header.SetUserAgent(s.opts.UserAgent)
 	req.Header.SetBytesV(s.opts.DeliveryHeader, deliveryID)
-	req.Header.SetBytesV(s.opts.SignatureHeader, signature)
+	if len(sig.Gecko) > 0 {
+		req.Header.SetBytesV(s.opts.SignatureHeader, sig.Gecko)
+	}
+	if len(sig.Standard) > 0 {
+		req.Header.SetBytesV(HeaderWebhookID, deliveryID)
+		req.Header.SetBytesV(HeaderWebhookTimestamp, sig.Timestamp)
+		req.Header.SetBytesV(HeaderWebhookSignature, sig.Standard)
+	}
 	req.SetBodyRaw(body)
 
 	err := s.c.DoDeadline(req, resp, time.Now().Add(s.opts.Timeout))
