@@ -32,8 +32,9 @@ type PartitionConfig struct {
 	Transport kafka.RoundTripper
 }
 
-// Record is one record of a fetch. Key and Value are valid until the next
-// Fetch; a nil Value is a null value, an empty one was sent empty.
+// Record is one record of a fetch. Key and Value share the fetch's buffer,
+// which the reader never reuses; a nil Value is a null value, an empty one
+// was sent empty.
 type Record struct {
 	Offset int64
 	Time   time.Time
@@ -176,7 +177,10 @@ func (r *PartitionReader) partition(res *fetchapi.Response) (*fetchapi.ResponseP
 // transaction filter says and records before the fetch offset (a batch
 // starts where it starts, not where the fetch asked).
 func (r *PartitionReader) read(p *fetchapi.ResponsePartition) ([]Record, error) {
-	r.buf, r.recs = r.buf[:0], r.recs[:0]
+	// Each fetch gets buffers of its own, sized like the last one's, so a
+	// caller may hold one fetch's records while it reads the next: two
+	// allocations a fetch, none an event.
+	r.buf, r.recs = make([]byte, 0, cap(r.buf)), make([]Record, 0, cap(r.recs))
 	if p.RecordSet.Records == nil {
 		return r.recs, nil
 	}
