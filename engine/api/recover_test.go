@@ -11,6 +11,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/contract"
@@ -35,7 +37,7 @@ type recoverEnv struct {
 	writer *kafka.Writer
 }
 
-func startRecoverEnv(t *testing.T, max int) *recoverEnv {
+func startRecoverEnv(t *testing.T, tune func(*RecoveryOptions)) *recoverEnv {
 	t.Helper()
 	k := testenv.Kafka(t, 4)
 	re := &recoverEnv{broker: k.Addr()}
@@ -60,7 +62,10 @@ func startRecoverEnv(t *testing.T, max int) *recoverEnv {
 	re.env = start(t, func(o *Options) {
 		o.Policy = policy
 		o.Now = time.Now
-		o.Recovery = RecoveryOptions{Brokers: []string{re.broker}, Topic: eventsTopic, Max: max}
+		o.Recovery = RecoveryOptions{Brokers: []string{re.broker}, Topic: eventsTopic, Max: 100}
+		if tune != nil {
+			tune(&o.Recovery)
+		}
 	})
 	re.writer = kafkaio.NewWriter([]string{re.broker}, eventsTopic)
 	t.Cleanup(func() { _ = re.writer.Close() })
@@ -145,7 +150,7 @@ func rfc(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 // it was down delivers exactly what it missed, once more, with the ids
 // and signatures of the first attempts.
 func TestRecoveryRedeliversAMissedWindow(t *testing.T) {
-	re := startRecoverEnv(t, 100)
+	re := startRecoverEnv(t, nil)
 	app := re.createApp("shop")
 	other := re.createApp("other")
 	w := re.createWebhook(app.Token, "acc-1", "order.create", re.recv.URL+"/shop")
@@ -258,7 +263,7 @@ func TestRecoveryRedeliversAMissedWindow(t *testing.T) {
 }
 
 func TestRecoveryLimitAndCancel(t *testing.T) {
-	re := startRecoverEnv(t, 2)
+	re := startRecoverEnv(t, func(o *RecoveryOptions) { o.Max = 2 })
 	app := re.createApp("shop")
 	w := re.createWebhook(app.Token, "acc-1", "order.create", re.recv.URL+"/shop")
 	base := time.Now().Add(-time.Hour).Truncate(time.Second)
@@ -288,6 +293,64 @@ func TestRecoveryLimitAndCancel(t *testing.T) {
 	if got := re.recovery(app.Token, "rec_x").State; got != "cancelled" {
 		t.Fatalf("state after DELETE %q", got)
 	}
+}
+
+// With the producers' partitioner declared, only the account's partition
+// is read; a since older than the partition keeps is refused, naming the
+// earliest time still there.
+func TestRecoveryRetentionAndPartitioner(t *testing.T) {
+	re := startRecoverEnv(t, func(o *RecoveryOptions) { o.Partitioner = "murmur2" })
+	app := re.createApp("shop")
+	w := re.createWebhook(app.Token, "acc-1", "order.create", re.recv.URL+"/shop")
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	for i := int64(0); i < 3; i++ {
+		re.produce("acc-1", "order.create", i, base.Add(time.Duration(i)*time.Minute))
+	}
+	re.produce("acc-2", "order.create", 9, base) // another partition: not read
+	re.waitOn("/shop", 3)
+	part := (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte("acc-1")}, 0, 1, 2, 3)
+	if (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte("acc-2")}, 0, 1, 2, 3) == part {
+		t.Fatal("acc-1 and acc-2 share a partition: pick other accounts")
+	}
+	// Retention removes the first record of acc-1's partition.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(re.broker))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrDeleteRecordsRequest()
+	rt := kmsg.NewDeleteRecordsRequestTopic()
+	rt.Topic = eventsTopic
+	rp := kmsg.NewDeleteRecordsRequestTopicPartition()
+	rp.Partition, rp.Offset = int32(part), 1
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	req.TimeoutMillis = 5000
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil || resp.Topics[0].Partitions[0].ErrorCode != 0 {
+		t.Fatalf("delete records: %v %+v", err, resp)
+	}
+
+	hook := "/v1/webhooks/" + w.ID + "/recover"
+	re.expectError(re.do("POST", hook, app.Token, `{"since":"`+rfc(base)+`"}`), 422, "since_too_old", rfc(base.Add(time.Minute)))
+	r := re.do("POST", hook, app.Token, `{"since":"`+rfc(base.Add(time.Minute))+`"}`)
+	var started recoveryAnswer
+	if r.status != 202 || json.Unmarshal(r.raw, &started) != nil {
+		t.Fatalf("recover: %d %s", r.status, r.raw)
+	}
+	var v RecoveryView
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		if v = re.recovery(app.Token, started.Recovery.ID); v.State != "done" {
+			return fmt.Errorf("recovery %+v", v)
+		}
+		return nil
+	})
+	if v.Scanned != 2 || v.Matched != 2 || v.Queued != 2 {
+		t.Fatalf("recovery %+v: want the 2 records left of acc-1's partition", v)
+	}
+	re.waitOn("/shop", 5)
 }
 
 func TestRecoveryWithoutKafka(t *testing.T) {

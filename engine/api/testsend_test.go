@@ -135,7 +135,9 @@ func TestTestSendStandardSignature(t *testing.T) {
 	if r.status != 201 {
 		t.Fatalf("create app: %d %s", r.status, r.raw)
 	}
-	var created struct{ Application struct{ Token, Secret string } }
+	var created struct {
+		Application struct{ Token, Secret string }
+	}
 	if err := json.Unmarshal(r.raw, &created); err != nil {
 		t.Fatal(err)
 	}
