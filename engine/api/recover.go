@@ -165,8 +165,15 @@ func (a *API) startRecovery(ctx *fasthttp.RequestCtx, c caller) *apiError {
 	if !ro.enabled() {
 		return recoveryUnavailable()
 	}
-	kctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Planning and counting answer within the request; shutdown ends them.
+	kctx, cancel := context.WithTimeout(a.recs.life, planTimeout)
 	defer cancel()
+	rdb := ro.Redis
+	// A cheap look first, so a second request does not read Kafka; SETNX
+	// below decides.
+	if running, err := rdb.Get(kctx, ro.lockKey(w.ID)).Result(); err == nil {
+		return errRunning(running)
+	}
 	p := &plan{hook: w, since: since, until: until}
 	if e := a.planSpans(kctx, p); e != nil {
 		return e
@@ -175,7 +182,6 @@ func (a *API) startRecovery(ctx *fasthttp.RequestCtx, c caller) *apiError {
 		return e
 	}
 	p.id = "rec_" + randomHex(12)
-	rdb := ro.Redis
 	ok, err := rdb.SetNX(kctx, ro.lockKey(w.ID), p.id, lockTTL).Result()
 	if err != nil {
 		a.o.Log.Warn().Err(err).Msg("cannot claim a recovery")
@@ -183,8 +189,7 @@ func (a *API) startRecovery(ctx *fasthttp.RequestCtx, c caller) *apiError {
 	}
 	if !ok {
 		running, _ := rdb.Get(kctx, ro.lockKey(w.ID)).Result()
-		return &apiError{fasthttp.StatusConflict, "recovery_running",
-			fmt.Sprintf("recovery %s of this webhook is still running: wait for it to end or cancel it", running)}
+		return errRunning(running)
 	}
 	v := RecoveryView{ID: p.id, WebhookID: w.ID, Since: responseTime(since), Until: responseTime(until), State: recRunning}
 	if err := a.writeState(kctx, p, c.app.ID, v); err != nil {
@@ -199,6 +204,15 @@ func (a *API) startRecovery(ctx *fasthttp.RequestCtx, c caller) *apiError {
 		Int("partitions", len(p.spans)).Msg("recovery started")
 	writeJSON(ctx, fasthttp.StatusAccepted, map[string]RecoveryView{"recovery": v})
 	return nil
+}
+
+// planTimeout bounds a recovery request: finding the offsets and, for a
+// window of more records than --recover-max, counting its events.
+const planTimeout = 20 * time.Second
+
+func errRunning(id string) *apiError {
+	return &apiError{fasthttp.StatusConflict, "recovery_running",
+		fmt.Sprintf("recovery %s of this webhook is still running: wait for it to end or cancel it (DELETE /v1/recoveries/%s)", id, id)}
 }
 
 func randomHex(n int) string {
@@ -255,11 +269,11 @@ func (a *API) planSpans(ctx context.Context, p *plan) *apiError {
 		if from < 0 {
 			from = end // nothing at or after since
 		}
-		if first > 0 && from == first {
+		if first > 0 && from == first && from < end {
 			// Retention removed records before first; some may have
 			// been in the window. The earliest still there says how
 			// far back a recovery can go.
-			earliest, err := a.recordTime(ctx, part, first)
+			earliest, err := a.recordTime(ctx, part, first, end)
 			if err != nil {
 				return a.kafkaTrouble(err)
 			}
@@ -348,22 +362,23 @@ func listOffset(ctx context.Context, client *kafka.Client, ro *RecoveryOptions, 
 	return 0, 0, fmt.Errorf("cannot list offsets of %s/%d: not in the broker's answer", ro.Topic, partition)
 }
 
-// recordTime returns the time of the first record at or after offset.
-func (a *API) recordTime(ctx context.Context, partition int, offset int64) (time.Time, error) {
+// recordTime returns the time of the first record in [offset, end), or
+// the zero time if there is none.
+func (a *API) recordTime(ctx context.Context, partition int, offset, end int64) (time.Time, error) {
 	r := a.reader(partition, offset)
 	defer r.Close()
-	for ctx.Err() == nil {
+	for r.Offset() < end {
 		recs, err := r.Fetch(ctx)
 		if err != nil {
 			return time.Time{}, err
 		}
 		for _, rec := range recs {
-			if !rec.Skip {
+			if !rec.Skip && rec.Offset < end {
 				return rec.Time, nil
 			}
 		}
 	}
-	return time.Time{}, ctx.Err()
+	return time.Time{}, nil
 }
 
 func (a *API) reader(partition int, offset int64) *kafkaio.PartitionReader {
@@ -417,7 +432,7 @@ func (a *API) scan(ctx context.Context, p *plan, match func(partition int, rec *
 	progress func(scanned int64) error,
 ) error {
 	var scanned int64
-	sinceS, untilMs := p.since.Unix(), p.until.UnixMilli()
+	sinceMs, untilMs := p.since.UnixMilli(), p.until.UnixMilli()
 	for _, s := range p.spans {
 		r := a.reader(s.partition, s.from)
 		err := func() error {
@@ -436,7 +451,7 @@ func (a *API) scan(ctx context.Context, p *plan, match func(partition int, rec *
 						continue
 					}
 					scanned++
-					if rec.Time.Unix() < sinceS || rec.Time.UnixMilli() > untilMs {
+					if ms := rec.Time.UnixMilli(); ms < sinceMs || ms > untilMs {
 						continue
 					}
 					ev, err := contract.DecodeEvent(rec.Value, rec.Key, rec.Time.Unix(), a.o.Catalog)
@@ -595,7 +610,9 @@ func (a *API) recoveryProgress(ctx context.Context, p *plan, scanned, matched, q
 	ro := &a.o.Recovery
 	key := ro.stateKey(p.id)
 	var state *redis.StringCmd
-	_, err := ro.Redis.TxPipelined(ctx, func(pl redis.Pipeliner) error {
+	// Not a transaction: the state and the claim are two keys, in two
+	// slots of a Redis Cluster.
+	_, err := ro.Redis.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		pl.HSet(ctx, key, "scanned", scanned, "matched", matched, "queued", queued)
 		pl.Expire(ctx, key, ro.ttl())
 		pl.Expire(ctx, ro.lockKey(p.hook.ID), lockTTL)
