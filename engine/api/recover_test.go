@@ -379,3 +379,65 @@ func TestPartitionerPicksTheAccountsPartition(t *testing.T) {
 		t.Fatal("murmur2 partition differs")
 	}
 }
+
+// A recovery's owner stops when a DELETE on another API process marks it
+// cancelled, and when its own API stops; either way it frees the webhook.
+func TestRecoveryOwnerStops(t *testing.T) {
+	re := startRecoverEnv(t, nil)
+	app := re.createApp("shop")
+	w := re.createWebhook(app.Token, "acc-1", "order.create", re.recv.URL+"/shop")
+	// A second API process, sharing Redis and Kafka.
+	owner := New(Options{Registry: re.reg, Log: zerolog.Nop(), Recovery: RecoveryOptions{
+		Brokers: []string{re.broker}, Topic: eventsTopic, Redis: re.rdb, Prefix: "gh:",
+	}})
+	ctx := context.Background()
+	lock := "gh:recovering:" + w.ID
+	launch := func(id string) {
+		t.Helper()
+		// A span past the partition's end: the owner waits for records
+		// that never come, so it is still running when stopped.
+		now := time.Now()
+		p := &plan{id: id, hook: re.reg.Webhook(w.ID), since: now.Add(-time.Hour), until: now,
+			spans: []span{{partition: 0, from: 0, to: 1 << 40}}}
+		re.rdb.Set(ctx, lock, id, lockTTL)
+		if err := owner.writeState(ctx, p, app.ID, RecoveryView{ID: id, WebhookID: w.ID, State: recRunning,
+			Since: rfc(p.since), Until: rfc(p.until)}); err != nil {
+			t.Fatal(err)
+		}
+		if !owner.recs.launch(p) {
+			t.Fatal("launch refused")
+		}
+	}
+	wait := func(id, state string) RecoveryView {
+		t.Helper()
+		var v RecoveryView
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			if re.rdb.Exists(ctx, lock).Val() == 1 {
+				return fmt.Errorf("the webhook is still claimed")
+			}
+			if v = re.recovery(app.Token, id); v.State != state {
+				return fmt.Errorf("recovery %+v", v)
+			}
+			return nil
+		})
+		return v
+	}
+
+	launch("rec_a")
+	re.expectError(re.do("POST", "/v1/webhooks/"+w.ID+"/recover", app.Token, `{"since":"`+rfc(time.Now().Add(-time.Minute))+`"}`),
+		409, "recovery_running", "rec_a")
+	r := re.do("DELETE", "/v1/recoveries/rec_a", app.Token, "")
+	if r.status != 200 {
+		t.Fatalf("DELETE: %d %s", r.status, r.raw)
+	}
+	wait("rec_a", recCancelled)
+
+	launch("rec_b")
+	owner.recs.stop()
+	if v := wait("rec_b", recFailed); !strings.Contains(v.Error, "stopped") {
+		t.Fatalf("stopped recovery %+v", v)
+	}
+	if owner.recs.launch(&plan{id: "rec_c"}) {
+		t.Fatal("a stopped API launched a recovery")
+	}
+}
