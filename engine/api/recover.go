@@ -198,6 +198,10 @@ func (a *API) startRecovery(ctx *fasthttp.RequestCtx, c caller) *apiError {
 		return recoveryUnavailable()
 	}
 	if !a.recs.launch(p) {
+		cctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		defer cancel()
+		rdb.HSet(cctx, ro.stateKey(p.id), "state", recFailed, "error", "the API process was stopping; start another")
+		releaseLock.Run(cctx, rdb, []string{ro.lockKey(w.ID)}, p.id)
 		return &apiError{fasthttp.StatusServiceUnavailable, "recovery_unavailable", "the server is shutting down; try another"}
 	}
 	a.o.Log.Info().Str("recovery", p.id).Str("webhook_id", w.ID).Time("since", since).Time("until", until).
