@@ -27,6 +27,8 @@ type config struct {
 	PprofListen   string
 	AdminToken    string
 	SecretOverlap time.Duration
+	RecoverMax    int
+	Partitioner   string
 	KafkaBrokers  string
 	EmbeddedKafka string
 	DataDir       string
@@ -88,6 +90,11 @@ var flagRoles = map[string]roles{
 	"pprof-listen":   serving,
 	"admin-token":    roleAll | roleAPI,
 	"secret-overlap": roleAll | roleAPI,
+	// Test sends go through a sender like the dispatcher's (request-timeout,
+	// max-conns-per-host, the header names); recovery reads the events
+	// topic as the dispatcher does (isolation-level, resource-base).
+	"recover-max":        roleAll | roleAPI,
+	"events-partitioner": roleAll | roleAPI,
 
 	"kafka-brokers":         serving,
 	"embedded-kafka-listen": roleAll | roleBroker,
@@ -109,21 +116,21 @@ var flagRoles = map[string]roles{
 	"allow-private-targets": roleAll | roleAPI | roleDispatcher,
 	"allow-http":            roleAll | roleAPI | roleDispatcher,
 	"events-catalog":        roleAll | roleAPI | roleDispatcher,
-	"resource-base":         roleAll | roleDispatcher,
+	"resource-base":         roleAll | roleAPI | roleDispatcher,
 
-	"request-timeout":    roleAll | roleDispatcher,
+	"request-timeout":    roleAll | roleAPI | roleDispatcher,
 	"workers":            roleAll | roleDispatcher,
 	"window":             roleAll | roleDispatcher,
-	"max-conns-per-host": roleAll | roleDispatcher,
+	"max-conns-per-host": roleAll | roleAPI | roleDispatcher,
 	"max-retries":        roleAll | roleDispatcher,
 	"max-retry-after":    roleAll | roleDispatcher,
-	"isolation-level":    roleAll | roleDispatcher,
+	"isolation-level":    roleAll | roleAPI | roleDispatcher,
 	"retry-lease":        roleAll | roleDispatcher,
 	"retry-window":       roleAll | roleDispatcher,
 	"dead-retention":     roleAll | roleDispatcher,
 	"dead-max":           roleAll | roleDispatcher,
-	"delivery-header":    roleAll | roleDispatcher,
-	"signature-header":   roleAll | roleDispatcher,
+	"delivery-header":    roleAll | roleAPI | roleDispatcher,
+	"signature-header":   roleAll | roleAPI | roleDispatcher,
 
 	"delete-after":   roleAll | roleCoordinator,
 	"sweep-every":    roleAll | roleCoordinator,
@@ -149,6 +156,9 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.PprofListen, "pprof-listen", "", "`addr` (host:port) serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
 	fs.DurationVar(&c.SecretOverlap, "secret-overlap", 24*time.Hour, "how long an application's old secret keeps signing and its old token keeps working after a rotation, unless the request asks for another overlap (0: retired at once)")
+
+	fs.IntVar(&c.RecoverMax, "recover-max", 10000, "most events one recovery from Kafka by time (POST /v1/webhooks/{id}/recover) may re-deliver; a larger window is refused")
+	fs.StringVar(&c.Partitioner, "events-partitioner", "", "the partitioner every producer of the events topic uses, murmur2 (Java, geckohook's own ingest) or crc32 (librdkafka): a recovery then reads only the account's partition (empty: producers may differ, every partition is read)")
 
 	fs.StringVar(&c.KafkaBrokers, "kafka-brokers", "", "comma-separated `list` of Kafka bootstrap brokers (host:port); required, except in the all command, where empty starts the embedded broker (not for production data)")
 	fs.StringVar(&c.EmbeddedKafka, "embedded-kafka-listen", "127.0.0.1:9092", "`addr` (host:port) of the embedded Kafka broker (in the all command, used when --kafka-brokers is empty)")
@@ -317,7 +327,15 @@ func parseConfig(cmd string, args []string, getenv func(string) string) (*config
 	if c.RequestTimeout <= 0 {
 		return nil, fs, fmt.Errorf("--request-timeout must be positive")
 	}
-	if c.RetryLease <= c.RequestTimeout {
+	if c.RecoverMax < 1 {
+		return nil, fs, fmt.Errorf("--recover-max must be at least 1")
+	}
+	if c.Partitioner != "" && c.Partitioner != "murmur2" && c.Partitioner != "crc32" {
+		return nil, fs, fmt.Errorf("--events-partitioner must be murmur2, crc32 or empty, not %q", c.Partitioner)
+	}
+	// The api role sets --request-timeout for test sends; the lease is the
+	// dispatcher's.
+	if flagRoles["retry-lease"]&roleOf(cmd) != 0 && c.RetryLease <= c.RequestTimeout {
 		return nil, fs, fmt.Errorf("--retry-lease (%v) must be longer than --request-timeout (%v): a lease that ends mid-attempt lets the delivery be claimed twice", c.RetryLease, c.RequestTimeout)
 	}
 	if c.RetryWindow < 1 || c.DeadMax < 1 || c.DeadRetention <= 0 {

@@ -258,6 +258,7 @@ func get(url string) (int, string, error) {
 // broker alone, an api process and a dispatcher process against it and a
 // real redis-server.
 func TestSeparateRoles(t *testing.T) {
+	begun := time.Now()
 	redisAddr := testenv.Redis(t).Addr
 	recv, err := loadtest.NewReceiver(loadtest.Always(200))
 	if err != nil {
@@ -290,10 +291,12 @@ func TestSeparateRoles(t *testing.T) {
 	}
 	app := body["application"].(map[string]any)
 	recv.Expect("/roles", app["secret"].(string))
-	if code, body := apiCall(t, "POST", base+"/v1/webhooks", app["token"].(string),
-		`{"webhook":{"account_id":"acc-9","event":"order.create","address":"`+recv.URL+`/roles"}}`); code != 201 {
+	code, body = apiCall(t, "POST", base+"/v1/webhooks", app["token"].(string),
+		`{"webhook":{"account_id":"acc-9","event":"order.create","address":"`+recv.URL+`/roles"}}`)
+	if code != 201 {
 		t.Fatalf("create webhook: %d %v", code, body)
 	}
+	hookID := body["webhook"].(map[string]any)["id"].(string)
 	// The dispatcher learns of the webhook through Redis; keep sending
 	// events until one arrives (events before that have no webhook yet).
 	testenv.WaitFor(t, 30*time.Second, func() error {
@@ -305,6 +308,41 @@ func TestSeparateRoles(t *testing.T) {
 			return fmt.Errorf("ingest: %d %v", code, body)
 		}
 		return fmt.Errorf("nothing received yet")
+	})
+	// The api process sends tests itself, and queues a recovery for the
+	// dispatcher process: what arrived comes again with the same ids.
+	token := app["token"].(string)
+	if code, body := apiCall(t, "POST", base+"/v1/webhooks/"+hookID+"/test", token, ""); code != 200 ||
+		body["test"].(map[string]any)["outcome"] != "success" {
+		t.Fatalf("test send: %d %v", code, body)
+	}
+	delivered := map[string]bool{}
+	for _, r := range recv.Received() {
+		if !strings.Contains(string(r.Body), "webhook.test") {
+			delivered[r.DeliveryID] = true
+		}
+	}
+	code, body = apiCall(t, "POST", base+"/v1/webhooks/"+hookID+"/recover", token,
+		`{"since":"`+begun.Add(-time.Minute).UTC().Format(time.RFC3339)+`"}`)
+	if code != 202 {
+		t.Fatalf("recover: %d %v", code, body)
+	}
+	recID := body["recovery"].(map[string]any)["id"].(string)
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		code, body := apiCall(t, "GET", base+"/v1/recoveries/"+recID, token, "")
+		if rec, _ := body["recovery"].(map[string]any); code != 200 || rec["state"] != "done" || rec["queued"].(float64) < 1 {
+			return fmt.Errorf("recovery: %d %v", code, body)
+		}
+		return nil
+	})
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		seen := map[string]int{}
+		for _, r := range recv.Received() {
+			if seen[r.DeliveryID]++; delivered[r.DeliveryID] && seen[r.DeliveryID] == 2 {
+				return nil
+			}
+		}
+		return fmt.Errorf("no delivery came again after the recovery")
 	})
 	for _, r := range recv.Received() {
 		if !r.ValidSig {

@@ -372,10 +372,7 @@ func (p *process) newDispatcher(context.Context) error {
 	p.dispatcher = dispatch.New(dispatch.Options{
 		Brokers: p.brokers, Topic: c.EventsTopic, DLQTopic: c.DLQTopic, Group: c.Group,
 		Registry: p.registry, Catalog: p.catalog, Redis: p.rdb, RedisPrefix: c.RedisPrefix, ResourceBase: c.ResourceBase,
-		Sender: sender.New(sender.Options{
-			Policy: p.policy, Timeout: c.RequestTimeout, MaxConnsPerHost: c.MaxConnsPerHost,
-			UserAgent: "geckohook/" + version, DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
-		}),
+		Sender:  p.newSender(),
 		Workers: c.Workers, Window: c.Window, MaxRetries: c.MaxRetries, MaxRetryAfter: c.MaxRetryAfter, Isolation: isolation(c.IsolationLevel),
 		Lease: c.RetryLease, RetryWindow: c.RetryWindow, Outcomes: p.outcomes,
 		DeadRetention: c.DeadRetention, DeadMax: c.DeadMax,
@@ -384,6 +381,16 @@ func (p *process) newDispatcher(context.Context) error {
 	})
 	p.log.Info().Strs("brokers", p.brokers).Str("topic", c.EventsTopic).Str("group", c.Group).Msg("dispatcher running")
 	return nil
+}
+
+// newSender builds a sender with the delivery flags: the dispatcher's for
+// deliveries, the API's for test sends.
+func (p *process) newSender() *sender.Sender {
+	c := p.c
+	return sender.New(sender.Options{
+		Policy: p.policy, Timeout: c.RequestTimeout, MaxConnsPerHost: c.MaxConnsPerHost,
+		UserAgent: "geckohook/" + version, DeliveryHeader: c.DeliveryHeader, SignatureHeader: c.SignatureHeader,
+	})
 }
 
 func (p *process) listenOps(context.Context) (err error) {
@@ -411,6 +418,13 @@ func (p *process) listenAPI(context.Context) (err error) {
 		Health: p.health, Ready: p.readiness(), Metrics: p.metrics, Deliveries: shard.NewStore(p.rdb, c.RedisPrefix),
 		Log:           p.log.With().Str("part", "api").Logger(),
 		SecretOverlap: overlap,
+		// Test sends: the dispatcher's policy, time limit and headers.
+		Sender:       p.newSender(),
+		ResourceBase: c.ResourceBase,
+		Recovery: api.RecoveryOptions{
+			Brokers: p.brokers, Topic: c.EventsTopic, Partitioner: c.Partitioner, Max: c.RecoverMax,
+			Isolation: isolation(c.IsolationLevel), Redis: p.rdb, Prefix: c.RedisPrefix,
+		},
 	})
 	fmt.Fprintf(p.stdout, "management API listening on http://%s\n", p.apiListener.Addr())
 	return nil

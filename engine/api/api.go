@@ -32,6 +32,7 @@ import (
 	"github.com/geckohook/geckohook/engine/netguard"
 	"github.com/geckohook/geckohook/engine/ops"
 	"github.com/geckohook/geckohook/engine/registry"
+	"github.com/geckohook/geckohook/engine/sender"
 	"github.com/geckohook/geckohook/shard"
 )
 
@@ -77,6 +78,20 @@ type Options struct {
 	// SecretOverlap is how long a rotated secret or token keeps working
 	// unless the rotation asks otherwise (0: 24h; negative: none).
 	SecretOverlap time.Duration
+
+	// Sender makes test sends (POST /v1/webhooks/{id}/test) with the
+	// dispatcher's policy and limits; nil makes that endpoint answer 503.
+	Sender *sender.Sender
+	// ResourceBase is the base of a test event's resource_url (the
+	// dispatcher's --resource-base; default https://api.tradegecko.com).
+	ResourceBase string
+	// TestSendsPerMinute bounds the test sends of one webhook (5): a
+	// bucket of that many, refilled evenly over a minute.
+	TestSendsPerMinute int
+
+	// Recovery re-delivers events from the events topic by time; its
+	// zero value makes the recovery endpoints answer 503.
+	Recovery RecoveryOptions
 }
 
 // API is the management HTTP API. It is safe for concurrent use.
@@ -84,6 +99,8 @@ type API struct {
 	o         Options
 	adminHash [sha256.Size]byte
 	requests  *ops.Requests
+	tests     *buckets
+	recs      *recoveries
 }
 
 // New returns an API; Handler or Serve put it on the network.
@@ -109,7 +126,14 @@ func New(o Options) *API {
 	if o.SecretOverlap == 0 {
 		o.SecretOverlap = 24 * time.Hour
 	}
-	a := &API{o: o, requests: ops.NewRequests(o.Metrics)}
+	if o.ResourceBase == "" {
+		o.ResourceBase = "https://api.tradegecko.com"
+	}
+	if o.TestSendsPerMinute <= 0 {
+		o.TestSendsPerMinute = 5
+	}
+	a := &API{o: o, requests: ops.NewRequests(o.Metrics), tests: newBuckets(o.TestSendsPerMinute, time.Minute)}
+	a.recs = newRecoveries(a)
 	if o.AdminToken != "" {
 		a.adminHash = sha256.Sum256([]byte(o.AdminToken))
 	}
@@ -121,7 +145,9 @@ func New(o Options) *API {
 // clean stop.
 func (a *API) Serve(ctx context.Context, ln net.Listener) error {
 	srv := ops.NewFastServer(a.Handler(), a.o.Log, a.o.MaxBodySize, a.requests)
-	return ops.Serve(ctx, srv, ln, a.o.ShutdownTimeout)
+	err := ops.Serve(ctx, srv, ln, a.o.ShutdownTimeout)
+	a.recs.stop() // no request can start one now
+	return err
 }
 
 // Handler returns the API's request handler.
@@ -226,6 +252,24 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 		route, allowed = "webhook_replay_dead", "POST"
 		if method == "POST" {
 			h, need = a.replayDead, needApp
+		}
+	case isPath(path, "/v1/webhooks/", "test"):
+		route, allowed = "webhook_test", "POST"
+		if method == "POST" {
+			h, need = a.testWebhook, needApp
+		}
+	case isPath(path, "/v1/webhooks/", "recover"):
+		route, allowed = "webhook_recover", "POST"
+		if method == "POST" {
+			h, need = a.startRecovery, needApp
+		}
+	case isPath(path, "/v1/recoveries/", ""):
+		route, allowed = "recovery", "GET, DELETE"
+		switch method {
+		case "GET":
+			h, need = a.getRecovery, needApp
+		case "DELETE":
+			h, need = a.cancelRecovery, needApp
 		}
 	case isPath(path, "/v1/deliveries/", "retry"):
 		route, allowed = "delivery_retry", "POST"

@@ -100,6 +100,9 @@ func start(t *testing.T, edit func(*Options)) *env {
 	if edit != nil {
 		edit(&o)
 	}
+	if len(o.Recovery.Brokers) > 0 && o.Recovery.Redis == nil {
+		o.Recovery.Redis, o.Recovery.Prefix = e.rdb, "gh:"
+	}
 	// Every request of the tests is checked against openapi.json.
 	// The registry the server was given decides tokens, as it does for
 	// the server (a test may give its own).

@@ -161,6 +161,20 @@ const (
 // SendSigned is Send with the signature headers of the application's
 // scheme.
 func (s *Sender) SendSigned(address string, body, deliveryID []byte, sig Signatures) Result {
+	return s.send(address, body, deliveryID, sig, nil)
+}
+
+// SendShowing is SendSigned that also returns the request's headers as
+// they went on the wire (names as sent, signatures included), for a
+// test send that shows its caller what a receiver gets. It allocates: it
+// is not for the delivery path.
+func (s *Sender) SendShowing(address string, body, deliveryID []byte, sig Signatures) (Result, map[string]string) {
+	headers := map[string]string{}
+	res := s.send(address, body, deliveryID, sig, func(k, v []byte) { headers[string(k)] = string(v) })
+	return res, headers
+}
+
+func (s *Sender) send(address string, body, deliveryID []byte, sig Signatures, show func(k, v []byte)) Result {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -180,6 +194,9 @@ func (s *Sender) SendSigned(address string, body, deliveryID []byte, sig Signatu
 		req.Header.SetBytesV(HeaderWebhookSignature, sig.Standard)
 	}
 	req.SetBodyRaw(body)
+	if show != nil {
+		req.Header.VisitAll(show)
+	}
 
 	err := s.c.DoDeadline(req, resp, time.Now().Add(s.opts.Timeout))
 	status := 0
