@@ -33,7 +33,7 @@ import (
 	"github.com/geckohook/geckohook/engine/outcomes"
 )
 
-// DefaultDeleteAfter is the seed's 3 days.
+// DefaultDeleteAfter is the delivery contract's 3 days.
 const DefaultDeleteAfter = 72 * time.Hour
 
 // Reasons a webhook was deleted.

@@ -73,7 +73,8 @@ func TestDocsStandAlone(t *testing.T) {
 	}
 	files = append(files, filepath.Join(root, "README.md"))
 	link := regexp.MustCompile(`\]\(([^)#\s]+)(#[^)]*)?\)`)
-	outside := regexp.MustCompile(`\.\./shared|(?i)\bthe seed\b|seed/webhooks|named in the issue`)
+	// Written so that this file does not match itself.
+	outside := regexp.MustCompile(`\.\./s[h]ared|(?i)\bthe s[e]ed\b|s[e]ed/webhooks|named in the i[s]sue`)
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
