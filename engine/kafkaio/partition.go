@@ -59,9 +59,8 @@ type PartitionReader struct {
 	offset int64
 	buf    []byte   // keys and values of the last fetch
 	recs   []Record // the last fetch
-	// end is the offset a consumer can read up to, as of the last fetch:
-	// the last stable offset with ReadCommitted, the high watermark
-	// otherwise (-1 before the first answer).
+	// end is the partition's high watermark as of the last fetch (-1
+	// before the first answer).
 	end int64
 }
 
@@ -96,9 +95,11 @@ func (r *PartitionReader) Close() {
 // Offset is the next offset Fetch reads.
 func (r *PartitionReader) Offset() int64 { return r.offset }
 
-// Lag is how many offsets the reader is behind what it may read, as of its
-// last fetch (0 before the first). With ReadCommitted an open transaction
-// ends what may be read, so records behind it are not counted.
+// Lag is how many offsets the reader is behind the partition's end, as of
+// its last fetch (0 before the first). With ReadCommitted, records held
+// back behind a transaction still open count too: they wait, and a lag
+// that keeps growing while the reader is idle is how an open transaction
+// shows.
 func (r *PartitionReader) Lag() int64 {
 	if r.end < 0 || r.offset < 0 {
 		return 0
@@ -147,9 +148,6 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 		return nil, err
 	}
 	r.end = p.HighWatermark
-	if r.c.Isolation == ReadCommitted && p.LastStableOffset >= 0 {
-		r.end = p.LastStableOffset
-	}
 	return r.read(p)
 }
 
