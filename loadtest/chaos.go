@@ -65,6 +65,9 @@ const (
 	windowSlot     = 90 * time.Second // one window per group per slot
 	processQuiet   = 10 * time.Second // no process fault in the flood's last seconds
 	firstFaultWait = 5 * time.Second
+	// OutageAtLeast is the shortest outage: long enough for its first
+	// pairs to spend every retry and die.
+	OutageAtLeast = 150 * time.Second
 )
 
 // ChaosSchedule returns the faults of a soak, ordered by At: the same
@@ -107,7 +110,10 @@ func ChaosSchedule(o ChaosOptions) []Fault {
 	for g := 0; g < o.Groups; g++ {
 		fs = append(fs, Fault{At: between(o.Duration/5, o.Duration/2), Kind: EndpointGone, Target: g})
 	}
-	fs = append(fs, Fault{At: 0, Kind: EndpointOutage, Target: 0, For: span})
+	// The outage outlasts the retries of its first pairs (the third retry
+	// comes 62-122 s after the first attempt), so some die; it ends soon
+	// enough after the flood that the last of them settle.
+	fs = append(fs, Fault{At: 0, Kind: EndpointOutage, Target: 0, For: min(max(span, OutageAtLeast), o.Duration+30*time.Second)})
 
 	// Process faults at random gaps; a dispatcher already down is not
 	// killed again, and one extra dispatcher at most is in the group.

@@ -49,8 +49,8 @@ func TestChaosScheduleFromSeed(t *testing.T) {
 					t.Errorf("seed %d: %s window %s+%s outside %s or longer than %s", seed, x.Kind, x.At, x.For, span, limit)
 				}
 			case EndpointOutage:
-				if x.At != 0 || x.For != span {
-					t.Errorf("seed %d: outage %s+%s, want 0+%s", seed, x.At, x.For, span)
+				if want := min(max(span, OutageAtLeast), d+30*time.Second); x.At != 0 || x.For != want {
+					t.Errorf("seed %d: outage %s+%s, want 0+%s", seed, x.At, x.For, want)
 				}
 			case EndpointGone:
 				if x.At < d/5 || x.At > d/2 || x.For != 0 {

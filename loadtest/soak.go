@@ -326,7 +326,7 @@ func RunSoak(ctx context.Context, o SoakOptions) (*Report, *SoakSummary, error) 
 	defer gen.Close()
 	mon := (&suite{o: SuiteOptions{Log: o.Log}}).monitor(ctx, "soak", stack, store, smp, l, time.Now())
 	t0 := time.Now()
-	ch := &chaos{stack: stack, farm: farm, plan: plan, kinds: kinds, group: group, log: o.Log, t0: t0, counts: map[FaultKind]int{}}
+	ch := &chaos{stack: stack, farm: farm, smp: smp, plan: plan, kinds: kinds, group: group, log: o.Log, t0: t0, counts: map[FaultKind]int{}}
 	var wg sync.WaitGroup
 	chaosCtx, stopChaos := context.WithCancel(ctx)
 	defer stopChaos()
@@ -423,6 +423,7 @@ func SoakLine(s *SoakSummary) string {
 type chaos struct {
 	stack *Stack
 	farm  *Farm
+	smp   *sampler
 	plan  *Plan
 	kinds []FaultKind
 	group []int
@@ -536,7 +537,7 @@ func (c *chaos) do(ctx context.Context, a Action) {
 		c.counts[f.Kind]++
 		c.mu.Unlock()
 		p.Kill()
-		c.logf("%s: killed %s (pid %d) for %s", f.Kind, c.stack.Roles[i], p.Pid(), f.For)
+		c.logf("%s: killed %s (pid %d) for %s", f.Kind, c.stack.Roles[i], p.Pid(), f.For.Round(100*time.Millisecond))
 	case ActRestart:
 		c.restart(ctx, c.procIndex(f), false)
 	case ActRedis:
@@ -559,7 +560,8 @@ func (c *chaos) do(ctx context.Context, a Action) {
 		c.extra = p
 		c.counts[f.Kind]++
 		c.mu.Unlock()
-		c.logf("%s: extra dispatcher (pid %d) joined for %s", f.Kind, p.Pid(), f.For)
+		c.smp.add(p)
+		c.logf("%s: extra dispatcher (pid %d) joined for %s", f.Kind, p.Pid(), f.For.Round(100*time.Millisecond))
 	case ActExtraDown:
 		c.mu.Lock()
 		p := c.extra
@@ -586,7 +588,7 @@ func (c *chaos) do(ctx context.Context, a Action) {
 		c.mu.Lock()
 		c.counts[f.Kind]++
 		c.mu.Unlock()
-		c.logf("%s: group %d (%d endpoints) for %s", f.Kind, f.Target, n, f.For)
+		c.logf("%s: group %d (%d endpoints) for %s", f.Kind, f.Target, n, f.For.Round(100*time.Millisecond))
 	case ActEndpointOff:
 		c.setGroup(f, EndpointBehaviour{})
 		c.logf("%s: group %d answers normally again", f.Kind, f.Target)
@@ -622,6 +624,7 @@ func (c *chaos) restart(ctx context.Context, i int, crashed bool) {
 		return
 	}
 	c.stack.Geckohook[i] = p
+	c.smp.add(p)
 	start := time.Now()
 	if err := c.stack.WaitHealthy(ctx, p, c.stack.Metrics[i], 60*time.Second); err != nil {
 		c.fail(fmt.Errorf("%s did not come back: %w", c.stack.Roles[i], err))

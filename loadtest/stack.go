@@ -456,6 +456,16 @@ func newSampler(procs []*Proc) *sampler {
 	return s
 }
 
+// add follows p too (a process started again after a kill).
+func (s *sampler) add(p *Proc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.procs = append(s.procs, p)
+	if u, err := ReadUsage(p.Pid()); err == nil {
+		s.start[p.Pid()], s.last[p.Pid()], s.peak[p.Pid()] = u, u, u.RSS
+	}
+}
+
 // sample reads every process and returns, for the processes of role, the
 // cores they kept busy since the last sample and their summed RSS now.
 func (s *sampler) sample(role string) (cores float64, rss int64) {
