@@ -164,7 +164,14 @@ func TestAccountSoak(t *testing.T) {
 		Dead:      map[PairKey]int{{1, 2}: 1, {2, 3}: 1},
 		Foreign:   1,
 	}
-	a := AccountSoak(l, q, func(h int) bool { return h == 4 })
+	goneAt := at.Add(GoneSlack / 2) // hook 4 answered 410 from then on
+	deleted := func(h int) (bool, time.Time) {
+		if h == 4 {
+			return true, goneAt
+		}
+		return false, time.Time{}
+	}
+	a := AccountSoak(l, q, deleted)
 	a.MissingSamples, a.PendingSamples, a.StaleSamples = nil, nil, nil
 	want := SoakAccount{Expected: 12, Delivered: 7, Dead: 1, Deleted: 2, Pending: 1, Missing: 1,
 		Duplicates: 2, IDMismatches: 1, BadSignatures: 1, Stale: 1, DeadDelivered: 1, ForeignRecords: 1, DeletedHooks: 1}
@@ -174,7 +181,7 @@ func TestAccountSoak(t *testing.T) {
 	if a.Delivered+a.Dead+a.Deleted+a.Pending+a.Missing != a.Expected {
 		t.Fatalf("settled pairs do not add up: %+v", a)
 	}
-	fs := AccountSoak(l, q, func(h int) bool { return h == 4 }).Failures()
+	fs := AccountSoak(l, q, deleted).Failures()
 	got := strings.Join(fs, "\n")
 	for _, s := range []string{"1 pairs missing", "event 5 → hook 5", "1 pairs still scheduled", "event 2 → hook 5",
 		"1 retry records scheduled for pairs already settled", "event 1 → hook 1", "1 re-sent requests", "1 requests with a bad signature"} {
@@ -205,5 +212,27 @@ func TestSoakLine(t *testing.T) {
 	}
 	if strings.Contains(line, "\n") {
 		t.Fatalf("summary is not one line: %q", line)
+	}
+}
+
+// An undelivered pair of a deleted webhook is deleted only if it was sent
+// or its event came close to the 410s; older ones, and the pairs of a
+// webhook deleted without a 410, are missing.
+func TestAccountSoakDeletionMasksNoLoss(t *testing.T) {
+	p := smallPlan() // account 0: hook 0 only
+	l := NewLedger(p, 9)
+	t0 := time.Now()
+	l.Produced(0, t0)                          // sent, answered 410: deleted
+	l.Produced(3, t0)                          // never sent, long before the 410s: missing
+	l.Produced(6, t0.Add(3*GoneSlack))         // never sent, after the 410s began: deleted
+	l.Record(0, 0, []byte("x"), true, 410, t0) //
+	goneAt := t0.Add(2 * GoneSlack)
+	a := AccountSoak(l, QueueSnapshot{}, func(h int) (bool, time.Time) { return h == 0, goneAt })
+	if a.Deleted != 2 || a.Missing != 1 || !strings.Contains(strings.Join(a.MissingSamples, ""), "event 3 → hook 0") {
+		t.Fatalf("deleted %d, missing %d (%v); want 2, 1 (event 3)", a.Deleted, a.Missing, a.MissingSamples)
+	}
+	a = AccountSoak(l, QueueSnapshot{}, func(h int) (bool, time.Time) { return h == 0, time.Time{} })
+	if a.Deleted != 0 || a.Missing != 3 || a.UnaskedDeletions != 1 || len(a.Failures()) != 2 {
+		t.Fatalf("a webhook deleted without a 410: deleted %d, missing %d, unasked %d, failures %v", a.Deleted, a.Missing, a.UnaskedDeletions, a.Failures())
 	}
 }

@@ -393,6 +393,18 @@ func (l *Ledger) Account(deleted func(hook int) bool, queued func(hook int) int6
 	return a
 }
 
+// ProducedAt is when event e was produced (zero if it was not).
+func (l *Ledger) ProducedAt(e int) time.Time {
+	if e < 0 || e >= l.maxEvents {
+		return time.Time{}
+	}
+	v := l.produced[e].Load()
+	if v == 0 {
+		return time.Time{}
+	}
+	return l.epoch.Add(time.Duration(v - timeBias))
+}
+
 // EachPair calls fn for every pair of the produced events, in event order,
 // with how many 2xx answers and how many requests it had. Call it once the
 // run is quiet.

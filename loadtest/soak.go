@@ -87,6 +87,8 @@ type SoakAccount struct {
 	DeadDelivered  int64 `json:"dead_delivered"`
 	ForeignRecords int64 `json:"foreign_records"` // queue records naming no pair of the plan
 	DeletedHooks   int   `json:"deleted_hooks"`
+	// UnaskedDeletions: webhooks deleted whose endpoint never answered 410.
+	UnaskedDeletions int `json:"unasked_deletions"`
 
 	MissingSamples []string `json:"missing_samples,omitempty"`
 	PendingSamples []string `json:"pending_samples,omitempty"`
@@ -114,20 +116,38 @@ func (a SoakAccount) Failures() []string {
 	add(a.IDMismatches, "re-sent requests carried another delivery id than their pair's first", nil)
 	add(a.BadSignatures, "requests with a bad signature", nil)
 	add(a.Unexpected, "requests no pair expected", nil)
+	add(int64(a.UnaskedDeletions), "webhooks deleted without ever answering 410", nil)
 	return fs
 }
 
+// GoneSlack is how long before its endpoint began answering 410 an event
+// may be produced and still never be sent to the webhook: the deletion can
+// overtake events waiting behind a rebalance or a restart. An older event
+// never sent to a deleted webhook is missing, not deleted.
+const GoneSlack = time.Minute
+
 // AccountSoak settles every pair of the ledger against the retry queues'
-// contents and the webhooks deleted (deleted may be nil): pure, no I/O.
-func AccountSoak(l *Ledger, q QueueSnapshot, deleted func(hook int) bool) SoakAccount {
+// contents and the webhooks deleted: pure, no I/O. deleted (may be nil)
+// says whether a hook's webhook is gone and since when its endpoint was
+// answering 410 (zero: it never was told to). An undelivered pair of a
+// deleted webhook counts as deleted when it was sent at least once or its
+// event came at most GoneSlack before the 410s began; the pairs of a
+// webhook deleted without ever answering 410 are missing.
+func AccountSoak(l *Ledger, q QueueSnapshot, deleted func(hook int) (bool, time.Time)) SoakAccount {
 	base := l.Account(nil, nil) // for the request-level counts
 	a := SoakAccount{Expected: base.Expected, IDMismatches: base.IDMismatches,
 		BadSignatures: base.BadSignatures, Unexpected: base.Unexpected, ForeignRecords: int64(q.Foreign)}
 	gone := make([]bool, len(l.plan.Hooks))
+	goneFrom := make([]time.Time, len(l.plan.Hooks))
 	for h := range gone {
-		gone[h] = deleted != nil && deleted(h)
+		if deleted != nil {
+			gone[h], goneFrom[h] = deleted(h)
+		}
 		if gone[h] {
 			a.DeletedHooks++
+			if goneFrom[h].IsZero() {
+				a.UnaskedDeletions++
+			}
 		}
 	}
 	sample := func(list *[]string, e, hook int, what string) {
@@ -135,7 +155,7 @@ func AccountSoak(l *Ledger, q QueueSnapshot, deleted func(hook int) bool) SoakAc
 			*list = append(*list, fmt.Sprintf("event %d → hook %d (%s)", e, hook, what))
 		}
 	}
-	l.EachPair(func(e, hook, ok, _ int) {
+	l.EachPair(func(e, hook, ok, reqs int) {
 		k := PairKey{e, hook}
 		sched, dead := q.Scheduled[k] > 0, q.Dead[k] > 0
 		settled := true
@@ -148,7 +168,7 @@ func AccountSoak(l *Ledger, q QueueSnapshot, deleted func(hook int) bool) SoakAc
 			}
 		case dead:
 			a.Dead++
-		case gone[hook]:
+		case gone[hook] && !goneFrom[hook].IsZero() && (reqs > 0 || !l.ProducedAt(e).Before(goneFrom[hook].Add(-GoneSlack))):
 			a.Deleted++
 		case sched:
 			a.Pending++
@@ -157,7 +177,11 @@ func AccountSoak(l *Ledger, q QueueSnapshot, deleted func(hook int) bool) SoakAc
 		default:
 			a.Missing++
 			settled = false
-			sample(&a.MissingSamples, e, hook, l.plan.Hooks[hook].URL)
+			what := l.plan.Hooks[hook].URL
+			if gone[hook] {
+				what += ", webhook deleted but this event was never sent to it"
+			}
+			sample(&a.MissingSamples, e, hook, what)
 		}
 		if settled && sched {
 			a.Stale++
@@ -344,8 +368,16 @@ func RunSoak(ctx context.Context, o SoakOptions) (*Report, *SoakSummary, error) 
 	}
 	fmt.Fprintf(o.Log, "soak: flood over, %d events; chaos stopped; settling\n", produced)
 
-	deleted := func(existing map[string]bool) func(int) bool {
-		return func(h int) bool { return existing != nil && !existing[plan.Hooks[h].ID] }
+	deleted := func(existing map[string]bool) func(int) (bool, time.Time) {
+		return func(h int) (bool, time.Time) {
+			if existing == nil || existing[plan.Hooks[h].ID] {
+				return false, time.Time{}
+			}
+			if kinds[h] != EndpointGone {
+				return true, time.Time{}
+			}
+			return true, ch.goneFrom(group[h])
+		}
 	}
 	var acc SoakAccount
 	var settleErr error
@@ -436,6 +468,7 @@ type chaos struct {
 	exits    int
 	killed   map[*Proc]bool // killed on purpose, not yet restarted
 	extra    *Proc
+	gone     map[int]time.Time // endpoint-410 group -> when it began
 	finished chan struct{}
 	once     sync.Once
 }
@@ -583,6 +616,12 @@ func (c *chaos) do(ctx context.Context, a Action) {
 			b.Reset = true
 		case EndpointGone:
 			b.GoneFrom = now
+			c.mu.Lock()
+			if c.gone == nil {
+				c.gone = map[int]time.Time{}
+			}
+			c.gone[f.Target] = now
+			c.mu.Unlock()
 		}
 		n := c.setGroup(f, b)
 		c.mu.Lock()
@@ -654,6 +693,13 @@ func (c *chaos) supervise(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// goneFrom is when endpoint-410 group g began answering 410 (zero: not yet).
+func (c *chaos) goneFrom(g int) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gone[g]
 }
 
 func (c *chaos) result() (map[FaultKind]int, int, []string) {
