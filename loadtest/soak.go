@@ -652,6 +652,10 @@ func (c *chaos) restart(ctx context.Context, i int, crashed bool) {
 	}
 	old := c.stack.Geckohook[i]
 	c.mu.Lock()
+	if !crashed && !c.killed[old] {
+		c.mu.Unlock()
+		return // its kill never came: the flood ended first
+	}
 	delete(c.killed, old)
 	if crashed {
 		c.exits++
