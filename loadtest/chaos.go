@@ -120,7 +120,7 @@ func ChaosSchedule(o ChaosOptions) []Fault {
 	weights := []struct {
 		k FaultKind
 		w int
-	}{{KillDispatcher, 40}, {RestartRedis, 20}, {Rebalance, 20}, {KillAPI, 10}, {KillCoordinator, 10}}
+	}{{KillDispatcher, 35}, {RestartRedis, 25}, {Rebalance, 20}, {KillAPI, 10}, {KillCoordinator, 10}}
 	downUntil := make([]time.Duration, o.Dispatchers)
 	var apiUntil, coordUntil, extraUntil time.Duration
 	end := o.Duration - processQuiet
