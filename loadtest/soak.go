@@ -350,7 +350,8 @@ func RunSoak(ctx context.Context, o SoakOptions) (*Report, *SoakSummary, error) 
 	defer gen.Close()
 	mon := (&suite{o: SuiteOptions{Log: o.Log}}).monitor(ctx, "soak", stack, store, smp, l, time.Now())
 	t0 := time.Now()
-	ch := &chaos{stack: stack, farm: farm, smp: smp, plan: plan, kinds: kinds, group: group, log: o.Log, t0: t0, counts: map[FaultKind]int{}}
+	ch := &chaos{stack: stack, farm: farm, smp: smp, plan: plan, kinds: kinds, group: group, log: o.Log, t0: t0,
+		counts: map[FaultKind]int{}, killed: map[*Proc]bool{}, gone: map[int]time.Time{}, finished: make(chan struct{})}
 	var wg sync.WaitGroup
 	chaosCtx, stopChaos := context.WithCancel(ctx)
 	defer stopChaos()
@@ -466,22 +467,16 @@ type chaos struct {
 	counts   map[FaultKind]int
 	errs     []string
 	exits    int
-	killed   map[*Proc]bool // killed on purpose, not yet restarted
-	extra    *Proc
+	killed   map[*Proc]bool    // killed on purpose, not yet restarted
+	extra    *Proc             // the rebalance's extra dispatcher, while it runs
 	gone     map[int]time.Time // endpoint-410 group -> when it began
-	finished chan struct{}
+	finished chan struct{}     // closed by finish
 	once     sync.Once
 }
 
 // run does each step at its time; after finish it does the remaining
 // restarts and stops at once and returns.
 func (c *chaos) run(ctx context.Context, as []Action) {
-	c.mu.Lock()
-	c.killed = map[*Proc]bool{}
-	if c.finished == nil {
-		c.finished = make(chan struct{})
-	}
-	c.mu.Unlock()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for i, a := range as {
@@ -489,7 +484,7 @@ func (c *chaos) run(ctx context.Context, as []Action) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-c.finishedCh():
+			case <-c.finished:
 				c.cleanUp(ctx, as[i:])
 				return
 			case <-tick.C:
@@ -499,21 +494,15 @@ func (c *chaos) run(ctx context.Context, as []Action) {
 		}
 		c.do(ctx, a)
 	}
-	<-c.finishedCh()
-}
-
-func (c *chaos) finishedCh() chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished == nil {
-		c.finished = make(chan struct{})
+	select {
+	case <-ctx.Done():
+	case <-c.finished:
 	}
-	return c.finished
 }
 
 // finish ends the chaos: steps still to come that bring processes back or
 // endpoints to normal are done at once; new faults are not.
-func (c *chaos) finish() { c.once.Do(func() { close(c.finishedCh()) }) }
+func (c *chaos) finish() { c.once.Do(func() { close(c.finished) }) }
 
 func (c *chaos) cleanUp(ctx context.Context, as []Action) {
 	for _, a := range as {
@@ -617,9 +606,6 @@ func (c *chaos) do(ctx context.Context, a Action) {
 		case EndpointGone:
 			b.GoneFrom = now
 			c.mu.Lock()
-			if c.gone == nil {
-				c.gone = map[int]time.Time{}
-			}
 			c.gone[f.Target] = now
 			c.mu.Unlock()
 		}
