@@ -37,7 +37,7 @@ bench: build test-tools
 # 10) while processes are killed and restarted, redis-server restarted,
 # dispatchers join and leave, and endpoints fail, hang, drop connections and
 # answer 410; then every (event, webhook) pair must be delivered, dead or
-# deleted. SOAK_SEED repeats a run's chaos; SOAK_RATE sets events/s.
+# deleted. SOAK_KEY repeats a run's chaos; SOAK_RATE sets events/s.
 # Writes bench/results/<timestamp>/report.json and report.html.
 soak: build test-tools
 	$(GO) build -o bin/geckoload ./cmd/geckoload

@@ -1,10 +1,10 @@
 package loadtest
 
-// This file owns the soak's chaos as pure code: from a seed, when each
-// fault strikes (processes killed and restarted, redis-server restarted, an
-// extra dispatcher joining and leaving the consumer group, endpoint groups
-// failing, hanging, dropping connections, answering 410), and the ordered
-// actions that carry those faults out. soak.go does the I/O.
+// This file owns the soak's chaos as pure code: from one number (the key),
+// when each fault strikes (processes killed and restarted, redis-server
+// restarted, an extra dispatcher joining and leaving the consumer group,
+// endpoint groups failing, hanging, dropping connections, answering 410),
+// and the ordered actions that carry those faults out. soak.go does the I/O.
 
 import (
 	"math/rand/v2"
@@ -43,7 +43,7 @@ type Fault struct {
 
 // ChaosOptions shapes a soak's schedule of faults.
 type ChaosOptions struct {
-	Seed     uint64
+	Key      uint64
 	Duration time.Duration // of the flood; process faults stop 10 s before its end
 	// Dispatchers is how many dispatcher processes a KillDispatcher picks from.
 	Dispatchers int
@@ -71,7 +71,7 @@ const (
 )
 
 // ChaosSchedule returns the faults of a soak, ordered by At: the same
-// options (seed included) always give the same schedule.
+// options (key included) always give the same schedule.
 func ChaosSchedule(o ChaosOptions) []Fault {
 	if o.MeanGap <= 0 {
 		o.MeanGap = 20 * time.Second
@@ -80,7 +80,7 @@ func ChaosSchedule(o ChaosOptions) []Fault {
 		o.Groups = 2
 	}
 	o.Dispatchers = max(o.Dispatchers, 1)
-	r := rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15))
+	r := rand.New(rand.NewPCG(o.Key, o.Key^0x9e3779b97f4a7c15))
 	between := func(lo, hi time.Duration) time.Duration {
 		if hi <= lo {
 			return lo

@@ -7,21 +7,21 @@ import (
 	"time"
 )
 
-// A seed gives one schedule, always; its faults keep to the rules that let
+// A key gives one schedule, always; its faults keep to the rules that let
 // a soak settle: endpoint windows inside the first EndpointShare of the
 // flood and short enough for three retries, process faults none in the
 // last 10 s and every process back by then, a dispatcher never killed while
 // down, one extra dispatcher at a time.
-func TestChaosScheduleFromSeed(t *testing.T) {
-	f := func(seed uint64, d time.Duration) {
+func TestChaosScheduleFromKey(t *testing.T) {
+	f := func(key uint64, d time.Duration) {
 		t.Helper()
-		o := ChaosOptions{Seed: seed, Duration: d, Dispatchers: 2}
+		o := ChaosOptions{Key: key, Duration: d, Dispatchers: 2}
 		fs := ChaosSchedule(o)
 		if again := ChaosSchedule(o); !reflect.DeepEqual(fs, again) {
-			t.Fatalf("seed %d: two schedules differ", seed)
+			t.Fatalf("key %d: two schedules differ", key)
 		}
-		if other := ChaosSchedule(ChaosOptions{Seed: seed + 1, Duration: d, Dispatchers: 2}); reflect.DeepEqual(fs, other) {
-			t.Fatalf("seeds %d and %d give one schedule", seed, seed+1)
+		if other := ChaosSchedule(ChaosOptions{Key: key + 1, Duration: d, Dispatchers: 2}); reflect.DeepEqual(fs, other) {
+			t.Fatalf("keys %d and %d give one schedule", key, key+1)
 		}
 		counts := CountFaults(fs)
 		for _, k := range FaultKinds {
@@ -29,7 +29,7 @@ func TestChaosScheduleFromSeed(t *testing.T) {
 				continue // rarer: a short run may have none
 			}
 			if d >= 10*time.Minute && counts[k] == 0 {
-				t.Errorf("seed %d, %s: no %s fault", seed, d, k)
+				t.Errorf("key %d, %s: no %s fault", key, d, k)
 			}
 		}
 		span := time.Duration(float64(d) * EndpointShare)
@@ -37,7 +37,7 @@ func TestChaosScheduleFromSeed(t *testing.T) {
 		var extraUntil time.Duration
 		for i, x := range fs {
 			if i > 0 && x.At < fs[i-1].At {
-				t.Fatalf("seed %d: faults out of order at %d", seed, i)
+				t.Fatalf("key %d: faults out of order at %d", key, i)
 			}
 			switch x.Kind {
 			case EndpointFail, EndpointHang, EndpointDrop:
@@ -46,30 +46,30 @@ func TestChaosScheduleFromSeed(t *testing.T) {
 					limit = maxHangWindow
 				}
 				if x.At < 0 || x.At+x.For > span || x.For <= 0 || x.For > limit {
-					t.Errorf("seed %d: %s window %s+%s outside %s or longer than %s", seed, x.Kind, x.At, x.For, span, limit)
+					t.Errorf("key %d: %s window %s+%s outside %s or longer than %s", key, x.Kind, x.At, x.For, span, limit)
 				}
 			case EndpointOutage:
 				if want := min(max(span, OutageAtLeast), d+30*time.Second); x.At != 0 || x.For != want {
-					t.Errorf("seed %d: outage %s+%s, want 0+%s", seed, x.At, x.For, want)
+					t.Errorf("key %d: outage %s+%s, want 0+%s", key, x.At, x.For, want)
 				}
 			case EndpointGone:
 				if x.At < d/5 || x.At > d/2 || x.For != 0 {
-					t.Errorf("seed %d: 410 from %s for %s", seed, x.At, x.For)
+					t.Errorf("key %d: 410 from %s for %s", key, x.At, x.For)
 				}
 			default:
 				if x.At+x.For > d-processQuiet {
-					t.Errorf("seed %d: %s at %s for %s ends inside the last %s", seed, x.Kind, x.At, x.For, processQuiet)
+					t.Errorf("key %d: %s at %s for %s ends inside the last %s", key, x.Kind, x.At, x.For, processQuiet)
 				}
 			}
 			switch x.Kind {
 			case KillDispatcher:
 				if x.Target < 0 || x.Target >= 2 || down[x.Target] > x.At {
-					t.Errorf("seed %d: dispatcher %d killed at %s while down until %s", seed, x.Target, x.At, down[x.Target])
+					t.Errorf("key %d: dispatcher %d killed at %s while down until %s", key, x.Target, x.At, down[x.Target])
 				}
 				down[x.Target] = x.At + x.For
 			case Rebalance:
 				if extraUntil > x.At {
-					t.Errorf("seed %d: a second extra dispatcher at %s", seed, x.At)
+					t.Errorf("key %d: a second extra dispatcher at %s", key, x.At)
 				}
 				extraUntil = x.At + x.For
 			}
@@ -80,7 +80,7 @@ func TestChaosScheduleFromSeed(t *testing.T) {
 		open := map[Fault]bool{}
 		for i, a := range as {
 			if i > 0 && a.At < as[i-1].At {
-				t.Fatalf("seed %d: actions out of order at %d", seed, i)
+				t.Fatalf("key %d: actions out of order at %d", key, i)
 			}
 			switch a.Act {
 			case ActKill, ActExtraUp:
@@ -91,18 +91,18 @@ func TestChaosScheduleFromSeed(t *testing.T) {
 				}
 			case ActRestart, ActExtraDown, ActEndpointOff:
 				if !open[a.Fault] {
-					t.Fatalf("seed %d: %v of %+v before its start", seed, a.Act, a.Fault)
+					t.Fatalf("key %d: %v of %+v before its start", key, a.Act, a.Fault)
 				}
 				delete(open, a.Fault)
 			}
 		}
 		if len(open) > 0 {
-			t.Fatalf("seed %d: %d faults never undone", seed, len(open))
+			t.Fatalf("key %d: %d faults never undone", key, len(open))
 		}
 	}
-	for seed := uint64(1); seed <= 50; seed++ {
-		f(seed, 2*time.Minute)
-		f(seed, 10*time.Minute)
+	for key := uint64(1); key <= 50; key++ {
+		f(key, 2*time.Minute)
+		f(key, 10*time.Minute)
 	}
 	f(7, 45*time.Second)
 }
@@ -199,13 +199,13 @@ func TestAccountSoak(t *testing.T) {
 	}
 }
 
-// The summary line names the result, the seed, every fault kind and the
+// The summary line names the result, the key, every fault kind and the
 // settled figures.
 func TestSoakLine(t *testing.T) {
-	s := &SoakSummary{Seed: 42, Passed: true, Faults: map[FaultKind]int{RestartRedis: 3},
+	s := &SoakSummary{Key: 42, Passed: true, Faults: map[FaultKind]int{RestartRedis: 3},
 		Account: SoakAccount{Expected: 10, Delivered: 7, Dead: 2, Deleted: 1, Duplicates: 4}}
 	line := SoakLine(s)
-	for _, want := range []string{"soak PASS", "seed 42", "10 pairs", "7 delivered", "2 dead", "1 deleted", "0 missing", "4 duplicates", "restart-redis 3", "kill-dispatcher 0"} {
+	for _, want := range []string{"soak PASS", "key 42", "10 pairs", "7 delivered", "2 dead", "1 deleted", "0 missing", "4 duplicates", "restart-redis 3", "kill-dispatcher 0"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("summary %q does not say %q", line, want)
 		}

@@ -34,7 +34,7 @@ type SoakOptions struct {
 
 	Duration    time.Duration // of the flood and the chaos (default 10 minutes)
 	Settle      time.Duration // the most to wait afterwards for every pair to settle (default 4 minutes)
-	Seed        uint64        // of the chaos and the endpoint windows
+	Key         uint64        // the number the chaos and the endpoint windows are drawn from
 	Rate        float64       // events/s (default 200)
 	Accounts    int           // accounts of the plan, two webhooks each (default 200)
 	Dispatchers int           // dispatcher processes besides the extra one of rebalances (default 2)
@@ -43,7 +43,7 @@ type SoakOptions struct {
 
 // SoakSummary is the outcome of a soak, written into report.json.
 type SoakSummary struct {
-	Seed            uint64            `json:"seed"`
+	Key             uint64            `json:"key"`
 	DurationSec     float64           `json:"duration_sec"` // of the flood and the chaos
 	SettledSec      float64           `json:"settled_sec"`  // from the flood's end until everything settled (or the limit)
 	RatePerSec      float64           `json:"rate_per_sec"`
@@ -292,8 +292,8 @@ func RunSoak(ctx context.Context, o SoakOptions) (*Report, *SoakSummary, error) 
 		o.Log = io.Discard
 	}
 	const groups = 2
-	sum := &SoakSummary{Seed: o.Seed, DurationSec: o.Duration.Seconds(), RatePerSec: o.Rate}
-	fmt.Fprintf(o.Log, "soak: seed %d, %s of flood and chaos at %.0f events/s, then up to %s to settle\n", o.Seed, o.Duration, o.Rate, o.Settle)
+	sum := &SoakSummary{Key: o.Key, DurationSec: o.Duration.Seconds(), RatePerSec: o.Rate}
+	fmt.Fprintf(o.Log, "soak: key %d, %s of flood and chaos at %.0f events/s, then up to %s to settle\n", o.Key, o.Duration, o.Rate, o.Settle)
 
 	plan, kinds, group := SoakPlan(o.Accounts, groups)
 	farm, err := NewFarm(12 + 2*groups)
@@ -341,7 +341,7 @@ func RunSoak(ctx context.Context, o SoakOptions) (*Report, *SoakSummary, error) 
 	fmt.Fprintf(o.Log, "soak: %d webhooks of %d accounts registered; %d dispatchers hold the %d partitions\n",
 		len(plan.Hooks), o.Accounts, o.Dispatchers, o.Partitions)
 
-	faults := ChaosSchedule(ChaosOptions{Seed: o.Seed, Duration: o.Duration, Dispatchers: o.Dispatchers, Groups: groups})
+	faults := ChaosSchedule(ChaosOptions{Key: o.Key, Duration: o.Duration, Dispatchers: o.Dispatchers, Groups: groups})
 	maxEvents := int(o.Rate*o.Duration.Seconds()) + 1000
 	l := NewLedger(plan, maxEvents)
 	farm.Use(l)
@@ -418,7 +418,7 @@ func RunSoak(ctx context.Context, o SoakOptions) (*Report, *SoakSummary, error) 
 	}
 	sum.Passed = len(sum.Failures) == 0
 
-	row := Scenario{Name: "soak", Variant: fmt.Sprintf("seed %d, %s", o.Seed, o.Duration), Partitions: o.Partitions,
+	row := Scenario{Name: "soak", Variant: fmt.Sprintf("key %d, %s", o.Key, o.Duration), Partitions: o.Partitions,
 		Dispatchers: o.Dispatchers, Webhooks: len(plan.Hooks), Events: int64(produced), Deliveries: acc.Delivered,
 		OfferedPerSec: o.Rate, DurationSec: time.Since(t0).Seconds(), Missing: acc.Missing + acc.Pending,
 		Duplicates: acc.Duplicates, BadSignatures: acc.BadSignatures, Deleted: acc.Deleted, Queued: acc.Pending,
@@ -447,8 +447,8 @@ func SoakLine(s *SoakSummary) string {
 	if !s.Passed {
 		result = "FAIL"
 	}
-	return fmt.Sprintf("soak %s: seed %d, %d pairs: %d delivered, %d dead, %d deleted (410), %d missing, %d pending, %d stale, %d duplicates (%d id mismatches); faults: %s; %d unexpected exits",
-		result, s.Seed, a.Expected, a.Delivered, a.Dead, a.Deleted, a.Missing, a.Pending, a.Stale, a.Duplicates, a.IDMismatches,
+	return fmt.Sprintf("soak %s: key %d, %d pairs: %d delivered, %d dead, %d deleted (410), %d missing, %d pending, %d stale, %d duplicates (%d id mismatches); faults: %s; %d unexpected exits",
+		result, s.Key, a.Expected, a.Delivered, a.Dead, a.Deleted, a.Missing, a.Pending, a.Stale, a.Duplicates, a.IDMismatches,
 		strings.Join(fk, ", "), s.UnexpectedExits)
 }
 

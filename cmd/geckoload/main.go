@@ -46,7 +46,7 @@ func run() int {
 	soak := fs.Bool("soak", false, "run the soak instead of the suite: a paced flood under chaos (processes killed and restarted, redis-server restarted, rebalances, failing endpoints), then every pair must be delivered, dead or deleted")
 	soakMinutes := fs.Float64("soak-minutes", envFloat("SOAK_MINUTES", 10), "minutes of flood and chaos in the soak (default $SOAK_MINUTES, else 10)")
 	soakSettle := fs.Duration("soak-settle", 4*time.Minute, "the most the soak waits after the flood for every pair to settle")
-	soakSeed := fs.Uint64("soak-seed", envUint("SOAK_SEED"), "seed of the soak's chaos (default $SOAK_SEED, else from the clock; the seed used is printed)")
+	soakKey := fs.Uint64("soak-key", envUint("SOAK_KEY"), "key of the soak's chaos (default $SOAK_KEY, else from the clock; the key used is printed)")
 	soakRate := fs.Float64("soak-rate", envFloat("SOAK_RATE", 200), "events/s of the soak's flood, two webhooks each (default $SOAK_RATE, else 200)")
 	_ = fs.Parse(os.Args[1:])
 
@@ -58,13 +58,13 @@ func run() int {
 		*out = filepath.Join("bench", "results", time.Now().UTC().Format("20060102T150405Z"))
 	}
 	if *soak {
-		seed := *soakSeed
-		if seed == 0 {
-			seed = uint64(time.Now().UnixNano())
+		key := *soakKey
+		if key == 0 {
+			key = uint64(time.Now().UnixNano())
 		}
 		return runSoak(loadtest.SoakOptions{
 			Out: *out, Log: os.Stderr, Geckohook: *bin, RedisBin: *redisBin,
-			Duration: time.Duration(*soakMinutes * float64(time.Minute)), Settle: *soakSettle, Seed: seed, Rate: *soakRate,
+			Duration: time.Duration(*soakMinutes * float64(time.Minute)), Settle: *soakSettle, Key: key, Rate: *soakRate,
 		})
 	}
 	o := loadtest.SuiteOptions{
@@ -111,7 +111,7 @@ func runSoak(o loadtest.SoakOptions) int {
 	defer stop()
 	rep, sum, err := loadtest.RunSoak(ctx, o)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "geckoload: soak (seed %d): %v\n", o.Seed, err)
+		fmt.Fprintf(os.Stderr, "geckoload: soak (key %d): %v\n", o.Key, err)
 		return 2
 	}
 	rep.Command = strings.Join(os.Args, " ")
