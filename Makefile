@@ -24,7 +24,7 @@ run-fuzz = @for t in $(FUZZ_TARGETS); do \
 			-fuzzminimizetime $(FUZZMINIMIZETIME) "$${t%%:*}" || exit 1; \
 	done
 
-.PHONY: all build run test test-tools lint bench bench-go fuzz
+.PHONY: all build run test test-tools lint bench bench-go fuzz soak
 
 all: build
 
@@ -56,6 +56,16 @@ fuzz: test-tools
 bench: build test-tools
 	$(GO) build -o bin/geckoload ./cmd/geckoload
 	./bin/geckoload -geckohook $(BIN) $(if $(SCENARIO),-scenario $(SCENARIO)) $(if $(filter 1,$(BENCH_SHORT)),-short)
+
+# The soak (not part of make test): a paced flood for SOAK_MINUTES (default
+# 10) while processes are killed and restarted, redis-server restarted,
+# dispatchers join and leave, and endpoints fail, hang, drop connections and
+# answer 410; then every (event, webhook) pair must be delivered, dead or
+# deleted. SOAK_KEY repeats a run's chaos; SOAK_RATE sets events/s.
+# Writes bench/results/<timestamp>/report.json and report.html.
+soak: build test-tools
+	$(GO) build -o bin/geckoload ./cmd/geckoload
+	./bin/geckoload -geckohook $(BIN) -soak
 
 # The Go benchmarks of the hot functions and the retry queue (real redis-server).
 bench-go: test-tools

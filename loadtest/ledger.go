@@ -393,6 +393,34 @@ func (l *Ledger) Account(deleted func(hook int) bool, queued func(hook int) int6
 	return a
 }
 
+// ProducedAt is when event e was produced (zero if it was not).
+func (l *Ledger) ProducedAt(e int) time.Time {
+	if e < 0 || e >= l.maxEvents {
+		return time.Time{}
+	}
+	v := l.produced[e].Load()
+	if v == 0 {
+		return time.Time{}
+	}
+	return l.epoch.Add(time.Duration(v - timeBias))
+}
+
+// EachPair calls fn for every pair of the produced events, in event order,
+// with how many 2xx answers and how many requests it had. Call it once the
+// run is quiet.
+func (l *Ledger) EachPair(fn func(e, hook int, ok, reqs int)) {
+	for e := 0; e < l.maxEvents && l.accounts > 0; e++ {
+		if l.produced[e].Load() == 0 {
+			continue
+		}
+		base := l.base(e)
+		for pos, hook := range l.plan.Accounts[e%l.accounts] {
+			p := &l.pairs[base+int64(pos)]
+			fn(e, int(hook), int(p.ok.Load()), int(p.reqs.Load()))
+		}
+	}
+}
+
 // The latency histogram is log-linear (HDR-like) over units of 100 ns:
 // values below 2·histSub units have a bucket each, above that every power of
 // two is split into histSub equal buckets, so a bucket is at most 1/64 of its

@@ -31,6 +31,8 @@ type Report struct {
 	Short     bool       `json:"short"`   // a BENCH_SHORT run
 	Command   string     `json:"command"` // how it was run, e.g. "make bench"
 	Scenarios []Scenario `json:"scenarios"`
+	// Soak is the soak's own summary (`make soak`), nil for the suite.
+	Soak *SoakSummary `json:"soak,omitempty"`
 }
 
 // Host is the machine a report was made on.

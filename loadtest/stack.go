@@ -29,10 +29,21 @@ type Proc struct {
 	log  *os.File
 	done chan struct{}
 	err  error // set before done closes
+
+	bin     string   // for Again
+	args    []string // for Again
+	env     []string // for Again
+	logPath string   // for Again
 }
 
 // StartProc runs bin with args, its output appended to logPath.
 func StartProc(role, logPath, bin string, args ...string) (*Proc, error) {
+	return StartProcEnv(role, logPath, bin, nil, args...)
+}
+
+// StartProcEnv is StartProc with env (KEY=value) added to the child's
+// environment.
+func StartProcEnv(role, logPath, bin string, env []string, args ...string) (*Proc, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("cannot open the log of %s: %w", role, err)
@@ -48,11 +59,12 @@ func StartProc(role, logPath, bin string, args ...string) (*Proc, error) {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
+	cmd.Env = append(cmd.Env, env...)
 	if err := cmd.Start(); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("cannot start %s (%s): %w", role, bin, err)
 	}
-	p := &Proc{Role: role, cmd: cmd, log: f, done: make(chan struct{})}
+	p := &Proc{Role: role, cmd: cmd, log: f, done: make(chan struct{}), bin: bin, args: args, env: env, logPath: logPath}
 	go func() {
 		p.err = cmd.Wait()
 		_ = f.Close()
@@ -83,6 +95,18 @@ func (p *Proc) Stop(timeout time.Duration) {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
+}
+
+// Kill ends the process with SIGKILL, as a crash would, and waits for it.
+func (p *Proc) Kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Again starts the same command once more, its output appended to the
+// same log. The process must have ended.
+func (p *Proc) Again() (*Proc, error) {
+	return StartProcEnv(p.Role, p.logPath, p.bin, p.env, p.args...)
 }
 
 // Usage is a process's CPU time so far and resident memory now.
@@ -128,10 +152,13 @@ type Stack struct {
 	Broker    *Proc    // nil when pointed at an existing Kafka
 	Redis     *Proc    // nil when pointed at an existing Redis
 	Geckohook []*Proc  // nil when pointed at an existing geckohook
+	Roles     []string // the role of each geckohook process (all, api, coordinator, dispatcher)
 	Metrics   []string // /metrics of each geckohook process started
 	Pprof     string   // http://host:port of the first one's profiles, when asked for
 
-	dir string
+	dir   string
+	o     StackOptions
+	redis string // redis-server's port, for RestartRedis
 }
 
 // StackOptions says which processes to start and with what.
@@ -147,16 +174,21 @@ type StackOptions struct {
 	Topic      string   // events topic
 	Group      string   // consumer group of the dispatchers
 	// Dispatchers is how many geckohook processes consume: the first runs
-	// every role (`all`), the others `dispatcher`.
+	// every role (`all`), the others `dispatcher`. Roles, when set, wins.
 	Dispatchers int
-	Args        []string // extra flags for every geckohook process
-	Pprof       bool     // serve profiles from the first geckohook process
+	// Roles is the role of each geckohook process, e.g. api, coordinator,
+	// dispatcher, dispatcher; the first must serve the API (all or api).
+	Roles []string
+	Args  []string // extra flags for every geckohook process
+	Pprof bool     // serve profiles from the first geckohook process
+	// AppendFsync is redis-server's appendfsync (default everysec).
+	AppendFsync string
 }
 
 // StartStack starts the broker, redis-server and geckohook processes the
 // options do not point at, and waits until each answers.
 func StartStack(ctx context.Context, o StackOptions) (*Stack, error) {
-	s := &Stack{Brokers: o.Brokers, RedisAddr: o.RedisAddr, API: o.API, AdminToken: o.AdminToken, dir: o.Dir}
+	s := &Stack{Brokers: o.Brokers, RedisAddr: o.RedisAddr, API: o.API, AdminToken: o.AdminToken, dir: o.Dir, o: o}
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cannot make the stack directory: %w", err)
 	}
@@ -187,21 +219,9 @@ func StartStack(ctx context.Context, o StackOptions) (*Stack, error) {
 		if err != nil {
 			return nil, err
 		}
-		_, port, _ := net.SplitHostPort(addr)
-		bin := o.RedisBin
-		if bin == "" {
-			bin = "redis-server"
-		}
-		// AOF with fsync every second: what a production retry queue runs
-		// with (only failures reach Redis, so the healthy path never waits
-		// on it).
-		s.Redis, err = StartProc("redis", filepath.Join(o.Dir, "redis.log"), bin, "--port", port, "--bind", "127.0.0.1",
-			"--dir", o.Dir, "--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
-		if err != nil {
+		_, s.redis, _ = net.SplitHostPort(addr)
+		if err := s.startRedis(ctx); err != nil {
 			return nil, err
-		}
-		if err := waitFor(ctx, 20*time.Second, s.Redis, func() error { return redisPing(addr) }); err != nil {
-			return nil, fmt.Errorf("redis-server did not start: %w", err)
 		}
 		s.RedisAddr = addr
 	}
@@ -209,48 +229,117 @@ func StartStack(ctx context.Context, o StackOptions) (*Stack, error) {
 		if s.AdminToken == "" {
 			s.AdminToken = "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 		}
-		n := max(o.Dispatchers, 1)
-		for i := 0; i < n; i++ {
-			role, listenFlag := "all", "--api-listen"
-			if i > 0 {
-				role, listenFlag = "dispatcher", "--metrics-listen"
+		roles := o.Roles
+		if len(roles) == 0 {
+			roles = []string{"all"}
+			for i := 1; i < max(o.Dispatchers, 1); i++ {
+				roles = append(roles, "dispatcher")
 			}
-			addr, err := freeAddr()
+		}
+		for i, role := range roles {
+			p, metrics, err := s.StartGeckohook(ctx, role, i == 0 && o.Pprof)
 			if err != nil {
 				return nil, err
 			}
-			args := []string{role, "--kafka-brokers", strings.Join(s.Brokers, ","), "--redis-addr", s.RedisAddr,
-				listenFlag, addr, "--allow-private-targets", "--allow-http",
-				"--partitions", strconv.Itoa(o.Partitions), "--events-topic", o.Topic, "--consumer-group", o.Group,
-				"--kafka-session-timeout", "6s", "--log-level", "warn", "--log-format", "json"}
-			if role == "all" { // a dispatcher refuses the flags it does not use
-				args = append(args, "--admin-token", s.AdminToken, "--mail-outbox", filepath.Join(o.Dir, "outbox"))
-			}
-			if i == 0 && o.Pprof {
-				pp, err := freeAddr()
-				if err != nil {
-					return nil, err
-				}
-				args = append(args, "--pprof-listen", pp)
-				s.Pprof = "http://" + pp
-			}
-			args = append(args, o.Args...)
-			p, err := StartProc("geckohook", filepath.Join(o.Dir, fmt.Sprintf("geckohook-%d.log", i)), o.Geckohook, args...)
-			if err != nil {
-				return nil, err
-			}
-			s.Geckohook = append(s.Geckohook, p)
-			s.Metrics = append(s.Metrics, "http://"+addr+"/metrics")
-			if err := waitFor(ctx, 30*time.Second, p, func() error { return healthy("http://" + addr + "/healthz") }); err != nil {
-				return nil, fmt.Errorf("geckohook %s did not start: %w", role, err)
-			}
+			s.Geckohook, s.Roles, s.Metrics = append(s.Geckohook, p), append(s.Roles, role), append(s.Metrics, metrics)
 			if i == 0 {
-				s.API = "http://" + addr
+				s.API = strings.TrimSuffix(metrics, "/metrics")
 			}
 		}
 	}
 	ok = true
 	return s, nil
+}
+
+// startRedis starts redis-server on the stack's port and directory, with
+// AOF, and waits until it answers.
+func (s *Stack) startRedis(ctx context.Context) error {
+	bin := s.o.RedisBin
+	if bin == "" {
+		bin = "redis-server"
+	}
+	// AOF with fsync every second by default: what a production retry
+	// queue runs with (only failures reach Redis, so the healthy path
+	// never waits on it).
+	fsync := s.o.AppendFsync
+	if fsync == "" {
+		fsync = "everysec"
+	}
+	var err error
+	s.Redis, err = StartProc("redis", filepath.Join(s.dir, "redis.log"), bin, "--port", s.redis, "--bind", "127.0.0.1",
+		"--dir", s.dir, "--save", "", "--appendonly", "yes", "--appendfsync", fsync)
+	if err != nil {
+		return err
+	}
+	addr := net.JoinHostPort("127.0.0.1", s.redis)
+	if err := waitFor(ctx, 20*time.Second, s.Redis, func() error { return redisPing(addr) }); err != nil {
+		return fmt.Errorf("redis-server did not start: %w", err)
+	}
+	return nil
+}
+
+// RestartRedis kills the redis-server the stack started (SIGKILL, as a
+// crash would) and starts it again on the same port from its AOF.
+func (s *Stack) RestartRedis(ctx context.Context) error {
+	if s.Redis == nil {
+		return fmt.Errorf("the stack did not start redis-server")
+	}
+	s.Redis.Kill()
+	return s.startRedis(ctx)
+}
+
+// StartGeckohook starts one geckohook process of role (all, api,
+// coordinator or dispatcher) against the stack's Kafka and Redis and waits
+// until it is healthy; it returns the process and its /metrics address.
+// The caller owns it: the stack stops only the processes in Geckohook.
+func (s *Stack) StartGeckohook(ctx context.Context, role string, pprof bool) (*Proc, string, error) {
+	o := s.o
+	listenFlag := "--metrics-listen"
+	if role == "all" || role == "api" {
+		listenFlag = "--api-listen"
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	// Settings go in GECKOHOOK_* variables: each command takes those it
+	// uses and ignores the rest, where a flag of another command on its
+	// command line would be an error.
+	env := settingsEnv(append([]string{"--kafka-brokers", strings.Join(s.Brokers, ","), "--redis-addr", s.RedisAddr,
+		"--admin-token", s.AdminToken, "--allow-private-targets", "--allow-http",
+		"--partitions", strconv.Itoa(o.Partitions), "--events-topic", o.Topic, "--consumer-group", o.Group,
+		"--kafka-session-timeout", "6s", "--log-level", "warn", "--log-format", "json",
+		"--mail-outbox", filepath.Join(o.Dir, "outbox")}, o.Args...))
+	args := []string{role, listenFlag, addr}
+	if pprof {
+		pp, err := freeAddr()
+		if err != nil {
+			return nil, "", err
+		}
+		args = append(args, "--pprof-listen", pp)
+		s.Pprof = "http://" + pp
+	}
+	n := len(s.Geckohook)
+	p, err := StartProcEnv("geckohook", filepath.Join(o.Dir, fmt.Sprintf("geckohook-%d-%s.log", n, role)), o.Geckohook, env, args...)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := s.WaitHealthy(ctx, p, "http://"+addr+"/metrics", 30*time.Second); err != nil {
+		p.Kill()
+		return nil, "", fmt.Errorf("geckohook %s did not start: %w", role, err)
+	}
+	return p, "http://" + addr + "/metrics", nil
+}
+
+// WaitHealthy waits up to limit for the /healthz beside metrics to answer 200.
+func (s *Stack) WaitHealthy(ctx context.Context, p *Proc, metrics string, limit time.Duration) error {
+	health := strings.TrimSuffix(metrics, "/metrics") + "/healthz"
+	return waitFor(ctx, limit, p, func() error { return healthy(health) })
+}
+
+// dispatching reports whether geckohook process i consumes events.
+func (s *Stack) dispatching(i int) bool {
+	return i >= len(s.Roles) || s.Roles[i] == "all" || s.Roles[i] == "dispatcher"
 }
 
 // Procs returns the child processes, broker first.
@@ -380,6 +469,16 @@ func newSampler(procs []*Proc) *sampler {
 	return s
 }
 
+// add follows p too (a process started again after a kill).
+func (s *sampler) add(p *Proc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.procs = append(s.procs, p)
+	if u, err := ReadUsage(p.Pid()); err == nil {
+		s.start[p.Pid()], s.last[p.Pid()], s.peak[p.Pid()] = u, u, u.RSS
+	}
+}
+
 // sample reads every process and returns, for the processes of role, the
 // cores they kept busy since the last sample and their summed RSS now.
 func (s *sampler) sample(role string) (cores float64, rss int64) {
@@ -454,11 +553,20 @@ func (s *Stack) WaitShards(ctx context.Context, group string, partitions int, li
 		if len(resp.Groups) != 1 || resp.Groups[0].Error != nil {
 			return fmt.Errorf("group %s not described: %+v", group, resp.Groups)
 		}
-		if g := resp.Groups[0]; g.GroupState != "Stable" || len(g.Members) != len(s.Geckohook) {
-			return fmt.Errorf("group %s is %s with %d of %d members", group, g.GroupState, len(g.Members), len(s.Geckohook))
+		members := 0
+		for i := range s.Geckohook {
+			if s.dispatching(i) {
+				members++
+			}
+		}
+		if g := resp.Groups[0]; g.GroupState != "Stable" || len(g.Members) != members {
+			return fmt.Errorf("group %s is %s with %d of %d members", group, g.GroupState, len(g.Members), members)
 		}
 		total, holding := 0, 0
-		for _, url := range s.Metrics {
+		for i, url := range s.Metrics {
+			if !s.dispatching(i) {
+				continue
+			}
 			n, err := metricValue(url, "geckohook_shards")
 			if err != nil {
 				return err
@@ -468,7 +576,7 @@ func (s *Stack) WaitShards(ctx context.Context, group string, partitions int, li
 				holding++
 			}
 		}
-		if total != partitions || holding < min(partitions, len(s.Metrics)) {
+		if total != partitions || holding < min(partitions, members) {
 			return fmt.Errorf("the dispatchers hold %d of %d partitions, %d of them holding any", total, partitions, holding)
 		}
 		return nil
@@ -490,4 +598,23 @@ func metricValue(url, name string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s has no %s", url, name)
+}
+
+// settingsEnv turns flags (--name value, or --name alone for a switch) into
+// GECKOHOOK_NAME=value variables.
+func settingsEnv(flags []string) []string {
+	var env []string
+	for i := 0; i < len(flags); i++ {
+		name, ok := strings.CutPrefix(flags[i], "--")
+		if !ok {
+			continue
+		}
+		value := "true"
+		if i+1 < len(flags) && !strings.HasPrefix(flags[i+1], "--") {
+			value = flags[i+1]
+			i++
+		}
+		env = append(env, "GECKOHOOK_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_"))+"="+value)
+	}
+	return env
 }

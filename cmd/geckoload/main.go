@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -42,6 +43,11 @@ func run() int {
 	conns := fs.Int("max-conns-per-host", 64, "geckohook --max-conns-per-host, and the ceiling's")
 	paced := fs.Float64("paced-rate", 0, "events/s of the healthy scenario's latency phase (0: half the rate its flood sustained)")
 	profile := fs.Bool("profile", false, "save a CPU profile of geckohook during each flood (cpu.pprof beside the process logs)")
+	soak := fs.Bool("soak", false, "run the soak instead of the suite: a paced flood under chaos (processes killed and restarted, redis-server restarted, rebalances, failing endpoints), then every pair must be delivered, dead or deleted")
+	soakMinutes := fs.Float64("soak-minutes", envFloat("SOAK_MINUTES", 10), "minutes of flood and chaos in the soak (default $SOAK_MINUTES, else 10)")
+	soakSettle := fs.Duration("soak-settle", 4*time.Minute, "the most the soak waits after the flood for every pair to settle")
+	soakKey := fs.Uint64("soak-key", envUint("SOAK_KEY"), "key of the soak's chaos (default $SOAK_KEY, else from the clock; the key used is printed)")
+	soakRate := fs.Float64("soak-rate", envFloat("SOAK_RATE", 200), "events/s of the soak's flood, two webhooks each (default $SOAK_RATE, else 200)")
 	_ = fs.Parse(os.Args[1:])
 
 	if *api != "" && (*admin == "" || *brokers == "" || *redisAddr == "") {
@@ -50,6 +56,16 @@ func run() int {
 	}
 	if *out == "" {
 		*out = filepath.Join("bench", "results", time.Now().UTC().Format("20060102T150405Z"))
+	}
+	if *soak {
+		key := *soakKey
+		if key == 0 {
+			key = uint64(time.Now().UnixNano())
+		}
+		return runSoak(loadtest.SoakOptions{
+			Out: *out, Log: os.Stderr, Geckohook: *bin, RedisBin: *redisBin,
+			Duration: time.Duration(*soakMinutes * float64(time.Minute)), Settle: *soakSettle, Key: key, Rate: *soakRate,
+		})
 	}
 	o := loadtest.SuiteOptions{
 		Out: *out, Short: *short, Log: os.Stderr, Geckohook: *bin, RedisBin: *redisBin,
@@ -86,4 +102,44 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// runSoak runs the soak, writes its report beside the bench reports, and
+// prints its summary line; it fails when anything is unaccounted for.
+func runSoak(o loadtest.SoakOptions) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, sum, err := loadtest.RunSoak(ctx, o)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "geckoload: soak (key %d): %v\n", o.Key, err)
+		return 2
+	}
+	rep.Command = strings.Join(os.Args, " ")
+	jsonPath, htmlPath, werr := rep.WriteFiles(o.Out)
+	fmt.Println()
+	_ = rep.WriteTable(os.Stdout)
+	fmt.Printf("\n%s\n", loadtest.SoakLine(sum))
+	if werr != nil {
+		fmt.Fprintf(os.Stderr, "geckoload: %v\n", werr)
+		return 1
+	}
+	fmt.Printf("report: %s\n        %s\n", jsonPath, htmlPath)
+	if !sum.Passed {
+		return 1
+	}
+	return 0
+}
+
+// envFloat is the number in environment variable name, or def.
+func envFloat(name string, def float64) float64 {
+	if v, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil {
+		return v
+	}
+	return def
+}
+
+// envUint is the unsigned number in environment variable name, or 0.
+func envUint(name string) uint64 {
+	v, _ := strconv.ParseUint(os.Getenv(name), 10, 64)
+	return v
 }
