@@ -18,7 +18,9 @@ import (
 func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 	d := s.d
 	ctx, stop := context.WithCancel(ctx)
-	batches := make(chan []kafkaio.Record, 1)
+	// Unbuffered: the fetcher hands a batch over only once the last one is
+	// fanned out, and the reader's records stay valid for one more fetch.
+	batches := make(chan []kafkaio.Record)
 	var fetcher sync.WaitGroup
 	goWith(&fetcher, func() { s.fetch(ctx, offset, batches) })
 	defer fetcher.Wait()

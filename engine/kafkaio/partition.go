@@ -32,9 +32,10 @@ type PartitionConfig struct {
 	Transport kafka.RoundTripper
 }
 
-// Record is one record of a fetch. Key and Value share the fetch's buffer,
-// which the reader never reuses; a nil Value is a null value, an empty one
-// was sent empty.
+// Record is one record of a fetch. Records, and their Key and Value, stay
+// valid until the second Fetch after the one that returned them (fetches
+// take turns between two buffers); a nil Value is a null value, an empty
+// one was sent empty.
 type Record struct {
 	Offset int64
 	Time   time.Time
@@ -59,6 +60,13 @@ type PartitionReader struct {
 	offset int64
 	buf    []byte   // keys and values of the last fetch
 	recs   []Record // the last fetch
+	// spare are the two sets of buffers fetches take turns with; turn is
+	// the one the last fetch used.
+	spare [2]struct {
+		buf  []byte
+		recs []Record
+	}
+	turn int
 	// end is the partition's high watermark as of the last fetch (-1
 	// before the first answer).
 	end int64
@@ -175,10 +183,12 @@ func (r *PartitionReader) partition(res *fetchapi.Response) (*fetchapi.ResponseP
 // transaction filter says and records before the fetch offset (a batch
 // starts where it starts, not where the fetch asked).
 func (r *PartitionReader) read(p *fetchapi.ResponsePartition) ([]Record, error) {
-	// Each fetch gets buffers of its own, sized like the last one's, so a
-	// caller may hold one fetch's records while it reads the next: two
-	// allocations a fetch, none an event.
-	r.buf, r.recs = make([]byte, 0, cap(r.buf)), make([]Record, 0, cap(r.recs))
+	// Fetches take turns between two sets of buffers, so a caller may hold
+	// one fetch's records while it reads the next; nothing is allocated per
+	// fetch or per event once the buffers have grown.
+	r.spare[r.turn].buf, r.spare[r.turn].recs = r.buf, r.recs
+	r.turn ^= 1
+	r.buf, r.recs = r.spare[r.turn].buf[:0], r.spare[r.turn].recs[:0]
 	if p.RecordSet.Records == nil {
 		return r.recs, nil
 	}
