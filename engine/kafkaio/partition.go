@@ -33,9 +33,10 @@ type PartitionConfig struct {
 }
 
 // Record is one record of a fetch. Records, and their Key and Value, stay
-// valid until the second Fetch after the one that returned them (fetches
-// take turns between two buffers); a nil Value is a null value, an empty
-// one was sent empty.
+// valid until the second Fetch after the one that returned them that
+// returns records (fetches take turns between two buffers; one that
+// returns nothing, or fails, takes no turn); a nil Value is a null value,
+// an empty one was sent empty.
 type Record struct {
 	Offset int64
 	Time   time.Time
@@ -156,7 +157,25 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 		return nil, err
 	}
 	r.end = p.HighWatermark
-	return r.read(p)
+	// The records go into the buffers the fetch before last used: those of
+	// the last fetch may still be in the caller's hands. A fetch that
+	// returns nothing, or fails half-way, gives its turn back (and the
+	// offset it moved), so it never costs the caller's records their life.
+	from, turn := r.offset, r.turn
+	prev, prevRecs := r.buf, r.recs
+	r.spare[r.turn].buf, r.spare[r.turn].recs = r.buf, r.recs
+	r.turn ^= 1
+	r.buf, r.recs = r.spare[r.turn].buf[:0], r.spare[r.turn].recs[:0]
+	recs, err := r.read(p)
+	if err != nil || len(recs) == 0 {
+		r.spare[r.turn].buf, r.spare[r.turn].recs = r.buf, r.recs
+		r.turn, r.buf, r.recs = turn, prev, prevRecs
+		if err != nil {
+			r.offset = from
+			return nil, err
+		}
+	}
+	return recs, nil
 }
 
 func (r *PartitionReader) partition(res *fetchapi.Response) (*fetchapi.ResponsePartition, error) {
@@ -183,12 +202,6 @@ func (r *PartitionReader) partition(res *fetchapi.Response) (*fetchapi.ResponseP
 // transaction filter says and records before the fetch offset (a batch
 // starts where it starts, not where the fetch asked).
 func (r *PartitionReader) read(p *fetchapi.ResponsePartition) ([]Record, error) {
-	// Fetches take turns between two sets of buffers, so a caller may hold
-	// one fetch's records while it reads the next; nothing is allocated per
-	// fetch or per event once the buffers have grown.
-	r.spare[r.turn].buf, r.spare[r.turn].recs = r.buf, r.recs
-	r.turn ^= 1
-	r.buf, r.recs = r.spare[r.turn].buf[:0], r.spare[r.turn].recs[:0]
 	if p.RecordSet.Records == nil {
 		return r.recs, nil
 	}

@@ -188,3 +188,44 @@ func TestPartitionReaderMovesPastAbortedOnly(t *testing.T) {
 		t.Fatalf("reader at %d having skipped up to %v, want 4 after [0 1 2 3] (one batch a record, then the marker)", r.Offset(), skipped)
 	}
 }
+
+// A fetch's records stay whole through the next fetch that returns
+// records, also when a fetch that returns nothing comes between (the
+// dispatcher fans one batch out while its fetcher reads the next).
+func TestPartitionReaderKeepsTheLastFetchWhole(t *testing.T) {
+	k := testenv.Kafka(t, 1)
+	brokers := []string{k.Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := EnsureTopics(ctx, brokers, Topic{Name: "events", Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	plain := producer(t, brokers, "events", "")
+	produce(t, plain, "first-1", "first-2")
+	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: 20 * time.Millisecond}, 0)
+	defer r.Close()
+	var first []Record
+	for len(first) < 2 {
+		recs, err := r.Fetch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first = append(first, recs...)
+	}
+	if recs, err := r.Fetch(ctx); err != nil || len(recs) != 0 {
+		t.Fatalf("a fetch with nothing new: %d records, %v", len(recs), err)
+	}
+	produce(t, plain, "other-3", "other-4")
+	var next []Record
+	for len(next) < 2 {
+		recs, err := r.Fetch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next = append(next, recs...)
+	}
+	if string(first[0].Value) != "first-1" || string(first[1].Value) != "first-2" || first[0].Offset != 0 || first[1].Offset != 1 {
+		t.Fatalf("the first fetch's records changed under the caller: %q@%d %q@%d",
+			first[0].Value, first[0].Offset, first[1].Value, first[1].Offset)
+	}
+}
