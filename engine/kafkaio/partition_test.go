@@ -85,13 +85,7 @@ func readAll(t *testing.T, r *PartitionReader, n int) []string {
 // one partition with plain records between, and an open transaction holds
 // every later record back until it ends.
 func TestPartitionReaderReadsCommittedOnly(t *testing.T) {
-	k := testenv.Kafka(t, 1)
-	brokers := []string{k.Addr()}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := EnsureTopics(ctx, brokers, Topic{Name: "events", Partitions: 1}); err != nil {
-		t.Fatal(err)
-	}
+	brokers, ctx := eventsTopic(t)
 	plain, a, b, c := producer(t, brokers, "events", ""), producer(t, brokers, "events", "a"),
 		producer(t, brokers, "events", "b"), producer(t, brokers, "events", "c")
 
@@ -158,13 +152,7 @@ func TestPartitionReaderReadsCommittedOnly(t *testing.T) {
 // A fetch that holds only an aborted transaction and its marker moves the
 // offset past them, so nothing stalls behind it.
 func TestPartitionReaderMovesPastAbortedOnly(t *testing.T) {
-	k := testenv.Kafka(t, 1)
-	brokers := []string{k.Addr()}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := EnsureTopics(ctx, brokers, Topic{Name: "events", Partitions: 1}); err != nil {
-		t.Fatal(err)
-	}
+	brokers, ctx := eventsTopic(t)
 	a := producer(t, brokers, "events", "a")
 	begin(t, a)
 	produce(t, a, "x1", "x2", "x3")
@@ -193,39 +181,46 @@ func TestPartitionReaderMovesPastAbortedOnly(t *testing.T) {
 // records, also when a fetch that returns nothing comes between (the
 // dispatcher fans one batch out while its fetcher reads the next).
 func TestPartitionReaderKeepsTheLastFetchWhole(t *testing.T) {
-	k := testenv.Kafka(t, 1)
-	brokers := []string{k.Addr()}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := EnsureTopics(ctx, brokers, Topic{Name: "events", Partitions: 1}); err != nil {
-		t.Fatal(err)
-	}
+	brokers, ctx := eventsTopic(t)
 	plain := producer(t, brokers, "events", "")
 	produce(t, plain, "first-1", "first-2")
 	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: 20 * time.Millisecond}, 0)
 	defer r.Close()
-	var first []Record
-	for len(first) < 2 {
-		recs, err := r.Fetch(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		first = append(first, recs...)
-	}
+	first := fetchAtLeast(t, ctx, r, 2)
 	if recs, err := r.Fetch(ctx); err != nil || len(recs) != 0 {
 		t.Fatalf("a fetch with nothing new: %d records, %v", len(recs), err)
 	}
 	produce(t, plain, "other-3", "other-4")
-	var next []Record
-	for len(next) < 2 {
-		recs, err := r.Fetch(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		next = append(next, recs...)
-	}
+	fetchAtLeast(t, ctx, r, 2)
 	if string(first[0].Value) != "first-1" || string(first[1].Value) != "first-2" || first[0].Offset != 0 || first[1].Offset != 1 {
 		t.Fatalf("the first fetch's records changed under the caller: %q@%d %q@%d",
 			first[0].Value, first[0].Offset, first[1].Value, first[1].Offset)
 	}
+}
+
+// eventsTopic starts the embedded broker with a one-partition topic
+// "events", and returns its brokers and a context bounding the test.
+func eventsTopic(t *testing.T) ([]string, context.Context) {
+	t.Helper()
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := EnsureTopics(ctx, brokers, Topic{Name: "events", Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	return brokers, ctx
+}
+
+// fetchAtLeast fetches until n records have come, and returns them.
+func fetchAtLeast(t *testing.T, ctx context.Context, r *PartitionReader, n int) []Record {
+	t.Helper()
+	var got []Record
+	for len(got) < n {
+		recs, err := r.Fetch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, recs...)
+	}
+	return got
 }
