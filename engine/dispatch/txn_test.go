@@ -17,18 +17,7 @@ import (
 // txnProducer writes events for one account to partition 0 of the events
 // topic, in transactions when id is set: a real transactional producer.
 func txnProducer(t *testing.T, e *env, id string) *kgo.Client {
-	t.Helper()
-	opts := []kgo.Opt{kgo.SeedBrokers(e.broker), kgo.DefaultProduceTopic("geckohook.events"),
-		kgo.RecordPartitioner(kgo.ManualPartitioner())}
-	if id != "" {
-		opts = append(opts, kgo.TransactionalID(id))
-	}
-	cl, err := kgo.NewClient(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return cl
+	return testenv.KafkaProducer(t, []string{e.broker}, "geckohook.events", id)
 }
 
 func produceObjects(t *testing.T, cl *kgo.Client, from, to int) {

@@ -13,22 +13,6 @@ import (
 	"github.com/geckohook/geckohook/internal/testenv"
 )
 
-// producer writes to partition 0 of topic, in transactions when id is set.
-func producer(t *testing.T, brokers []string, topic, id string) *kgo.Client {
-	t.Helper()
-	opts := []kgo.Opt{kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
-		kgo.RecordPartitioner(kgo.ManualPartitioner())}
-	if id != "" {
-		opts = append(opts, kgo.TransactionalID(id))
-	}
-	cl, err := kgo.NewClient(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return cl
-}
-
 func produce(t *testing.T, cl *kgo.Client, values ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -86,8 +70,8 @@ func readAll(t *testing.T, r *PartitionReader, n int) []string {
 // every later record back until it ends.
 func TestPartitionReaderReadsCommittedOnly(t *testing.T) {
 	brokers, ctx := eventsTopic(t)
-	plain, a, b, c := producer(t, brokers, "events", ""), producer(t, brokers, "events", "a"),
-		producer(t, brokers, "events", "b"), producer(t, brokers, "events", "c")
+	plain, a, b, c := testenv.KafkaProducer(t, brokers, "events", ""), testenv.KafkaProducer(t, brokers, "events", "a"),
+		testenv.KafkaProducer(t, brokers, "events", "b"), testenv.KafkaProducer(t, brokers, "events", "c")
 
 	produce(t, plain, "p1")
 	begin(t, a)
@@ -153,7 +137,7 @@ func TestPartitionReaderReadsCommittedOnly(t *testing.T) {
 // offset past them, so nothing stalls behind it.
 func TestPartitionReaderMovesPastAbortedOnly(t *testing.T) {
 	brokers, ctx := eventsTopic(t)
-	a := producer(t, brokers, "events", "a")
+	a := testenv.KafkaProducer(t, brokers, "events", "a")
 	begin(t, a)
 	produce(t, a, "x1", "x2", "x3")
 	end(t, a, kgo.TryAbort)
@@ -182,7 +166,7 @@ func TestPartitionReaderMovesPastAbortedOnly(t *testing.T) {
 // dispatcher fans one batch out while its fetcher reads the next).
 func TestPartitionReaderKeepsTheLastFetchWhole(t *testing.T) {
 	brokers, ctx := eventsTopic(t)
-	plain := producer(t, brokers, "events", "")
+	plain := testenv.KafkaProducer(t, brokers, "events", "")
 	produce(t, plain, "first-1", "first-2")
 	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: 20 * time.Millisecond}, 0)
 	defer r.Close()

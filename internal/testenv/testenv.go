@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/geckohook/geckohook/engine/embedded"
 )
@@ -217,4 +218,22 @@ func RedisCluster(t testing.TB, n int) []string {
 		return c.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error { return m.Ping(ctx).Err() })
 	})
 	return addrs
+}
+
+// KafkaProducer is a franz-go client writing to topic on brokers, records
+// going to the partition they name; with transactionalID set it is a real
+// transactional producer. It is closed at test end.
+func KafkaProducer(t testing.TB, brokers []string, topic, transactionalID string) *kgo.Client {
+	t.Helper()
+	opts := []kgo.Opt{kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner())}
+	if transactionalID != "" {
+		opts = append(opts, kgo.TransactionalID(transactionalID))
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
 }
