@@ -115,30 +115,35 @@ func (a *API) overlap(ctx *fasthttp.RequestCtx) (time.Duration, *apiError) {
 // rotateSecret: POST /v1/applications/{id}/secret (admin or the
 // application). The new secret is shown once, in both forms.
 func (a *API) rotateSecret(ctx *fasthttp.RequestCtx, c caller) *apiError {
-	app, e := a.ownApp(ctx, c)
-	if e != nil {
-		return e
-	}
-	overlap, e := a.overlap(ctx)
-	if e != nil {
-		return e
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	app, err := a.o.Registry.RotateSecret(sctx, app.ID, overlap)
-	if err != nil {
-		return a.updateFailed(err, "cannot rotate secret")
-	}
-	a.o.Log.Info().Str("app_id", app.ID).Dur("overlap_ms", overlap).Msg("application secret rotated")
-	v := appView(app)
-	v.Secret, v.SecretWhsec = app.Secret, app.StandardSecret()
-	writeJSON(ctx, fasthttp.StatusOK, map[string]ApplicationView{"application": v})
-	return nil
+	return a.rotate(ctx, c, "secret", func(sctx context.Context, id string, overlap time.Duration) (ApplicationView, error) {
+		app, err := a.o.Registry.RotateSecret(sctx, id, overlap)
+		if err != nil {
+			return ApplicationView{}, err
+		}
+		v := appView(app)
+		v.Secret, v.SecretWhsec = app.Secret, app.StandardSecret()
+		return v, nil
+	})
 }
 
 // rotateToken: POST /v1/applications/{id}/token (admin or the application).
 // The new token is shown once.
 func (a *API) rotateToken(ctx *fasthttp.RequestCtx, c caller) *apiError {
+	return a.rotate(ctx, c, "token", func(sctx context.Context, id string, overlap time.Duration) (ApplicationView, error) {
+		app, token, err := a.o.Registry.RotateToken(sctx, id, overlap)
+		if err != nil {
+			return ApplicationView{}, err
+		}
+		v := appView(app)
+		v.Token = token
+		return v, nil
+	})
+}
+
+// rotate runs one rotation of what (secret or token) of the application in
+// the path, with the request's overlap, and answers the view it returns.
+func (a *API) rotate(ctx *fasthttp.RequestCtx, c caller, what string,
+	do func(context.Context, string, time.Duration) (ApplicationView, error)) *apiError {
 	app, e := a.ownApp(ctx, c)
 	if e != nil {
 		return e
@@ -149,13 +154,11 @@ func (a *API) rotateToken(ctx *fasthttp.RequestCtx, c caller) *apiError {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	app, token, err := a.o.Registry.RotateToken(sctx, app.ID, overlap)
+	v, err := do(sctx, app.ID, overlap)
 	if err != nil {
-		return a.updateFailed(err, "cannot rotate token")
+		return a.updateFailed(err, "cannot rotate "+what)
 	}
-	a.o.Log.Info().Str("app_id", app.ID).Dur("overlap_ms", overlap).Msg("application token rotated")
-	v := appView(app)
-	v.Token = token
+	a.o.Log.Info().Str("app_id", app.ID).Dur("overlap_ms", overlap).Msg("application " + what + " rotated")
 	writeJSON(ctx, fasthttp.StatusOK, map[string]ApplicationView{"application": v})
 	return nil
 }
