@@ -69,6 +69,9 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 		s.conclude(s.life, dl, retry.Deleted, time.Time{})
 		return true
 	}
+	// The webhook as it is now: its outcome and record carry the current
+	// address, not the one the event was matched with.
+	dl.hook = hook
 	var sig sender.Signatures
 	var sigBuf [64]byte
 	if app.SignsGecko() {

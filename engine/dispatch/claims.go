@@ -33,14 +33,12 @@ func newClaims(window int) *claims {
 func (r *claims) take(id string, leaseEnd time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, busy := r.inflight[id]; busy {
-		// The claim re-leased it; keep the newer lease end.
-		r.inflight[id] = leaseEnd
-		return false
+	_, busy := r.inflight[id]
+	r.inflight[id] = leaseEnd // a claim of one in flight re-leased it: keep the newer end
+	if !busy {
+		r.slots <- struct{}{} // never blocks: the poller claims at most the free slots
 	}
-	r.inflight[id] = leaseEnd
-	r.slots <- struct{}{} // never blocks: the poller claims at most the free slots
-	return true
+	return !busy
 }
 
 func (r *claims) done(id string) {

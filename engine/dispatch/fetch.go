@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/geckohook/geckohook/engine/backoff"
 	"github.com/geckohook/geckohook/engine/kafkaio"
 )
 
@@ -69,12 +70,7 @@ func (s *shardRun) fetch(ctx context.Context, offset int64, out chan<- []kafkaio
 				return
 			}
 			s.log.Warn().Err(err).Msg("cannot fetch from partition; retrying")
-			t := time.NewTimer(200 * time.Millisecond)
-			select {
-			case <-ctx.Done():
-			case <-t.C:
-			}
-			t.Stop()
+			backoff.Sleep(ctx, 200*time.Millisecond)
 			continue
 		}
 		lag.Set(float64(r.Lag()))

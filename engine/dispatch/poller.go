@@ -107,7 +107,7 @@ func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) bool {
 func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
 	d := s.d
 	dl := deliveryPool.Get().(*delivery)
-	dl.sh, dl.rec, dl.body, dl.offset, dl.queued = s, rec, rec.Body, rec.Offset, true
+	dl.sh, dl.rec, dl.body, dl.queued = s, rec, rec.Body, true
 	if len(rec.ID) != len(dl.id) {
 		s.log.Error().Str("delivery", rec.ID).Str("webhook_id", rec.WebhookID).Msg("retry record with a malformed delivery id moved to the dead set")
 		dl.res = sender.Result{Outcome: contract.Failure, Err: errMalformedRecord}

@@ -74,8 +74,9 @@ type txnFilter struct {
 	active  map[int64]struct{} // producers inside an aborted transaction
 }
 
+// newTxnFilter takes aborted (and sorts it).
 func newTxnFilter(aborted []abortedTxn) *txnFilter {
-	f := &txnFilter{pending: slices.Clone(aborted)}
+	f := &txnFilter{pending: aborted}
 	slices.SortFunc(f.pending, func(a, b abortedTxn) int { return int(min(max(a.firstOffset-b.firstOffset, -1), 1)) })
 	return f
 }
