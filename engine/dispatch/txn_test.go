@@ -83,7 +83,16 @@ func TestTransactionalIntake(t *testing.T) {
 	produceObjects(t, a, 121, 125)
 	produceObjects(t, plain, 205, 205)
 	e.stop()
-	e.startDispatcher()
+	e.disp, e.stop = e.startDispatcher()
+	// The new dispatcher has read partition 0 up to the open transaction:
+	// its lag counts the 6 records held back (121-125 and 205).
+	lag, _ := e.disp.lagGauge(0)
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		if v := lag.Get(); v != 6 {
+			return fmt.Errorf("partition 0 lag %v, want the 6 records behind the open transaction", v)
+		}
+		return nil
+	})
 	if n := objectIDs(e.receivedOn("/t"))[205]; n != 0 {
 		t.Fatalf("event 205 delivered while the transaction before it was open")
 	}

@@ -12,7 +12,7 @@
 // lengthens the wait the schedule gives (capped at MaxRetryAfter), and
 // still spends a retry. Two cases spend no retry: a delivery deferred
 // because its host is saturated (not attempted; the n-th deferral in a row
-// waits like Sidekiq's retry n-1, capped at retry 5's 11-12 minutes), and
+// waits like Sidekiq's retry n-1, capped at retry 5's 10m40s-11m40s), and
 // one whose webhook was deleted meanwhile (dropped).
 package retry
 
@@ -134,8 +134,7 @@ type Policy struct {
 	MaxRetryAfter time.Duration
 }
 
-// maxDeferralStep caps the deferral wait at Sidekiq's retry 5 (11-12
-// minutes): a host that comes back gets its backlog within minutes, and a
+// maxDeferralStep caps the deferral wait at Sidekiq's retry 5 (10m40s-11m40s): a host that comes back gets its backlog within minutes, and a
 // dead one's is claimed at most every 11 minutes or so.
 const maxDeferralStep = 5
 
