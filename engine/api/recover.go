@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -255,7 +256,8 @@ func (a *API) planSpans(ctx context.Context, p *plan) *apiError {
 		return recoveryUnavailable()
 	}
 	if b := balancer(ro.Partitioner); b != nil {
-		parts = []int{b.Balance(kafka.Message{Key: []byte(p.hook.AccountID)}, sortedInts(parts)...)}
+		slices.Sort(parts)
+		parts = []int{b.Balance(kafka.Message{Key: []byte(p.hook.AccountID)}, parts...)}
 	}
 	for _, part := range parts {
 		first, _, err := listOffset(ctx, client, ro, part, kafka.FirstOffset)
@@ -304,15 +306,6 @@ func (a *API) planSpans(ctx context.Context, p *plan) *apiError {
 func (a *API) kafkaTrouble(err error) *apiError {
 	a.o.Log.Warn().Err(err).Msg("cannot plan a recovery")
 	return recoveryUnavailable()
-}
-
-func sortedInts(xs []int) []int {
-	for i := 1; i < len(xs); i++ {
-		for j := i; j > 0 && xs[j] < xs[j-1]; j-- {
-			xs[j], xs[j-1] = xs[j-1], xs[j]
-		}
-	}
-	return xs
 }
 
 // balancer is the producers' partitioner, nil when none is declared.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -372,11 +373,19 @@ func TestPartitionerPicksTheAccountsPartition(t *testing.T) {
 	if balancer("") != nil || ValidPartitioner("fnv") {
 		t.Fatal("an unknown partitioner was taken")
 	}
-	// The API's own ingest writes with murmur2: the partition the balancer
-	// names is where the account's events are.
-	m := &kafka.Murmur2Balancer{}
-	if p := balancer("murmur2").Balance(kafka.Message{Key: []byte("acc-1")}, 0, 1, 2, 3); p != m.Balance(kafka.Message{Key: []byte("acc-1")}, 0, 1, 2, 3) {
-		t.Fatal("murmur2 partition differs")
+	// murmur2 names the partition geckohook's own writer (the API's ingest)
+	// puts an account's events in; crc32 the one librdkafka's default
+	// (kcat) does: crc32(key) modulo the partition count.
+	ingest := kafkaio.NewWriter([]string{"127.0.0.1:1"}, eventsTopic).Balancer
+	parts := []int{0, 1, 2, 3, 4, 5, 6, 7}
+	for _, key := range []string{"acc-1", "acc-2", "77", "a-much-longer-account-id"} {
+		m := kafka.Message{Key: []byte(key)}
+		if got, want := balancer("murmur2").Balance(m, parts...), ingest.Balance(m, parts...); got != want {
+			t.Errorf("murmur2 puts %s in %d, geckohook's writer in %d", key, got, want)
+		}
+		if got, want := balancer("crc32").Balance(m, parts...), int(crc32.ChecksumIEEE([]byte(key))%8); got != want {
+			t.Errorf("crc32 puts %s in %d, librdkafka in %d", key, got, want)
+		}
 	}
 }
 
