@@ -7,7 +7,6 @@
 package registry
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -18,6 +17,7 @@ import (
 	"net"
 	"net/url"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,11 +94,12 @@ func (w *Webhook) prepare() {
 // ErrNotFound is returned for an unknown id.
 var ErrNotFound = errors.New("not found")
 
-type matchKey struct{ account, event string }
+// errReload is apply's answer to an announcement asking for a full reload.
+var errReload = errors.New("reload announced")
 
 // change is one announcement on the registry channel.
 type change struct {
-	Kind   byte   `msgpack:"k"` // 'a' app, 'w' webhook
+	Kind   byte   `msgpack:"k"` // 'a' app, 'w' webhook, 'r' reload everything
 	Delete bool   `msgpack:"d"`
 	ID     string `msgpack:"id"`
 	Record []byte `msgpack:"r"`
@@ -128,8 +129,9 @@ type Registry struct {
 	mu sync.RWMutex
 	index
 
-	reloads atomic.Int64
-	done    chan struct{}
+	reloads  atomic.Int64
+	lastLoad atomic.Int64 // nanoseconds
+	done     chan struct{}
 }
 
 // New returns an empty Registry; Start loads it and follows changes.
@@ -233,7 +235,9 @@ func (r *Registry) follow(ctx context.Context, ps *redis.PubSub) {
 					r.reloadUntilDone(ctx)
 				}
 			case *redis.Message:
-				if err := r.applyPayload([]byte(m.Payload)); err != nil {
+				if err := r.applyPayload([]byte(m.Payload)); errors.Is(err, errReload) {
+					r.reloadUntilDone(ctx)
+				} else if err != nil {
 					r.opts.Log.Error().Err(err).Msg("bad registry announcement; reloading")
 					r.reloadUntilDone(ctx)
 				}
@@ -249,40 +253,6 @@ func (r *Registry) reloadUntilDone(ctx context.Context) {
 		})
 }
 
-// Reload replaces the in-memory copy with what Redis holds.
-func (r *Registry) Reload(ctx context.Context) error {
-	rawApps, err := r.rdb.HGetAll(ctx, r.appsKey).Result()
-	if err != nil {
-		return fmt.Errorf("cannot load applications: %w", err)
-	}
-	rawHooks, err := r.rdb.HGetAll(ctx, r.hooksKey).Result()
-	if err != nil {
-		return fmt.Errorf("cannot load webhooks: %w", err)
-	}
-	apps := make(map[string]*App, len(rawApps))
-	for id, raw := range rawApps {
-		a, err := r.decodeApp([]byte(raw))
-		if err != nil {
-			r.opts.Log.Error().Err(err).Str("app_id", id).Msg("skipping unreadable application record")
-			continue
-		}
-		apps[id] = a
-	}
-	hooks := make(map[string]*Webhook, len(rawHooks))
-	for id, raw := range rawHooks {
-		w := new(Webhook)
-		if err := msgpack.Unmarshal([]byte(raw), w); err != nil {
-			r.opts.Log.Error().Err(err).Str("webhook_id", id).Msg("skipping unreadable webhook record")
-			continue
-		}
-		w.prepare()
-		hooks[id] = w
-	}
-	r.swap(apps, hooks)
-	r.reloads.Add(1)
-	return nil
-}
-
 func (r *Registry) decodeApp(raw []byte) (*App, error) {
 	a := new(App)
 	if err := msgpack.Unmarshal(raw, a); err != nil {
@@ -291,20 +261,6 @@ func (r *Registry) decodeApp(raw []byte) (*App, error) {
 	a.dropExpired(r.opts.Now())
 	a.prepare(r.opts.Now)
 	return a, nil
-}
-
-// swap installs a complete new index built from apps and hooks.
-func (r *Registry) swap(apps map[string]*App, hooks map[string]*Webhook) {
-	x := newIndex(len(apps), len(hooks))
-	for _, a := range apps {
-		x.addApp(a)
-	}
-	for _, w := range hooks {
-		x.addHook(w)
-	}
-	r.mu.Lock()
-	r.index = x
-	r.mu.Unlock()
 }
 
 func (r *Registry) applyPayload(payload []byte) error {
@@ -346,95 +302,21 @@ func (r *Registry) apply(c change) error {
 			r.addHook(w)
 		}
 		r.mu.Unlock()
+	case 'r':
+		return errReload
 	default:
 		return fmt.Errorf("unknown registry change kind %q", c.Kind)
 	}
 	return nil
 }
 
-// index is the in-memory copy with its lookup tables. The Registry's lock
-// guards it; Match callers may hold a byKey slice, so those are copied on
-// write.
-type index struct {
-	apps    map[string]*App
-	byToken map[string]*App
-	hooks   map[string]*Webhook
-	byKey   map[matchKey][]*Webhook
-	byApp   map[string]map[string]*Webhook
-}
-
-func newIndex(apps, hooks int) index {
-	return index{
-		apps: make(map[string]*App, apps), byToken: make(map[string]*App, apps),
-		hooks: make(map[string]*Webhook, hooks), byKey: make(map[matchKey][]*Webhook, hooks),
-		byApp: make(map[string]map[string]*Webhook),
-	}
-}
-
-func (x *index) addApp(a *App) {
-	x.removeApp(a.ID)
-	x.apps[a.ID] = a
-	x.byToken[a.TokenHash] = a
-	for _, p := range a.PreviousTokens {
-		x.byToken[p.Value] = a
-	}
-}
-
-func (x *index) removeApp(id string) {
-	if a := x.apps[id]; a != nil {
-		delete(x.byToken, a.TokenHash)
-		for _, p := range a.PreviousTokens {
-			delete(x.byToken, p.Value)
-		}
-		delete(x.apps, id)
-	}
-}
-
-func (x *index) addHook(w *Webhook) {
-	x.hooks[w.ID] = w
-	k := matchKey{w.AccountID, w.Event}
-	list := x.byKey[k]
-	x.byKey[k] = append(list[:len(list):len(list)], w)
-	if x.byApp[w.AppID] == nil {
-		x.byApp[w.AppID] = make(map[string]*Webhook)
-	}
-	x.byApp[w.AppID][w.ID] = w
-}
-
-func (x *index) removeHook(id string) {
-	old := x.hooks[id]
-	if old == nil {
-		return
-	}
-	delete(x.hooks, id)
-	k := matchKey{old.AccountID, old.Event}
-	list := x.byKey[k]
-	next := make([]*Webhook, 0, len(list))
-	for _, w := range list {
-		if w.ID != id {
-			next = append(next, w)
-		}
-	}
-	if len(next) == 0 {
-		delete(x.byKey, k)
-	} else {
-		x.byKey[k] = next
-	}
-	if m := x.byApp[old.AppID]; m != nil {
-		delete(m, id)
-		if len(m) == 0 {
-			delete(x.byApp, old.AppID)
-		}
-	}
-}
-
 // Match returns the webhooks subscribed to event on account. The slice is
 // shared and must not be modified.
 func (r *Registry) Match(account, event string) []*Webhook {
 	r.mu.RLock()
-	list := r.byKey[matchKey{account, event}]
+	list := r.byAccount[account]
 	r.mu.RUnlock()
-	return list
+	return match(list, event)
 }
 
 // Webhook returns the webhook with id, or nil.
@@ -491,17 +373,44 @@ func (r *Registry) Counts() (apps, webhooks int) {
 // not empty, keeps only that account's.
 func (r *Registry) Webhooks(appID, accountID string) []*Webhook {
 	r.mu.RLock()
-	out := make([]*Webhook, 0, len(r.byApp[appID]))
-	for _, w := range r.byApp[appID] {
-		if accountID == "" || w.AccountID == accountID {
+	defer r.mu.RUnlock()
+	if accountID == "" {
+		return slices.Clone(r.byApp[appID])
+	}
+	return r.accountsWebhooks(appID, accountID)
+}
+
+// accountsWebhooks is an application's webhooks on one account in listing
+// order; the caller holds the lock.
+func (r *Registry) accountsWebhooks(appID, accountID string) []*Webhook {
+	var out []*Webhook
+	for _, w := range r.byAccount[accountID] {
+		if w.AppID == appID {
 			out = append(out, w)
 		}
 	}
-	r.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *Webhook) int {
-		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
-	})
+	slices.SortFunc(out, byCreation)
 	return out
+}
+
+// WebhooksAfter is one page of Webhooks: at most limit webhooks that come
+// after a position in the listing order, and whether more follow. after
+// reports whether a webhook comes after the position (false up to some
+// point of the order, true from there on); nil starts at the first. Its
+// cost grows with the page, not with the application's webhooks.
+func (r *Registry) WebhooksAfter(appID, accountID string, after func(*Webhook) bool, limit int) (page []*Webhook, more bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	list := r.byApp[appID]
+	if accountID != "" {
+		list = r.accountsWebhooks(appID, accountID)
+	}
+	start := 0
+	if after != nil {
+		start = sort.Search(len(list), func(i int) bool { return after(list[i]) })
+	}
+	end := min(start+limit, len(list))
+	return slices.Clone(list[start:end]), end < len(list)
 }
 
 // HashToken returns the stored form of an API token.

@@ -1,0 +1,169 @@
+package registry
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+)
+
+// index is the in-memory copy with its lookup tables. The Registry's lock
+// guards it. Its slices of webhooks cost a pointer per webhook: after a
+// full load, every account's and every application's slice is a window
+// of one shared array, capped at its own length so that a change never
+// writes into a neighbour's window.
+type index struct {
+	apps    map[string]*App
+	byToken map[string]*App
+	hooks   map[string]*Webhook
+	// byAccount holds an account's webhooks ordered by event, then id, so
+	// the webhooks of one event are contiguous. Match hands out windows of
+	// these slices: a change replaces the account's slice, never edits it.
+	byAccount map[string][]*Webhook
+	// byApp holds an application's webhooks in listing order (created_at,
+	// then id). It is only read under the lock, so changes edit it in place.
+	byApp map[string][]*Webhook
+}
+
+func newIndex(apps, hooks int) index {
+	return index{
+		apps: make(map[string]*App, apps), byToken: make(map[string]*App, apps),
+		hooks: make(map[string]*Webhook, hooks), byAccount: make(map[string][]*Webhook),
+		byApp: make(map[string][]*Webhook),
+	}
+}
+
+// byEvent orders an account's webhooks.
+func byEvent(a, b *Webhook) int {
+	return cmp.Or(strings.Compare(a.Event, b.Event), strings.Compare(a.ID, b.ID))
+}
+
+// byCreation is the listing order of an application's webhooks.
+func byCreation(a, b *Webhook) int {
+	return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), strings.Compare(a.ID, b.ID))
+}
+
+// buildIndex indexes apps and the webhooks of batches (a webhook id seen
+// twice keeps its first record).
+func buildIndex(apps map[string]*App, batches [][]Webhook) index {
+	n := 0
+	for _, b := range batches {
+		n += len(b)
+	}
+	x := newIndex(len(apps), n)
+	for _, a := range apps {
+		x.addApp(a)
+	}
+	byAcc := make([]*Webhook, 0, n)
+	for _, b := range batches {
+		for i := range b {
+			w := &b[i]
+			if _, dup := x.hooks[w.ID]; dup {
+				continue
+			}
+			x.hooks[w.ID] = w
+			byAcc = append(byAcc, w)
+		}
+	}
+	byApp := slices.Clone(byAcc)
+	// The two sorts are most of the work after decoding; they share no
+	// data, so they run side by side.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		slices.SortFunc(byApp, func(a, b *Webhook) int { return cmp.Or(strings.Compare(a.AppID, b.AppID), byCreation(a, b)) })
+	}()
+	slices.SortFunc(byAcc, func(a, b *Webhook) int { return cmp.Or(strings.Compare(a.AccountID, b.AccountID), byEvent(a, b)) })
+	<-done
+	windows(byAcc, func(w *Webhook) string { return w.AccountID }, x.byAccount)
+	windows(byApp, func(w *Webhook) string { return w.AppID }, x.byApp)
+	return x
+}
+
+// windows puts into m, for every run of equal keys in sorted, the window
+// of sorted the run covers.
+func windows(sorted []*Webhook, key func(*Webhook) string, m map[string][]*Webhook) {
+	for i := 0; i < len(sorted); {
+		k := key(sorted[i])
+		j := i + 1
+		for j < len(sorted) && key(sorted[j]) == k {
+			j++
+		}
+		m[k] = sorted[i:j:j]
+		i = j
+	}
+}
+
+func (x *index) addApp(a *App) {
+	x.removeApp(a.ID)
+	x.apps[a.ID] = a
+	x.byToken[a.TokenHash] = a
+	for _, p := range a.PreviousTokens {
+		x.byToken[p.Value] = a
+	}
+}
+
+func (x *index) removeApp(id string) {
+	if a := x.apps[id]; a != nil {
+		delete(x.byToken, a.TokenHash)
+		for _, p := range a.PreviousTokens {
+			delete(x.byToken, p.Value)
+		}
+		delete(x.apps, id)
+	}
+}
+
+func (x *index) addHook(w *Webhook) {
+	x.removeHook(w.ID)
+	x.hooks[w.ID] = w
+	list := x.byAccount[w.AccountID]
+	i, _ := slices.BinarySearchFunc(list, w, byEvent)
+	x.byAccount[w.AccountID] = slices.Concat(list[:i], []*Webhook{w}, list[i:])
+	app := x.byApp[w.AppID]
+	i, _ = slices.BinarySearchFunc(app, w, byCreation)
+	x.byApp[w.AppID] = slices.Insert(app, i, w)
+}
+
+func (x *index) removeHook(id string) {
+	old := x.hooks[id]
+	if old == nil {
+		return
+	}
+	delete(x.hooks, id)
+	list := x.byAccount[old.AccountID]
+	if i, ok := slices.BinarySearchFunc(list, old, byEvent); ok {
+		if len(list) == 1 {
+			delete(x.byAccount, old.AccountID)
+		} else {
+			x.byAccount[old.AccountID] = slices.Concat(list[:i], list[i+1:])
+		}
+	}
+	app := x.byApp[old.AppID]
+	if i, ok := slices.BinarySearchFunc(app, old, byCreation); ok {
+		if len(app) == 1 {
+			delete(x.byApp, old.AppID)
+		} else {
+			x.byApp[old.AppID] = slices.Delete(app, i, i+1)
+		}
+	}
+}
+
+// match is the window of an account's webhooks subscribed to event.
+func match(list []*Webhook, event string) []*Webhook {
+	lo, hi := 0, len(list)
+	for lo < hi { // the first webhook whose event is not before event
+		m := int(uint(lo+hi) >> 1)
+		if list[m].Event < event {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	end := lo
+	for end < len(list) && list[end].Event == event {
+		end++
+	}
+	if end == lo {
+		return nil
+	}
+	return list[lo:end:end]
+}
