@@ -76,7 +76,8 @@ func (p *process) readiness() []ops.Check {
 }
 
 // registerProcessMetrics puts the process-wide gauges in the set: the
-// registry's size and whether Redis answered the last ping.
+// registry's size, how long its last full load took, and whether Redis
+// answered the last ping.
 func (p *process) registerProcessMetrics() {
 	p.metrics.NewGauge("geckohook_registry_applications", func() float64 {
 		apps, _ := p.registry.Counts()
@@ -85,6 +86,9 @@ func (p *process) registerProcessMetrics() {
 	p.metrics.NewGauge("geckohook_registry_webhooks", func() float64 {
 		_, hooks := p.registry.Counts()
 		return float64(hooks)
+	})
+	p.metrics.NewGauge("geckohook_registry_load_seconds", func() float64 {
+		return p.registry.LastLoad().Seconds()
 	})
 	p.metrics.NewGauge("geckohook_redis_up", func() float64 {
 		if p.redisUp.Load() {

@@ -344,7 +344,8 @@ func (p *process) startRegistry(ctx context.Context) error {
 	}
 	p.registerProcessMetrics()
 	apps, hooks := p.registry.Counts()
-	p.log.Info().Int("applications", apps).Int("webhooks", hooks).Msg("registry loaded")
+	p.log.Info().Int("applications", apps).Int("webhooks", hooks).
+		Int64("took_ms", p.registry.LastLoad().Milliseconds()).Msg("registry loaded")
 	return nil
 }
 

@@ -16,8 +16,9 @@ const (
 )
 
 // Import stores many webhooks at once (each needs its ID, CreatedAt and
-// AppID set by the caller) in pipelined multi-field HSETs, then announces
-// one reload so every process picks them up in a single pass. It is for
+// AppID set by the caller) in pipelined multi-field HSETs, without
+// announcing them: processes started afterwards load them, and
+// AnnounceReload makes running ones reload in a single pass. It is for
 // bulk loads (migrations, benchmarks): per-webhook announcements of a
 // million webhooks would cost each process a million updates.
 func (r *Registry) Import(ctx context.Context, hooks []Webhook) error {
@@ -42,11 +43,11 @@ func (r *Registry) Import(ctx context.Context, hooks []Webhook) error {
 			return fmt.Errorf("cannot import webhooks: %w", err)
 		}
 	}
-	return r.announceReload(ctx)
+	return nil
 }
 
-// announceReload asks every process to reload the whole registry.
-func (r *Registry) announceReload(ctx context.Context) error {
+// AnnounceReload asks every process to reload the whole registry.
+func (r *Registry) AnnounceReload(ctx context.Context) error {
 	payload, err := msgpack.Marshal(&change{Kind: 'r'})
 	if err != nil {
 		return err

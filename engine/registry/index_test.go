@@ -34,6 +34,9 @@ func TestLoadedIndexFollowsChanges(t *testing.T) {
 	if err := writer.Import(ctx, hooks); err != nil {
 		t.Fatal(err)
 	}
+	if err := writer.AnnounceReload(ctx); err != nil {
+		t.Fatal(err)
+	}
 	testenv.WaitFor(t, 5*time.Second, func() error {
 		if _, n := follower.Counts(); n != len(hooks) {
 			return fmt.Errorf("follower holds %d webhooks after the import, want %d", n, len(hooks))
