@@ -54,6 +54,7 @@ var exportedMetrics = map[string]bool{
 	"geckohook_registry_webhooks":                 false,
 	"geckohook_registry_applications":             false,
 	"geckohook_registry_load_seconds":             false,
+	"geckohook_registry_change_delay_seconds":     true, // histogram
 	"geckohook_hosts_throttled":                   false,
 	"geckohook_redis_up":                          false,
 	"geckohook_offset_commit_failures_total":      false,

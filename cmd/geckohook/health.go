@@ -75,6 +75,12 @@ func (p *process) readiness() []ops.Check {
 	return checks
 }
 
+// changeDelayBuckets are the upper bounds (seconds) of
+// geckohook_registry_change_delay_seconds: a change normally reaches every
+// process within milliseconds, so the buckets are finer than those of a
+// delivery.
+var changeDelayBuckets = []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30}
+
 // registerProcessMetrics puts the process-wide gauges in the set: the
 // registry's size, how long its last full load took, and whether Redis
 // answered the last ping.

@@ -338,7 +338,9 @@ func (p *process) ensureTopics(ctx context.Context) error {
 }
 
 func (p *process) startRegistry(ctx context.Context) error {
-	p.registry = registry.New(p.rdb, registry.Options{Prefix: p.c.RedisPrefix, Log: p.log.With().Str("part", "registry").Logger()})
+	delay := p.metrics.NewPrometheusHistogramExt("geckohook_registry_change_delay_seconds", changeDelayBuckets)
+	p.registry = registry.New(p.rdb, registry.Options{Prefix: p.c.RedisPrefix, Log: p.log.With().Str("part", "registry").Logger(),
+		ChangeDelay: func(d time.Duration) { delay.Update(d.Seconds()) }})
 	if err := p.registry.Start(ctx); err != nil {
 		return err
 	}

@@ -48,7 +48,7 @@ func (r *Registry) Import(ctx context.Context, hooks []Webhook) error {
 
 // AnnounceReload asks every process to reload the whole registry.
 func (r *Registry) AnnounceReload(ctx context.Context) error {
-	payload, err := msgpack.Marshal(&change{Kind: 'r'})
+	payload, err := r.announcement(&change{Kind: 'r'})
 	if err != nil {
 		return err
 	}

@@ -103,6 +103,15 @@ type change struct {
 	Delete bool   `msgpack:"d"`
 	ID     string `msgpack:"id"`
 	Record []byte `msgpack:"r"`
+	// At is when it was announced (Unix nanoseconds, the announcing
+	// process's clock; 0 from processes older than the field).
+	At int64 `msgpack:"t,omitempty"`
+}
+
+// announcement encodes c for the channel, stamped with the time.
+func (r *Registry) announcement(c *change) ([]byte, error) {
+	c.At = r.opts.Now().UnixNano()
+	return msgpack.Marshal(c)
 }
 
 // Options configure a Registry.
@@ -115,6 +124,10 @@ type Options struct {
 	Log         zerolog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// ChangeDelay, when set, is told how long each change announced by
+	// any process took from its announcement until this process applied
+	// it (by the two processes' clocks).
+	ChangeDelay func(time.Duration)
 }
 
 // Registry is the in-memory copy of applications and webhooks, backed by
@@ -268,7 +281,13 @@ func (r *Registry) applyPayload(payload []byte) error {
 	if err := msgpack.Unmarshal(payload, &c); err != nil {
 		return fmt.Errorf("cannot decode registry change: %w", err)
 	}
-	return r.apply(c)
+	if err := r.apply(c); err != nil {
+		return err
+	}
+	if c.At != 0 && r.opts.ChangeDelay != nil {
+		r.opts.ChangeDelay(r.opts.Now().Sub(time.Unix(0, c.At)))
+	}
+	return nil
 }
 
 func (r *Registry) apply(c change) error {
@@ -489,7 +508,7 @@ func (r *Registry) Stored(ctx context.Context, id string) (bool, error) {
 // Redis had no such webhook.
 func (r *Registry) DeleteWebhook(ctx context.Context, id string) error {
 	c := change{Kind: 'w', ID: id, Delete: true}
-	payload, err := msgpack.Marshal(&c)
+	payload, err := r.announcement(&c)
 	if err != nil {
 		return err
 	}
@@ -512,7 +531,7 @@ func (r *Registry) DeleteWebhook(ctx context.Context, id string) error {
 // write stores a record and announces it in one transaction, then applies it
 // locally so the caller reads its own write at once.
 func (r *Registry) write(ctx context.Context, key string, c change) error {
-	payload, err := msgpack.Marshal(&c)
+	payload, err := r.announcement(&c)
 	if err != nil {
 		return err
 	}
