@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"cmp"
 	"slices"
 	"strings"
 )
@@ -34,12 +33,18 @@ func newIndex(apps, hooks int) index {
 
 // byEvent orders an account's webhooks.
 func byEvent(a, b *Webhook) int {
-	return cmp.Or(strings.Compare(a.Event, b.Event), strings.Compare(a.ID, b.ID))
+	if c := strings.Compare(a.Event, b.Event); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
 }
 
 // byCreation is the listing order of an application's webhooks.
 func byCreation(a, b *Webhook) int {
-	return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), strings.Compare(a.ID, b.ID))
+	if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
 }
 
 // buildIndex indexes apps and the webhooks of batches (a webhook id seen
@@ -53,7 +58,7 @@ func buildIndex(apps map[string]*App, batches [][]Webhook) index {
 	for _, a := range apps {
 		x.addApp(a)
 	}
-	byAcc := make([]*Webhook, 0, n)
+	all := make([]*Webhook, 0, n)
 	for _, b := range batches {
 		for i := range b {
 			w := &b[i]
@@ -61,35 +66,54 @@ func buildIndex(apps map[string]*App, batches [][]Webhook) index {
 				continue
 			}
 			x.hooks[w.ID] = w
-			byAcc = append(byAcc, w)
+			all = append(all, w)
 		}
 	}
-	byApp := slices.Clone(byAcc)
-	// The two sorts are most of the work after decoding; they share no
-	// data, so they run side by side.
+	// The two groupings share no data, so they run side by side.
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		slices.SortFunc(byApp, func(a, b *Webhook) int { return cmp.Or(strings.Compare(a.AppID, b.AppID), byCreation(a, b)) })
+		group(all, func(w *Webhook) string { return w.AppID }, byCreation, x.byApp)
 	}()
-	slices.SortFunc(byAcc, func(a, b *Webhook) int { return cmp.Or(strings.Compare(a.AccountID, b.AccountID), byEvent(a, b)) })
+	group(all, func(w *Webhook) string { return w.AccountID }, byEvent, x.byAccount)
 	<-done
-	windows(byAcc, func(w *Webhook) string { return w.AccountID }, x.byAccount)
-	windows(byApp, func(w *Webhook) string { return w.AppID }, x.byApp)
 	return x
 }
 
-// windows puts into m, for every run of equal keys in sorted, the window
-// of sorted the run covers.
-func windows(sorted []*Webhook, key func(*Webhook) string, m map[string][]*Webhook) {
-	for i := 0; i < len(sorted); {
-		k := key(sorted[i])
-		j := i + 1
-		for j < len(sorted) && key(sorted[j]) == k {
-			j++
+// group puts into m, for every key of hooks, the key's webhooks ordered
+// by order: windows of one new array, each capped at its length. Grouping
+// by a map and sorting each group alone costs far less than sorting every
+// webhook by key and order (a million string comparisons a level).
+func group(hooks []*Webhook, key func(*Webhook) string, order func(a, b *Webhook) int, m map[string][]*Webhook) {
+	groups := make(map[string]int32)
+	of := make([]int32, len(hooks))
+	var start []int32 // group g's first slot, once counted
+	for i, w := range hooks {
+		g, ok := groups[key(w)]
+		if !ok {
+			g = int32(len(start))
+			groups[key(w)] = g
+			start = append(start, 0)
 		}
-		m[k] = sorted[i:j:j]
-		i = j
+		start[g]++
+		of[i] = g
+	}
+	at := int32(0)
+	for g, n := range start {
+		start[g], at = at, at+n
+	}
+	arr := make([]*Webhook, len(hooks))
+	next := slices.Clone(start)
+	for i, w := range hooks {
+		arr[next[of[i]]] = w
+		next[of[i]]++
+	}
+	for k, g := range groups {
+		win := arr[start[g]:next[g]:next[g]]
+		if len(win) > 1 {
+			slices.SortFunc(win, order)
+		}
+		m[k] = win
 	}
 }
 
