@@ -103,3 +103,19 @@ func TestLoadedIndexFollowsChanges(t *testing.T) {
 		t.Fatalf("one account's page = %v (more %v)", ids(page), more)
 	}
 }
+
+// Match runs for every event: it must not allocate.
+func TestMatchAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under the race detector")
+	}
+	r := New(nil, Options{})
+	r.index = buildIndex(nil, [][]Webhook{synthetic(1000)})
+	if n := testing.AllocsPerRun(1000, func() {
+		if len(r.Match("acc-9", loadEvents[3])) != 1 || r.Match("acc-9", "nothing") != nil {
+			t.Fatal("wrong match")
+		}
+	}); n != 0 {
+		t.Errorf("Match allocates %.1f times a call", n)
+	}
+}
