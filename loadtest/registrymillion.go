@@ -101,7 +101,7 @@ func (m *million) register(ctx context.Context, st *Stack, p *Plan, row *Scenari
 	}
 	m.probeURL = "http://" + u.Host + "/changes/"
 
-	empty, _, err := m.restart(ctx, st)
+	empty, err := m.restart(ctx, st)
 	if err != nil {
 		return fmt.Errorf("cannot start geckohook on the empty registry: %w", err)
 	}
@@ -110,7 +110,7 @@ func (m *million) register(ctx context.Context, st *Stack, p *Plan, row *Scenari
 		return err
 	}
 	m.logf("%d webhooks written into Redis in %s", len(p.Hooks), time.Since(start).Round(time.Millisecond))
-	full, ready, err := m.restart(ctx, st)
+	full, err := m.restart(ctx, st)
 	if err != nil {
 		return fmt.Errorf("cannot start geckohook on %d webhooks: %w", len(p.Hooks), err)
 	}
@@ -127,14 +127,14 @@ func (m *million) register(ctx context.Context, st *Stack, p *Plan, row *Scenari
 		if int(n) != len(p.Hooks) {
 			return fmt.Errorf("geckohook %s holds %d webhooks, want %d", st.Roles[i], int(n), len(p.Hooks))
 		}
-		b := float64(full[i]-empty[i]) / float64(len(p.Hooks))
+		b := float64(full[i].heap-empty[i].heap) / float64(len(p.Hooks))
 		row.RegistryLoadMs = max(row.RegistryLoadMs, load*1000)
 		row.RegistryBytesPerWebhook = max(row.RegistryBytesPerWebhook, b)
-		perHook = append(perHook, fmt.Sprintf("%s %.0f ms, %.0f B", st.Roles[i], load*1000, b))
+		perHook = append(perHook, fmt.Sprintf("%s: load %.0f ms, ready %.0f ms after exec (%.0f ms on the empty registry) using %.0f ms of CPU (%.0f ms), %.0f heap B per webhook",
+			st.Roles[i], load*1000, ms(full[i].ready), ms(empty[i].ready), ms(full[i].cpu), ms(empty[i].cpu), b))
 	}
-	row.Notes = append(row.Notes, fmt.Sprintf("registry load at start and heap per webhook, per process: %s; ready %s after start",
-		strings.Join(perHook, "; "), ready.Round(time.Millisecond)))
-	m.logf("loaded in %.0f ms, %.0f heap bytes per webhook (%s)", row.RegistryLoadMs, row.RegistryBytesPerWebhook, strings.Join(perHook, "; "))
+	row.Notes = append(row.Notes, "started on the full registry: "+strings.Join(perHook, "; "))
+	m.logf("%s", row.Notes[len(row.Notes)-1])
 	note, err := listAll(st.API, p, biggestApp(p))
 	if err != nil {
 		return err
@@ -144,31 +144,42 @@ func (m *million) register(ctx context.Context, st *Stack, p *Plan, row *Scenari
 	return nil
 }
 
+// started is what restart saw of each process it started.
+type started struct {
+	heap  int64         // live heap after a collection, once healthy
+	cpu   time.Duration // CPU time from exec to healthy (from /proc)
+	ready time.Duration // wall time from exec to healthy
+}
+
 // restart stops the stack's geckohook processes and starts them again with
-// profiles served, and returns each one's live heap after a collection and
-// how long the slowest took to become healthy.
-func (m *million) restart(ctx context.Context, st *Stack) (heap []int64, ready time.Duration, err error) {
+// profiles served.
+func (m *million) restart(ctx context.Context, st *Stack) ([]started, error) {
 	for i := len(st.Geckohook) - 1; i >= 0; i-- {
 		st.Geckohook[i].Stop(20 * time.Second)
 	}
+	var out []started
 	for i, role := range st.Roles {
 		start := time.Now()
 		p, metrics, err := st.StartGeckohook(ctx, role, true)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
-		ready = max(ready, time.Since(start))
+		s := started{ready: time.Since(start)}
 		st.Geckohook[i], st.Metrics[i] = p, metrics
 		if i == 0 {
 			st.API = strings.TrimSuffix(metrics, "/metrics")
 		}
-		h, err := heapAlloc(st.Pprof)
+		u, err := ReadUsage(p.Pid())
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
-		heap = append(heap, h)
+		s.cpu = u.CPU
+		if s.heap, err = heapAlloc(st.Pprof); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
 	}
-	return heap, ready, nil
+	return out, nil
 }
 
 // heapAlloc reads runtime.MemStats.HeapAlloc from a process's profiles
