@@ -79,7 +79,7 @@ func (p *process) readiness() []ops.Check {
 // geckohook_registry_change_delay_seconds: a change normally reaches every
 // process within milliseconds, so the buckets are finer than those of a
 // delivery.
-var changeDelayBuckets = []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30}
+var changeDelayBuckets = []float64{.001, .002, .005, .01, .02, .05, .1, .2, .3, .4, .5, .6, .8, 1, 1.5, 2, 5, 10, 30}
 
 // registerProcessMetrics puts the process-wide gauges in the set: the
 // registry's size, how long its last full load took, and whether Redis
