@@ -18,16 +18,25 @@ type index struct {
 	// the webhooks of one event are contiguous. Match hands out windows of
 	// these slices: a change replaces the account's slice, never edits it.
 	byAccount map[string][]*Webhook
-	// byApp holds an application's webhooks in listing order (created_at,
-	// then id). It is only read under the lock, so changes edit it in place.
-	byApp map[string][]*Webhook
+	// byApp holds each application's webhooks. It is only read under the
+	// lock, so changes edit it in place.
+	byApp map[string]*appHooks
+}
+
+// appHooks is an application's webhooks. A full load leaves them in the
+// order it read them and the first listing sorts them into listing order
+// (created_at, then id), which changes keep from then on: only listings
+// need the order, and a dispatcher never lists.
+type appHooks struct {
+	list   []*Webhook
+	sorted bool
 }
 
 func newIndex(apps, hooks int) index {
 	return index{
 		apps: make(map[string]*App, apps), byToken: make(map[string]*App, apps),
 		hooks: make(map[string]*Webhook, hooks), byAccount: make(map[string][]*Webhook),
-		byApp: make(map[string][]*Webhook),
+		byApp: make(map[string]*appHooks),
 	}
 }
 
@@ -73,18 +82,23 @@ func buildIndex(apps map[string]*App, batches [][]Webhook) index {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		group(all, func(w *Webhook) string { return w.AppID }, byCreation, x.byApp)
+		group(all, func(w *Webhook) string { return w.AppID }, nil, func(app string, hooks []*Webhook) {
+			x.byApp[app] = &appHooks{list: hooks, sorted: len(hooks) < 2}
+		})
 	}()
-	group(all, func(w *Webhook) string { return w.AccountID }, byEvent, x.byAccount)
+	group(all, func(w *Webhook) string { return w.AccountID }, byEvent, func(acc string, hooks []*Webhook) {
+		x.byAccount[acc] = hooks
+	})
 	<-done
 	return x
 }
 
-// group puts into m, for every key of hooks, the key's webhooks ordered
-// by order: windows of one new array, each capped at its length. Grouping
-// by a map and sorting each group alone costs far less than sorting every
-// webhook by key and order (a million string comparisons a level).
-func group(hooks []*Webhook, key func(*Webhook) string, order func(a, b *Webhook) int, m map[string][]*Webhook) {
+// group calls put with every key of hooks and the key's webhooks, ordered
+// by order when not nil: windows of one new array, each capped at its
+// length. Grouping by a map and sorting each group alone costs far less
+// than sorting every webhook by key and order (a million string
+// comparisons a level).
+func group(hooks []*Webhook, key func(*Webhook) string, order func(a, b *Webhook) int, put func(string, []*Webhook)) {
 	groups := make(map[string]int32)
 	of := make([]int32, len(hooks))
 	var start []int32 // group g's first slot, once counted
@@ -110,10 +124,10 @@ func group(hooks []*Webhook, key func(*Webhook) string, order func(a, b *Webhook
 	}
 	for k, g := range groups {
 		win := arr[start[g]:next[g]:next[g]]
-		if len(win) > 1 {
+		if order != nil && len(win) > 1 {
 			slices.SortFunc(win, order)
 		}
-		m[k] = win
+		put(k, win)
 	}
 }
 
@@ -143,8 +157,15 @@ func (x *index) addHook(w *Webhook) {
 	i, _ := slices.BinarySearchFunc(list, w, byEvent)
 	x.byAccount[w.AccountID] = slices.Concat(list[:i], []*Webhook{w}, list[i:])
 	app := x.byApp[w.AppID]
-	i, _ = slices.BinarySearchFunc(app, w, byCreation)
-	x.byApp[w.AppID] = slices.Insert(app, i, w)
+	if app == nil {
+		app = &appHooks{sorted: true}
+		x.byApp[w.AppID] = app
+	}
+	i = len(app.list)
+	if app.sorted {
+		i, _ = slices.BinarySearchFunc(app.list, w, byCreation)
+	}
+	app.list = slices.Insert(app.list, i, w)
 }
 
 func (x *index) removeHook(id string) {
@@ -161,12 +182,18 @@ func (x *index) removeHook(id string) {
 			x.byAccount[old.AccountID] = slices.Concat(list[:i], list[i+1:])
 		}
 	}
-	app := x.byApp[old.AppID]
-	if i, ok := slices.BinarySearchFunc(app, old, byCreation); ok {
-		if len(app) == 1 {
-			delete(x.byApp, old.AppID)
+	if app := x.byApp[old.AppID]; app != nil {
+		i, ok := slices.Index(app.list, old), false
+		if app.sorted {
+			i, ok = slices.BinarySearchFunc(app.list, old, byCreation)
 		} else {
-			x.byApp[old.AppID] = slices.Delete(app, i, i+1)
+			ok = i >= 0
+		}
+		switch {
+		case ok && len(app.list) == 1:
+			delete(x.byApp, old.AppID)
+		case ok:
+			app.list = slices.Delete(app.list, i, i+1)
 		}
 	}
 }

@@ -79,6 +79,27 @@ func TestLoadedIndexFollowsChanges(t *testing.T) {
 		t.Fatalf("a delete on acc-3 changed acc-4's webhooks: %v, was %v", got, before4)
 	}
 
+	// A delete before the application was ever listed (its webhooks still
+	// in the order the load read them).
+	app0 := 0
+	for _, h := range hooks {
+		if h.AppID == hooks[0].AppID {
+			app0++
+		}
+	}
+	if err := writer.DeleteWebhook(ctx, hooks[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if r.Webhook(hooks[0].ID) != nil {
+			return fmt.Errorf("webhook %s not deleted", hooks[0].ID)
+		}
+		return nil
+	})
+	if got := r.Webhooks(hooks[0].AppID, ""); len(got) != app0-1 || slices.Contains(ids(got), hooks[0].ID) || !slices.IsSortedFunc(got, byCreation) {
+		t.Fatalf("after a delete, %s lists %d webhooks (want %d, in order, without %s)", hooks[0].AppID, len(got), app0-1, hooks[0].ID)
+	}
+
 	// Paging through an application gives each webhook once, in order.
 	all := r.Webhooks(added.AppID, "")
 	var paged []*Webhook

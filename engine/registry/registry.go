@@ -391,12 +391,38 @@ func (r *Registry) Counts() (apps, webhooks int) {
 // Webhooks lists an application's webhooks, oldest first; accountID, when
 // not empty, keeps only that account's.
 func (r *Registry) Webhooks(appID, accountID string) []*Webhook {
+	if accountID == "" {
+		list, unlock := r.appHooks(appID)
+		defer unlock()
+		return slices.Clone(list)
+	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if accountID == "" {
-		return slices.Clone(r.byApp[appID])
-	}
 	return r.accountsWebhooks(appID, accountID)
+}
+
+// appHooks returns an application's webhooks in listing order, sorting
+// them first if a full load left them unsorted, with the read lock held
+// until unlock is called.
+func (r *Registry) appHooks(appID string) (list []*Webhook, unlock func()) {
+	for {
+		r.mu.RLock()
+		app := r.byApp[appID]
+		if app == nil || app.sorted {
+			if app != nil {
+				list = app.list
+			}
+			return list, r.mu.RUnlock
+		}
+		r.mu.RUnlock()
+		r.mu.Lock()
+		// Checked again: a reload may have installed another index.
+		if app := r.byApp[appID]; app != nil && !app.sorted {
+			slices.SortFunc(app.list, byCreation)
+			app.sorted = true
+		}
+		r.mu.Unlock()
+	}
 }
 
 // accountsWebhooks is an application's webhooks on one account in listing
@@ -418,10 +444,14 @@ func (r *Registry) accountsWebhooks(appID, accountID string) []*Webhook {
 // point of the order, true from there on); nil starts at the first. Its
 // cost grows with the page, not with the application's webhooks.
 func (r *Registry) WebhooksAfter(appID, accountID string, after func(*Webhook) bool, limit int) (page []*Webhook, more bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	list := r.byApp[appID]
-	if accountID != "" {
+	var list []*Webhook
+	if accountID == "" {
+		l, unlock := r.appHooks(appID)
+		defer unlock()
+		list = l
+	} else {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
 		list = r.accountsWebhooks(appID, accountID)
 	}
 	start := 0
