@@ -114,6 +114,21 @@ func (m *million) register(ctx context.Context, st *Stack, p *Plan, row *Scenari
 	if err != nil {
 		return fmt.Errorf("cannot start geckohook on %d webhooks: %w", len(p.Hooks), err)
 	}
+	if err := m.startFigures(st, empty, full, row); err != nil {
+		return err
+	}
+	note, err := listAll(st.API, p, biggestApp(p))
+	if err != nil {
+		return err
+	}
+	row.Notes = append(row.Notes, note)
+	m.logf("%s", note)
+	return nil
+}
+
+// startFigures puts the load time and heap per webhook of the processes
+// started on the full registry into row.
+func (m *million) startFigures(st *Stack, empty, full []started, row *Scenario) error {
 	var perHook []string
 	for i := range st.Geckohook {
 		load, err := metricValue(st.Metrics[i], "geckohook_registry_load_seconds")
@@ -124,10 +139,10 @@ func (m *million) register(ctx context.Context, st *Stack, p *Plan, row *Scenari
 		if err != nil {
 			return err
 		}
-		if int(n) != len(p.Hooks) {
-			return fmt.Errorf("geckohook %s holds %d webhooks, want %d", st.Roles[i], int(n), len(p.Hooks))
+		if int(n) != m.hooks {
+			return fmt.Errorf("geckohook %s holds %d webhooks, want %d", st.Roles[i], int(n), m.hooks)
 		}
-		b := float64(full[i].heap-empty[i].heap) / float64(len(p.Hooks))
+		b := float64(full[i].heap-empty[i].heap) / float64(m.hooks)
 		row.RegistryLoadMs = max(row.RegistryLoadMs, load*1000)
 		row.RegistryBytesPerWebhook = max(row.RegistryBytesPerWebhook, b)
 		perHook = append(perHook, fmt.Sprintf("%s: load %.0f ms, ready %.0f ms after exec (%.0f ms on the empty registry) using %.0f ms of CPU (%.0f ms), %.0f heap B per webhook",
@@ -135,12 +150,6 @@ func (m *million) register(ctx context.Context, st *Stack, p *Plan, row *Scenari
 	}
 	row.Notes = append(row.Notes, "started on the full registry: "+strings.Join(perHook, "; "))
 	m.logf("%s", row.Notes[len(row.Notes)-1])
-	note, err := listAll(st.API, p, biggestApp(p))
-	if err != nil {
-		return err
-	}
-	row.Notes = append(row.Notes, note)
-	m.logf("%s", note)
 	return nil
 }
 
@@ -272,7 +281,7 @@ func listAll(api string, p *Plan, app int) (string, error) {
 		ms(quantile(took, 0.5)), ms(quantile(took, 0.99))), nil
 }
 
-// quantile is the q-quantile of ds (nearest rank); ds is sorted.
+// quantile is the q-quantile of ds (nearest rank); it sorts ds.
 func quantile(ds []time.Duration, q float64) time.Duration {
 	if len(ds) == 0 {
 		return 0
