@@ -54,13 +54,14 @@ func (d *batchDecoder) decode(raws []string) (hooks []Webhook, bad []int) {
 	n := 0
 	for i, raw := range raws {
 		w, p := &hooks[n], &spans[n]
+		*w, *p = Webhook{}, pending{} // the slot of an unreadable record is reused
 		if d.readRecord(raw, w, p) {
 			n++
 			continue
 		}
 		// Not the layout msgpack writes for a Webhook today: let msgpack
 		// read it.
-		*w, *p = Webhook{}, pending{decoded: true}
+		*w, p.decoded = Webhook{}, true
 		if err := msgpack.Unmarshal([]byte(raw), w); err != nil {
 			bad = append(bad, i)
 			continue
