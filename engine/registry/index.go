@@ -183,10 +183,12 @@ func (x *index) removeHook(id string) {
 		}
 	}
 	if app := x.byApp[old.AppID]; app != nil {
-		i, ok := slices.Index(app.list, old), false
+		var i int
+		var ok bool
 		if app.sorted {
 			i, ok = slices.BinarySearchFunc(app.list, old, byCreation)
 		} else {
+			i = slices.Index(app.list, old)
 			ok = i >= 0
 		}
 		switch {

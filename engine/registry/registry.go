@@ -441,8 +441,9 @@ func (r *Registry) accountsWebhooks(appID, accountID string) []*Webhook {
 // WebhooksAfter is one page of Webhooks: at most limit webhooks that come
 // after a position in the listing order, and whether more follow. after
 // reports whether a webhook comes after the position (false up to some
-// point of the order, true from there on); nil starts at the first. Its
-// cost grows with the page, not with the application's webhooks.
+// point of the order, true from there on); nil starts at the first. Once
+// the application was listed after a load, its cost grows with the page,
+// not with the application's webhooks.
 func (r *Registry) WebhooksAfter(appID, accountID string, after func(*Webhook) bool, limit int) (page []*Webhook, more bool) {
 	var list []*Webhook
 	if accountID == "" {
