@@ -51,7 +51,7 @@ func TestWebhooksPage(t *testing.T) {
 		strings.Contains(first.body, "three.example.com") {
 		t.Fatalf("first page: %d, next %v", first.status, m)
 	}
-	for _, want := range []string{"failing</span> since 2026-11-20 05:00:00 UTC: 7 failures in a row", "status 503", "HTTP 503",
+	for _, want := range []string{"failing</span> since 2026-11-20 05:00:00 UTC, 7 failed attempts in a row", "status 503", "HTTP 503",
 		"Deleted at 2026-11-23 05:00:00 UTC", "healthy", "old.example.com", "the address answered 410 Gone"} {
 		if !strings.Contains(first.body, want) {
 			t.Errorf("first page lacks %q", want)

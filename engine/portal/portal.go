@@ -112,12 +112,16 @@ func (p *Portal) Handler(a *api.API) fasthttp.RequestHandler {
 
 // The security headers of every portal answer. The pages use no script
 // and no inline style; nothing but the portal's own stylesheet loads.
+// Referrer-Policy is same-origin, not no-referrer: no other site learns a
+// portal address (a link's token is in one), and browsers still send the
+// Origin of the portal's own form posts, which no-referrer turns into
+// "null" (the Fetch standard's rule for non-GET requests).
 const csp = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 func secure(h *fasthttp.ResponseHeader) {
 	h.Set("Content-Security-Policy", csp)
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Cross-Origin-Opener-Policy", "same-origin")

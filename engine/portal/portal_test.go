@@ -173,7 +173,7 @@ func TestSecurityHeaders(t *testing.T) {
 		r := b.get(path)
 		h := r.header
 		if h.Get("Content-Security-Policy") != csp || h.Get("X-Content-Type-Options") != "nosniff" ||
-			h.Get("Referrer-Policy") != "no-referrer" || h.Get("X-Frame-Options") != "DENY" {
+			h.Get("Referrer-Policy") != "same-origin" || h.Get("X-Frame-Options") != "DENY" {
 			t.Errorf("GET %s (%d): headers %v", path, r.status, h)
 		}
 		if path != "/portal/static/portal.css" && h.Get("Cache-Control") != "no-store" {
