@@ -168,8 +168,8 @@ func TestPortalInBrowser(t *testing.T) {
 	defer recv.Close()
 	const admin = "browser-admin-token"
 	apiAddr := freeAddr(t)
-	startProcess(t, "all", "--embedded-kafka-listen", freeAddr(t), "--api-listen", apiAddr, "--partitions", "1",
-		"--redis-addr", testenv.Redis(t).Addr, "--admin-token", admin, "--max-retries", "1", "--log-format", "json")
+	_, logs, _ := startProcess(t, "all", "--embedded-kafka-listen", freeAddr(t), "--api-listen", apiAddr, "--partitions", "1",
+		"--redis-addr", testenv.Redis(t).Addr, "--admin-token", admin, "--max-retries", "1", "--log-format", "json", "--log-level", "debug")
 	base := "http://" + apiAddr
 	testenv.WaitFor(t, 30*time.Second, func() error {
 		code, _, err := get(base + "/readyz")
@@ -352,6 +352,11 @@ func TestPortalInBrowser(t *testing.T) {
 	b.shot("9-link-refused")
 	if n := b.dialogs.Load(); n != 0 {
 		t.Errorf("%d dialogs opened", n)
+	}
+	// Not even the debug log holds a link's token or a secret.
+	token := first[strings.LastIndex(first, "/")+1:]
+	if out := logs.String(); !strings.Contains(out, "/portal/link/…") || strings.Contains(out, token) || strings.Contains(out, secret) {
+		t.Errorf("the log shows a portal link's token or the secret (or logs no portal request)")
 	}
 }
 

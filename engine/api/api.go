@@ -201,10 +201,20 @@ func (a *API) serve(ctx *fasthttp.RequestCtx) {
 		}
 		status := ctx.Response.StatusCode()
 		a.requests.Count(route, status)
-		a.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", ctx.Path()).
+		a.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", loggedPath(ctx.Path())).
 			Int("status", status).Str("app_id", appID).Dur("took_ms", time.Since(start)).Msg("api request")
 	}()
 	route, appID = a.route(ctx)
+}
+
+// loggedPath is a request's path for the log: a portal link's token, a
+// secret, is left out.
+func loggedPath(path []byte) []byte {
+	const link = "/portal/link/"
+	if bytes.HasPrefix(path, []byte(link)) && len(path) > len(link) {
+		return []byte(link + "…")
+	}
+	return path
 }
 
 // route dispatches one request and returns the route label for metrics and

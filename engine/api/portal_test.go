@@ -86,3 +86,16 @@ func TestCallActsAsTheApplication(t *testing.T) {
 		t.Fatalf("/portal/ not handed to the portal: %d, served %d", r.status, served.Load())
 	}
 }
+
+// A portal link's token never reaches the log.
+func TestLoggedPathHidesLinkTokens(t *testing.T) {
+	for path, want := range map[string]string{
+		"/portal/link/s3cr3t-token": "/portal/link/…",
+		"/portal/link/":             "/portal/link/",
+		"/v1/webhooks/wh_1":         "/v1/webhooks/wh_1",
+	} {
+		if got := string(loggedPath([]byte(path))); got != want {
+			t.Errorf("loggedPath(%q) = %q, want %q", path, got, want)
+		}
+	}
+}
