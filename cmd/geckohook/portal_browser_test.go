@@ -168,8 +168,9 @@ func TestPortalInBrowser(t *testing.T) {
 	defer recv.Close()
 	const admin = "browser-admin-token"
 	apiAddr := freeAddr(t)
+	redisSrv := testenv.Redis(t)
 	_, logs, _ := startProcess(t, "all", "--embedded-kafka-listen", freeAddr(t), "--api-listen", apiAddr, "--partitions", "1",
-		"--redis-addr", testenv.Redis(t).Addr, "--admin-token", admin, "--max-retries", "1", "--log-format", "json", "--log-level", "debug")
+		"--redis-addr", redisSrv.Addr, "--admin-token", admin, "--max-retries", "1", "--log-format", "json", "--log-level", "debug")
 	base := "http://" + apiAddr
 	testenv.WaitFor(t, 30*time.Second, func() error {
 		code, _, err := get(base + "/readyz")
@@ -350,6 +351,22 @@ func TestPortalInBrowser(t *testing.T) {
 		t.Errorf("reused link answered %q", msg)
 	}
 	b.shot("9-link-refused")
+	// An expired link is refused: the process judges expiry by its clock,
+	// so the test dates the stored link 15 minutes back.
+	late := link()
+	rdb := redisSrv.Client()
+	keys, err := rdb.Keys(context.Background(), "gh:portal:link:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("stored links: %v %v", keys, err)
+	}
+	expired := fmt.Sprintf("%s\n%d", appID, time.Now().Add(-time.Second).UnixMilli())
+	if err := rdb.Set(context.Background(), keys[0], expired, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b.do(chromedp.Navigate(late), chromedp.Click(chromedp.CSS("#open")), chromedp.WaitVisible(chromedp.CSS("#message")))
+	if msg := b.text("#message"); !strings.Contains(msg, "used already or has expired") {
+		t.Errorf("expired link answered %q", msg)
+	}
 	if n := b.dialogs.Load(); n != 0 {
 		t.Errorf("%d dialogs opened", n)
 	}
