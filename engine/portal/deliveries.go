@@ -31,7 +31,7 @@ func (r *request) webhookPage(id string, done *outcome) {
 	d := &webhookData{}
 	var got struct{ Webhook api.WebhookView }
 	if status, msg := r.call("GET", base, nil, &got); msg != "" {
-		r.p.message(r.ctx, status, "Webhook", msg)
+		r.message(status, "Webhook", msg)
 		return
 	}
 	d.Webhook = got.Webhook
@@ -76,7 +76,7 @@ func (r *request) webhookAction(id, action string) {
 	switch action {
 	case "delete":
 		if status, msg := r.call("DELETE", base, nil, nil); msg != "" {
-			r.p.message(r.ctx, status, "Webhook not deleted", msg)
+			r.message(status, "Webhook not deleted", msg)
 			return
 		}
 		r.ctx.Redirect("/portal/", fasthttp.StatusSeeOther)
@@ -105,7 +105,7 @@ func (r *request) webhookAction(id, action string) {
 			o.notice = "Recovery started: the events of that window are delivered again."
 		}
 	default:
-		r.p.message(r.ctx, fasthttp.StatusNotFound, "Not found", "There is no such action.")
+		r.message(fasthttp.StatusNotFound, "Not found", "There is no such action.")
 		return
 	}
 	if o.err != "" {

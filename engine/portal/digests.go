@@ -30,7 +30,7 @@ func (r *request) digestsPage() {
 	digests, err := r.p.digests(ctx, r.app.ID)
 	if err != nil {
 		r.p.o.Log.Error().Err(err).Msg("portal cannot read day records")
-		r.p.message(r.ctx, fasthttp.StatusServiceUnavailable, "Digests", "The day records cannot be read right now; try again.")
+		r.message(fasthttp.StatusServiceUnavailable, "Digests", "The day records cannot be read right now; try again.")
 		return
 	}
 	views := make([]digestView, 0, len(digests))
@@ -57,7 +57,7 @@ func (r *request) digestHTML(day string) {
 	defer cancel()
 	digests, err := r.p.digests(ctx, r.app.ID)
 	if err != nil {
-		r.p.message(r.ctx, fasthttp.StatusServiceUnavailable, "Digests", "The day records cannot be read right now; try again.")
+		r.message(fasthttp.StatusServiceUnavailable, "Digests", "The day records cannot be read right now; try again.")
 		return
 	}
 	for _, d := range digests {
@@ -73,5 +73,5 @@ func (r *request) digestHTML(day string) {
 		r.ctx.SetBody(html)
 		return
 	}
-	r.p.message(r.ctx, fasthttp.StatusNotFound, "Not found", "No digest of that day.")
+	r.message(fasthttp.StatusNotFound, "Not found", "No digest of that day.")
 }

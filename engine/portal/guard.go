@@ -62,7 +62,7 @@ func (p *Portal) crossSite(ctx *fasthttp.RequestCtx) bool {
 func (r *request) csrfOK() bool {
 	got := r.ctx.PostArgs().Peek("csrf")
 	if len(got) == 0 || subtle.ConstantTimeCompare(got, []byte(r.s.csrf)) != 1 {
-		r.p.message(r.ctx, fasthttp.StatusForbidden, "Refused", "This form is stale or was not made by the portal; reload the page and try again.")
+		r.message(fasthttp.StatusForbidden, "Refused", "This form is stale or was not made by the portal; reload the page and try again.")
 		return false
 	}
 	return true
@@ -107,5 +107,5 @@ func (r *request) logout() {
 		r.p.o.Log.Error().Err(err).Msg("cannot end portal session")
 	}
 	r.p.setCookie(r.ctx, "", time.Time{})
-	r.p.message(r.ctx, fasthttp.StatusOK, "Signed out", "The portal session has ended.")
+	r.message(fasthttp.StatusOK, "Signed out", "The portal session has ended.")
 }

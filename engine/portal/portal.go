@@ -215,6 +215,6 @@ func (r *request) route(path, method string) {
 	case rest == "logout" && post:
 		r.logout()
 	default:
-		r.p.message(r.ctx, fasthttp.StatusNotFound, "Not found", "There is no such page in the portal.")
+		r.message(fasthttp.StatusNotFound, "Not found", "There is no such page in the portal.")
 	}
 }

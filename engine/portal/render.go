@@ -117,6 +117,11 @@ func (p *Portal) message(ctx *fasthttp.RequestCtx, status int, title, text strin
 	p.render(ctx, status, "message", &page{Title: title, Data: text})
 }
 
+// message answers a page of a session that only says something.
+func (r *request) message(status int, title, text string) {
+	r.p.render(r.ctx, status, "message", r.page(title, text))
+}
+
 // page starts a session page's data.
 func (r *request) page(title string, data any) *page {
 	return &page{Title: title, App: r.app, CSRF: r.s.csrf, Data: data}

@@ -26,7 +26,7 @@ var overlaps = []string{"24h", "1h", "72h", "0s"}
 func (r *request) signingPage(done *signingData) {
 	var got struct{ Application api.ApplicationView }
 	if status, msg := r.call("GET", "/v1/applications/"+url.PathEscape(r.app.ID), nil, &got); msg != "" {
-		r.p.message(r.ctx, status, "Signing", msg)
+		r.message(status, "Signing", msg)
 		return
 	}
 	d := &signingData{Application: got.Application,
@@ -51,7 +51,7 @@ func (r *request) signingAction(action string) {
 		var out struct{ Application api.ApplicationView }
 		status, msg := r.call("POST", path+"/secret", map[string]string{"overlap": string(args.Peek("overlap"))}, &out)
 		if msg != "" {
-			r.p.message(r.ctx, status, "Secret not rotated", msg)
+			r.message(status, "Secret not rotated", msg)
 			return
 		}
 		r.app = r.p.o.Registry.App(r.app.ID)
@@ -59,11 +59,11 @@ func (r *request) signingAction(action string) {
 	case "scheme":
 		body := map[string]any{"application": map[string]string{"signature_scheme": string(args.Peek("scheme"))}}
 		if status, msg := r.call("PATCH", path, body, nil); msg != "" {
-			r.p.message(r.ctx, status, "Scheme not changed", msg)
+			r.message(status, "Scheme not changed", msg)
 			return
 		}
 		r.signingPage(nil)
 	default:
-		r.p.message(r.ctx, fasthttp.StatusNotFound, "Not found", "There is no such action.")
+		r.message(fasthttp.StatusNotFound, "Not found", "There is no such action.")
 	}
 }

@@ -64,7 +64,7 @@ func (r *request) webhooksPage(refused *refusal) {
 		NextCursor string            `json:"next_cursor"`
 	}
 	if status, msg := r.call("GET", "/v1/webhooks?"+q.Encode(), nil, &list); msg != "" {
-		r.p.message(r.ctx, status, "Webhooks", msg)
+		r.message(status, "Webhooks", msg)
 		return
 	}
 	d := &webhooksData{Cursor: cursor, Next: list.NextCursor, Events: r.p.o.Catalog.Names(), DeleteAfter: r.p.o.Policy.After()}
