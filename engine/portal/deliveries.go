@@ -99,7 +99,11 @@ func (r *request) webhookAction(id, action string) {
 	case "recover":
 		o.since, o.until = string(args.Peek("since")), string(args.Peek("until"))
 		var out struct{ Recovery api.RecoveryView }
-		o.status, o.err = r.call("POST", base+"/recover", map[string]string{"since": formTime(o.since), "until": formTime(o.until)}, &out)
+		window := map[string]string{"since": formTime(o.since)}
+		if o.until != "" {
+			window["until"] = formTime(o.until) // else now
+		}
+		o.status, o.err = r.call("POST", base+"/recover", window, &out)
 		if o.err == "" {
 			o.recovery = &out.Recovery
 			o.notice = "Recovery started: the events of that window are delivered again."
