@@ -127,10 +127,12 @@ func (b *tab) accessible(page string) {
 // waitFor reloads url until cond holds.
 func (b *tab) waitFor(url, what string, cond func() bool) {
 	b.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	start := time.Now()
+	deadline := start.Add(20 * time.Second)
 	for {
 		b.do(chromedp.Navigate(url))
 		if cond() {
+			b.t.Logf("%s: seen after %v", what, time.Since(start).Round(time.Millisecond))
 			return
 		}
 		if time.Now().After(deadline) {
