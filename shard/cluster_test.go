@@ -28,7 +28,7 @@ func TestQueueOnRedisCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		q := NewQueue(rdb, "gh:", "ev", p)
-		node, err := cc.MasterForKey(ctx, q.DueKey)
+		node, err := cc.MasterForKey(ctx, q.HooksKey)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -44,7 +44,7 @@ func TestQueueOnRedisCluster(t *testing.T) {
 		if err != nil || len(claimed) != 1 || len(bad) != 0 {
 			t.Fatalf("claim on shard %d: %d claimed, %d bad, %v", p, len(claimed), len(bad), err)
 		}
-		lease := []Lease{{ID: claimed[0].ID, End: t0.Add(time.Minute)}}
+		lease := []Lease{claimed[0].Lease(t0.Add(time.Minute))}
 		if err := q.Extend(ctx, lease, t0.Add(2*time.Minute)); err != nil {
 			t.Fatal(err)
 		}
@@ -59,10 +59,10 @@ func TestQueueOnRedisCluster(t *testing.T) {
 		if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: claimed[0], At: t0.Add(time.Hour)}}); err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := q.RetryNow(ctx, claimed[0].ID, t0); err != nil || !ok {
+		if ok, err := q.RetryNow(ctx, claimed[0], t0); err != nil || !ok {
 			t.Fatalf("retry now on shard %d: %v %v", p, ok, err)
 		}
-		if err := q.Quarantine(ctx, "missing", t0); err != nil {
+		if err := q.Quarantine(ctx, Bad{Hook: "wh_1", member: "missing"}, t0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -75,6 +75,9 @@ func TestQueueOnRedisCluster(t *testing.T) {
 	}
 	if d, _, err := st.Find(ctx, "ev-5-dead"); err != nil || d.State != Dead {
 		t.Fatalf("find a dead delivery across the cluster: %+v %v", d, err)
+	}
+	if d, _, err := st.Find(ctx, "ev-6-live"); err != nil || d.State != Scheduled || d.ID != "ev-6-live" {
+		t.Fatalf("find a scheduled delivery across the cluster: %+v %v", d, err)
 	}
 	n, err := st.ReviveWebhook(ctx, "wh_1", t0)
 	if err != nil || n != shards {

@@ -23,10 +23,10 @@ const (
 )
 
 // memRecord is a realistic queued delivery after its first failure: event
-// e of partition 0 to webhook hook, with the 129-byte body of an
-// order.create (the bench's body size).
+// e of partition 0 to webhook hook (of the account named after it), with
+// the 129-byte body of an order.create (the bench's body size).
 func memRecord(e int, hook string, t0 time.Time, cat *catalog.Catalog) *Record {
-	ev := contract.Event{AccountID: "acc-" + strconv.Itoa(10_000+e%500), Event: "order.create",
+	ev := contract.Event{AccountID: "acc-" + hook[len(hook)-6:], Event: "order.create",
 		ObjectID: int64(100_000 + e), Timestamp: t0.Unix()}
 	return &Record{
 		ID: contract.DeliveryID(memTopic, 0, int64(e), hook), WebhookID: hook,

@@ -46,7 +46,7 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 		now := d.o.Now()
 		leaseEnd := now.Add(d.o.Lease)
 		var recs []*shard.Record
-		var bad []string
+		var bad []shard.Bad
 		var next time.Time
 		ok := s.retry(ctx, "claim due retries", func() error {
 			var err error
@@ -56,14 +56,14 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 		if !ok {
 			return
 		}
-		for _, id := range bad {
-			s.log.Error().Str("delivery", id).Msg("unreadable retry record moved to the dead set as it is")
-			if !s.retry(ctx, "move an unreadable retry record", func() error { return s.queue.Quarantine(ctx, id, now) }) {
+		for _, b := range bad {
+			s.log.Error().Str("delivery", b.ID()).Str("webhook_id", b.Hook).Msg("unreadable retry record moved to the dead set as it is")
+			if !s.retry(ctx, "move an unreadable retry record", func() error { return s.queue.Quarantine(ctx, b, now) }) {
 				return
 			}
 		}
 		for i, rec := range recs {
-			if !r.take(rec.ID, leaseEnd) {
+			if !r.take(rec.Lease(leaseEnd)) {
 				continue
 			}
 			d.Stats.Retried.Inc()

@@ -1,0 +1,324 @@
+package shard
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/geckohook/geckohook/engine/contract"
+)
+
+// A scheduled delivery is one member of its webhook's ZSET: the record in
+// a compact binary form (memberVersion, flags, then varints and
+// length-prefixed strings). Everything the shard, the webhook or the event
+// already says is left out and put back on decode:
+//   - the delivery id when it is the one contract.DeliveryID derives from
+//     the shard, the offset and the webhook (always, for geckohook's own);
+//   - the webhook (the ZSET's key), its application and account (the
+//     shard's hook metadata, one entry per webhook);
+//   - the topic and partition (the shard);
+//   - the body, when it has the contract's shape: its event and resource
+//     URL without the trailing /{object_id}.json are one body form, stored
+//     once per shard under an 8-byte reference, and the member keeps the
+//     reference, the object id and the timestamp;
+//   - the last error when it is "HTTP <status>".
+const memberVersion = 1
+
+const (
+	fRawID        = 1 << iota // the id is stored: it is not the derived one
+	fRawBody                  // the body is stored as it is
+	fRawEvent                 // the event is stored: it differs from the body form's
+	fRetryAfter               // Record.RetryAfter
+	fLastError                // the last error is stored: it is not "HTTP <status>"
+	fFirstAttempt             // FirstAttempt is set
+	fLastAttempt              // LastAttempt is set
+)
+
+// bodyForm is the part of a contract body the deliveries of one event name
+// and resource path share: the event and the resource URL up to its last
+// "/" (the rest is "{object_id}.json").
+type bodyForm struct {
+	event, urlPrefix string
+}
+
+// ref is the form's 8-byte reference (a SHA-256 prefix) under which the
+// shard stores it once.
+func (f bodyForm) ref() string {
+	h := sha256.New()
+	h.Write([]byte(f.event))
+	h.Write([]byte{0})
+	h.Write([]byte(f.urlPrefix))
+	return string(h.Sum(nil)[:8])
+}
+
+func (f bodyForm) value() string { return f.event + "\x00" + f.urlPrefix }
+
+func parseForm(v string) (bodyForm, bool) {
+	ev, prefix, ok := bytes.Cut([]byte(v), []byte{0})
+	return bodyForm{string(ev), string(prefix)}, ok
+}
+
+type wireBody struct {
+	ObjectID    *int64  `json:"object_id"`
+	Event       *string `json:"event"`
+	Timestamp   *int64  `json:"timestamp"`
+	ResourceURL *string `json:"resource_url"`
+}
+
+// splitBody finds the body form, object id and timestamp of a body with
+// the contract's exact shape; false when the body is anything else (it is
+// then stored as it is).
+func splitBody(body []byte) (f bodyForm, objectID, timestamp int64, ok bool) {
+	if len(body) == 0 || body[0] != '{' {
+		return f, 0, 0, false
+	}
+	var w wireBody
+	if json.Unmarshal(body, &w) != nil || w.ObjectID == nil || w.Event == nil || w.Timestamp == nil || w.ResourceURL == nil {
+		return f, 0, 0, false
+	}
+	suffix := "/" + strconv.FormatInt(*w.ObjectID, 10) + ".json"
+	url := *w.ResourceURL
+	if len(url) < len(suffix) || url[len(url)-len(suffix):] != suffix {
+		return f, 0, 0, false
+	}
+	f = bodyForm{event: *w.Event, urlPrefix: url[:len(url)-len(suffix)]}
+	if !bytes.Equal(f.body(nil, *w.ObjectID, *w.Timestamp), body) {
+		return f, 0, 0, false
+	}
+	return f, *w.ObjectID, *w.Timestamp, true
+}
+
+// body rebuilds the body of an event of this form, byte for byte.
+func (f bodyForm) body(dst []byte, objectID, timestamp int64) []byte {
+	ev := contract.Event{Event: f.event, ObjectID: objectID, Timestamp: timestamp,
+		ResourceURL: f.urlPrefix + "/" + strconv.FormatInt(objectID, 10) + ".json"}
+	return contract.AppendBody(dst, &ev, "", nil)
+}
+
+// packedID is the index field of a delivery id: the 16 bytes of a UUID in
+// text form, any other id as it is.
+func packedID(id string) string {
+	if len(id) == contract.DeliveryIDLen {
+		var b [16]byte
+		hexs := id[0:8] + id[9:13] + id[14:18] + id[19:23] + id[24:36]
+		if id[8] == '-' && id[13] == '-' && id[18] == '-' && id[23] == '-' {
+			if n, err := hex.Decode(b[:], []byte(hexs)); err == nil && n == 16 && hex.EncodeToString(b[:]) == hexs {
+				return string(b[:])
+			}
+		}
+	}
+	return id
+}
+
+// indexBucket is the id index bucket of a packed id: its first byte, so
+// each of a shard's 256 index hashes stays small enough for Redis's
+// compact encoding up to about 30,000 scheduled deliveries per shard.
+func indexBucket(packed string) string {
+	if packed == "" {
+		return "00"
+	}
+	return hex.EncodeToString([]byte{packed[0]})
+}
+
+// memberOf encodes rec as its ZSET member; forms collects the body form it
+// refers to (nil when the body is stored as it is).
+func (q *Queue) memberOf(rec *Record) (member string, form *bodyForm) {
+	b := make([]byte, 0, 64)
+	b = append(b, memberVersion, 0)
+	var flags byte
+	if rec.ID != contract.DeliveryID(q.topic, int32(q.partition), rec.Offset, rec.WebhookID) {
+		flags |= fRawID
+	}
+	f, objectID, timestamp, ok := splitBody(rec.Body)
+	if !ok {
+		flags |= fRawBody
+	} else {
+		form = &f
+	}
+	if !ok || rec.Event != f.event {
+		flags |= fRawEvent
+	}
+	if rec.RetryAfter {
+		flags |= fRetryAfter
+	}
+	if rec.LastError != httpError(rec.LastStatus) {
+		flags |= fLastError
+	}
+	if !rec.FirstAttempt.IsZero() {
+		flags |= fFirstAttempt
+	}
+	if !rec.LastAttempt.IsZero() {
+		flags |= fLastAttempt
+	}
+	b[1] = flags
+	b = binary.AppendVarint(b, rec.Offset)
+	b = binary.AppendUvarint(b, uint64(rec.Attempts))
+	b = binary.AppendUvarint(b, uint64(rec.Retries))
+	b = binary.AppendUvarint(b, uint64(rec.Deferrals))
+	b = binary.AppendUvarint(b, uint64(rec.LastStatus))
+	first := rec.FirstAttempt.UnixMilli()
+	if flags&fFirstAttempt != 0 {
+		b = binary.AppendVarint(b, first)
+	} else {
+		first = 0
+	}
+	if flags&fLastAttempt != 0 {
+		b = binary.AppendVarint(b, rec.LastAttempt.UnixMilli()-first)
+	}
+	if flags&fRawID != 0 {
+		b = appendString(b, rec.ID)
+	}
+	if flags&fRawBody != 0 {
+		b = appendString(b, string(rec.Body))
+	} else {
+		b = append(b, f.ref()...)
+		b = binary.AppendVarint(b, objectID)
+		b = binary.AppendVarint(b, timestamp)
+	}
+	if flags&fRawEvent != 0 {
+		b = appendString(b, rec.Event)
+	}
+	if flags&fLastError != 0 {
+		b = appendString(b, rec.LastError)
+	}
+	return string(b), form
+}
+
+func httpError(status int) string {
+	if status == 0 {
+		return ""
+	}
+	return "HTTP " + strconv.Itoa(status)
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+var errBadMember = errors.New("malformed retry record")
+
+// memberReader reads a member's fields in order; the first error sticks.
+type memberReader struct {
+	b   []byte
+	err error
+}
+
+func (r *memberReader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errBadMember
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *memberReader) varint() int64 {
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = errBadMember
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *memberReader) bytes(n uint64) []byte {
+	if r.err != nil || uint64(len(r.b)) < n {
+		r.err = errBadMember
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *memberReader) string() string { return string(r.bytes(r.uvarint())) }
+
+// decodeMember rebuilds the record of a member of hook's ZSET; forms looks
+// a body form up by reference and meta gives the webhook's application
+// and account.
+func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyForm, bool), meta hookMeta) (*Record, error) {
+	if len(member) < 2 || member[0] != memberVersion {
+		return nil, errBadMember
+	}
+	flags := member[1]
+	r := memberReader{b: []byte(member[2:])}
+	rec := &Record{WebhookID: hook, AppID: meta.app, AccountID: meta.account, Topic: q.topic, Partition: int32(q.partition), member: member}
+	rec.Offset = r.varint()
+	rec.Attempts = int(r.uvarint())
+	rec.Retries = int(r.uvarint())
+	rec.Deferrals = int(r.uvarint())
+	rec.LastStatus = int(r.uvarint())
+	var first int64
+	if flags&fFirstAttempt != 0 {
+		first = r.varint()
+		rec.FirstAttempt = time.UnixMilli(first).UTC()
+	}
+	if flags&fLastAttempt != 0 {
+		rec.LastAttempt = time.UnixMilli(first + r.varint()).UTC()
+	}
+	if flags&fRawID != 0 {
+		rec.ID = r.string()
+	} else {
+		rec.ID = contract.DeliveryID(q.topic, int32(q.partition), rec.Offset, hook)
+	}
+	if flags&fRawBody != 0 {
+		rec.Body = bytes.Clone(r.bytes(r.uvarint()))
+	} else {
+		ref := string(r.bytes(8))
+		objectID, timestamp := r.varint(), r.varint()
+		if r.err != nil {
+			return nil, r.err
+		}
+		f, ok := forms(ref)
+		if !ok {
+			return nil, errors.New("retry record refers to an unknown body form")
+		}
+		rec.Body, rec.Event = f.body(nil, objectID, timestamp), f.event
+	}
+	if flags&fRawEvent != 0 {
+		rec.Event = r.string()
+	}
+	rec.RetryAfter = flags&fRetryAfter != 0
+	if flags&fLastError != 0 {
+		rec.LastError = r.string()
+	} else {
+		rec.LastError = httpError(rec.LastStatus)
+	}
+	if r.err != nil || len(r.b) != 0 {
+		return nil, errBadMember
+	}
+	return rec, nil
+}
+
+// hookMeta is what the shard keeps once per webhook: its application and
+// account.
+type hookMeta struct{ app, account string }
+
+func (m hookMeta) value() string { return m.app + "\x00" + m.account }
+
+func parseMeta(v string) hookMeta {
+	app, account, _ := bytes.Cut([]byte(v), []byte{0})
+	return hookMeta{string(app), string(account)}
+}
+
+// memberPattern is a ZSCAN MATCH pattern for the members of one offset:
+// the version, any flags, the offset's varint, anything after.
+func memberPattern(offset int64) string {
+	b := []byte{memberVersion, '?'}
+	for _, c := range binary.AppendVarint(nil, offset) {
+		switch c {
+		case '*', '?', '[', ']', '\\':
+			b = append(b, '\\')
+		}
+		b = append(b, c)
+	}
+	return string(append(b, '*'))
+}
