@@ -74,23 +74,74 @@ type wireBody struct {
 // the contract's exact shape; false when the body is anything else (it is
 // then stored as it is).
 func splitBody(body []byte) (f bodyForm, objectID, timestamp int64, ok bool) {
-	if len(body) == 0 || body[0] != '{' {
-		return f, 0, 0, false
+	ev, url, objectID, timestamp, ok := scanBody(body)
+	if !ok {
+		var w wireBody
+		if len(body) == 0 || body[0] != '{' || json.Unmarshal(body, &w) != nil ||
+			w.ObjectID == nil || w.Event == nil || w.Timestamp == nil || w.ResourceURL == nil {
+			return f, 0, 0, false
+		}
+		ev, url, objectID, timestamp = *w.Event, *w.ResourceURL, *w.ObjectID, *w.Timestamp
 	}
-	var w wireBody
-	if json.Unmarshal(body, &w) != nil || w.ObjectID == nil || w.Event == nil || w.Timestamp == nil || w.ResourceURL == nil {
-		return f, 0, 0, false
-	}
-	suffix := "/" + strconv.FormatInt(*w.ObjectID, 10) + ".json"
-	url := *w.ResourceURL
+	suffix := "/" + strconv.FormatInt(objectID, 10) + ".json"
 	if len(url) < len(suffix) || url[len(url)-len(suffix):] != suffix {
 		return f, 0, 0, false
 	}
-	f = bodyForm{event: *w.Event, urlPrefix: url[:len(url)-len(suffix)]}
-	if !bytes.Equal(f.body(nil, *w.ObjectID, *w.Timestamp), body) {
+	f = bodyForm{event: ev, urlPrefix: url[:len(url)-len(suffix)]}
+	var stack [256]byte
+	if !bytes.Equal(f.body(stack[:0], objectID, timestamp), body) {
 		return f, 0, 0, false
 	}
-	return f, *w.ObjectID, *w.Timestamp, true
+	return f, objectID, timestamp, true
+}
+
+// scanBody reads a body as contract.AppendBody writes it, with no escape
+// in its strings (those go through encoding/json instead).
+func scanBody(b []byte) (event, url string, objectID, timestamp int64, ok bool) {
+	lit := func(s string) bool {
+		if !bytes.HasPrefix(b, []byte(s)) {
+			return false
+		}
+		b = b[len(s):]
+		return true
+	}
+	num := func() (int64, bool) {
+		i := 0
+		if i < len(b) && b[i] == '-' {
+			i++
+		}
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		n, err := strconv.ParseInt(string(b[:i]), 10, 64)
+		b = b[i:]
+		return n, err == nil
+	}
+	str := func() (string, bool) {
+		i := bytes.IndexByte(b, '"')
+		if i < 0 || bytes.IndexByte(b[:i], '\\') >= 0 {
+			return "", false
+		}
+		v := string(b[:i])
+		b = b[i+1:]
+		return v, true
+	}
+	if !lit(`{"object_id":`) {
+		return
+	}
+	if objectID, ok = num(); !ok || !lit(`,"event":"`) {
+		return "", "", 0, 0, false
+	}
+	if event, ok = str(); !ok || !lit(`,"timestamp":`) {
+		return "", "", 0, 0, false
+	}
+	if timestamp, ok = num(); !ok || !lit(`,"resource_url":"`) {
+		return "", "", 0, 0, false
+	}
+	if url, ok = str(); !ok || string(b) != "}" {
+		return "", "", 0, 0, false
+	}
+	return event, url, objectID, timestamp, true
 }
 
 // body rebuilds the body of an event of this form, byte for byte.
@@ -125,22 +176,55 @@ func indexBucket(packed string) string {
 	return hex.EncodeToString([]byte{packed[0]})
 }
 
-// memberOf encodes rec as its ZSET member; forms collects the body form it
-// refers to (nil when the body is stored as it is).
+// packing remembers what decoding a member found, so writing the record
+// back skips deriving its id and splitting its body again.
+type packing struct {
+	id, hook  string
+	offset    int64
+	derived   bool
+	body      []byte // the Body the tail was decoded into
+	tail      []byte // body form reference, object id, timestamp
+	formEvent string
+}
+
+// idDerived reports whether rec's id is the one DeliveryID derives.
+func (q *Queue) idDerived(rec *Record) bool {
+	if c := rec.packed; c != nil && c.id == rec.ID && c.hook == rec.WebhookID && c.offset == rec.Offset {
+		return c.derived
+	}
+	return rec.ID == contract.DeliveryID(q.topic, int32(q.partition), rec.Offset, rec.WebhookID)
+}
+
+// bodyTail returns the encoded form reference, object id and timestamp of
+// rec's body and the form's event; ok is false for a body stored as it is.
+// form is the body form when it was split here (nil when reused).
+func bodyTail(rec *Record) (tail []byte, event string, form *bodyForm, ok bool) {
+	if c := rec.packed; c != nil && c.body != nil && len(c.body) == len(rec.Body) && len(c.body) > 0 && &c.body[0] == &rec.Body[0] {
+		return c.tail, c.formEvent, nil, true
+	}
+	f, objectID, timestamp, ok := splitBody(rec.Body)
+	if !ok {
+		return nil, "", nil, false
+	}
+	tail = append([]byte(f.ref()), binary.AppendVarint(nil, objectID)...)
+	return binary.AppendVarint(tail, timestamp), f.event, &f, true
+}
+
+// memberOf encodes rec as its ZSET member, and returns the body form it
+// refers to when it split the body (nil when the body is stored as it is
+// or was read with its form).
 func (q *Queue) memberOf(rec *Record) (member string, form *bodyForm) {
 	b := make([]byte, 0, 64)
 	b = append(b, memberVersion, 0)
 	var flags byte
-	if rec.ID != contract.DeliveryID(q.topic, int32(q.partition), rec.Offset, rec.WebhookID) {
+	if !q.idDerived(rec) {
 		flags |= fRawID
 	}
-	f, objectID, timestamp, ok := splitBody(rec.Body)
+	tail, formEvent, form, ok := bodyTail(rec)
 	if !ok {
 		flags |= fRawBody
-	} else {
-		form = &f
 	}
-	if !ok || rec.Event != f.event {
+	if !ok || rec.Event != formEvent {
 		flags |= fRawEvent
 	}
 	if rec.RetryAfter {
@@ -176,9 +260,7 @@ func (q *Queue) memberOf(rec *Record) (member string, form *bodyForm) {
 	if flags&fRawBody != 0 {
 		b = appendString(b, string(rec.Body))
 	} else {
-		b = append(b, f.ref()...)
-		b = binary.AppendVarint(b, objectID)
-		b = binary.AppendVarint(b, timestamp)
+		b = append(b, tail...)
 	}
 	if flags&fRawEvent != 0 {
 		b = appendString(b, rec.Event)
@@ -264,14 +346,17 @@ func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyFo
 	if flags&fLastAttempt != 0 {
 		rec.LastAttempt = time.UnixMilli(first + r.varint()).UTC()
 	}
+	c := &packing{hook: hook, offset: rec.Offset, derived: flags&fRawID == 0}
 	if flags&fRawID != 0 {
 		rec.ID = r.string()
 	} else {
 		rec.ID = contract.DeliveryID(q.topic, int32(q.partition), rec.Offset, hook)
 	}
+	c.id = rec.ID
 	if flags&fRawBody != 0 {
 		rec.Body = bytes.Clone(r.bytes(r.uvarint()))
 	} else {
+		start := r.b
 		ref := string(r.bytes(8))
 		objectID, timestamp := r.varint(), r.varint()
 		if r.err != nil {
@@ -282,7 +367,9 @@ func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyFo
 			return nil, errors.New("retry record refers to an unknown body form")
 		}
 		rec.Body, rec.Event = f.body(nil, objectID, timestamp), f.event
+		c.body, c.tail, c.formEvent = rec.Body, start[:len(start)-len(r.b)], f.event
 	}
+	rec.packed = c
 	if flags&fRawEvent != 0 {
 		rec.Event = r.string()
 	}

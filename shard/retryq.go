@@ -55,6 +55,7 @@ type Record struct {
 	// record not read from the scheduled set): changes replace it only
 	// if it is still there.
 	member string
+	packed *packing
 }
 
 // Lease returns the lease on a claimed record until end.
@@ -144,16 +145,21 @@ for k = 1, tonumber(ARGV[2]) do
     return redis.error_reply('body form reference collision')
   end
 end
-local added = 0
+local added, first, metas = 0, {}, {}
 while i <= #ARGV do
   local bucket, id, ix, hook, member, score, meta = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
   i = i + 7
   if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix) == 1 then
     redis.call('ZADD', tag .. ':q:' .. hook, score, member)
-    redis.call('ZADD', KEYS[1], 'LT', score, hook)
-    redis.call('HSET', KEYS[2], hook, meta)
+    local s = tonumber(score)
+    if not first[hook] or s < first[hook] then first[hook] = s end
+    metas[hook] = meta
     added = added + 1
   end
+end
+for hook, s in pairs(first) do
+  redis.call('ZADD', KEYS[1], 'LT', s, hook)
+  redis.call('HSET', KEYS[2], hook, metas[hook])
 end
 return added
 `)
@@ -375,7 +381,7 @@ type Op struct {
 // claimant whose lease ran out never overwrites the outcome of the one
 // that claimed the delivery after it.
 var applyScript = redis.NewScript(`
-local tag = ARGV[1]
+local tag, first = ARGV[1], {}
 for i = 2, #ARGV, 9 do
   local kind, hook, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   local key = tag .. ':q:' .. hook
@@ -383,7 +389,8 @@ for i = 2, #ARGV, 9 do
   if kind == '2' then
     if held then
       redis.call('ZADD', key, ARGV[i+6], ARGV[i+5])
-      redis.call('ZADD', KEYS[1], 'LT', ARGV[i+6], hook)
+      local s = tonumber(ARGV[i+6])
+      if not first[hook] or s < first[hook] then first[hook] = s end
     end
   else
     if held then redis.call('HDEL', tag .. ':i:' .. bucket, id) end
@@ -394,6 +401,7 @@ for i = 2, #ARGV, 9 do
     end
   end
 end
+for hook, s in pairs(first) do redis.call('ZADD', KEYS[1], 'LT', s, hook) end
 return 0
 `)
 
