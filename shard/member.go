@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/geckohook/geckohook/engine/contract"
@@ -25,8 +27,10 @@ import (
 //   - the body, when it has the contract's shape: its event and resource
 //     URL without the trailing /{object_id}.json are one body form, stored
 //     once per shard under an 8-byte reference, and the member keeps the
-//     reference, the object id and the timestamp;
-//   - the last error when it is "HTTP <status>".
+//     reference, the object id and the timestamp (in seconds after the
+//     first attempt's);
+//   - the last error when it is "HTTP <status>"; the pieces of others that
+//     recur (phrases) take a byte each.
 const memberVersion = 1
 
 const (
@@ -37,6 +41,7 @@ const (
 	fLastError                // the last error is stored: it is not "HTTP <status>"
 	fFirstAttempt             // FirstAttempt is set
 	fLastAttempt              // LastAttempt is set
+	fPackedError              // the stored last error is shortened by phrases
 )
 
 // bodyForm is the part of a contract body the deliveries of one event name
@@ -184,6 +189,7 @@ type packing struct {
 	derived   bool
 	body      []byte // the Body the tail was decoded into
 	tail      []byte // body form reference, object id, timestamp
+	base      int64  // the timestamp's base in tail
 	formEvent string
 }
 
@@ -199,7 +205,8 @@ func (q *Queue) idDerived(rec *Record) bool {
 // rec's body and the form's event; ok is false for a body stored as it is.
 // form is the body form when it was split here (nil when reused).
 func bodyTail(rec *Record) (tail []byte, event string, form *bodyForm, ok bool) {
-	if c := rec.packed; c != nil && c.body != nil && len(c.body) == len(rec.Body) && len(c.body) > 0 && &c.body[0] == &rec.Body[0] {
+	base := timestampBase(rec)
+	if c := rec.packed; c != nil && c.body != nil && c.base == base && len(c.body) == len(rec.Body) && len(c.body) > 0 && &c.body[0] == &rec.Body[0] {
 		return c.tail, c.formEvent, nil, true
 	}
 	f, objectID, timestamp, ok := splitBody(rec.Body)
@@ -207,7 +214,16 @@ func bodyTail(rec *Record) (tail []byte, event string, form *bodyForm, ok bool) 
 		return nil, "", nil, false
 	}
 	tail = append([]byte(f.ref()), binary.AppendVarint(nil, objectID)...)
-	return binary.AppendVarint(tail, timestamp), f.event, &f, true
+	return binary.AppendVarint(tail, timestamp-base), f.event, &f, true
+}
+
+// timestampBase is what a member stores the event's timestamp relative to:
+// the first attempt's Unix second, which it is usually close to.
+func timestampBase(rec *Record) int64 {
+	if rec.FirstAttempt.IsZero() {
+		return 0
+	}
+	return rec.FirstAttempt.Unix()
 }
 
 // memberOf encodes rec as its ZSET member, and returns the body form it
@@ -266,7 +282,12 @@ func (q *Queue) memberOf(rec *Record) (member string, form *bodyForm) {
 		b = appendString(b, rec.Event)
 	}
 	if flags&fLastError != 0 {
-		b = appendString(b, rec.LastError)
+		e := rec.LastError
+		if packed, ok := packError(e); ok {
+			b[1] |= fPackedError
+			e = packed
+		}
+		b = appendString(b, e)
 	}
 	return string(b), form
 }
@@ -366,8 +387,9 @@ func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyFo
 		if !ok {
 			return nil, errors.New("retry record refers to an unknown body form")
 		}
-		rec.Body, rec.Event = f.body(nil, objectID, timestamp), f.event
-		c.body, c.tail, c.formEvent = rec.Body, start[:len(start)-len(r.b)], f.event
+		base := timestampBase(rec)
+		rec.Body, rec.Event = f.body(nil, objectID, base+timestamp), f.event
+		c.body, c.tail, c.base, c.formEvent = rec.Body, start[:len(start)-len(r.b)], base, f.event
 	}
 	rec.packed = c
 	if flags&fRawEvent != 0 {
@@ -376,6 +398,9 @@ func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyFo
 	rec.RetryAfter = flags&fRetryAfter != 0
 	if flags&fLastError != 0 {
 		rec.LastError = r.string()
+		if flags&fPackedError != 0 {
+			rec.LastError = unpackError(rec.LastError)
+		}
 	} else {
 		rec.LastError = httpError(rec.LastStatus)
 	}
@@ -408,4 +433,59 @@ func memberPattern(offset int64) string {
 		b = append(b, c)
 	}
 	return string(append(b, '*'))
+}
+
+// phrases are the pieces of the sender's error texts that recur: a
+// member's last error stores each as one byte (its index + 1, below 0x20,
+// which no error text holds; a text that holds one is stored as it is).
+// The list is part of the member format: only ever append to it.
+var phrases = []string{
+	"connection: the receiver closed the connection without answering after the request was sent",
+	"connection: dial tcp: lookup ",
+	": connect: connection refused",
+	"connection: dial tcp ",
+	"timeout: no answer within ",
+	": fasthttp: timeout",
+	"connection reset by peer",
+	": no such host",
+	": i/o timeout",
+	"no_free_connection: ",
+	"refused_target: ",
+	"timeout: ",
+	"connection: ",
+	"fasthttp: ",
+	"tls: failed to verify certificate: x509: ",
+	"certificate ",
+}
+
+var (
+	phraseOnce     sync.Once
+	phraseEncoder  *strings.Replacer
+	phrasesDecoder *strings.Replacer
+)
+
+func initPhrases() {
+	var enc, dec []string
+	for i, p := range phrases {
+		code := string(rune(i + 1))
+		enc, dec = append(enc, p, code), append(dec, code, p)
+	}
+	phraseEncoder, phrasesDecoder = strings.NewReplacer(enc...), strings.NewReplacer(dec...)
+}
+
+// packError shortens an error text by its phrases; false when the text
+// holds a control byte (stored as it is).
+func packError(s string) (string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 {
+			return s, false
+		}
+	}
+	phraseOnce.Do(initPhrases)
+	return phraseEncoder.Replace(s), true
+}
+
+func unpackError(s string) string {
+	phraseOnce.Do(initPhrases)
+	return phrasesDecoder.Replace(s)
 }

@@ -66,9 +66,9 @@ func usedMemory(t testing.TB, rdb *redis.Client) int64 {
 
 // bytesPerQueued queues events×fanout deliveries in one shard of a fresh
 // redis-server (each event to fanout of 20 failing webhooks, the way the
-// dispatcher's writer batches them) and returns the growth of INFO memory
-// used_memory per queued delivery.
-func bytesPerQueued(t testing.TB, events, fanout int) float64 {
+// dispatcher's writer batches them; lastError "" keeps memRecord's) and
+// returns the growth of INFO memory used_memory per queued delivery.
+func bytesPerQueued(t testing.TB, events, fanout int, lastError string) float64 {
 	t.Helper()
 	srv := testenv.Redis(t)
 	rdb := srv.Client()
@@ -90,7 +90,11 @@ func bytesPerQueued(t testing.TB, events, fanout int) float64 {
 		for k := 0; k < fanout; k++ {
 			hook := hooks[(e+k)%len(hooks)]
 			due := t0.Add(time.Duration(15+e%10) * time.Second)
-			batch = append(batch, Entry{Rec: memRecord(e, hook, t0, cat), Due: due})
+			rec := memRecord(e, hook, t0, cat)
+			if lastError != "" {
+				rec.LastStatus, rec.LastError = 0, lastError
+			}
+			batch = append(batch, Entry{Rec: rec, Due: due})
 		}
 		if len(batch) >= 500 || e == events-1 {
 			if err := q.Schedule(ctx, batch); err != nil {
@@ -108,14 +112,20 @@ func bytesPerQueued(t testing.TB, events, fanout int) float64 {
 
 // The retry queue holds at most 250 bytes of Redis memory per queued
 // delivery of a 129-byte body, whether each event failed for one webhook
-// or for ten.
+// or for ten, and with the sender's own error texts.
 func TestQueueMemoryPerDelivery(t *testing.T) {
 	const limit = 250
 	for _, c := range []struct {
 		name           string
 		events, fanout int
-	}{{"one webhook per event", 20_000, 1}, {"ten webhooks per event", 2_000, 10}} {
-		got := bytesPerQueued(t, c.events, c.fanout)
+		lastError      string
+	}{
+		{"one webhook per event", 20_000, 1, ""},
+		{"ten webhooks per event", 2_000, 10, ""},
+		{"refused by the sender's dialer", 20_000, 1, "connection: dial tcp 127.0.0.1:39123: connect: connection refused"},
+		{"timed out", 20_000, 1, "timeout: no answer within 10s: fasthttp: timeout"},
+	} {
+		got := bytesPerQueued(t, c.events, c.fanout, c.lastError)
 		t.Logf("%s: %.0f bytes per queued delivery", c.name, got)
 		if got > limit {
 			t.Errorf("%s: %.0f bytes of Redis memory per queued delivery, want at most %d", c.name, got, limit)
@@ -131,7 +141,7 @@ func BenchmarkQueueMemory(b *testing.B) {
 		b.Run(fmt.Sprintf("fanout=%d", fanout), func(b *testing.B) {
 			var got float64
 			for range b.N {
-				got = bytesPerQueued(b, 20_000/fanout, fanout)
+				got = bytesPerQueued(b, 20_000/fanout, fanout, "")
 			}
 			b.ReportMetric(got, "bytes/queued")
 		})

@@ -3,6 +3,7 @@ package shard
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -126,9 +127,36 @@ func (q *Queue) deadHookKey(webhookID string) string { return q.tag + ":wd:" + w
 func ms(t time.Time) float64 { return float64(t.UnixMilli()) }
 
 // indexValue is what the id index says of a scheduled delivery: its
-// webhook and its offset (for a member search restricted to it).
+// webhook (12 bytes for an id of the registry's "wh_" and 24 hex digits)
+// and its offset (for a member search restricted to it).
 func indexValue(rec *Record) string {
-	return rec.WebhookID + "\x00" + strconv.FormatInt(rec.Offset, 10)
+	var b []byte
+	if h := rec.WebhookID; len(h) == 27 && h[:3] == "wh_" {
+		if raw, err := hex.DecodeString(h[3:]); err == nil && hex.EncodeToString(raw) == h[3:] {
+			b = append(append(b, 0), raw...)
+		}
+	}
+	if b == nil {
+		b = appendString([]byte{1}, rec.WebhookID)
+	}
+	return string(binary.AppendVarint(b, rec.Offset))
+}
+
+// parseIndexValue reads an indexValue.
+func parseIndexValue(v string) (hook string, offset int64, ok bool) {
+	r := memberReader{b: []byte(v)}
+	switch {
+	case len(v) > 0 && v[0] == 0:
+		r.b = r.b[1:]
+		hook = "wh_" + hex.EncodeToString(r.bytes(12))
+	case len(v) > 0 && v[0] == 1:
+		r.b = r.b[1:]
+		hook = r.string()
+	default:
+		return "", 0, false
+	}
+	offset = r.varint()
+	return hook, offset, r.err == nil && len(r.b) == 0
 }
 
 // scheduleScript stores new deliveries if absent: ARGV[1] the key tag,
@@ -490,8 +518,10 @@ func (q *Queue) Get(ctx context.Context, id string) (*Record, time.Time, error) 
 // getIndexed finds the member of delivery id in the ZSET of the webhook
 // its index value ix names, searching only members of its offset.
 func (q *Queue) getIndexed(ctx context.Context, id, ix string) (*Record, time.Time, error) {
-	hook, off, _ := strings.Cut(ix, "\x00")
-	offset, _ := strconv.ParseInt(off, 10, 64)
+	hook, offset, ok := parseIndexValue(ix)
+	if !ok {
+		return nil, time.Time{}, fmt.Errorf("cannot read delivery %s: malformed index entry", id)
+	}
 	meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, time.Time{}, fmt.Errorf("cannot read delivery %s: %w", id, err)

@@ -179,6 +179,10 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	if err != nil || found.State != Dead || fq.Shard != "ev-0" {
 		t.Fatalf("find c: %+v err %v", found, err)
 	}
+	if found, fq, err := st.Find(ctx, "b"); err != nil || found.State != Scheduled || found.ID != "b" || fq.Shard != "ev-0" ||
+		!found.At.Equal(t0.Add(200*time.Second)) || found.LastStatus != 503 {
+		t.Fatalf("find b: %+v err %v", found, err)
+	}
 	if _, _, err := st.Find(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("find of an unknown id: %v", err)
 	}
