@@ -16,7 +16,7 @@ import (
 
 // oldSchedule is the writer of the layout before the compact one: the id
 // in tag:due, the msgpack record in tag:d, the id in tag:w:<webhook>.
-func oldSchedule(t *testing.T, rdb *redis.Client, q *Queue, rec *Record, due time.Time) {
+func oldSchedule(t *testing.T, rdb redis.UniversalClient, q *Queue, rec *Record, due time.Time) {
 	t.Helper()
 	raw, err := msgpack.Marshal(rec)
 	if err != nil {
