@@ -14,6 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/geckohook/geckohook/engine/contract"
 )
 
 // Record is one delivery waiting for a retry (or dead). A scheduled one is
@@ -301,6 +303,21 @@ return {out, first[2] or ''}
 type Bad struct {
 	Hook   string
 	member string
+	// pid and ix: the index entry the member's offset and webhook make,
+	// if it can be read that far.
+	pid, ix string
+}
+
+// badMember makes the Bad of a member of hook's ZSET.
+func (q *Queue) badMember(hook, member string) Bad {
+	b := Bad{Hook: hook, member: member}
+	if len(member) > 2 && member[0] == memberVersion {
+		if off, n := binary.Varint([]byte(member[2:])); n > 0 {
+			b.pid = packedID(contract.DeliveryID(q.topic, int32(q.partition), off, hook))
+			b.ix = indexValue(&Record{WebhookID: hook, Offset: off})
+		}
+	}
+	return b
 }
 
 // ID names a bad member: its SHA-256 prefix, the id under which
@@ -331,7 +348,7 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 			member, _ := m.(string)
 			rec, err := q.decode(ctx, member, hook, parseMeta(meta))
 			if err != nil {
-				bad = append(bad, Bad{Hook: hook, member: member})
+				bad = append(bad, q.badMember(hook, member))
 				continue
 			}
 			recs = append(recs, rec)
@@ -748,11 +765,15 @@ func (q *Queue) Extend(ctx context.Context, leases []Lease, end time.Time) error
 }
 
 // quarantineScript moves one member, bytes as they are, to the dead set
-// under ARGV[2] (its index entry, if any, stays: the id is unreadable).
+// under ARGV[2], and drops the index entry ARGV[4] if it still says
+// ARGV[5] (the member's webhook and offset, when they could be read).
 var quarantineScript = redis.NewScript(`
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+  if ARGV[4] ~= '' and redis.call('HGET', KEYS[4], ARGV[4]) == ARGV[5] then
+    redis.call('HDEL', KEYS[4], ARGV[4])
+  end
   return 1
 end
 return 0
@@ -761,7 +782,8 @@ return 0
 // Quarantine moves a record geckohook cannot read to the dead set as it is
 // (under b.ID()), for inspection, so it never blocks or loops the poller.
 func (q *Queue) Quarantine(ctx context.Context, b Bad, at time.Time) error {
-	if err := quarantineScript.Run(ctx, q.rdb, []string{q.HookKey(b.Hook), q.DeadKey, q.DeadData}, b.member, b.ID(), at.UnixMilli()).Err(); err != nil {
+	keys := []string{q.HookKey(b.Hook), q.DeadKey, q.DeadData, q.indexKey(b.pid)}
+	if err := quarantineScript.Run(ctx, q.rdb, keys, b.member, b.ID(), at.UnixMilli(), b.pid, b.ix).Err(); err != nil {
 		return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", b.ID(), q.Shard, err)
 	}
 	return nil
