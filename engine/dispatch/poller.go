@@ -24,12 +24,24 @@ const claimBatch = 256
 func (s *shardRun) pollLoop(ctx context.Context) {
 	d := s.d
 	r := s.claims
+	// A queue written before the compact layout moves to it before the
+	// first claim, and again if a process of that version wrote to it
+	// since (during a rolling upgrade).
+	if !s.retry(ctx, "migrate the retry queue", func() error { return s.migrate(ctx) }) {
+		return
+	}
+	remigrate := time.NewTicker(migrateEvery)
+	defer remigrate.Stop()
 	renew := time.NewTicker(d.o.Lease / 3)
 	defer renew.Stop()
 	for ctx.Err() == nil {
 		select {
 		case <-renew.C:
 			s.extendLeases(ctx)
+		case <-remigrate.C:
+			if err := s.migrate(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn().Err(err).Msg("cannot migrate the retry queue")
+			}
 		default:
 		}
 		// Every slot taken: wait until a retry's outcome is written,
@@ -84,6 +96,19 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// migrateEvery is how often a shard looks for deliveries written in the
+// layout before the compact one.
+const migrateEvery = time.Minute
+
+// migrate moves the shard's deliveries in the old layout to the compact one.
+func (s *shardRun) migrate(ctx context.Context) error {
+	n, err := s.queue.Migrate(ctx, s.d.o.Now())
+	if n > 0 {
+		s.log.Info().Int("deliveries", n).Msg("retry queue migrated to the compact layout")
+	}
+	return err
 }
 
 // sleep waits for d, a wake-up, or ctx's end (false).

@@ -48,16 +48,6 @@ func (s *shardRun) writeLoop(ctx context.Context) {
 	if !s.retry(ctx, "register the shard", func() error { return s.d.store.Register(ctx, s.d.o.Topic, s.partition) }) {
 		return
 	}
-	// A queue written before the compact layout moves to it first.
-	if !s.retry(ctx, "migrate the retry queue", func() error {
-		n, err := s.queue.Migrate(ctx, s.d.o.Now())
-		if n > 0 {
-			s.log.Info().Int("deliveries", n).Msg("retry queue migrated to the compact layout")
-		}
-		return err
-	}) {
-		return
-	}
 	for {
 		var ok bool
 		if batch, ok = nextBatch(ctx, s.writes, batch); !ok {
