@@ -96,10 +96,8 @@ func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Rec
 	sargs := q.scheduleArgs(recs, scores)
 	nforms := sargs[1].(int)
 	rows := sargs[2+2*nforms:]
-	if nforms > 0 {
-		if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, sargs[:2+2*nforms]...).Err(); err != nil {
-			return nil, fmt.Errorf("cannot store body forms of %s: %w", q.Shard, err)
-		}
+	if err := q.storeForms(ctx, sargs[2:2+2*nforms]); err != nil {
+		return nil, err
 	}
 	args := make([]any, 0, 2+9*len(recs))
 	args = append(args, q.tag, now.UnixMilli())

@@ -71,7 +71,7 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 			drop = append(drop, id, rec.WebhookID)
 		}
 		if len(recs) > 0 {
-			if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, q.scheduleArgs(recs, scores)...).Err(); err != nil {
+			if err := q.schedule(ctx, recs, scores); err != nil {
 				return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
 			}
 			if err := migrateScript.Run(ctx, q.rdb, []string{q.oldDueKey(), q.oldDataKey()}, append([]any{q.tag}, drop...)...).Err(); err != nil {

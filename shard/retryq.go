@@ -173,9 +173,21 @@ func (q *Queue) scheduleArgs(recs []*Record, scores []float64) []any {
 	args = append(args, q.tag, len(forms))
 	for ref, v := range forms {
 		args = append(args, ref, v)
-		cacheForm(ref, v)
 	}
 	return append(args, rows...)
+}
+
+// schedule stores recs due at scores if absent (scheduleScript), and
+// caches their body forms once Redis holds them.
+func (q *Queue) schedule(ctx context.Context, recs []*Record, scores []float64) error {
+	args := q.scheduleArgs(recs, scores)
+	if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, args...).Err(); err != nil {
+		return err
+	}
+	for i := 0; i < args[1].(int); i++ {
+		cacheForm(args[2+2*i].(string), args[3+2*i].(string))
+	}
+	return nil
 }
 
 // Schedule stores entries in one round trip. It is an insert if absent: a
@@ -197,7 +209,7 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 		scores = append(scores, ms(e.Due))
 	}
 	if len(live) > 0 {
-		if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, q.scheduleArgs(live, scores)...).Err(); err != nil {
+		if err := q.schedule(ctx, live, scores); err != nil {
 			return fmt.Errorf("cannot schedule %d deliveries in %s: %w", len(live), q.Shard, err)
 		}
 	}
@@ -294,6 +306,22 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 		}
 	}
 	return recs, bad, next, nil
+}
+
+// storeForms stores body forms given as (reference, form) pairs, and
+// caches them.
+func (q *Queue) storeForms(ctx context.Context, pairs []any) error {
+	if len(pairs) == 0 {
+		return nil
+	}
+	args := append([]any{q.tag, len(pairs) / 2}, pairs...)
+	if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, args...).Err(); err != nil {
+		return fmt.Errorf("cannot store body forms of %s: %w", q.Shard, err)
+	}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		cacheForm(pairs[i].(string), pairs[i+1].(string))
+	}
+	return nil
 }
 
 // forms caches body forms by reference. A reference is a hash of its form
@@ -430,14 +458,8 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	// A rescheduled record's body form is the one it was claimed with,
 	// already stored and cached; a record made elsewhere may bring a new
 	// one.
-	if len(formArgs) > 0 {
-		fargs := append([]any{q.tag, len(formArgs) / 2}, formArgs...)
-		for i := 0; i+1 < len(formArgs); i += 2 {
-			cacheForm(formArgs[i].(string), formArgs[i+1].(string))
-		}
-		if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, fargs...).Err(); err != nil {
-			return fmt.Errorf("cannot store body forms of %s: %w", q.Shard, err)
-		}
+	if err := q.storeForms(ctx, formArgs); err != nil {
+		return err
 	}
 	if err := applyScript.Run(ctx, q.rdb, []string{q.HooksKey, q.DeadKey, q.DeadData}, args...).Err(); err != nil {
 		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.Shard, err)
