@@ -317,3 +317,47 @@ func TestTrimDeadKeepsRetentionAndLength(t *testing.T) {
 		t.Fatalf("d550 should be kept: %v", err)
 	}
 }
+
+// A claimant whose lease ran out (another claimed the delivery since and
+// wrote its outcome) changes nothing: no second record, no lost outcome.
+func TestLateClaimantChangesNothing(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := &Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	claim := func(at time.Time) *Record {
+		t.Helper()
+		recs, _, _, err := q.Claim(ctx, at, at.Add(30*time.Second), 10)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("claim at %v: %d records, %v", at, len(recs), err)
+		}
+		return recs[0]
+	}
+	late := claim(t0)
+	first := claim(t0.Add(31 * time.Second)) // late's lease ran out
+	first.Attempts, first.Retries = 2, 1
+	if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: first, At: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []OpKind{OpReschedule, OpKill, OpRemove} {
+		stale := *late
+		stale.Attempts = 7
+		if err := q.Apply(ctx, []Op{{Kind: kind, Rec: &stale, At: t0.Add(time.Minute)}}); err != nil {
+			t.Fatal(err)
+		}
+		got, due, err := q.Get(ctx, "d1")
+		if err != nil || got.Attempts != 2 || !due.Equal(t0.Add(time.Hour)) {
+			t.Fatalf("after a late claimant's op %d: %+v due %v (%v), want the first claimant's outcome", kind, got, due, err)
+		}
+		if n, _ := q.Len(ctx); n != 1 {
+			t.Fatalf("after a late claimant's op %d: %d scheduled, want 1", kind, n)
+		}
+		if n, _ := q.DeadLen(ctx); n != 0 {
+			t.Fatalf("after a late claimant's op %d: %d dead, want 0", kind, n)
+		}
+	}
+}
