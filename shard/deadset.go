@@ -3,7 +3,6 @@ package shard
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -132,7 +131,8 @@ type Bad struct {
 func (q *Queue) badMember(hook, member string) Bad {
 	b := Bad{Hook: hook, member: member}
 	if len(member) > 2 && member[0] == memberVersion {
-		if off, n := binary.Varint([]byte(member[2:])); n > 0 {
+		r := memberReader{b: []byte(member[2:])}
+		if off := r.offset(); r.err == nil {
 			b.pid = packedID(contract.DeliveryID(q.topic, int32(q.partition), off, hook))
 			b.ix = indexValue(&Record{WebhookID: hook, Offset: off})
 		}

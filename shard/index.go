@@ -62,7 +62,9 @@ func (q *Queue) Get(ctx context.Context, id string) (*Record, time.Time, error) 
 }
 
 // getIndexed finds the member of delivery id in the ZSET of the webhook
-// its index value ix names, searching only members of its offset.
+// its index value ix names, searching only members of its offset first,
+// then (for a Redis whose MATCH reads patterns as UTF-8, like the
+// embedded one) all of them.
 func (q *Queue) getIndexed(ctx context.Context, id, ix string) (*Record, time.Time, error) {
 	hook, offset, ok := parseIndexValue(ix)
 	if !ok {
@@ -72,15 +74,26 @@ func (q *Queue) getIndexed(ctx context.Context, id, ix string) (*Record, time.Ti
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, time.Time{}, fmt.Errorf("cannot read delivery %s: %w", id, err)
 	}
-	key := q.HookKey(hook)
+	for _, pattern := range []string{memberPattern(offset), ""} {
+		rec, at, err := q.scanFor(ctx, id, hook, parseMeta(meta), pattern)
+		if !errors.Is(err, ErrNotFound) {
+			return rec, at, err
+		}
+	}
+	return nil, time.Time{}, fmt.Errorf("delivery %s: %w", id, ErrNotFound)
+}
+
+// scanFor finds delivery id among the members of hook's ZSET that match
+// pattern.
+func (q *Queue) scanFor(ctx context.Context, id, hook string, meta hookMeta, pattern string) (*Record, time.Time, error) {
 	var cursor uint64
 	for {
-		members, next, err := q.rdb.ZScan(ctx, key, cursor, memberPattern(offset), 1000).Result()
+		members, next, err := q.rdb.ZScan(ctx, q.HookKey(hook), cursor, pattern, 1000).Result()
 		if err != nil {
 			return nil, time.Time{}, fmt.Errorf("cannot read delivery %s: %w", id, err)
 		}
 		for i := 0; i+1 < len(members); i += 2 {
-			rec, err := q.decode(ctx, members[i], hook, parseMeta(meta))
+			rec, err := q.decode(ctx, members[i], hook, meta)
 			if err != nil || rec.ID != id {
 				continue
 			}

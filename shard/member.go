@@ -142,7 +142,7 @@ func (q *Queue) memberOf(rec *Record) (member string, form *bodyForm) {
 		flags |= fLastAttempt
 	}
 	b[1] = flags
-	b = binary.AppendVarint(b, rec.Offset)
+	b = appendOffset(b, rec.Offset)
 	b = binary.AppendUvarint(b, uint64(rec.Attempts))
 	b = binary.AppendUvarint(b, uint64(rec.Retries))
 	b = binary.AppendUvarint(b, uint64(rec.Deferrals))
@@ -240,7 +240,7 @@ func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyFo
 	flags := member[1]
 	r := memberReader{b: []byte(member[2:])}
 	rec := &Record{WebhookID: hook, AppID: meta.app, AccountID: meta.account, Topic: q.topic, Partition: int32(q.partition), member: member}
-	rec.Offset = r.varint()
+	rec.Offset = r.offset()
 	rec.Attempts = int(r.uvarint())
 	rec.Retries = int(r.uvarint())
 	rec.Deferrals = int(r.uvarint())
@@ -307,11 +307,43 @@ func parseMeta(v string) hookMeta {
 	return hookMeta{string(app), string(account)}
 }
 
+// appendOffset writes an offset as the member's first field in ASCII
+// bytes only: a count of 7-bit groups, then the groups of its zigzag
+// form, most significant first. A pattern for it is then exact on
+// redis-server and valid UTF-8 for the embedded Redis of `make run`,
+// which compiles MATCH patterns as Go regexps.
+func appendOffset(b []byte, offset int64) []byte {
+	u := uint64(offset<<1) ^ uint64(offset>>63)
+	n := 1
+	for v := u >> 7; v != 0; v >>= 7 {
+		n++
+	}
+	b = append(b, byte(n))
+	for i := n - 1; i >= 0; i-- {
+		b = append(b, byte(u>>(7*i))&0x7f)
+	}
+	return b
+}
+
+func (r *memberReader) offset() int64 {
+	if r.err != nil || len(r.b) == 0 || r.b[0] < 1 || r.b[0] > 10 || len(r.b) < 1+int(r.b[0]) {
+		r.err = errBadMember
+		return 0
+	}
+	n := int(r.b[0])
+	var u uint64
+	for _, c := range r.b[1 : 1+n] {
+		u = u<<7 | uint64(c&0x7f)
+	}
+	r.b = r.b[1+n:]
+	return int64(u>>1) ^ -int64(u&1)
+}
+
 // memberPattern is a ZSCAN MATCH pattern for the members of one offset:
-// the version, any flags, the offset's varint, anything after.
+// the version, any flags, the offset, anything after.
 func memberPattern(offset int64) string {
 	b := []byte{memberVersion, '?'}
-	for _, c := range binary.AppendVarint(nil, offset) {
+	for _, c := range appendOffset(nil, offset) {
 		switch c {
 		case '*', '?', '[', ']', '\\':
 			b = append(b, '\\')

@@ -2,11 +2,16 @@ package shard
 
 import (
 	"bytes"
+	"context"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/embedded"
+	"github.com/geckohook/geckohook/internal/testenv"
 )
 
 // Every record comes back from its member as it went in, whatever its id,
@@ -78,4 +83,48 @@ func TestMemberRoundTrip(t *testing.T) {
 	if _, err := q.decodeMember("\x01", hook, nil, hookMeta{}); err == nil {
 		t.Fatal("a truncated member decoded")
 	}
+}
+
+// A delivery is found by id whatever bytes its offset's varint has (glob
+// specials, bytes outside ASCII), on redis-server and on the embedded
+// Redis of `make run`; on redis-server the member pattern alone finds it.
+func TestFindByIDAnyOffset(t *testing.T) {
+	offsets := []int64{0, 21, 46, 100, 12345, 9_999_999, 1 << 62} // 21 and 46: '*' and '\' in the offset
+	check := func(t *testing.T, rdb *redis.Client, exact bool) {
+		ctx := context.Background()
+		q := NewQueue(rdb, "gh:", memTopic, 0)
+		t0 := time.UnixMilli(1_700_000_000_000)
+		hook := memHooks(1)[0]
+		var entries []Entry
+		for _, off := range offsets {
+			entries = append(entries, Entry{Rec: memRecord(int(off), hook, t0, catalog.Default()), Due: t0})
+		}
+		if err := q.Schedule(ctx, entries); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			got, _, err := q.Get(ctx, e.Rec.ID)
+			if err != nil || got.Offset != e.Rec.Offset {
+				t.Fatalf("offset %d: %+v %v", e.Rec.Offset, got, err)
+			}
+			if !exact {
+				continue
+			}
+			members, _, err := rdb.ZScan(ctx, q.HookKey(hook), 0, memberPattern(e.Rec.Offset), 1000).Result()
+			if err != nil || len(members) != 2 {
+				t.Fatalf("offset %d: the pattern matched %d members (%v), want 1", e.Rec.Offset, len(members)/2, err)
+			}
+		}
+	}
+	t.Run("redis-server", func(t *testing.T) { check(t, testenv.Redis(t).Client(), true) })
+	t.Run("embedded", func(t *testing.T) {
+		m, err := embedded.StartRedis("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Close)
+		rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+		t.Cleanup(func() { _ = rdb.Close() })
+		check(t, rdb, false)
+	})
 }
