@@ -239,8 +239,9 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 // the lease end ARGV[2], so a process that dies mid-attempt gives them
 // back when the lease runs out. Each webhook it looks at gets its exact
 // earliest due time in KEYS[1] again (or leaves it, with its metadata,
-// when it has nothing scheduled). It returns (webhook, metadata, members)
-// triples and the earliest due time left.
+// when it has nothing scheduled); a shard with nothing scheduled drops its
+// body forms (KEYS[3]), which only scheduled members refer to. It returns
+// (webhook, metadata, members) triples and the earliest due time left.
 var claimScript = redis.NewScript(`
 local n = tonumber(ARGV[3])
 local hooks = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
@@ -270,6 +271,7 @@ for _, hook in ipairs(hooks) do
   end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not first[2] then redis.call('DEL', KEYS[3]) end
 return {out, first[2] or ''}
 `)
 
@@ -277,7 +279,7 @@ return {out, first[2] or ''}
 // records, the members it could not decode (for Quarantine), and when the
 // earliest delivery left is due (zero when none is).
 func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs []*Record, bad []Bad, next time.Time, err error) {
-	res, err := claimScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey},
+	res, err := claimScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey},
 		now.UnixMilli(), leaseEnd.UnixMilli(), n, q.tag).Slice()
 	if err != nil {
 		return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)

@@ -44,3 +44,44 @@ func TestQuarantineFreesTheID(t *testing.T) {
 		t.Fatalf("the delivery scheduled again after the quarantine: %+v %v", got, err)
 	}
 }
+
+// A shard with nothing scheduled keeps no body forms; the next delivery
+// of a form stores it again.
+func TestEmptyShardDropsBodyForms(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hook := memHooks(1)[0]
+	rec := memRecord(1, hook, t0, catalog.Default())
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d, %v", len(recs), err)
+	}
+	if n, _ := rdb.Exists(ctx, q.formsKey).Result(); n != 1 {
+		t.Fatal("body forms dropped while a delivery is claimed")
+	}
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: recs[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	// The webhook's earliest due time was the lease end: the claim after
+	// it finds the webhook empty.
+	if _, _, _, err := q.Claim(ctx, t0.Add(2*time.Minute), t0.Add(3*time.Minute), 10); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.Exists(ctx, q.formsKey, q.metaKey, q.HooksKey).Result(); n != 0 {
+		t.Fatalf("%d of the body forms, hook metadata and hooks keys left on an empty shard", n)
+	}
+	next := memRecord(2, hook, t0, catalog.Default())
+	if err := q.Schedule(ctx, []Entry{{Rec: next, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	forms.Clear() // another process, which never saw the form
+	got, _, err := q.Get(ctx, next.ID)
+	if err != nil || string(got.Body) != string(next.Body) {
+		t.Fatalf("after the forms were dropped: %+v %v", got, err)
+	}
+}
