@@ -235,7 +235,9 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 }
 
 // claimScript takes up to ARGV[3] members due at ARGV[1], webhook by
-// webhook in the order of their earliest due time, and re-scores them to
+// webhook in the order of their earliest due time, each webhook at most
+// an equal share of the claim (so the retries of several webhooks, often
+// on several hosts, go out together, as they fall due), and re-scores them to
 // the lease end ARGV[2], so a process that dies mid-attempt gives them
 // back when the lease runs out. Each webhook it looks at gets its exact
 // earliest due time in KEYS[1] again (or leaves it, with its metadata,
@@ -246,10 +248,11 @@ var claimScript = redis.NewScript(`
 local n = tonumber(ARGV[3])
 local hooks = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
 local out, left = {}, n
+local share = math.max(1, math.ceil(n / math.max(1, #hooks)))
 for _, hook in ipairs(hooks) do
   if left <= 0 then break end
   local key = ARGV[4] .. ':q:' .. hook
-  local ms = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[1], 'LIMIT', 0, left)
+  local ms = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[1], 'LIMIT', 0, math.min(share, left))
   if #ms > 0 then
     local lease = {'XX'}
     for _, m in ipairs(ms) do

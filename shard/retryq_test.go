@@ -361,3 +361,43 @@ func TestLateClaimantChangesNothing(t *testing.T) {
 		}
 	}
 }
+
+// A claim shares itself between the webhooks with deliveries due, so one
+// webhook's backlog does not hold the others' retries back.
+func TestClaimSharesBetweenWebhooks(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	var entries []Entry
+	for i := 0; i < 30; i++ {
+		hook := fmt.Sprintf("wh_%d", i%3)
+		entries = append(entries, Entry{Rec: &Record{ID: fmt.Sprintf("d%02d", i), WebhookID: hook, FirstAttempt: t0}, Due: t0.Add(time.Duration(i) * time.Millisecond)})
+	}
+	if err := q.Schedule(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _, err := q.Claim(ctx, t0.Add(time.Second), t0.Add(time.Minute), 6)
+	if err != nil || len(recs) != 6 {
+		t.Fatalf("claimed %d, %v; want 6", len(recs), err)
+	}
+	per := map[string]int{}
+	for _, r := range recs {
+		per[r.WebhookID]++
+	}
+	if per["wh_0"] != 2 || per["wh_1"] != 2 || per["wh_2"] != 2 {
+		t.Fatalf("claim per webhook %v, want 2 each", per)
+	}
+	// The rest comes out of the next claims, all of it.
+	total := len(recs)
+	for range 10 {
+		more, _, _, err := q.Claim(ctx, t0.Add(time.Second), t0.Add(time.Minute), 6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += len(more)
+	}
+	if total != 30 {
+		t.Fatalf("claimed %d in all, want 30", total)
+	}
+}
