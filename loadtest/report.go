@@ -98,6 +98,30 @@ type Scenario struct {
 	Dispatchers     int     `json:"dispatchers,omitempty"`
 	BytesPerWebhook float64 `json:"bytes_per_webhook,omitempty"`
 
+	// Cost figures (figures.go says how each is taken; 0: not measured).
+	// RedisBytesPerQueued is Redis memory per queued delivery at the peak
+	// queue depth, PeakQueueDepth that depth.
+	RedisBytesPerQueued float64 `json:"redis_bytes_per_queued,omitempty"`
+	PeakQueueDepth      int64   `json:"peak_queue_depth,omitempty"`
+	// DrainPerSec: deliveries/s out of the retry queues once the failing
+	// hosts are back; DrainRatio: that over the healthy flood rate.
+	DrainPerSec float64 `json:"drain_per_sec,omitempty"`
+	DrainRatio  float64 `json:"drain_ratio,omitempty"`
+	// CPUUsPerDelivery: geckohook's CPU microseconds per delivery;
+	// CeilingCPUUsPerRequest: the ceiling client's per request; CPURatio:
+	// the first over the second.
+	CPUUsPerDelivery       float64 `json:"cpu_us_per_delivery,omitempty"`
+	CeilingCPUUsPerRequest float64 `json:"ceiling_cpu_us_per_request,omitempty"`
+	CPURatio               float64 `json:"cpu_ratio,omitempty"`
+	// OwnP50Ms, OwnP99Ms: geckohook's own share of the latency rows'
+	// P50Ms and P99Ms (Kafka record time to the request's arrival at the
+	// receiver).
+	OwnP50Ms float64 `json:"own_p50_ms,omitempty"`
+	OwnP99Ms float64 `json:"own_p99_ms,omitempty"`
+	// Targets are the figures checked against a target; a miss is
+	// reported here and in the notes, and does not fail the scenario.
+	Targets []Target `json:"targets,omitempty"`
+
 	// Notes are what the harness observed besides the figures.
 	Notes []string `json:"notes,omitempty"`
 
@@ -111,6 +135,27 @@ type Scenario struct {
 	Failures []string `json:"failures,omitempty"` // e.g. "12 pairs missing"
 
 	Series []Point `json:"series"` // one point a second
+}
+
+// Target is one figure of a scenario checked against its target.
+type Target struct {
+	Figure string  `json:"figure"` // a key of the scenario, e.g. "redis_bytes_per_queued"
+	Value  float64 `json:"value"`
+	Op     string  `json:"op"` // "<=" or ">="
+	Limit  float64 `json:"limit"`
+	Met    bool    `json:"met"`
+	// Against names what a relative figure was compared with.
+	Against string `json:"against,omitempty"`
+}
+
+// CheckTarget compares value with limit: at most (op "<=") or at least
+// (">="); a value that is not finite misses.
+func CheckTarget(figure string, value float64, op string, limit float64) Target {
+	t := Target{Figure: figure, Value: value, Op: op, Limit: limit}
+	if reportFinite(value) {
+		t.Met = (op == "<=" && value <= limit) || (op == ">=" && value >= limit)
+	}
+	return t
 }
 
 // RoleUsage is what the geckohook processes of one role used in a scenario.
@@ -180,6 +225,22 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.OfferedPerSec = reportRound(s.OfferedPerSec, 10)
 	s.HealthyPerSec = reportRound(s.HealthyPerSec, 10)
 	s.BytesPerWebhook = reportRound(s.BytesPerWebhook, 10)
+	s.RedisBytesPerQueued = reportRound(s.RedisBytesPerQueued, 10)
+	s.DrainPerSec = reportRound(s.DrainPerSec, 10)
+	s.DrainRatio = reportRound(s.DrainRatio, 1000)
+	s.CPUUsPerDelivery = reportRound(s.CPUUsPerDelivery, 100)
+	s.CeilingCPUUsPerRequest = reportRound(s.CeilingCPUUsPerRequest, 100)
+	s.CPURatio = reportRound(s.CPURatio, 1000)
+	s.OwnP50Ms = reportRound(s.OwnP50Ms, 100)
+	s.OwnP99Ms = reportRound(s.OwnP99Ms, 100)
+	if s.Targets != nil {
+		ts := make([]Target, len(s.Targets))
+		for i, t := range s.Targets {
+			t.Value, t.Limit = reportRound(t.Value, 1000), reportRound(t.Limit, 1000)
+			ts[i] = t
+		}
+		s.Targets = ts
+	}
 	if s.Roles == nil {
 		s.Roles = []RoleUsage{}
 	}
@@ -343,6 +404,46 @@ func reportFmtMiB(b int64) string {
 	return strconv.FormatFloat(m, 'f', 1, 64)
 }
 
+// reportCostNotes says the cost figures that were measured, and each
+// target checked.
+func reportCostNotes(s *Scenario) []string {
+	var notes []string
+	f1 := func(v float64) string { return strconv.FormatFloat(reportRound(v, 10), 'f', 1, 64) }
+	f2 := func(v float64) string { return strconv.FormatFloat(reportRound(v, 100), 'f', 2, 64) }
+	if reportRound(s.CPUUsPerDelivery, 100) != 0 {
+		n := "CPU: geckohook " + f1(s.CPUUsPerDelivery) + " µs per delivery"
+		if reportRound(s.CeilingCPUUsPerRequest, 100) != 0 {
+			n += ", the ceiling client " + f1(s.CeilingCPUUsPerRequest) + " µs per request (" + f2(s.CPURatio) + "×)"
+		}
+		notes = append(notes, n)
+	}
+	if reportRound(s.OwnP99Ms, 100) != 0 {
+		notes = append(notes, "geckohook's own latency (Kafka record time to arrival at the receiver): p50 "+
+			reportFmtMs(s.OwnP50Ms)+" ms, p99 "+reportFmtMs(s.OwnP99Ms)+" ms")
+	}
+	if reportRound(s.RedisBytesPerQueued, 10) != 0 {
+		notes = append(notes, "Redis: "+f1(s.RedisBytesPerQueued)+" bytes per queued delivery at a depth of "+
+			strconv.FormatInt(s.PeakQueueDepth, 10))
+	}
+	if reportRound(s.DrainPerSec, 10) != 0 {
+		notes = append(notes, "drain once the hosts were back: "+reportFmtRate(s.DrainPerSec)+" deliveries/s ("+
+			f2(s.DrainRatio)+" of the healthy flood rate)")
+	}
+	for _, t := range s.Targets {
+		res := "met"
+		if !t.Met {
+			res = "MISSED"
+		}
+		n := "target " + t.Figure + " " + t.Op + " " + strconv.FormatFloat(reportRound(t.Limit, 1000), 'f', -1, 64) +
+			": " + strconv.FormatFloat(reportRound(t.Value, 1000), 'f', -1, 64) + " " + res
+		if t.Against != "" {
+			n += " (against " + t.Against + ")"
+		}
+		notes = append(notes, n)
+	}
+	return notes
+}
+
 // reportNotes is what the table and the page say under a scenario besides
 // its failures.
 func reportNotes(s *Scenario) []string {
@@ -353,6 +454,7 @@ func reportNotes(s *Scenario) []string {
 	if reportRound(s.HealthyPerSec, 10) != 0 {
 		notes = append(notes, "healthy endpoints alone: "+reportFmtRate(s.HealthyPerSec)+" deliveries/s")
 	}
+	notes = append(notes, reportCostNotes(s)...)
 	if reportRound(s.BytesPerWebhook, 10) != 0 {
 		n := strconv.FormatFloat(reportRound(s.BytesPerWebhook, 10), 'f', 1, 64) + " bytes per webhook"
 		if s.Webhooks > 0 {

@@ -1,0 +1,156 @@
+package loadtest
+
+// This file owns how the suite's cost figures are computed from what a run
+// observed: Redis memory per queued delivery, the drain rate, CPU per
+// delivery, and the reading of Redis's INFO memory and geckohook's CPU
+// they come from.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// minQueuedForBytes is the smallest queue depth Redis memory per queued
+// delivery is reported at: below it, allocator noise outweighs the queue.
+const minQueuedForBytes = 1000
+
+// BytesPerQueued is Redis memory per queued delivery: the growth of used
+// (bytes, at a depth of queued deliveries) over baseline (the same reading
+// before the flood, queues empty); 0 when fewer than minQueuedForBytes
+// were queued.
+func BytesPerQueued(used, baseline, queued int64) float64 {
+	if queued < minQueuedForBytes {
+		return 0
+	}
+	return float64(used-baseline) / float64(queued)
+}
+
+// DrainRate is deliveries/s out of the retry queues: drained deliveries
+// between from (the failing hosts are back) and to (the queues are
+// empty); 0 when the span is empty.
+func DrainRate(drained int64, from, to time.Time) float64 {
+	d := to.Sub(from)
+	if d <= 0 || drained <= 0 {
+		return 0
+	}
+	return float64(drained) / d.Seconds()
+}
+
+// RateBetween is how many per second the count grew from n0 at t0 to n1 at
+// t1; 0 when the span is empty.
+func RateBetween(n0, n1 int64, t0, t1 time.Time) float64 {
+	d := t1.Sub(t0)
+	if d <= 0 {
+		return 0
+	}
+	return float64(n1-n0) / d.Seconds()
+}
+
+// MicrosPer is cpu in microseconds per unit of n; 0 when n is 0.
+func MicrosPer(cpu time.Duration, n int64) float64 {
+	if n <= 0 || cpu <= 0 {
+		return 0
+	}
+	return float64(cpu) / float64(time.Microsecond) / float64(n)
+}
+
+// RedisMemory reads the bytes Redis holds for data from an INFO memory
+// answer: used_memory less the client buffers (mem_clients_normal) and the
+// AOF buffer (mem_aof_buffer), which come and go with the traffic of the
+// moment, not with what is stored.
+func RedisMemory(info string) (int64, error) {
+	var used, clients, aof int64
+	found := false
+	sc := bufio.NewScanner(strings.NewReader(info))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "used_memory":
+			used, found = n, true
+		case "mem_clients_normal":
+			clients = n
+		case "mem_aof_buffer":
+			aof = n
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("INFO memory has no used_memory")
+	}
+	return used - clients - aof, nil
+}
+
+// redisMemoryOf asks one Redis for RedisMemory.
+func redisMemoryOf(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
+	info, err := rdb.Info(ctx, "memory").Result()
+	if err != nil {
+		return 0, fmt.Errorf("cannot read Redis INFO memory: %w", err)
+	}
+	return RedisMemory(info)
+}
+
+// cpuOf returns a reader of the summed CPU time of procs so far (a process
+// that ended keeps its last reading); nil when there are none.
+func cpuOf(procs []*Proc) func() time.Duration {
+	if len(procs) == 0 {
+		return nil
+	}
+	last := make([]time.Duration, len(procs))
+	return func() time.Duration {
+		var sum time.Duration
+		for i, p := range procs {
+			if u, err := ReadUsage(p.Pid()); err == nil {
+				last[i] = u.CPU
+			}
+			sum += last[i]
+		}
+		return sum
+	}
+}
+
+// probes are the monitor's readers for a stack: geckohook's CPU when the
+// suite started its processes, Redis's data memory when Redis is one
+// server, with that memory now (before the flood) as the baseline.
+func (s *suite) probes(ctx context.Context, stack *Stack, rdb redis.UniversalClient) (monitorProbes, int64) {
+	pr := monitorProbes{cpu: cpuOf(stack.Geckohook)}
+	if strings.Contains(stack.RedisAddr, ",") {
+		return pr, 0 // a cluster: INFO answers for one node only
+	}
+	base, err := redisMemoryOf(ctx, rdb)
+	if err != nil {
+		fmt.Fprintf(s.o.Log, "Redis memory per queued delivery not measured: %v\n", err)
+		return pr, 0
+	}
+	pr.mem = func() (int64, error) { return redisMemoryOf(ctx, rdb) }
+	return pr, base
+}
+
+// The healthy scenario's targets.
+const (
+	targetCPURatio = 1.5 // geckohook's CPU per delivery over the ceiling client's per request, at most
+	targetOwnP99Ms = 10  // geckohook's own p99 at half the sustained rate, at most
+)
+
+// healthyTargets checks the healthy scenario's measured figures.
+func healthyTargets(row *Scenario) []Target {
+	var ts []Target
+	if row.CPURatio != 0 {
+		ts = append(ts, CheckTarget("cpu_ratio", row.CPURatio, "<=", targetCPURatio))
+	}
+	if row.OwnP99Ms != 0 && row.OfferedPerSec != 0 { // the paced phase ran
+		ts = append(ts, CheckTarget("own_p99_ms", row.OwnP99Ms, "<=", targetOwnP99Ms))
+	}
+	return ts
+}
