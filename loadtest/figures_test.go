@@ -175,3 +175,15 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// The own latency is noted where it says something the row's latency does
+// not: a paced phase, or receivers that took time to answer.
+func TestOwnLatencyNote(t *testing.T) {
+	has := func(s Scenario) bool { return strings.Contains(strings.Join(reportNotes(&s), "\n"), "own latency") }
+	if has(Scenario{P50Ms: 3, P99Ms: 12.3, OwnP50Ms: 3, OwnP99Ms: 12.3}) {
+		t.Error("a flood whose own latency is its latency notes it again")
+	}
+	if !has(Scenario{P99Ms: 12.3, OwnP99Ms: 2.1}) || !has(Scenario{P99Ms: 12.3, OwnP99Ms: 12.3, OfferedPerSec: 5000}) {
+		t.Error("own latency not noted for slow receivers or a paced phase")
+	}
+}

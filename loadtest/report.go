@@ -417,7 +417,9 @@ func reportCostNotes(s *Scenario) []string {
 		}
 		notes = append(notes, n)
 	}
-	if reportRound(s.OwnP99Ms, 100) != 0 {
+	// Said where it tells something the row's latency does not: a paced
+	// phase, or receivers that took time to answer.
+	if reportRound(s.OwnP99Ms, 100) != 0 && (s.OfferedPerSec > 0 || reportFmtMs(s.OwnP99Ms) != reportFmtMs(s.P99Ms)) {
 		notes = append(notes, "geckohook's own latency (Kafka record time to arrival at the receiver): p50 "+
 			reportFmtMs(s.OwnP50Ms)+" ms, p99 "+reportFmtMs(s.OwnP99Ms)+" ms")
 	}
