@@ -42,6 +42,81 @@ func DrainRate(drained int64, from, to time.Time) float64 {
 	return float64(drained) / d.Seconds()
 }
 
+// DrainSample is one reading of the retry queues while they drain, taken
+// once a second.
+type DrainSample struct {
+	At      time.Time
+	Depth   int64         // deliveries in the retry queues, scheduled and dead
+	Backlog int64         // of them, due by At and not yet taken
+	CPU     time.Duration // geckohook's CPU time so far (0: not measured)
+}
+
+// Drain is what a drain's samples say of geckohook's catch-up capacity.
+type Drain struct {
+	// PerSec is deliveries out of the queues per second over the seconds
+	// that began with a backlog: deliveries were due and waiting, so
+	// geckohook, not the retry schedule, set the pace. With no such
+	// second it is the best second's rate (LowerBound).
+	PerSec     float64
+	LowerBound bool
+	// BacklogSec is how long the seconds that began with a backlog
+	// lasted together, PeakBacklog the largest backlog sampled.
+	BacklogSec  float64
+	PeakBacklog int64
+	// Cores is geckohook's CPU over the seconds PerSec was taken from,
+	// in cores; 0 when the CPU was not measured.
+	Cores float64
+}
+
+// minDrainSecond is the shortest span between samples a best second is
+// taken from: the last, cut short when the queues are seen empty, can be
+// a few milliseconds.
+const minDrainSecond = 500 * time.Millisecond
+
+// DrainOf reads consecutive samples: from each to the next, the
+// deliveries out of the queues are the depth's fall (new entries hide as
+// many, so it is never more than the truth).
+func DrainOf(samples []DrainSample) Drain {
+	var d Drain
+	var out int64
+	var span, cpu time.Duration
+	var best float64
+	var bestCPU, bestSpan time.Duration
+	for i := 0; i+1 < len(samples); i++ {
+		a, b := samples[i], samples[i+1]
+		d.PeakBacklog = max(d.PeakBacklog, a.Backlog)
+		dt := b.At.Sub(a.At)
+		if dt <= 0 {
+			continue
+		}
+		fell := max(a.Depth-b.Depth, 0)
+		if a.Backlog > 0 {
+			out, span, cpu = out+fell, span+dt, cpu+b.CPU-a.CPU
+		}
+		if r := float64(fell) / dt.Seconds(); dt >= minDrainSecond && r > best {
+			best, bestCPU, bestSpan = r, b.CPU-a.CPU, dt
+		}
+	}
+	if n := len(samples); n > 0 {
+		d.PeakBacklog = max(d.PeakBacklog, samples[n-1].Backlog)
+	}
+	if span > 0 {
+		d.PerSec, d.BacklogSec = float64(out)/span.Seconds(), span.Seconds()
+		d.Cores = cores(cpu, span)
+		return d
+	}
+	d.PerSec, d.LowerBound, d.Cores = best, best > 0, cores(bestCPU, bestSpan)
+	return d
+}
+
+// cores is cpu time over a span of wall time; 0 when either is not positive.
+func cores(cpu, span time.Duration) float64 {
+	if cpu <= 0 || span <= 0 {
+		return 0
+	}
+	return cpu.Seconds() / span.Seconds()
+}
+
 // RateBetween is how many per second the count grew from n0 at t0 to n1 at
 // t1; 0 when the span is empty.
 func RateBetween(n0, n1 int64, t0, t1 time.Time) float64 {

@@ -75,15 +75,80 @@ func TestCheckTarget(t *testing.T) {
 	}
 }
 
+// drainTestSamples is a drain read once a second: the first second
+// paced by the schedule (nothing overdue), then three with a backlog, in
+// one of which new entries outnumber the deliveries out, then the last
+// one, cut short when the queues are seen empty.
+func drainTestSamples(t0 time.Time, backlog bool) []DrainSample {
+	s := []DrainSample{
+		{At: t0, Depth: 60_000},
+		{At: t0.Add(time.Second), Depth: 58_000, Backlog: 5000, CPU: 300 * time.Millisecond},
+		{At: t0.Add(2 * time.Second), Depth: 50_000, Backlog: 3000, CPU: 900 * time.Millisecond},
+		{At: t0.Add(3 * time.Second), Depth: 51_000, Backlog: 100, CPU: 1200 * time.Millisecond},
+		{At: t0.Add(4 * time.Second), Depth: 45_000, CPU: 1600 * time.Millisecond},
+		{At: t0.Add(4300 * time.Millisecond), Depth: 0, CPU: 1700 * time.Millisecond},
+	}
+	if !backlog {
+		for i := range s {
+			s[i].Backlog = 0
+		}
+	}
+	return s
+}
+
+// The drain's rate is taken over the seconds that began with a backlog;
+// with none, it is the best second's, a lower bound.
+func TestDrainOf(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-6 }
+
+	// (8,000 + 0, the depth grew, + 6,000) out over 3 s, 1.3 s of CPU.
+	d := DrainOf(drainTestSamples(t0, true))
+	if !near(d.PerSec, 14_000.0/3) || d.LowerBound || d.BacklogSec != 3 || !near(d.Cores, 1.3/3) || d.PeakBacklog != 5000 {
+		t.Errorf("drain with a backlog: %+v; want 4666.7/s over 3 s, 0.433 cores, peak 5000", d)
+	}
+
+	// No backlog: the best second (8,000 in the second second), not the
+	// last 0.3 s, whose 45,000 would read as 150,000/s.
+	d = DrainOf(drainTestSamples(t0, false))
+	if d.PerSec != 8000 || !d.LowerBound || d.BacklogSec != 0 || !near(d.Cores, 0.6) {
+		t.Errorf("drain without a backlog: %+v; want the best second, 8000/s at 0.6 cores, a lower bound", d)
+	}
+
+	// CPU not measured: no cores.
+	s := drainTestSamples(t0, true)
+	for i := range s {
+		s[i].CPU = 0
+	}
+	if d = DrainOf(s); d.Cores != 0 || !near(d.PerSec, 14_000.0/3) {
+		t.Errorf("drain without CPU readings: %+v", d)
+	}
+
+	for _, s := range [][]DrainSample{nil, {{At: t0, Depth: 5, Backlog: 5}}, {{At: t0, Depth: 5}, {At: t0, Depth: 0}}} {
+		if d := DrainOf(s); d.PerSec != 0 || d.LowerBound || d.BacklogSec != 0 {
+			t.Errorf("drain of %d samples over no time: %+v, want none", len(s), d)
+		}
+	}
+}
+
 // The outage's report: rates and targets from what its clock saw.
 func TestOutageReport(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	o := &outage{warm: 6 * time.Second, refuse: 12 * time.Second, hang: 12 * time.Second,
-		warmRate: 10_000, healthyRate: 9_600, backAt: t0, emptyAt: t0.Add(20 * time.Second), drained: 60_000}
+		warmRate: 10_000, healthyRate: 9_600, backAt: t0, emptyAt: t0.Add(20 * time.Second), drained: 60_000,
+		samples: drainTestSamples(t0, true)}
 	row := Scenario{Name: "outage", RedisBytesPerQueued: 860, PeakQueueDepth: 60_000}
 	o.report(&row, 0)
-	if row.DrainPerSec != 3000 || row.DrainRatio != 0.3 || row.HealthyPerSec != 9_600 {
-		t.Fatalf("drain %v, ratio %v, healthy %v", row.DrainPerSec, row.DrainRatio, row.HealthyPerSec)
+	if math.Abs(row.DrainPerSec-14_000.0/3) > 1e-6 || math.Abs(row.DrainRatio-1.4/3) > 1e-6 || row.DrainBacklogSec != 3 ||
+		row.HealthyPerSec != 9_600 {
+		t.Fatalf("drain %v over %v s, ratio %v, healthy %v", row.DrainPerSec, row.DrainBacklogSec, row.DrainRatio, row.HealthyPerSec)
+	}
+	// The schedule-paced figure: 60,000 over the 20 s until empty.
+	if row.DrainPacedPerSec != 3000 || row.DrainWallSec != 20 {
+		t.Fatalf("paced drain %v over %v s, want 3000/s over 20 s", row.DrainPacedPerSec, row.DrainWallSec)
+	}
+	if notes := strings.Join(row.Notes, "\n"); !strings.Contains(notes, "3.0 s of the drain began with deliveries due for 1s or more") {
+		t.Errorf("notes do not say which seconds the drain rate covers: %q", notes)
 	}
 	want := map[string]bool{"redis_bytes_per_queued": false, "drain_ratio": false, "healthy_per_sec": true}
 	if len(row.Targets) != len(want) {
@@ -103,12 +168,21 @@ func TestOutageReport(t *testing.T) {
 	if h := row.Targets[len(row.Targets)-1]; h.Figure != "healthy_per_sec" || h.Met || !strings.Contains(h.Against, "healthy scenario") {
 		t.Errorf("healthy target %+v", h)
 	}
-	// Queues never seen empty: no drain rate, and a note saying so.
-	o.emptyAt = time.Time{}
+	// Nothing overdue: the best second, and a note that it is a lower bound.
+	o.samples = drainTestSamples(t0, false)
 	row = Scenario{Name: "outage"}
 	o.report(&row, 0)
-	if row.DrainPerSec != 0 || !strings.Contains(strings.Join(row.Notes, "\n"), "not seen empty") {
-		t.Errorf("drain %v, notes %q", row.DrainPerSec, row.Notes)
+	if row.DrainPerSec != 8000 || row.DrainBacklogSec != 0 || !strings.Contains(strings.Join(row.Notes, "\n"), "a lower bound of its capacity") {
+		t.Errorf("drain %v over %v s, notes %q", row.DrainPerSec, row.DrainBacklogSec, row.Notes)
+	}
+	// Queues never seen empty and no samples: no drain rate, and a note
+	// saying so.
+	o.emptyAt, o.samples = time.Time{}, nil
+	row = Scenario{Name: "outage"}
+	o.report(&row, 0)
+	if row.DrainPerSec != 0 || row.DrainPacedPerSec != 0 || row.DrainWallSec != 0 ||
+		!strings.Contains(strings.Join(row.Notes, "\n"), "not seen empty") {
+		t.Errorf("drain %v, paced %v, notes %q", row.DrainPerSec, row.DrainPacedPerSec, row.Notes)
 	}
 }
 

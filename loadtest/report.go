@@ -104,9 +104,20 @@ type Scenario struct {
 	RedisBytesPerQueued float64 `json:"redis_bytes_per_queued,omitempty"`
 	PeakQueueDepth      int64   `json:"peak_queue_depth,omitempty"`
 	// DrainPerSec: deliveries/s out of the retry queues once the failing
-	// hosts are back; DrainRatio: that over the healthy flood rate.
-	DrainPerSec float64 `json:"drain_per_sec,omitempty"`
-	DrainRatio  float64 `json:"drain_ratio,omitempty"`
+	// hosts are back, over the seconds that began with deliveries due a
+	// second or more before and not yet taken (DrainBacklogSec of them),
+	// when geckohook, not the retry schedule, set the pace; DrainCores: geckohook's CPU cores over those seconds;
+	// DrainRatio: DrainPerSec over the healthy flood rate. With no such
+	// second, DrainPerSec is the best second's rate, a lower bound (the
+	// notes say so). DrainPacedPerSec: the deepest the queues were from
+	// the hosts' return, over DrainWallSec, the time until they were
+	// empty: the pace the retry schedule allowed.
+	DrainPerSec      float64 `json:"drain_per_sec,omitempty"`
+	DrainRatio       float64 `json:"drain_ratio,omitempty"`
+	DrainBacklogSec  float64 `json:"drain_backlog_sec,omitempty"`
+	DrainCores       float64 `json:"drain_cores,omitempty"`
+	DrainPacedPerSec float64 `json:"drain_paced_per_sec,omitempty"`
+	DrainWallSec     float64 `json:"drain_wall_sec,omitempty"`
 	// CPUUsPerDelivery: geckohook's CPU microseconds per delivery;
 	// CeilingCPUUsPerRequest: the ceiling client's per request; CPURatio:
 	// the first over the second.
@@ -173,8 +184,9 @@ type Point struct {
 	P50Ms           float64 `json:"p50_ms"` // of the first answers in that second; 0 if none
 	P99Ms           float64 `json:"p99_ms"`
 	RetryDepth      int64   `json:"retry_depth"`
-	RSSBytes        int64   `json:"rss_bytes"` // geckohook processes
-	CPUCores        float64 `json:"cpu_cores"` // geckohook processes, cores busy during that second
+	DueBacklog      int64   `json:"due_backlog,omitempty"` // of RetryDepth, due a second or more before and not yet taken (outage)
+	RSSBytes        int64   `json:"rss_bytes"`             // geckohook processes
+	CPUCores        float64 `json:"cpu_cores"`             // geckohook processes, cores busy during that second
 }
 
 // RatioOf is rate / ceiling, or 0 when there is no ceiling (ceiling <= 0)
@@ -228,6 +240,10 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.RedisBytesPerQueued = reportRound(s.RedisBytesPerQueued, 10)
 	s.DrainPerSec = reportRound(s.DrainPerSec, 10)
 	s.DrainRatio = reportRound(s.DrainRatio, 1000)
+	s.DrainBacklogSec = reportRound(s.DrainBacklogSec, 100)
+	s.DrainCores = reportRound(s.DrainCores, 100)
+	s.DrainPacedPerSec = reportRound(s.DrainPacedPerSec, 10)
+	s.DrainWallSec = reportRound(s.DrainWallSec, 100)
 	s.CPUUsPerDelivery = reportRound(s.CPUUsPerDelivery, 100)
 	s.CeilingCPUUsPerRequest = reportRound(s.CeilingCPUUsPerRequest, 100)
 	s.CPURatio = reportRound(s.CPURatio, 1000)
@@ -428,8 +444,21 @@ func reportCostNotes(s *Scenario) []string {
 			strconv.FormatInt(s.PeakQueueDepth, 10))
 	}
 	if reportRound(s.DrainPerSec, 10) != 0 {
-		notes = append(notes, "drain once the hosts were back: "+reportFmtRate(s.DrainPerSec)+" deliveries/s ("+
-			f2(s.DrainRatio)+" of the healthy flood rate)")
+		n := "drain once the hosts were back: " + reportFmtRate(s.DrainPerSec) + " deliveries/s (" +
+			f2(s.DrainRatio) + " of the healthy flood rate)"
+		if reportRound(s.DrainBacklogSec, 100) != 0 {
+			n += " over the " + f1(s.DrainBacklogSec) + " s that began with deliveries overdue"
+		} else {
+			n += " in its best second, none overdue: a lower bound"
+		}
+		if reportRound(s.DrainCores, 100) != 0 {
+			n += ", geckohook using " + f2(s.DrainCores) + " cores"
+		}
+		notes = append(notes, n)
+	}
+	if reportRound(s.DrainWallSec, 100) != 0 {
+		notes = append(notes, "the queues were empty "+f1(s.DrainWallSec)+" s after the hosts' return: "+
+			reportFmtRate(s.DrainPacedPerSec)+" deliveries/s as the retry schedule paced them")
 	}
 	for _, t := range s.Targets {
 		res := "met"
@@ -851,6 +880,8 @@ func reportCharts(s *Scenario) []reportChart {
 	p50 := make([]reportXY, n)
 	p99 := make([]reportXY, n)
 	depth := make([]reportXY, n)
+	backlog := make([]reportXY, n)
+	var anyBacklog bool
 	rss := make([]reportXY, n)
 	cpu := make([]reportXY, n)
 	for i, p := range s.Series {
@@ -858,13 +889,19 @@ func reportCharts(s *Scenario) []reportChart {
 		p50[i] = reportXY{p.T, p.P50Ms}
 		p99[i] = reportXY{p.T, p.P99Ms}
 		depth[i] = reportXY{p.T, float64(p.RetryDepth)}
+		backlog[i] = reportXY{p.T, float64(p.DueBacklog)}
+		anyBacklog = anyBacklog || p.DueBacklog != 0
 		rss[i] = reportXY{p.T, float64(p.RSSBytes) / (1 << 20)}
 		cpu[i] = reportXY{p.T, p.CPUCores}
+	}
+	depths := []reportSeries{{XY: depth}}
+	if anyBacklog {
+		depths = []reportSeries{{Label: "queued", XY: depth}, {Label: "due ≥ 1 s, not taken", XY: backlog}}
 	}
 	return []reportChart{
 		reportMakeChart("Delivered per second", "deliveries/s", false, []reportSeries{{XY: rate}}),
 		reportMakeChart("Latency of first answers", "ms", false, []reportSeries{{Label: "p50", XY: p50}, {Label: "p99", XY: p99}}),
-		reportMakeChart("Retry-queue depth", "deliveries", true, []reportSeries{{XY: depth}}),
+		reportMakeChart("Retry-queue depth", "deliveries", true, depths),
 		reportMakeChart("geckohook memory (RSS)", "MiB", false, []reportSeries{{XY: rss}}),
 		reportMakeChart("geckohook CPU", "cores", false, []reportSeries{{XY: cpu}}),
 	}

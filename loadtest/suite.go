@@ -367,6 +367,9 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	farm.Use(l)
 	smp := newSampler(stack.Procs())
 	probes, memBase := s.probes(ctx, stack, rdb)
+	if sp.outage != nil {
+		probes.backlog = func(now time.Time) (int64, error) { return store.DueBacklog(ctx, now.Add(-backlogAge)) }
+	}
 	gen := NewGenerator(stack.Brokers, o.Topic, sp.plan, l)
 	defer gen.Close()
 	t0 := time.Now()
@@ -374,6 +377,7 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		sp.arm(farm, sp.plan, t0)
 	}
 	if sp.outage != nil {
+		sp.outage.cpu = probes.cpu
 		sp.outage.start(ctx, farm, sp.plan, store, l, t0)
 	}
 	mon := s.monitorWith(ctx, sp.name, store, smp, l, t0, probes)
@@ -650,18 +654,23 @@ type monitor struct {
 	// reading at depthAtPeak, the deepest the queues were at a sample.
 	mem                    func() (int64, error)
 	memAtPeak, depthAtPeak int64
+	backlog                func(now time.Time) (int64, error)
 }
 
 // monitorProbes are what a monitor reads besides the ledger and the queues.
 type monitorProbes struct {
 	cpu func() time.Duration  // geckohook's CPU time so far; nil: none
 	mem func() (int64, error) // Redis's data memory now; nil: none
+	// backlog counts the deliveries due backlogAge before now and not
+	// yet taken; nil: not followed.
+	backlog func(now time.Time) (int64, error)
 }
 
 type sample struct {
-	depth int64
-	rss   int64
-	cores float64
+	depth   int64
+	backlog int64
+	rss     int64
+	cores   float64
 }
 
 func (s *suite) monitor(ctx context.Context, name string, _ *Stack, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time) *monitor {
@@ -671,7 +680,7 @@ func (s *suite) monitor(ctx context.Context, name string, _ *Stack, store *shard
 // monitorWith is monitor that also reads geckohook's CPU and Redis's
 // memory through pr.
 func (s *suite) monitorWith(ctx context.Context, name string, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time, pr monitorProbes) *monitor {
-	m := &monitor{lastAt: t0, done: make(chan struct{}), cpu: pr.cpu, mem: pr.mem}
+	m := &monitor{lastAt: t0, done: make(chan struct{}), cpu: pr.cpu, mem: pr.mem, backlog: pr.backlog}
 	if m.cpu != nil {
 		m.cpu0 = m.cpu()
 		m.cpuAtLast, m.cpuAtReach = m.cpu0, m.cpu0
@@ -713,11 +722,15 @@ func (s *suite) monitorWith(ctx context.Context, name string, store *shard.Store
 				nextSample = nextSample.Add(time.Second)
 				cores, rss := smp.sample("geckohook")
 				sched, dead, err := store.Depth(ctx)
+				var backlog int64
+				if m.backlog != nil {
+					backlog, _ = m.backlog(now) // a failed read shows as none
+				}
 				m.mu.Lock()
 				if err != nil && len(m.secs) > 0 { // keep the last depth seen
 					sched, dead = m.secs[len(m.secs)-1].depth, 0
 				}
-				m.secs = append(m.secs, sample{depth: sched + dead, rss: rss, cores: cores})
+				m.secs = append(m.secs, sample{depth: sched + dead, backlog: backlog, rss: rss, cores: cores})
 				m.peakDepth = max(m.peakDepth, sched+dead)
 				m.peakRSS = max(m.peakRSS, rss)
 				deeper := err == nil && sched+dead > m.depthAtPeak
@@ -730,8 +743,12 @@ func (s *suite) monitorWith(ctx context.Context, name string, store *shard.Store
 					}
 				}
 				el := now.Sub(t0).Seconds()
-				fmt.Fprintf(s.o.Log, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d, %.0f deliveries/s, geckohook %.2f cores %d MiB\n",
-					name, el, l.ProducedCount(), last, l.Expected(), sched+dead, float64(last)/math.Max(el, 1e-9), cores, rss>>20)
+				due := ""
+				if m.backlog != nil {
+					due = fmt.Sprintf(" (%d overdue)", backlog)
+				}
+				fmt.Fprintf(s.o.Log, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d%s, %.0f deliveries/s, geckohook %.2f cores %d MiB\n",
+					name, el, l.ProducedCount(), last, l.Expected(), sched+dead, due, float64(last)/math.Max(el, 1e-9), cores, rss>>20)
 			}
 		}
 	}()
@@ -760,7 +777,7 @@ func (m *monitor) points(secs []Second) []Point {
 		}
 	}
 	for i, s := range m.secs {
-		out[i].RetryDepth, out[i].RSSBytes, out[i].CPUCores = s.depth, s.rss, s.cores
+		out[i].RetryDepth, out[i].DueBacklog, out[i].RSSBytes, out[i].CPUCores = s.depth, s.backlog, s.rss, s.cores
 	}
 	// Seconds the ledger saw after the last sample keep its depth and RSS.
 	if k := len(m.secs); k > 0 {
