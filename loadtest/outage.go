@@ -60,7 +60,12 @@ type outage struct {
 func (s *suite) outageScenario(ctx context.Context) ([]Scenario, error) {
 	down := s.o.Outage
 	if down <= 0 {
-		down = s.sizes(60*time.Second, 16*time.Second)
+		// Long enough in the short run that, when the hosts come back,
+		// more deliveries come due at once than geckohook takes, so the
+		// drain measures geckohook and not only the retry schedule
+		// (24 s: a backlog overdue by a second formed in each run
+		// tried; 16 s: in one of two).
+		down = s.sizes(60*time.Second, 24*time.Second)
 	}
 	// A quarter refusing, the rest hanging: long enough past the 10 s
 	// limit that attempts time out while the hosts are still down, and

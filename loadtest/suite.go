@@ -58,7 +58,7 @@ type SuiteOptions struct {
 	CeilingClient string
 	// Outage is how long the outage scenario's failing hosts stay down:
 	// the first quarter refusing connections, the rest hanging (0: 60 s,
-	// short 16 s).
+	// short 24 s).
 	Outage time.Duration
 }
 
