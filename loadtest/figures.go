@@ -45,10 +45,11 @@ func DrainRate(drained int64, from, to time.Time) float64 {
 // DrainSample is one reading of the retry queues while they drain, taken
 // once a second.
 type DrainSample struct {
-	At      time.Time
-	Depth   int64         // deliveries in the retry queues, scheduled and dead
-	Backlog int64         // of them, due by At and not yet taken
-	CPU     time.Duration // geckohook's CPU time so far (0: not measured)
+	At        time.Time
+	Depth     int64         // deliveries in the retry queues, scheduled and dead
+	Backlog   int64         // of them, due by At and not yet taken
+	CPU       time.Duration // geckohook's CPU time so far (0: not measured)
+	Delivered int64         // pairs delivered so far, from the retry queues or not
 }
 
 // Drain is what a drain's samples say of geckohook's catch-up capacity.
@@ -64,8 +65,11 @@ type Drain struct {
 	BacklogSec  float64
 	PeakBacklog int64
 	// Cores is geckohook's CPU over the seconds PerSec was taken from,
-	// in cores; 0 when the CPU was not measured.
-	Cores float64
+	// in cores; 0 when the CPU was not measured. DeliveredPerSec is the
+	// pairs delivered per second over the same seconds, from the queues
+	// or from Kafka's backlog: all the work that CPU did.
+	Cores           float64
+	DeliveredPerSec float64
 }
 
 // minDrainSecond is the shortest span between samples a best second is
@@ -78,7 +82,7 @@ const minDrainSecond = 500 * time.Millisecond
 // many, so it is never more than the truth).
 func DrainOf(samples []DrainSample) Drain {
 	var d Drain
-	var out int64
+	var out, delivered, bestDelivered int64
 	var span, cpu time.Duration
 	var best float64
 	var bestCPU, bestSpan time.Duration
@@ -92,9 +96,10 @@ func DrainOf(samples []DrainSample) Drain {
 		fell := max(a.Depth-b.Depth, 0)
 		if a.Backlog > 0 {
 			out, span, cpu = out+fell, span+dt, cpu+b.CPU-a.CPU
+			delivered += b.Delivered - a.Delivered
 		}
 		if r := float64(fell) / dt.Seconds(); dt >= minDrainSecond && r > best {
-			best, bestCPU, bestSpan = r, b.CPU-a.CPU, dt
+			best, bestCPU, bestSpan, bestDelivered = r, b.CPU-a.CPU, dt, b.Delivered-a.Delivered
 		}
 	}
 	if n := len(samples); n > 0 {
@@ -102,10 +107,13 @@ func DrainOf(samples []DrainSample) Drain {
 	}
 	if span > 0 {
 		d.PerSec, d.BacklogSec = float64(out)/span.Seconds(), span.Seconds()
-		d.Cores = cores(cpu, span)
+		d.Cores, d.DeliveredPerSec = cores(cpu, span), float64(delivered)/span.Seconds()
 		return d
 	}
 	d.PerSec, d.LowerBound, d.Cores = best, best > 0, cores(bestCPU, bestSpan)
+	if bestSpan > 0 {
+		d.DeliveredPerSec = float64(bestDelivered) / bestSpan.Seconds()
+	}
 	return d
 }
 

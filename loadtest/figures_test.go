@@ -81,12 +81,12 @@ func TestCheckTarget(t *testing.T) {
 // one, cut short when the queues are seen empty.
 func drainTestSamples(t0 time.Time, backlog bool) []DrainSample {
 	s := []DrainSample{
-		{At: t0, Depth: 60_000},
-		{At: t0.Add(time.Second), Depth: 58_000, Backlog: 5000, CPU: 300 * time.Millisecond},
-		{At: t0.Add(2 * time.Second), Depth: 50_000, Backlog: 3000, CPU: 900 * time.Millisecond},
-		{At: t0.Add(3 * time.Second), Depth: 51_000, Backlog: 100, CPU: 1200 * time.Millisecond},
-		{At: t0.Add(4 * time.Second), Depth: 45_000, CPU: 1600 * time.Millisecond},
-		{At: t0.Add(4300 * time.Millisecond), Depth: 0, CPU: 1700 * time.Millisecond},
+		{At: t0, Depth: 60_000, Delivered: 100_000},
+		{At: t0.Add(time.Second), Depth: 58_000, Backlog: 5000, CPU: 300 * time.Millisecond, Delivered: 104_000},
+		{At: t0.Add(2 * time.Second), Depth: 50_000, Backlog: 3000, CPU: 900 * time.Millisecond, Delivered: 114_000},
+		{At: t0.Add(3 * time.Second), Depth: 51_000, Backlog: 100, CPU: 1200 * time.Millisecond, Delivered: 119_000},
+		{At: t0.Add(4 * time.Second), Depth: 45_000, CPU: 1600 * time.Millisecond, Delivered: 125_000},
+		{At: t0.Add(4300 * time.Millisecond), Depth: 0, CPU: 1700 * time.Millisecond, Delivered: 170_000},
 	}
 	if !backlog {
 		for i := range s {
@@ -102,17 +102,19 @@ func TestDrainOf(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-6 }
 
-	// (8,000 + 0, the depth grew, + 6,000) out over 3 s, 1.3 s of CPU.
+	// (8,000 + 0, the depth grew, + 6,000) out over 3 s, 1.3 s of CPU,
+	// 21,000 pairs delivered in all.
 	d := DrainOf(drainTestSamples(t0, true))
-	if !near(d.PerSec, 14_000.0/3) || d.LowerBound || d.BacklogSec != 3 || !near(d.Cores, 1.3/3) || d.PeakBacklog != 5000 {
-		t.Errorf("drain with a backlog: %+v; want 4666.7/s over 3 s, 0.433 cores, peak 5000", d)
+	if !near(d.PerSec, 14_000.0/3) || d.LowerBound || d.BacklogSec != 3 || !near(d.Cores, 1.3/3) || d.PeakBacklog != 5000 ||
+		d.DeliveredPerSec != 7000 {
+		t.Errorf("drain with a backlog: %+v; want 4666.7/s over 3 s, 0.433 cores, 7000 delivered/s, peak 5000", d)
 	}
 
 	// No backlog: the best second (8,000 in the second second), not the
 	// last 0.3 s, whose 45,000 would read as 150,000/s.
 	d = DrainOf(drainTestSamples(t0, false))
-	if d.PerSec != 8000 || !d.LowerBound || d.BacklogSec != 0 || !near(d.Cores, 0.6) {
-		t.Errorf("drain without a backlog: %+v; want the best second, 8000/s at 0.6 cores, a lower bound", d)
+	if d.PerSec != 8000 || !d.LowerBound || d.BacklogSec != 0 || !near(d.Cores, 0.6) || d.DeliveredPerSec != 10_000 {
+		t.Errorf("drain without a backlog: %+v; want the best second, 8000/s at 0.6 cores and 10000 delivered/s, a lower bound", d)
 	}
 
 	// CPU not measured: no cores.
@@ -140,7 +142,7 @@ func TestOutageReport(t *testing.T) {
 	row := Scenario{Name: "outage", RedisBytesPerQueued: 860, PeakQueueDepth: 60_000}
 	o.report(&row, 0)
 	if math.Abs(row.DrainPerSec-14_000.0/3) > 1e-6 || math.Abs(row.DrainRatio-1.4/3) > 1e-6 || row.DrainBacklogSec != 3 ||
-		row.HealthyPerSec != 9_600 {
+		row.DrainDeliveredPerSec != 7000 || row.HealthyPerSec != 9_600 {
 		t.Fatalf("drain %v over %v s, ratio %v, healthy %v", row.DrainPerSec, row.DrainBacklogSec, row.DrainRatio, row.HealthyPerSec)
 	}
 	// The schedule-paced figure: 60,000 over the 20 s until empty.

@@ -135,7 +135,7 @@ func (o *outage) run(ctx context.Context, farm *Farm, p *Plan, store *shard.Stor
 			depth := sched + dead
 			o.drained = max(o.drained, depth)
 			if depth == 0 || !now.Before(next) {
-				err = o.sample(ctx, store, now, depth)
+				err = o.sample(ctx, store, l, now, depth)
 				for !next.After(now) {
 					next = next.Add(time.Second)
 				}
@@ -157,7 +157,7 @@ func (o *outage) run(ctx context.Context, farm *Farm, p *Plan, store *shard.Stor
 
 // sample reads the backlog (deliveries due by backlogAge before now and
 // not taken) and geckohook's CPU at now, when the queues held depth.
-func (o *outage) sample(ctx context.Context, store *shard.Store, now time.Time, depth int64) error {
+func (o *outage) sample(ctx context.Context, store *shard.Store, l *Ledger, now time.Time, depth int64) error {
 	backlog, err := store.DueBacklog(ctx, now.Add(-backlogAge))
 	if err != nil {
 		return err
@@ -166,7 +166,7 @@ func (o *outage) sample(ctx context.Context, store *shard.Store, now time.Time, 
 	if o.cpu != nil {
 		cpu = o.cpu()
 	}
-	o.samples = append(o.samples, DrainSample{At: now, Depth: depth, Backlog: backlog, CPU: cpu})
+	o.samples = append(o.samples, DrainSample{At: now, Depth: depth, Backlog: backlog, CPU: cpu, Delivered: l.Delivered()})
 	return nil
 }
 
@@ -187,7 +187,7 @@ func (o *outage) sleepUntil(ctx context.Context, t time.Time) bool {
 func (o *outage) report(row *Scenario, healthyScenario float64) {
 	row.HealthyPerSec = o.healthyRate
 	d := DrainOf(o.samples)
-	row.DrainPerSec, row.DrainBacklogSec, row.DrainCores = d.PerSec, d.BacklogSec, d.Cores
+	row.DrainPerSec, row.DrainBacklogSec, row.DrainCores, row.DrainDeliveredPerSec = d.PerSec, d.BacklogSec, d.Cores, d.DeliveredPerSec
 	row.DrainRatio = RatioOf(d.PerSec, o.warmRate)
 	row.DrainPacedPerSec = DrainRate(o.drained, o.backAt, o.emptyAt)
 	if !o.emptyAt.IsZero() {
