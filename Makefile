@@ -1,5 +1,5 @@
 # geckohook: `make run` starts everything in one process, `make test` runs
-# every test (installing redis-server and kcat first when missing).
+# every test (installing redis-server, kcat and chromium first when missing).
 GO      ?= go
 BIN     ?= bin/geckohook
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -75,7 +75,7 @@ bench-go: test-tools
 # root or through sudo; otherwise says in one line what to install.
 test-tools:
 	@missing=""; \
-	for t in redis-server:redis-server redis-cli:redis-tools kcat:kcat prometheus:prometheus promtool:prometheus curl:curl jq:jq python3:python3 ruby:ruby node:nodejs; do \
+	for t in redis-server:redis-server redis-cli:redis-tools kcat:kcat prometheus:prometheus promtool:prometheus curl:curl jq:jq python3:python3 ruby:ruby node:nodejs chromium:chromium; do \
 		command -v $${t%%:*} >/dev/null 2>&1 || case " $$missing " in *" $${t#*:} "*) ;; *) missing="$$missing $${t#*:}";; esac; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then sudo=""; \

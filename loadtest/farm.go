@@ -54,7 +54,7 @@ var (
 // them in, then Use a ledger per run.
 type Farm struct {
 	servers []*fasthttp.Server
-	lns     []net.Listener
+	gates   []*serverGate // each server's listener and connections (refuse.go)
 	ports   []int
 	served  sync.WaitGroup
 
@@ -82,8 +82,9 @@ type farmState struct {
 }
 
 type farmHook struct {
-	b   EndpointBehaviour
-	app int32
+	b      EndpointBehaviour
+	app    int32
+	server int32
 }
 
 // NewFarm starts servers fasthttp servers, each on its own 127.0.0.1 port.
@@ -109,6 +110,7 @@ func newFarm(servers int, rec *recording, shutdown time.Duration) (*Farm, error)
 		f.ports = append(f.ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	for _, ln := range lns {
+		g := &serverGate{conns: map[net.Conn]struct{}{}, ln: &gateListener{Listener: ln}}
 		s := &fasthttp.Server{
 			Handler:               f.handle,
 			Name:                  "geckohook-farm",
@@ -120,10 +122,11 @@ func newFarm(servers int, rec *recording, shutdown time.Duration) (*Farm, error)
 			NoDefaultDate:         true,
 			NoDefaultContentType:  true,
 			Logger:                quietLogger{},
+			ConnState:             g.track,
 		}
 		f.servers = append(f.servers, s)
-		f.lns = append(f.lns, ln)
-		f.served.Go(func() { _ = s.Serve(ln) })
+		f.gates = append(f.gates, g)
+		f.served.Go(func() { _ = s.Serve(g.ln) })
 	}
 	return f, nil
 }
@@ -151,13 +154,14 @@ func (f *Farm) Add(p *Plan) {
 			panic(fmt.Sprintf("loadtest: hook %d is on farm server %d, the farm has %d", i, h.Server, len(f.ports)))
 		}
 		h.URL = "http://127.0.0.1:" + strconv.Itoa(f.ports[h.Server]) + "/h/" + strconv.Itoa(i)
-		hooks[i] = farmHook{b: h.Behaviour, app: h.App}
+		hooks[i] = farmHook{b: h.Behaviour, app: h.App, server: int32(h.Server)}
 	}
 	st := &farmState{hooks: hooks}
 	if old := f.state.Load(); old != nil {
 		st.signers = old.signers
 	}
 	f.state.Store(st)
+	f.refuseServers(st)
 }
 
 // expect adds an endpoint named path whose requests are signed with secret
@@ -191,6 +195,7 @@ func (f *Farm) SetBehaviour(hook int, b EndpointBehaviour) {
 	st := &farmState{signers: old.signers, hooks: slices.Clone(old.hooks), paths: old.paths}
 	st.hooks[hook].b = b
 	f.state.Store(st)
+	f.refuseServers(st)
 }
 
 // SetSecrets prepares signature checking for every application of p whose
@@ -224,6 +229,8 @@ func (f *Farm) Requests() int64 { return f.requests.Load() }
 // Receiver's: 2 s) for the servers' connections to end.
 func (f *Farm) Close() error {
 	f.closeOnce.Do(func() { close(f.closed) })
+	// No server listens again once Close has begun.
+	f.stopRefusals()
 	ctx, cancel := context.WithTimeout(context.Background(), f.shutdown)
 	defer cancel()
 	errs := make([]error, len(f.servers))
@@ -238,9 +245,7 @@ func (f *Farm) Close() error {
 	wg.Wait()
 	// A server whose Serve had not begun when Shutdown ran would accept
 	// forever: closing its listener ends it.
-	for _, ln := range f.lns {
-		_ = ln.Close()
-	}
+	f.closeGates()
 	f.served.Wait()
 	return errors.Join(errs...)
 }
@@ -273,11 +278,12 @@ func (f *Farm) handle(ctx *fasthttp.RequestCtx) {
 	b := &h.b
 
 	now := time.Now()
-	if b.Reset || b.Hang {
+	refused := now.Before(b.RefuseUntil) // a connection taken just before its server closed
+	if b.Reset || b.Hang || refused || now.Before(b.HangUntil) {
 		if l != nil {
 			l.Record(hook, e, id, valid, 0, now)
 		}
-		if b.Reset {
+		if b.Reset || refused {
 			if tc, ok := ctx.Conn().(*net.TCPConn); ok {
 				_ = tc.SetLinger(0) // close sends RST
 			}
@@ -302,13 +308,14 @@ func (f *Farm) handle(ctx *fasthttp.RequestCtx) {
 	case status == 0:
 		status = fasthttp.StatusOK
 	}
+	arrived := now
 	if d := b.Delay + jitter(b.Jitter); d > 0 {
 		f.wait(d)
 		now = time.Now()
 	}
 	ctx.SetStatusCode(status)
 	if l != nil {
-		l.Record(hook, e, id, valid, status, now)
+		l.RecordArrived(hook, e, id, valid, status, arrived, now)
 	}
 }
 

@@ -549,3 +549,81 @@ func TestReceiverKeepsEveryRequest(t *testing.T) {
 		t.Errorf("statuses %d, %d; want 500, 200", got[0].Status, got[1].Status)
 	}
 }
+
+// A server whose hook is given RefuseUntil refuses connections and drops
+// the ones it held, while other servers answer; at RefuseUntil it listens
+// on the same port again.
+func TestFarmRefuseUntil(t *testing.T) {
+	p := &Plan{Event: "order.create", Apps: []PlanApp{{Name: "app", Secret: "s3cret"}}}
+	p.AddAccount(0, []int{0}, make([]EndpointBehaviour, 1))
+	p.AddAccount(0, []int{1}, make([]EndpointBehaviour, 1))
+	f := newTestFarm(t, 2)
+	l := serveLedger(f, p, 100, 100)
+	c := &fasthttp.Client{}
+	if s := sendEvent(t, c, p, 0, 0, "s3cret"); s != 200 { // leaves a pooled connection
+		t.Fatalf("before the refusal: status %d", s)
+	}
+	until := time.Now().Add(time.Second)
+	f.SetBehaviour(0, EndpointBehaviour{RefuseUntil: until})
+
+	addr := "127.0.0.1:" + strconv.Itoa(f.Ports()[0])
+	if conn, err := net.Dial("tcp", addr); !errors.Is(err, syscall.ECONNREFUSED) {
+		if conn != nil {
+			conn.Close()
+		}
+		t.Fatalf("connect while refusing: %v, want connection refused", err)
+	}
+	body := eventBody(2)
+	if s, err := post(c, p.Hooks[0].URL, body, "d", contract.NewSigner("s3cret").Sign(body), time.Second); err == nil && time.Now().Before(until) {
+		t.Fatalf("request while refusing answered %d; the pooled connection should be gone", s)
+	}
+	if s := sendEvent(t, c, p, 1, 1, "s3cret"); s != 200 {
+		t.Fatalf("the other server while refusing: status %d", s)
+	}
+	eventually(t, "the server to listen again", func() bool {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	})
+	if time.Now().Before(until) {
+		t.Fatalf("listening again before RefuseUntil")
+	}
+	if s := sendEvent(t, c, p, 0, 10, "s3cret"); s != 200 {
+		t.Fatalf("after the refusal: status %d", s)
+	}
+	if got := l.Delivered(); got != 3 {
+		t.Fatalf("delivered %d, want 3", got)
+	}
+}
+
+// A hook with HangUntil holds requests without an answer until then, and
+// answers afterwards; Close lets the held ones go.
+func TestFarmHangUntil(t *testing.T) {
+	until := time.Now().Add(time.Second)
+	p := oneHookPlan(EndpointBehaviour{HangUntil: until})
+	f := newTestFarm(t, 1)
+	l := serveLedger(f, p, 100, 100)
+	c := &fasthttp.Client{}
+	body := eventBody(0)
+	sig := contract.NewSigner("s3cret").Sign(body)
+	if s, err := post(c, p.Hooks[0].URL, body, "d-0-0", sig, 200*time.Millisecond); !errors.Is(err, fasthttp.ErrTimeout) {
+		t.Fatalf("hanging endpoint: status %d, error %v; want a timeout", s, err)
+	}
+	e := 1
+	eventually(t, "the endpoint to answer", func() bool {
+		sent := time.Now()
+		body := eventBody(e)
+		s, err := post(c, p.Hooks[0].URL, body, fmt.Sprintf("d-%d-0", e), contract.NewSigner("s3cret").Sign(body), 200*time.Millisecond)
+		e++
+		if err == nil && sent.Before(until) {
+			t.Fatalf("answered %d to a request sent before HangUntil", s)
+		}
+		return err == nil && s == 200
+	})
+	if a := l.Answers(); a.NoAnswer < 1 || a.OK != 1 {
+		t.Fatalf("answers %+v", a)
+	}
+}

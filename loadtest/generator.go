@@ -112,7 +112,10 @@ func (g *Generator) Run(ctx context.Context, f Flood, progress func(produced int
 			off := len(buf)
 			buf = g.appendEvent(buf, e)
 			acc := AccountName(g.Plan.EventAccount(e))
-			msgs = append(msgs, kafka.Message{Key: []byte(acc), Value: buf[off:len(buf):len(buf)]})
+			// The record's time (CreateTime) is the instant the ledger
+			// keeps as the event's produce time: geckohook's latency
+			// runs from it.
+			msgs = append(msgs, kafka.Message{Key: []byte(acc), Value: buf[off:len(buf):len(buf)], Time: now})
 			g.Ledger.Produced(e, now)
 		}
 		if err := g.w.WriteMessages(ctx, msgs...); err != nil {

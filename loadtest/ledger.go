@@ -68,6 +68,11 @@ type Ledger struct {
 
 	lat    hist
 	maxLat atomic.Int64
+	// own is the latency up to the request's arrival at the farm (produce
+	// to arrival; lat runs to the answer): geckohook's own share, without
+	// the receiver's time.
+	own    hist
+	maxOwn atomic.Int64
 	secs   []second
 }
 
@@ -181,6 +186,14 @@ func (l *Ledger) Answers() Answers {
 // neither locks nor allocates (except once per second of run time with a
 // first 2xx answer, for that second's histogram).
 func (l *Ledger) Record(hook, e int, deliveryID []byte, validSig bool, status int, at time.Time) {
+	l.RecordArrived(hook, e, deliveryID, validSig, status, at, at)
+}
+
+// RecordArrived is Record for a request that arrived at the receiver at
+// arrived and was answered at at (arrived <= at; they differ when the
+// endpoint waits before answering). A first 2xx answer adds at − produce
+// to Latency and arrived − produce to Own.
+func (l *Ledger) RecordArrived(hook, e int, deliveryID []byte, validSig bool, status int, arrived, at time.Time) {
 	l.requests.Add(1)
 	l.answers[classOf(status)].Add(1)
 	t := int64(at.Sub(l.epoch))
@@ -217,6 +230,10 @@ func (l *Ledger) Record(hook, e int, deliveryID []byte, validSig bool, status in
 	lat := max(t-(produced-timeBias), 0)
 	l.lat.add(lat)
 	for m := l.maxLat.Load(); lat > m && !l.maxLat.CompareAndSwap(m, lat); m = l.maxLat.Load() {
+	}
+	own := min(max(int64(arrived.Sub(l.epoch))-(produced-timeBias), 0), lat)
+	l.own.add(own)
+	for m := l.maxOwn.Load(); own > m && !l.maxOwn.CompareAndSwap(m, own); m = l.maxOwn.Load() {
 	}
 	if sec != nil {
 		sec.delivered.Add(1)
@@ -287,6 +304,19 @@ type Quantiles struct {
 func (l *Ledger) Latency() Quantiles {
 	c := l.lat.snapshot()
 	mx := time.Duration(l.maxLat.Load())
+	return Quantiles{
+		P50: c.quantile(0.50, mx), P95: c.quantile(0.95, mx), P99: c.quantile(0.99, mx),
+		Max: mx, Count: c.total,
+	}
+}
+
+// Own is the distribution of geckohook's own share of the latency over
+// every delivered pair so far: produce (the Kafka record's time) to the
+// request's arrival at the receiver, leaving out the receiver's own time
+// before its answer.
+func (l *Ledger) Own() Quantiles {
+	c := l.own.snapshot()
+	mx := time.Duration(l.maxOwn.Load())
 	return Quantiles{
 		P50: c.quantile(0.50, mx), P95: c.quantile(0.95, mx), P99: c.quantile(0.99, mx),
 		Max: mx, Count: c.total,

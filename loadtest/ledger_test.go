@@ -309,3 +309,30 @@ func BenchmarkLedgerRecord(b *testing.B) {
 		}
 	})
 }
+
+// Own runs from produce to the request's arrival, Latency to its answer:
+// an endpoint that waits before answering adds to the one, not the other.
+func TestLedgerOwnLatency(t *testing.T) {
+	l := NewLedger(onePairPerEvent(), 200)
+	t0 := time.Now()
+	for e := range 100 { // arrivals 1..100 ms after produce, each answered 50 ms later
+		l.Produced(e, t0)
+		arrived := t0.Add(time.Duration(e+1) * time.Millisecond)
+		l.RecordArrived(0, e, []byte{byte(e)}, true, 200, arrived, arrived.Add(50*time.Millisecond))
+	}
+	l.RecordArrived(0, 5, []byte{5}, true, 200, t0, t0.Add(time.Hour)) // duplicate: not counted
+	own, q := l.Own(), l.Latency()
+	if own.Count != 100 || own.Max != 100*time.Millisecond || q.Max != 150*time.Millisecond {
+		t.Fatalf("own %+v, latency %+v", own, q)
+	}
+	if !within(own.P99, 99*time.Millisecond, 0.01) || !within(q.P99, 149*time.Millisecond, 0.01) {
+		t.Fatalf("own p99 %v, latency p99 %v; want 99 ms and 149 ms", own.P99, q.P99)
+	}
+	// Record is an answer at arrival: both the same.
+	l2 := NewLedger(onePairPerEvent(), 1)
+	l2.Produced(0, t0)
+	l2.Record(0, 0, nil, true, 204, t0.Add(7*time.Millisecond))
+	if l2.Own() != l2.Latency() || l2.Own().Max != 7*time.Millisecond {
+		t.Fatalf("own %+v, latency %+v", l2.Own(), l2.Latency())
+	}
+}

@@ -37,8 +37,9 @@ type PlanHook struct {
 }
 
 // EndpointBehaviour is how one farm endpoint answers. The zero value answers 200 at once.
-// The rules are checked in this order: Reset, Hang, GoneFrom, FailUntil,
-// FailRate, then Status after Delay plus up to Jitter.
+// The rules are checked in this order: Reset, RefuseUntil, Hang and
+// HangUntil, GoneFrom, FailUntil, FailRate, then Status after Delay plus up
+// to Jitter.
 type EndpointBehaviour struct {
 	Status    int           // status of a normal answer (0: 200)
 	Delay     time.Duration // every answer waits this long...
@@ -48,6 +49,19 @@ type EndpointBehaviour struct {
 	GoneFrom  time.Time     // answer 410 from this instant on (zero: never)
 	Hang      bool          // never answer: hold the request until the client gives up
 	Reset     bool          // close the connection with a TCP reset, no answer
+	// RefuseUntil: the endpoint's farm server refuses connections until
+	// this instant. Refusal is a server's, not a path's: the server stops
+	// listening (a connect is refused) and drops its open connections as
+	// soon as one of its hooks is given a RefuseUntil in the future, and
+	// listens on the same port again at the latest RefuseUntil of its
+	// hooks; every hook on it is refused meanwhile, so give such hooks
+	// servers of their own. A request on a connection taken just before
+	// is reset.
+	RefuseUntil time.Time
+	// HangUntil: requests arriving before this instant hang as with Hang
+	// (held without an answer until the client gives up); later ones are
+	// answered normally.
+	HangUntil time.Time
 }
 
 // AccountName is the account id of account index i.

@@ -65,7 +65,9 @@ func TestRegistryFiguresInReport(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, back[k], want)
 		}
 	}
-	if n := strings.Join(reportNotes(&s), "\n"); !strings.Contains(n, "loaded at start in 1235 ms") || !strings.Contains(n, "256 heap bytes per webhook") {
+	s.Targets = []Target{CheckTarget("change_p99_ms", s.ChangeP99Ms, "<=", targetChangeP99Ms)}
+	if n := strings.Join(reportNotes(&s), "\n"); !strings.Contains(n, "loaded at start in 1235 ms") || !strings.Contains(n, "256 heap bytes per webhook") ||
+		!strings.Contains(n, "target change_p99_ms <= 1000: 50 met") {
 		t.Errorf("notes do not show the registry figures: %s", n)
 	}
 	if n := registryNote(&Scenario{Name: "healthy"}); n != "" {

@@ -103,6 +103,44 @@ type Scenario struct {
 	RegistryBytesPerWebhook float64 `json:"registry_bytes_per_webhook,omitempty"` // live heap after GC, net of an empty registry
 	ChangeP99Ms             float64 `json:"change_p99_ms,omitempty"`              // API change to every process holding it
 
+	// Cost figures (figures.go says how each is taken; 0: not measured).
+	// RedisBytesPerQueued is Redis memory per queued delivery at the peak
+	// queue depth, PeakQueueDepth that depth.
+	RedisBytesPerQueued float64 `json:"redis_bytes_per_queued,omitempty"`
+	PeakQueueDepth      int64   `json:"peak_queue_depth,omitempty"`
+	// DrainPerSec: deliveries/s out of the retry queues once the failing
+	// hosts are back, over the seconds that began with deliveries due a
+	// second or more before and not yet taken (DrainBacklogSec of them),
+	// when geckohook, not the retry schedule, set the pace; DrainCores:
+	// geckohook's CPU cores over those seconds, and DrainDeliveredPerSec
+	// the pairs it delivered per second in them, from the queues or from
+	// Kafka's backlog; DrainRatio: DrainPerSec over the healthy flood
+	// rate. With no such second, DrainPerSec is the best second's rate,
+	// a lower bound (the notes say so). DrainPacedPerSec: the deepest the
+	// queues were from the hosts' return, over DrainWallSec, the time
+	// until they were empty: the pace the retry schedule allowed.
+	DrainPerSec          float64 `json:"drain_per_sec,omitempty"`
+	DrainRatio           float64 `json:"drain_ratio,omitempty"`
+	DrainBacklogSec      float64 `json:"drain_backlog_sec,omitempty"`
+	DrainCores           float64 `json:"drain_cores,omitempty"`
+	DrainDeliveredPerSec float64 `json:"drain_delivered_per_sec,omitempty"`
+	DrainPacedPerSec     float64 `json:"drain_paced_per_sec,omitempty"`
+	DrainWallSec         float64 `json:"drain_wall_sec,omitempty"`
+	// CPUUsPerDelivery: geckohook's CPU microseconds per delivery;
+	// CeilingCPUUsPerRequest: the ceiling client's per request; CPURatio:
+	// the first over the second.
+	CPUUsPerDelivery       float64 `json:"cpu_us_per_delivery,omitempty"`
+	CeilingCPUUsPerRequest float64 `json:"ceiling_cpu_us_per_request,omitempty"`
+	CPURatio               float64 `json:"cpu_ratio,omitempty"`
+	// OwnP50Ms, OwnP99Ms: geckohook's own share of the latency rows'
+	// P50Ms and P99Ms (Kafka record time to the request's arrival at the
+	// receiver).
+	OwnP50Ms float64 `json:"own_p50_ms,omitempty"`
+	OwnP99Ms float64 `json:"own_p99_ms,omitempty"`
+	// Targets are the figures checked against a target; a miss is
+	// reported here and in the notes, and does not fail the scenario.
+	Targets []Target `json:"targets,omitempty"`
+
 	// Notes are what the harness observed besides the figures.
 	Notes []string `json:"notes,omitempty"`
 
@@ -116,6 +154,27 @@ type Scenario struct {
 	Failures []string `json:"failures,omitempty"` // e.g. "12 pairs missing"
 
 	Series []Point `json:"series"` // one point a second
+}
+
+// Target is one figure of a scenario checked against its target.
+type Target struct {
+	Figure string  `json:"figure"` // a key of the scenario, e.g. "redis_bytes_per_queued"
+	Value  float64 `json:"value"`
+	Op     string  `json:"op"` // "<=" or ">="
+	Limit  float64 `json:"limit"`
+	Met    bool    `json:"met"`
+	// Against names what a relative figure was compared with.
+	Against string `json:"against,omitempty"`
+}
+
+// CheckTarget compares value with limit: at most (op "<=") or at least
+// (">="); a value that is not finite misses.
+func CheckTarget(figure string, value float64, op string, limit float64) Target {
+	t := Target{Figure: figure, Value: value, Op: op, Limit: limit}
+	if reportFinite(value) {
+		t.Met = (op == "<=" && value <= limit) || (op == ">=" && value >= limit)
+	}
+	return t
 }
 
 // RoleUsage is what the geckohook processes of one role used in a scenario.
@@ -133,8 +192,9 @@ type Point struct {
 	P50Ms           float64 `json:"p50_ms"` // of the first answers in that second; 0 if none
 	P99Ms           float64 `json:"p99_ms"`
 	RetryDepth      int64   `json:"retry_depth"`
-	RSSBytes        int64   `json:"rss_bytes"` // geckohook processes
-	CPUCores        float64 `json:"cpu_cores"` // geckohook processes, cores busy during that second
+	DueBacklog      int64   `json:"due_backlog,omitempty"` // of RetryDepth, due a second or more before and not yet taken (outage)
+	RSSBytes        int64   `json:"rss_bytes"`             // geckohook processes
+	CPUCores        float64 `json:"cpu_cores"`             // geckohook processes, cores busy during that second
 }
 
 // RatioOf is rate / ceiling, or 0 when there is no ceiling (ceiling <= 0)
@@ -188,6 +248,27 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.RegistryLoadMs = reportRound(s.RegistryLoadMs, 100)
 	s.RegistryBytesPerWebhook = reportRound(s.RegistryBytesPerWebhook, 10)
 	s.ChangeP99Ms = reportRound(s.ChangeP99Ms, 100)
+	s.RedisBytesPerQueued = reportRound(s.RedisBytesPerQueued, 10)
+	s.DrainPerSec = reportRound(s.DrainPerSec, 10)
+	s.DrainRatio = reportRound(s.DrainRatio, 1000)
+	s.DrainBacklogSec = reportRound(s.DrainBacklogSec, 100)
+	s.DrainCores = reportRound(s.DrainCores, 100)
+	s.DrainDeliveredPerSec = reportRound(s.DrainDeliveredPerSec, 10)
+	s.DrainPacedPerSec = reportRound(s.DrainPacedPerSec, 10)
+	s.DrainWallSec = reportRound(s.DrainWallSec, 100)
+	s.CPUUsPerDelivery = reportRound(s.CPUUsPerDelivery, 100)
+	s.CeilingCPUUsPerRequest = reportRound(s.CeilingCPUUsPerRequest, 100)
+	s.CPURatio = reportRound(s.CPURatio, 1000)
+	s.OwnP50Ms = reportRound(s.OwnP50Ms, 100)
+	s.OwnP99Ms = reportRound(s.OwnP99Ms, 100)
+	if s.Targets != nil {
+		ts := make([]Target, len(s.Targets))
+		for i, t := range s.Targets {
+			t.Value, t.Limit = reportRound(t.Value, 1000), reportRound(t.Limit, 1000)
+			ts[i] = t
+		}
+		s.Targets = ts
+	}
 	if s.Roles == nil {
 		s.Roles = []RoleUsage{}
 	}
@@ -351,6 +432,64 @@ func reportFmtMiB(b int64) string {
 	return strconv.FormatFloat(m, 'f', 1, 64)
 }
 
+// reportCostNotes says the cost figures that were measured, and each
+// target checked.
+func reportCostNotes(s *Scenario) []string {
+	var notes []string
+	f1 := func(v float64) string { return strconv.FormatFloat(reportRound(v, 10), 'f', 1, 64) }
+	f2 := func(v float64) string { return strconv.FormatFloat(reportRound(v, 100), 'f', 2, 64) }
+	if reportRound(s.CPUUsPerDelivery, 100) != 0 {
+		n := "CPU: geckohook " + f1(s.CPUUsPerDelivery) + " µs per delivery"
+		if reportRound(s.CeilingCPUUsPerRequest, 100) != 0 {
+			n += ", the ceiling client " + f1(s.CeilingCPUUsPerRequest) + " µs per request (" + f2(s.CPURatio) + "×)"
+		}
+		notes = append(notes, n)
+	}
+	// Said where it tells something the row's latency does not: a paced
+	// phase, or receivers that took time to answer.
+	if reportRound(s.OwnP99Ms, 100) != 0 && (s.OfferedPerSec > 0 || reportFmtMs(s.OwnP99Ms) != reportFmtMs(s.P99Ms)) {
+		notes = append(notes, "geckohook's own latency (Kafka record time to arrival at the receiver): p50 "+
+			reportFmtMs(s.OwnP50Ms)+" ms, p99 "+reportFmtMs(s.OwnP99Ms)+" ms")
+	}
+	if reportRound(s.RedisBytesPerQueued, 10) != 0 {
+		notes = append(notes, "Redis: "+f1(s.RedisBytesPerQueued)+" bytes per queued delivery at a depth of "+
+			strconv.FormatInt(s.PeakQueueDepth, 10))
+	}
+	if reportRound(s.DrainPerSec, 10) != 0 {
+		n := "drain once the hosts were back: " + reportFmtRate(s.DrainPerSec) + " deliveries/s (" +
+			f2(s.DrainRatio) + " of the healthy flood rate)"
+		if reportRound(s.DrainBacklogSec, 100) != 0 {
+			n += " over the " + f1(s.DrainBacklogSec) + " s that began with deliveries overdue"
+		} else {
+			n += " in its best second, none overdue: a lower bound"
+		}
+		if reportRound(s.DrainCores, 100) != 0 {
+			n += ", geckohook using " + f2(s.DrainCores) + " cores"
+			if reportRound(s.DrainDeliveredPerSec, 10) != 0 {
+				n += " to deliver " + reportFmtRate(s.DrainDeliveredPerSec) + " pairs/s in all (Kafka's backlog included)"
+			}
+		}
+		notes = append(notes, n)
+	}
+	if reportRound(s.DrainWallSec, 100) != 0 {
+		notes = append(notes, "the queues were empty "+f1(s.DrainWallSec)+" s after the hosts' return: "+
+			reportFmtRate(s.DrainPacedPerSec)+" deliveries/s as the retry schedule paced them")
+	}
+	for _, t := range s.Targets {
+		res := "met"
+		if !t.Met {
+			res = "MISSED"
+		}
+		n := "target " + t.Figure + " " + t.Op + " " + strconv.FormatFloat(reportRound(t.Limit, 1000), 'f', -1, 64) +
+			": " + strconv.FormatFloat(reportRound(t.Value, 1000), 'f', -1, 64) + " " + res
+		if t.Against != "" {
+			n += " (against " + t.Against + ")"
+		}
+		notes = append(notes, n)
+	}
+	return notes
+}
+
 // reportNotes is what the table and the page say under a scenario besides
 // its failures.
 func reportNotes(s *Scenario) []string {
@@ -361,6 +500,7 @@ func reportNotes(s *Scenario) []string {
 	if reportRound(s.HealthyPerSec, 10) != 0 {
 		notes = append(notes, "healthy endpoints alone: "+reportFmtRate(s.HealthyPerSec)+" deliveries/s")
 	}
+	notes = append(notes, reportCostNotes(s)...)
 	if reportRound(s.BytesPerWebhook, 10) != 0 {
 		n := strconv.FormatFloat(reportRound(s.BytesPerWebhook, 10), 'f', 1, 64) + " bytes per webhook"
 		if s.Webhooks > 0 {
@@ -758,6 +898,8 @@ func reportCharts(s *Scenario) []reportChart {
 	p50 := make([]reportXY, n)
 	p99 := make([]reportXY, n)
 	depth := make([]reportXY, n)
+	backlog := make([]reportXY, n)
+	var anyBacklog bool
 	rss := make([]reportXY, n)
 	cpu := make([]reportXY, n)
 	for i, p := range s.Series {
@@ -765,13 +907,19 @@ func reportCharts(s *Scenario) []reportChart {
 		p50[i] = reportXY{p.T, p.P50Ms}
 		p99[i] = reportXY{p.T, p.P99Ms}
 		depth[i] = reportXY{p.T, float64(p.RetryDepth)}
+		backlog[i] = reportXY{p.T, float64(p.DueBacklog)}
+		anyBacklog = anyBacklog || p.DueBacklog != 0
 		rss[i] = reportXY{p.T, float64(p.RSSBytes) / (1 << 20)}
 		cpu[i] = reportXY{p.T, p.CPUCores}
+	}
+	depths := []reportSeries{{XY: depth}}
+	if anyBacklog {
+		depths = []reportSeries{{Label: "queued", XY: depth}, {Label: "due ≥ 1 s, not taken", XY: backlog}}
 	}
 	return []reportChart{
 		reportMakeChart("Delivered per second", "deliveries/s", false, []reportSeries{{XY: rate}}),
 		reportMakeChart("Latency of first answers", "ms", false, []reportSeries{{Label: "p50", XY: p50}, {Label: "p99", XY: p99}}),
-		reportMakeChart("Retry-queue depth", "deliveries", true, []reportSeries{{XY: depth}}),
+		reportMakeChart("Retry-queue depth", "deliveries", true, depths),
 		reportMakeChart("geckohook memory (RSS)", "MiB", false, []reportSeries{{XY: rss}}),
 		reportMakeChart("geckohook CPU", "cores", false, []reportSeries{{XY: cpu}}),
 	}

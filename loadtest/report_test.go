@@ -24,7 +24,7 @@ func reportTestSeries(n int) []Point {
 		f := float64(i)
 		ps[i] = Point{
 			T: f + 1, DeliveredPerSec: 40000 + 5000*math.Sin(f/10), P50Ms: 2 + math.Sin(f/7), P99Ms: 12 + 3*math.Cos(f/5),
-			RetryDepth: int64(i * 37 % 500), RSSBytes: int64(200+i%50) << 20, CPUCores: 3.2 + 0.4*math.Sin(f),
+			RetryDepth: int64(i * 37 % 500), DueBacklog: int64(i * 11 % 300), RSSBytes: int64(200+i%50) << 20, CPUCores: 3.2 + 0.4*math.Sin(f),
 		}
 	}
 	return ps
@@ -40,9 +40,13 @@ func reportTestFull() Scenario {
 		DurationSec: 60.1234, OfferedPerSec: 20000, LatencyNote: "paced at 50% of the sustained rate",
 		HealthyPerSec: 4123.45, Deleted: 3, Queued: 4, IDMismatches: 5, Unexpected: 6, PeakRetryDepth: 7,
 		Webhooks: 100000, Partitions: 8, Dispatchers: 2, BytesPerWebhook: 1234.56,
-		Notes:  []string{"healthy endpoints got 95% of the healthy rate"},
-		Roles:  []RoleUsage{{Role: "dispatcher", CPUSeconds: 200.123, CPUCoresAvg: 3.3333, PeakRSSBytes: 150 << 20}},
-		Passed: false, Failures: []string{"12 pairs missing"},
+		RedisBytesPerQueued: 860.04, PeakQueueDepth: 20000, DrainPerSec: 12345.67, DrainRatio: 0.51234,
+		DrainBacklogSec: 12.345, DrainCores: 0.4567, DrainDeliveredPerSec: 15432.19, DrainPacedPerSec: 2857.14, DrainWallSec: 43.567,
+		CPUUsPerDelivery: 22.456, CeilingCPUUsPerRequest: 9.0049, CPURatio: 22.456 / 9.0049, OwnP50Ms: 0.8765, OwnP99Ms: 7.654,
+		Targets: []Target{CheckTarget("redis_bytes_per_queued", 860.04, "<=", 250), {Figure: "healthy_per_sec", Value: 4123.45, Op: ">=", Limit: 3999.99999, Met: true, Against: "0.95 × the healthy scenario's 4211/s"}},
+		Notes:   []string{"healthy endpoints got 95% of the healthy rate"},
+		Roles:   []RoleUsage{{Role: "dispatcher", CPUSeconds: 200.123, CPUCoresAvg: 3.3333, PeakRSSBytes: 150 << 20}},
+		Passed:  false, Failures: []string{"12 pairs missing"},
 		Series: reportTestSeries(3),
 	}
 }
@@ -127,7 +131,13 @@ func TestReportJSONKeys(t *testing.T) {
 	reportTestSameKeys(t, "full scenario", full, append(slices.Clone(reportRequiredKeys),
 		"variant", "duration_sec", "offered_per_sec", "latency_note", "healthy_per_sec", "deleted", "queued",
 		"id_mismatches", "unexpected", "peak_retry_depth", "webhooks", "partitions", "dispatchers",
-		"bytes_per_webhook", "notes", "roles", "passed", "failures", "series"))
+		"bytes_per_webhook", "notes", "roles", "passed", "failures", "series",
+		"redis_bytes_per_queued", "peak_queue_depth", "drain_per_sec", "drain_ratio", "cpu_us_per_delivery",
+		"drain_backlog_sec", "drain_cores", "drain_delivered_per_sec", "drain_paced_per_sec", "drain_wall_sec",
+		"ceiling_cpu_us_per_request", "cpu_ratio", "own_p50_ms", "own_p99_ms", "targets"))
+	targets := full["targets"].([]any)
+	reportTestSameKeys(t, "target", reportTestKeys(t, "target", targets[0]), []string{"figure", "value", "op", "limit", "met"})
+	reportTestSameKeys(t, "target", reportTestKeys(t, "target", targets[1]), []string{"figure", "value", "op", "limit", "met", "against"})
 	roles := full["roles"].([]any)
 	reportTestSameKeys(t, "role", reportTestKeys(t, "role", roles[0]), []string{"role", "cpu_seconds", "cpu_cores_avg", "peak_rss_bytes"})
 	series := full["series"].([]any)
@@ -136,6 +146,8 @@ func TestReportJSONKeys(t *testing.T) {
 	}
 	reportTestSameKeys(t, "point", reportTestKeys(t, "point", series[0]),
 		[]string{"t", "delivered_per_sec", "p50_ms", "p99_ms", "retry_depth", "rss_bytes", "cpu_cores"})
+	reportTestSameKeys(t, "point", reportTestKeys(t, "point", series[1]),
+		[]string{"t", "delivered_per_sec", "p50_ms", "p99_ms", "retry_depth", "due_backlog", "rss_bytes", "cpu_cores"})
 
 	// A bare scenario keeps every required key, writes roles and series as
 	// [] (not null) and leaves out the omitempty extras.
@@ -166,12 +178,29 @@ func TestReportJSONKeys(t *testing.T) {
 		{"duration_sec", s.DurationSec, 60.12},
 		{"healthy_per_sec", s.HealthyPerSec, 4123.5},
 		{"bytes_per_webhook", s.BytesPerWebhook, 1234.6},
+		{"redis_bytes_per_queued", s.RedisBytesPerQueued, 860},
+		{"drain_per_sec", s.DrainPerSec, 12345.7},
+		{"drain_ratio", s.DrainRatio, 0.512},
+		{"drain_backlog_sec", s.DrainBacklogSec, 12.35},
+		{"drain_cores", s.DrainCores, 0.46},
+		{"drain_delivered_per_sec", s.DrainDeliveredPerSec, 15432.2},
+		{"drain_paced_per_sec", s.DrainPacedPerSec, 2857.1},
+		{"drain_wall_sec", s.DrainWallSec, 43.57},
+		{"cpu_us_per_delivery", s.CPUUsPerDelivery, 22.46},
+		{"ceiling_cpu_us_per_request", s.CeilingCPUUsPerRequest, 9},
+		{"cpu_ratio", s.CPURatio, 2.494},
+		{"own_p50_ms", s.OwnP50Ms, 0.88},
+		{"own_p99_ms", s.OwnP99Ms, 7.65},
+		{"targets[1].limit", s.Targets[1].Limit, 4000},
 		{"roles[0].cpu_cores_avg", s.Roles[0].CPUCoresAvg, 3.33},
 		{"series[1].t", s.Series[1].T, 2},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
+	}
+	if s.PeakQueueDepth != 20000 || len(s.Targets) != 2 || s.Targets[0].Met || !s.Targets[1].Met || s.Targets[0].Figure != "redis_bytes_per_queued" {
+		t.Errorf("round trip lost the queue depth or the targets: %+v", s.Targets)
 	}
 	if s.Name != "partitions" || s.Variant != "8 partitions, 2 dispatchers" || s.Missing != 12 || s.PeakRSSBytes != 212<<20 ||
 		!slices.Equal(s.Failures, []string{"12 pairs missing"}) || s.Passed || !back.Scenarios[1].Passed || !back.Short ||
@@ -209,6 +238,8 @@ func TestReportNonFinite(t *testing.T) {
 		Name: "healthy", DeliveriesPerSec: nan, CeilingPerSec: inf,
 		P50Ms: nan, P95Ms: inf, P99Ms: nan, MaxMs: inf, DurationSec: nan, OfferedPerSec: inf,
 		HealthyPerSec: nan, BytesPerWebhook: inf, Ratio: math.Inf(-1),
+		RedisBytesPerQueued: nan, DrainPerSec: inf, DrainRatio: nan, CPUUsPerDelivery: inf, CeilingCPUUsPerRequest: nan,
+		CPURatio: inf, OwnP50Ms: nan, OwnP99Ms: inf, Targets: []Target{CheckTarget("cpu_ratio", inf, "<=", 1.5)},
 		Roles:  []RoleUsage{{Role: "all", CPUSeconds: nan, CPUCoresAvg: inf}},
 		Series: []Point{{T: nan, DeliveredPerSec: inf, P50Ms: nan, P99Ms: inf, CPUCores: nan}, {T: 2, DeliveredPerSec: 5, P99Ms: nan}},
 	}
@@ -230,6 +261,8 @@ func TestReportNonFinite(t *testing.T) {
 	for name, v := range map[string]float64{
 		"deliveries_per_sec": b.DeliveriesPerSec, "ceiling_per_sec": b.CeilingPerSec, "ratio": b.Ratio,
 		"p50_ms": b.P50Ms, "max_ms": b.MaxMs, "cpu_cores_avg": b.Roles[0].CPUCoresAvg, "t": b.Series[0].T,
+		"redis_bytes_per_queued": b.RedisBytesPerQueued, "drain_per_sec": b.DrainPerSec, "cpu_ratio": b.CPURatio,
+		"own_p99_ms": b.OwnP99Ms, "targets[0].value": b.Targets[0].Value,
 	} {
 		if v != 0 {
 			t.Errorf("%s = %v, want 0 for NaN/Inf", name, v)
@@ -343,6 +376,11 @@ func TestReportHTML(t *testing.T) {
 		}
 	}
 
+	// The overdue backlog is drawn beside the depth where there was one.
+	if !strings.Contains(reportTestSection(t, page, 0), "due ≥ 1 s, not taken") || strings.Contains(reportTestSection(t, page, 3), "not taken") {
+		t.Error("the overdue backlog's line is missing, or drawn where there was none")
+	}
+
 	// Self-contained: nothing fetched, no script at all.
 	low := strings.ToLower(page)
 	for _, bad := range []string{"http://", "https://", "<script", "<link", "<img", "<iframe", " src=", "url(", "@import", "xlink:href"} {
@@ -377,6 +415,11 @@ func TestReportHTML(t *testing.T) {
 	}
 	if !strings.Contains(sec0, ">dispatcher</td>") {
 		t.Error("roles table missing")
+	}
+	for _, want := range []string{"860.0 bytes per queued delivery", "µs per delivery", "target redis_bytes_per_queued &lt;= 250: 860.04 MISSED"} {
+		if !strings.Contains(sec0, want) {
+			t.Errorf("scenario section lacks %q", want)
+		}
 	}
 	// Empty series: every chart says so and draws no line.
 	sec1 := reportTestSection(t, page, 1)
@@ -551,6 +594,13 @@ func TestReportTable(t *testing.T) {
 		"  partitions (8 partitions, 2 dispatchers): latency: paced at 50% of the sustained rate\n",
 		"  dead-endpoints: healthy endpoints alone: 4123 deliveries/s\n",
 		"1234.6 bytes per webhook (100000 webhooks)",
+		"CPU: geckohook 22.5 µs per delivery, the ceiling client 9.0 µs per request (2.49×)",
+		"geckohook's own latency (Kafka record time to arrival at the receiver): p50 0.88 ms, p99 7.65 ms",
+		"Redis: 860.0 bytes per queued delivery at a depth of 20000",
+		"drain once the hosts were back: 12346 deliveries/s (0.51 of the healthy flood rate) over the 12.3 s that began with deliveries overdue, geckohook using 0.46 cores to deliver 15432 pairs/s in all (Kafka's backlog included)",
+		"the queues were empty 43.6 s after the hosts' return: 2857 deliveries/s as the retry schedule paced them",
+		"target redis_bytes_per_queued <= 250: 860.04 MISSED",
+		"target healthy_per_sec >= 4000: 4123.45 met (against 0.95 × the healthy scenario's 4211/s)",
 		"FAIL: 2 of 4 scenarios failed\n",
 	} {
 		if !strings.Contains(out, want) {

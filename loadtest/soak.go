@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/shard"
@@ -202,19 +201,15 @@ func ReadQueues(ctx context.Context, rdb redis.UniversalClient, store *shard.Sto
 	}
 	for _, sq := range qs {
 		for _, part := range []struct {
-			key string
-			to  map[PairKey]int
-		}{{sq.DataKey, q.Scheduled}, {sq.DeadData, q.Dead}} {
-			raws, err := rdb.HGetAll(ctx, part.key).Result()
+			state shard.State
+			to    map[PairKey]int
+		}{{shard.Scheduled, q.Scheduled}, {shard.Dead, q.Dead}} {
+			recs, unreadable, err := sq.Records(ctx, part.state)
 			if err != nil {
-				return q, fmt.Errorf("cannot read %s: %w", part.key, err)
+				return q, err
 			}
-			for _, raw := range raws {
-				var rec shard.Record
-				if err := msgpack.Unmarshal([]byte(raw), &rec); err != nil {
-					q.Foreign++
-					continue
-				}
+			q.Foreign += unreadable
+			for _, rec := range recs {
 				h, ok := hooks[rec.WebhookID]
 				e := scanObjectID(rec.Body)
 				if !ok || e < 0 {

@@ -24,7 +24,7 @@ import (
 )
 
 // ScenarioNames are the scenarios of `make bench`, in the order they run.
-var ScenarioNames = []string{"healthy", "dead-endpoints", "recovering", "churn", "registry-scale", "registry-million", "partitions"}
+var ScenarioNames = []string{"healthy", "dead-endpoints", "recovering", "churn", "registry-scale", "registry-million", "partitions", "outage"}
 
 // SuiteOptions configures a capacity run.
 type SuiteOptions struct {
@@ -52,6 +52,14 @@ type SuiteOptions struct {
 	// PacedRate is the events/s of the healthy scenario's latency phase
 	// (0: half the rate its flood sustained).
 	PacedRate float64
+	// CeilingClient is the geckoload binary, run as `-ceiling-client` so
+	// that the raw ceiling's client has a process, and a CPU time, of its
+	// own (empty: the client runs in this process, its CPU unmeasured).
+	CeilingClient string
+	// Outage is how long the outage scenario's failing hosts stay down:
+	// the first quarter refusing connections, the rest hanging (0: 60 s,
+	// short 24 s).
+	Outage time.Duration
 }
 
 // RunSuite runs the chosen scenarios one after the other and returns the
@@ -142,6 +150,9 @@ type spec struct {
 	// scenario (the plan's URLs point at that farm).
 	farm    *Farm
 	ceiling *Ceiling
+	// outage, when set, takes the failing hosts down during the flood and
+	// measures the queues and the drain (outage.go).
+	outage *outage
 }
 
 const maxAhead = 40_000
@@ -202,6 +213,8 @@ func (s *suite) scenario(ctx context.Context, name string) ([]Scenario, error) {
 					}
 				}
 			}})
+	case "outage":
+		return s.outageScenario(ctx)
 	case "registry-scale":
 		// 100,000 webhooks (20,000 in the short run); account i has
 		// 1 + i%10 of them, so an event fans out to 1 to 10.
@@ -238,7 +251,7 @@ func (s *suite) scenario(ctx context.Context, name string) ([]Scenario, error) {
 				if err != nil {
 					return rows, fmt.Errorf("%d partitions, %d dispatchers: %w", parts, disp, err)
 				}
-				ceil = &Ceiling{PerSec: r[0].CeilingPerSec}
+				ceil = &Ceiling{PerSec: r[0].CeilingPerSec, CPUPerRequest: time.Duration(r[0].CeilingCPUUsPerRequest * float64(time.Microsecond))}
 				rows = append(rows, r...)
 			}
 		}
@@ -346,12 +359,14 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		ceil, err := RunCeiling(ctx, farm, sp.plan, CeilingOptions{
 			Duration: s.sizes(9*time.Second, 4500*time.Millisecond), Workers: o.Workers, MaxConnsPerHost: o.MaxConnsPerHost,
 			Healthy: func(h *PlanHook) bool { return h.Behaviour == (EndpointBehaviour{}) && sp.deliverable(h) },
+			Client:  o.CeilingClient,
 		})
 		if err != nil {
 			return nil, err
 		}
 		sp.ceiling = &ceil
-		fmt.Fprintf(o.Log, "%s: raw ceiling %.0f deliveries/s (best at %d concurrent requests)\n", sp.name, ceil.PerSec, ceil.Workers)
+		fmt.Fprintf(o.Log, "%s: raw ceiling %.0f deliveries/s (best at %d concurrent requests, client CPU %.1f µs per request)\n",
+			sp.name, ceil.PerSec, ceil.Workers, MicrosPer(ceil.CPUPerRequest, 1))
 	}
 	row.CeilingPerSec = sp.ceiling.PerSec
 
@@ -363,13 +378,21 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	l := NewLedger(sp.plan, maxEvents)
 	farm.Use(l)
 	smp := newSampler(stack.Procs())
+	probes, memBase := s.probes(ctx, stack, rdb)
+	if sp.outage != nil {
+		probes.backlog = func(now time.Time) (int64, error) { return store.DueBacklog(ctx, now.Add(-backlogAge)) }
+	}
 	gen := NewGenerator(stack.Brokers, o.Topic, sp.plan, l)
 	defer gen.Close()
 	t0 := time.Now()
 	if sp.arm != nil {
 		sp.arm(farm, sp.plan, t0)
 	}
-	mon := s.monitor(ctx, sp.name, stack, store, smp, l, t0)
+	if sp.outage != nil {
+		sp.outage.cpu = probes.cpu
+		sp.outage.start(ctx, farm, sp.plan, store, l, t0)
+	}
+	mon := s.monitorWith(ctx, sp.name, store, smp, l, t0, probes)
 	var profiling sync.WaitGroup
 	defer profiling.Wait()
 	if stack.Pprof != "" {
@@ -390,6 +413,9 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	}
 	if err != nil {
 		mon.stop()
+		if sp.outage != nil {
+			sp.outage.finish(0)
+		}
 		return nil, err
 	}
 	// The rate's window ends when the deliverable webhooks' pairs are all
@@ -399,15 +425,30 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	floodEnd := time.Now()
 	acc, settleErr := s.settle(ctx, sp, stack, store, l, floodEnd.Add(sp.settle))
 	mon.stop()
+	if sp.outage != nil {
+		sp.outage.finish(10 * time.Second)
+	}
 	if settleErr != nil {
 		row.Failures = append(row.Failures, settleErr.Error())
 	}
 	if err := stack.Check(); err != nil {
 		row.Failures = append(row.Failures, err.Error())
 	}
-	end, delivered := mon.reachedAt, mon.deliveredAtReach
-	if end.IsZero() || sp.name == "recovering" { // recovering: the whole run, retries included
-		end, delivered = mon.lastAt, mon.deliveredAtLast
+	end, delivered, cpu := mon.reachedAt, mon.deliveredAtReach, mon.cpuAtReach
+	if end.IsZero() || sp.name == "recovering" || sp.outage != nil { // the whole run, retries included
+		end, delivered, cpu = mon.lastAt, mon.deliveredAtLast, mon.cpuAtLast
+	}
+	// CPU per delivery covers the rate's window, as the rate does.
+	if mon.cpu != nil {
+		row.CPUUsPerDelivery = MicrosPer(cpu-mon.cpu0, delivered)
+	}
+	row.CeilingCPUUsPerRequest = MicrosPer(sp.ceiling.CPUPerRequest, 1)
+	row.CPURatio = RatioOf(row.CPUUsPerDelivery, row.CeilingCPUUsPerRequest)
+	if mon.mem != nil {
+		row.RedisBytesPerQueued = BytesPerQueued(mon.memAtPeak, memBase, mon.depthAtPeak)
+		if row.RedisBytesPerQueued != 0 {
+			row.PeakQueueDepth = mon.depthAtPeak
+		}
 	}
 	wall := end.Sub(t0)
 	row.Events = int64(produced)
@@ -424,7 +465,12 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	q := l.Latency()
 	row.P50Ms, row.P95Ms, row.P99Ms, row.MaxMs = ms(q.P50), ms(q.P95), ms(q.P99), ms(q.Max)
 	row.LatencyNote = "produce→first 2xx during the saturated flood (includes the backlog kept ahead)"
+	own := l.Own()
+	row.OwnP50Ms, row.OwnP99Ms = ms(own.P50), ms(own.P99)
 	row.Series = mon.points(l.Series())
+	if sp.outage != nil {
+		sp.outage.report(&row, s.healthyRate)
+	}
 	switch sp.name {
 	case "dead-endpoints":
 		row.HealthyPerSec = row.DeliveriesPerSec
@@ -439,6 +485,9 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		if err := s.pacedPhase(ctx, sp, stack, farm, &row); err != nil {
 			row.Failures = append(row.Failures, err.Error())
 		}
+	}
+	if sp.name == "healthy" {
+		row.Targets = append(row.Targets, healthyTargets(&row)...)
 	}
 	if row.Missing > 0 {
 		row.Failures = append(row.Failures, fmt.Sprintf("%d pairs missing, e.g. %s", row.Missing, strings.Join(acc.MissingSamples, "; ")))
@@ -495,11 +544,12 @@ func (s *suite) pacedPhase(ctx context.Context, sp spec, stack *Stack, farm *Far
 	row.Duplicates += acc.Duplicates
 	row.BadSignatures += acc.BadSignatures
 	row.IDMismatches += acc.IDMismatches
-	q := l.Latency()
+	q, own := l.Latency(), l.Own()
 	row.P50Ms, row.P95Ms, row.P99Ms, row.MaxMs = ms(q.P50), ms(q.P95), ms(q.P99), ms(q.Max)
+	row.OwnP50Ms, row.OwnP99Ms = ms(own.P50), ms(own.P99)
 	row.OfferedPerSec = rate
 	row.LatencyNote = fmt.Sprintf("produce→answer, paced at %.0f events/s (%s) for %s", rate, how, sp.paced)
-	fmt.Fprintf(s.o.Log, "%s: paced at %.0f events/s: p50 %.1f ms, p99 %.1f ms\n", sp.name, rate, row.P50Ms, row.P99Ms)
+	fmt.Fprintf(s.o.Log, "%s: paced at %.0f events/s: p50 %.1f ms, p99 %.1f ms (geckohook's own p99 %.1f ms)\n", sp.name, rate, row.P50Ms, row.P99Ms, row.OwnP99Ms)
 	return nil
 }
 
@@ -615,16 +665,47 @@ type monitor struct {
 	secs             []sample
 	done             chan struct{}
 	wg               sync.WaitGroup
+
+	// cpu reads geckohook's CPU time so far (nil: not measured): cpu0 at
+	// the start, cpuAtLast when deliveries last grew, cpuAtReach when the
+	// target was reached.
+	cpu                         func() time.Duration
+	cpu0, cpuAtLast, cpuAtReach time.Duration
+	// mem reads Redis's data memory (nil: not measured); memAtPeak is its
+	// reading at depthAtPeak, the deepest the queues were at a sample.
+	mem                    func() (int64, error)
+	memAtPeak, depthAtPeak int64
+	backlog                func(now time.Time) (int64, error)
+}
+
+// monitorProbes are what a monitor reads besides the ledger and the queues.
+type monitorProbes struct {
+	cpu func() time.Duration  // geckohook's CPU time so far; nil: none
+	mem func() (int64, error) // Redis's data memory now; nil: none
+	// backlog counts the deliveries due backlogAge before now and not
+	// yet taken; nil: not followed.
+	backlog func(now time.Time) (int64, error)
 }
 
 type sample struct {
-	depth int64
-	rss   int64
-	cores float64
+	depth   int64
+	backlog int64
+	rss     int64
+	cores   float64
 }
 
-func (s *suite) monitor(ctx context.Context, name string, stack *Stack, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time) *monitor {
-	m := &monitor{lastAt: t0, done: make(chan struct{})}
+func (s *suite) monitor(ctx context.Context, name string, _ *Stack, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time) *monitor {
+	return s.monitorWith(ctx, name, store, smp, l, t0, monitorProbes{})
+}
+
+// monitorWith is monitor that also reads geckohook's CPU and Redis's
+// memory through pr.
+func (s *suite) monitorWith(ctx context.Context, name string, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time, pr monitorProbes) *monitor {
+	m := &monitor{lastAt: t0, done: make(chan struct{}), cpu: pr.cpu, mem: pr.mem, backlog: pr.backlog}
+	if m.cpu != nil {
+		m.cpu0 = m.cpu()
+		m.cpuAtLast, m.cpuAtReach = m.cpu0, m.cpu0
+	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -641,14 +722,18 @@ func (s *suite) monitor(ctx context.Context, name string, stack *Stack, store *s
 			case now := <-tick.C:
 				if d := l.Delivered(); d != last {
 					last = d
+					var cpu time.Duration
+					if m.cpu != nil {
+						cpu = m.cpu()
+					}
 					m.mu.Lock()
-					m.lastAt, m.deliveredAtLast = now, d
+					m.lastAt, m.deliveredAtLast, m.cpuAtLast = now, d, cpu
 					m.mu.Unlock()
 				}
 				if t := m.target.Load(); t > 0 && last >= t {
 					m.mu.Lock()
 					if m.reachedAt.IsZero() {
-						m.reachedAt, m.deliveredAtReach = now, last
+						m.reachedAt, m.deliveredAtReach, m.cpuAtReach = now, last, m.cpuAtLast
 					}
 					m.mu.Unlock()
 				}
@@ -658,17 +743,33 @@ func (s *suite) monitor(ctx context.Context, name string, stack *Stack, store *s
 				nextSample = nextSample.Add(time.Second)
 				cores, rss := smp.sample("geckohook")
 				sched, dead, err := store.Depth(ctx)
+				var backlog int64
+				if m.backlog != nil {
+					backlog, _ = m.backlog(now) // a failed read shows as none
+				}
 				m.mu.Lock()
 				if err != nil && len(m.secs) > 0 { // keep the last depth seen
 					sched, dead = m.secs[len(m.secs)-1].depth, 0
 				}
-				m.secs = append(m.secs, sample{depth: sched + dead, rss: rss, cores: cores})
+				m.secs = append(m.secs, sample{depth: sched + dead, backlog: backlog, rss: rss, cores: cores})
 				m.peakDepth = max(m.peakDepth, sched+dead)
 				m.peakRSS = max(m.peakRSS, rss)
+				deeper := err == nil && sched+dead > m.depthAtPeak
 				m.mu.Unlock()
+				if deeper && m.mem != nil {
+					if used, err := m.mem(); err == nil {
+						m.mu.Lock()
+						m.memAtPeak, m.depthAtPeak = used, sched+dead
+						m.mu.Unlock()
+					}
+				}
 				el := now.Sub(t0).Seconds()
-				fmt.Fprintf(s.o.Log, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d, %.0f deliveries/s, geckohook %.2f cores %d MiB\n",
-					name, el, l.ProducedCount(), last, l.Expected(), sched+dead, float64(last)/math.Max(el, 1e-9), cores, rss>>20)
+				due := ""
+				if m.backlog != nil {
+					due = fmt.Sprintf(" (%d overdue)", backlog)
+				}
+				fmt.Fprintf(s.o.Log, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d%s, %.0f deliveries/s, geckohook %.2f cores %d MiB\n",
+					name, el, l.ProducedCount(), last, l.Expected(), sched+dead, due, float64(last)/math.Max(el, 1e-9), cores, rss>>20)
 			}
 		}
 	}()
@@ -697,7 +798,7 @@ func (m *monitor) points(secs []Second) []Point {
 		}
 	}
 	for i, s := range m.secs {
-		out[i].RetryDepth, out[i].RSSBytes, out[i].CPUCores = s.depth, s.rss, s.cores
+		out[i].RetryDepth, out[i].DueBacklog, out[i].RSSBytes, out[i].CPUCores = s.depth, s.backlog, s.rss, s.cores
 	}
 	// Seconds the ledger saw after the last sample keep its depth and RSS.
 	if k := len(m.secs); k > 0 {

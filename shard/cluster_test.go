@@ -28,7 +28,7 @@ func TestQueueOnRedisCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		q := NewQueue(rdb, "gh:", "ev", p)
-		node, err := cc.MasterForKey(ctx, q.DueKey)
+		node, err := cc.MasterForKey(ctx, q.HooksKey)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -40,11 +40,19 @@ func TestQueueOnRedisCluster(t *testing.T) {
 		if err := q.Schedule(ctx, recs); err != nil {
 			t.Fatal(err)
 		}
+		// A delivery queued by the layout before the compact one moves.
+		oldSchedule(t, rdb, q, &Record{ID: q.Shard + "-old", WebhookID: "wh_2", FirstAttempt: t0}, t0.Add(time.Hour))
+		if n, err := q.Migrate(ctx, t0); err != nil || n != 1 {
+			t.Fatalf("migration on shard %d: %d moved, %v", p, n, err)
+		}
+		if n, err := q.Len(ctx); err != nil || n != 2 {
+			t.Fatalf("shard %d holds %d scheduled (%v), want 2", p, n, err)
+		}
 		claimed, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
 		if err != nil || len(claimed) != 1 || len(bad) != 0 {
 			t.Fatalf("claim on shard %d: %d claimed, %d bad, %v", p, len(claimed), len(bad), err)
 		}
-		lease := []Lease{{ID: claimed[0].ID, End: t0.Add(time.Minute)}}
+		lease := []Lease{claimed[0].Lease(t0.Add(time.Minute))}
 		if err := q.Extend(ctx, lease, t0.Add(2*time.Minute)); err != nil {
 			t.Fatal(err)
 		}
@@ -59,10 +67,10 @@ func TestQueueOnRedisCluster(t *testing.T) {
 		if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: claimed[0], At: t0.Add(time.Hour)}}); err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := q.RetryNow(ctx, claimed[0].ID, t0); err != nil || !ok {
+		if ok, err := q.RetryNow(ctx, claimed[0], t0); err != nil || !ok {
 			t.Fatalf("retry now on shard %d: %v %v", p, ok, err)
 		}
-		if err := q.Quarantine(ctx, "missing", t0); err != nil {
+		if err := q.Quarantine(ctx, Bad{Hook: "wh_1", member: "missing"}, t0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -75,6 +83,9 @@ func TestQueueOnRedisCluster(t *testing.T) {
 	}
 	if d, _, err := st.Find(ctx, "ev-5-dead"); err != nil || d.State != Dead {
 		t.Fatalf("find a dead delivery across the cluster: %+v %v", d, err)
+	}
+	if d, _, err := st.Find(ctx, "ev-6-live"); err != nil || d.State != Scheduled || d.ID != "ev-6-live" {
+		t.Fatalf("find a scheduled delivery across the cluster: %+v %v", d, err)
 	}
 	n, err := st.ReviveWebhook(ctx, "wh_1", t0)
 	if err != nil || n != shards {

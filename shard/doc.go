@@ -1,5 +1,5 @@
 // Package shard owns the per-partition state of a dispatcher: which Kafka
 // offset may be committed (the lowest event with an unfinished delivery),
 // the bounded window of in-flight deliveries, and the shard's retry queue in
-// Redis (gh:{topic-partition}:due and :d).
+// Redis (gh:{topic-partition}:q:<webhook> and its companions, docs/retries.md).
 package shard

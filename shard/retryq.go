@@ -5,15 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// Record is one delivery waiting for a retry (or dead), stored msgpack-encoded
-// in the shard's hash. It holds everything a re-send needs except the address
-// and secret, which are looked up in the registry at send time.
+// Record is one delivery waiting for a retry (or dead). A scheduled one is
+// stored as a compact member of its webhook's ZSET (member.go); a dead one
+// msgpack-encoded in the shard's dead hash. It holds everything a re-send
+// needs except the address and secret, which are looked up in the
+// registry at send time.
 type Record struct {
 	ID        string `msgpack:"id"` // X-Gecko-Delivery
 	WebhookID string `msgpack:"webhook_id"`
@@ -35,7 +39,8 @@ type Record struct {
 	Deferrals int `msgpack:"deferrals,omitempty"`
 	// RetryAfter: the next attempt waits for the receiver's Retry-After
 	// (a 429 or 503 asked for longer than the retry schedule).
-	RetryAfter   bool      `msgpack:"retry_after,omitempty"`
+	RetryAfter bool `msgpack:"retry_after,omitempty"`
+	// FirstAttempt and LastAttempt are kept to the millisecond.
 	FirstAttempt time.Time `msgpack:"first_attempt"`
 	LastAttempt  time.Time `msgpack:"last_attempt"`
 	LastStatus   int       `msgpack:"last_status"`
@@ -43,6 +48,17 @@ type Record struct {
 	Topic        string    `msgpack:"topic"`
 	Partition    int32     `msgpack:"partition"`
 	Offset       int64     `msgpack:"offset"`
+
+	// member is the record's ZSET member as read from Redis (empty for a
+	// record not read from the scheduled set): changes replace it only
+	// if it is still there.
+	member string
+	packed *packing
+}
+
+// Lease returns the lease on a claimed record until end.
+func (r *Record) Lease(end time.Time) Lease {
+	return Lease{ID: r.ID, End: end, hook: r.WebhookID, member: r.member}
 }
 
 // Entry is a record to store with its due time; Dead entries go to the dead
@@ -55,18 +71,27 @@ type Entry struct {
 
 // Queue is one shard's retry queue in Redis. Every key shares the hash tag
 // {topic-partition}, so scripts and transactions never cross Redis Cluster
-// slots.
+// slots. Scheduled deliveries (docs/retries.md has the layout):
+//
+//	tag:q:<webhook>  ZSET  compact record -> due time (ms; lease end while claimed)
+//	tag:hooks        ZSET  webhook -> earliest due time of its ZSET (never later)
+//	tag:i:<xx>       HASH  packed delivery id -> webhook and offset (256 buckets)
+//	tag:hm           HASH  webhook -> application and account
+//	tag:bf           HASH  body form reference -> event and resource URL prefix
+//
+// Dead deliveries: tag:dead (ZSET id -> died, ms), tag:dead:d (HASH id ->
+// msgpack Record), tag:wd:<webhook> (ZSET id -> first attempt, ms).
 type Queue struct {
-	rdb      redis.UniversalClient
-	Shard    string // "topic-partition", the hash tag's content
-	DueKey   string // ZSET delivery id -> due time (ms); claimed: lease end
-	DataKey  string // HASH delivery id -> msgpack Record
-	DeadKey  string // ZSET delivery id -> time it died (ms)
-	DeadData string // HASH delivery id -> msgpack Record
-	// Per-webhook indexes (ZSET delivery id -> first attempt, ms), so a
-	// webhook's deliveries are listed without scanning the shard:
-	// hookKey(webhook) for scheduled ones, deadHookKey(webhook) for dead.
-	tag string
+	rdb       redis.UniversalClient
+	Shard     string // "topic-partition", the hash tag's content
+	HooksKey  string // ZSET webhook -> earliest due time
+	DeadKey   string // ZSET delivery id -> time it died (ms)
+	DeadData  string // HASH delivery id -> msgpack Record
+	metaKey   string
+	formsKey  string
+	tag       string
+	topic     string
+	partition int
 }
 
 // ShardName is the name of topic's partition: the content of its keys' hash tag.
@@ -81,129 +106,204 @@ func NewQueue(rdb redis.UniversalClient, prefix, topic string, partition int) *Q
 
 func queueOf(rdb redis.UniversalClient, prefix, shard string) *Queue {
 	tag := prefix + "{" + shard + "}"
-	return &Queue{rdb: rdb, Shard: shard, tag: tag, DueKey: tag + ":due", DataKey: tag + ":d", DeadKey: tag + ":dead", DeadData: tag + ":dead:d"}
+	q := &Queue{rdb: rdb, Shard: shard, tag: tag, HooksKey: tag + ":hooks", DeadKey: tag + ":dead", DeadData: tag + ":dead:d",
+		metaKey: tag + ":hm", formsKey: tag + ":bf", topic: shard}
+	if i := strings.LastIndexByte(shard, '-'); i >= 0 {
+		if p, err := strconv.Atoi(shard[i+1:]); err == nil {
+			q.topic, q.partition = shard[:i], p
+		}
+	}
+	return q
 }
 
-func (q *Queue) hookKey(webhookID string) string     { return q.tag + ":w:" + webhookID }
+// HookKey is the ZSET of a webhook's scheduled deliveries.
+func (q *Queue) HookKey(webhookID string) string     { return q.tag + ":q:" + webhookID }
+func (q *Queue) indexKey(packed string) string       { return q.tag + ":i:" + indexBucket(packed) }
 func (q *Queue) deadHookKey(webhookID string) string { return q.tag + ":wd:" + webhookID }
 
 func ms(t time.Time) float64 { return float64(t.UnixMilli()) }
 
-// Schedule stores entries in one pipelined round trip. It is an insert if
-// absent: a delivery replayed after a crash keeps the record (attempt count,
-// due time) it already has, so a replay never creates a second record.
-func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
-	if len(entries) == 0 {
-		return nil
+// scheduleScript stores new deliveries if absent: ARGV[1] the key tag,
+// ARGV[2] the number of body forms, then (reference, form) pairs, then per
+// delivery its index bucket, packed id, index value, webhook, member, due
+// score and webhook metadata. A delivery already in the id index keeps
+// its record. It returns how many it stored.
+var scheduleScript = redis.NewScript(`
+local tag, i = ARGV[1], 3
+for k = 1, tonumber(ARGV[2]) do
+  local ref, v = ARGV[i], ARGV[i+1]
+  i = i + 2
+  if redis.call('HSETNX', KEYS[3], ref, v) == 0 and redis.call('HGET', KEYS[3], ref) ~= v then
+    return redis.error_reply('body form reference collision')
+  end
+end
+local added, first, metas = 0, {}, {}
+while i <= #ARGV do
+  local bucket, id, ix, hook, member, score, meta = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
+  i = i + 7
+  if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix) == 1 then
+    redis.call('ZADD', tag .. ':q:' .. hook, score, member)
+    local s = tonumber(score)
+    if not first[hook] or s < first[hook] then first[hook] = s end
+    metas[hook] = meta
+    added = added + 1
+  end
+end
+for hook, s in pairs(first) do
+  redis.call('ZADD', KEYS[1], 'LT', s, hook)
+  redis.call('HSET', KEYS[2], hook, metas[hook])
+end
+return added
+`)
+
+// scheduleArgs builds scheduleScript's arguments for recs due at scores.
+func (q *Queue) scheduleArgs(recs []*Record, scores []float64) []any {
+	forms := map[string]string{}
+	rows := make([]any, 0, 7*len(recs))
+	for i, rec := range recs {
+		member, form := q.memberOf(rec)
+		if form != nil {
+			forms[form.ref()] = form.value()
+		}
+		pid := packedID(rec.ID)
+		rows = append(rows, indexBucket(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
+			hookMeta{rec.AppID, rec.AccountID}.value())
 	}
-	var due, dead []redis.Z
-	live, gone := indexes{}, indexes{}
-	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, e := range entries {
-			raw, err := msgpack.Marshal(e.Rec)
-			if err != nil {
-				return fmt.Errorf("cannot encode delivery %s: %w", e.Rec.ID, err)
-			}
-			z := redis.Z{Score: ms(e.Due), Member: e.Rec.ID}
-			if e.Dead {
-				p.HSetNX(ctx, q.DeadData, e.Rec.ID, raw)
-				dead = append(dead, z)
-				gone.add(e.Rec)
-			} else {
-				p.HSetNX(ctx, q.DataKey, e.Rec.ID, raw)
-				due = append(due, z)
-				live.add(e.Rec)
-			}
-		}
-		if len(due) > 0 {
-			p.ZAddNX(ctx, q.DueKey, due...)
-		}
-		if len(dead) > 0 {
-			p.ZAddNX(ctx, q.DeadKey, dead...)
-		}
-		live.write(ctx, p, q.hookKey, true)
-		gone.write(ctx, p, q.deadHookKey, true)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cannot schedule %d deliveries in %s: %w", len(entries), q.DueKey, err)
+	args := make([]any, 0, 2+2*len(forms)+len(rows))
+	args = append(args, q.tag, len(forms))
+	for ref, v := range forms {
+		args = append(args, ref, v)
+	}
+	return append(args, rows...)
+}
+
+// schedule stores recs due at scores if absent (scheduleScript), and
+// caches their body forms once Redis holds them.
+func (q *Queue) schedule(ctx context.Context, recs []*Record, scores []float64) error {
+	args := q.scheduleArgs(recs, scores)
+	if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, args...).Err(); err != nil {
+		return err
+	}
+	for i := 0; i < args[1].(int); i++ {
+		cacheForm(args[2+2*i].(string), args[3+2*i].(string))
 	}
 	return nil
 }
 
-// indexes gathers per-webhook index entries (id -> first attempt) so each
-// webhook's index is written with one command.
-type indexes map[string][]redis.Z
-
-func (ix indexes) add(r *Record) {
-	ix[r.WebhookID] = append(ix[r.WebhookID], redis.Z{Score: ms(r.FirstAttempt), Member: r.ID})
-}
-
-func (ix indexes) write(ctx context.Context, p redis.Pipeliner, key func(string) string, add bool) {
-	for hook, zs := range ix {
-		if add {
-			p.ZAddNX(ctx, key(hook), zs...)
+// Schedule stores entries in one round trip. It is an insert if absent: a
+// delivery replayed after a crash keeps the record (attempt count, due
+// time) it already has, so a replay never creates a second record.
+func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	var live []*Record
+	var scores []float64
+	var dead []Entry
+	for _, e := range entries {
+		if e.Dead {
+			dead = append(dead, e)
 			continue
 		}
-		ids := make([]any, len(zs))
-		for i, z := range zs {
-			ids[i] = z.Member
-		}
-		p.ZRem(ctx, key(hook), ids...)
+		live = append(live, e.Rec)
+		scores = append(scores, ms(e.Due))
 	}
+	if len(live) > 0 {
+		if err := q.schedule(ctx, live, scores); err != nil {
+			return fmt.Errorf("cannot schedule %d deliveries in %s: %w", len(live), q.Shard, err)
+		}
+	}
+	if len(dead) == 0 {
+		return nil
+	}
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, e := range dead {
+			raw, err := msgpack.Marshal(e.Rec)
+			if err != nil {
+				return fmt.Errorf("cannot encode delivery %s: %w", e.Rec.ID, err)
+			}
+			p.HSetNX(ctx, q.DeadData, e.Rec.ID, raw)
+			p.ZAddNX(ctx, q.DeadKey, redis.Z{Score: ms(e.Due), Member: e.Rec.ID})
+			p.ZAddNX(ctx, q.deadHookKey(e.Rec.WebhookID), redis.Z{Score: ms(e.Rec.FirstAttempt), Member: e.Rec.ID})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot store %d dead deliveries in %s: %w", len(dead), q.Shard, err)
+	}
+	return nil
 }
 
-// claimScript takes up to ARGV[3] ids due at ARGV[1] and re-scores them to
-// the lease end ARGV[2], so a process that dies mid-attempt gives them back
-// when the lease runs out. It returns the ids with their records (an id
-// whose record is missing is removed) and the earliest score left.
+// claimScript takes up to ARGV[3] members due at ARGV[1], webhook by
+// webhook in the order of their earliest due time, each webhook at most
+// an equal share of the claim (so the retries of several webhooks, often
+// on several hosts, go out together, as they fall due), and re-scores them to
+// the lease end ARGV[2], so a process that dies mid-attempt gives them
+// back when the lease runs out. Each webhook it looks at gets its exact
+// earliest due time in KEYS[1] again (or leaves it, with its metadata,
+// when it has nothing scheduled); a shard with nothing scheduled drops its
+// body forms (KEYS[3]), which only scheduled members refer to. It returns
+// (webhook, metadata, members) triples and the earliest due time left.
 var claimScript = redis.NewScript(`
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-if #ids == 0 then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {{}, first[2] or ''}
-end
-local raws = redis.call('HMGET', KEYS[2], unpack(ids))
-local out, lease, orphans = {}, {'XX'}, {}
-for i, id in ipairs(ids) do
-  if raws[i] then
-    out[#out+1] = id
-    out[#out+1] = raws[i]
-    lease[#lease+1] = ARGV[2]
-    lease[#lease+1] = id
+local n = tonumber(ARGV[3])
+local hooks = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
+local out, left = {}, n
+local share = math.max(1, math.ceil(n / math.max(1, #hooks)))
+for _, hook in ipairs(hooks) do
+  if left <= 0 then break end
+  local key = ARGV[4] .. ':q:' .. hook
+  local ms = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[1], 'LIMIT', 0, math.min(share, left))
+  if #ms > 0 then
+    local lease = {'XX'}
+    for _, m in ipairs(ms) do
+      lease[#lease+1] = ARGV[2]
+      lease[#lease+1] = m
+    end
+    redis.call('ZADD', key, unpack(lease))
+    out[#out+1] = hook
+    out[#out+1] = redis.call('HGET', KEYS[2], hook) or ''
+    out[#out+1] = ms
+    left = left - #ms
+  end
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('ZADD', KEYS[1], first[2], hook)
   else
-    orphans[#orphans+1] = id
+    redis.call('ZREM', KEYS[1], hook)
+    redis.call('HDEL', KEYS[2], hook)
   end
 end
-if #out > 0 then redis.call('ZADD', KEYS[1], unpack(lease)) end
-if #orphans > 0 then redis.call('ZREM', KEYS[1], unpack(orphans)) end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not first[2] then redis.call('DEL', KEYS[3]) end
 return {out, first[2] or ''}
 `)
 
 // Claim leases up to n deliveries due at now until leaseEnd and returns their
-// records, the ids of claimed records it could not decode (for Quarantine),
-// and when the earliest delivery left is due (zero when none is).
-func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs []*Record, bad []string, next time.Time, err error) {
-	res, err := claimScript.Run(ctx, q.rdb, []string{q.DueKey, q.DataKey},
-		now.UnixMilli(), leaseEnd.UnixMilli(), n).Slice()
+// records, the members it could not decode (for Quarantine), and when the
+// earliest delivery left is due (zero when none is).
+func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs []*Record, bad []Bad, next time.Time, err error) {
+	res, err := claimScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey},
+		now.UnixMilli(), leaseEnd.UnixMilli(), n, q.tag).Slice()
 	if err != nil {
 		return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)
 	}
 	if len(res) != 2 {
 		return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: unexpected reply %v", q.Shard, res)
 	}
-	pairs, _ := res[0].([]any)
-	recs = make([]*Record, 0, len(pairs)/2)
-	for i := 0; i+1 < len(pairs); i += 2 {
-		id, _ := pairs[i].(string)
-		raw, _ := pairs[i+1].(string)
-		rec := new(Record)
-		if err := msgpack.Unmarshal([]byte(raw), rec); err != nil || rec.ID != id {
-			bad = append(bad, id)
-			continue
+	groups, _ := res[0].([]any)
+	for i := 0; i+2 < len(groups); i += 3 {
+		hook, _ := groups[i].(string)
+		meta, _ := groups[i+1].(string)
+		members, _ := groups[i+2].([]any)
+		for _, m := range members {
+			member, _ := m.(string)
+			rec, err := q.decode(ctx, member, hook, parseMeta(meta))
+			if err != nil {
+				bad = append(bad, q.badMember(hook, member))
+				continue
+			}
+			recs = append(recs, rec)
 		}
-		recs = append(recs, rec)
 	}
 	if s, _ := res[1].(string); s != "" {
 		if f, err := strconv.ParseFloat(s, 64); err == nil {
@@ -211,6 +311,58 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 		}
 	}
 	return recs, bad, next, nil
+}
+
+// storeForms stores body forms given as (reference, form) pairs, and
+// caches them.
+func (q *Queue) storeForms(ctx context.Context, pairs []any) error {
+	if len(pairs) == 0 {
+		return nil
+	}
+	args := append([]any{q.tag, len(pairs) / 2}, pairs...)
+	if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, args...).Err(); err != nil {
+		return fmt.Errorf("cannot store body forms of %s: %w", q.Shard, err)
+	}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		cacheForm(pairs[i].(string), pairs[i+1].(string))
+	}
+	return nil
+}
+
+// forms caches body forms by reference. A reference is a hash of its form
+// and a shard never stores two forms under one, so entries never change.
+var forms sync.Map // reference -> bodyForm
+
+func cacheForm(ref, value string) {
+	if f, ok := parseForm(value); ok {
+		forms.Store(ref, f)
+	}
+}
+
+// decode decodes a member of hook's ZSET, reading a body form it has not
+// seen from the shard.
+func (q *Queue) decode(ctx context.Context, member, hook string, meta hookMeta) (*Record, error) {
+	var lookupErr error
+	rec, err := q.decodeMember(member, hook, func(ref string) (bodyForm, bool) {
+		if f, ok := forms.Load(ref); ok {
+			return f.(bodyForm), true
+		}
+		v, err := q.rdb.HGet(ctx, q.formsKey, ref).Result()
+		if err != nil {
+			lookupErr = err
+			return bodyForm{}, false
+		}
+		cacheForm(ref, v)
+		f, ok := forms.Load(ref)
+		if !ok {
+			return bodyForm{}, false
+		}
+		return f.(bodyForm), true
+	}, meta)
+	if lookupErr != nil && !errors.Is(lookupErr, redis.Nil) {
+		return nil, fmt.Errorf("cannot read a body form of %s: %w", q.Shard, lookupErr)
+	}
+	return rec, err
 }
 
 // OpKind says what to do with a delivery after an attempt.
@@ -232,310 +384,117 @@ type Op struct {
 	At   time.Time
 }
 
-// Apply makes the changes in one transaction (MULTI/EXEC, one round trip),
-// one command per key where it can. A dead entry is written before the live
-// one is removed.
+// applyScript carries out ops, nine arguments each after ARGV[1], the key
+// tag: kind, webhook, the member as claimed, index bucket, packed id, then
+// for a reschedule the new member and its due score, for a kill the dead
+// id, the time it died, its msgpack record and its first attempt. A
+// change applies only if the claimed member is still there (a record not
+// read from the scheduled set, with no member, is killed all the same): a
+// claimant whose lease ran out never overwrites the outcome of the one
+// that claimed the delivery after it.
+var applyScript = redis.NewScript(`
+local tag, first = ARGV[1], {}
+for i = 2, #ARGV, 9 do
+  local kind, hook, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  local key = tag .. ':q:' .. hook
+  local held = old ~= '' and redis.call('ZREM', key, old) == 1
+  if kind == '2' then
+    if held then
+      redis.call('ZADD', key, ARGV[i+6], ARGV[i+5])
+      local s = tonumber(ARGV[i+6])
+      if not first[hook] or s < first[hook] then first[hook] = s end
+    end
+  else
+    if held then redis.call('HDEL', tag .. ':i:' .. bucket, id) end
+    if kind == '3' and (held or old == '') then
+      redis.call('HSET', KEYS[3], ARGV[i+5], ARGV[i+7])
+      redis.call('ZADD', KEYS[2], ARGV[i+6], ARGV[i+5])
+      redis.call('ZADD', tag .. ':wd:' .. hook, ARGV[i+8], ARGV[i+5])
+    end
+  end
+end
+for hook, s in pairs(first) do redis.call('ZADD', KEYS[1], 'LT', s, hook) end
+return 0
+`)
+
+// Apply makes the changes in one script (one round trip, atomic). A dead
+// entry is written in the same step as the scheduled one is removed.
 func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	var (
-		data, deadData []any     // field, value, ...
-		due, dead      []redis.Z // new scores
-		drop           []any     // ids leaving the due set and the hash
-		dropIx, deadIx = indexes{}, indexes{}
-	)
-	for _, op := range ops {
-		id := op.Rec.ID
+	args := make([]any, 0, 1+9*len(ops))
+	args = append(args, q.tag)
+	var formArgs []any
+	members := make([]string, len(ops))
+	for k, op := range ops {
+		rec := op.Rec
+		if rec.member == "" {
+			// Not read from the scheduled set (a caller that made the
+			// record itself): change the one scheduled, if any.
+			if cur, _, err := q.Get(ctx, rec.ID); err == nil && cur.WebhookID == rec.WebhookID {
+				rec.member = cur.member
+			}
+		}
+		pid := packedID(rec.ID)
+		args = append(args, int(op.Kind), rec.WebhookID, rec.member, indexBucket(pid), pid)
 		switch op.Kind {
 		case OpRemove:
-			drop = append(drop, id)
-			dropIx.add(op.Rec)
+			args = append(args, "", "", "", "")
 		case OpReschedule:
-			raw, err := msgpack.Marshal(op.Rec)
-			if err != nil {
-				return fmt.Errorf("cannot encode delivery %s: %w", id, err)
+			member, form := q.memberOf(rec)
+			if form != nil {
+				if _, known := forms.Load(form.ref()); !known {
+					formArgs = append(formArgs, form.ref(), form.value())
+				}
 			}
-			data = append(data, id, raw)
-			due = append(due, redis.Z{Score: ms(op.At), Member: id})
+			members[k] = member
+			args = append(args, member, ms(op.At), "", "")
 		case OpKill:
-			raw, err := msgpack.Marshal(op.Rec)
+			raw, err := msgpack.Marshal(rec)
 			if err != nil {
-				return fmt.Errorf("cannot encode delivery %s: %w", id, err)
+				return fmt.Errorf("cannot encode delivery %s: %w", rec.ID, err)
 			}
-			deadData = append(deadData, id, raw)
-			dead = append(dead, redis.Z{Score: ms(op.At), Member: id})
-			deadIx.add(op.Rec)
-			drop = append(drop, id)
-			dropIx.add(op.Rec)
+			args = append(args, rec.ID, ms(op.At), raw, ms(rec.FirstAttempt))
 		default:
 			return fmt.Errorf("unknown retry queue operation %d", op.Kind)
 		}
 	}
-	// One transaction: a replay from the dead set (Revive) sees a kill
-	// whole or not at all.
-	_, err := q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		if len(deadData) > 0 {
-			p.HSet(ctx, q.DeadData, deadData...)
-			p.ZAdd(ctx, q.DeadKey, dead...)
-			deadIx.write(ctx, p, q.deadHookKey, true)
+	// A rescheduled record's body form is the one it was claimed with,
+	// already stored and cached; a record made elsewhere may bring a new
+	// one.
+	if err := q.storeForms(ctx, formArgs); err != nil {
+		return err
+	}
+	if err := applyScript.Run(ctx, q.rdb, []string{q.HooksKey, q.DeadKey, q.DeadData}, args...).Err(); err != nil {
+		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.Shard, err)
+	}
+	for k, op := range ops {
+		if op.Kind == OpReschedule {
+			op.Rec.member = members[k]
 		}
-		if len(data) > 0 {
-			p.HSet(ctx, q.DataKey, data...)
-			p.ZAdd(ctx, q.DueKey, due...)
-		}
-		if len(drop) > 0 {
-			p.ZRem(ctx, q.DueKey, drop...)
-			p.HDel(ctx, q.DataKey, toStrings(drop)...)
-			dropIx.write(ctx, p, q.hookKey, false)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.DueKey, err)
 	}
 	return nil
-}
-
-func toStrings(xs []any) []string {
-	out := make([]string, len(xs))
-	for i, x := range xs {
-		out[i] = x.(string)
-	}
-	return out
 }
 
 // ErrNotFound: no such delivery in this queue.
 var ErrNotFound = errors.New("delivery not found")
 
-// Get reads a scheduled record and its due time (for inspection and tests).
-func (q *Queue) Get(ctx context.Context, id string) (*Record, time.Time, error) {
-	return q.get(ctx, q.DataKey, q.DueKey, id)
-}
-
-// GetDead reads a dead record and when it died.
-func (q *Queue) GetDead(ctx context.Context, id string) (*Record, time.Time, error) {
-	return q.get(ctx, q.DeadData, q.DeadKey, id)
-}
-
-func (q *Queue) get(ctx context.Context, dataKey, zsetKey, id string) (*Record, time.Time, error) {
-	raw, err := q.rdb.HGet(ctx, dataKey, id).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, time.Time{}, fmt.Errorf("delivery %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("cannot read delivery %s: %w", id, err)
-	}
-	score, err := q.rdb.ZScore(ctx, zsetKey, id).Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, time.Time{}, fmt.Errorf("cannot read due time of delivery %s: %w", id, err)
-	}
-	rec := new(Record)
-	if err := msgpack.Unmarshal(raw, rec); err != nil {
-		return nil, time.Time{}, fmt.Errorf("cannot decode delivery %s: %w", id, err)
-	}
-	return rec, time.UnixMilli(int64(score)), nil
-}
-
-var retryNowScript = redis.NewScript(`
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-  return 1
+// lenScript counts the members of every webhook ZSET of a shard.
+var lenScript = redis.NewScript(`
+local n = 0
+for _, hook in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  n = n + redis.call('ZCARD', ARGV[1] .. ':q:' .. hook)
 end
-return 0
+return n
 `)
-
-// RetryNow makes a scheduled delivery due at now. It reports false when the
-// delivery is not scheduled here.
-func (q *Queue) RetryNow(ctx context.Context, id string, now time.Time) (bool, error) {
-	n, err := retryNowScript.Run(ctx, q.rdb, []string{q.DueKey}, id, now.UnixMilli()).Int()
-	if err != nil {
-		return false, fmt.Errorf("cannot make delivery %s due: %w", id, err)
-	}
-	return n == 1, nil
-}
-
-// Revive moves dead deliveries back to the due set, due at now, with a
-// fresh retry schedule (Retries 0; Attempts kept), in one transaction that
-// WATCHes the dead records, so a concurrent kill or replay is never
-// half-undone. Ids not in the dead set, or unreadable there, are skipped; it
-// returns the records it moved.
-func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Record, error) {
-	if len(ids) == 0 {
-		return nil, nil
-	}
-	var moved []*Record
-	revive := func(tx *redis.Tx) error {
-		moved = moved[:0]
-		raws, err := tx.HMGet(ctx, q.DeadData, ids...).Result()
-		if err != nil {
-			return err
-		}
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			for _, r := range raws {
-				s, ok := r.(string)
-				if !ok {
-					continue
-				}
-				rec := new(Record)
-				if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
-					continue // left in the dead set, as it is
-				}
-				rec.Retries, rec.Deferrals = 0, 0
-				raw, err := msgpack.Marshal(rec)
-				if err != nil {
-					return fmt.Errorf("cannot encode delivery %s: %w", rec.ID, err)
-				}
-				p.HSet(ctx, q.DataKey, rec.ID, raw)
-				p.ZAdd(ctx, q.DueKey, redis.Z{Score: ms(now), Member: rec.ID})
-				p.ZAdd(ctx, q.hookKey(rec.WebhookID), redis.Z{Score: ms(rec.FirstAttempt), Member: rec.ID})
-				p.ZRem(ctx, q.DeadKey, rec.ID)
-				p.HDel(ctx, q.DeadData, rec.ID)
-				p.ZRem(ctx, q.deadHookKey(rec.WebhookID), rec.ID)
-				moved = append(moved, rec)
-			}
-			return nil
-		})
-		return err
-	}
-	var err error
-	for range 20 { // the dead set changes under a busy shard: try again
-		if err = q.rdb.Watch(ctx, revive, q.DeadData); !errors.Is(err, redis.TxFailedErr) {
-			break
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("cannot move dead deliveries of %s back to due: %w", q.Shard, err)
-	}
-	return moved, nil
-}
 
 // Len returns how many deliveries are scheduled.
 func (q *Queue) Len(ctx context.Context) (int64, error) {
-	return q.rdb.ZCard(ctx, q.DueKey).Result()
+	return lenScript.Run(ctx, q.rdb, []string{q.HooksKey}, q.tag).Int64()
 }
 
 // DeadLen returns how many deliveries are dead.
 func (q *Queue) DeadLen(ctx context.Context) (int64, error) {
 	return q.rdb.ZCard(ctx, q.DeadKey).Result()
-}
-
-// Lease is a claim this process holds: the score the claim (or its last
-// extension) gave the delivery.
-type Lease struct {
-	ID  string
-	End time.Time
-}
-
-// moveLeaseScript re-scores each ARGV[2k] to ARGV[1] only if its score is
-// still ARGV[2k+1], the lease end its holder set: once an attempt's outcome
-// is written (a new due time, or the record gone), the move does nothing.
-var moveLeaseScript = redis.NewScript(`
-local n = 0
-for i = 2, #ARGV, 2 do
-  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if s and tonumber(s) == tonumber(ARGV[i+1]) then
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
-    n = n + 1
-  end
-end
-return n
-`)
-
-func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) (int, error) {
-	if len(leases) == 0 {
-		return 0, nil
-	}
-	args := make([]any, 0, 1+2*len(leases))
-	args = append(args, to.UnixMilli())
-	for _, l := range leases {
-		args = append(args, l.ID, l.End.UnixMilli())
-	}
-	return moveLeaseScript.Run(ctx, q.rdb, []string{q.DueKey}, args...).Int()
-}
-
-// Release gives leases back at once (due at now), for a shard that stops
-// with claims it never finished. A delivery whose outcome was written
-// meanwhile keeps it.
-func (q *Queue) Release(ctx context.Context, leases []Lease, now time.Time) error {
-	if _, err := q.moveLeases(ctx, leases, now); err != nil {
-		return fmt.Errorf("cannot release %d claimed deliveries of %s: %w", len(leases), q.Shard, err)
-	}
-	return nil
-}
-
-// Extend pushes leases still held to end, so an attempt that waits long
-// behind its host is not claimed a second time. A delivery whose outcome
-// was written meanwhile keeps its new due time.
-func (q *Queue) Extend(ctx context.Context, leases []Lease, end time.Time) error {
-	if _, err := q.moveLeases(ctx, leases, end); err != nil {
-		return fmt.Errorf("cannot extend %d leases in %s: %w", len(leases), q.Shard, err)
-	}
-	return nil
-}
-
-// quarantineScript moves one record, bytes as they are, to the dead set.
-var quarantineScript = redis.NewScript(`
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if raw then
-  redis.call('HSET', KEYS[4], ARGV[1], raw)
-  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return raw and 1 or 0
-`)
-
-// Quarantine moves a record geckohook cannot read to the dead set as it is,
-// for inspection, so it never blocks or loops the poller.
-func (q *Queue) Quarantine(ctx context.Context, id string, at time.Time) error {
-	if err := quarantineScript.Run(ctx, q.rdb, []string{q.DueKey, q.DataKey, q.DeadKey, q.DeadData}, id, at.UnixMilli()).Err(); err != nil {
-		return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", id, q.Shard, err)
-	}
-	return nil
-}
-
-// TrimDead drops dead deliveries older than cutoff, and the oldest beyond
-// maxLen, with their records and index entries (Sidekiq keeps its dead set
-// the same way: 6 months, 10,000 jobs). It returns how many it dropped.
-func (q *Queue) TrimDead(ctx context.Context, cutoff time.Time, maxLen int64) (int, error) {
-	dropped := 0
-	for {
-		card, err := q.rdb.ZCard(ctx, q.DeadKey).Result()
-		if err != nil {
-			return dropped, fmt.Errorf("cannot count the dead set of %s: %w", q.Shard, err)
-		}
-		oldest, err := q.rdb.ZRangeWithScores(ctx, q.DeadKey, 0, 499).Result()
-		if err != nil {
-			return dropped, fmt.Errorf("cannot read the dead set of %s: %w", q.Shard, err)
-		}
-		var ids []string
-		for i, z := range oldest {
-			if int64(i) < card-maxLen || z.Score < ms(cutoff) {
-				ids = append(ids, z.Member.(string))
-			}
-		}
-		if len(ids) == 0 {
-			return dropped, nil
-		}
-		raws, err := q.rdb.HMGet(ctx, q.DeadData, ids...).Result()
-		if err != nil {
-			return dropped, fmt.Errorf("cannot read dead deliveries of %s: %w", q.Shard, err)
-		}
-		_, err = q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.ZRem(ctx, q.DeadKey, toAny(ids)...)
-			p.HDel(ctx, q.DeadData, ids...)
-			for i, r := range raws {
-				rec := new(Record)
-				if s, ok := r.(string); ok && msgpack.Unmarshal([]byte(s), rec) == nil && rec.WebhookID != "" {
-					p.ZRem(ctx, q.deadHookKey(rec.WebhookID), ids[i])
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return dropped, fmt.Errorf("cannot trim the dead set of %s: %w", q.Shard, err)
-		}
-		dropped += len(ids)
-	}
 }

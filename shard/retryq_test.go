@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,8 +19,8 @@ func TestQueueScheduleIsInsertIfAbsent(t *testing.T) {
 	srv := testenv.Redis(t)
 	ctx := context.Background()
 	q := NewQueue(srv.Client(), "gh:", "geckohook.events", 3)
-	if q.DueKey != "gh:{geckohook.events-3}:due" || q.DataKey != "gh:{geckohook.events-3}:d" {
-		t.Fatalf("keys %s %s do not follow the layout", q.DueKey, q.DataKey)
+	if q.HooksKey != "gh:{geckohook.events-3}:hooks" || q.HookKey("wh_1") != "gh:{geckohook.events-3}:q:wh_1" {
+		t.Fatalf("keys %s %s do not follow the layout", q.HooksKey, q.HookKey("wh_1"))
 	}
 	t0 := time.UnixMilli(1_700_000_000_000)
 	rec := &Record{ID: "d1", WebhookID: "wh_1", Body: []byte(`{"a":1}`), Attempts: 1, FirstAttempt: t0, LastStatus: 500, LastError: "HTTP 500"}
@@ -90,7 +92,10 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// ids names claimed records in id order (a claim takes those due at
+	// one time in any order).
 	ids := func(recs []*Record) string {
+		slices.SortFunc(recs, func(a, b *Record) int { return strings.Compare(a.ID, b.ID) })
 		var s string
 		for _, r := range recs {
 			s += r.ID
@@ -174,14 +179,22 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	if err != nil || found.State != Dead || fq.Shard != "ev-0" {
 		t.Fatalf("find c: %+v err %v", found, err)
 	}
+	if found, fq, err := st.Find(ctx, "b"); err != nil || found.State != Scheduled || found.ID != "b" || fq.Shard != "ev-0" ||
+		!found.At.Equal(t0.Add(200*time.Second)) || found.LastStatus != 503 {
+		t.Fatalf("find b: %+v err %v", found, err)
+	}
 	if _, _, err := st.Find(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("find of an unknown id: %v", err)
 	}
 	now := t0.Add(70 * time.Second)
-	if ok, err := q.RetryNow(ctx, "b", now); err != nil || !ok {
+	bnow, _, err := q.Get(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := q.RetryNow(ctx, bnow, now); err != nil || !ok {
 		t.Fatalf("retry now b: %v %v", ok, err)
 	}
-	if ok, _ := q.RetryNow(ctx, "c", now); ok {
+	if ok, _ := q.RetryNow(ctx, found.Record, now); ok {
 		t.Fatal("retry now of a dead delivery must go through Revive")
 	}
 	n, err := st.ReviveWebhook(ctx, "wh_1", now)
@@ -209,7 +222,9 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: c2, At: now.Add(time.Hour)}}); err != nil {
 		t.Fatal(err)
 	}
-	stale := []Lease{{ID: "b", End: leaseEnd}, {ID: "c", End: leaseEnd}, {ID: "gone", End: leaseEnd}}
+	gone := mk("gone")
+	gone.member, _ = q.memberOf(gone)
+	stale := []Lease{recs[0].Lease(leaseEnd), recs[1].Lease(leaseEnd), gone.Lease(leaseEnd)}
 	if err := q.Extend(ctx, stale, leaseEnd.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
@@ -232,35 +247,24 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 
 	// A record geckohook cannot read is claimed once and quarantined as it
 	// is, without holding up the others.
-	if err := rdb.HSet(ctx, q.DataKey, "garbage", "\xc1not msgpack").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.ZAdd(ctx, q.DueKey, redis.Z{Score: 1, Member: "garbage"}).Err(); err != nil {
+	if err := rdb.ZAdd(ctx, q.HookKey("wh_1"), redis.Z{Score: 1, Member: "\xc1garbage"}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	good, bad, _, err := q.Claim(ctx, now.Add(2*time.Hour), now.Add(3*time.Hour), 10)
-	if err != nil || len(bad) != 1 || bad[0] != "garbage" || ids(good) != "bc" {
-		t.Fatalf("claim with an unreadable record: good %q bad %q err %v", ids(good), bad, err)
+	if err != nil || len(bad) != 1 || bad[0].Hook != "wh_1" || ids(good) != "bc" {
+		t.Fatalf("claim with an unreadable record: good %q bad %v err %v", ids(good), bad, err)
 	}
-	if err := q.Quarantine(ctx, "garbage", now); err != nil {
+	if err := q.Quarantine(ctx, bad[0], now); err != nil {
 		t.Fatal(err)
 	}
-	if raw, err := rdb.HGet(ctx, q.DeadData, "garbage").Result(); err != nil || raw != "\xc1not msgpack" {
+	if raw, err := rdb.HGet(ctx, q.DeadData, bad[0].ID()).Result(); err != nil || raw != "\xc1garbage" {
 		t.Fatalf("quarantined bytes %q %v", raw, err)
 	}
-	if _, err := rdb.ZScore(ctx, q.DueKey, "garbage").Result(); !errors.Is(err, redis.Nil) {
+	if _, err := rdb.ZScore(ctx, q.HookKey("wh_1"), "\xc1garbage").Result(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("quarantined record still due: %v", err)
 	}
-
-	// An id in the due set without a record is dropped by the claim.
-	if err := rdb.ZAdd(ctx, q.DueKey, redis.Z{Score: 1, Member: "orphan"}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if recs, _ = claim(now.Add(4 * time.Hour)); ids(recs) != "bc" {
-		t.Fatalf("orphan claimed: %q", ids(recs))
-	}
-	if _, err := rdb.ZScore(ctx, q.DueKey, "orphan").Result(); !errors.Is(err, redis.Nil) {
-		t.Fatalf("orphan id left in the due set: %v", err)
+	if n, _ := q.Len(ctx); n != 2 {
+		t.Fatalf("after the quarantine %d scheduled, want 2", n)
 	}
 }
 
@@ -311,5 +315,89 @@ func TestTrimDeadKeepsRetentionAndLength(t *testing.T) {
 	}
 	if _, _, err := q.GetDead(ctx, "d550"); err != nil {
 		t.Fatalf("d550 should be kept: %v", err)
+	}
+}
+
+// A claimant whose lease ran out (another claimed the delivery since and
+// wrote its outcome) changes nothing: no second record, no lost outcome.
+func TestLateClaimantChangesNothing(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := &Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	claim := func(at time.Time) *Record {
+		t.Helper()
+		recs, _, _, err := q.Claim(ctx, at, at.Add(30*time.Second), 10)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("claim at %v: %d records, %v", at, len(recs), err)
+		}
+		return recs[0]
+	}
+	late := claim(t0)
+	first := claim(t0.Add(31 * time.Second)) // late's lease ran out
+	first.Attempts, first.Retries = 2, 1
+	if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: first, At: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []OpKind{OpReschedule, OpKill, OpRemove} {
+		stale := *late
+		stale.Attempts = 7
+		if err := q.Apply(ctx, []Op{{Kind: kind, Rec: &stale, At: t0.Add(time.Minute)}}); err != nil {
+			t.Fatal(err)
+		}
+		got, due, err := q.Get(ctx, "d1")
+		if err != nil || got.Attempts != 2 || !due.Equal(t0.Add(time.Hour)) {
+			t.Fatalf("after a late claimant's op %d: %+v due %v (%v), want the first claimant's outcome", kind, got, due, err)
+		}
+		if n, _ := q.Len(ctx); n != 1 {
+			t.Fatalf("after a late claimant's op %d: %d scheduled, want 1", kind, n)
+		}
+		if n, _ := q.DeadLen(ctx); n != 0 {
+			t.Fatalf("after a late claimant's op %d: %d dead, want 0", kind, n)
+		}
+	}
+}
+
+// A claim shares itself between the webhooks with deliveries due, so one
+// webhook's backlog does not hold the others' retries back.
+func TestClaimSharesBetweenWebhooks(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	var entries []Entry
+	for i := 0; i < 30; i++ {
+		hook := fmt.Sprintf("wh_%d", i%3)
+		entries = append(entries, Entry{Rec: &Record{ID: fmt.Sprintf("d%02d", i), WebhookID: hook, FirstAttempt: t0}, Due: t0.Add(time.Duration(i) * time.Millisecond)})
+	}
+	if err := q.Schedule(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _, err := q.Claim(ctx, t0.Add(time.Second), t0.Add(time.Minute), 6)
+	if err != nil || len(recs) != 6 {
+		t.Fatalf("claimed %d, %v; want 6", len(recs), err)
+	}
+	per := map[string]int{}
+	for _, r := range recs {
+		per[r.WebhookID]++
+	}
+	if per["wh_0"] != 2 || per["wh_1"] != 2 || per["wh_2"] != 2 {
+		t.Fatalf("claim per webhook %v, want 2 each", per)
+	}
+	// The rest comes out of the next claims, all of it.
+	total := len(recs)
+	for range 10 {
+		more, _, _, err := q.Claim(ctx, t0.Add(time.Second), t0.Add(time.Minute), 6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += len(more)
+	}
+	if total != 30 {
+		t.Fatalf("claimed %d in all, want 30", total)
 	}
 }

@@ -67,20 +67,59 @@ type Delivery struct {
 }
 
 // List returns up to limit of a webhook's deliveries in state, oldest first
-// attempt first.
+// attempt first. Scheduled deliveries are taken from each shard in the
+// order they fall due.
 func (st *Store) List(ctx context.Context, webhookID string, state State, limit int) ([]Delivery, error) {
 	qs, err := st.Queues(ctx)
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]*redis.StringSliceCmd, len(qs))
+	if state == Dead {
+		return st.listDead(ctx, qs, webhookID, limit)
+	}
+	members := make([]*redis.ZSliceCmd, len(qs))
+	metas := make([]*redis.StringCmd, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, q := range qs {
-			key := q.hookKey(webhookID)
-			if state == Dead {
-				key = q.deadHookKey(webhookID)
+			members[i] = p.ZRangeWithScores(ctx, q.HookKey(webhookID), 0, int64(limit-1))
+			metas[i] = p.HGet(ctx, q.metaKey, webhookID)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("cannot list deliveries of webhook %s: %w", webhookID, err)
+	}
+	var out []Delivery
+	for i, q := range qs {
+		if err := members[i].Err(); err != nil {
+			return nil, fmt.Errorf("cannot list deliveries of webhook %s: %w", webhookID, err)
+		}
+		meta := parseMeta(metas[i].Val())
+		for _, z := range members[i].Val() {
+			member, _ := z.Member.(string)
+			rec, err := q.decode(ctx, member, webhookID, meta)
+			if err != nil {
+				return nil, fmt.Errorf("cannot decode delivery of webhook %s: %w", webhookID, err)
 			}
-			ids[i] = p.ZRange(ctx, key, 0, int64(limit-1))
+			out = append(out, Delivery{Record: rec, State: Scheduled, At: time.UnixMilli(int64(z.Score))})
+		}
+	}
+	return oldestFirst(out, limit), nil
+}
+
+func oldestFirst(out []Delivery, limit int) []Delivery {
+	sort.Slice(out, func(i, j int) bool { return out[i].FirstAttempt.Before(out[j].FirstAttempt) })
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+func (st *Store) listDead(ctx context.Context, qs []*Queue, webhookID string, limit int) ([]Delivery, error) {
+	ids := make([]*redis.StringSliceCmd, len(qs))
+	_, err := st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, q := range qs {
+			ids[i] = p.ZRange(ctx, q.deadHookKey(webhookID), 0, int64(limit-1))
 		}
 		return nil
 	})
@@ -98,11 +137,7 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 			if len(list) == 0 {
 				continue
 			}
-			dataKey, zsetKey := q.DataKey, q.DueKey
-			if state == Dead {
-				dataKey, zsetKey = q.DeadData, q.DeadKey
-			}
-			finds = append(finds, found{raws: p.HMGet(ctx, dataKey, list...), scores: p.ZMScore(ctx, zsetKey, list...)})
+			finds = append(finds, found{raws: p.HMGet(ctx, q.DeadData, list...), scores: p.ZMScore(ctx, q.DeadKey, list...)})
 		}
 		return nil
 	})
@@ -125,14 +160,10 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 			if i < len(scores) {
 				at = time.UnixMilli(int64(scores[i]))
 			}
-			out = append(out, Delivery{Record: rec, State: state, At: at})
+			out = append(out, Delivery{Record: rec, State: Dead, At: at})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].FirstAttempt.Before(out[j].FirstAttempt) })
-	if len(out) > limit {
-		out = out[:limit]
-	}
-	return out, nil
+	return oldestFirst(out, limit), nil
 }
 
 // Find returns a delivery by id, scheduled or dead, and its queue.
@@ -141,11 +172,12 @@ func (st *Store) Find(ctx context.Context, id string) (*Delivery, *Queue, error)
 	if err != nil {
 		return nil, nil, err
 	}
+	pid := packedID(id)
 	live := make([]*redis.StringCmd, len(qs))
 	dead := make([]*redis.StringCmd, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, q := range qs {
-			live[i] = p.HGet(ctx, q.DataKey, id)
+			live[i] = p.HGet(ctx, q.indexKey(pid), pid)
 			dead[i] = p.HGet(ctx, q.DeadData, id)
 		}
 		return nil
@@ -164,7 +196,10 @@ func (st *Store) Find(ctx context.Context, id string) (*Delivery, *Queue, error)
 	}
 	for i, q := range qs {
 		if live[i].Err() == nil {
-			rec, at, err := q.Get(ctx, id)
+			rec, at, err := q.getIndexed(ctx, id, live[i].Val())
+			if errors.Is(err, ErrNotFound) {
+				continue // delivered since, or its index entry outlived it
+			}
 			if err != nil {
 				return nil, nil, err
 			}
@@ -230,11 +265,11 @@ func (st *Store) Depth(ctx context.Context) (scheduled, dead int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	due := make([]*redis.IntCmd, len(qs))
+	due := make([]*redis.Cmd, len(qs))
 	died := make([]*redis.IntCmd, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, q := range qs {
-			due[i], died[i] = p.ZCard(ctx, q.DueKey), p.ZCard(ctx, q.DeadKey)
+			due[i], died[i] = lenScript.Eval(ctx, p, []string{q.HooksKey}, q.tag), p.ZCard(ctx, q.DeadKey)
 		}
 		return nil
 	})
@@ -242,7 +277,8 @@ func (st *Store) Depth(ctx context.Context) (scheduled, dead int64, err error) {
 		return 0, 0, fmt.Errorf("cannot count the retry queues: %w", err)
 	}
 	for i := range qs {
-		scheduled += due[i].Val()
+		n, _ := due[i].Int64()
+		scheduled += n
 		dead += died[i].Val()
 	}
 	return scheduled, dead, nil
@@ -259,7 +295,7 @@ func (st *Store) WebhookDepths(ctx context.Context, webhookIDs []string) (map[st
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, id := range webhookIDs {
 			for _, q := range qs {
-				cmds = append(cmds, p.ZCard(ctx, q.hookKey(id)), p.ZCard(ctx, q.deadHookKey(id)))
+				cmds = append(cmds, p.ZCard(ctx, q.HookKey(id)), p.ZCard(ctx, q.deadHookKey(id)))
 			}
 		}
 		return nil
@@ -275,4 +311,48 @@ func (st *Store) WebhookDepths(ctx context.Context, webhookIDs []string) (map[st
 		}
 	}
 	return out, nil
+}
+
+// Records returns every record of the queue in state, and how many it
+// could not decode (for inspection tools and tests; it reads the whole
+// shard).
+func (q *Queue) Records(ctx context.Context, state State) (recs []*Record, unreadable int, err error) {
+	if state == Dead {
+		raws, err := q.rdb.HGetAll(ctx, q.DeadData).Result()
+		if err != nil {
+			return nil, 0, fmt.Errorf("cannot read %s: %w", q.DeadData, err)
+		}
+		for _, raw := range raws {
+			rec := new(Record)
+			if msgpack.Unmarshal([]byte(raw), rec) != nil {
+				unreadable++
+				continue
+			}
+			recs = append(recs, rec)
+		}
+		return recs, unreadable, nil
+	}
+	hooks, err := q.rdb.ZRange(ctx, q.HooksKey, 0, -1).Result()
+	if err != nil {
+		return nil, 0, fmt.Errorf("cannot read %s: %w", q.HooksKey, err)
+	}
+	for _, hook := range hooks {
+		members, err := q.rdb.ZRange(ctx, q.HookKey(hook), 0, -1).Result()
+		if err != nil {
+			return nil, 0, fmt.Errorf("cannot read %s: %w", q.HookKey(hook), err)
+		}
+		meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, 0, fmt.Errorf("cannot read %s: %w", q.metaKey, err)
+		}
+		for _, m := range members {
+			rec, err := q.decode(ctx, m, hook, parseMeta(meta))
+			if err != nil {
+				unreadable++
+				continue
+			}
+			recs = append(recs, rec)
+		}
+	}
+	return recs, unreadable, nil
 }

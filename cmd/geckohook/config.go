@@ -27,6 +27,8 @@ type config struct {
 	PprofListen   string
 	AdminToken    string
 	SecretOverlap time.Duration
+	PortalURL     string
+	PortalSession time.Duration
 	RecoverMax    int
 	Partitioner   string
 	KafkaBrokers  string
@@ -90,6 +92,8 @@ var flagRoles = map[string]roles{
 	"pprof-listen":   serving,
 	"admin-token":    roleAll | roleAPI,
 	"secret-overlap": roleAll | roleAPI,
+	"portal-url":     roleAll | roleAPI,
+	"portal-session": roleAll | roleAPI,
 	// Test sends go through a sender like the dispatcher's (request-timeout,
 	// max-conns-per-host, the header names); recovery reads the events
 	// topic as the dispatcher does (isolation-level, resource-base).
@@ -132,12 +136,14 @@ var flagRoles = map[string]roles{
 	"delivery-header":    roleAll | roleAPI | roleDispatcher,
 	"signature-header":   roleAll | roleAPI | roleDispatcher,
 
-	"delete-after":   roleAll | roleCoordinator,
+	// The developer portal (api) shows health, deletions and digests by
+	// the coordinators' rules and the mail's templates.
+	"delete-after":   roleAll | roleAPI | roleCoordinator,
 	"sweep-every":    roleAll | roleCoordinator,
-	"mail-at":        roleAll | roleCoordinator,
+	"mail-at":        roleAll | roleAPI | roleCoordinator,
 	"mail-grace":     roleAll | roleCoordinator,
 	"mail-outbox":    roleAll | roleCoordinator,
-	"mail-templates": roleAll | roleCoordinator,
+	"mail-templates": roleAll | roleAPI | roleCoordinator,
 	"mail-from":      roleAll | roleCoordinator,
 	"smtp-addr":      roleAll | roleCoordinator,
 	"smtp-user":      roleAll | roleCoordinator,
@@ -156,6 +162,9 @@ func newFlagSet(cmd string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.PprofListen, "pprof-listen", "", "`addr` (host:port) serving Go's /debug/pprof/ profiles (empty: off; never expose it beyond the host)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for admin endpoints (creating applications); with embedded Kafka or Redis and none set, one is generated and printed")
 	fs.DurationVar(&c.SecretOverlap, "secret-overlap", 24*time.Hour, "how long an application's old secret keeps signing and its old token keeps working after a rotation, unless the request asks for another overlap (0: retired at once)")
+
+	fs.StringVar(&c.PortalURL, "portal-url", "", "public base URL of the developer portal, which the API serves under /portal/ and portal links start with, e.g. https://hooks.example.com (empty: http:// and the API's listen address); an https URL makes the session cookie Secure")
+	fs.DurationVar(&c.PortalSession, "portal-session", 12*time.Hour, "lifetime of a developer portal session opened with a portal link")
 
 	fs.IntVar(&c.RecoverMax, "recover-max", 10000, "most events one recovery from Kafka by time (POST /v1/webhooks/{id}/recover) may re-deliver; a larger window is refused")
 	fs.StringVar(&c.Partitioner, "events-partitioner", "", "the partitioner every producer of the events topic uses, murmur2 (Java, geckohook's own ingest) or crc32 (librdkafka): a recovery then reads only the account's partition (empty: producers may differ, every partition is read)")
@@ -326,6 +335,9 @@ func parseConfig(cmd string, args []string, getenv func(string) string) (*config
 	}
 	if c.RequestTimeout <= 0 {
 		return nil, fs, fmt.Errorf("--request-timeout must be positive")
+	}
+	if c.PortalSession <= 0 {
+		return nil, fs, fmt.Errorf("--portal-session must be positive")
 	}
 	if c.RecoverMax < 1 {
 		return nil, fs, fmt.Errorf("--recover-max must be at least 1")

@@ -59,11 +59,12 @@ func TestEachCommandListsItsFlags(t *testing.T) {
 	f("dispatcher", common, kafkaRedis, policy, delivery, []string{"events-topic", "metrics-listen"})
 	f("api", common, kafkaRedis, policy, []string{"admin-token", "api-listen", "events-topic", "secret-overlap",
 		"delivery-header", "events-partitioner", "isolation-level", "max-conns-per-host", "recover-max", "request-timeout",
-		"resource-base", "signature-header"})
+		"resource-base", "signature-header", "portal-url", "portal-session", "delete-after", "mail-at", "mail-templates"})
 	f("coordinator", common, kafkaRedis, mail, []string{"kafka-session-timeout", "metrics-listen", "outcomes-topic"})
 	f("broker", common, []string{"data-dir", "dlq-topic", "embedded-kafka-listen", "events-topic", "outcomes-topic", "partitions"})
 	f("all", common, kafkaRedis, policy, delivery, mail, []string{"admin-token", "api-listen", "data-dir",
-		"embedded-kafka-listen", "embedded-redis-listen", "events-partitioner", "events-topic", "recover-max", "secret-overlap"})
+		"embedded-kafka-listen", "embedded-redis-listen", "events-partitioner", "events-topic", "recover-max", "secret-overlap",
+		"portal-url", "portal-session"})
 }
 
 // The flag package takes a back-quoted word of a usage string as the

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"github.com/geckohook/geckohook/engine/mail"
 	"github.com/geckohook/geckohook/engine/netguard"
 	"github.com/geckohook/geckohook/engine/ops"
+	"github.com/geckohook/geckohook/engine/portal"
 	"github.com/geckohook/geckohook/engine/publish"
 	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/engine/sender"
@@ -413,6 +415,10 @@ func (p *process) listenAPI(context.Context) (err error) {
 	if overlap == 0 {
 		overlap = -1 // the API reads 0 as its default, a negative overlap as none
 	}
+	por, err := p.newPortal()
+	if err != nil {
+		return err
+	}
 	p.api = api.New(api.Options{
 		Registry: p.registry, Catalog: p.catalog, Policy: p.policy, Lookup: netguard.SystemLookup, AdminToken: c.AdminToken,
 		Produce: func(ctx context.Context, key, value []byte) error {
@@ -428,7 +434,33 @@ func (p *process) listenAPI(context.Context) (err error) {
 			Brokers: p.brokers, Topic: c.EventsTopic, Partitioner: c.Partitioner, Max: c.RecoverMax,
 			Isolation: isolation(c.IsolationLevel), Redis: p.rdb, Prefix: c.RedisPrefix,
 		},
+		PortalLink: por.Mint, Portal: por.Handler,
 	})
 	fmt.Fprintf(p.stdout, "management API listening on http://%s\n", p.apiListener.Addr())
 	return nil
+}
+
+// newPortal builds the developer portal the API serves under /portal/.
+func (p *process) newPortal() (*portal.Portal, error) {
+	c := p.c
+	tmpl, err := mail.LoadTemplates(c.MailTemplates)
+	if err != nil {
+		return nil, err
+	}
+	base := c.PortalURL
+	if base == "" {
+		// A wildcard listen address is no address to open: loopback then
+		// (set --portal-url for links that leave the host).
+		addr := p.apiListener.Addr().(*net.TCPAddr)
+		host := addr.IP.String()
+		if addr.IP.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		base = "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
+	}
+	return portal.New(portal.Options{
+		Redis: p.rdb, Prefix: c.RedisPrefix, Registry: p.registry, Catalog: p.catalog, Policy: c.policy(),
+		MailTemplates: tmpl, URL: base, SessionTTL: c.PortalSession,
+		Log: p.log.With().Str("part", "portal").Logger(),
+	})
 }

@@ -42,6 +42,8 @@ func run() int {
 	workers := fs.Int("workers", 1024, "geckohook --workers, and the ceiling's concurrency")
 	conns := fs.Int("max-conns-per-host", 64, "geckohook --max-conns-per-host, and the ceiling's")
 	paced := fs.Float64("paced-rate", 0, "events/s of the healthy scenario's latency phase (0: half the rate its flood sustained)")
+	outage := fs.Duration("outage", 0, "how long the outage scenario's failing hosts stay down, the first quarter refusing connections, the rest hanging (0: 60s, with -short 24s)")
+	ceilingClient := fs.Bool("ceiling-client", false, "internal: be the raw ceiling's client process (a job on stdin, what it did on stdout); the suite starts it")
 	profile := fs.Bool("profile", false, "save a CPU profile of geckohook during each flood (cpu.pprof beside the process logs)")
 	soak := fs.Bool("soak", false, "run the soak instead of the suite: a paced flood under chaos (processes killed and restarted, redis-server restarted, rebalances, failing endpoints), then every pair must be delivered, dead or deleted")
 	soakMinutes := fs.Float64("soak-minutes", envFloat("SOAK_MINUTES", 10), "minutes of flood and chaos in the soak (default $SOAK_MINUTES, else 10)")
@@ -49,6 +51,14 @@ func run() int {
 	soakKey := fs.Uint64("soak-key", envUint("SOAK_KEY"), "key of the soak's chaos (default $SOAK_KEY, else from the clock; the key used is printed)")
 	soakRate := fs.Float64("soak-rate", envFloat("SOAK_RATE", 200), "events/s of the soak's flood, two webhooks each (default $SOAK_RATE, else 200)")
 	_ = fs.Parse(os.Args[1:])
+
+	if *ceilingClient {
+		if err := loadtest.CeilingClient(context.Background(), os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "geckoload: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 
 	if *api != "" && (*admin == "" || *brokers == "" || *redisAddr == "") {
 		fmt.Fprintln(os.Stderr, "geckoload: --api needs --admin-token, --kafka-brokers and --redis-addr too")
@@ -70,7 +80,14 @@ func run() int {
 	o := loadtest.SuiteOptions{
 		Out: *out, Short: *short, Log: os.Stderr, Geckohook: *bin, RedisBin: *redisBin,
 		RedisAddr: *redisAddr, API: strings.TrimRight(*api, "/"), AdminToken: *admin, Topic: *topic,
-		Workers: *workers, MaxConnsPerHost: *conns, PacedRate: *paced, Profile: *profile,
+		Workers: *workers, MaxConnsPerHost: *conns, PacedRate: *paced, Profile: *profile, Outage: *outage,
+	}
+	// The ceiling's client runs as this binary in a process of its own,
+	// so its CPU time per request is its alone.
+	if self, err := os.Executable(); err == nil {
+		o.CeilingClient = self
+	} else {
+		fmt.Fprintf(os.Stderr, "geckoload: the ceiling client's CPU is not measured: %v\n", err)
 	}
 	if *brokers != "" {
 		o.Brokers = strings.Split(*brokers, ",")

@@ -92,6 +92,15 @@ type Options struct {
 	// Recovery re-delivers events from the events topic by time; its
 	// zero value makes the recovery endpoints answer 503.
 	Recovery RecoveryOptions
+
+	// PortalLink mints a one-time developer portal link for an
+	// application (POST /v1/applications/{id}/portal-links); nil makes
+	// that endpoint answer 503.
+	PortalLink func(ctx context.Context, appID string) (url string, expiresAt time.Time, err error)
+	// Portal, given the API, returns the handler of every path under
+	// /portal/ (the developer portal, which calls the API back through
+	// Call); nil answers them 404.
+	Portal func(*API) fasthttp.RequestHandler
 }
 
 // API is the management HTTP API. It is safe for concurrent use.
@@ -101,6 +110,7 @@ type API struct {
 	requests  *ops.Requests
 	tests     *buckets
 	recs      *recoveries
+	portal    fasthttp.RequestHandler
 }
 
 // New returns an API; Handler or Serve put it on the network.
@@ -137,6 +147,9 @@ func New(o Options) *API {
 	if o.AdminToken != "" {
 		a.adminHash = sha256.Sum256([]byte(o.AdminToken))
 	}
+	if o.Portal != nil {
+		a.portal = o.Portal(a)
+	}
 	return a
 }
 
@@ -151,24 +164,57 @@ func (a *API) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // Handler returns the API's request handler.
-func (a *API) Handler() fasthttp.RequestHandler {
-	return func(ctx *fasthttp.RequestCtx) {
-		start := time.Now()
-		route := "unknown"
-		var appID string
-		defer func() {
-			if p := recover(); p != nil {
-				a.o.Log.Error().Str("path", string(ctx.Path())).Interface("panic", p).Msg("api handler panicked")
-				ctx.Response.Reset()
-				writeError(ctx, &apiError{fasthttp.StatusInternalServerError, "internal", "internal error"})
-			}
-			status := ctx.Response.StatusCode()
-			a.requests.Count(route, status)
-			a.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", ctx.Path()).
-				Int("status", status).Str("app_id", appID).Dur("took_ms", time.Since(start)).Msg("api request")
-		}()
-		route, appID = a.route(ctx)
+func (a *API) Handler() fasthttp.RequestHandler { return a.serve }
+
+// asApp is the user value key under which Call names its caller.
+type asApp struct{}
+
+// Call runs one API request in-process as the application app, through
+// the same routing, handlers and rules as a request with its token, and
+// returns the answer's status and JSON body. The developer portal acts
+// through it. uri is a path with an optional query (/v1/webhooks?limit=5).
+func (a *API) Call(app *registry.App, method, uri string, body []byte) (status int, resp []byte) {
+	var ctx fasthttp.RequestCtx
+	req := fasthttp.AcquireRequest()
+	req.Header.SetMethod(method)
+	req.SetRequestURI(uri)
+	if body != nil {
+		req.Header.SetContentType("application/json")
+		req.SetBody(body)
 	}
+	ctx.Init(req, nil, nil)
+	fasthttp.ReleaseRequest(req)
+	ctx.SetUserValue(asApp{}, app)
+	a.serve(&ctx)
+	return ctx.Response.StatusCode(), append([]byte(nil), ctx.Response.Body()...)
+}
+
+func (a *API) serve(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	route := "unknown"
+	var appID string
+	defer func() {
+		if p := recover(); p != nil {
+			a.o.Log.Error().Str("path", string(ctx.Path())).Interface("panic", p).Msg("api handler panicked")
+			ctx.Response.Reset()
+			writeError(ctx, &apiError{fasthttp.StatusInternalServerError, "internal", "internal error"})
+		}
+		status := ctx.Response.StatusCode()
+		a.requests.Count(route, status)
+		a.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", loggedPath(ctx.Path())).
+			Int("status", status).Str("app_id", appID).Dur("took_ms", time.Since(start)).Msg("api request")
+	}()
+	route, appID = a.route(ctx)
+}
+
+// loggedPath is a request's path for the log: a portal link's token, a
+// secret, is left out.
+func loggedPath(path []byte) []byte {
+	const link = "/portal/link/"
+	if bytes.HasPrefix(path, []byte(link)) && len(path) > len(link) {
+		return []byte(link + "…")
+	}
+	return path
 }
 
 // route dispatches one request and returns the route label for metrics and
@@ -276,6 +322,18 @@ func (a *API) route(ctx *fasthttp.RequestCtx) (route, appID string) {
 		if method == "POST" {
 			h, need = a.retryDelivery, needApp
 		}
+	case isPath(path, "/v1/applications/", "portal-links"):
+		route, allowed = "application_portal_links", "POST"
+		if method == "POST" {
+			h, need = a.createPortalLink, needAny
+		}
+	case path == "/portal" || strings.HasPrefix(path, "/portal/"):
+		if a.portal == nil {
+			writeError(ctx, &apiError{fasthttp.StatusNotFound, "not_found", "the developer portal is not served here"})
+		} else {
+			a.portal(ctx)
+		}
+		return "portal", ""
 	case path == "/v1/events":
 		route, allowed = "events", "POST"
 		if method == "POST" {
@@ -436,7 +494,9 @@ type caller struct {
 func (a *API) authorize(ctx *fasthttp.RequestCtx, need access) (caller, *apiError) {
 	var c caller
 	token := bearer(ctx.Request.Header.Peek("Authorization"))
-	if token != "" {
+	if app, ok := ctx.UserValue(asApp{}).(*registry.App); ok && app != nil {
+		c.app = app // Call: in-process, on behalf of the application
+	} else if token != "" {
 		if a.o.AdminToken != "" {
 			h := sha256.Sum256([]byte(token))
 			c.admin = subtle.ConstantTimeCompare(h[:], a.adminHash[:]) == 1

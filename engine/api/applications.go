@@ -170,3 +170,32 @@ func (a *API) updateFailed(err error, msg string) *apiError {
 	a.o.Log.Error().Err(err).Msg(msg)
 	return storeUnavailable()
 }
+
+// PortalLinkView is a one-time developer portal link.
+type PortalLinkView struct {
+	URL       string `json:"url"`
+	ExpiresAt string `json:"expires_at"` // RFC 3339, UTC
+}
+
+// createPortalLink: POST /v1/applications/{id}/portal-links (admin or the
+// application): a one-time link that opens a developer portal session
+// for the application. No request body.
+func (a *API) createPortalLink(ctx *fasthttp.RequestCtx, c caller) *apiError {
+	app, e := a.ownApp(ctx, c)
+	if e != nil {
+		return e
+	}
+	if a.o.PortalLink == nil {
+		return &apiError{fasthttp.StatusServiceUnavailable, "portal_unavailable", "the developer portal is not configured on this server"}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	url, expires, err := a.o.PortalLink(sctx, app.ID)
+	if err != nil {
+		a.o.Log.Error().Err(err).Str("app_id", app.ID).Msg("cannot mint a portal link")
+		return storeUnavailable()
+	}
+	a.o.Log.Info().Str("app_id", app.ID).Bool("by_admin", c.admin).Msg("portal link minted")
+	writeJSON(ctx, fasthttp.StatusCreated, map[string]PortalLinkView{"portal_link": {URL: url, ExpiresAt: responseTime(expires)}})
+	return nil
+}

@@ -149,7 +149,7 @@ func (a *API) retryDelivery(ctx *fasthttp.RequestCtx, c caller) *apiError {
 		}
 		d.Retries = 0
 	} else {
-		ok, err := q.RetryNow(sctx, id, now)
+		ok, err := q.RetryNow(sctx, d.Record, now)
 		if err != nil {
 			a.o.Log.Error().Err(err).Str("delivery", id).Msg("cannot make a delivery due")
 			return queuesUnavailable()

@@ -147,6 +147,9 @@ func (vd *validator) authenticate(_ context.Context, in *openapi3filter.Authenti
 // check validates one exchange; reqBody and respBody are the bodies as
 // sent and received.
 func (vd *validator) check(req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) error {
+	if req.URL.Path == "/portal" || strings.HasPrefix(req.URL.Path, "/portal/") {
+		return nil // the developer portal's HTML pages, not the JSON API (package portal tests them)
+	}
 	ctx := context.Background()
 	vreq := req.Clone(ctx)
 	vreq.Body = io.NopCloser(bytes.NewReader(reqBody))

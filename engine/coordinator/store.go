@@ -223,10 +223,14 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 }
 
 func (c *Coordinator) load(ctx context.Context, ids []string) ([]*record, error) {
+	return loadRecords(ctx, c.o.Redis, c.keys, ids)
+}
+
+func loadRecords(ctx context.Context, rdb redis.UniversalClient, keys Keys, ids []string) ([]*record, error) {
 	cmds := make([]*redis.MapStringStringCmd, len(ids))
-	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, id := range ids {
-			cmds[i] = p.HGetAll(ctx, c.keys.Health(id))
+			cmds[i] = p.HGetAll(ctx, keys.Health(id))
 		}
 		return nil
 	})
@@ -238,6 +242,21 @@ func (c *Coordinator) load(ctx context.Context, ids []string) ([]*record, error)
 		recs[i] = parseRecord(id, cmds[i].Val())
 	}
 	return recs, nil
+}
+
+// Health reads the health of the webhooks ids as the coordinators keep
+// it, in one round trip; a webhook with no record yet (never failed) has
+// a zero State.
+func Health(ctx context.Context, rdb redis.UniversalClient, keys Keys, ids []string) ([]streak.State, error) {
+	recs, err := loadRecords(ctx, rdb, keys, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]streak.State, len(recs))
+	for i, r := range recs {
+		out[i] = r.s
+	}
+	return out, nil
 }
 
 func (c *Coordinator) store(ctx context.Context, recs []*record) error {

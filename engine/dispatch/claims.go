@@ -17,24 +17,24 @@ type claims struct {
 	space chan struct{} // signalled when a slot frees
 
 	mu       sync.Mutex
-	inflight map[string]time.Time // claimed delivery id -> lease end, until its outcome is written
+	inflight map[string]shard.Lease // claimed delivery id -> its lease, until its outcome is written
 
 	wake     chan struct{}
 	wakeAtMs atomic.Int64 // clock time (ms) the poller plans to look next
 }
 
 func newClaims(window int) *claims {
-	return &claims{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]time.Time), wake: make(chan struct{}, 1)}
+	return &claims{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]shard.Lease), wake: make(chan struct{}, 1)}
 }
 
 // take registers a claimed delivery; false if it is already in flight here
 // (its lease ran out while it waited behind its host and the poller claimed
 // it again: the claim just extended the lease).
-func (r *claims) take(id string, leaseEnd time.Time) bool {
+func (r *claims) take(l shard.Lease) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	_, busy := r.inflight[id]
-	r.inflight[id] = leaseEnd // a claim of one in flight re-leased it: keep the newer end
+	_, busy := r.inflight[l.ID]
+	r.inflight[l.ID] = l // a claim of one in flight re-leased it: keep the newer end
 	if !busy {
 		r.slots <- struct{}{} // never blocks: the poller claims at most the free slots
 	}
@@ -60,8 +60,8 @@ func (r *claims) claimed() []shard.Lease {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ls := make([]shard.Lease, 0, len(r.inflight))
-	for id, end := range r.inflight {
-		ls = append(ls, shard.Lease{ID: id, End: end})
+	for _, l := range r.inflight {
+		ls = append(ls, l)
 	}
 	return ls
 }
@@ -73,7 +73,7 @@ func (r *claims) untaken(recs []*shard.Record, leaseEnd time.Time) []shard.Lease
 	ls := make([]shard.Lease, 0, len(recs))
 	for _, rec := range recs {
 		if _, ours := r.inflight[rec.ID]; !ours {
-			ls = append(ls, shard.Lease{ID: rec.ID, End: leaseEnd})
+			ls = append(ls, rec.Lease(leaseEnd))
 		}
 	}
 	return ls
@@ -84,8 +84,9 @@ func (r *claims) extended(ls []shard.Lease, end time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, l := range ls {
-		if _, ok := r.inflight[l.ID]; ok {
-			r.inflight[l.ID] = end
+		if cur, ok := r.inflight[l.ID]; ok {
+			cur.End = end
+			r.inflight[l.ID] = cur
 		}
 	}
 }

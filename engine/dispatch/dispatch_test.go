@@ -734,15 +734,12 @@ func TestDeadHostDoesNotFillTheWindow(t *testing.T) {
 	// did not wait for the dead one's 5s timeouts.
 	for p := 0; p < partitions; p++ {
 		q := shard.NewQueue(e.rdb, "gh:", "geckohook.events", p)
-		raw, err := e.rdb.HGetAll(context.Background(), q.DataKey).Result()
-		if err != nil {
-			t.Fatal(err)
+		recs, unreadable, err := q.Records(context.Background(), shard.Scheduled)
+		if err != nil || unreadable != 0 {
+			t.Fatal(unreadable, err)
 		}
-		for id := range raw {
-			rec, _, err := q.Get(context.Background(), id)
-			if err != nil {
-				t.Fatal(err)
-			}
+		for _, rec := range recs {
+			id := rec.ID
 			if !strings.HasPrefix(rec.LastError, "host_saturated") || rec.Attempts != 0 || rec.Deferrals != 1 {
 				t.Errorf("delivery %s failed with %q after %d attempts and %d deferrals, want shed once without an attempt", id, rec.LastError, rec.Attempts, rec.Deferrals)
 			}

@@ -24,12 +24,24 @@ const claimBatch = 256
 func (s *shardRun) pollLoop(ctx context.Context) {
 	d := s.d
 	r := s.claims
+	// A queue written before the compact layout moves to it before the
+	// first claim, and again if a process of that version wrote to it
+	// since (during a rolling upgrade).
+	if !s.retry(ctx, "migrate the retry queue", func() error { return s.migrate(ctx) }) {
+		return
+	}
+	remigrate := time.NewTicker(migrateEvery)
+	defer remigrate.Stop()
 	renew := time.NewTicker(d.o.Lease / 3)
 	defer renew.Stop()
 	for ctx.Err() == nil {
 		select {
 		case <-renew.C:
 			s.extendLeases(ctx)
+		case <-remigrate.C:
+			if err := s.migrate(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn().Err(err).Msg("cannot migrate the retry queue")
+			}
 		default:
 		}
 		// Every slot taken: wait until a retry's outcome is written,
@@ -46,7 +58,7 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 		now := d.o.Now()
 		leaseEnd := now.Add(d.o.Lease)
 		var recs []*shard.Record
-		var bad []string
+		var bad []shard.Bad
 		var next time.Time
 		ok := s.retry(ctx, "claim due retries", func() error {
 			var err error
@@ -56,14 +68,14 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 		if !ok {
 			return
 		}
-		for _, id := range bad {
-			s.log.Error().Str("delivery", id).Msg("unreadable retry record moved to the dead set as it is")
-			if !s.retry(ctx, "move an unreadable retry record", func() error { return s.queue.Quarantine(ctx, id, now) }) {
+		for _, b := range bad {
+			s.log.Error().Str("delivery", b.ID()).Str("webhook_id", b.Hook).Msg("unreadable retry record moved to the dead set as it is")
+			if !s.retry(ctx, "move an unreadable retry record", func() error { return s.queue.Quarantine(ctx, b, now) }) {
 				return
 			}
 		}
 		for i, rec := range recs {
-			if !r.take(rec.ID, leaseEnd) {
+			if !r.take(rec.Lease(leaseEnd)) {
 				continue
 			}
 			d.Stats.Retried.Inc()
@@ -84,6 +96,19 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// migrateEvery is how often a shard looks for deliveries written in the
+// layout before the compact one.
+const migrateEvery = time.Minute
+
+// migrate moves the shard's deliveries in the old layout to the compact one.
+func (s *shardRun) migrate(ctx context.Context) error {
+	n, err := s.queue.Migrate(ctx, s.d.o.Now())
+	if n > 0 {
+		s.log.Info().Int("deliveries", n).Msg("retry queue migrated to the compact layout")
+	}
+	return err
 }
 
 // sleep waits for d, a wake-up, or ctx's end (false).

@@ -123,17 +123,10 @@ func LoadTemplates(dir string) (*Templates, error) {
 // from the day and the application, so a copy sent again after a crash
 // carries the same one.
 func (t *Templates) Render(d *Digest, from string, now time.Time) ([]byte, error) {
-	var subj, text, html bytes.Buffer
-	if err := t.subject.Execute(&subj, d); err != nil {
-		return nil, fmt.Errorf("cannot render mail subject: %w", err)
+	subject, text, html, err := t.Parts(d)
+	if err != nil {
+		return nil, err
 	}
-	if err := t.text.Execute(&text, d); err != nil {
-		return nil, fmt.Errorf("cannot render plain-text mail: %w", err)
-	}
-	if err := t.html.Execute(&html, d); err != nil {
-		return nil, fmt.Errorf("cannot render HTML mail: %w", err)
-	}
-	subject := strings.Join(strings.Fields(subj.String()), " ")
 
 	var b bytes.Buffer
 	domain := "geckohook.invalid"
@@ -159,7 +152,7 @@ func (t *Templates) Render(d *Digest, from string, now time.Time) ([]byte, error
 	for _, part := range []struct {
 		ctype string
 		body  []byte
-	}{{"text/plain; charset=utf-8", text.Bytes()}, {"text/html; charset=utf-8", html.Bytes()}} {
+	}{{"text/plain; charset=utf-8", text}, {"text/html; charset=utf-8", html}} {
 		pw, err := mw.CreatePart(textproto.MIMEHeader{
 			"Content-Type":              {part.ctype},
 			"Content-Transfer-Encoding": {"quoted-printable"},
@@ -179,4 +172,20 @@ func (t *Templates) Render(d *Digest, from string, now time.Time) ([]byte, error
 		return nil, fmt.Errorf("cannot finish mail: %w", err)
 	}
 	return b.Bytes(), nil
+}
+
+// Parts renders a digest's subject (one line), plain-text part and HTML
+// part, as Render puts them in the mail.
+func (t *Templates) Parts(d *Digest) (subject string, text, html []byte, err error) {
+	var subj, txt, htm bytes.Buffer
+	if err := t.subject.Execute(&subj, d); err != nil {
+		return "", nil, nil, fmt.Errorf("cannot render mail subject: %w", err)
+	}
+	if err := t.text.Execute(&txt, d); err != nil {
+		return "", nil, nil, fmt.Errorf("cannot render plain-text mail: %w", err)
+	}
+	if err := t.html.Execute(&htm, d); err != nil {
+		return "", nil, nil, fmt.Errorf("cannot render HTML mail: %w", err)
+	}
+	return strings.Join(strings.Fields(subj.String()), " "), txt.Bytes(), htm.Bytes(), nil
 }

@@ -569,21 +569,31 @@ func (j *Job) sendOne(ctx context.Context, day, appID string, start time.Time) (
 
 // digest reads an application's day records.
 func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*Digest, error) {
+	return ReadDigest(ctx, j.o.Redis, j.keys, j.o.Policy, day, appID, start, j.o.Log)
+}
+
+// ReadDigest reads an application's day records of the mail day day
+// (which begins at start) into the digest the daily mail sends, without
+// its App: the mail job builds every digest with it, and the developer
+// portal shows the last days' digests as mailed. Unreadable entries are
+// logged and skipped.
+func ReadDigest(ctx context.Context, rdb redis.UniversalClient, keys daylog.Keys, p streak.Policy, day, appID string,
+	start time.Time, log zerolog.Logger) (*Digest, error) {
 	var failing, deleted *redis.MapStringStringCmd
-	_, err := j.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
-		failing = p.HGetAll(ctx, j.keys.Failing(day, appID))
-		deleted = p.HGetAll(ctx, j.keys.Deleted(day, appID))
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		failing = p.HGetAll(ctx, keys.Failing(day, appID))
+		deleted = p.HGetAll(ctx, keys.Deleted(day, appID))
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot read day records of %s for %s: %w", appID, day, err)
 	}
-	d := &Digest{Day: day, Start: start, End: start.Add(24 * time.Hour), DeleteAfter: j.o.Policy.After()}
+	d := &Digest{Day: day, Start: start, End: start.Add(24 * time.Hour), DeleteAfter: p.After()}
 	gone := map[string]bool{}
 	for id, raw := range deleted.Val() {
 		e, err := daylog.Decode([]byte(raw))
 		if err != nil {
-			j.o.Log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
+			log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
 			continue
 		}
 		gone[id] = true
@@ -595,7 +605,7 @@ func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*
 		}
 		e, err := daylog.Decode([]byte(raw))
 		if err != nil {
-			j.o.Log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
+			log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
 			continue
 		}
 		d.Failing = append(d.Failing, e)

@@ -240,6 +240,7 @@ func TestWalkthrough(t *testing.T) {
 		for _, want := range []*regexp.Regexp{
 			regexp.MustCompile(`(?m)^[0-9a-f-]{36} \S+ \{"object_id":1234567,"event":"fulfillments.create","timestamp":1546272000,"resource_url":"https://api.tradegecko.com/fulfillments/1234567.json"\}$`),
 			regexp.MustCompile(`(?m)^[0-9a-f-]{36} \S+ \{"object_id":42,"event":"fulfillments.create",`),
+			regexp.MustCompile(`(?m)^http://127\.0\.0\.1:\d+/portal/link/[A-Za-z0-9_-]{43}$`), // step 5
 			regexp.MustCompile(`(?m)^SECRET=`),
 		} {
 			if !want.MatchString(s) {

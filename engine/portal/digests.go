@@ -1,0 +1,77 @@
+package portal
+
+import (
+	"context"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/geckohook/geckohook/engine/mail"
+)
+
+// digestView is one day's digest as mailed.
+type digestView struct {
+	Day     string
+	Today   bool
+	Empty   bool // nothing to report: no mail that day
+	Subject string
+	Text    string
+}
+
+// withApp fills in the digest's application as the mail job does.
+func (r *request) withApp(d *mail.Digest) {
+	d.App = mail.App{ID: r.app.ID, Name: r.app.Name, Email: r.app.DeveloperEmail}
+}
+
+// digestsPage: GET /portal/digests: the digests of the days kept, as
+// mailed (subject and plain-text part; the HTML part one click away).
+func (r *request) digestsPage() {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	digests, err := r.p.digests(ctx, r.app.ID)
+	if err != nil {
+		r.p.o.Log.Error().Err(err).Msg("portal cannot read day records")
+		r.message(fasthttp.StatusServiceUnavailable, "Digests", "The day records cannot be read right now; try again.")
+		return
+	}
+	views := make([]digestView, 0, len(digests))
+	for i, d := range digests {
+		v := digestView{Day: d.Day, Today: i == 0, Empty: len(d.Failing) == 0 && len(d.Deleted) == 0}
+		if !v.Empty {
+			r.withApp(d)
+			subject, text, _, err := r.p.o.MailTemplates.Parts(d)
+			if err != nil {
+				r.p.o.Log.Error().Err(err).Msg("cannot render a digest")
+				continue
+			}
+			v.Subject, v.Text = subject, string(text)
+		}
+		views = append(views, v)
+	}
+	r.p.render(r.ctx, fasthttp.StatusOK, "digests", r.page("Digests", views))
+}
+
+// digestHTML: GET /portal/digests/{day}: the HTML part of that day's
+// digest, as mailed, under the portal's CSP.
+func (r *request) digestHTML(day string) {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	digests, err := r.p.digests(ctx, r.app.ID)
+	if err != nil {
+		r.message(fasthttp.StatusServiceUnavailable, "Digests", "The day records cannot be read right now; try again.")
+		return
+	}
+	for _, d := range digests {
+		if d.Day != day || (len(d.Failing) == 0 && len(d.Deleted) == 0) {
+			continue
+		}
+		r.withApp(d)
+		_, _, html, err := r.p.o.MailTemplates.Parts(d)
+		if err != nil {
+			break
+		}
+		r.ctx.SetContentType("text/html; charset=utf-8")
+		r.ctx.SetBody(html)
+		return
+	}
+	r.message(fasthttp.StatusNotFound, "Not found", "No digest of that day.")
+}

@@ -1,0 +1,146 @@
+package portal
+
+import (
+	"cmp"
+	"context"
+	"net/url"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/geckohook/geckohook/engine/api"
+	"github.com/geckohook/geckohook/engine/coordinator"
+	"github.com/geckohook/geckohook/engine/daylog"
+	"github.com/geckohook/geckohook/engine/mail"
+	"github.com/geckohook/geckohook/engine/streak"
+)
+
+// daysKept is how many mail days of records the portal shows: as many as
+// the coordinators keep (daylog.TTL).
+const daysKept = int(daylog.TTL / (24 * time.Hour))
+
+// webhookRow is a webhook with its health.
+type webhookRow struct {
+	api.WebhookView
+	Health   streak.State
+	DeleteAt time.Time // when the 3-day rule deletes it, while failing
+}
+
+// webhookForm is what the create form holds.
+type webhookForm struct{ AccountID, Event, Address string }
+
+// refusal is an action the API refused: its status and message, and the
+// form to show again.
+type refusal struct {
+	status int
+	msg    string
+	form   webhookForm
+}
+
+type webhooksData struct {
+	Webhooks      []webhookRow
+	Cursor, Next  string // this page's cursor and the next page's
+	HealthUnknown bool   // health could not be read
+	Events        []string
+	Form          webhookForm
+	Deleted       []*daylog.Entry // deleted in the last days, newest first
+	DeleteAfter   time.Duration
+}
+
+// webhooksPage: GET /portal/[?cursor=C]: one page of the application's
+// webhooks with their health, the create form, and the webhooks deleted in
+// the last days; after a refused create, with its form and the API's
+// message.
+func (r *request) webhooksPage(refused *refusal) {
+	cursor := string(r.ctx.QueryArgs().Peek("cursor"))
+	q := url.Values{"limit": {strconv.Itoa(r.p.o.PageSize)}}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	var list struct {
+		Webhooks   []api.WebhookView `json:"webhooks"`
+		NextCursor string            `json:"next_cursor"`
+	}
+	if status, msg := r.call("GET", "/v1/webhooks?"+q.Encode(), nil, &list); msg != "" {
+		r.message(status, "Webhooks", msg)
+		return
+	}
+	d := &webhooksData{Cursor: cursor, Next: list.NextCursor, Events: r.p.o.Catalog.Names(), DeleteAfter: r.p.o.Policy.After()}
+	if refused != nil {
+		d.Form = refused.form
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	ids := make([]string, len(list.Webhooks))
+	for i, w := range list.Webhooks {
+		ids[i] = w.ID
+	}
+	health, err := coordinator.Health(ctx, r.p.o.Redis, coordinator.Keys{Prefix: r.p.o.Prefix}, ids)
+	if err != nil {
+		r.p.o.Log.Warn().Err(err).Msg("portal cannot read webhook health")
+		d.HealthUnknown = true
+	}
+	for i, w := range list.Webhooks {
+		row := webhookRow{WebhookView: w}
+		if health != nil {
+			row.Health = health[i]
+			if row.Health.Failing() {
+				row.DeleteAt = r.p.o.Policy.DeleteAt(row.Health.StreakStart)
+			}
+		}
+		d.Webhooks = append(d.Webhooks, row)
+	}
+	digests, err := r.p.digests(ctx, r.app.ID)
+	if err != nil {
+		r.p.o.Log.Warn().Err(err).Msg("portal cannot read day records")
+	}
+	for _, dg := range digests {
+		d.Deleted = append(d.Deleted, dg.Deleted...)
+	}
+	slices.SortFunc(d.Deleted, func(a, b *daylog.Entry) int {
+		return cmp.Or(b.Deleted.Compare(a.Deleted), cmp.Compare(a.WebhookID, b.WebhookID))
+	})
+	pg := r.page("Webhooks", d)
+	status := fasthttp.StatusOK
+	if refused != nil {
+		status, pg.Error = refused.status, refused.msg
+	}
+	r.p.render(r.ctx, status, "webhooks", pg)
+}
+
+// createWebhook: POST /portal/webhooks (account_id, event, address).
+func (r *request) createWebhook() {
+	args := r.ctx.PostArgs()
+	f := webhookForm{AccountID: string(args.Peek("account_id")), Event: string(args.Peek("event")), Address: string(args.Peek("address"))}
+	var out struct{ Webhook api.WebhookView }
+	body := map[string]any{"webhook": map[string]string{"account_id": f.AccountID, "event": f.Event, "address": f.Address}}
+	if status, msg := r.call("POST", "/v1/webhooks", body, &out); msg != "" {
+		r.webhooksPage(&refusal{status, msg, f})
+		return
+	}
+	r.p.o.Log.Info().Str("app_id", r.app.ID).Str("webhook_id", out.Webhook.ID).Msg("webhook created in the portal")
+	r.ctx.Redirect("/portal/webhooks/"+url.PathEscape(out.Webhook.ID), fasthttp.StatusSeeOther)
+}
+
+// digests reads the application's digests of the days kept, today first
+// (today's is the part of the day so far, mailed when it ends).
+func (p *Portal) digests(ctx context.Context, appID string) ([]*mail.Digest, error) {
+	now := p.o.Now()
+	keys := daylog.Keys{Prefix: p.o.Prefix}
+	var out []*mail.Digest
+	for i := range daysKept {
+		day := p.o.Policy.Day(now.Add(-time.Duration(i) * 24 * time.Hour))
+		start, err := p.o.Policy.DayStart(day)
+		if err != nil {
+			return out, err
+		}
+		d, err := mail.ReadDigest(ctx, p.o.Redis, keys, p.o.Policy, day, appID, start, p.o.Log)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}

@@ -1,0 +1,87 @@
+package shard
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/geckohook/geckohook/engine/catalog"
+	"github.com/geckohook/geckohook/internal/testenv"
+)
+
+// A record whose body form is gone is quarantined, and its id is free
+// again: the same delivery scheduled anew (a replay) is stored.
+func TestQuarantineFreesTheID(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(42, memHooks(1)[0], t0, catalog.Default())
+	// A body form of its own, never cached by this process.
+	rec.Body = []byte(`{"object_id":100042,"event":"order.create","timestamp":1700000000,"resource_url":"https://quarantine.test/orders/100042.json"}`)
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, q.formsKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	forms.Clear()
+	recs, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err != nil || len(recs) != 0 || len(bad) != 1 {
+		t.Fatalf("claim: %d records, %d bad, %v; want the one bad", len(recs), len(bad), err)
+	}
+	if err := q.Quarantine(ctx, bad[0], t0); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := q.DeadLen(ctx); n != 1 {
+		t.Fatalf("dead set holds %d, want the quarantined record", n)
+	}
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := q.Get(ctx, rec.ID)
+	if err != nil || string(got.Body) != string(rec.Body) {
+		t.Fatalf("the delivery scheduled again after the quarantine: %+v %v", got, err)
+	}
+}
+
+// A shard with nothing scheduled keeps no body forms; the next delivery
+// of a form stores it again.
+func TestEmptyShardDropsBodyForms(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hook := memHooks(1)[0]
+	rec := memRecord(1, hook, t0, catalog.Default())
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d, %v", len(recs), err)
+	}
+	if n, _ := rdb.Exists(ctx, q.formsKey).Result(); n != 1 {
+		t.Fatal("body forms dropped while a delivery is claimed")
+	}
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: recs[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	// The webhook's earliest due time was the lease end: the claim after
+	// it finds the webhook empty.
+	if _, _, _, err := q.Claim(ctx, t0.Add(2*time.Minute), t0.Add(3*time.Minute), 10); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.Exists(ctx, q.formsKey, q.metaKey, q.HooksKey).Result(); n != 0 {
+		t.Fatalf("%d of the body forms, hook metadata and hooks keys left on an empty shard", n)
+	}
+	next := memRecord(2, hook, t0, catalog.Default())
+	if err := q.Schedule(ctx, []Entry{{Rec: next, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	forms.Clear() // another process, which never saw the form
+	got, _, err := q.Get(ctx, next.ID)
+	if err != nil || string(got.Body) != string(next.Body) {
+		t.Fatalf("after the forms were dropped: %+v %v", got, err)
+	}
+}

@@ -1,0 +1,218 @@
+package shard
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/geckohook/geckohook/engine/contract"
+)
+
+// GetDead reads a dead record and when it died.
+func (q *Queue) GetDead(ctx context.Context, id string) (*Record, time.Time, error) {
+	raw, err := q.rdb.HGet(ctx, q.DeadData, id).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, time.Time{}, fmt.Errorf("delivery %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("cannot read delivery %s: %w", id, err)
+	}
+	score, err := q.rdb.ZScore(ctx, q.DeadKey, id).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, time.Time{}, fmt.Errorf("cannot read the time delivery %s died: %w", id, err)
+	}
+	rec := new(Record)
+	if err := msgpack.Unmarshal(raw, rec); err != nil {
+		return nil, time.Time{}, fmt.Errorf("cannot decode delivery %s: %w", id, err)
+	}
+	return rec, time.UnixMilli(int64(score)), nil
+}
+
+// reviveScript moves dead records to their webhooks' ZSETs, due at
+// ARGV[2]: ARGV[1] the key tag, then per record the dead id, its dead
+// bytes as read, and scheduleScript's seven values. A record moves only if
+// the dead set still holds it as read; one already scheduled (a recovery
+// queued it again) just leaves the dead set. It returns 1 or 0 per record.
+var reviveScript = redis.NewScript(`
+local tag, out = ARGV[1], {}
+for i = 3, #ARGV, 9 do
+  local dead, raw = ARGV[i], ARGV[i+1]
+  if redis.call('HGET', KEYS[2], dead) == raw then
+    local bucket, id, ix, hook, member, meta = ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+8]
+    if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix) == 1 then
+      redis.call('ZADD', tag .. ':q:' .. hook, ARGV[2], member)
+      redis.call('ZADD', KEYS[1], 'LT', ARGV[2], hook)
+      redis.call('HSET', KEYS[4], hook, meta)
+    end
+    redis.call('ZREM', KEYS[3], dead)
+    redis.call('HDEL', KEYS[2], dead)
+    redis.call('ZREM', tag .. ':wd:' .. hook, dead)
+    out[#out+1] = 1
+  else
+    out[#out+1] = 0
+  end
+end
+return out
+`)
+
+// Revive moves dead deliveries back to their webhooks' ZSETs, due at now,
+// with a fresh retry schedule (Retries 0; Attempts kept), each only if
+// the dead set still holds it as read, so a concurrent kill or replay is
+// never half-undone. Ids not in the dead set, or unreadable there, are
+// skipped; it returns the records it moved.
+func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Record, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	raws, err := q.rdb.HMGet(ctx, q.DeadData, ids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cannot read dead deliveries of %s: %w", q.Shard, err)
+	}
+	var recs []*Record
+	var deadRaws []string
+	for _, r := range raws {
+		s, ok := r.(string)
+		if !ok {
+			continue
+		}
+		rec := new(Record)
+		if err := msgpack.Unmarshal([]byte(s), rec); err != nil {
+			continue // left in the dead set, as it is
+		}
+		rec.Retries, rec.Deferrals = 0, 0
+		recs, deadRaws = append(recs, rec), append(deadRaws, s)
+	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	scores := make([]float64, len(recs))
+	sargs := q.scheduleArgs(recs, scores)
+	nforms := sargs[1].(int)
+	rows := sargs[2+2*nforms:]
+	if err := q.storeForms(ctx, sargs[2:2+2*nforms]); err != nil {
+		return nil, err
+	}
+	args := make([]any, 0, 2+9*len(recs))
+	args = append(args, q.tag, now.UnixMilli())
+	for i, rec := range recs {
+		args = append(args, rec.ID, deadRaws[i])
+		args = append(args, rows[7*i:7*i+7]...)
+	}
+	moved, err := reviveScript.Run(ctx, q.rdb, []string{q.HooksKey, q.DeadData, q.DeadKey, q.metaKey}, args...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("cannot move dead deliveries of %s back to due: %w", q.Shard, err)
+	}
+	out := recs[:0]
+	for i, rec := range recs {
+		if i < len(moved) && moved[i] == 1 {
+			rec.member, _ = q.memberOf(rec)
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+// Bad is a claimed member geckohook cannot read, for Quarantine.
+type Bad struct {
+	Hook   string
+	member string
+	// pid and ix: the index entry the member's offset and webhook make,
+	// if it can be read that far.
+	pid, ix string
+}
+
+// badMember makes the Bad of a member of hook's ZSET.
+func (q *Queue) badMember(hook, member string) Bad {
+	b := Bad{Hook: hook, member: member}
+	if len(member) > 2 && member[0] == memberVersion {
+		r := memberReader{b: []byte(member[2:])}
+		if off := r.offset(); r.err == nil {
+			b.pid = packedID(contract.DeliveryID(q.topic, int32(q.partition), off, hook))
+			b.ix = indexValue(&Record{WebhookID: hook, Offset: off})
+		}
+	}
+	return b
+}
+
+// ID names a bad member: its SHA-256 prefix, the id under which
+// Quarantine files it in the dead set.
+func (b Bad) ID() string {
+	sum := sha256.Sum256([]byte(b.member))
+	return "unreadable-" + hex.EncodeToString(sum[:12])
+}
+
+// quarantineScript moves one member, bytes as they are, to the dead set
+// under ARGV[2], and drops the index entry ARGV[4] if it still says
+// ARGV[5] (the member's webhook and offset, when they could be read).
+var quarantineScript = redis.NewScript(`
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+  if ARGV[4] ~= '' and redis.call('HGET', KEYS[4], ARGV[4]) == ARGV[5] then
+    redis.call('HDEL', KEYS[4], ARGV[4])
+  end
+  return 1
+end
+return 0
+`)
+
+// Quarantine moves a record geckohook cannot read to the dead set as it is
+// (under b.ID()), for inspection, so it never blocks or loops the poller.
+func (q *Queue) Quarantine(ctx context.Context, b Bad, at time.Time) error {
+	keys := []string{q.HookKey(b.Hook), q.DeadKey, q.DeadData, q.indexKey(b.pid)}
+	if err := quarantineScript.Run(ctx, q.rdb, keys, b.member, b.ID(), at.UnixMilli(), b.pid, b.ix).Err(); err != nil {
+		return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", b.ID(), q.Shard, err)
+	}
+	return nil
+}
+
+// TrimDead drops dead deliveries older than cutoff, and the oldest beyond
+// maxLen, with their records and index entries (Sidekiq keeps its dead set
+// the same way: 6 months, 10,000 jobs). It returns how many it dropped.
+func (q *Queue) TrimDead(ctx context.Context, cutoff time.Time, maxLen int64) (int, error) {
+	dropped := 0
+	for {
+		card, err := q.rdb.ZCard(ctx, q.DeadKey).Result()
+		if err != nil {
+			return dropped, fmt.Errorf("cannot count the dead set of %s: %w", q.Shard, err)
+		}
+		oldest, err := q.rdb.ZRangeWithScores(ctx, q.DeadKey, 0, 499).Result()
+		if err != nil {
+			return dropped, fmt.Errorf("cannot read the dead set of %s: %w", q.Shard, err)
+		}
+		var ids []string
+		for i, z := range oldest {
+			if int64(i) < card-maxLen || z.Score < ms(cutoff) {
+				ids = append(ids, z.Member.(string))
+			}
+		}
+		if len(ids) == 0 {
+			return dropped, nil
+		}
+		raws, err := q.rdb.HMGet(ctx, q.DeadData, ids...).Result()
+		if err != nil {
+			return dropped, fmt.Errorf("cannot read dead deliveries of %s: %w", q.Shard, err)
+		}
+		_, err = q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZRem(ctx, q.DeadKey, toAny(ids)...)
+			p.HDel(ctx, q.DeadData, ids...)
+			for i, r := range raws {
+				rec := new(Record)
+				if s, ok := r.(string); ok && msgpack.Unmarshal([]byte(s), rec) == nil && rec.WebhookID != "" {
+					p.ZRem(ctx, q.deadHookKey(rec.WebhookID), ids[i])
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return dropped, fmt.Errorf("cannot trim the dead set of %s: %w", q.Shard, err)
+		}
+		dropped += len(ids)
+	}
+}
