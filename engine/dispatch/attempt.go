@@ -30,9 +30,9 @@ func (d *Dispatcher) deliver(dl *delivery) {
 				return
 			}
 		}
-		healthy := d.attempt(dl) // dl is released or handed on after this
+		healthy, took := d.attempt(dl) // dl is released or handed on after this
 		var overflow []*delivery
-		dl, overflow = d.hosts.done(host, healthy)
+		dl, overflow = d.hosts.done(host, healthy, took)
 		for _, o := range overflow {
 			d.overflow(o)
 		}
@@ -51,23 +51,24 @@ func (d *Dispatcher) overflow(dl *delivery) {
 }
 
 // attempt makes one attempt and concludes the delivery's turn. It reports
-// whether the host looked healthy: it answered, and not too slowly. The
-// worker only classifies: whatever must be written (a retry, a 410's
-// deletion) goes to the shard's writer.
-func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
+// whether the host looked healthy (it answered, and not too slowly) and how
+// long the request took (0 when none was sent). The worker only classifies:
+// whatever must be written (a retry, a 410's deletion) goes to the shard's
+// writer.
+func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 	s := dl.sh
 	if s.life.Err() != nil {
 		// The shard gave its partition up without this delivery finished;
 		// the next owner replays the event (or re-claims the retry).
 		// Sending now would only add a duplicate and hold up shutdown.
 		s.abandon(dl)
-		return true
+		return true, 0
 	}
 	hook, app := d.o.Registry.Target(dl.hook.ID)
 	if hook == nil {
 		// Deleted since the event was matched: nothing to deliver.
 		s.conclude(s.life, dl, retry.Deleted, time.Time{})
-		return true
+		return true, 0
 	}
 	// The webhook as it is now: its outcome and record carry the current
 	// address, not the one the event was matched with.
@@ -90,7 +91,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	}
 	dl.res = d.o.Sender.SendSigned(hook.Address, dl.body, dl.id[:], sig)
 	answered := time.Now()
-	took := answered.Sub(start)
+	took = answered.Sub(start)
 	d.m.observe(dl, took, answered)
 	// A 429 asks for less: it lowers the host's concurrency like a timeout.
 	healthy = dl.res.Err == nil && dl.res.Status != 429 && took < d.o.SlowAttempt
@@ -107,7 +108,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 			Str("delivery", string(dl.id[:])).Msg("delivery failed; scheduling retry")
 	}
 	s.conclude(s.life, dl, r, at)
-	return healthy
+	return healthy, took
 }
 
 func refusedTarget(err error) bool {
