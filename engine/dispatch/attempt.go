@@ -10,33 +10,39 @@ import (
 	"github.com/geckohook/geckohook/engine/sender"
 )
 
-// deliver runs on a worker: it passes the delivery through its host's gate,
-// makes the attempt, and then sends whatever the gate hands over next for
-// that host, so a queued delivery never holds a worker while it waits.
+// hand passes a delivery through its host's gate on the caller's goroutine
+// (a shard's fetch loop or retry poller) and gives the workers only what may
+// be sent now. A delivery the gate queues is sent later by the worker that
+// finishes an attempt to its host, so a full host costs no worker wakeup
+// per delivery. An admitted delivery holds a place in its host's limit, so
+// it is handed to a worker even once the caller's context has ended: the
+// workers run until every shard has drained, and the worker abandons it if
+// its shard has let the partition go.
+func (d *Dispatcher) hand(dl *delivery) {
+	a, shed := d.hosts.admit(dl.hook.Host(), dl)
+	for _, o := range shed {
+		d.overflow(o)
+	}
+	switch a {
+	case admitQueued:
+	case admitOverflow:
+		d.overflow(dl)
+	default:
+		d.work <- dl
+	}
+}
+
+// deliver runs on a worker: it makes the attempt of an admitted delivery,
+// and then sends whatever the gate hands over next for that host.
 func (d *Dispatcher) deliver(dl *delivery) {
-	admitted := false
 	for dl != nil {
 		host := dl.hook.Host()
-		if !admitted {
-			a, shed := d.hosts.admit(host, dl)
-			for _, o := range shed {
-				d.overflow(o)
-			}
-			switch a {
-			case admitQueued:
-				return
-			case admitOverflow:
-				d.overflow(dl)
-				return
-			}
-		}
 		healthy, took := d.attempt(dl) // dl is released or handed on after this
 		var overflow []*delivery
 		dl, overflow = d.hosts.done(host, healthy, took)
 		for _, o := range overflow {
 			d.overflow(o)
 		}
-		admitted = true
 	}
 }
 
