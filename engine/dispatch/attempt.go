@@ -118,6 +118,9 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 }
 
 func refusedTarget(err error) bool {
+	if err == nil {
+		return false // before ae, which errors.As moves to the heap
+	}
 	var ae *sender.AttemptError
-	return err != nil && errors.As(err, &ae) && ae.Stage == sender.StageRefusedTarget
+	return errors.As(err, &ae) && ae.Stage == sender.StageRefusedTarget
 }

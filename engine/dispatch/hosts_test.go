@@ -233,3 +233,10 @@ func TestDeliveryRecordSize(t *testing.T) {
 		t.Fatalf("delivery record grew to %d bytes", size)
 	}
 }
+
+// The classification after every attempt allocates nothing on success.
+func TestRefusedTargetAllocs(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { _ = refusedTarget(nil) }); n != 0 {
+		t.Fatalf("refusedTarget(nil) allocates %v times", n)
+	}
+}
