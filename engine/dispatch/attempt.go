@@ -36,10 +36,10 @@ func (d *Dispatcher) hand(dl *delivery) {
 // and then sends whatever the gate hands over next for that host.
 func (d *Dispatcher) deliver(dl *delivery) {
 	for dl != nil {
-		host := dl.hook.Host()
+		gate := dl.gate
 		healthy, took := d.attempt(dl) // dl is released or handed on after this
 		var overflow []*delivery
-		dl, overflow = d.hosts.done(host, healthy, took)
+		dl, overflow = d.hosts.done(gate, healthy, took)
 		for _, o := range overflow {
 			d.overflow(o)
 		}

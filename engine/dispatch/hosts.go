@@ -121,6 +121,10 @@ func (g *hostGate) admit(host string, dl *delivery) (a admission, shed []*delive
 		st = &hostState{limit: g.startLimit}
 		g.hosts[host] = st
 	}
+	// An admitted or queued delivery keeps its host's entry (sweep drops
+	// only hosts with nothing in flight or queued), so done finds it
+	// without a lookup.
+	dl.gate = st
 	if st.inflight < st.limit {
 		if st.inflight == 0 {
 			st.lastProgress = g.now()
@@ -195,13 +199,13 @@ func (st *hostState) shed(keep int) []*delivery {
 	return out
 }
 
-// done ends one admitted attempt that took took (0: no answer time to
-// learn from) and returns the next queued delivery to send (already
-// admitted), plus any deliveries the host can no longer take.
-func (g *hostGate) done(host string, healthy bool, took time.Duration) (next *delivery, overflow []*delivery) {
+// done ends one admitted attempt to the host st (the delivery's gate) that
+// took took (0: no answer time to learn from) and returns the next queued
+// delivery to send (already admitted), plus any deliveries the host can no
+// longer take.
+func (g *hostGate) done(st *hostState, healthy bool, took time.Duration) (next *delivery, overflow []*delivery) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := g.hosts[host]
 	st.inflight--
 	st.lastProgress = g.now()
 	if healthy {
