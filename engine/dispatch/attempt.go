@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"time"
@@ -11,14 +12,16 @@ import (
 )
 
 // hand passes a delivery through its host's gate on the caller's goroutine
-// (a shard's fetch loop or retry poller) and gives the workers only what may
-// be sent now. A delivery the gate queues is sent later by the worker that
-// finishes an attempt to its host, so a full host costs no worker wakeup
-// per delivery. An admitted delivery holds a place in its host's limit, so
-// it is handed to a worker even once the caller's context has ended: the
-// workers run until every shard has drained, and the worker abandons it if
-// its shard has let the partition go.
-func (d *Dispatcher) hand(dl *delivery) {
+// (a shard's fetch loop or retry poller, whose context is ctx) and gives
+// the workers only what may be sent now. A delivery the gate queues is
+// sent later by the worker that finishes an attempt to its host, so a full
+// host costs no worker wakeup per delivery. An admitted delivery holds a
+// place in its host's limit, so it must reach a worker even when ctx ends
+// while every worker is busy (possibly waiting for this shard's writer,
+// which stops only once its feeders have returned): then a goroutine takes
+// it over (Run waits for these before it closes the work channel), and the
+// worker abandons it if the shard has let the partition go by then.
+func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
 	a, shed := d.hosts.admit(dl.hook.Host(), dl)
 	for _, o := range shed {
 		d.overflow(o)
@@ -28,7 +31,11 @@ func (d *Dispatcher) hand(dl *delivery) {
 	case admitOverflow:
 		d.overflow(dl)
 	default:
-		d.work <- dl
+		select {
+		case d.work <- dl:
+		case <-ctx.Done():
+			goWith(&d.handoffs, func() { d.work <- dl })
+		}
 	}
 }
 

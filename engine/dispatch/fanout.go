@@ -53,6 +53,6 @@ func (s *shardRun) fanOut(ctx context.Context, m *kafkaio.Record) {
 		dl := deliveryPool.Get().(*delivery)
 		dl.sh, dl.offset, dl.hook, dl.body, dl.produced = s, m.Offset, h, body, produced
 		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, h.ID)
-		d.hand(dl)
+		d.hand(ctx, dl)
 	}
 }

@@ -1,9 +1,12 @@
 package dispatch
 
 import (
+	"context"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/geckohook/geckohook/engine/registry"
 )
 
 // gateAt returns a gate whose clock the test moves.
@@ -238,5 +241,38 @@ func TestDeliveryRecordSize(t *testing.T) {
 func TestRefusedTargetAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _ = refusedTarget(nil) }); n != 0 {
 		t.Fatalf("refusedTarget(nil) allocates %v times", n)
+	}
+}
+
+// A feeder whose context ends while no worker is free does not block on
+// the work channel (the workers may be waiting for its shard's writer), yet
+// the delivery it admitted still reaches a worker: it holds a place in its
+// host's limit that only the end of its turn gives back.
+func TestHandAfterTheFeederStopped(t *testing.T) {
+	d := &Dispatcher{work: make(chan *delivery), hosts: newHostGate(4, time.Second, time.Now)}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dl := &delivery{hook: &registry.Webhook{}}
+	returned := make(chan struct{})
+	go func() {
+		d.hand(ctx, dl)
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("hand blocked on a busy pool after its context ended")
+	}
+	select {
+	case got := <-d.work:
+		if got != dl {
+			t.Fatal("a worker got another delivery")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the admitted delivery never reached a worker")
+	}
+	d.handoffs.Wait()
+	if st := dl.gate; st == nil || st.inflight != 1 {
+		t.Fatalf("gate entry %+v: want the delivery still counted in flight", st)
 	}
 }

@@ -119,7 +119,7 @@ func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
 		return s.conclude(ctx, dl, retry.Deleted, time.Time{})
 	}
 	dl.hook = hook
-	d.hand(dl)
+	d.hand(ctx, dl)
 	return true
 }
 
