@@ -98,3 +98,60 @@ func TestTrackerWindowBlocksUntilSpace(t *testing.T) {
 		t.Fatalf("WaitBelow = %v with %d in flight", err, tr.InFlight())
 	}
 }
+
+// A full window is refilled in batches: the waiter is woken once more than
+// an eighth of the window has finished, not at every finished delivery.
+func TestTrackerWindowRefillsInBatches(t *testing.T) {
+	tr := NewTracker(0)
+	for off := int64(0); off < 64; off++ {
+		tr.Add(off, 1)
+	}
+	woke := make(chan error, 1)
+	go func() { woke <- tr.WaitBelow(context.Background(), 64) }()
+	// Wait until the waiter is waiting (it has set its wake point).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tr.mu.Lock()
+		waiting := tr.wakeBelow != 0
+		tr.mu.Unlock()
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("WaitBelow never waited")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for off := int64(0); off < 8; off++ {
+		tr.Done(off)
+	}
+	if len(tr.space) != 0 {
+		t.Fatal("the waiter was signalled with 56 of 64 in flight, before an eighth finished")
+	}
+	tr.Done(8)
+	select {
+	case err := <-woke:
+		if err != nil || tr.InFlight() != 55 {
+			t.Fatalf("WaitBelow = %v with %d in flight", err, tr.InFlight())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitBelow did not return once 55 of 64 were in flight")
+	}
+}
+
+// BenchmarkTracker is one delivery's bookkeeping with a window of 4,096
+// deliveries in flight: an Add, and a Done of an older one, out of order
+// within blocks of 1,024.
+func BenchmarkTracker(b *testing.B) {
+	const window, block = 4096, 1024
+	tr := NewTracker(0)
+	perm := rand.New(rand.NewPCG(1, 2)).Perm(block)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		tr.Add(int64(i), 1)
+		if done := i - window; done >= 0 {
+			base := done - done%block
+			tr.Done(int64(base + perm[done%block]))
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"time"
@@ -10,33 +11,45 @@ import (
 	"github.com/geckohook/geckohook/engine/sender"
 )
 
-// deliver runs on a worker: it passes the delivery through its host's gate,
-// makes the attempt, and then sends whatever the gate hands over next for
-// that host, so a queued delivery never holds a worker while it waits.
-func (d *Dispatcher) deliver(dl *delivery) {
-	admitted := false
-	for dl != nil {
-		host := dl.hook.Host()
-		if !admitted {
-			a, shed := d.hosts.admit(host, dl)
-			for _, o := range shed {
-				d.overflow(o)
-			}
-			switch a {
-			case admitQueued:
-				return
-			case admitOverflow:
-				d.overflow(dl)
-				return
-			}
+// hand passes a delivery through its host's gate on the caller's goroutine
+// (a shard's fetch loop or retry poller, whose context is ctx) and gives
+// the workers only what may be sent now. A delivery the gate queues is
+// sent later by the worker that finishes an attempt to its host, so a full
+// host costs no worker wakeup per delivery. An admitted delivery holds a
+// place in its host's limit, so it must reach a worker even when ctx ends
+// while every worker is busy (possibly waiting for this shard's writer,
+// which stops only once its feeders have returned): then a goroutine takes
+// it over (Run waits for these before it closes the work channel), and the
+// worker abandons it if the shard has let the partition go by then.
+func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
+	a, shed := d.hosts.admit(dl.hook.Host(), dl)
+	for _, o := range shed {
+		d.overflow(o)
+	}
+	switch a {
+	case admitQueued:
+	case admitOverflow:
+		d.overflow(dl)
+	default:
+		select {
+		case d.work <- dl:
+		case <-ctx.Done():
+			goWith(&d.handoffs, func() { d.work <- dl })
 		}
-		healthy := d.attempt(dl) // dl is released or handed on after this
+	}
+}
+
+// deliver runs on a worker: it makes the attempt of an admitted delivery,
+// and then sends whatever the gate hands over next for that host.
+func (d *Dispatcher) deliver(dl *delivery) {
+	for dl != nil {
+		gate := dl.gate
+		healthy, took := d.attempt(dl) // dl is released or handed on after this
 		var overflow []*delivery
-		dl, overflow = d.hosts.done(host, healthy)
+		dl, overflow = d.hosts.done(gate, healthy, took)
 		for _, o := range overflow {
 			d.overflow(o)
 		}
-		admitted = true
 	}
 }
 
@@ -51,23 +64,24 @@ func (d *Dispatcher) overflow(dl *delivery) {
 }
 
 // attempt makes one attempt and concludes the delivery's turn. It reports
-// whether the host looked healthy: it answered, and not too slowly. The
-// worker only classifies: whatever must be written (a retry, a 410's
-// deletion) goes to the shard's writer.
-func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
+// whether the host looked healthy (it answered, and not too slowly) and how
+// long the request took (0 when none was sent). The worker only classifies:
+// whatever must be written (a retry, a 410's deletion) goes to the shard's
+// writer.
+func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 	s := dl.sh
 	if s.life.Err() != nil {
 		// The shard gave its partition up without this delivery finished;
 		// the next owner replays the event (or re-claims the retry).
 		// Sending now would only add a duplicate and hold up shutdown.
 		s.abandon(dl)
-		return true
+		return true, 0
 	}
 	hook, app := d.o.Registry.Target(dl.hook.ID)
 	if hook == nil {
 		// Deleted since the event was matched: nothing to deliver.
 		s.conclude(s.life, dl, retry.Deleted, time.Time{})
-		return true
+		return true, 0
 	}
 	// The webhook as it is now: its outcome and record carry the current
 	// address, not the one the event was matched with.
@@ -90,7 +104,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 	}
 	dl.res = d.o.Sender.SendSigned(hook.Address, dl.body, dl.id[:], sig)
 	answered := time.Now()
-	took := answered.Sub(start)
+	took = answered.Sub(start)
 	d.m.observe(dl, took, answered)
 	// A 429 asks for less: it lowers the host's concurrency like a timeout.
 	healthy = dl.res.Err == nil && dl.res.Status != 429 && took < d.o.SlowAttempt
@@ -107,10 +121,13 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool) {
 			Str("delivery", string(dl.id[:])).Msg("delivery failed; scheduling retry")
 	}
 	s.conclude(s.life, dl, r, at)
-	return healthy
+	return healthy, took
 }
 
 func refusedTarget(err error) bool {
+	if err == nil {
+		return false // before ae, which errors.As moves to the heap
+	}
 	var ae *sender.AttemptError
-	return err != nil && errors.As(err, &ae) && ae.Stage == sender.StageRefusedTarget
+	return errors.As(err, &ae) && ae.Stage == sender.StageRefusedTarget
 }

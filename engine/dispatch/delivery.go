@@ -19,6 +19,7 @@ import (
 // shared body.
 type delivery struct {
 	sh     *shardRun
+	gate   *hostState // its host's entry in the gate, once admitted or queued
 	offset int64
 	hook   *registry.Webhook
 	body   []byte // shared by every delivery of the event; never modified

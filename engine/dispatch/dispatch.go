@@ -212,6 +212,9 @@ type Dispatcher struct {
 	grouped atomic.Bool
 
 	commitMu sync.Mutex // serialises offset commits on the group connection
+	// handoffs carry admitted deliveries to the workers for feeders that
+	// stopped first (hand); Run waits for them before closing work.
+	handoffs sync.WaitGroup
 }
 
 // New returns a Dispatcher; Run starts it.
@@ -319,6 +322,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.o.Log.Warn().Err(err).Msg("closing consumer group")
 	}
 	shards.Wait()
+	d.handoffs.Wait()
 	close(drained)
 	close(d.work)
 	workers.Wait()

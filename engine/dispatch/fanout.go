@@ -14,9 +14,10 @@ import (
 // fanOut decodes one event and hands one delivery per matching webhook to
 // the workers; an event that cannot be decoded goes to the dead-letter
 // writer. The body is built once and shared; each delivery gets its id
-// from the event's coordinates and the webhook. If ctx ends while it waits
-// to hand work over, the event stays unfinished (its offset uncommitted)
-// and the partition's next owner replays it.
+// from the event's coordinates and the webhook, and goes through its
+// host's gate (hand). If ctx ends while a dead letter waits for its writer,
+// the event stays unfinished (its offset uncommitted) and the partition's
+// next owner replays it.
 func (s *shardRun) fanOut(ctx context.Context, m *kafkaio.Record) {
 	d := s.d
 	d.Stats.Events.Inc()
@@ -52,11 +53,6 @@ func (s *shardRun) fanOut(ctx context.Context, m *kafkaio.Record) {
 		dl := deliveryPool.Get().(*delivery)
 		dl.sh, dl.offset, dl.hook, dl.body, dl.produced = s, m.Offset, h, body, produced
 		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, h.ID)
-		select {
-		case d.work <- dl:
-		case <-ctx.Done():
-			releaseDelivery(dl)
-			return
-		}
+		d.hand(ctx, dl)
 	}
 }

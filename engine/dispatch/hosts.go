@@ -19,6 +19,14 @@ import (
 // a dead host is caught long before its first timeout), keeps a queue no
 // longer than its limit; the rest goes to the retry queue at once, so it
 // cannot fill the windows and stop the other hosts' deliveries.
+//
+// The additive increase above the start limit also needs answers that come
+// back about as fast as the host's fastest recent ones. When a host's
+// answer time grows with the attempts in flight, the extra attempts only
+// wait in a queue (the host's, or the CPU both ends share): they cost a
+// connection, a goroutine switch and more kernel work per request and buy
+// no throughput (Little's law), so the limit stops growing, and falls back
+// towards the start limit while the answers stay slow (TCP Vegas' rule).
 type hostGate struct {
 	mu         sync.Mutex
 	startLimit int
@@ -35,6 +43,60 @@ type hostState struct {
 	lastProgress time.Time   // last answer, or when attempts started after none in flight
 	queue        []*delivery // FIFO: queue[head:]
 	head         int
+	answers      answerTimes
+}
+
+// Queueing thresholds of answerTimes: a host queues when its smoothed answer
+// time is above growWithin times its fastest plus growSlack (no more
+// increase), and is over-driven above shrinkPast times plus shrinkSlack (the
+// limit falls by one per answer, not below the start limit). The slack
+// keeps network jitter on fast hosts from reading as a queue.
+const (
+	growWithin  = 2
+	growSlack   = time.Millisecond
+	shrinkPast  = 4
+	shrinkSlack = 4 * time.Millisecond
+	// fastestWindow answers make a window; the fastest answer of the last
+	// one or two windows is the host's answer time without a queue.
+	fastestWindow = 1024
+)
+
+// answerTimes follows one host's answer times: a smoothed mean and the
+// fastest of the recent windows.
+type answerTimes struct {
+	mean        time.Duration // weight 1/16 per answer
+	fastest     time.Duration // of this window (0: none yet)
+	fastestPrev time.Duration // of the window before (0: none)
+	n           int           // answers in this window
+}
+
+// add records one answer time.
+func (a *answerTimes) add(took time.Duration) {
+	if a.mean == 0 {
+		a.mean = took
+	} else {
+		a.mean += (took - a.mean) / 16
+	}
+	if a.fastest == 0 || took < a.fastest {
+		a.fastest = took
+	}
+	if a.n++; a.n == fastestWindow {
+		a.fastestPrev, a.fastest, a.n = a.fastest, 0, 0
+	}
+}
+
+// base is the host's recent answer time without a queue.
+func (a *answerTimes) base() time.Duration {
+	if a.fastestPrev != 0 && (a.fastest == 0 || a.fastestPrev < a.fastest) {
+		return a.fastestPrev
+	}
+	return a.fastest
+}
+
+// queueing reports whether answers take longer than factor times the
+// fastest plus slack.
+func (a *answerTimes) queueing(factor time.Duration, slack time.Duration) bool {
+	return a.mean > factor*a.base()+slack
 }
 
 type admission uint8
@@ -59,6 +121,10 @@ func (g *hostGate) admit(host string, dl *delivery) (a admission, shed []*delive
 		st = &hostState{limit: g.startLimit}
 		g.hosts[host] = st
 	}
+	// An admitted or queued delivery keeps its host's entry (sweep drops
+	// only hosts with nothing in flight or queued), so done finds it
+	// without a lookup.
+	dl.gate = st
 	if st.inflight < st.limit {
 		if st.inflight == 0 {
 			st.lastProgress = g.now()
@@ -133,17 +199,26 @@ func (st *hostState) shed(keep int) []*delivery {
 	return out
 }
 
-// done ends one admitted attempt and returns the next queued delivery to
-// send (already admitted), plus any deliveries the host can no longer take.
-func (g *hostGate) done(host string, healthy bool) (next *delivery, overflow []*delivery) {
+// done ends one admitted attempt to the host st (the delivery's gate) that
+// took took (0: no answer time to learn from) and returns the next queued
+// delivery to send (already admitted), plus any deliveries the host can no
+// longer take.
+func (g *hostGate) done(st *hostState, healthy bool, took time.Duration) (next *delivery, overflow []*delivery) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := g.hosts[host]
 	st.inflight--
 	st.lastProgress = g.now()
 	if healthy {
-		if st.limit < g.maxLimit {
+		grow := st.limit < g.startLimit || took <= 0
+		if took > 0 {
+			st.answers.add(took)
+			grow = grow || !st.answers.queueing(growWithin, growSlack)
+		}
+		switch {
+		case grow && st.limit < g.maxLimit:
 			st.limit++
+		case !grow && st.limit > g.startLimit && st.answers.queueing(shrinkPast, shrinkSlack):
+			st.limit--
 		}
 		if st.limit >= g.startLimit {
 			st.degraded = false

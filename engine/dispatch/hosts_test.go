@@ -1,9 +1,12 @@
 package dispatch
 
 import (
+	"context"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/geckohook/geckohook/engine/registry"
 )
 
 // gateAt returns a gate whose clock the test moves.
@@ -37,7 +40,7 @@ func TestHostGateAIMD(t *testing.T) {
 		}
 	}
 	// A healthy finish raises the limit and hands over the oldest queued.
-	next, over := g.done(h, true)
+	next, over := g.done(g.hosts[h], true, 0)
 	if next != dls[16] || len(over) != 0 {
 		t.Fatalf("after healthy done: next %v, overflow %d", next, len(over))
 	}
@@ -45,7 +48,7 @@ func TestHostGateAIMD(t *testing.T) {
 		t.Fatalf("limit %d, in flight %d; want 17 and 16", st.limit, st.inflight)
 	}
 	// Timeouts halve the limit and cut the queue down to it.
-	next, over = g.done(h, false)
+	next, over = g.done(g.hosts[h], false, 0)
 	st := g.hosts[h]
 	if st.limit != 8 || !st.degraded {
 		t.Fatalf("after a timeout: limit %d, degraded %v", st.limit, st.degraded)
@@ -69,7 +72,7 @@ func TestHostGateAIMD(t *testing.T) {
 		if st.inflight == 0 {
 			t.Fatalf("stuck: %d queued, none in flight", st.queued())
 		}
-		g.done(h, true)
+		g.done(g.hosts[h], true, 0)
 	}
 	if st := g.hosts[h]; st.degraded || st.limit < g.startLimit {
 		t.Fatalf("host did not recover: limit %d, degraded %v", st.limit, st.degraded)
@@ -90,13 +93,70 @@ func TestHostGateDeadHostHoldsOneSlot(t *testing.T) {
 		admit(g, h, &delivery{})
 	}
 	for i := 0; i < 16; i++ {
-		g.done(h, false)
+		g.done(g.hosts[h], false, 0)
 	}
 	if st := g.hosts[h]; st.limit != 1 || st.inflight != 0 {
 		t.Fatalf("after 16 timeouts: limit %d, in flight %d", st.limit, st.inflight)
 	}
 	if admit(g, h, &delivery{}) != admitSend || admit(g, h, &delivery{}) != admitQueued || admit(g, h, &delivery{}) != admitOverflow {
 		t.Fatal("a dead host must get one attempt, one waiting, and overflow for the rest")
+	}
+}
+
+// The limit grows past the start only while answers come back about as fast
+// as the host's fastest; when answer times grow with the attempts in flight
+// (a queue), it stops growing and falls back to the start limit.
+func TestHostGateStopsGrowingWhenAnswersQueue(t *testing.T) {
+	g, _ := gateAt(64)
+	const h = "queue.test:443"
+	// answer admits one attempt and ends it in took.
+	answer := func(took time.Duration) int {
+		if a := admit(g, h, &delivery{}); a != admitSend {
+			t.Fatalf("not admitted: %v", a)
+		}
+		g.done(g.hosts[h], true, took)
+		return g.hosts[h].limit
+	}
+	// Steady answers in 40ms (a distant host): the limit grows to the max.
+	for i := 0; i < 100; i++ {
+		answer(40 * time.Millisecond)
+	}
+	if l := g.hosts[h].limit; l != 64 {
+		t.Fatalf("steady answers: limit %d, want 64", l)
+	}
+	// Answers slow to 200ms (five times the fastest): the limit falls back
+	// to the start, one per answer, and no lower.
+	for i := 0; i < 200; i++ {
+		answer(200 * time.Millisecond)
+	}
+	if l := g.hosts[h].limit; l != g.startLimit {
+		t.Fatalf("queued answers: limit %d, want the start limit %d", l, g.startLimit)
+	}
+	// Between the two thresholds (100ms: 2.5 times): neither way.
+	for i := 0; i < 200; i++ {
+		answer(100 * time.Millisecond)
+	}
+	if l := g.hosts[h].limit; l != g.startLimit {
+		t.Fatalf("answers at 2.5x: limit %d, want %d", l, g.startLimit)
+	}
+	// Back to fast answers: the mean comes down and the limit grows again.
+	for i := 0; i < 200; i++ {
+		answer(40 * time.Millisecond)
+	}
+	if l := g.hosts[h].limit; l != 64 {
+		t.Fatalf("fast again: limit %d, want 64", l)
+	}
+	// A degraded host recovers to the start limit even while its answers
+	// are slow: the latency rule only holds back growth beyond it.
+	for i := 0; i < 10; i++ {
+		admit(g, h, &delivery{})
+		g.done(g.hosts[h], false, 0)
+	}
+	for i := 0; i < 100; i++ {
+		answer(time.Second)
+	}
+	if st := g.hosts[h]; st.limit != g.startLimit || st.degraded {
+		t.Fatalf("after timeouts and slow answers: limit %d, degraded %v; want %d and recovered", st.limit, st.degraded, g.startLimit)
 	}
 }
 
@@ -121,7 +181,7 @@ func TestHostGateShedsAStalledHostsQueue(t *testing.T) {
 		t.Fatalf("kept %d queued, shed from offset %d; want the oldest 16 kept", g.hosts[h].queued(), shed[0].offset)
 	}
 	// An answer is progress: the host may queue freely again.
-	g.done(h, true)
+	g.done(g.hosts[h], true, 0)
 	for i := 0; i < 50; i++ {
 		if a := admit(g, h, &delivery{}); a == admitOverflow {
 			t.Fatalf("after an answer, delivery %d overflowed", i)
@@ -138,12 +198,12 @@ func TestHostGateShedStalledWithoutNewArrivals(t *testing.T) {
 		admit(g, "a.test:443", &delivery{})
 		admit(g, "b.test:443", &delivery{})
 	}
-	g.done("b.test:443", true) // b answers; a does not
+	g.done(g.hosts["b.test:443"], true, 0) // b answers; a does not
 	if shed := g.shedStalled(); len(shed) != 0 {
 		t.Fatalf("shed %d before anything stalled", len(shed))
 	}
 	*now = now.Add(2 * time.Second)
-	g.done("b.test:443", true)
+	g.done(g.hosts["b.test:443"], true, 0)
 	shed := g.shedStalled()
 	if len(shed) != 40-16-16 || g.hosts["a.test:443"].queued() != 16 {
 		t.Fatalf("shed %d, a keeps %d queued; want 8 shed and 16 kept", len(shed), g.hosts["a.test:443"].queued())
@@ -158,7 +218,7 @@ func TestHostGateQueueDoesNotGrowOnABusyHost(t *testing.T) {
 	// one in, one out, 100,000 times.
 	for i := 0; i < 100_000; i++ {
 		admit(g, h, &delivery{})
-		if next, _ := g.done(h, true); next == nil {
+		if next, _ := g.done(g.hosts[h], true, 0); next == nil {
 			t.Fatal("nothing handed over")
 		}
 	}
@@ -174,5 +234,45 @@ func TestDeliveryRecordSize(t *testing.T) {
 	t.Logf("delivery record: %d bytes", size)
 	if size > 256 {
 		t.Fatalf("delivery record grew to %d bytes", size)
+	}
+}
+
+// The classification after every attempt allocates nothing on success.
+func TestRefusedTargetAllocs(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { _ = refusedTarget(nil) }); n != 0 {
+		t.Fatalf("refusedTarget(nil) allocates %v times", n)
+	}
+}
+
+// A feeder whose context ends while no worker is free does not block on
+// the work channel (the workers may be waiting for its shard's writer), yet
+// the delivery it admitted still reaches a worker: it holds a place in its
+// host's limit that only the end of its turn gives back.
+func TestHandAfterTheFeederStopped(t *testing.T) {
+	d := &Dispatcher{work: make(chan *delivery), hosts: newHostGate(4, time.Second, time.Now)}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dl := &delivery{hook: &registry.Webhook{}}
+	returned := make(chan struct{})
+	go func() {
+		d.hand(ctx, dl)
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("hand blocked on a busy pool after its context ended")
+	}
+	select {
+	case got := <-d.work:
+		if got != dl {
+			t.Fatal("a worker got another delivery")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the admitted delivery never reached a worker")
+	}
+	d.handoffs.Wait()
+	if st := dl.gate; st == nil || st.inflight != 1 {
+		t.Fatalf("gate entry %+v: want the delivery still counted in flight", st)
 	}
 }

@@ -62,8 +62,8 @@ func TestThrottledHosts(t *testing.T) {
 			t.Fatalf("%s not admitted", h)
 		}
 	}
-	g.done("ok:443", true) // ramping towards 64: not throttled
-	g.done("cut:443", false)
+	g.done(g.hosts["ok:443"], true, 0) // ramping towards 64: not throttled
+	g.done(g.hosts["cut:443"], false, 0)
 	if n := g.throttled(); n != 1 {
 		t.Fatalf("throttled = %d, want 1 (the cut host)", n)
 	}

@@ -144,13 +144,8 @@ func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
 		return s.conclude(ctx, dl, retry.Deleted, time.Time{})
 	}
 	dl.hook = hook
-	select {
-	case d.work <- dl:
-		return true
-	case <-ctx.Done():
-		s.abandon(dl)
-		return false
-	}
+	d.hand(ctx, dl)
+	return true
 }
 
 // releaseUntaken gives back claims the poller never handed out.

@@ -190,8 +190,10 @@ func TestBothSchemeAndRotationThroughDispatcher(t *testing.T) {
 		t.Errorf("webhook-signature %q: want two entries, the new secret's first", during.WebhookSignature)
 	}
 
-	// After the overlap, by the dispatcher's registry clock alone.
-	regClock.Add(time.Hour + time.Second)
+	// After the overlap, by the dispatcher's registry clock alone. The
+	// overlap ends an hour after the rotation by the API's clock (real
+	// time, some seconds after regClock was set on a loaded machine).
+	regClock.Add(rotated.PreviousSecrets[0].Until.Sub(regClock.Now()) + time.Second)
 	e.produce("acc1", event(3))
 	after := e.waitReceived("/both", 4)[3]
 	check(after, secret2)

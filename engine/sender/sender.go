@@ -92,10 +92,16 @@ func New(o Options) *Sender {
 			}
 			return track(c), nil
 		},
-		MaxConnsPerHost:        o.MaxConnsPerHost,
-		MaxConnWaitTimeout:     o.MaxConnWait,
-		MaxIdleConnDuration:    o.MaxIdleConnDuration,
-		MaxConnDuration:        5 * time.Minute,
+		MaxConnsPerHost:     o.MaxConnsPerHost,
+		MaxConnWaitTimeout:  o.MaxConnWait,
+		MaxIdleConnDuration: o.MaxIdleConnDuration,
+		MaxConnDuration:     5 * time.Minute,
+		// The most recently used connection goes out first, so the ones a
+		// burst opened beyond what the host needs now sit idle and close
+		// after MaxIdleConnDuration (fasthttp's default, FIFO, keeps every
+		// one of them in turn, hot and open). It also picks the connection
+		// least likely to have been closed by the server while idle.
+		ConnPoolStrategy:       fasthttp.LIFO,
 		ReadTimeout:            o.Timeout,
 		WriteTimeout:           o.Timeout,
 		MaxResponseBodySize:    o.MaxResponseBodySize,
