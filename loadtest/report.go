@@ -63,7 +63,7 @@ func CurrentHost() Host {
 // fails; the ratio is written as 0 when there is no ceiling; Roles and
 // Series are written as [] when empty, never null.
 type Scenario struct {
-	Name    string `json:"name"`              // healthy, dead-endpoints, recovering, churn, registry-scale, partitions
+	Name    string `json:"name"`              // healthy, dead-endpoints, recovering, churn, registry-scale, registry-million, partitions
 	Variant string `json:"variant,omitempty"` // e.g. "8 partitions, 2 dispatchers"
 
 	Events           int64   `json:"events"`
@@ -97,6 +97,11 @@ type Scenario struct {
 	Partitions      int     `json:"partitions,omitempty"`
 	Dispatchers     int     `json:"dispatchers,omitempty"`
 	BytesPerWebhook float64 `json:"bytes_per_webhook,omitempty"`
+
+	// The registry-million scenario's figures (registrymillion.go).
+	RegistryLoadMs          float64 `json:"registry_load_ms,omitempty"`           // slowest process's load at start
+	RegistryBytesPerWebhook float64 `json:"registry_bytes_per_webhook,omitempty"` // live heap after GC, net of an empty registry
+	ChangeP99Ms             float64 `json:"change_p99_ms,omitempty"`              // API change to every process holding it
 
 	// Cost figures (figures.go says how each is taken; 0: not measured).
 	// RedisBytesPerQueued is Redis memory per queued delivery at the peak
@@ -240,6 +245,9 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.OfferedPerSec = reportRound(s.OfferedPerSec, 10)
 	s.HealthyPerSec = reportRound(s.HealthyPerSec, 10)
 	s.BytesPerWebhook = reportRound(s.BytesPerWebhook, 10)
+	s.RegistryLoadMs = reportRound(s.RegistryLoadMs, 100)
+	s.RegistryBytesPerWebhook = reportRound(s.RegistryBytesPerWebhook, 10)
+	s.ChangeP99Ms = reportRound(s.ChangeP99Ms, 100)
 	s.RedisBytesPerQueued = reportRound(s.RedisBytesPerQueued, 10)
 	s.DrainPerSec = reportRound(s.DrainPerSec, 10)
 	s.DrainRatio = reportRound(s.DrainRatio, 1000)
@@ -498,6 +506,9 @@ func reportNotes(s *Scenario) []string {
 		if s.Webhooks > 0 {
 			n += " (" + strconv.Itoa(s.Webhooks) + " webhooks)"
 		}
+		notes = append(notes, n)
+	}
+	if n := registryNote(s); n != "" {
 		notes = append(notes, n)
 	}
 	return notes

@@ -183,6 +183,9 @@ type StackOptions struct {
 	Pprof bool     // serve profiles from the first geckohook process
 	// AppendFsync is redis-server's appendfsync (default everysec).
 	AppendFsync string
+	// StartLimit is how long a geckohook process may take to become
+	// healthy (default 30 s).
+	StartLimit time.Duration
 }
 
 // StartStack starts the broker, redis-server and geckohook processes the
@@ -324,7 +327,11 @@ func (s *Stack) StartGeckohook(ctx context.Context, role string, pprof bool) (*P
 	if err != nil {
 		return nil, "", err
 	}
-	if err := s.WaitHealthy(ctx, p, "http://"+addr+"/metrics", 30*time.Second); err != nil {
+	limit := o.StartLimit
+	if limit == 0 {
+		limit = 30 * time.Second
+	}
+	if err := s.WaitHealthy(ctx, p, "http://"+addr+"/metrics", limit); err != nil {
 		p.Kill()
 		return nil, "", fmt.Errorf("geckohook %s did not start: %w", role, err)
 	}

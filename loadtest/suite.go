@@ -24,7 +24,7 @@ import (
 )
 
 // ScenarioNames are the scenarios of `make bench`, in the order they run.
-var ScenarioNames = []string{"healthy", "dead-endpoints", "recovering", "churn", "registry-scale", "partitions", "outage"}
+var ScenarioNames = []string{"healthy", "dead-endpoints", "recovering", "churn", "registry-scale", "registry-million", "partitions", "outage"}
 
 // SuiteOptions configures a capacity run.
 type SuiteOptions struct {
@@ -142,6 +142,10 @@ type spec struct {
 	arm func(farm *Farm, p *Plan, t0 time.Time)
 	// perWebhook: report the memory geckohook grew by per webhook registered.
 	perWebhook bool
+	// register, when set, registers the plan instead of the API calls of
+	// Register; during, when set, runs while the flood runs.
+	register func(ctx context.Context, st *Stack, p *Plan, row *Scenario) error
+	during   func(ctx context.Context, st *Stack, row *Scenario) error
 	// farm and ceiling, when set, are shared with other runs of the
 	// scenario (the plan's URLs point at that farm).
 	farm    *Farm
@@ -222,6 +226,8 @@ func (s *suite) scenario(ctx context.Context, name string) ([]Scenario, error) {
 		return s.runOne(ctx, spec{name: name, partitions: 8, dispatchers: 1, servers: 16, plan: p,
 			flood: s.sizes(30*time.Second, 10*time.Second), settle: 30 * time.Second,
 			deliverable: ok, perWebhook: true})
+	case "registry-million":
+		return s.registryMillion(ctx)
 	case "partitions":
 		if s.o.API != "" {
 			fmt.Fprintf(s.o.Log, "partitions: skipped: it starts its own processes, and this run uses an existing deployment\n")
@@ -327,11 +333,17 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 
 	before := s.geckohookRSS(stack)
 	regStart := time.Now()
-	if err := Register(ctx, stack.API, stack.AdminToken, sp.plan, 32, func(n int) {
-		if n%20000 == 0 {
-			fmt.Fprintf(o.Log, "%s: %d webhooks registered\n", sp.name, n)
-		}
-	}); err != nil {
+	register := func(ctx context.Context, st *Stack, p *Plan, _ *Scenario) error {
+		return Register(ctx, st.API, st.AdminToken, p, 32, func(n int) {
+			if n%20000 == 0 {
+				fmt.Fprintf(o.Log, "%s: %d webhooks registered\n", sp.name, n)
+			}
+		})
+	}
+	if sp.register != nil {
+		register = sp.register
+	}
+	if err := register(ctx, stack, sp.plan, &row); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(o.Log, "%s: %d webhooks of %d applications registered in %s\n", sp.name, len(sp.plan.Hooks), len(sp.plan.Apps), time.Since(regStart).Round(time.Millisecond))
@@ -388,8 +400,17 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		profiling.Go(func() { s.profile(stack, filepath.Join(o.Out, dirName, "cpu.pprof"), d) })
 	}
 	deliverable := sp.plan.PairCounter(sp.deliverable)
+	var during sync.WaitGroup
+	var duringErr error
+	if sp.during != nil {
+		during.Go(func() { duringErr = sp.during(ctx, stack, &row) })
+	}
 	produced, err := gen.Run(ctx, Flood{Count: maxEvents, Duration: sp.flood, MaxAhead: maxAhead,
 		Ahead: func(n int) int64 { return deliverable(n) - l.Delivered() }}, nil)
+	during.Wait()
+	if duringErr != nil {
+		row.Failures = append(row.Failures, duringErr.Error())
+	}
 	if err != nil {
 		mon.stop()
 		if sp.outage != nil {

@@ -53,6 +53,8 @@ var exportedMetrics = map[string]bool{
 	"geckohook_consumer_lag":                      false,
 	"geckohook_registry_webhooks":                 false,
 	"geckohook_registry_applications":             false,
+	"geckohook_registry_load_seconds":             false,
+	"geckohook_registry_change_delay_seconds":     true, // histogram
 	"geckohook_hosts_throttled":                   false,
 	"geckohook_redis_up":                          false,
 	"geckohook_offset_commit_failures_total":      false,

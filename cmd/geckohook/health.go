@@ -75,8 +75,15 @@ func (p *process) readiness() []ops.Check {
 	return checks
 }
 
+// changeDelayBuckets are the upper bounds (seconds) of
+// geckohook_registry_change_delay_seconds: a change normally reaches every
+// process within milliseconds, so the buckets are finer than those of a
+// delivery.
+var changeDelayBuckets = []float64{.001, .002, .005, .01, .02, .05, .1, .2, .3, .4, .5, .6, .8, 1, 1.5, 2, 5, 10, 30}
+
 // registerProcessMetrics puts the process-wide gauges in the set: the
-// registry's size and whether Redis answered the last ping.
+// registry's size, how long its last full load took, and whether Redis
+// answered the last ping.
 func (p *process) registerProcessMetrics() {
 	p.metrics.NewGauge("geckohook_registry_applications", func() float64 {
 		apps, _ := p.registry.Counts()
@@ -85,6 +92,9 @@ func (p *process) registerProcessMetrics() {
 	p.metrics.NewGauge("geckohook_registry_webhooks", func() float64 {
 		_, hooks := p.registry.Counts()
 		return float64(hooks)
+	})
+	p.metrics.NewGauge("geckohook_registry_load_seconds", func() float64 {
+		return p.registry.LastLoad().Seconds()
 	})
 	p.metrics.NewGauge("geckohook_redis_up", func() float64 {
 		if p.redisUp.Load() {

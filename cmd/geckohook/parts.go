@@ -340,13 +340,16 @@ func (p *process) ensureTopics(ctx context.Context) error {
 }
 
 func (p *process) startRegistry(ctx context.Context) error {
-	p.registry = registry.New(p.rdb, registry.Options{Prefix: p.c.RedisPrefix, Log: p.log.With().Str("part", "registry").Logger()})
+	delay := p.metrics.NewPrometheusHistogramExt("geckohook_registry_change_delay_seconds", changeDelayBuckets)
+	p.registry = registry.New(p.rdb, registry.Options{Prefix: p.c.RedisPrefix, Log: p.log.With().Str("part", "registry").Logger(),
+		ChangeDelay: func(d time.Duration) { delay.Update(d.Seconds()) }})
 	if err := p.registry.Start(ctx); err != nil {
 		return err
 	}
 	p.registerProcessMetrics()
 	apps, hooks := p.registry.Counts()
-	p.log.Info().Int("applications", apps).Int("webhooks", hooks).Msg("registry loaded")
+	p.log.Info().Int("applications", apps).Int("webhooks", hooks).
+		Int64("took_ms", p.registry.LastLoad().Milliseconds()).Msg("registry loaded")
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/mail"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -177,18 +176,16 @@ func (a *API) listWebhooks(ctx *fasthttp.RequestCtx, c caller) *apiError {
 		}
 		after = &cur
 	}
-	hooks := a.o.Registry.Webhooks(c.app.ID, string(args.Peek("account_id")))
-	start := 0
+	var from func(*registry.Webhook) bool
 	if after != nil {
-		start = sort.Search(len(hooks), func(i int) bool { return after.before(hooks[i]) })
+		from = after.before
 	}
-	end := min(start+limit, len(hooks))
-	page := hooks[start:end]
+	page, more := a.o.Registry.WebhooksAfter(c.app.ID, string(args.Peek("account_id")), from, limit)
 	out := webhookPage{Webhooks: make([]WebhookView, len(page))}
 	for i, w := range page {
 		out.Webhooks[i] = webhookView(w)
 	}
-	if end < len(hooks) {
+	if more {
 		out.NextCursor = encodeWebhookCursor(page[len(page)-1])
 	}
 	writeJSON(ctx, fasthttp.StatusOK, out)

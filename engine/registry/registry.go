@@ -7,7 +7,6 @@
 package registry
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -18,6 +17,7 @@ import (
 	"net"
 	"net/url"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,14 +94,24 @@ func (w *Webhook) prepare() {
 // ErrNotFound is returned for an unknown id.
 var ErrNotFound = errors.New("not found")
 
-type matchKey struct{ account, event string }
+// errReload is apply's answer to an announcement asking for a full reload.
+var errReload = errors.New("reload announced")
 
 // change is one announcement on the registry channel.
 type change struct {
-	Kind   byte   `msgpack:"k"` // 'a' app, 'w' webhook
+	Kind   byte   `msgpack:"k"` // 'a' app, 'w' webhook, 'r' reload everything
 	Delete bool   `msgpack:"d"`
 	ID     string `msgpack:"id"`
 	Record []byte `msgpack:"r"`
+	// At is when it was announced (Unix nanoseconds, the announcing
+	// process's clock; 0 from processes older than the field).
+	At int64 `msgpack:"t,omitempty"`
+}
+
+// announcement encodes c for the channel, stamped with the time.
+func (r *Registry) announcement(c *change) ([]byte, error) {
+	c.At = r.opts.Now().UnixNano()
+	return msgpack.Marshal(c)
 }
 
 // Options configure a Registry.
@@ -114,6 +124,10 @@ type Options struct {
 	Log         zerolog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// ChangeDelay, when set, is told how long each change announced by
+	// any process took from its announcement until this process applied
+	// it (by the two processes' clocks).
+	ChangeDelay func(time.Duration)
 }
 
 // Registry is the in-memory copy of applications and webhooks, backed by
@@ -128,8 +142,9 @@ type Registry struct {
 	mu sync.RWMutex
 	index
 
-	reloads atomic.Int64
-	done    chan struct{}
+	reloads  atomic.Int64
+	lastLoad atomic.Int64 // nanoseconds
+	done     chan struct{}
 }
 
 // New returns an empty Registry; Start loads it and follows changes.
@@ -233,7 +248,9 @@ func (r *Registry) follow(ctx context.Context, ps *redis.PubSub) {
 					r.reloadUntilDone(ctx)
 				}
 			case *redis.Message:
-				if err := r.applyPayload([]byte(m.Payload)); err != nil {
+				if err := r.applyPayload([]byte(m.Payload)); errors.Is(err, errReload) {
+					r.reloadUntilDone(ctx)
+				} else if err != nil {
 					r.opts.Log.Error().Err(err).Msg("bad registry announcement; reloading")
 					r.reloadUntilDone(ctx)
 				}
@@ -249,40 +266,6 @@ func (r *Registry) reloadUntilDone(ctx context.Context) {
 		})
 }
 
-// Reload replaces the in-memory copy with what Redis holds.
-func (r *Registry) Reload(ctx context.Context) error {
-	rawApps, err := r.rdb.HGetAll(ctx, r.appsKey).Result()
-	if err != nil {
-		return fmt.Errorf("cannot load applications: %w", err)
-	}
-	rawHooks, err := r.rdb.HGetAll(ctx, r.hooksKey).Result()
-	if err != nil {
-		return fmt.Errorf("cannot load webhooks: %w", err)
-	}
-	apps := make(map[string]*App, len(rawApps))
-	for id, raw := range rawApps {
-		a, err := r.decodeApp([]byte(raw))
-		if err != nil {
-			r.opts.Log.Error().Err(err).Str("app_id", id).Msg("skipping unreadable application record")
-			continue
-		}
-		apps[id] = a
-	}
-	hooks := make(map[string]*Webhook, len(rawHooks))
-	for id, raw := range rawHooks {
-		w := new(Webhook)
-		if err := msgpack.Unmarshal([]byte(raw), w); err != nil {
-			r.opts.Log.Error().Err(err).Str("webhook_id", id).Msg("skipping unreadable webhook record")
-			continue
-		}
-		w.prepare()
-		hooks[id] = w
-	}
-	r.swap(apps, hooks)
-	r.reloads.Add(1)
-	return nil
-}
-
 func (r *Registry) decodeApp(raw []byte) (*App, error) {
 	a := new(App)
 	if err := msgpack.Unmarshal(raw, a); err != nil {
@@ -293,26 +276,18 @@ func (r *Registry) decodeApp(raw []byte) (*App, error) {
 	return a, nil
 }
 
-// swap installs a complete new index built from apps and hooks.
-func (r *Registry) swap(apps map[string]*App, hooks map[string]*Webhook) {
-	x := newIndex(len(apps), len(hooks))
-	for _, a := range apps {
-		x.addApp(a)
-	}
-	for _, w := range hooks {
-		x.addHook(w)
-	}
-	r.mu.Lock()
-	r.index = x
-	r.mu.Unlock()
-}
-
 func (r *Registry) applyPayload(payload []byte) error {
 	var c change
 	if err := msgpack.Unmarshal(payload, &c); err != nil {
 		return fmt.Errorf("cannot decode registry change: %w", err)
 	}
-	return r.apply(c)
+	if err := r.apply(c); err != nil {
+		return err
+	}
+	if c.At != 0 && r.opts.ChangeDelay != nil {
+		r.opts.ChangeDelay(r.opts.Now().Sub(time.Unix(0, c.At)))
+	}
+	return nil
 }
 
 func (r *Registry) apply(c change) error {
@@ -346,95 +321,21 @@ func (r *Registry) apply(c change) error {
 			r.addHook(w)
 		}
 		r.mu.Unlock()
+	case 'r':
+		return errReload
 	default:
 		return fmt.Errorf("unknown registry change kind %q", c.Kind)
 	}
 	return nil
 }
 
-// index is the in-memory copy with its lookup tables. The Registry's lock
-// guards it; Match callers may hold a byKey slice, so those are copied on
-// write.
-type index struct {
-	apps    map[string]*App
-	byToken map[string]*App
-	hooks   map[string]*Webhook
-	byKey   map[matchKey][]*Webhook
-	byApp   map[string]map[string]*Webhook
-}
-
-func newIndex(apps, hooks int) index {
-	return index{
-		apps: make(map[string]*App, apps), byToken: make(map[string]*App, apps),
-		hooks: make(map[string]*Webhook, hooks), byKey: make(map[matchKey][]*Webhook, hooks),
-		byApp: make(map[string]map[string]*Webhook),
-	}
-}
-
-func (x *index) addApp(a *App) {
-	x.removeApp(a.ID)
-	x.apps[a.ID] = a
-	x.byToken[a.TokenHash] = a
-	for _, p := range a.PreviousTokens {
-		x.byToken[p.Value] = a
-	}
-}
-
-func (x *index) removeApp(id string) {
-	if a := x.apps[id]; a != nil {
-		delete(x.byToken, a.TokenHash)
-		for _, p := range a.PreviousTokens {
-			delete(x.byToken, p.Value)
-		}
-		delete(x.apps, id)
-	}
-}
-
-func (x *index) addHook(w *Webhook) {
-	x.hooks[w.ID] = w
-	k := matchKey{w.AccountID, w.Event}
-	list := x.byKey[k]
-	x.byKey[k] = append(list[:len(list):len(list)], w)
-	if x.byApp[w.AppID] == nil {
-		x.byApp[w.AppID] = make(map[string]*Webhook)
-	}
-	x.byApp[w.AppID][w.ID] = w
-}
-
-func (x *index) removeHook(id string) {
-	old := x.hooks[id]
-	if old == nil {
-		return
-	}
-	delete(x.hooks, id)
-	k := matchKey{old.AccountID, old.Event}
-	list := x.byKey[k]
-	next := make([]*Webhook, 0, len(list))
-	for _, w := range list {
-		if w.ID != id {
-			next = append(next, w)
-		}
-	}
-	if len(next) == 0 {
-		delete(x.byKey, k)
-	} else {
-		x.byKey[k] = next
-	}
-	if m := x.byApp[old.AppID]; m != nil {
-		delete(m, id)
-		if len(m) == 0 {
-			delete(x.byApp, old.AppID)
-		}
-	}
-}
-
 // Match returns the webhooks subscribed to event on account. The slice is
 // shared and must not be modified.
 func (r *Registry) Match(account, event string) []*Webhook {
 	r.mu.RLock()
-	list := r.byKey[matchKey{account, event}]
+	list := r.byAccount[account]
 	r.mu.RUnlock()
-	return list
+	return match(list, event)
 }
 
 // Webhook returns the webhook with id, or nil.
@@ -490,18 +391,76 @@ func (r *Registry) Counts() (apps, webhooks int) {
 // Webhooks lists an application's webhooks, oldest first; accountID, when
 // not empty, keeps only that account's.
 func (r *Registry) Webhooks(appID, accountID string) []*Webhook {
+	if accountID == "" {
+		list, unlock := r.appHooks(appID)
+		defer unlock()
+		return slices.Clone(list)
+	}
 	r.mu.RLock()
-	out := make([]*Webhook, 0, len(r.byApp[appID]))
-	for _, w := range r.byApp[appID] {
-		if accountID == "" || w.AccountID == accountID {
+	defer r.mu.RUnlock()
+	return r.accountsWebhooks(appID, accountID)
+}
+
+// appHooks returns an application's webhooks in listing order, sorting
+// them first if a full load left them unsorted, with the read lock held
+// until unlock is called.
+func (r *Registry) appHooks(appID string) (list []*Webhook, unlock func()) {
+	for {
+		r.mu.RLock()
+		app := r.byApp[appID]
+		if app == nil || app.sorted {
+			if app != nil {
+				list = app.list
+			}
+			return list, r.mu.RUnlock
+		}
+		r.mu.RUnlock()
+		r.mu.Lock()
+		// Checked again: a reload may have installed another index.
+		if app := r.byApp[appID]; app != nil && !app.sorted {
+			slices.SortFunc(app.list, byCreation)
+			app.sorted = true
+		}
+		r.mu.Unlock()
+	}
+}
+
+// accountsWebhooks is an application's webhooks on one account in listing
+// order; the caller holds the lock.
+func (r *Registry) accountsWebhooks(appID, accountID string) []*Webhook {
+	var out []*Webhook
+	for _, w := range r.byAccount[accountID] {
+		if w.AppID == appID {
 			out = append(out, w)
 		}
 	}
-	r.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *Webhook) int {
-		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
-	})
+	slices.SortFunc(out, byCreation)
 	return out
+}
+
+// WebhooksAfter is one page of Webhooks: at most limit webhooks that come
+// after a position in the listing order, and whether more follow. after
+// reports whether a webhook comes after the position (false up to some
+// point of the order, true from there on); nil starts at the first. Once
+// the application was listed after a load, its cost grows with the page,
+// not with the application's webhooks.
+func (r *Registry) WebhooksAfter(appID, accountID string, after func(*Webhook) bool, limit int) (page []*Webhook, more bool) {
+	var list []*Webhook
+	if accountID == "" {
+		l, unlock := r.appHooks(appID)
+		defer unlock()
+		list = l
+	} else {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		list = r.accountsWebhooks(appID, accountID)
+	}
+	start := 0
+	if after != nil {
+		start = sort.Search(len(list), func(i int) bool { return after(list[i]) })
+	}
+	end := min(start+limit, len(list))
+	return slices.Clone(list[start:end]), end < len(list)
 }
 
 // HashToken returns the stored form of an API token.
@@ -580,7 +539,7 @@ func (r *Registry) Stored(ctx context.Context, id string) (bool, error) {
 // Redis had no such webhook.
 func (r *Registry) DeleteWebhook(ctx context.Context, id string) error {
 	c := change{Kind: 'w', ID: id, Delete: true}
-	payload, err := msgpack.Marshal(&c)
+	payload, err := r.announcement(&c)
 	if err != nil {
 		return err
 	}
@@ -603,7 +562,7 @@ func (r *Registry) DeleteWebhook(ctx context.Context, id string) error {
 // write stores a record and announces it in one transaction, then applies it
 // locally so the caller reads its own write at once.
 func (r *Registry) write(ctx context.Context, key string, c change) error {
-	payload, err := msgpack.Marshal(&c)
+	payload, err := r.announcement(&c)
 	if err != nil {
 		return err
 	}

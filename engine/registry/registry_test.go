@@ -113,3 +113,40 @@ func TestWebhookHost(t *testing.T) {
 	f("http://127.0.0.1:9999/x", "127.0.0.1:9999")
 	f("https://[::1]:8443/x", "[::1]:8443")
 }
+
+// Every announced change tells the follower how long it took to arrive,
+// by the announcing and the applying processes' clocks.
+func TestRegistryReportsChangeDelay(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	delays := make(chan time.Duration, 10)
+	writer := New(srv.Client(), Options{Now: func() time.Time { return t0 }})
+	follower := New(srv.Client(), Options{
+		Now:         func() time.Time { return t0.Add(3 * time.Second) },
+		ChangeDelay: func(d time.Duration) { delays <- d },
+	})
+	for _, r := range []*Registry{writer, follower} {
+		if err := r.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := writer.CreateWebhook(ctx, Webhook{AppID: "app_1", AccountID: "acc", Event: "order.create", Address: "https://x.test/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.DeleteWebhook(ctx, w.ID); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case d := <-delays:
+			if d != 3*time.Second {
+				t.Fatalf("change delay %s, want 3s", d)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the follower reported no delay for an announced change")
+		}
+	}
+}

@@ -231,7 +231,7 @@ func (r *Registry) updateApp(ctx context.Context, id string, edit func(a *App, n
 			return fmt.Errorf("cannot encode application: %w", err)
 		}
 		c = change{Kind: 'a', ID: id, Record: rec}
-		payload, err := msgpack.Marshal(&c)
+		payload, err := r.announcement(&c)
 		if err != nil {
 			return err
 		}
