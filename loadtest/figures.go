@@ -50,6 +50,22 @@ type DrainSample struct {
 	Backlog   int64         // of them, due by At and not yet taken
 	CPU       time.Duration // geckohook's CPU time so far (0: not measured)
 	Delivered int64         // pairs delivered so far, from the retry queues or not
+	Expected  int64         // pairs of the events produced so far (0: not read)
+}
+
+// kafkaSettled is how many pairs may be neither delivered nor in the retry
+// queues (first attempts in flight, or events still in Kafka) for a
+// second to count as one after the flood's Kafka backlog was delivered:
+// well below a second's flood, well above a stray in-flight attempt.
+const kafkaSettled = 1000
+
+// kafkaSettled reports whether at most kafkaSettled produced pairs were
+// neither delivered nor queued for a retry at s: the flood's backlog in
+// Kafka was delivered. The count can fall below zero (a retry delivered
+// and not yet removed from its queue counts twice). False when the
+// produced pairs were not read.
+func (s DrainSample) kafkaSettled() bool {
+	return s.Expected > 0 && s.Expected-s.Delivered-s.Depth <= kafkaSettled
 }
 
 // Drain is what a drain's samples say of geckohook's catch-up capacity.
@@ -70,6 +86,13 @@ type Drain struct {
 	// or from Kafka's backlog: all the work that CPU did.
 	Cores           float64
 	DeliveredPerSec float64
+	// FreePerSec is PerSec over the seconds that began with a backlog and
+	// with the flood's Kafka backlog delivered (FreeSec of them): the
+	// drain when the retries had geckohook to themselves. In the others
+	// the retries share geckohook, and their hosts, with the events the
+	// flood left in Kafka. 0 when there was no such second.
+	FreePerSec float64
+	FreeSec    float64
 }
 
 // minDrainSecond is the shortest span between samples a best second is
@@ -82,8 +105,8 @@ const minDrainSecond = 500 * time.Millisecond
 // many, so it is never more than the truth).
 func DrainOf(samples []DrainSample) Drain {
 	var d Drain
-	var out, delivered, bestDelivered int64
-	var span, cpu time.Duration
+	var out, delivered, bestDelivered, freeOut int64
+	var span, cpu, freeSpan time.Duration
 	var best float64
 	var bestCPU, bestSpan time.Duration
 	for i := 0; i+1 < len(samples); i++ {
@@ -97,6 +120,9 @@ func DrainOf(samples []DrainSample) Drain {
 		if a.Backlog > 0 {
 			out, span, cpu = out+fell, span+dt, cpu+b.CPU-a.CPU
 			delivered += b.Delivered - a.Delivered
+			if a.kafkaSettled() {
+				freeOut, freeSpan = freeOut+fell, freeSpan+dt
+			}
 		}
 		if r := float64(fell) / dt.Seconds(); dt >= minDrainSecond && r > best {
 			best, bestCPU, bestSpan, bestDelivered = r, b.CPU-a.CPU, dt, b.Delivered-a.Delivered
@@ -104,6 +130,9 @@ func DrainOf(samples []DrainSample) Drain {
 	}
 	if n := len(samples); n > 0 {
 		d.PeakBacklog = max(d.PeakBacklog, samples[n-1].Backlog)
+	}
+	if freeSpan > 0 {
+		d.FreePerSec, d.FreeSec = float64(freeOut)/freeSpan.Seconds(), freeSpan.Seconds()
 	}
 	if span > 0 {
 		d.PerSec, d.BacklogSec = float64(out)/span.Seconds(), span.Seconds()

@@ -117,8 +117,30 @@ func TestDrainOf(t *testing.T) {
 		t.Errorf("drain without a backlog: %+v; want the best second, 8000/s at 0.6 cores and 10000 delivered/s, a lower bound", d)
 	}
 
-	// CPU not measured: no cores.
+	// Produced pairs not read: no split by Kafka's backlog.
+	if d.FreePerSec != 0 || d.FreeSec != 0 {
+		t.Errorf("drain without produced pairs: free %v/s over %v s; want none", d.FreePerSec, d.FreeSec)
+	}
+	// With them: the seconds from samples 0 and 1 began with the flood's
+	// backlog in Kafka (70,000 and 5,000 pairs neither delivered nor
+	// queued), those from 2 and 3 with at most kafkaSettled (below zero
+	// when a delivered retry is still in its queue): of the three
+	// seconds with an overdue backlog, the last two count (0, the depth
+	// grew, and 6,000 out).
 	s := drainTestSamples(t0, true)
+	for i, k := range []int64{70_000, 5000, kafkaSettled, -200, 0, 0} {
+		s[i].Expected = s[i].Delivered + s[i].Depth + k
+	}
+	if d = DrainOf(s); d.FreePerSec != 3000 || d.FreeSec != 2 || !near(d.PerSec, 14_000.0/3) {
+		t.Errorf("drain split by Kafka's backlog: %+v; want 3000/s over 2 s, and 4666.7/s in all", d)
+	}
+	s[1].Expected = s[1].Delivered + s[1].Depth // settled from sample 1 on: all three
+	if d = DrainOf(s); !near(d.FreePerSec, 14_000.0/3) || d.FreeSec != 3 {
+		t.Errorf("drain split by Kafka's backlog: %+v; want 4666.7/s over 3 s", d)
+	}
+
+	// CPU not measured: no cores.
+	s = drainTestSamples(t0, true)
 	for i := range s {
 		s[i].CPU = 0
 	}

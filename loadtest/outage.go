@@ -166,7 +166,7 @@ func (o *outage) sample(ctx context.Context, store *shard.Store, l *Ledger, now 
 	if o.cpu != nil {
 		cpu = o.cpu()
 	}
-	o.samples = append(o.samples, DrainSample{At: now, Depth: depth, Backlog: backlog, CPU: cpu, Delivered: l.Delivered()})
+	o.samples = append(o.samples, DrainSample{At: now, Depth: depth, Backlog: backlog, CPU: cpu, Delivered: l.Delivered(), Expected: l.Expected()})
 	return nil
 }
 
@@ -189,6 +189,7 @@ func (o *outage) report(row *Scenario, healthyScenario float64) {
 	d := DrainOf(o.samples)
 	row.DrainPerSec, row.DrainBacklogSec, row.DrainCores, row.DrainDeliveredPerSec = d.PerSec, d.BacklogSec, d.Cores, d.DeliveredPerSec
 	row.DrainRatio = RatioOf(d.PerSec, o.warmRate)
+	row.DrainFreePerSec, row.DrainFreeRatio, row.DrainFreeSec = d.FreePerSec, RatioOf(d.FreePerSec, o.warmRate), d.FreeSec
 	row.DrainPacedPerSec = DrainRate(o.drained, o.backAt, o.emptyAt)
 	if !o.emptyAt.IsZero() {
 		row.DrainWallSec = o.emptyAt.Sub(o.backAt).Seconds()

@@ -126,6 +126,13 @@ type Scenario struct {
 	DrainDeliveredPerSec float64 `json:"drain_delivered_per_sec,omitempty"`
 	DrainPacedPerSec     float64 `json:"drain_paced_per_sec,omitempty"`
 	DrainWallSec         float64 `json:"drain_wall_sec,omitempty"`
+	// DrainFreePerSec: DrainPerSec over those of its seconds that began
+	// with the flood's Kafka backlog delivered (DrainFreeSec of them),
+	// when the retries had geckohook to themselves; DrainFreeRatio: it
+	// over the healthy flood rate.
+	DrainFreePerSec float64 `json:"drain_free_per_sec,omitempty"`
+	DrainFreeRatio  float64 `json:"drain_free_ratio,omitempty"`
+	DrainFreeSec    float64 `json:"drain_free_sec,omitempty"`
 	// CPUUsPerDelivery: geckohook's CPU microseconds per delivery;
 	// CeilingCPUUsPerRequest: the ceiling client's per request; CPURatio:
 	// the first over the second.
@@ -256,6 +263,9 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.DrainDeliveredPerSec = reportRound(s.DrainDeliveredPerSec, 10)
 	s.DrainPacedPerSec = reportRound(s.DrainPacedPerSec, 10)
 	s.DrainWallSec = reportRound(s.DrainWallSec, 100)
+	s.DrainFreePerSec = reportRound(s.DrainFreePerSec, 10)
+	s.DrainFreeRatio = reportRound(s.DrainFreeRatio, 1000)
+	s.DrainFreeSec = reportRound(s.DrainFreeSec, 100)
 	s.CPUUsPerDelivery = reportRound(s.CPUUsPerDelivery, 100)
 	s.CeilingCPUUsPerRequest = reportRound(s.CeilingCPUUsPerRequest, 100)
 	s.CPURatio = reportRound(s.CPURatio, 1000)
@@ -470,6 +480,10 @@ func reportCostNotes(s *Scenario) []string {
 			}
 		}
 		notes = append(notes, n)
+	}
+	if reportRound(s.DrainFreeSec, 100) != 0 {
+		notes = append(notes, "of those, the "+f1(s.DrainFreeSec)+" s after the flood's Kafka backlog was delivered: "+
+			reportFmtRate(s.DrainFreePerSec)+" deliveries/s ("+f2(s.DrainFreeRatio)+" of the healthy flood rate)")
 	}
 	if reportRound(s.DrainWallSec, 100) != 0 {
 		notes = append(notes, "the queues were empty "+f1(s.DrainWallSec)+" s after the hosts' return: "+

@@ -42,6 +42,7 @@ func reportTestFull() Scenario {
 		Webhooks: 100000, Partitions: 8, Dispatchers: 2, BytesPerWebhook: 1234.56,
 		RedisBytesPerQueued: 860.04, PeakQueueDepth: 20000, DrainPerSec: 12345.67, DrainRatio: 0.51234,
 		DrainBacklogSec: 12.345, DrainCores: 0.4567, DrainDeliveredPerSec: 15432.19, DrainPacedPerSec: 2857.14, DrainWallSec: 43.567,
+		DrainFreePerSec: 9876.54, DrainFreeRatio: 0.67891, DrainFreeSec: 4.567,
 		CPUUsPerDelivery: 22.456, CeilingCPUUsPerRequest: 9.0049, CPURatio: 22.456 / 9.0049, OwnP50Ms: 0.8765, OwnP99Ms: 7.654,
 		Targets: []Target{CheckTarget("redis_bytes_per_queued", 860.04, "<=", 250), {Figure: "healthy_per_sec", Value: 4123.45, Op: ">=", Limit: 3999.99999, Met: true, Against: "0.95 × the healthy scenario's 4211/s"}},
 		Notes:   []string{"healthy endpoints got 95% of the healthy rate"},
@@ -134,6 +135,7 @@ func TestReportJSONKeys(t *testing.T) {
 		"bytes_per_webhook", "notes", "roles", "passed", "failures", "series",
 		"redis_bytes_per_queued", "peak_queue_depth", "drain_per_sec", "drain_ratio", "cpu_us_per_delivery",
 		"drain_backlog_sec", "drain_cores", "drain_delivered_per_sec", "drain_paced_per_sec", "drain_wall_sec",
+		"drain_free_per_sec", "drain_free_ratio", "drain_free_sec",
 		"ceiling_cpu_us_per_request", "cpu_ratio", "own_p50_ms", "own_p99_ms", "targets"))
 	targets := full["targets"].([]any)
 	reportTestSameKeys(t, "target", reportTestKeys(t, "target", targets[0]), []string{"figure", "value", "op", "limit", "met"})
@@ -186,6 +188,9 @@ func TestReportJSONKeys(t *testing.T) {
 		{"drain_delivered_per_sec", s.DrainDeliveredPerSec, 15432.2},
 		{"drain_paced_per_sec", s.DrainPacedPerSec, 2857.1},
 		{"drain_wall_sec", s.DrainWallSec, 43.57},
+		{"drain_free_per_sec", s.DrainFreePerSec, 9876.5},
+		{"drain_free_ratio", s.DrainFreeRatio, 0.679},
+		{"drain_free_sec", s.DrainFreeSec, 4.57},
 		{"cpu_us_per_delivery", s.CPUUsPerDelivery, 22.46},
 		{"ceiling_cpu_us_per_request", s.CeilingCPUUsPerRequest, 9},
 		{"cpu_ratio", s.CPURatio, 2.494},

@@ -34,6 +34,7 @@ var exportedMetrics = map[string]bool{
 	"geckohook_dead_letters_total":                false,
 	"geckohook_deliveries_total":                  false,
 	"geckohook_retries_scheduled_total":           false,
+	"geckohook_retries_in_flight":                 false,
 	"geckohook_retries_claimed_total":             false,
 	"geckohook_deliveries_dead_total":             false,
 	"geckohook_shards":                            false,

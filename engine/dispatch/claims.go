@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/geckohook/geckohook/engine/ops"
 	"github.com/geckohook/geckohook/shard"
 )
 
@@ -21,10 +22,12 @@ type claims struct {
 
 	wake     chan struct{}
 	wakeAtMs atomic.Int64 // clock time (ms) the poller plans to look next
+
+	gauge ops.Gauge // the process's claimed retries in flight, every shard's
 }
 
-func newClaims(window int) *claims {
-	return &claims{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]shard.Lease), wake: make(chan struct{}, 1)}
+func newClaims(window int, gauge ops.Gauge) *claims {
+	return &claims{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]shard.Lease), wake: make(chan struct{}, 1), gauge: gauge}
 }
 
 // take registers a claimed delivery; false if it is already in flight here
@@ -37,6 +40,7 @@ func (r *claims) take(l shard.Lease) bool {
 	r.inflight[l.ID] = l // a claim of one in flight re-leased it: keep the newer end
 	if !busy {
 		r.slots <- struct{}{} // never blocks: the poller claims at most the free slots
+		r.gauge.Add(1)
 	}
 	return !busy
 }
@@ -46,6 +50,7 @@ func (r *claims) done(id string) {
 	delete(r.inflight, id)
 	r.mu.Unlock()
 	<-r.slots
+	r.gauge.Add(-1)
 	select {
 	case r.space <- struct{}{}:
 	default:

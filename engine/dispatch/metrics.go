@@ -25,6 +25,10 @@ type Stats struct {
 	CommitFailures ops.Counter
 	// Shards is the number of partitions this process holds right now.
 	Shards ops.Gauge
+	// RetriesInFlight: retries claimed from the shards' queues and not yet
+	// written back (at most RetryWindow per shard); pinned at that bound
+	// while retries are overdue, the window is what holds the drain back.
+	RetriesInFlight ops.Gauge
 }
 
 // instruments are the dispatcher's metrics beyond Stats.
@@ -41,17 +45,18 @@ type instruments struct {
 func (d *Dispatcher) register(set *metrics.Set) {
 	c := func(name string) ops.Counter { return ops.NewCounter(set, name) }
 	d.Stats = Stats{
-		Events:         c("geckohook_events_total"),
-		DeadLettered:   c("geckohook_dead_letters_total"),
-		Delivered:      c(`geckohook_deliveries_total{outcome="success"}`),
-		Failed:         c(`geckohook_deliveries_total{outcome="failure"}`),
-		Gone:           c(`geckohook_deliveries_total{outcome="gone"}`),
-		Dropped:        c(`geckohook_deliveries_total{outcome="dropped"}`),
-		Scheduled:      c("geckohook_retries_scheduled_total"),
-		Retried:        c("geckohook_retries_claimed_total"),
-		Dead:           c("geckohook_deliveries_dead_total"),
-		CommitFailures: c("geckohook_offset_commit_failures_total"),
-		Shards:         ops.NewGauge(set, "geckohook_shards"),
+		Events:          c("geckohook_events_total"),
+		DeadLettered:    c("geckohook_dead_letters_total"),
+		Delivered:       c(`geckohook_deliveries_total{outcome="success"}`),
+		Failed:          c(`geckohook_deliveries_total{outcome="failure"}`),
+		Gone:            c(`geckohook_deliveries_total{outcome="gone"}`),
+		Dropped:         c(`geckohook_deliveries_total{outcome="dropped"}`),
+		Scheduled:       c("geckohook_retries_scheduled_total"),
+		Retried:         c("geckohook_retries_claimed_total"),
+		Dead:            c("geckohook_deliveries_dead_total"),
+		CommitFailures:  c("geckohook_offset_commit_failures_total"),
+		Shards:          ops.NewGauge(set, "geckohook_shards"),
+		RetriesInFlight: ops.NewGauge(set, "geckohook_retries_in_flight"),
 	}
 	d.m.set = set
 	for _, o := range []contract.Outcome{contract.Success, contract.Failure, contract.Gone} {

@@ -9,7 +9,9 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/geckohook/geckohook/engine/contract"
+	"github.com/geckohook/geckohook/engine/ops"
 	"github.com/geckohook/geckohook/engine/sender"
+	"github.com/geckohook/geckohook/shard"
 )
 
 // Observing an attempt runs on every delivery: it must not allocate.
@@ -70,5 +72,23 @@ func TestThrottledHosts(t *testing.T) {
 	now = now.Add(2 * time.Second) // stuck:443 has had no answer for 2 s
 	if n := g.throttled(); n != 2 {
 		t.Fatalf("throttled = %d, want 2 (cut and stalled)", n)
+	}
+}
+
+// The gauge of retries in flight follows the claims taken and done, a
+// retry claimed again while in flight counted once.
+func TestRetriesInFlightGauge(t *testing.T) {
+	g := ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight")
+	r := newClaims(4, g)
+	end := time.Unix(1000, 0)
+	for _, id := range []string{"a", "b", "a"} {
+		r.take(shard.Lease{ID: id, End: end})
+	}
+	if n := g.Load(); n != 2 {
+		t.Fatalf("after claiming a, b and a again: gauge %d, want 2", n)
+	}
+	r.done("a")
+	if n := g.Load(); n != 1 || r.inFlight() != 1 {
+		t.Fatalf("after a is done: gauge %d, in flight %d; want 1 and 1", n, r.inFlight())
 	}
 }

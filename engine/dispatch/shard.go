@@ -44,7 +44,7 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 		tracker:   shard.NewTracker(a.Offset),
 		queue:     shard.NewQueue(d.o.Redis, d.o.RedisPrefix, d.o.Topic, a.ID),
 		writes:    make(chan *delivery, d.o.Window),
-		claims:    newClaims(d.o.RetryWindow),
+		claims:    newClaims(d.o.RetryWindow, d.Stats.RetriesInFlight),
 		dead:      make(chan deadLetter, 64),
 		life:      life,
 		log:       d.o.Log.With().Str("topic", d.o.Topic).Int("partition", a.ID).Logger(),
