@@ -2,8 +2,11 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/internal/testenv"
@@ -83,5 +86,52 @@ func TestEmptyShardDropsBodyForms(t *testing.T) {
 	got, _, err := q.Get(ctx, next.ID)
 	if err != nil || string(got.Body) != string(next.Body) {
 		t.Fatalf("after the forms were dropped: %+v %v", got, err)
+	}
+}
+
+// failHGet makes every HGET of key fail, as a Redis that stops answering
+// would.
+type failHGet struct{ key string }
+
+func (failHGet) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (failHGet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h failHGet) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); len(args) > 1 && cmd.Name() == "hget" && args[1] == h.key {
+			err := errors.New("i/o timeout")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// A claim whose body form lookup Redis does not answer fails: the
+// delivery is not taken for unreadable and quarantined, and the next
+// claim after its lease delivers it.
+func TestClaimKeepsARecordWhoseFormLookupFailed(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(43, memHooks(1)[0], t0, catalog.Default())
+	rec.Body = []byte(`{"object_id":100043,"event":"order.create","timestamp":1700000000,"resource_url":"https://formlookup.test/orders/100043.json"}`)
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	forms.Clear() // another process, which never saw the form
+	failing := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})
+	t.Cleanup(func() { failing.Close() })
+	failing.AddHook(failHGet{q.formsKey})
+	fq := NewQueue(failing, "gh:", memTopic, 0)
+	recs, bad, _, err := fq.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err == nil || len(recs) != 0 || len(bad) != 0 {
+		t.Fatalf("claim with the form lookup failing: %d records, %d bad, %v; want an error and none", len(recs), len(bad), err)
+	}
+	recs, bad, _, err = q.Claim(ctx, t0.Add(time.Minute), t0.Add(2*time.Minute), 10)
+	if err != nil || len(bad) != 0 || len(recs) != 1 || string(recs[0].Body) != string(rec.Body) {
+		t.Fatalf("claim after the lease: %d records, %d bad, %v; want the delivery", len(recs), len(bad), err)
 	}
 }

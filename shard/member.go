@@ -190,7 +190,16 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-var errBadMember = errors.New("malformed retry record")
+var (
+	errBadMember   = errors.New("malformed retry record")
+	errUnknownForm = errors.New("retry record refers to an unknown body form")
+)
+
+// unreadable reports whether a decoding error is the member's own (it
+// never decodes; Quarantine) rather than Redis failing to answer.
+func unreadable(err error) bool {
+	return errors.Is(err, errBadMember) || errors.Is(err, errUnknownForm)
+}
 
 // memberReader reads a member's fields in order; the first error sticks.
 type memberReader struct {
@@ -271,7 +280,7 @@ func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyFo
 		}
 		f, ok := forms(ref)
 		if !ok {
-			return nil, errors.New("retry record refers to an unknown body form")
+			return nil, errUnknownForm
 		}
 		base := timestampBase(rec)
 		rec.Body, rec.Event = f.body(nil, objectID, base+timestamp), f.event

@@ -280,7 +280,9 @@ return {out, first[2] or ''}
 
 // Claim leases up to n deliveries due at now until leaseEnd and returns their
 // records, the members it could not decode (for Quarantine), and when the
-// earliest delivery left is due (zero when none is).
+// earliest delivery left is due (zero when none is). A Redis error while
+// decoding fails the claim instead: its members come back when the lease
+// ends, and none is taken for unreadable.
 func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs []*Record, bad []Bad, next time.Time, err error) {
 	res, err := claimScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey},
 		now.UnixMilli(), leaseEnd.UnixMilli(), n, q.tag).Slice()
@@ -298,6 +300,12 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 		for _, m := range members {
 			member, _ := m.(string)
 			rec, err := q.decode(ctx, member, hook, parseMeta(meta))
+			if err != nil && !unreadable(err) {
+				// Redis did not answer a body form lookup: the member
+				// is fine and comes back when its lease ends, like
+				// every member of this claim.
+				return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)
+			}
 			if err != nil {
 				bad = append(bad, q.badMember(hook, member))
 				continue
