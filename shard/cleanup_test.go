@@ -135,3 +135,51 @@ func TestClaimKeepsARecordWhoseFormLookupFailed(t *testing.T) {
 		t.Fatalf("claim after the lease: %d records, %d bad, %v; want the delivery", len(recs), len(bad), err)
 	}
 }
+
+// dropFormsFirst drops a shard's body forms before every script, as a
+// claim on an empty shard may between any two of a client's calls.
+type dropFormsFirst struct {
+	rdb *redis.Client
+	key string
+}
+
+func (dropFormsFirst) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (dropFormsFirst) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h dropFormsFirst) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "evalsha" || cmd.Name() == "eval" {
+			if err := h.rdb.Del(ctx, h.key).Err(); err != nil {
+				return err
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// A replay from the dead set into an empty shard stores the body forms
+// its members refer to in the same step as the members.
+func TestReviveStoresItsFormsWithItsMembers(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(44, memHooks(1)[0], t0, catalog.Default())
+	rec.Body = []byte(`{"object_id":100044,"event":"order.create","timestamp":1700000000,"resource_url":"https://revive.test/orders/100044.json"}`)
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0, Dead: true}}); err != nil {
+		t.Fatal(err)
+	}
+	racing := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})
+	t.Cleanup(func() { racing.Close() })
+	racing.AddHook(dropFormsFirst{rdb, q.formsKey})
+	moved, err := NewQueue(racing, "gh:", memTopic, 0).Revive(ctx, []string{rec.ID}, t0)
+	if err != nil || len(moved) != 1 {
+		t.Fatalf("revive: %d moved, %v", len(moved), err)
+	}
+	forms.Clear() // another process, which never saw the form
+	got, _, err := q.Get(ctx, rec.ID)
+	if err != nil || string(got.Body) != string(rec.Body) {
+		t.Fatalf("the revived delivery: %+v %v", got, err)
+	}
+}
