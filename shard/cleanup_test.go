@@ -3,6 +3,7 @@ package shard
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -181,5 +182,20 @@ func TestReviveStoresItsFormsWithItsMembers(t *testing.T) {
 	got, _, err := q.Get(ctx, rec.ID)
 	if err != nil || string(got.Body) != string(rec.Body) {
 		t.Fatalf("the revived delivery: %+v %v", got, err)
+	}
+}
+
+// The body form cache of a process stays bounded whatever forms the
+// producers make.
+func TestFormCacheIsBounded(t *testing.T) {
+	t.Cleanup(func() { forms.Clear(); formsSize.Store(0) })
+	for i := range maxCachedForms + 10 {
+		f := bodyForm{"order.create", "https://bounded.test/accounts/" + strconv.Itoa(i) + "/orders"}
+		cacheForm(f.ref(), f.value())
+	}
+	n := 0
+	forms.Range(func(any, any) bool { n++; return true })
+	if n > maxCachedForms {
+		t.Fatalf("%d body forms cached, want at most %d", n, maxCachedForms)
 	}
 }

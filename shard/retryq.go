@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -339,10 +340,25 @@ func (q *Queue) storeForms(ctx context.Context, pairs []any) error {
 
 // forms caches body forms by reference. A reference is a hash of its form
 // and a shard never stores two forms under one, so entries never change.
-var forms sync.Map // reference -> bodyForm
+// Producers that put an account or other id in the resource path make
+// forms without end: past maxCachedForms the cache starts again empty (a
+// miss reads the form from the shard).
+var (
+	forms     sync.Map // reference -> bodyForm
+	formsSize atomic.Int64
+)
+
+const maxCachedForms = 1 << 16
 
 func cacheForm(ref, value string) {
+	if _, ok := forms.Load(ref); ok {
+		return
+	}
 	if f, ok := parseForm(value); ok {
+		if formsSize.Add(1) > maxCachedForms {
+			forms.Clear()
+			formsSize.Store(1)
+		}
 		forms.Store(ref, f)
 	}
 }
