@@ -90,23 +90,30 @@ func TestEmptyShardDropsBodyForms(t *testing.T) {
 	}
 }
 
-// failHGet makes every HGET of key fail, as a Redis that stops answering
-// would.
-type failHGet struct{ key string }
+// beforeEach is a go-redis hook that runs before every command; its error
+// fails the command, as a Redis that stops answering would.
+type beforeEach func(ctx context.Context, cmd redis.Cmder) error
 
-func (failHGet) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (failHGet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (beforeEach) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (beforeEach) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
-func (h failHGet) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (f beforeEach) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if args := cmd.Args(); len(args) > 1 && cmd.Name() == "hget" && args[1] == h.key {
-			err := errors.New("i/o timeout")
+		if err := f(ctx, cmd); err != nil {
 			cmd.SetErr(err)
 			return err
 		}
 		return next(ctx, cmd)
 	}
+}
+
+// hooked is a second client of rdb's server with f before every command.
+func hooked(t *testing.T, rdb *redis.Client, f beforeEach) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})
+	t.Cleanup(func() { c.Close() })
+	c.AddHook(f)
+	return c
 }
 
 // A claim whose body form lookup Redis does not answer fails: the
@@ -123,9 +130,12 @@ func TestClaimKeepsARecordWhoseFormLookupFailed(t *testing.T) {
 		t.Fatal(err)
 	}
 	forms.Clear() // another process, which never saw the form
-	failing := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})
-	t.Cleanup(func() { failing.Close() })
-	failing.AddHook(failHGet{q.formsKey})
+	failing := hooked(t, rdb, func(_ context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); len(args) > 1 && cmd.Name() == "hget" && args[1] == q.formsKey {
+			return errors.New("i/o timeout")
+		}
+		return nil
+	})
 	fq := NewQueue(failing, "gh:", memTopic, 0)
 	recs, bad, _, err := fq.Claim(ctx, t0, t0.Add(time.Minute), 10)
 	if err == nil || len(recs) != 0 || len(bad) != 0 {
@@ -134,28 +144,6 @@ func TestClaimKeepsARecordWhoseFormLookupFailed(t *testing.T) {
 	recs, bad, _, err = q.Claim(ctx, t0.Add(time.Minute), t0.Add(2*time.Minute), 10)
 	if err != nil || len(bad) != 0 || len(recs) != 1 || string(recs[0].Body) != string(rec.Body) {
 		t.Fatalf("claim after the lease: %d records, %d bad, %v; want the delivery", len(recs), len(bad), err)
-	}
-}
-
-// dropFormsFirst drops a shard's body forms before every script, as a
-// claim on an empty shard may between any two of a client's calls.
-type dropFormsFirst struct {
-	rdb *redis.Client
-	key string
-}
-
-func (dropFormsFirst) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (dropFormsFirst) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-func (h dropFormsFirst) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "evalsha" || cmd.Name() == "eval" {
-			if err := h.rdb.Del(ctx, h.key).Err(); err != nil {
-				return err
-			}
-		}
-		return next(ctx, cmd)
 	}
 }
 
@@ -171,9 +159,14 @@ func TestReviveStoresItsFormsWithItsMembers(t *testing.T) {
 	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0, Dead: true}}); err != nil {
 		t.Fatal(err)
 	}
-	racing := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})
-	t.Cleanup(func() { racing.Close() })
-	racing.AddHook(dropFormsFirst{rdb, q.formsKey})
+	// A claim on the empty shard may drop its forms between any two
+	// calls.
+	racing := hooked(t, rdb, func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "evalsha" || cmd.Name() == "eval" {
+			return rdb.Del(ctx, q.formsKey).Err()
+		}
+		return nil
+	})
 	moved, err := NewQueue(racing, "gh:", memTopic, 0).Revive(ctx, []string{rec.ID}, t0)
 	if err != nil || len(moved) != 1 {
 		t.Fatalf("revive: %d moved, %v", len(moved), err)

@@ -45,13 +45,7 @@ func (q *Queue) GetDead(ctx context.Context, id string) (*Record, time.Time, err
 // returns 1 or 0 per record.
 var reviveScript = redis.NewScript(`
 local tag, i, out = ARGV[1], 4, {}
-for k = 1, tonumber(ARGV[3]) do
-  local ref, v = ARGV[i], ARGV[i+1]
-  i = i + 2
-  if redis.call('HSETNX', KEYS[5], ref, v) == 0 and redis.call('HGET', KEYS[5], ref) ~= v then
-    return redis.error_reply('body form reference collision')
-  end
-end
+` + storeFormsLua("KEYS[5]", "ARGV[3]") + `
 for i = i, #ARGV, 9 do
   local dead, raw = ARGV[i], ARGV[i+1]
   if redis.call('HGET', KEYS[2], dead) == raw then

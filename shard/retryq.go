@@ -124,6 +124,19 @@ func (q *Queue) deadHookKey(webhookID string) string { return q.tag + ":wd:" + w
 
 func ms(t time.Time) float64 { return float64(t.UnixMilli()) }
 
+// storeFormsLua is the part of a script that stores count body forms in
+// the hash formsKey, given as (reference, form) pairs from ARGV[i] on,
+// and leaves i after them. A reference never names two forms.
+func storeFormsLua(formsKey, count string) string {
+	return `for k = 1, tonumber(` + count + `) do
+  local ref, v = ARGV[i], ARGV[i+1]
+  i = i + 2
+  if redis.call('HSETNX', ` + formsKey + `, ref, v) == 0 and redis.call('HGET', ` + formsKey + `, ref) ~= v then
+    return redis.error_reply('body form reference collision')
+  end
+end`
+}
+
 // scheduleScript stores new deliveries if absent: ARGV[1] the key tag,
 // ARGV[2] the number of body forms, then (reference, form) pairs, then per
 // delivery its index bucket, packed id, index value, webhook, member, due
@@ -131,13 +144,7 @@ func ms(t time.Time) float64 { return float64(t.UnixMilli()) }
 // its record. It returns how many it stored.
 var scheduleScript = redis.NewScript(`
 local tag, i = ARGV[1], 3
-for k = 1, tonumber(ARGV[2]) do
-  local ref, v = ARGV[i], ARGV[i+1]
-  i = i + 2
-  if redis.call('HSETNX', KEYS[3], ref, v) == 0 and redis.call('HGET', KEYS[3], ref) ~= v then
-    return redis.error_reply('body form reference collision')
-  end
-end
+` + storeFormsLua("KEYS[3]", "ARGV[2]") + `
 local added, first, metas = 0, {}, {}
 while i <= #ARGV do
   local bucket, id, ix, hook, member, score, meta = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
