@@ -30,6 +30,18 @@ func TestQuarantineFreesTheID(t *testing.T) {
 		t.Fatal(err)
 	}
 	forms.Clear()
+	// Listed meanwhile, the webhook's other deliveries still show.
+	other := memRecord(45, rec.WebhookID, t0, catalog.Default())
+	if err := q.Schedule(ctx, []Entry{{Rec: other, Due: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	st := NewStore(rdb, "gh:")
+	if err := st.Register(ctx, memTopic, 0); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := st.List(ctx, rec.WebhookID, Scheduled, 10); err != nil || len(list) != 1 || list[0].ID != other.ID {
+		t.Fatalf("listing beside an unreadable delivery: %d, %v; want the readable one", len(list), err)
+	}
 	recs, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
 	if err != nil || len(recs) != 0 || len(bad) != 1 {
 		t.Fatalf("claim: %d records, %d bad, %v; want the one bad", len(recs), len(bad), err)

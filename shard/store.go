@@ -98,6 +98,9 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 		for _, z := range members[i].Val() {
 			member, _ := z.Member.(string)
 			rec, err := q.decode(ctx, member, webhookID, meta)
+			if unreadable(err) {
+				continue // the poller quarantines it when it falls due
+			}
 			if err != nil {
 				return nil, fmt.Errorf("cannot decode delivery of webhook %s: %w", webhookID, err)
 			}
