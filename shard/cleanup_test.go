@@ -204,3 +204,43 @@ func TestFormCacheIsBounded(t *testing.T) {
 		t.Fatalf("%d body forms cached, want at most %d", n, maxCachedForms)
 	}
 }
+
+// A quarantined record with an id of its own (not the derived one) frees
+// that id too: the index holds nothing of it and the depth counts it no
+// more.
+func TestQuarantineFreesAStoredID(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	st := NewStore(rdb, "gh:")
+	if err := st.Register(ctx, memTopic, 0); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(46, memHooks(1)[0], t0, catalog.Default())
+	rec.ID = "recovery-46"
+	rec.Body = []byte(`{"object_id":100046,"event":"order.create","timestamp":1700000000,"resource_url":"https://stored-id.test/orders/100046.json"}`)
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, q.formsKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	forms.Clear()
+	_, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err != nil || len(bad) != 1 {
+		t.Fatalf("claim: %d bad, %v; want the one", len(bad), err)
+	}
+	if err := q.Quarantine(ctx, bad[0], t0); err != nil {
+		t.Fatal(err)
+	}
+	if scheduled, dead, err := st.Depth(ctx); err != nil || scheduled != 0 || dead != 1 {
+		t.Fatalf("depth after the quarantine: %d scheduled, %d dead, %v; want 0 and 1", scheduled, dead, err)
+	}
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := q.Get(ctx, rec.ID); err != nil || string(got.Body) != string(rec.Body) {
+		t.Fatalf("the delivery scheduled again after the quarantine: %+v %v", got, err)
+	}
+}

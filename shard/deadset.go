@@ -134,16 +134,24 @@ type Bad struct {
 	pid, ix string
 }
 
-// badMember makes the Bad of a member of hook's ZSET.
+// badMember makes the Bad of a member of hook's ZSET, with the index entry
+// of its delivery id (a stored one included) when it can be read that far.
 func (q *Queue) badMember(hook, member string) Bad {
 	b := Bad{Hook: hook, member: member}
-	if len(member) > 2 && member[0] == memberVersion {
-		r := memberReader{b: []byte(member[2:])}
-		if off := r.offset(); r.err == nil {
-			b.pid = packedID(contract.DeliveryID(q.topic, int32(q.partition), off, hook))
-			b.ix = indexValue(&Record{WebhookID: hook, Offset: off})
-		}
+	rec, _, r := q.readHead(member, hook)
+	if rec == nil {
+		return b
 	}
+	if r.err != nil {
+		// Unreadable past its offset: the id the offset derives.
+		or := memberReader{b: []byte(member[2:])}
+		off := or.offset()
+		if or.err != nil {
+			return b
+		}
+		rec = &Record{WebhookID: hook, Offset: off, ID: contract.DeliveryID(q.topic, int32(q.partition), off, hook)}
+	}
+	b.pid, b.ix = packedID(rec.ID), indexValue(rec)
 	return b
 }
 
