@@ -14,7 +14,8 @@ FUZZMINIMIZETIME ?= 5s
 FUZZ_TARGETS := \
 	./engine/contract:FuzzDecodeEvent \
 	./engine/contract:FuzzAppendBody \
-	./engine/api:FuzzAPIJSONBodies
+	./engine/api:FuzzAPIJSONBodies \
+	./shard:FuzzDecodeMember
 
 # $(call run-fuzz,TIME) runs every fuzz target for TIME; inputs that fail are
 # saved under the package's testdata/fuzz and replayed by every go test.

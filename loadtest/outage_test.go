@@ -53,7 +53,9 @@ func TestOutageClock(t *testing.T) {
 	defer wg.Wait()
 	defer close(stop)
 
-	o := &outage{warm: 1200 * time.Millisecond, refuse: 400 * time.Millisecond, hang: 600 * time.Millisecond, failing: failing}
+	// Phases long enough that a test goroutine held off the CPU for a few
+	// hundred ms on a loaded machine still sees each one.
+	o := &outage{warm: 1200 * time.Millisecond, refuse: 1500 * time.Millisecond, hang: 2 * time.Second, failing: failing}
 	t0 := time.Now()
 	o.start(t.Context(), f, p, store, l, t0)
 

@@ -1,10 +1,12 @@
 package shard
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/internal/testenv"
 )
 
@@ -54,4 +56,46 @@ func TestDueBacklog(t *testing.T) {
 	backlog(t0.Add(29*time.Second), 5)
 	backlog(t0.Add(30*time.Second), 6) // the lease has run out
 	backlog(t0.Add(time.Minute), 8)
+}
+
+// Depth counts what every webhook's ZSET holds, and the dead set.
+func TestDepthCountsScheduledAndDead(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	st := NewStore(rdb, "gh:")
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hooks := memHooks(7)
+	for p := range 2 {
+		q := NewQueue(rdb, "gh:", memTopic, p)
+		if err := st.Register(ctx, memTopic, p); err != nil {
+			t.Fatal(err)
+		}
+		var entries []Entry
+		for e := range 300 {
+			entries = append(entries, Entry{Rec: memRecord(e, hooks[e%7], t0, catalog.Default()), Due: t0, Dead: e%10 == 0})
+		}
+		if err := q.Schedule(ctx, entries); err != nil {
+			t.Fatal(err)
+		}
+		recs, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 50)
+		if err != nil || len(recs) != 50 {
+			t.Fatalf("claim: %d, %v", len(recs), err)
+		}
+		ops := []Op{{Kind: OpRemove, Rec: recs[0]}, {Kind: OpKill, Rec: recs[1], At: t0}, {Kind: OpReschedule, Rec: recs[2], At: t0}}
+		if err := q.Apply(ctx, ops); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var exact int64
+	for p := range 2 {
+		n, err := NewQueue(rdb, "gh:", memTopic, p).Len(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exact += n
+	}
+	scheduled, dead, err := st.Depth(ctx)
+	if err != nil || scheduled != exact || scheduled != 2*(270-2) || dead != 2*(30+1) {
+		t.Fatalf("depth %d scheduled (the ZSETs hold %d), %d dead, %v; want %d and %d", scheduled, exact, dead, err, 2*268, 2*31)
+	}
 }

@@ -2,8 +2,12 @@ package shard
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/geckohook/geckohook/engine/catalog"
 	"github.com/geckohook/geckohook/internal/testenv"
@@ -26,6 +30,18 @@ func TestQuarantineFreesTheID(t *testing.T) {
 		t.Fatal(err)
 	}
 	forms.Clear()
+	// Listed meanwhile, the webhook's other deliveries still show.
+	other := memRecord(45, rec.WebhookID, t0, catalog.Default())
+	if err := q.Schedule(ctx, []Entry{{Rec: other, Due: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	st := NewStore(rdb, "gh:")
+	if err := st.Register(ctx, memTopic, 0); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := st.List(ctx, rec.WebhookID, Scheduled, 10); err != nil || len(list) != 1 || list[0].ID != other.ID {
+		t.Fatalf("listing beside an unreadable delivery: %d, %v; want the readable one", len(list), err)
+	}
 	recs, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
 	if err != nil || len(recs) != 0 || len(bad) != 1 {
 		t.Fatalf("claim: %d records, %d bad, %v; want the one bad", len(recs), len(bad), err)
@@ -83,5 +99,148 @@ func TestEmptyShardDropsBodyForms(t *testing.T) {
 	got, _, err := q.Get(ctx, next.ID)
 	if err != nil || string(got.Body) != string(next.Body) {
 		t.Fatalf("after the forms were dropped: %+v %v", got, err)
+	}
+}
+
+// beforeEach is a go-redis hook that runs before every command; its error
+// fails the command, as a Redis that stops answering would.
+type beforeEach func(ctx context.Context, cmd redis.Cmder) error
+
+func (beforeEach) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (beforeEach) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (f beforeEach) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := f(ctx, cmd); err != nil {
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// hooked is a second client of rdb's server with f before every command.
+func hooked(t *testing.T, rdb *redis.Client, f beforeEach) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})
+	t.Cleanup(func() { c.Close() })
+	c.AddHook(f)
+	return c
+}
+
+// A claim whose body form lookup Redis does not answer fails: the
+// delivery is not taken for unreadable and quarantined, and the next
+// claim after its lease delivers it.
+func TestClaimKeepsARecordWhoseFormLookupFailed(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(43, memHooks(1)[0], t0, catalog.Default())
+	rec.Body = []byte(`{"object_id":100043,"event":"order.create","timestamp":1700000000,"resource_url":"https://formlookup.test/orders/100043.json"}`)
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	forms.Clear() // another process, which never saw the form
+	failing := hooked(t, rdb, func(_ context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); len(args) > 1 && cmd.Name() == "hget" && args[1] == q.formsKey {
+			return errors.New("i/o timeout")
+		}
+		return nil
+	})
+	fq := NewQueue(failing, "gh:", memTopic, 0)
+	recs, bad, _, err := fq.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err == nil || len(recs) != 0 || len(bad) != 0 {
+		t.Fatalf("claim with the form lookup failing: %d records, %d bad, %v; want an error and none", len(recs), len(bad), err)
+	}
+	recs, bad, _, err = q.Claim(ctx, t0.Add(time.Minute), t0.Add(2*time.Minute), 10)
+	if err != nil || len(bad) != 0 || len(recs) != 1 || string(recs[0].Body) != string(rec.Body) {
+		t.Fatalf("claim after the lease: %d records, %d bad, %v; want the delivery", len(recs), len(bad), err)
+	}
+}
+
+// A replay from the dead set into an empty shard stores the body forms
+// its members refer to in the same step as the members.
+func TestReviveStoresItsFormsWithItsMembers(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(44, memHooks(1)[0], t0, catalog.Default())
+	rec.Body = []byte(`{"object_id":100044,"event":"order.create","timestamp":1700000000,"resource_url":"https://revive.test/orders/100044.json"}`)
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0, Dead: true}}); err != nil {
+		t.Fatal(err)
+	}
+	// A claim on the empty shard may drop its forms between any two
+	// calls.
+	racing := hooked(t, rdb, func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "evalsha" || cmd.Name() == "eval" {
+			return rdb.Del(ctx, q.formsKey).Err()
+		}
+		return nil
+	})
+	moved, err := NewQueue(racing, "gh:", memTopic, 0).Revive(ctx, []string{rec.ID}, t0)
+	if err != nil || len(moved) != 1 {
+		t.Fatalf("revive: %d moved, %v", len(moved), err)
+	}
+	forms.Clear() // another process, which never saw the form
+	got, _, err := q.Get(ctx, rec.ID)
+	if err != nil || string(got.Body) != string(rec.Body) {
+		t.Fatalf("the revived delivery: %+v %v", got, err)
+	}
+}
+
+// The body form cache of a process stays bounded whatever forms the
+// producers make.
+func TestFormCacheIsBounded(t *testing.T) {
+	t.Cleanup(func() { forms.Clear(); formsSize.Store(0) })
+	for i := range maxCachedForms + 10 {
+		f := bodyForm{"order.create", "https://bounded.test/accounts/" + strconv.Itoa(i) + "/orders"}
+		cacheForm(f.ref(), f.value())
+	}
+	n := 0
+	forms.Range(func(any, any) bool { n++; return true })
+	if n > maxCachedForms {
+		t.Fatalf("%d body forms cached, want at most %d", n, maxCachedForms)
+	}
+}
+
+// A quarantined record with an id of its own (not the derived one) frees
+// that id too: the index holds nothing of it and the depth counts it no
+// more.
+func TestQuarantineFreesAStoredID(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	st := NewStore(rdb, "gh:")
+	if err := st.Register(ctx, memTopic, 0); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(46, memHooks(1)[0], t0, catalog.Default())
+	rec.ID = "recovery-46"
+	rec.Body = []byte(`{"object_id":100046,"event":"order.create","timestamp":1700000000,"resource_url":"https://stored-id.test/orders/100046.json"}`)
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, q.formsKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	forms.Clear()
+	_, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err != nil || len(bad) != 1 {
+		t.Fatalf("claim: %d bad, %v; want the one", len(bad), err)
+	}
+	if err := q.Quarantine(ctx, bad[0], t0); err != nil {
+		t.Fatal(err)
+	}
+	if scheduled, dead, err := st.Depth(ctx); err != nil || scheduled != 0 || dead != 1 {
+		t.Fatalf("depth after the quarantine: %d scheduled, %d dead, %v; want 0 and 1", scheduled, dead, err)
+	}
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := q.Get(ctx, rec.ID); err != nil || string(got.Body) != string(rec.Body) {
+		t.Fatalf("the delivery scheduled again after the quarantine: %+v %v", got, err)
 	}
 }

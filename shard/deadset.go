@@ -35,13 +35,18 @@ func (q *Queue) GetDead(ctx context.Context, id string) (*Record, time.Time, err
 }
 
 // reviveScript moves dead records to their webhooks' ZSETs, due at
-// ARGV[2]: ARGV[1] the key tag, then per record the dead id, its dead
-// bytes as read, and scheduleScript's seven values. A record moves only if
-// the dead set still holds it as read; one already scheduled (a recovery
-// queued it again) just leaves the dead set. It returns 1 or 0 per record.
+// ARGV[2]: ARGV[1] the key tag, ARGV[3] the number of body forms, then
+// (reference, form) pairs, then per record the dead id, its dead bytes as
+// read, and scheduleScript's seven values. The forms are stored in the
+// same step as the members that refer to them: a claim on an empty shard
+// drops the forms (claimScript), which must never fall between the two. A
+// record moves only if the dead set still holds it as read; one already
+// scheduled (a recovery queued it again) just leaves the dead set. It
+// returns 1 or 0 per record.
 var reviveScript = redis.NewScript(`
-local tag, out = ARGV[1], {}
-for i = 3, #ARGV, 9 do
+local tag, i, out = ARGV[1], 4, {}
+` + storeFormsLua("KEYS[5]", "ARGV[3]") + `
+for i = i, #ARGV, 9 do
   local dead, raw = ARGV[i], ARGV[i+1]
   if redis.call('HGET', KEYS[2], dead) == raw then
     local bucket, id, ix, hook, member, meta = ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+8]
@@ -94,19 +99,21 @@ func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Rec
 	scores := make([]float64, len(recs))
 	sargs := q.scheduleArgs(recs, scores)
 	nforms := sargs[1].(int)
-	rows := sargs[2+2*nforms:]
-	if err := q.storeForms(ctx, sargs[2:2+2*nforms]); err != nil {
-		return nil, err
-	}
-	args := make([]any, 0, 2+9*len(recs))
-	args = append(args, q.tag, now.UnixMilli())
+	pairs, rows := sargs[2:2+2*nforms], sargs[2+2*nforms:]
+	args := make([]any, 0, 3+len(pairs)+9*len(recs))
+	args = append(args, q.tag, now.UnixMilli(), nforms)
+	args = append(args, pairs...)
 	for i, rec := range recs {
 		args = append(args, rec.ID, deadRaws[i])
 		args = append(args, rows[7*i:7*i+7]...)
 	}
-	moved, err := reviveScript.Run(ctx, q.rdb, []string{q.HooksKey, q.DeadData, q.DeadKey, q.metaKey}, args...).Int64Slice()
+	keys := []string{q.HooksKey, q.DeadData, q.DeadKey, q.metaKey, q.formsKey}
+	moved, err := reviveScript.Run(ctx, q.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return nil, fmt.Errorf("cannot move dead deliveries of %s back to due: %w", q.Shard, err)
+	}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		cacheForm(pairs[i].(string), pairs[i+1].(string))
 	}
 	out := recs[:0]
 	for i, rec := range recs {
@@ -127,16 +134,24 @@ type Bad struct {
 	pid, ix string
 }
 
-// badMember makes the Bad of a member of hook's ZSET.
+// badMember makes the Bad of a member of hook's ZSET, with the index entry
+// of its delivery id (a stored one included) when it can be read that far.
 func (q *Queue) badMember(hook, member string) Bad {
 	b := Bad{Hook: hook, member: member}
-	if len(member) > 2 && member[0] == memberVersion {
-		r := memberReader{b: []byte(member[2:])}
-		if off := r.offset(); r.err == nil {
-			b.pid = packedID(contract.DeliveryID(q.topic, int32(q.partition), off, hook))
-			b.ix = indexValue(&Record{WebhookID: hook, Offset: off})
-		}
+	rec, _, r := q.readHead(member, hook)
+	if rec == nil {
+		return b
 	}
+	if r.err != nil {
+		// Unreadable past its offset: the id the offset derives.
+		or := memberReader{b: []byte(member[2:])}
+		off := or.offset()
+		if or.err != nil {
+			return b
+		}
+		rec = &Record{WebhookID: hook, Offset: off, ID: contract.DeliveryID(q.topic, int32(q.partition), off, hook)}
+	}
+	b.pid, b.ix = packedID(rec.ID), indexValue(rec)
 	return b
 }
 

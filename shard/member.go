@@ -190,7 +190,16 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-var errBadMember = errors.New("malformed retry record")
+var (
+	errBadMember   = errors.New("malformed retry record")
+	errUnknownForm = errors.New("retry record refers to an unknown body form")
+)
+
+// unreadable reports whether a decoding error is the member's own (it
+// never decodes; Quarantine) rather than Redis failing to answer.
+func unreadable(err error) bool {
+	return errors.Is(err, errBadMember) || errors.Is(err, errUnknownForm)
+}
 
 // memberReader reads a member's fields in order; the first error sticks.
 type memberReader struct {
@@ -230,16 +239,16 @@ func (r *memberReader) bytes(n uint64) []byte {
 
 func (r *memberReader) string() string { return string(r.bytes(r.uvarint())) }
 
-// decodeMember rebuilds the record of a member of hook's ZSET; forms looks
-// a body form up by reference and meta gives the webhook's application
-// and account.
-func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyForm, bool), meta hookMeta) (*Record, error) {
+// readHead reads a member of hook's ZSET up to its body: the flags, offset,
+// counts, attempt times and delivery id; nil when it is not a member of
+// this version. A read past the end sticks in r.err.
+func (q *Queue) readHead(member, hook string) (rec *Record, flags byte, r *memberReader) {
 	if len(member) < 2 || member[0] != memberVersion {
-		return nil, errBadMember
+		return nil, 0, nil
 	}
-	flags := member[1]
-	r := memberReader{b: []byte(member[2:])}
-	rec := &Record{WebhookID: hook, AppID: meta.app, AccountID: meta.account, Topic: q.topic, Partition: int32(q.partition), member: member}
+	flags = member[1]
+	r = &memberReader{b: []byte(member[2:])}
+	rec = &Record{WebhookID: hook, Topic: q.topic, Partition: int32(q.partition), member: member}
 	rec.Offset = r.offset()
 	rec.Attempts = int(r.uvarint())
 	rec.Retries = int(r.uvarint())
@@ -253,12 +262,24 @@ func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyFo
 	if flags&fLastAttempt != 0 {
 		rec.LastAttempt = time.UnixMilli(first + r.varint()).UTC()
 	}
-	c := &packing{hook: hook, offset: rec.Offset, derived: flags&fRawID == 0}
 	if flags&fRawID != 0 {
 		rec.ID = r.string()
 	} else {
 		rec.ID = contract.DeliveryID(q.topic, int32(q.partition), rec.Offset, hook)
 	}
+	return rec, flags, r
+}
+
+// decodeMember rebuilds the record of a member of hook's ZSET; forms looks
+// a body form up by reference and meta gives the webhook's application
+// and account.
+func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyForm, bool), meta hookMeta) (*Record, error) {
+	rec, flags, r := q.readHead(member, hook)
+	if rec == nil {
+		return nil, errBadMember
+	}
+	rec.AppID, rec.AccountID = meta.app, meta.account
+	c := &packing{hook: hook, offset: rec.Offset, derived: flags&fRawID == 0}
 	c.id = rec.ID
 	if flags&fRawBody != 0 {
 		rec.Body = bytes.Clone(r.bytes(r.uvarint()))
@@ -271,7 +292,7 @@ func (q *Queue) decodeMember(member, hook string, forms func(ref string) (bodyFo
 		}
 		f, ok := forms(ref)
 		if !ok {
-			return nil, errors.New("retry record refers to an unknown body form")
+			return nil, errUnknownForm
 		}
 		base := timestampBase(rec)
 		rec.Body, rec.Event = f.body(nil, objectID, base+timestamp), f.event

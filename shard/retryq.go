@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -123,6 +124,19 @@ func (q *Queue) deadHookKey(webhookID string) string { return q.tag + ":wd:" + w
 
 func ms(t time.Time) float64 { return float64(t.UnixMilli()) }
 
+// storeFormsLua is the part of a script that stores count body forms in
+// the hash formsKey, given as (reference, form) pairs from ARGV[i] on,
+// and leaves i after them. A reference never names two forms.
+func storeFormsLua(formsKey, count string) string {
+	return `for k = 1, tonumber(` + count + `) do
+  local ref, v = ARGV[i], ARGV[i+1]
+  i = i + 2
+  if redis.call('HSETNX', ` + formsKey + `, ref, v) == 0 and redis.call('HGET', ` + formsKey + `, ref) ~= v then
+    return redis.error_reply('body form reference collision')
+  end
+end`
+}
+
 // scheduleScript stores new deliveries if absent: ARGV[1] the key tag,
 // ARGV[2] the number of body forms, then (reference, form) pairs, then per
 // delivery its index bucket, packed id, index value, webhook, member, due
@@ -130,13 +144,7 @@ func ms(t time.Time) float64 { return float64(t.UnixMilli()) }
 // its record. It returns how many it stored.
 var scheduleScript = redis.NewScript(`
 local tag, i = ARGV[1], 3
-for k = 1, tonumber(ARGV[2]) do
-  local ref, v = ARGV[i], ARGV[i+1]
-  i = i + 2
-  if redis.call('HSETNX', KEYS[3], ref, v) == 0 and redis.call('HGET', KEYS[3], ref) ~= v then
-    return redis.error_reply('body form reference collision')
-  end
-end
+` + storeFormsLua("KEYS[3]", "ARGV[2]") + `
 local added, first, metas = 0, {}, {}
 while i <= #ARGV do
   local bucket, id, ix, hook, member, score, meta = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
@@ -280,7 +288,9 @@ return {out, first[2] or ''}
 
 // Claim leases up to n deliveries due at now until leaseEnd and returns their
 // records, the members it could not decode (for Quarantine), and when the
-// earliest delivery left is due (zero when none is).
+// earliest delivery left is due (zero when none is). A Redis error while
+// decoding fails the claim instead: its members come back when the lease
+// ends, and none is taken for unreadable.
 func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs []*Record, bad []Bad, next time.Time, err error) {
 	res, err := claimScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey},
 		now.UnixMilli(), leaseEnd.UnixMilli(), n, q.tag).Slice()
@@ -298,6 +308,12 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 		for _, m := range members {
 			member, _ := m.(string)
 			rec, err := q.decode(ctx, member, hook, parseMeta(meta))
+			if err != nil && !unreadable(err) {
+				// Redis did not answer a body form lookup: the member
+				// is fine and comes back when its lease ends, like
+				// every member of this claim.
+				return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)
+			}
 			if err != nil {
 				bad = append(bad, q.badMember(hook, member))
 				continue
@@ -331,10 +347,25 @@ func (q *Queue) storeForms(ctx context.Context, pairs []any) error {
 
 // forms caches body forms by reference. A reference is a hash of its form
 // and a shard never stores two forms under one, so entries never change.
-var forms sync.Map // reference -> bodyForm
+// Producers that put an account or other id in the resource path make
+// forms without end: past maxCachedForms the cache starts again empty (a
+// miss reads the form from the shard).
+var (
+	forms     sync.Map // reference -> bodyForm
+	formsSize atomic.Int64
+)
+
+const maxCachedForms = 1 << 16
 
 func cacheForm(ref, value string) {
+	if _, ok := forms.Load(ref); ok {
+		return
+	}
 	if f, ok := parseForm(value); ok {
+		if formsSize.Add(1) > maxCachedForms {
+			forms.Clear()
+			formsSize.Store(1)
+		}
 		forms.Store(ref, f)
 	}
 }

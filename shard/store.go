@@ -98,6 +98,9 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 		for _, z := range members[i].Val() {
 			member, _ := z.Member.(string)
 			rec, err := q.decode(ctx, member, webhookID, meta)
+			if unreadable(err) {
+				continue // the poller quarantines it when it falls due
+			}
 			if err != nil {
 				return nil, fmt.Errorf("cannot decode delivery of webhook %s: %w", webhookID, err)
 			}
@@ -258,8 +261,21 @@ func toAny(ss []string) []any {
 	return out
 }
 
-// Depth returns how many deliveries wait in every registered shard's due
-// set and dead set.
+// indexLenScript counts a shard's scheduled deliveries by their entries in
+// the id index: 256 HLENs, however many webhooks have deliveries queued
+// (Queue.Len, which counts every webhook's ZSET, blocks Redis for about
+// 280 ms per 100,000 such webhooks).
+var indexLenScript = redis.NewScript(`
+local n = 0
+for b = 0, 255 do
+  n = n + redis.call('HLEN', ARGV[1] .. ':i:' .. string.format('%02x', b))
+end
+return n
+`)
+
+// Depth returns how many deliveries wait in every registered shard's
+// retry queue and dead set (each read in constant time: /metrics asks on
+// every scrape).
 func (st *Store) Depth(ctx context.Context) (scheduled, dead int64, err error) {
 	qs, err := st.Queues(ctx)
 	if err != nil {
@@ -269,7 +285,7 @@ func (st *Store) Depth(ctx context.Context) (scheduled, dead int64, err error) {
 	died := make([]*redis.IntCmd, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, q := range qs {
-			due[i], died[i] = lenScript.Eval(ctx, p, []string{q.HooksKey}, q.tag), p.ZCard(ctx, q.DeadKey)
+			due[i], died[i] = indexLenScript.Eval(ctx, p, []string{q.HooksKey}, q.tag), p.ZCard(ctx, q.DeadKey)
 		}
 		return nil
 	})
