@@ -329,22 +329,6 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 	return recs, bad, next, nil
 }
 
-// storeForms stores body forms given as (reference, form) pairs, and
-// caches them.
-func (q *Queue) storeForms(ctx context.Context, pairs []any) error {
-	if len(pairs) == 0 {
-		return nil
-	}
-	args := append([]any{q.tag, len(pairs) / 2}, pairs...)
-	if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, args...).Err(); err != nil {
-		return fmt.Errorf("cannot store body forms of %s: %w", q.Shard, err)
-	}
-	for i := 0; i+1 < len(pairs); i += 2 {
-		cacheForm(pairs[i].(string), pairs[i+1].(string))
-	}
-	return nil
-}
-
 // forms caches body forms by reference. A reference is a hash of its form
 // and a shard never stores two forms under one, so entries never change.
 // Producers that put an account or other id in the resource path make
@@ -416,7 +400,8 @@ type Op struct {
 }
 
 // applyScript carries out ops, nine arguments each after ARGV[1], the key
-// tag: kind, webhook, the member as claimed, index bucket, packed id, then
+// tag, ARGV[2], the number of body forms, and the (reference, form) pairs
+// of the rescheduled records, stored first in the same step: kind, webhook, the member as claimed, index bucket, packed id, then
 // for a reschedule the new member and its due score, for a kill the dead
 // id, the time it died, its msgpack record and its first attempt. A
 // change applies only if the claimed member is still there (a record not
@@ -424,8 +409,9 @@ type Op struct {
 // claimant whose lease ran out never overwrites the outcome of the one
 // that claimed the delivery after it.
 var applyScript = redis.NewScript(`
-local tag, first = ARGV[1], {}
-for i = 2, #ARGV, 9 do
+local tag, first, i = ARGV[1], {}, 3
+` + storeFormsLua("KEYS[4]", "ARGV[2]") + `
+for i = i, #ARGV, 9 do
   local kind, hook, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   local key = tag .. ':q:' .. hook
   local held = old ~= '' and redis.call('ZREM', key, old) == 1
@@ -454,9 +440,9 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	args := make([]any, 0, 1+9*len(ops))
-	args = append(args, q.tag)
+	args := make([]any, 0, 2+9*len(ops))
 	var formArgs []any
+	sent := map[string]bool{}
 	members := make([]string, len(ops))
 	for k, op := range ops {
 		rec := op.Rec
@@ -474,10 +460,9 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			args = append(args, "", "", "", "")
 		case OpReschedule:
 			member, form := q.memberOf(rec)
-			if form != nil {
-				if _, known := forms.Load(form.ref()); !known {
-					formArgs = append(formArgs, form.ref(), form.value())
-				}
+			if form != nil && !sent[form.ref()] {
+				sent[form.ref()] = true
+				formArgs = append(formArgs, form.ref(), form.value())
 			}
 			members[k] = member
 			args = append(args, member, ms(op.At), "", "")
@@ -491,14 +476,17 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			return fmt.Errorf("unknown retry queue operation %d", op.Kind)
 		}
 	}
-	// A rescheduled record's body form is the one it was claimed with,
-	// already stored and cached; a record made elsewhere may bring a new
-	// one.
-	if err := q.storeForms(ctx, formArgs); err != nil {
-		return err
-	}
-	if err := applyScript.Run(ctx, q.rdb, []string{q.HooksKey, q.DeadKey, q.DeadData}, args...).Err(); err != nil {
+	// Every rescheduled record's body form goes with it (HSETNX): the
+	// process's cache spans every shard, so a form it knows may be missing
+	// from this one (a record made elsewhere, or forms dropped while the
+	// shard was empty), and a member must never name a form its shard lacks.
+	head := append([]any{q.tag, len(formArgs) / 2}, formArgs...)
+	args = append(head, args...)
+	if err := applyScript.Run(ctx, q.rdb, []string{q.HooksKey, q.DeadKey, q.DeadData, q.formsKey}, args...).Err(); err != nil {
 		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.Shard, err)
+	}
+	for i := 0; i+1 < len(formArgs); i += 2 {
+		cacheForm(formArgs[i].(string), formArgs[i+1].(string))
 	}
 	for k, op := range ops {
 		if op.Kind == OpReschedule {

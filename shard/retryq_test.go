@@ -401,3 +401,45 @@ func TestClaimSharesBetweenWebhooks(t *testing.T) {
 		t.Fatalf("claimed %d in all, want 30", total)
 	}
 }
+
+// A rescheduled record made outside a claim stores its body form in its
+// own shard even when the process has the form cached: the cache spans
+// every shard, and a member whose form its shard lacks cannot be read by
+// another process.
+func TestRescheduleStoresItsFormInItsShard(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 1)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	body := []byte(`{"object_id":7,"event":"order.create","timestamp":1700000000,"resource_url":"https://api.tradegecko.com/orders/7.json"}`)
+	rec := &Record{ID: "d1", WebhookID: "wh_1", Body: body, Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _, err := q.Claim(ctx, t0, t0.Add(30*time.Second), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d records, %v", len(recs), err)
+	}
+	// The shard loses its forms (as when they were dropped while it was
+	// empty and this process still caches them).
+	if err := rdb.Del(ctx, q.formsKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A record made elsewhere (the API's retry now), not the one claimed.
+	made := &Record{ID: "d1", WebhookID: "wh_1", Body: body, Attempts: 2, FirstAttempt: t0, LastStatus: 500}
+	if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: made, At: t0.Add(time.Minute)}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rdb.HLen(ctx, q.formsKey).Result(); err != nil || n != 1 {
+		t.Fatalf("the shard holds %d body forms after the reschedule (%v), want 1", n, err)
+	}
+	forms.Clear() // another process: nothing cached
+	formsSize.Store(0)
+	recs, bad, _, err := q.Claim(ctx, t0.Add(2*time.Minute), t0.Add(3*time.Minute), 10)
+	if err != nil || len(recs) != 1 || len(bad) != 0 {
+		t.Fatalf("claim by a fresh process: %d records, %d unreadable, %v", len(recs), len(bad), err)
+	}
+	if string(recs[0].Body) != string(body) || recs[0].Attempts != 2 {
+		t.Fatalf("claimed %q attempts %d, want the original body and 2 attempts", recs[0].Body, recs[0].Attempts)
+	}
+}
