@@ -18,7 +18,7 @@ func FuzzDecodeMember(f *testing.F) {
 	rec.LastError = "connection: dial tcp 10.0.0.1:443: connect: connection refused"
 	member, form := q.memberOf(rec)
 	if form == nil {
-		f.Fatal("the seed record's body has no form")
+		f.Fatal("the starting record's body has no form")
 	}
 	known := map[string]bodyForm{form.ref(): *form}
 	lookup := func(ref string) (bodyForm, bool) { f, ok := known[ref]; return f, ok }
