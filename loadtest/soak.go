@@ -343,7 +343,7 @@ func RunSoak(ctx context.Context, o SoakOptions) (*Report, *SoakSummary, error) 
 	smp := newSampler(stack.Procs())
 	gen := NewGenerator(stack.Brokers, topic, plan, l)
 	defer gen.Close()
-	mon := (&suite{o: SuiteOptions{Log: o.Log}}).monitor(ctx, "soak", stack, store, smp, l, time.Now())
+	mon := (&suite{o: SuiteOptions{Log: o.Log}}).monitor(ctx, "soak", store, smp, l, time.Now(), monitorProbes{})
 	t0 := time.Now()
 	ch := &chaos{stack: stack, farm: farm, smp: smp, plan: plan, kinds: kinds, group: group, log: o.Log, t0: t0,
 		counts: map[FaultKind]int{}, killed: map[*Proc]bool{}, gone: map[int]time.Time{}, finished: make(chan struct{})}

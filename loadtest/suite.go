@@ -392,7 +392,7 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 		sp.outage.cpu = probes.cpu
 		sp.outage.start(ctx, farm, sp.plan, store, l, t0)
 	}
-	mon := s.monitorWith(ctx, sp.name, store, smp, l, t0, probes)
+	mon := s.monitor(ctx, sp.name, store, smp, l, t0, probes)
 	var profiling sync.WaitGroup
 	defer profiling.Wait()
 	if stack.Pprof != "" {
@@ -694,13 +694,10 @@ type sample struct {
 	cores   float64
 }
 
-func (s *suite) monitor(ctx context.Context, name string, _ *Stack, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time) *monitor {
-	return s.monitorWith(ctx, name, store, smp, l, t0, monitorProbes{})
-}
-
-// monitorWith is monitor that also reads geckohook's CPU and Redis's
-// memory through pr.
-func (s *suite) monitorWith(ctx context.Context, name string, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time, pr monitorProbes) *monitor {
+// monitor follows a run from t0 until stop: the ledger's deliveries, the
+// retry queues and the processes once a second, and whatever pr reads
+// (monitorProbes{}: nothing more).
+func (s *suite) monitor(ctx context.Context, name string, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time, pr monitorProbes) *monitor {
 	m := &monitor{lastAt: t0, done: make(chan struct{}), cpu: pr.cpu, mem: pr.mem, backlog: pr.backlog}
 	if m.cpu != nil {
 		m.cpu0 = m.cpu()
