@@ -59,24 +59,28 @@ type Templates struct {
 
 var funcs = map[string]any{
 	"add": func(a, b int) int { return a + b },
-	"dur": func(d time.Duration) string {
-		switch {
-		case d%(24*time.Hour) == 0:
-			if d == 24*time.Hour {
-				return "1 day"
-			}
-			return fmt.Sprintf("%d days", d/(24*time.Hour))
-		case d%time.Hour == 0:
-			return fmt.Sprintf("%d hours", d/time.Hour)
-		}
-		return d.String()
-	},
+	"dur": Dur,
 	"fmtTime": func(t time.Time) string {
 		if t.IsZero() {
 			return "-"
 		}
 		return t.UTC().Format("2006-01-02 15:04 UTC")
 	},
+}
+
+// Dur shows a whole number of days or hours as such (72h: "3 days"),
+// as the digests' templates do.
+func Dur(d time.Duration) string {
+	switch {
+	case d%(24*time.Hour) == 0:
+		if d == 24*time.Hour {
+			return "1 day"
+		}
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%d hours", d/time.Hour)
+	}
+	return d.String()
 }
 
 // LoadTemplates parses the built-in templates, replaced by those found in
