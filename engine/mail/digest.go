@@ -50,6 +50,10 @@ type Digest struct {
 	DeleteAfter              time.Duration
 }
 
+// Empty reports whether the digest has nothing to report: no mail is sent
+// for it.
+func (d *Digest) Empty() bool { return len(d.Failing) == 0 && len(d.Deleted) == 0 }
+
 // Templates renders digests.
 type Templates struct {
 	subject *texttemplate.Template

@@ -36,7 +36,7 @@ func (r *request) digestsPage() {
 	}
 	views := make([]digestView, 0, len(digests))
 	for i, d := range digests {
-		v := digestView{Day: d.Day, Today: i == 0, Empty: len(d.Failing) == 0 && len(d.Deleted) == 0}
+		v := digestView{Day: d.Day, Today: i == 0, Empty: d.Empty()}
 		if !v.Empty {
 			r.withApp(d)
 			subject, text, _, err := r.p.o.MailTemplates.Parts(d)
@@ -66,7 +66,7 @@ func (r *request) digestHTML(day string) {
 		r.message(fasthttp.StatusServiceUnavailable, "Digests", "The day records cannot be read right now; try again.")
 		return
 	}
-	if len(d.Failing) == 0 && len(d.Deleted) == 0 {
+	if d.Empty() {
 		r.message(fasthttp.StatusNotFound, "Not found", "No digest of that day.")
 		return
 	}
