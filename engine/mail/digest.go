@@ -50,6 +50,10 @@ type Digest struct {
 	DeleteAfter              time.Duration
 }
 
+// Empty reports whether the digest has nothing to report: no mail is sent
+// for it.
+func (d *Digest) Empty() bool { return len(d.Failing) == 0 && len(d.Deleted) == 0 }
+
 // Templates renders digests.
 type Templates struct {
 	subject *texttemplate.Template
@@ -59,24 +63,28 @@ type Templates struct {
 
 var funcs = map[string]any{
 	"add": func(a, b int) int { return a + b },
-	"dur": func(d time.Duration) string {
-		switch {
-		case d%(24*time.Hour) == 0:
-			if d == 24*time.Hour {
-				return "1 day"
-			}
-			return fmt.Sprintf("%d days", d/(24*time.Hour))
-		case d%time.Hour == 0:
-			return fmt.Sprintf("%d hours", d/time.Hour)
-		}
-		return d.String()
-	},
+	"dur": Dur,
 	"fmtTime": func(t time.Time) string {
 		if t.IsZero() {
 			return "-"
 		}
 		return t.UTC().Format("2006-01-02 15:04 UTC")
 	},
+}
+
+// Dur shows a whole number of days or hours as such (72h: "3 days"),
+// as the digests' templates do.
+func Dur(d time.Duration) string {
+	switch {
+	case d%(24*time.Hour) == 0:
+		if d == 24*time.Hour {
+			return "1 day"
+		}
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%d hours", d/time.Hour)
+	}
+	return d.String()
 }
 
 // LoadTemplates parses the built-in templates, replaced by those found in

@@ -524,7 +524,7 @@ func (j *Job) sendOne(ctx context.Context, day, appID string, start time.Time) (
 	if err != nil {
 		return "", err
 	}
-	if len(d.Failing) == 0 && len(d.Deleted) == 0 {
+	if d.Empty() {
 		return "nothing", nil
 	}
 	log := j.o.Log.With().Str("day", day).Str("app_id", appID).Logger()

@@ -2,6 +2,7 @@ package portal
 
 import (
 	"context"
+	"slices"
 
 	"github.com/valyala/fasthttp"
 
@@ -35,7 +36,7 @@ func (r *request) digestsPage() {
 	}
 	views := make([]digestView, 0, len(digests))
 	for i, d := range digests {
-		v := digestView{Day: d.Day, Today: i == 0, Empty: len(d.Failing) == 0 && len(d.Deleted) == 0}
+		v := digestView{Day: d.Day, Today: i == 0, Empty: d.Empty()}
 		if !v.Empty {
 			r.withApp(d)
 			subject, text, _, err := r.p.o.MailTemplates.Parts(d)
@@ -53,25 +54,29 @@ func (r *request) digestsPage() {
 // digestHTML: GET /portal/digests/{day}: the HTML part of that day's
 // digest, as mailed, under the portal's CSP.
 func (r *request) digestHTML(day string) {
+	if !slices.Contains(r.p.keptDays(), day) {
+		r.message(fasthttp.StatusNotFound, "Not found", "No digest of that day.")
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	digests, err := r.p.digests(ctx, r.app.ID)
+	d, err := r.p.digest(ctx, r.app.ID, day)
 	if err != nil {
+		r.p.o.Log.Error().Err(err).Msg("portal cannot read day records")
 		r.message(fasthttp.StatusServiceUnavailable, "Digests", "The day records cannot be read right now; try again.")
 		return
 	}
-	for _, d := range digests {
-		if d.Day != day || (len(d.Failing) == 0 && len(d.Deleted) == 0) {
-			continue
-		}
-		r.withApp(d)
-		_, _, html, err := r.p.o.MailTemplates.Parts(d)
-		if err != nil {
-			break
-		}
-		r.ctx.SetContentType("text/html; charset=utf-8")
-		r.ctx.SetBody(html)
+	if d.Empty() {
+		r.message(fasthttp.StatusNotFound, "Not found", "No digest of that day.")
 		return
 	}
-	r.message(fasthttp.StatusNotFound, "Not found", "No digest of that day.")
+	r.withApp(d)
+	_, _, html, err := r.p.o.MailTemplates.Parts(d)
+	if err != nil {
+		r.p.o.Log.Error().Err(err).Msg("cannot render a digest")
+		r.message(fasthttp.StatusInternalServerError, "Digests", "This digest cannot be shown.")
+		return
+	}
+	r.ctx.SetContentType("text/html; charset=utf-8")
+	r.ctx.SetBody(html)
 }

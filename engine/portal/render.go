@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/geckohook/geckohook/engine/mail"
 	"github.com/geckohook/geckohook/engine/registry"
 )
 
@@ -39,19 +39,8 @@ var funcs = template.FuncMap{
 		}
 		return m
 	},
-	// dur shows a whole number of days or hours as such (72h: "3 days").
-	"dur": func(d time.Duration) string {
-		switch {
-		case d > 0 && d%(24*time.Hour) == 0:
-			if d == 24*time.Hour {
-				return "1 day"
-			}
-			return strconv.Itoa(int(d/(24*time.Hour))) + " days"
-		case d > 0 && d%time.Hour == 0:
-			return strconv.Itoa(int(d/time.Hour)) + " hours"
-		}
-		return d.String()
-	},
+	// dur shows a duration as the daily mail does (72h: "3 days").
+	"dur": mail.Dur,
 	// when shows an RFC 3339 time (or a time.Time) as "2006-01-02 15:04:05 UTC".
 	"when": func(v any) string {
 		var t time.Time

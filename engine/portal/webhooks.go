@@ -124,19 +124,31 @@ func (r *request) createWebhook() {
 	r.ctx.Redirect("/portal/webhooks/"+url.PathEscape(out.Webhook.ID), fasthttp.StatusSeeOther)
 }
 
+// keptDays are the mail days whose records the portal shows, today first.
+func (p *Portal) keptDays() []string {
+	now := p.o.Now()
+	days := make([]string, daysKept)
+	for i := range days {
+		days[i] = p.o.Policy.Day(now.Add(-time.Duration(i) * 24 * time.Hour))
+	}
+	return days
+}
+
+// digest reads the application's digest of the mail day day.
+func (p *Portal) digest(ctx context.Context, appID, day string) (*mail.Digest, error) {
+	start, err := p.o.Policy.DayStart(day)
+	if err != nil {
+		return nil, err
+	}
+	return mail.ReadDigest(ctx, p.o.Redis, daylog.Keys{Prefix: p.o.Prefix}, p.o.Policy, day, appID, start, p.o.Log)
+}
+
 // digests reads the application's digests of the days kept, today first
 // (today's is the part of the day so far, mailed when it ends).
 func (p *Portal) digests(ctx context.Context, appID string) ([]*mail.Digest, error) {
-	now := p.o.Now()
-	keys := daylog.Keys{Prefix: p.o.Prefix}
 	var out []*mail.Digest
-	for i := range daysKept {
-		day := p.o.Policy.Day(now.Add(-time.Duration(i) * 24 * time.Hour))
-		start, err := p.o.Policy.DayStart(day)
-		if err != nil {
-			return out, err
-		}
-		d, err := mail.ReadDigest(ctx, p.o.Redis, keys, p.o.Policy, day, appID, start, p.o.Log)
+	for _, day := range p.keptDays() {
+		d, err := p.digest(ctx, appID, day)
 		if err != nil {
 			return out, err
 		}
