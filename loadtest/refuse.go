@@ -60,9 +60,6 @@ func (g *serverGate) track(c net.Conn, st fasthttp.ConnState) {
 // refuseServers starts or extends the refusal of every server one of
 // whose hooks has a RefuseUntil in the future. Call it with f.mu held.
 func (f *Farm) refuseServers(st *farmState) {
-	if f.gates == nil {
-		return
-	}
 	now := time.Now()
 	until := make(map[int32]time.Time)
 	for i := range st.hooks {

@@ -46,7 +46,7 @@ const (
 const (
 	millionChanges  = 1000                    // changes made while flooding: half creates, half deletes
 	millionIssuers  = 16                      // change requests at a time
-	millionPoll     = 10 * time.Millisecond   // how often every process's count is read
+	millionPoll     = 50 * time.Millisecond   // how often every process's count is read
 	millionVisible  = 10 * time.Second        // the most the last change may take to show
 	millionPageSize = 1000                    // the API's largest page
 	millionSettle   = 30 * time.Second        // after the flood
