@@ -19,11 +19,9 @@ type bodyForm struct {
 // ref is the form's 8-byte reference (a SHA-256 prefix) under which the
 // shard stores it once.
 func (f bodyForm) ref() string {
-	h := sha256.New()
-	h.Write([]byte(f.event))
-	h.Write([]byte{0})
-	h.Write([]byte(f.urlPrefix))
-	return string(h.Sum(nil)[:8])
+	var buf [128]byte // on the stack for the usual event and URL prefix
+	sum := sha256.Sum256(append(append(append(buf[:0], f.event...), 0), f.urlPrefix...))
+	return string(sum[:8])
 }
 
 func (f bodyForm) value() string { return f.event + "\x00" + f.urlPrefix }

@@ -13,9 +13,8 @@ import (
 // Before the compact layout, a shard kept its scheduled deliveries in
 // tag:due (ZSET id -> due), tag:d (HASH id -> msgpack Record) and
 // tag:w:<webhook> (ZSET id -> first attempt). Migrate moves them.
-func (q *Queue) oldDueKey() string                  { return q.tag + ":due" }
-func (q *Queue) oldDataKey() string                 { return q.tag + ":d" }
-func (q *Queue) oldHookKey(webhookID string) string { return q.tag + ":w:" + webhookID }
+func (q *Queue) oldDueKey() string  { return q.tag + ":due" }
+func (q *Queue) oldDataKey() string { return q.tag + ":d" }
 
 // migrateBatch is the most old records one migration step moves.
 const migrateBatch = 256

@@ -460,9 +460,11 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			args = append(args, "", "", "", "")
 		case OpReschedule:
 			member, form := q.memberOf(rec)
-			if form != nil && !sent[form.ref()] {
-				sent[form.ref()] = true
-				formArgs = append(formArgs, form.ref(), form.value())
+			if form != nil {
+				if ref := form.ref(); !sent[ref] {
+					sent[ref] = true
+					formArgs = append(formArgs, ref, form.value())
+				}
 			}
 			members[k] = member
 			args = append(args, member, ms(op.At), "", "")
