@@ -589,27 +589,8 @@ func ReadDigest(ctx context.Context, rdb redis.UniversalClient, keys daylog.Keys
 		return nil, fmt.Errorf("cannot read day records of %s for %s: %w", appID, day, err)
 	}
 	d := &Digest{Day: day, Start: start, End: start.Add(24 * time.Hour), DeleteAfter: p.After()}
-	gone := map[string]bool{}
-	for id, raw := range deleted.Val() {
-		e, err := daylog.Decode([]byte(raw))
-		if err != nil {
-			log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
-			continue
-		}
-		gone[id] = true
-		d.Deleted = append(d.Deleted, e)
-	}
-	for id, raw := range failing.Val() {
-		if gone[id] {
-			continue
-		}
-		e, err := daylog.Decode([]byte(raw))
-		if err != nil {
-			log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
-			continue
-		}
-		d.Failing = append(d.Failing, e)
-	}
+	d.Deleted = decodeEntries(nil, deleted.Val(), nil, log)
+	d.Failing = decodeEntries(nil, failing.Val(), deleted.Val(), log)
 	slices.SortFunc(d.Deleted, func(a, b *daylog.Entry) int {
 		return cmp.Or(a.Deleted.Compare(b.Deleted), cmp.Compare(a.WebhookID, b.WebhookID))
 	})
@@ -623,4 +604,48 @@ func ReadDigest(ctx context.Context, rdb redis.UniversalClient, keys daylog.Keys
 		d.Failing, d.FailingMore = d.Failing[:MaxListed], n
 	}
 	return d, nil
+}
+
+// ReadDeleted reads an application's webhooks deleted on the mail days
+// days in one round trip (a pipeline), newest deletion first: the
+// developer portal lists them without the rest of each day's digest.
+// Unreadable entries are logged and skipped.
+func ReadDeleted(ctx context.Context, rdb redis.UniversalClient, keys daylog.Keys, appID string, days []string,
+	log zerolog.Logger) ([]*daylog.Entry, error) {
+	cmds := make([]*redis.MapStringStringCmd, len(days))
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, day := range days {
+			cmds[i] = p.HGetAll(ctx, keys.Deleted(day, appID))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the deletions of %s of %d days: %w", appID, len(days), err)
+	}
+	var out []*daylog.Entry
+	for _, c := range cmds {
+		out = decodeEntries(out, c.Val(), nil, log)
+	}
+	slices.SortFunc(out, func(a, b *daylog.Entry) int {
+		return cmp.Or(b.Deleted.Compare(a.Deleted), cmp.Compare(a.WebhookID, b.WebhookID))
+	})
+	return out, nil
+}
+
+// decodeEntries appends to dst the entries of a day hash (webhook id →
+// msgpack Entry) whose webhook is not a field of skip; unreadable ones are
+// logged and left out.
+func decodeEntries(dst []*daylog.Entry, raw, skip map[string]string, log zerolog.Logger) []*daylog.Entry {
+	for id, b := range raw {
+		if _, ok := skip[id]; ok {
+			continue
+		}
+		e, err := daylog.Decode([]byte(b))
+		if err != nil {
+			log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
+			continue
+		}
+		dst = append(dst, e)
+	}
+	return dst
 }
