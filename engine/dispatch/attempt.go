@@ -19,7 +19,7 @@ import (
 // place in its host's limit, so it must reach a worker even when ctx ends
 // while every worker is busy (possibly waiting for this shard's writer,
 // which stops only once its feeders have returned): then a goroutine takes
-// it over (Run waits for these before it closes the work channel), and the
+// it over (Run waits for these before it closes the worker pool), and the
 // worker abandons it if the shard has let the partition go by then.
 func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
 	a, shed := d.hosts.admit(dl.hook.Host(), dl)
@@ -31,10 +31,8 @@ func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
 	case admitOverflow:
 		d.overflow(dl)
 	default:
-		select {
-		case d.work <- dl:
-		case <-ctx.Done():
-			goWith(&d.handoffs, func() { d.work <- dl })
+		if !d.pool.give(ctx, dl) {
+			goWith(&d.handoffs, func() { d.pool.give(context.Background(), dl) })
 		}
 	}
 }

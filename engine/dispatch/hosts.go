@@ -34,6 +34,7 @@ type hostGate struct {
 	stallAfter time.Duration
 	now        func() time.Time
 	hosts      map[string]*hostState
+	inflight   int // attempts admitted and not done, over every host
 }
 
 type hostState struct {
@@ -130,6 +131,7 @@ func (g *hostGate) admit(host string, dl *delivery) (a admission, shed []*delive
 			st.lastProgress = g.now()
 		}
 		st.inflight++
+		g.inflight++
 		return admitSend, nil
 	}
 	if !g.bounded(st, g.now()) {
@@ -180,6 +182,13 @@ func (g *hostGate) throttled() int {
 	return n
 }
 
+// inFlight counts the attempts admitted and not yet done, over every host.
+func (g *hostGate) inFlight() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.inflight
+}
+
 // bounded reports whether a host may queue no more than its limit: it is
 // degraded, or stalled (in flight, and no answer for stallAfter).
 func (g *hostGate) bounded(st *hostState, now time.Time) bool {
@@ -207,6 +216,7 @@ func (g *hostGate) done(st *hostState, healthy bool, took time.Duration) (next *
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st.inflight--
+	g.inflight--
 	st.lastProgress = g.now()
 	if healthy {
 		grow := st.limit < g.startLimit || took <= 0
@@ -233,6 +243,7 @@ func (g *hostGate) done(st *hostState, healthy bool, took time.Duration) (next *
 		st.queue[st.head] = nil
 		st.head++
 		st.inflight++
+		g.inflight++
 	}
 	switch {
 	case st.queued() == 0:

@@ -245,11 +245,22 @@ func TestRefusedTargetAllocs(t *testing.T) {
 }
 
 // A feeder whose context ends while no worker is free does not block on
-// the work channel (the workers may be waiting for its shard's writer), yet
+// the worker pool (the workers may be waiting for its shard's writer), yet
 // the delivery it admitted still reaches a worker: it holds a place in its
 // host's limit that only the end of its turn gives back.
 func TestHandAfterTheFeederStopped(t *testing.T) {
-	d := &Dispatcher{work: make(chan *delivery), hosts: newHostGate(4, time.Second, time.Now)}
+	release := make(chan struct{})
+	ran := make(chan *delivery, 3)
+	d := &Dispatcher{hosts: newHostGate(4, time.Second, time.Now)}
+	d.pool = newWorkerPool(1, func(dl *delivery) {
+		<-release
+		ran <- dl
+	})
+	// The one worker is busy and the backlog (one place) is full.
+	busy, waiting := &delivery{}, &delivery{}
+	if !d.pool.give(context.Background(), busy) || !d.pool.give(context.Background(), waiting) {
+		t.Fatal("the pool refused work it has room for")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	dl := &delivery{hook: &registry.Webhook{}}
@@ -263,15 +274,19 @@ func TestHandAfterTheFeederStopped(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("hand blocked on a busy pool after its context ended")
 	}
-	select {
-	case got := <-d.work:
-		if got != dl {
-			t.Fatal("a worker got another delivery")
+	close(release)
+	for _, want := range []*delivery{busy, waiting, dl} {
+		select {
+		case got := <-ran:
+			if got != want {
+				t.Fatalf("the worker ran %p, want %p", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the admitted delivery never reached a worker")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the admitted delivery never reached a worker")
 	}
 	d.handoffs.Wait()
+	d.pool.close()
 	if st := dl.gate; st == nil || st.inflight != 1 {
 		t.Fatalf("gate entry %+v: want the delivery still counted in flight", st)
 	}
