@@ -75,7 +75,12 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 		s.abandon(dl)
 		return true, 0
 	}
-	hook, app := d.o.Registry.Target(dl.hook.ID)
+	// The webhook as matched, when nothing in the registry changed since;
+	// otherwise as it is now.
+	hook, app := dl.hook, dl.app
+	if app == nil || d.o.Registry.Version() != dl.version {
+		hook, app = d.o.Registry.Target(dl.hook.ID)
+	}
 	if hook == nil {
 		// Deleted since the event was matched: nothing to deliver.
 		s.conclude(s.life, dl, retry.Deleted, time.Time{})
