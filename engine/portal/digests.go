@@ -94,13 +94,5 @@ func (p *Portal) digest(ctx context.Context, appID, day string) (*mail.Digest, e
 // digests reads the application's digests of the days kept, today first
 // (today's is the part of the day so far, mailed when it ends).
 func (p *Portal) digests(ctx context.Context, appID string) ([]*mail.Digest, error) {
-	var out []*mail.Digest
-	for _, day := range p.keptDays() {
-		d, err := p.digest(ctx, appID, day)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, d)
-	}
-	return out, nil
+	return mail.ReadDigests(ctx, p.o.Redis, daylog.Keys{Prefix: p.o.Prefix}, p.o.Policy, appID, p.keptDays(), p.o.Log)
 }
