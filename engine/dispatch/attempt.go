@@ -42,9 +42,9 @@ func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
 func (d *Dispatcher) deliver(dl *delivery) {
 	for dl != nil {
 		gate := dl.gate
-		healthy, took := d.attempt(dl) // dl is released or handed on after this
+		healthy, took, answered := d.attempt(dl) // dl is released or handed on after this
 		var overflow []*delivery
-		dl, overflow = d.hosts.done(gate, healthy, took)
+		dl, overflow = d.hosts.done(gate, healthy, took, answered)
 		for _, o := range overflow {
 			d.overflow(o)
 		}
@@ -62,18 +62,18 @@ func (d *Dispatcher) overflow(dl *delivery) {
 }
 
 // attempt makes one attempt and concludes the delivery's turn. It reports
-// whether the host looked healthy (it answered, and not too slowly) and how
-// long the request took (0 when none was sent). The worker only classifies:
+// whether the host looked healthy (it answered, and not too slowly), how
+// long the request took and when it ended (0 and zero when none was sent). The worker only classifies:
 // whatever must be written (a retry, a 410's deletion) goes to the shard's
 // writer.
-func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
+func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration, answered time.Time) {
 	s := dl.sh
 	if s.life.Err() != nil {
 		// The shard gave its partition up without this delivery finished;
 		// the next owner replays the event (or re-claims the retry).
 		// Sending now would only add a duplicate and hold up shutdown.
 		s.abandon(dl)
-		return true, 0
+		return true, 0, time.Time{}
 	}
 	// The webhook as matched, when nothing in the registry changed since;
 	// otherwise as it is now.
@@ -84,7 +84,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 	if hook == nil {
 		// Deleted since the event was matched: nothing to deliver.
 		s.conclude(s.life, dl, retry.Deleted, time.Time{})
-		return true, 0
+		return true, 0, time.Time{}
 	}
 	// The webhook as it is now: its outcome and record carry the current
 	// address, not the one the event was matched with.
@@ -106,7 +106,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 		sig.Standard = app.AppendStandardSignature(stdSig[:0], dl.id[:], ts, dl.body)
 	}
 	dl.res = d.o.Sender.SendSigned(hook.Address, dl.body, dl.id[:], sig)
-	answered := time.Now()
+	answered = time.Now()
 	took = answered.Sub(start)
 	d.m.observe(dl, took, answered)
 	// A 429 asks for less: it lowers the host's concurrency like a timeout.
@@ -124,7 +124,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 			Str("delivery", string(dl.id[:])).Msg("delivery failed; scheduling retry")
 	}
 	s.conclude(s.life, dl, r, at)
-	return healthy, took
+	return healthy, took, answered
 }
 
 func refusedTarget(err error) bool {

@@ -209,15 +209,18 @@ func (st *hostState) shed(keep int) []*delivery {
 }
 
 // done ends one admitted attempt to the host st (the delivery's gate) that
-// took took (0: no answer time to learn from) and returns the next queued
-// delivery to send (already admitted), plus any deliveries the host can no
-// longer take.
-func (g *hostGate) done(st *hostState, healthy bool, took time.Duration) (next *delivery, overflow []*delivery) {
+// took took (0: no answer time to learn from) and ended at (zero: now), and
+// returns the next queued delivery to send (already admitted), plus any
+// deliveries the host can no longer take.
+func (g *hostGate) done(st *hostState, healthy bool, took time.Duration, at time.Time) (next *delivery, overflow []*delivery) {
+	if at.IsZero() {
+		at = g.now()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st.inflight--
 	g.inflight--
-	st.lastProgress = g.now()
+	st.lastProgress = at
 	if healthy {
 		grow := st.limit < g.startLimit || took <= 0
 		if took > 0 {
