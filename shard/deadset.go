@@ -97,24 +97,20 @@ func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Rec
 		return nil, nil
 	}
 	scores := make([]float64, len(recs))
-	sargs := q.scheduleArgs(recs, scores)
-	nforms := sargs[1].(int)
-	pairs, rows := sargs[2:2+2*nforms], sargs[2+2*nforms:]
-	args := make([]any, 0, 3+len(pairs)+9*len(recs))
-	args = append(args, q.tag, now.UnixMilli(), nforms)
-	args = append(args, pairs...)
+	batch := q.scheduleArgs(recs, scores)
+	args := make([]any, 0, 3+len(batch.forms)+(2+scheduleWidth)*len(recs))
+	args = append(args, q.tag, now.UnixMilli(), len(batch.forms)/2)
+	args = append(args, batch.forms...)
 	for i, rec := range recs {
 		args = append(args, rec.ID, deadRaws[i])
-		args = append(args, rows[7*i:7*i+7]...)
+		args = append(args, batch.row(i)...)
 	}
 	keys := []string{q.HooksKey, q.DeadData, q.DeadKey, q.metaKey, q.formsKey}
 	moved, err := reviveScript.Run(ctx, q.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return nil, fmt.Errorf("cannot move dead deliveries of %s back to due: %w", q.Shard, err)
 	}
-	for i := 0; i+1 < len(pairs); i += 2 {
-		cacheForm(pairs[i].(string), pairs[i+1].(string))
-	}
+	batch.cacheForms()
 	out := recs[:0]
 	for i, rec := range recs {
 		if i < len(moved) && moved[i] == 1 {

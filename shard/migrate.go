@@ -2,7 +2,6 @@ package shard
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -49,7 +48,6 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 			break
 		}
 		var recs []*Record
-		var scores []float64
 		var drop []any
 		for i := 0; i+1 < len(ids); i += 2 {
 			id, raw := ids[i], ids[i+1]
@@ -60,14 +58,12 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 				}
 				continue
 			}
-			score, err := q.rdb.ZScore(ctx, q.oldDueKey(), id).Result()
-			if errors.Is(err, redis.Nil) {
-				score = ms(now) // a record whose due entry was lost: due now
-			} else if err != nil {
-				return moved, fmt.Errorf("cannot read the old retry queue of %s: %w", q.Shard, err)
-			}
-			recs, scores = append(recs, rec), append(scores, score)
+			recs = append(recs, rec)
 			drop = append(drop, id, rec.WebhookID)
+		}
+		scores, err := q.oldDueScores(ctx, recs, now)
+		if err != nil {
+			return moved, err
 		}
 		if len(recs) > 0 {
 			if err := q.schedule(ctx, recs, scores); err != nil {
@@ -85,6 +81,31 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 		return moved, fmt.Errorf("cannot drop the old due set of %s: %w", q.Shard, err)
 	}
 	return moved, nil
+}
+
+// oldDueScores reads the due times of old records in one round trip; a
+// record whose due entry was lost is due at now.
+func (q *Queue) oldDueScores(ctx context.Context, recs []*Record, now time.Time) ([]float64, error) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	ids := make([]string, len(recs))
+	for i, rec := range recs {
+		ids[i] = rec.ID
+	}
+	scores, err := q.rdb.ZMScore(ctx, q.oldDueKey(), ids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the old retry queue of %s: %w", q.Shard, err)
+	}
+	if len(scores) != len(ids) {
+		return nil, fmt.Errorf("cannot read the old retry queue of %s: %d due times for %d records", q.Shard, len(scores), len(ids))
+	}
+	for i, s := range scores {
+		if s == 0 { // no due entry (ZMSCORE's nil): due now
+			scores[i] = ms(now)
+		}
+	}
+	return scores, nil
 }
 
 // quarantineOld moves an unreadable old record to the dead set as it is.

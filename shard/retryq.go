@@ -164,37 +164,63 @@ end
 return added
 `)
 
+// scheduleBatch is scheduleScript's arguments for a batch of records:
+// the body forms they refer to, as (reference, form) pairs, and per
+// record its scheduleWidth values.
+type scheduleBatch struct {
+	forms []any
+	rows  []any
+}
+
+// scheduleWidth is how many values scheduleScript takes per record.
+const scheduleWidth = 7
+
+// row returns the values of the i-th record.
+func (b scheduleBatch) row(i int) []any { return b.rows[scheduleWidth*i : scheduleWidth*(i+1)] }
+
+// args returns scheduleScript's ARGV.
+func (b scheduleBatch) args(tag string) []any {
+	args := make([]any, 0, 2+len(b.forms)+len(b.rows))
+	args = append(args, tag, len(b.forms)/2)
+	args = append(args, b.forms...)
+	return append(args, b.rows...)
+}
+
+// cacheForms caches the batch's body forms once Redis holds them.
+func (b scheduleBatch) cacheForms() {
+	for i := 0; i+1 < len(b.forms); i += 2 {
+		cacheForm(b.forms[i].(string), b.forms[i+1].(string))
+	}
+}
+
 // scheduleArgs builds scheduleScript's arguments for recs due at scores.
-func (q *Queue) scheduleArgs(recs []*Record, scores []float64) []any {
-	forms := map[string]string{}
-	rows := make([]any, 0, 7*len(recs))
+func (q *Queue) scheduleArgs(recs []*Record, scores []float64) scheduleBatch {
+	var b scheduleBatch
+	seen := map[string]bool{}
+	b.rows = make([]any, 0, scheduleWidth*len(recs))
 	for i, rec := range recs {
 		member, form := q.memberOf(rec)
 		if form != nil {
-			forms[form.ref()] = form.value()
+			if ref := form.ref(); !seen[ref] {
+				seen[ref] = true
+				b.forms = append(b.forms, ref, form.value())
+			}
 		}
 		pid := packedID(rec.ID)
-		rows = append(rows, indexBucket(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
+		b.rows = append(b.rows, indexBucket(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
 			hookMeta{rec.AppID, rec.AccountID}.value())
 	}
-	args := make([]any, 0, 2+2*len(forms)+len(rows))
-	args = append(args, q.tag, len(forms))
-	for ref, v := range forms {
-		args = append(args, ref, v)
-	}
-	return append(args, rows...)
+	return b
 }
 
 // schedule stores recs due at scores if absent (scheduleScript), and
 // caches their body forms once Redis holds them.
 func (q *Queue) schedule(ctx context.Context, recs []*Record, scores []float64) error {
-	args := q.scheduleArgs(recs, scores)
-	if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, args...).Err(); err != nil {
+	b := q.scheduleArgs(recs, scores)
+	if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, b.args(q.tag)...).Err(); err != nil {
 		return err
 	}
-	for i := 0; i < args[1].(int); i++ {
-		cacheForm(args[2+2*i].(string), args[3+2*i].(string))
-	}
+	b.cacheForms()
 	return nil
 }
 
