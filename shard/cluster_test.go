@@ -28,7 +28,7 @@ func TestQueueOnRedisCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		q := NewQueue(rdb, "gh:", "ev", p)
-		node, err := cc.MasterForKey(ctx, q.HooksKey)
+		node, err := cc.MasterForKey(ctx, q.ChunksKey)
 		if err != nil {
 			t.Fatal(err)
 		}

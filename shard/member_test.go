@@ -145,7 +145,7 @@ func TestFindByIDAnyOffset(t *testing.T) {
 			if !exact {
 				continue
 			}
-			members, _, err := rdb.ZScan(ctx, q.HookKey(hook), 0, memberPattern(e.Rec.Offset), 1000).Result()
+			members, _, err := rdb.ZScan(ctx, q.chunkKey(hook, "0"), 0, memberPattern(e.Rec.Offset), 1000).Result()
 			if err != nil || len(members) != 2 {
 				t.Fatalf("offset %d: the pattern matched %d members (%v), want 1", e.Rec.Offset, len(members)/2, err)
 			}

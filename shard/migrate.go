@@ -2,7 +2,9 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,13 +32,26 @@ return 0
 `)
 
 // Migrate moves the scheduled deliveries a shard's queue holds in the
-// layout before the compact one, with their ids, records and due times
-// (a lease end stays a lease end), and returns how many it moved. A
-// dispatcher runs it when it takes the partition, before it claims
-// anything. Each step is a schedule (insert if absent, so a step repeated
-// after a crash stores nothing twice) followed by the removal of what it
-// stored; a record it cannot decode goes to the dead set as it is.
+// layouts before chunks, with their ids, records and due times (a lease
+// end stays a lease end), and returns how many it moved. A dispatcher
+// runs it when it takes the partition, before it claims anything, and
+// again every minute (a process of the old version may still write
+// during a rolling upgrade).
 func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
+	moved, err := q.migrateUnchunked(ctx, now)
+	if err != nil {
+		return moved, err
+	}
+	n, err := q.migrateMsgpack(ctx, now)
+	return moved + n, err
+}
+
+// migrateMsgpack moves the deliveries of the layout before the compact
+// one (tag:due, tag:d, tag:w:<webhook>). Each step is a schedule (insert
+// if absent, so a step repeated after a crash stores nothing twice)
+// followed by the removal of what it stored; a record it cannot decode
+// goes to the dead set as it is.
+func (q *Queue) migrateMsgpack(ctx context.Context, now time.Time) (int, error) {
 	moved := 0
 	var cursor uint64
 	for {
@@ -121,4 +136,91 @@ func (q *Queue) quarantineOld(ctx context.Context, id, raw string, now time.Time
 		return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", id, q.Shard, err)
 	}
 	return nil
+}
+
+// Before chunks, a shard kept each webhook's scheduled deliveries in one
+// sorted set, tag:q:<webhook> (compact members, as now), indexed by
+// tag:hooks (webhook -> earliest due time), with index values that named
+// no chunk.
+func (q *Queue) oldHooksKey() string           { return q.tag + ":hooks" }
+func (q *Queue) oldHookKey(hook string) string { return q.tag + ":q:" + hook }
+
+// oldIndexValue is the index value the layout before chunks wrote.
+func oldIndexValue(rec *Record) string {
+	v := []byte(indexValue(rec))
+	v[0] -= ixChunkedFirst
+	return string(v)
+}
+
+// unchunkScript moves members of webhook ARGV[2]'s sorted set of the
+// layout before chunks to its chunks, ARGV[1] the key tag, then per
+// member its index bucket, packed id, index value (without its chunk),
+// member and score. A member whose delivery the index already places in
+// a chunk (migrated before, and written again by a process of the old
+// version) is only dropped. The webhook leaves tag:hooks once its sorted
+// set is empty.
+var unchunkScript = redis.NewScript(`
+local tag, hook = ARGV[1], ARGV[2]
+` + chunkLua + `
+local old = tag .. ':q:' .. hook
+for i = 3, #ARGV, 5 do
+  local bk, id, ix, member, score = tag .. ':i:' .. ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  if redis.call('ZREM', old, member) == 1 then
+    local v = redis.call('HGET', bk, id)
+    if not v or string.byte(v, 1) < ` + strconv.Itoa(ixChunkedFirst) + ` then
+      redis.call('HSET', bk, id, ix .. place(hook, member, score))
+    end
+  end
+end
+if redis.call('EXISTS', old) == 0 then redis.call('ZREM', tag .. ':hooks', hook) end
+saveStates()
+return 0
+`)
+
+// migrateUnchunked moves the deliveries of the layout before chunks, a
+// batch of one webhook's at a time, each batch in one script (atomic: a
+// crash never leaves a delivery in both layouts or in neither). A member
+// it cannot decode goes to the dead set as it is.
+func (q *Queue) migrateUnchunked(ctx context.Context, now time.Time) (int, error) {
+	hooks, err := q.rdb.ZRange(ctx, q.oldHooksKey(), 0, -1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
+	}
+	moved := 0
+	for _, hook := range hooks {
+		meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
+		}
+		for {
+			zs, err := q.rdb.ZRangeWithScores(ctx, q.oldHookKey(hook), 0, migrateBatch-1).Result()
+			if err != nil {
+				return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
+			}
+			args := []any{q.tag, hook}
+			for _, z := range zs {
+				member, _ := z.Member.(string)
+				rec, err := q.decode(ctx, member, hook, parseMeta(meta))
+				if unreadable(err) {
+					if err := q.Quarantine(ctx, q.badMember(hook, "", member), now); err != nil {
+						return moved, err
+					}
+					continue
+				}
+				if err != nil {
+					return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
+				}
+				pid := packedID(rec.ID)
+				args = append(args, indexBucket(pid), pid, indexValue(rec), member, z.Score)
+			}
+			if err := unchunkScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.oldHookKey(hook)}, args...).Err(); err != nil {
+				return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
+			}
+			moved += (len(args) - 2) / 5
+			if len(zs) < migrateBatch {
+				break
+			}
+		}
+	}
+	return moved, nil
 }

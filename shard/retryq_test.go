@@ -19,8 +19,8 @@ func TestQueueScheduleIsInsertIfAbsent(t *testing.T) {
 	srv := testenv.Redis(t)
 	ctx := context.Background()
 	q := NewQueue(srv.Client(), "gh:", "geckohook.events", 3)
-	if q.HooksKey != "gh:{geckohook.events-3}:hooks" || q.HookKey("wh_1") != "gh:{geckohook.events-3}:q:wh_1" {
-		t.Fatalf("keys %s %s do not follow the layout", q.HooksKey, q.HookKey("wh_1"))
+	if q.ChunksKey != "gh:{geckohook.events-3}:chunks" || q.chunkKey("wh_1", "0") != "gh:{geckohook.events-3}:q:wh_1:0" {
+		t.Fatalf("keys %s %s do not follow the layout", q.ChunksKey, q.chunkKey("wh_1", "0"))
 	}
 	t0 := time.UnixMilli(1_700_000_000_000)
 	rec := &Record{ID: "d1", WebhookID: "wh_1", Body: []byte(`{"a":1}`), Attempts: 1, FirstAttempt: t0, LastStatus: 500, LastError: "HTTP 500"}
@@ -247,7 +247,7 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 
 	// A record geckohook cannot read is claimed once and quarantined as it
 	// is, without holding up the others.
-	if err := rdb.ZAdd(ctx, q.HookKey("wh_1"), redis.Z{Score: 1, Member: "\xc1garbage"}).Err(); err != nil {
+	if err := rdb.ZAdd(ctx, q.chunkKey("wh_1", "0"), redis.Z{Score: 1, Member: "\xc1garbage"}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	good, bad, _, err := q.Claim(ctx, now.Add(2*time.Hour), now.Add(3*time.Hour), 10)
@@ -260,7 +260,7 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	if raw, err := rdb.HGet(ctx, q.DeadData, bad[0].ID()).Result(); err != nil || raw != "\xc1garbage" {
 		t.Fatalf("quarantined bytes %q %v", raw, err)
 	}
-	if _, err := rdb.ZScore(ctx, q.HookKey("wh_1"), "\xc1garbage").Result(); !errors.Is(err, redis.Nil) {
+	if _, err := rdb.ZScore(ctx, q.chunkKey("wh_1", "0"), "\xc1garbage").Result(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("quarantined record still due: %v", err)
 	}
 	if n, _ := q.Len(ctx); n != 2 {

@@ -1,0 +1,140 @@
+package shard
+
+import (
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A webhook's scheduled deliveries are split into chunks: sorted sets
+// tag:q:<webhook>:<n> of at most chunkSize members each, so every one
+// stays in Redis's compact listpack encoding (zset-max-listpack-entries
+// is 128 by default) however deep the webhook's queue grows. The chunk
+// index tag:chunks scores each chunk "<webhook>:<n>" by its earliest due
+// time (never later: a claim corrects it), tag:qn holds per webhook the
+// chunk being filled and how many chunks it has ("<n> <count>"), and the
+// id index records each delivery's chunk, where it stays until it leaves
+// the queue (a reschedule or a lease replaces its member in place).
+
+// chunkSize is the most members a chunk holds.
+const chunkSize = 128
+
+// chunkLua is the part of every script that places members in chunks or
+// takes them out; it needs the local tag (the key tag) set before it.
+// place(hook, member, score) adds a member to the webhook's chunk being
+// filled (a new one once that holds chunkSize) and returns its number;
+// removed(hook, c) is called after a member left chunk c: an empty chunk
+// leaves the chunk index, and a webhook left without chunks loses its
+// state and, unless the layout before chunks still holds some of its
+// deliveries, its metadata. saveStates() writes the states back; a
+// script that placed or removed calls it once at its end.
+var chunkLua = `
+local chunkSize = ` + strconv.Itoa(chunkSize) + `
+local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
+local states = {}
+local function state(hook)
+  local s = states[hook]
+  if s then return s end
+  local v = redis.call('HGET', tag .. ':qn', hook)
+  s = {t = 0, l = 0}
+  if v then
+    local t, l = string.match(v, '^(%d+) (%d+)$')
+    s.t, s.l = tonumber(t) or 0, tonumber(l) or 0
+  end
+  states[hook] = s
+  return s
+end
+local function saveStates()
+  for hook, s in pairs(states) do
+    if s.dirty then
+      if s.l > 0 then
+        redis.call('HSET', tag .. ':qn', hook, s.t .. ' ' .. s.l)
+      else
+        redis.call('HDEL', tag .. ':qn', hook)
+        if redis.call('EXISTS', tag .. ':q:' .. hook) == 0 then redis.call('HDEL', tag .. ':hm', hook) end
+      end
+    end
+  end
+end
+local function place(hook, member, score)
+  local s = state(hook)
+  if not s.n then s.n = redis.call('ZCARD', qkey(hook, s.t)) end
+  if s.n >= chunkSize then s.t, s.n = s.t + 1, 0 end
+  if s.n == 0 then s.l = s.l + 1 end
+  redis.call('ZADD', qkey(hook, s.t), score, member)
+  s.n, s.dirty = s.n + 1, true
+  redis.call('ZADD', tag .. ':chunks', 'LT', score, hook .. ':' .. s.t)
+  return s.t
+end
+local function removed(hook, c)
+  if redis.call('EXISTS', qkey(hook, c)) == 1 then
+    local s = state(hook)
+    if tonumber(c) == s.t then s.n = nil end
+    return
+  end
+  redis.call('ZREM', tag .. ':chunks', hook .. ':' .. c)
+  local s = state(hook)
+  s.l, s.dirty = s.l - 1, true
+  if tonumber(c) == s.t then s.n = 0 end
+end
+local function splitChunk(name)
+  return string.match(name, '^(.*):(%d+)$')
+end
+local function earliest(hook, chunks, k, max)
+  local cand = {}
+  for _, ch in ipairs(chunks) do
+    if #cand >= k and ch.min >= cand[k].s then break end
+    local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', max, 'WITHSCORES', 'LIMIT', 0, k)
+    for j = 1, #ms, 2 do cand[#cand+1] = {m = ms[j], s = tonumber(ms[j+1]), sv = ms[j+1], c = ch.c} end
+    table.sort(cand, function(a, b) return a.s < b.s end)
+    while #cand > k do table.remove(cand) end
+    ch.looked = true
+  end
+  return cand
+end
+local function hookChunks(hook)
+  local s, chunks = state(hook), {}
+  if s.l == 0 then return chunks end
+  for c = 0, s.t do
+    local min = redis.call('ZSCORE', tag .. ':chunks', hook .. ':' .. c)
+    if min then chunks[#chunks+1] = {c = c, min = tonumber(min)} end
+  end
+  table.sort(chunks, function(a, b) return a.min < b.min end)
+  return chunks
+end
+`
+
+// earliest(hook, chunks, k, max), above: the k earliest members scored
+// at most max of the webhook's chunks, given as {c, min} in order of
+// their earliest due time, as {m, s, c} in order of score, reading only
+// the chunks that may hold one of them (a chunk whose earliest due time
+// is past the k-th found is skipped); each chunk read is marked looked.
+
+// chunkKey is the sorted set of a webhook's chunk c.
+func (q *Queue) chunkKey(hook, c string) string { return q.tag + ":q:" + hook + ":" + c }
+
+// listScript returns up to ARGV[3] of webhook ARGV[2]'s scheduled
+// deliveries, earliest due first, as (chunk, member, score) triples;
+// ARGV[1] is the key tag.
+var listScript = redis.NewScript(`
+local tag, hook = ARGV[1], ARGV[2]
+` + chunkLua + `
+local out = {}
+for _, x in ipairs(earliest(hook, hookChunks(hook), tonumber(ARGV[3]), '+inf')) do
+  out[#out+1] = tostring(x.c)
+  out[#out+1] = x.m
+  out[#out+1] = x.sv
+end
+return out
+`)
+
+// hookLenScript counts webhook ARGV[2]'s scheduled deliveries; ARGV[1]
+// is the key tag.
+var hookLenScript = redis.NewScript(`
+local tag, hook = ARGV[1], ARGV[2]
+` + chunkLua + `
+local s, n = state(hook), 0
+if s.l == 0 then return 0 end
+for c = 0, s.t do n = n + redis.call('ZCARD', qkey(hook, c)) end
+return n
+`)
