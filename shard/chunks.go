@@ -28,6 +28,12 @@ const chunkSize = 128
 // state and, unless the layout before chunks still holds some of its
 // deliveries, its metadata. saveStates() writes the states back; a
 // script that placed or removed calls it once at its end.
+// earliest(hook, chunks, k, max) returns the k earliest members scored at
+// most max of the webhook's chunks, given as {c, min} in order of their
+// earliest due time, as {m, s, sv, c} in order of score, reading only
+// the chunks that may hold one of them (it stops at a chunk whose
+// earliest due time is past the k-th found) and marking those it read
+// looked. hookChunks(hook) lists a webhook's chunks that way.
 var chunkLua = `
 local chunkSize = ` + strconv.Itoa(chunkSize) + `
 local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
@@ -103,12 +109,6 @@ local function hookChunks(hook)
   return chunks
 end
 `
-
-// earliest(hook, chunks, k, max), above: the k earliest members scored
-// at most max of the webhook's chunks, given as {c, min} in order of
-// their earliest due time, as {m, s, c} in order of score, reading only
-// the chunks that may hold one of them (a chunk whose earliest due time
-// is past the k-th found is skipped); each chunk read is marked looked.
 
 // chunkKey is the sorted set of a webhook's chunk c.
 func (q *Queue) chunkKey(hook, c string) string { return q.tag + ":q:" + hook + ":" + c }

@@ -443,3 +443,55 @@ func TestRescheduleStoresItsFormInItsShard(t *testing.T) {
 		t.Fatalf("claimed %q attempts %d, want the original body and 2 attempts", recs[0].Body, recs[0].Attempts)
 	}
 }
+
+// A webhook's deliveries spread over several chunks, due in an order
+// unlike the one they were queued in, are claimed earliest first across
+// the chunks, and each claim still shares itself between the webhooks.
+func TestClaimTakesEarliestAcrossChunks(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const per = 3*chunkSize + 16 // 400: claims of 10 end even
+	var entries []Entry
+	for i := 0; i < per; i++ {
+		for _, hook := range []string{"wh_a", "wh_b"} {
+			due := t0.Add(time.Duration((i*7919)%per) * time.Second)
+			entries = append(entries, Entry{Rec: &Record{ID: fmt.Sprintf("%s-%03d", hook, i), WebhookID: hook, FirstAttempt: t0}, Due: due})
+		}
+	}
+	if err := q.Schedule(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.ZCard(ctx, q.ChunksKey).Result(); n != 8 {
+		t.Fatalf("%d chunks for two webhooks of %d deliveries, want 8", n, per)
+	}
+	due := map[string]time.Time{}
+	for _, e := range entries {
+		due[e.Rec.ID] = e.Due
+	}
+	next := map[string]time.Time{"wh_a": t0, "wh_b": t0}
+	for claimed := 0; claimed < 2*per; {
+		recs, _, _, err := q.Claim(ctx, t0.Add(time.Hour), t0.Add(2*time.Hour), 10)
+		if err != nil || len(recs) != 10 {
+			t.Fatalf("claim after %d: %d records, %v; want 10", claimed, len(recs), err)
+		}
+		got := map[string][]time.Time{}
+		for _, r := range recs {
+			got[r.WebhookID] = append(got[r.WebhookID], due[r.ID])
+		}
+		for hook, dues := range got {
+			if len(dues) != 5 {
+				t.Fatalf("claim after %d: %d of %s's, want 5 of each webhook", claimed, len(dues), hook)
+			}
+			slices.SortFunc(dues, func(a, b time.Time) int { return a.Compare(b) })
+			for _, d := range dues {
+				if !d.Equal(next[hook]) {
+					t.Fatalf("claim after %d: %s's delivery due %v, want the earliest left, %v", claimed, hook, d, next[hook])
+				}
+				next[hook] = next[hook].Add(time.Second)
+			}
+		}
+		claimed += len(recs)
+	}
+}
