@@ -12,9 +12,14 @@ import (
 // is 128 by default) however deep the webhook's queue grows. The chunk
 // index tag:chunks scores each chunk "<webhook>:<n>" by its earliest due
 // time (never later: a claim corrects it), tag:qn holds per webhook the
-// chunk being filled and how many chunks it has ("<n> <count>"), and the
-// id index records each delivery's chunk, where it stays until it leaves
-// the queue (a reschedule or a lease replaces its member in place).
+// chunk being filled, how many chunks it has and the highest chunk
+// number in use since it had none ("<n> <count> <highest>"), and the id
+// index records each delivery's chunk, where it stays until it leaves
+// the queue (a reschedule or a lease replaces its member in place). Once
+// the chunk being filled is full, the next is the first free number after
+// it modulo 2 × count + 2: chunks mostly empty in the order they filled,
+// so that is usually the next one, and numbers stay below twice the most
+// chunks the webhook had at once (a listing or count reads each number).
 
 // chunkSize is the most members a chunk holds.
 const chunkSize = 128
@@ -42,10 +47,10 @@ local function state(hook)
   local s = states[hook]
   if s then return s end
   local v = redis.call('HGET', tag .. ':qn', hook)
-  s = {t = 0, l = 0}
+  s = {t = 0, l = 0, hi = 0}
   if v then
-    local t, l = string.match(v, '^(%d+) (%d+)$')
-    s.t, s.l = tonumber(t) or 0, tonumber(l) or 0
+    local t, l, hi = string.match(v, '^(%d+) (%d+) (%d+)$')
+    s.t, s.l, s.hi = tonumber(t) or 0, tonumber(l) or 0, tonumber(hi) or 0
   end
   states[hook] = s
   return s
@@ -54,7 +59,7 @@ local function saveStates()
   for hook, s in pairs(states) do
     if s.dirty then
       if s.l > 0 then
-        redis.call('HSET', tag .. ':qn', hook, s.t .. ' ' .. s.l)
+        redis.call('HSET', tag .. ':qn', hook, s.t .. ' ' .. s.l .. ' ' .. s.hi)
       else
         redis.call('HDEL', tag .. ':qn', hook)
         if redis.call('EXISTS', tag .. ':q:' .. hook) == 0 then redis.call('HDEL', tag .. ':hm', hook) end
@@ -65,7 +70,13 @@ end
 local function place(hook, member, score)
   local s = state(hook)
   if not s.n then s.n = redis.call('ZCARD', qkey(hook, s.t)) end
-  if s.n >= chunkSize then s.t, s.n = s.t + 1, 0 end
+  if s.n >= chunkSize then
+    local m = 2 * s.l + 2
+    local c = (s.t + 1) % m
+    while redis.call('EXISTS', qkey(hook, c)) == 1 do c = (c + 1) % m end
+    s.t, s.n = c, 0
+    if c > s.hi then s.hi = c end
+  end
   if s.n == 0 then s.l = s.l + 1 end
   redis.call('ZADD', qkey(hook, s.t), score, member)
   s.n, s.dirty = s.n + 1, true
@@ -101,7 +112,7 @@ end
 local function hookChunks(hook)
   local s, chunks = state(hook), {}
   if s.l == 0 then return chunks end
-  for c = 0, s.t do
+  for c = 0, s.hi do
     local min = redis.call('ZSCORE', tag .. ':chunks', hook .. ':' .. c)
     if min then chunks[#chunks+1] = {c = c, min = tonumber(min)} end
   end
@@ -135,6 +146,6 @@ local tag, hook = ARGV[1], ARGV[2]
 ` + chunkLua + `
 local s, n = state(hook), 0
 if s.l == 0 then return 0 end
-for c = 0, s.t do n = n + redis.call('ZCARD', qkey(hook, c)) end
+for c = 0, s.hi do n = n + redis.call('ZCARD', qkey(hook, c)) end
 return n
 `)
