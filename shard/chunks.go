@@ -27,7 +27,10 @@ const chunkSize = 128
 // chunkLua is the part of every script that places members in chunks or
 // takes them out; it needs the local tag (the key tag) set before it.
 // place(hook, member, score) adds a member to the webhook's chunk being
-// filled (a new one once that holds chunkSize) and returns its number;
+// filled (a new one once that holds chunkSize) and returns its number
+// (the chunk index learns its earliest due time in saveStates); target
+// and add are its two halves, for a script that writes the index entry,
+// which names the chunk, only if absent before it adds the member;
 // removed(hook, c) is called after a member left chunk c: an empty chunk
 // leaves the chunk index, and a webhook left without chunks loses its
 // state and, unless the layout before chunks still holds some of its
@@ -42,7 +45,7 @@ const chunkSize = 128
 var chunkLua = `
 local chunkSize = ` + strconv.Itoa(chunkSize) + `
 local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
-local states = {}
+local states, firsts = {}, {}
 local function state(hook)
   local s = states[hook]
   if s then return s end
@@ -56,6 +59,7 @@ local function state(hook)
   return s
 end
 local function saveStates()
+  for chunk, score in pairs(firsts) do redis.call('ZADD', tag .. ':chunks', 'LT', score, chunk) end
   for hook, s in pairs(states) do
     if s.dirty then
       if s.l > 0 then
@@ -67,21 +71,30 @@ local function saveStates()
     end
   end
 end
-local function place(hook, member, score)
+local function target(hook)
   local s = state(hook)
   if not s.n then s.n = redis.call('ZCARD', qkey(hook, s.t)) end
   if s.n >= chunkSize then
     local m = 2 * s.l + 2
     local c = (s.t + 1) % m
     while redis.call('EXISTS', qkey(hook, c)) == 1 do c = (c + 1) % m end
-    s.t, s.n = c, 0
+    s.t, s.n, s.dirty = c, 0, true
     if c > s.hi then s.hi = c end
   end
+  return s.t
+end
+local function add(hook, member, score)
+  local s = state(hook)
   if s.n == 0 then s.l = s.l + 1 end
   redis.call('ZADD', qkey(hook, s.t), score, member)
   s.n, s.dirty = s.n + 1, true
-  redis.call('ZADD', tag .. ':chunks', 'LT', score, hook .. ':' .. s.t)
-  return s.t
+  local chunk, v = hook .. ':' .. s.t, tonumber(score)
+  if not firsts[chunk] or v < firsts[chunk] then firsts[chunk] = v end
+end
+local function place(hook, member, score)
+  local c = target(hook)
+  add(hook, member, score)
+  return c
 end
 local function removed(hook, c)
   if redis.call('EXISTS', qkey(hook, c)) == 1 then
@@ -90,6 +103,7 @@ local function removed(hook, c)
     return
   end
   redis.call('ZREM', tag .. ':chunks', hook .. ':' .. c)
+  firsts[hook .. ':' .. c] = nil
   local s = state(hook)
   s.l, s.dirty = s.l - 1, true
   if tonumber(c) == s.t then s.n = 0 end
@@ -102,9 +116,18 @@ local function earliest(hook, chunks, k, max)
   for _, ch in ipairs(chunks) do
     if #cand >= k and ch.min >= cand[k].s then break end
     local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', max, 'WITHSCORES', 'LIMIT', 0, k)
-    for j = 1, #ms, 2 do cand[#cand+1] = {m = ms[j], s = tonumber(ms[j+1]), sv = ms[j+1], c = ch.c} end
-    table.sort(cand, function(a, b) return a.s < b.s end)
-    while #cand > k do table.remove(cand) end
+    local merged, a, b = {}, 1, 1
+    while #merged < k and (a <= #cand or b < #ms) do
+      local sb = b < #ms and tonumber(ms[b+1])
+      if a <= #cand and (not sb or cand[a].s <= sb) then
+        merged[#merged+1] = cand[a]
+        a = a + 1
+      else
+        merged[#merged+1] = {m = ms[b], s = sb, sv = ms[b+1], c = ch.c}
+        b = b + 2
+      end
+    end
+    cand = merged
     ch.looked = true
   end
   return cand

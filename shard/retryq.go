@@ -151,9 +151,8 @@ local added, metas = 0, {}
 while i <= #ARGV do
   local bucket, id, ix, hook, member, score, meta = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
   i = i + 7
-  local bk = tag .. ':i:' .. bucket
-  if redis.call('HEXISTS', bk, id) == 0 then
-    redis.call('HSET', bk, id, ix .. place(hook, member, score))
+  if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix .. target(hook)) == 1 then
+    add(hook, member, score)
     metas[hook] = meta
     added = added + 1
   end
