@@ -28,7 +28,8 @@ const chunkSize = 128
 // takes them out; it needs the local tag (the key tag) set before it.
 // place(hook, member, score) adds a member to the webhook's chunk being
 // filled (a new one once that holds chunkSize) and returns its number
-// (the chunk index learns its earliest due time in saveStates); target
+// (the chunk index learns its earliest due time in saveStates, as it
+// does for any chunk given to lower(chunk, score)); target
 // and add are its two halves, for a script that writes the index entry,
 // which names the chunk, only if absent before it adds the member;
 // removed(hook, c) is called after a member left chunk c: an empty chunk
@@ -83,13 +84,16 @@ local function target(hook)
   end
   return s.t
 end
+local function lower(chunk, score)
+  local v = tonumber(score)
+  if not firsts[chunk] or v < firsts[chunk] then firsts[chunk] = v end
+end
 local function add(hook, member, score)
   local s = state(hook)
   if s.n == 0 then s.l = s.l + 1 end
   redis.call('ZADD', qkey(hook, s.t), score, member)
   s.n, s.dirty = s.n + 1, true
-  local chunk, v = hook .. ':' .. s.t, tonumber(score)
-  if not firsts[chunk] or v < firsts[chunk] then firsts[chunk] = v end
+  lower(hook .. ':' .. s.t, score)
 end
 local function place(hook, member, score)
   local c = target(hook)

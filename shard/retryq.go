@@ -78,9 +78,9 @@ type Entry struct {
 //
 //	tag:q:<webhook>:<n>  ZSET  compact record -> due time (ms; lease end while claimed), at most 128
 //	tag:chunks           ZSET  <webhook>:<n> -> earliest due time of the chunk (never later)
-//	tag:qn               HASH  webhook -> chunk being filled and number of chunks
+//	tag:qn               HASH  webhook -> chunk being filled, number of chunks, highest in use
 //	tag:i:<xx>           HASH  packed delivery id -> webhook, offset and chunk (256 buckets)
-//	tag:hm               HASH  webhook -> application and account
+//	tag:hm               HASH  webhook -> application and account (while it has chunks)
 //	tag:bf               HASH  body form reference -> event and resource URL prefix
 //
 // Dead deliveries: tag:dead (ZSET id -> died, ms), tag:dead:d (HASH id ->
@@ -471,7 +471,7 @@ for i = i, #ARGV, 10 do
   if kind == '2' then
     if held then
       redis.call('ZADD', qkey(hook, c), ARGV[i+7], ARGV[i+6])
-      redis.call('ZADD', KEYS[1], 'LT', ARGV[i+7], hook .. ':' .. c)
+      lower(hook .. ':' .. c, ARGV[i+7])
     end
   else
     if held then
