@@ -20,6 +20,8 @@ import (
 // it modulo 2 × count + 2: chunks mostly empty in the order they filled,
 // so that is usually the next one, and numbers stay below twice the most
 // chunks the webhook had at once (a listing or count reads each number).
+// Should a state ever count fewer chunks than exist (it was lost), the
+// search goes on past the modulus instead of looping in Redis.
 
 // chunkSize is the most members a chunk holds.
 const chunkSize = 128
@@ -78,7 +80,11 @@ local function target(hook)
   if s.n >= chunkSize then
     local m = 2 * s.l + 2
     local c = (s.t + 1) % m
-    while redis.call('EXISTS', qkey(hook, c)) == 1 do c = (c + 1) % m end
+    for _ = 1, m do
+      if redis.call('EXISTS', qkey(hook, c)) == 0 then break end
+      c = (c + 1) % m
+    end
+    while redis.call('EXISTS', qkey(hook, c)) == 1 do c = c + 1 end
     s.t, s.n, s.dirty = c, 0, true
     if c > s.hi then s.hi = c end
   end

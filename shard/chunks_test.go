@@ -172,3 +172,46 @@ func checkChunks(t *testing.T, rdb *redis.Client, q *Queue, maxChunks map[string
 		t.Fatalf("%d scheduled, %d in the id index", n, indexed)
 	}
 }
+
+// A webhook whose chunk state was lost (it counts fewer chunks than
+// exist) still gets its deliveries placed, in chunks of at most 128,
+// without a script that searches for a free chunk forever.
+func TestLostChunkStateDoesNotHang(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	hook := memHooks(1)[0]
+	t0 := time.UnixMilli(1_700_000_000_000)
+	schedule := func(from, to int) {
+		t.Helper()
+		var entries []Entry
+		for e := from; e < to; e++ {
+			entries = append(entries, Entry{Rec: memRecord(e, hook, t0, cat), Due: t0})
+		}
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := q.Schedule(sctx, entries); err != nil {
+			t.Fatal(err)
+		}
+	}
+	schedule(0, 4*chunkSize)
+	if err := rdb.HSet(ctx, q.statesKey, hook, "3 1 3").Err(); err != nil {
+		t.Fatal(err)
+	}
+	schedule(4*chunkSize, 6*chunkSize)
+	keys, err := rdb.Keys(ctx, q.tag+":q:*").Result()
+	if err != nil || len(keys) != 6 {
+		t.Fatalf("%d chunks (%v), want 6", len(keys), err)
+	}
+	for _, key := range keys {
+		if n, _ := rdb.ZCard(ctx, key).Result(); n != chunkSize {
+			t.Fatalf("chunk %s holds %d, want %d", key, n, chunkSize)
+		}
+	}
+	for _, e := range []int{0, 4 * chunkSize, 6*chunkSize - 1} {
+		if _, _, err := q.Get(ctx, memRecord(e, hook, t0, cat).ID); err != nil {
+			t.Fatalf("delivery %d: %v", e, err)
+		}
+	}
+}
