@@ -53,11 +53,9 @@ for i = i, #ARGV, 9 do
   local dead, raw = ARGV[i], ARGV[i+1]
   if redis.call('HGET', KEYS[2], dead) == raw then
     local bucket, id, ix, hook, member, meta = ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+8]
-    local bk = tag .. ':i:' .. bucket
-    local placed = -1
-    if redis.call('HEXISTS', bk, id) == 0 then
-      local c = place(hook, member, ARGV[2])
-      redis.call('HSET', bk, id, ix .. c)
+    local c, placed = target(hook), -1
+    if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix .. c) == 1 then
+      add(hook, member, ARGV[2])
       metas[hook] = meta
       placed = c + 1
     end
