@@ -9,13 +9,13 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// dueScript counts the deliveries due by ARGV[2] in the webhook ZSETs of
-// a shard whose earliest due time (KEYS[1], never later than the truth)
+// dueScript counts the deliveries due by ARGV[2] in the chunks of a
+// shard whose earliest due time (KEYS[1], never later than the truth)
 // has come.
 var dueScript = redis.NewScript(`
 local n = 0
-for _, hook in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])) do
-  n = n + redis.call('ZCOUNT', ARGV[1] .. ':q:' .. hook, '-inf', ARGV[2])
+for _, chunk in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])) do
+  n = n + redis.call('ZCOUNT', ARGV[1] .. ':q:' .. chunk, '-inf', ARGV[2])
 end
 return n
 `)
@@ -34,7 +34,7 @@ func (st *Store) DueBacklog(ctx context.Context, now time.Time) (int64, error) {
 	due := make([]*redis.Cmd, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, q := range qs {
-			due[i] = dueScript.Eval(ctx, p, []string{q.HooksKey}, q.tag, max)
+			due[i] = dueScript.Eval(ctx, p, []string{q.ChunksKey}, q.tag, max)
 		}
 		return nil
 	})

@@ -28,7 +28,7 @@ func TestQueueOnRedisCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		q := NewQueue(rdb, "gh:", "ev", p)
-		node, err := cc.MasterForKey(ctx, q.HooksKey)
+		node, err := cc.MasterForKey(ctx, q.ChunksKey)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -40,13 +40,15 @@ func TestQueueOnRedisCluster(t *testing.T) {
 		if err := q.Schedule(ctx, recs); err != nil {
 			t.Fatal(err)
 		}
-		// A delivery queued by the layout before the compact one moves.
+		// Deliveries queued by the layout before the compact one and by
+		// the one before chunks move.
 		oldSchedule(t, rdb, q, &Record{ID: q.Shard + "-old", WebhookID: "wh_2", FirstAttempt: t0}, t0.Add(time.Hour))
-		if n, err := q.Migrate(ctx, t0); err != nil || n != 1 {
+		unchunkedSchedule(t, rdb, q, &Record{ID: q.Shard + "-unchunked", WebhookID: "wh_3", FirstAttempt: t0}, t0.Add(time.Hour))
+		if n, err := q.Migrate(ctx, t0); err != nil || n != 2 {
 			t.Fatalf("migration on shard %d: %d moved, %v", p, n, err)
 		}
-		if n, err := q.Len(ctx); err != nil || n != 2 {
-			t.Fatalf("shard %d holds %d scheduled (%v), want 2", p, n, err)
+		if n, err := q.Len(ctx); err != nil || n != 3 {
+			t.Fatalf("shard %d holds %d scheduled (%v), want 3", p, n, err)
 		}
 		claimed, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
 		if err != nil || len(claimed) != 1 || len(bad) != 0 {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,7 +35,7 @@ func (q *Queue) GetDead(ctx context.Context, id string) (*Record, time.Time, err
 	return rec, time.UnixMilli(int64(score)), nil
 }
 
-// reviveScript moves dead records to their webhooks' ZSETs, due at
+// reviveScript moves dead records to their webhooks' chunks, due at
 // ARGV[2]: ARGV[1] the key tag, ARGV[3] the number of body forms, then
 // (reference, form) pairs, then per record the dead id, its dead bytes as
 // read, and scheduleScript's seven values. The forms are stored in the
@@ -42,31 +43,36 @@ func (q *Queue) GetDead(ctx context.Context, id string) (*Record, time.Time, err
 // drops the forms (claimScript), which must never fall between the two. A
 // record moves only if the dead set still holds it as read; one already
 // scheduled (a recovery queued it again) just leaves the dead set. It
-// returns 1 or 0 per record.
+// returns per record 0 when it did not move, -1 when it only left the dead
+// set, or its chunk + 1.
 var reviveScript = redis.NewScript(`
 local tag, i, out = ARGV[1], 4, {}
-` + storeFormsLua("KEYS[5]", "ARGV[3]") + `
+` + chunkLua + storeFormsLua("KEYS[5]", "ARGV[3]") + `
+local metas = {}
 for i = i, #ARGV, 9 do
   local dead, raw = ARGV[i], ARGV[i+1]
   if redis.call('HGET', KEYS[2], dead) == raw then
     local bucket, id, ix, hook, member, meta = ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+8]
-    if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix) == 1 then
-      redis.call('ZADD', tag .. ':q:' .. hook, ARGV[2], member)
-      redis.call('ZADD', KEYS[1], 'LT', ARGV[2], hook)
-      redis.call('HSET', KEYS[4], hook, meta)
+    local c, placed = target(hook), -1
+    if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix .. c) == 1 then
+      add(hook, member, ARGV[2])
+      metas[hook] = meta
+      placed = c + 1
     end
     redis.call('ZREM', KEYS[3], dead)
     redis.call('HDEL', KEYS[2], dead)
     redis.call('ZREM', tag .. ':wd:' .. hook, dead)
-    out[#out+1] = 1
+    out[#out+1] = placed
   else
     out[#out+1] = 0
   end
 end
+saveStates()
+for hook, meta in pairs(metas) do redis.call('HSET', KEYS[4], hook, meta) end
 return out
 `)
 
-// Revive moves dead deliveries back to their webhooks' ZSETs, due at now,
+// Revive moves dead deliveries back to their webhooks' chunks, due at now,
 // with a fresh retry schedule (Retries 0; Attempts kept), each only if
 // the dead set still holds it as read, so a concurrent kill or replay is
 // never half-undone. Ids not in the dead set, or unreadable there, are
@@ -97,47 +103,50 @@ func (q *Queue) Revive(ctx context.Context, ids []string, now time.Time) ([]*Rec
 		return nil, nil
 	}
 	scores := make([]float64, len(recs))
-	sargs := q.scheduleArgs(recs, scores)
-	nforms := sargs[1].(int)
-	pairs, rows := sargs[2:2+2*nforms], sargs[2+2*nforms:]
-	args := make([]any, 0, 3+len(pairs)+9*len(recs))
-	args = append(args, q.tag, now.UnixMilli(), nforms)
-	args = append(args, pairs...)
+	batch := q.scheduleArgs(recs, scores)
+	args := make([]any, 0, 3+len(batch.forms)+(2+scheduleWidth)*len(recs))
+	args = append(args, q.tag, now.UnixMilli(), len(batch.forms)/2)
+	args = append(args, batch.forms...)
 	for i, rec := range recs {
 		args = append(args, rec.ID, deadRaws[i])
-		args = append(args, rows[7*i:7*i+7]...)
+		args = append(args, batch.row(i)...)
 	}
-	keys := []string{q.HooksKey, q.DeadData, q.DeadKey, q.metaKey, q.formsKey}
+	keys := []string{q.ChunksKey, q.DeadData, q.DeadKey, q.metaKey, q.formsKey}
 	moved, err := reviveScript.Run(ctx, q.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return nil, fmt.Errorf("cannot move dead deliveries of %s back to due: %w", q.Shard, err)
 	}
-	for i := 0; i+1 < len(pairs); i += 2 {
-		cacheForm(pairs[i].(string), pairs[i+1].(string))
-	}
+	batch.cacheForms()
 	out := recs[:0]
 	for i, rec := range recs {
-		if i < len(moved) && moved[i] == 1 {
-			rec.member, _ = q.memberOf(rec)
-			out = append(out, rec)
+		if i >= len(moved) || moved[i] == 0 {
+			continue
 		}
+		if moved[i] > 0 {
+			rec.member, _ = q.memberOf(rec)
+			rec.chunk = strconv.FormatInt(moved[i]-1, 10)
+		}
+		out = append(out, rec)
 	}
 	return out, nil
 }
 
 // Bad is a claimed member geckohook cannot read, for Quarantine.
 type Bad struct {
-	Hook   string
-	member string
+	Hook string
+	// chunk holds member ("": the webhook's sorted set of the layout
+	// before chunks).
+	chunk, member string
 	// pid and ix: the index entry the member's offset and webhook make,
 	// if it can be read that far.
 	pid, ix string
 }
 
-// badMember makes the Bad of a member of hook's ZSET, with the index entry
-// of its delivery id (a stored one included) when it can be read that far.
-func (q *Queue) badMember(hook, member string) Bad {
-	b := Bad{Hook: hook, member: member}
+// badMember makes the Bad of a member of hook's chunk, with the index
+// entry of its delivery id (a stored one included) when it can be read
+// that far.
+func (q *Queue) badMember(hook, chunk, member string) Bad {
+	b := Bad{Hook: hook, chunk: chunk, member: member}
 	rec, _, r := q.readHead(member, hook)
 	if rec == nil {
 		return b
@@ -151,7 +160,10 @@ func (q *Queue) badMember(hook, member string) Bad {
 		}
 		rec = &Record{WebhookID: hook, Offset: off, ID: contract.DeliveryID(q.topic, int32(q.partition), off, hook)}
 	}
-	b.pid, b.ix = packedID(rec.ID), indexValue(rec)
+	b.pid, b.ix = packedID(rec.ID), indexValue(rec)+chunk
+	if chunk == "" {
+		b.ix = oldIndexValue(rec)
+	}
 	return b
 }
 
@@ -162,15 +174,25 @@ func (b Bad) ID() string {
 	return "unreadable-" + hex.EncodeToString(sum[:12])
 }
 
-// quarantineScript moves one member, bytes as they are, to the dead set
-// under ARGV[2], and drops the index entry ARGV[4] if it still says
-// ARGV[5] (the member's webhook and offset, when they could be read).
+// quarantineScript moves one member, bytes as they are, from chunk
+// ARGV[7] of webhook ARGV[6] (ARGV[7] "": its sorted set of the layout
+// before chunks) to the dead set under ARGV[2], and drops the index entry
+// ARGV[4] if it still says ARGV[5] (the member's webhook, offset and
+// chunk, when they could be read).
 var quarantineScript = redis.NewScript(`
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-  if ARGV[4] ~= '' and redis.call('HGET', KEYS[4], ARGV[4]) == ARGV[5] then
-    redis.call('HDEL', KEYS[4], ARGV[4])
+local tag, hook, c = ARGV[8], ARGV[6], ARGV[7]
+` + chunkLua + `
+local key = tag .. ':q:' .. hook
+if c ~= '' then key = qkey(hook, c) end
+if redis.call('ZREM', key, ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], ARGV[4]) == ARGV[5] then
+    redis.call('HDEL', KEYS[3], ARGV[4])
+  end
+  if c ~= '' then
+    removed(hook, c)
+    saveStates()
   end
   return 1
 end
@@ -180,8 +202,8 @@ return 0
 // Quarantine moves a record geckohook cannot read to the dead set as it is
 // (under b.ID()), for inspection, so it never blocks or loops the poller.
 func (q *Queue) Quarantine(ctx context.Context, b Bad, at time.Time) error {
-	keys := []string{q.HookKey(b.Hook), q.DeadKey, q.DeadData, q.indexKey(b.pid)}
-	if err := quarantineScript.Run(ctx, q.rdb, keys, b.member, b.ID(), at.UnixMilli(), b.pid, b.ix).Err(); err != nil {
+	keys := []string{q.DeadKey, q.DeadData, q.indexKey(b.pid)}
+	if err := quarantineScript.Run(ctx, q.rdb, keys, b.member, b.ID(), at.UnixMilli(), b.pid, b.ix, b.Hook, b.chunk, q.tag).Err(); err != nil {
 		return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", b.ID(), q.Shard, err)
 	}
 	return nil

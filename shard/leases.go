@@ -11,23 +11,23 @@ import (
 // Lease is a claim this process holds: the score the claim (or its last
 // extension) gave the delivery.
 type Lease struct {
-	ID           string
-	End          time.Time
-	hook, member string
+	ID                  string
+	End                 time.Time
+	hook, chunk, member string
 }
 
 func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) (int, error) {
 	if len(leases) == 0 {
 		return 0, nil
 	}
-	args := make([]any, 0, 2+3*len(leases))
+	args := make([]any, 0, 2+4*len(leases))
 	args = append(args, to.UnixMilli(), q.tag)
 	for _, l := range leases {
-		if l.member != "" {
-			args = append(args, l.hook, l.member, l.End.UnixMilli())
+		if l.member != "" && l.chunk != "" {
+			args = append(args, l.hook, l.chunk, l.member, l.End.UnixMilli())
 		}
 	}
-	return moveScript.Run(ctx, q.rdb, []string{q.HooksKey}, args...).Int()
+	return moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, args...).Int()
 }
 
 // Release gives leases back at once (due at now), for a shard that stops
@@ -50,17 +50,19 @@ func (q *Queue) Extend(ctx context.Context, leases []Lease, end time.Time) error
 	return nil
 }
 
-// moveScript re-scores members of webhook ZSETs: ARGV[1] the new score,
-// ARGV[2] the key tag, then (webhook, member, expected score) triples; a
-// member moves only if its score is still the expected one (-1: any).
+// moveScript re-scores members of webhook chunks: ARGV[1] the new score,
+// ARGV[2] the key tag, then (webhook, chunk, member, expected score)
+// quadruples; a member moves only if its score is still the expected one
+// (-1: any).
 var moveScript = redis.NewScript(`
 local n = 0
-for i = 3, #ARGV, 3 do
-  local key = ARGV[2] .. ':q:' .. ARGV[i]
-  local s = redis.call('ZSCORE', key, ARGV[i+1])
-  if s and (ARGV[i+2] == '-1' or tonumber(s) == tonumber(ARGV[i+2])) then
-    redis.call('ZADD', key, ARGV[1], ARGV[i+1])
-    redis.call('ZADD', KEYS[1], 'LT', ARGV[1], ARGV[i])
+for i = 3, #ARGV, 4 do
+  local chunk = ARGV[i] .. ':' .. ARGV[i+1]
+  local key = ARGV[2] .. ':q:' .. chunk
+  local s = redis.call('ZSCORE', key, ARGV[i+2])
+  if s and (ARGV[i+3] == '-1' or tonumber(s) == tonumber(ARGV[i+3])) then
+    redis.call('ZADD', key, ARGV[1], ARGV[i+2])
+    redis.call('ZADD', KEYS[1], 'LT', ARGV[1], chunk)
     n = n + 1
   end
 end
@@ -70,10 +72,10 @@ return n
 // RetryNow makes a scheduled delivery due at now. It reports false when the
 // record is no longer scheduled as it was read.
 func (q *Queue) RetryNow(ctx context.Context, rec *Record, now time.Time) (bool, error) {
-	if rec.member == "" {
+	if rec.member == "" || rec.chunk == "" {
 		return false, nil
 	}
-	n, err := moveScript.Run(ctx, q.rdb, []string{q.HooksKey}, now.UnixMilli(), q.tag, rec.WebhookID, rec.member, -1).Int()
+	n, err := moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, now.UnixMilli(), q.tag, rec.WebhookID, rec.chunk, rec.member, -1).Int()
 	if err != nil {
 		return false, fmt.Errorf("cannot make delivery %s due: %w", rec.ID, err)
 	}

@@ -395,6 +395,8 @@ var phrases = []string{
 	"fasthttp: ",
 	"tls: failed to verify certificate: x509: ",
 	"certificate ",
+	// The dispatcher's deferral without an attempt (engine/dispatch).
+	"host_saturated: host is not keeping up; deferred to the retry queue without an attempt",
 }
 
 var (

@@ -47,6 +47,9 @@ func TestMemberRoundTrip(t *testing.T) {
 		"a refused connection": func(r *Record) {
 			r.LastStatus, r.LastError = 0, "connection: dial tcp 127.0.0.1:39123: connect: connection refused"
 		},
+		"deferred without an attempt": func(r *Record) {
+			r.LastStatus, r.LastError, r.Deferrals = 0, hostSaturated, 1
+		},
 		"an error with control bytes": func(r *Record) { r.LastError = "timeout: \x01\x02 odd" },
 		"deferrals and retries":       func(r *Record) { r.Attempts, r.Retries, r.Deferrals = 9, 8, 300 },
 	}
@@ -85,6 +88,38 @@ func TestMemberRoundTrip(t *testing.T) {
 	}
 }
 
+// hostSaturated is the dispatcher's error text of a delivery deferred
+// without an attempt (engine/dispatch): most of an outage's queue.
+const hostSaturated = "host_saturated: host is not keeping up; deferred to the retry queue without an attempt"
+
+// The members an outage writes (the sender's refused connections and
+// timeouts, the dispatcher's deferrals, HTTP errors), at a large offset,
+// object id and attempt count, fit Redis's compact sorted set encoding:
+// zset-max-listpack-value is 64 bytes.
+func TestOutageMembersFitListpack(t *testing.T) {
+	q := NewQueue(nil, "gh:", memTopic, 4)
+	cat := catalog.Default()
+	t0 := time.UnixMilli(1_700_000_000_123).UTC()
+	hook := memHooks(1)[0]
+	for _, e := range []string{
+		"connection: dial tcp 203.0.113.200:65535: connect: connection refused",
+		"timeout: no answer within 10s: fasthttp: timeout",
+		hostSaturated,
+		"",
+	} {
+		r := memRecord(1<<40, hook, t0, cat)
+		r.Partition, r.ID = 4, contract.DeliveryID(memTopic, 4, 1<<40, hook)
+		r.Attempts, r.Retries, r.Deferrals, r.LastStatus, r.LastError = 25, 24, 30, 0, e
+		r.LastAttempt = t0.Add(20 * 24 * time.Hour)
+		if e == "" {
+			r.LastStatus, r.LastError = 503, "HTTP 503"
+		}
+		if m, _ := q.memberOf(r); len(m) > 64 {
+			t.Errorf("last error %q: member of %d bytes, want at most 64", e, len(m))
+		}
+	}
+}
+
 // A delivery is found by id whatever bytes its offset's varint has (glob
 // specials, bytes outside ASCII), on redis-server and on the embedded
 // Redis of `make run`; on redis-server the member pattern alone finds it.
@@ -110,7 +145,7 @@ func TestFindByIDAnyOffset(t *testing.T) {
 			if !exact {
 				continue
 			}
-			members, _, err := rdb.ZScan(ctx, q.HookKey(hook), 0, memberPattern(e.Rec.Offset), 1000).Result()
+			members, _, err := rdb.ZScan(ctx, q.chunkKey(hook, "0"), 0, memberPattern(e.Rec.Offset), 1000).Result()
 			if err != nil || len(members) != 2 {
 				t.Fatalf("offset %d: the pattern matched %d members (%v), want 1", e.Rec.Offset, len(members)/2, err)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -31,13 +32,26 @@ return 0
 `)
 
 // Migrate moves the scheduled deliveries a shard's queue holds in the
-// layout before the compact one, with their ids, records and due times
-// (a lease end stays a lease end), and returns how many it moved. A
-// dispatcher runs it when it takes the partition, before it claims
-// anything. Each step is a schedule (insert if absent, so a step repeated
-// after a crash stores nothing twice) followed by the removal of what it
-// stored; a record it cannot decode goes to the dead set as it is.
+// layouts before chunks, with their ids, records and due times (a lease
+// end stays a lease end), and returns how many it moved. A dispatcher
+// runs it when it takes the partition, before it claims anything, and
+// again every minute (a process of the old version may still write
+// during a rolling upgrade).
 func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
+	moved, err := q.migrateUnchunked(ctx, now)
+	if err != nil {
+		return moved, err
+	}
+	n, err := q.migrateMsgpack(ctx, now)
+	return moved + n, err
+}
+
+// migrateMsgpack moves the deliveries of the layout before the compact
+// one (tag:due, tag:d, tag:w:<webhook>). Each step is a schedule (insert
+// if absent, so a step repeated after a crash stores nothing twice)
+// followed by the removal of what it stored; a record it cannot decode
+// goes to the dead set as it is.
+func (q *Queue) migrateMsgpack(ctx context.Context, now time.Time) (int, error) {
 	moved := 0
 	var cursor uint64
 	for {
@@ -49,7 +63,6 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 			break
 		}
 		var recs []*Record
-		var scores []float64
 		var drop []any
 		for i := 0; i+1 < len(ids); i += 2 {
 			id, raw := ids[i], ids[i+1]
@@ -60,14 +73,12 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 				}
 				continue
 			}
-			score, err := q.rdb.ZScore(ctx, q.oldDueKey(), id).Result()
-			if errors.Is(err, redis.Nil) {
-				score = ms(now) // a record whose due entry was lost: due now
-			} else if err != nil {
-				return moved, fmt.Errorf("cannot read the old retry queue of %s: %w", q.Shard, err)
-			}
-			recs, scores = append(recs, rec), append(scores, score)
+			recs = append(recs, rec)
 			drop = append(drop, id, rec.WebhookID)
+		}
+		scores, err := q.oldDueScores(ctx, recs, now)
+		if err != nil {
+			return moved, err
 		}
 		if len(recs) > 0 {
 			if err := q.schedule(ctx, recs, scores); err != nil {
@@ -87,6 +98,31 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 	return moved, nil
 }
 
+// oldDueScores reads the due times of old records in one round trip; a
+// record whose due entry was lost is due at now.
+func (q *Queue) oldDueScores(ctx context.Context, recs []*Record, now time.Time) ([]float64, error) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	ids := make([]string, len(recs))
+	for i, rec := range recs {
+		ids[i] = rec.ID
+	}
+	scores, err := q.rdb.ZMScore(ctx, q.oldDueKey(), ids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the old retry queue of %s: %w", q.Shard, err)
+	}
+	if len(scores) != len(ids) {
+		return nil, fmt.Errorf("cannot read the old retry queue of %s: %d due times for %d records", q.Shard, len(scores), len(ids))
+	}
+	for i, s := range scores {
+		if s == 0 { // no due entry (ZMSCORE's nil): due now
+			scores[i] = ms(now)
+		}
+	}
+	return scores, nil
+}
+
 // quarantineOld moves an unreadable old record to the dead set as it is.
 func (q *Queue) quarantineOld(ctx context.Context, id, raw string, now time.Time) error {
 	_, err := q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -100,4 +136,91 @@ func (q *Queue) quarantineOld(ctx context.Context, id, raw string, now time.Time
 		return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", id, q.Shard, err)
 	}
 	return nil
+}
+
+// Before chunks, a shard kept each webhook's scheduled deliveries in one
+// sorted set, tag:q:<webhook> (compact members, as now), indexed by
+// tag:hooks (webhook -> earliest due time), with index values that named
+// no chunk.
+func (q *Queue) oldHooksKey() string           { return q.tag + ":hooks" }
+func (q *Queue) oldHookKey(hook string) string { return q.tag + ":q:" + hook }
+
+// oldIndexValue is the index value the layout before chunks wrote.
+func oldIndexValue(rec *Record) string {
+	v := []byte(indexValue(rec))
+	v[0] -= ixChunkedFirst
+	return string(v)
+}
+
+// unchunkScript moves members of webhook ARGV[2]'s sorted set of the
+// layout before chunks to its chunks, ARGV[1] the key tag, then per
+// member its index bucket, packed id, index value (without its chunk),
+// member and score. A member whose delivery the index already places in
+// a chunk (migrated before, and written again by a process of the old
+// version) is only dropped. The webhook leaves tag:hooks once its sorted
+// set is empty.
+var unchunkScript = redis.NewScript(`
+local tag, hook = ARGV[1], ARGV[2]
+` + chunkLua + `
+local old = tag .. ':q:' .. hook
+for i = 3, #ARGV, 5 do
+  local bk, id, ix, member, score = tag .. ':i:' .. ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  if redis.call('ZREM', old, member) == 1 then
+    local v = redis.call('HGET', bk, id)
+    if not v or string.byte(v, 1) < ` + strconv.Itoa(ixChunkedFirst) + ` then
+      redis.call('HSET', bk, id, ix .. place(hook, member, score))
+    end
+  end
+end
+if redis.call('EXISTS', old) == 0 then redis.call('ZREM', tag .. ':hooks', hook) end
+saveStates()
+return 0
+`)
+
+// migrateUnchunked moves the deliveries of the layout before chunks, a
+// batch of one webhook's at a time, each batch in one script (atomic: a
+// crash never leaves a delivery in both layouts or in neither). A member
+// it cannot decode goes to the dead set as it is.
+func (q *Queue) migrateUnchunked(ctx context.Context, now time.Time) (int, error) {
+	hooks, err := q.rdb.ZRange(ctx, q.oldHooksKey(), 0, -1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
+	}
+	moved := 0
+	for _, hook := range hooks {
+		meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
+		}
+		for {
+			zs, err := q.rdb.ZRangeWithScores(ctx, q.oldHookKey(hook), 0, migrateBatch-1).Result()
+			if err != nil {
+				return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
+			}
+			args := []any{q.tag, hook}
+			for _, z := range zs {
+				member, _ := z.Member.(string)
+				rec, err := q.decode(ctx, member, hook, parseMeta(meta))
+				if unreadable(err) {
+					if err := q.Quarantine(ctx, q.badMember(hook, "", member), now); err != nil {
+						return moved, err
+					}
+					continue
+				}
+				if err != nil {
+					return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
+				}
+				pid := packedID(rec.ID)
+				args = append(args, indexBucket(pid), pid, indexValue(rec), member, z.Score)
+			}
+			if err := unchunkScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.oldHookKey(hook)}, args...).Err(); err != nil {
+				return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
+			}
+			moved += (len(args) - 2) / 5
+			if len(zs) < migrateBatch {
+				break
+			}
+		}
+	}
+	return moved, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -120,5 +121,136 @@ func TestMigrateMovesTheOldLayout(t *testing.T) {
 	}
 	if _, _, err := q.Get(ctx, "orphan"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("an old due id without a record came back: %v", err)
+	}
+}
+
+// unchunkedSchedule is the writer of the layout before chunks: the
+// compact member in tag:q:<webhook>, the webhook in tag:hooks, an index
+// value without a chunk in the 256 buckets, metadata and body form.
+func unchunkedSchedule(t *testing.T, rdb redis.UniversalClient, q *Queue, rec *Record, due time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	member, form := q.memberOf(rec)
+	pid := packedID(rec.ID)
+	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if form != nil {
+			p.HSetNX(ctx, q.formsKey, form.ref(), form.value())
+		}
+		p.HSetNX(ctx, q.indexKey(pid), pid, oldIndexValue(rec))
+		p.ZAdd(ctx, q.oldHookKey(rec.WebhookID), redis.Z{Score: ms(due), Member: member})
+		p.ZAddLT(ctx, q.oldHooksKey(), redis.Z{Score: ms(due), Member: rec.WebhookID})
+		p.HSet(ctx, q.metaKey, rec.WebhookID, hookMeta{rec.AppID, rec.AccountID}.value())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A queue written before chunks (one sorted set per webhook, index values
+// without a chunk) is moved to chunks of at most 128 with every
+// delivery's id, record and due time (a lease end included), found by id
+// before and after; an unreadable member goes to the dead set as it is;
+// a delivery already in a chunk keeps it when a process of the old
+// version wrote it again; and the queue is claimed in due order after.
+func TestMigrateSplitsUnchunkedQueues(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000).UTC()
+	hooks := memHooks(2)
+	type want struct {
+		rec *Record
+		due time.Time
+	}
+	var wants []want
+	for e := 0; e < 700; e++ {
+		rec := outageRecord(e, hooks[e%2], t0, cat)
+		wants = append(wants, want{rec, t0.Add(time.Duration(e) * time.Second)})
+	}
+	// One already migrated, then written again by an old-version process
+	// with an older attempt count: the chunked copy wins.
+	kept := outageRecord(900, hooks[0], t0, cat)
+	if err := q.Schedule(ctx, []Entry{{Rec: kept, Due: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	stale := *kept
+	stale.Attempts, stale.packed = 1, nil
+	for _, w := range wants {
+		unchunkedSchedule(t, rdb, q, w.rec, w.due)
+	}
+	unchunkedSchedule(t, rdb, q, &stale, t0)
+	if err := rdb.ZAdd(ctx, q.oldHookKey(hooks[1]), redis.Z{Score: 5, Member: "\xc1garbage"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Found by id before the migration, too.
+	if got, due, err := q.Get(ctx, wants[3].rec.ID); err != nil || got.Offset != wants[3].rec.Offset || !due.Equal(wants[3].due) {
+		t.Fatalf("unchunked delivery by id: %+v due %v %v", got, due, err)
+	}
+
+	n, err := q.Migrate(ctx, t0)
+	if err != nil || n < len(wants) {
+		t.Fatalf("migrated %d (%v), want at least %d", n, err, len(wants))
+	}
+	for _, w := range append(wants, want{kept, t0.Add(time.Hour)}) {
+		got, due, err := q.Get(ctx, w.rec.ID)
+		if err != nil {
+			t.Fatalf("delivery %s after the migration: %v", w.rec.ID, err)
+		}
+		r := w.rec
+		if got.ID != r.ID || got.WebhookID != r.WebhookID || got.AppID != r.AppID || got.AccountID != r.AccountID ||
+			!bytes.Equal(got.Body, r.Body) || got.Attempts != r.Attempts || got.Retries != r.Retries ||
+			got.Deferrals != r.Deferrals || !got.LastAttempt.Equal(r.LastAttempt) || got.LastError != r.LastError ||
+			!due.Equal(w.due) || got.chunk == "" {
+			t.Fatalf("delivery after the migration\n got %+v due %v\nwant %+v due %v", got, due, r, w.due)
+		}
+	}
+	if l, _ := q.Len(ctx); l != int64(len(wants)+1) {
+		t.Fatalf("%d scheduled after the migration, want %d", l, len(wants)+1)
+	}
+	if raw, err := rdb.HGet(ctx, q.DeadData, Bad{member: "\xc1garbage"}.ID()).Result(); err != nil || raw != "\xc1garbage" {
+		t.Fatalf("unreadable unchunked member not in the dead set as it was: %q %v", raw, err)
+	}
+	if old, err := rdb.Exists(ctx, q.oldHooksKey(), q.oldHookKey(hooks[0]), q.oldHookKey(hooks[1])).Result(); err != nil || old != 0 {
+		t.Fatalf("%d unchunked keys left (%v)", old, err)
+	}
+	for _, hook := range hooks {
+		for c := 0; c < 3; c++ {
+			key := q.chunkKey(hook, fmt.Sprint(c))
+			if n, _ := rdb.ZCard(ctx, key).Result(); n == 0 || n > chunkSize {
+				t.Fatalf("chunk %s holds %d", key, n)
+			}
+			if enc, _ := rdb.ObjectEncoding(ctx, key).Result(); enc != "listpack" {
+				t.Fatalf("chunk %s is a %s", key, enc)
+			}
+		}
+	}
+	if n, err := q.Migrate(ctx, t0); err != nil || n != 0 {
+		t.Fatalf("a second migration moved %d (%v)", n, err)
+	}
+	// Claimed in due order, each webhook earliest first.
+	var last [2]time.Time
+	total := 0
+	for round := 0; round < 20; round++ {
+		recs, bad, _, err := q.Claim(ctx, t0.Add(20*time.Minute), t0.Add(2*time.Hour), 64)
+		if err != nil || len(bad) != 0 {
+			t.Fatalf("claim after the migration: %v, %d bad", err, len(bad))
+		}
+		for _, r := range recs {
+			due := t0.Add(time.Duration(r.Offset) * time.Second)
+			h := 0
+			if r.WebhookID == hooks[1] {
+				h = 1
+			}
+			if due.Before(last[h]) {
+				t.Fatalf("webhook %s: due %v claimed after %v", r.WebhookID, due, last[h])
+			}
+			last[h] = due
+		}
+		total += len(recs)
+	}
+	if total != len(wants) {
+		t.Fatalf("claimed %d after the migration, want %d (all but the one due in an hour)", total, len(wants))
 	}
 }

@@ -51,15 +51,16 @@ type Record struct {
 	Offset       int64     `msgpack:"offset"`
 
 	// member is the record's ZSET member as read from Redis (empty for a
-	// record not read from the scheduled set): changes replace it only
-	// if it is still there.
-	member string
-	packed *packing
+	// record not read from the scheduled set), and chunk the number of
+	// the webhook's chunk that holds it: changes replace it only if it
+	// is still there.
+	member, chunk string
+	packed        *packing
 }
 
 // Lease returns the lease on a claimed record until end.
 func (r *Record) Lease(end time.Time) Lease {
-	return Lease{ID: r.ID, End: end, hook: r.WebhookID, member: r.member}
+	return Lease{ID: r.ID, End: end, hook: r.WebhookID, chunk: r.chunk, member: r.member}
 }
 
 // Entry is a record to store with its due time; Dead entries go to the dead
@@ -72,24 +73,27 @@ type Entry struct {
 
 // Queue is one shard's retry queue in Redis. Every key shares the hash tag
 // {topic-partition}, so scripts and transactions never cross Redis Cluster
-// slots. Scheduled deliveries (docs/retries.md has the layout):
+// slots. Scheduled deliveries (docs/retries.md has the layout; chunks.go
+// how a webhook's deliveries are split into chunks):
 //
-//	tag:q:<webhook>  ZSET  compact record -> due time (ms; lease end while claimed)
-//	tag:hooks        ZSET  webhook -> earliest due time of its ZSET (never later)
-//	tag:i:<xx>       HASH  packed delivery id -> webhook and offset (256 buckets)
-//	tag:hm           HASH  webhook -> application and account
-//	tag:bf           HASH  body form reference -> event and resource URL prefix
+//	tag:q:<webhook>:<n>  ZSET  compact record -> due time (ms; lease end while claimed), at most 128
+//	tag:chunks           ZSET  <webhook>:<n> -> earliest due time of the chunk (never later)
+//	tag:qn               HASH  webhook -> chunk being filled, number of chunks, highest in use
+//	tag:i:<xx>           HASH  packed delivery id -> webhook, offset and chunk (256 buckets)
+//	tag:hm               HASH  webhook -> application and account (while it has chunks)
+//	tag:bf               HASH  body form reference -> event and resource URL prefix
 //
 // Dead deliveries: tag:dead (ZSET id -> died, ms), tag:dead:d (HASH id ->
 // msgpack Record), tag:wd:<webhook> (ZSET id -> first attempt, ms).
 type Queue struct {
 	rdb       redis.UniversalClient
 	Shard     string // "topic-partition", the hash tag's content
-	HooksKey  string // ZSET webhook -> earliest due time
+	ChunksKey string // ZSET <webhook>:<n> -> earliest due time of the chunk
 	DeadKey   string // ZSET delivery id -> time it died (ms)
 	DeadData  string // HASH delivery id -> msgpack Record
 	metaKey   string
 	formsKey  string
+	statesKey string
 	tag       string
 	topic     string
 	partition int
@@ -107,8 +111,8 @@ func NewQueue(rdb redis.UniversalClient, prefix, topic string, partition int) *Q
 
 func queueOf(rdb redis.UniversalClient, prefix, shard string) *Queue {
 	tag := prefix + "{" + shard + "}"
-	q := &Queue{rdb: rdb, Shard: shard, tag: tag, HooksKey: tag + ":hooks", DeadKey: tag + ":dead", DeadData: tag + ":dead:d",
-		metaKey: tag + ":hm", formsKey: tag + ":bf", topic: shard}
+	q := &Queue{rdb: rdb, Shard: shard, tag: tag, ChunksKey: tag + ":chunks", DeadKey: tag + ":dead", DeadData: tag + ":dead:d",
+		metaKey: tag + ":hm", formsKey: tag + ":bf", statesKey: tag + ":qn", topic: shard}
 	if i := strings.LastIndexByte(shard, '-'); i >= 0 {
 		if p, err := strconv.Atoi(shard[i+1:]); err == nil {
 			q.topic, q.partition = shard[:i], p
@@ -117,8 +121,6 @@ func queueOf(rdb redis.UniversalClient, prefix, shard string) *Queue {
 	return q
 }
 
-// HookKey is the ZSET of a webhook's scheduled deliveries.
-func (q *Queue) HookKey(webhookID string) string     { return q.tag + ":q:" + webhookID }
 func (q *Queue) indexKey(packed string) string       { return q.tag + ":i:" + indexBucket(packed) }
 func (q *Queue) deadHookKey(webhookID string) string { return q.tag + ":wd:" + webhookID }
 
@@ -139,62 +141,84 @@ end`
 
 // scheduleScript stores new deliveries if absent: ARGV[1] the key tag,
 // ARGV[2] the number of body forms, then (reference, form) pairs, then per
-// delivery its index bucket, packed id, index value, webhook, member, due
-// score and webhook metadata. A delivery already in the id index keeps
-// its record. It returns how many it stored.
+// delivery its index bucket, packed id, index value (without its chunk),
+// webhook, member, due score and webhook metadata. A delivery already in
+// the id index keeps its record. It returns how many it stored.
 var scheduleScript = redis.NewScript(`
 local tag, i = ARGV[1], 3
-` + storeFormsLua("KEYS[3]", "ARGV[2]") + `
-local added, first, metas = 0, {}, {}
+` + chunkLua + storeFormsLua("KEYS[3]", "ARGV[2]") + `
+local added, metas = 0, {}
 while i <= #ARGV do
   local bucket, id, ix, hook, member, score, meta = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
   i = i + 7
-  if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix) == 1 then
-    redis.call('ZADD', tag .. ':q:' .. hook, score, member)
-    local s = tonumber(score)
-    if not first[hook] or s < first[hook] then first[hook] = s end
+  if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix .. target(hook)) == 1 then
+    add(hook, member, score)
     metas[hook] = meta
     added = added + 1
   end
 end
-for hook, s in pairs(first) do
-  redis.call('ZADD', KEYS[1], 'LT', s, hook)
-  redis.call('HSET', KEYS[2], hook, metas[hook])
-end
+saveStates()
+for hook, meta in pairs(metas) do redis.call('HSET', KEYS[2], hook, meta) end
 return added
 `)
 
+// scheduleBatch is scheduleScript's arguments for a batch of records:
+// the body forms they refer to, as (reference, form) pairs, and per
+// record its scheduleWidth values.
+type scheduleBatch struct {
+	forms []any
+	rows  []any
+}
+
+// scheduleWidth is how many values scheduleScript takes per record.
+const scheduleWidth = 7
+
+// row returns the values of the i-th record.
+func (b scheduleBatch) row(i int) []any { return b.rows[scheduleWidth*i : scheduleWidth*(i+1)] }
+
+// args returns scheduleScript's ARGV.
+func (b scheduleBatch) args(tag string) []any {
+	args := make([]any, 0, 2+len(b.forms)+len(b.rows))
+	args = append(args, tag, len(b.forms)/2)
+	args = append(args, b.forms...)
+	return append(args, b.rows...)
+}
+
+// cacheForms caches the batch's body forms once Redis holds them.
+func (b scheduleBatch) cacheForms() {
+	for i := 0; i+1 < len(b.forms); i += 2 {
+		cacheForm(b.forms[i].(string), b.forms[i+1].(string))
+	}
+}
+
 // scheduleArgs builds scheduleScript's arguments for recs due at scores.
-func (q *Queue) scheduleArgs(recs []*Record, scores []float64) []any {
-	forms := map[string]string{}
-	rows := make([]any, 0, 7*len(recs))
+func (q *Queue) scheduleArgs(recs []*Record, scores []float64) scheduleBatch {
+	var b scheduleBatch
+	seen := map[string]bool{}
+	b.rows = make([]any, 0, scheduleWidth*len(recs))
 	for i, rec := range recs {
 		member, form := q.memberOf(rec)
 		if form != nil {
-			forms[form.ref()] = form.value()
+			if ref := form.ref(); !seen[ref] {
+				seen[ref] = true
+				b.forms = append(b.forms, ref, form.value())
+			}
 		}
 		pid := packedID(rec.ID)
-		rows = append(rows, indexBucket(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
+		b.rows = append(b.rows, indexBucket(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
 			hookMeta{rec.AppID, rec.AccountID}.value())
 	}
-	args := make([]any, 0, 2+2*len(forms)+len(rows))
-	args = append(args, q.tag, len(forms))
-	for ref, v := range forms {
-		args = append(args, ref, v)
-	}
-	return append(args, rows...)
+	return b
 }
 
 // schedule stores recs due at scores if absent (scheduleScript), and
 // caches their body forms once Redis holds them.
 func (q *Queue) schedule(ctx context.Context, recs []*Record, scores []float64) error {
-	args := q.scheduleArgs(recs, scores)
-	if err := scheduleScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey}, args...).Err(); err != nil {
+	b := q.scheduleArgs(recs, scores)
+	if err := scheduleScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.metaKey, q.formsKey}, b.args(q.tag)...).Err(); err != nil {
 		return err
 	}
-	for i := 0; i < args[1].(int); i++ {
-		cacheForm(args[2+2*i].(string), args[3+2*i].(string))
-	}
+	b.cacheForms()
 	return nil
 }
 
@@ -243,46 +267,73 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 }
 
 // claimScript takes up to ARGV[3] members due at ARGV[1], webhook by
-// webhook in the order of their earliest due time, each webhook at most
+// webhook in the order of their earliest due chunk, each webhook at most
 // an equal share of the claim (so the retries of several webhooks, often
-// on several hosts, go out together, as they fall due), and re-scores them to
-// the lease end ARGV[2], so a process that dies mid-attempt gives them
-// back when the lease runs out. Each webhook it looks at gets its exact
-// earliest due time in KEYS[1] again (or leaves it, with its metadata,
-// when it has nothing scheduled); a shard with nothing scheduled drops its
-// body forms (KEYS[3]), which only scheduled members refer to. It returns
-// (webhook, metadata, members) triples and the earliest due time left.
+// on several hosts, go out together, as they fall due) and its earliest
+// first, and re-scores them to the lease end ARGV[2], so a process that
+// dies mid-attempt gives them back when the lease runs out. The webhooks
+// are those of the first 4 × ARGV[3] chunks due. Each chunk it reads gets
+// its exact earliest due time in KEYS[1] again (or leaves it, when
+// empty); a shard with nothing scheduled, in this layout or the one
+// before chunks (KEYS[4]), drops its body forms (KEYS[3]), which only
+// scheduled members refer to. It returns (webhook, metadata, (chunk,
+// member) pairs) triples and the earliest due time left.
 var claimScript = redis.NewScript(`
-local n = tonumber(ARGV[3])
-local hooks = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
-local out, left = {}, n
-local share = math.max(1, math.ceil(n / math.max(1, #hooks)))
-for _, hook in ipairs(hooks) do
-  if left <= 0 then break end
-  local key = ARGV[4] .. ':q:' .. hook
-  local ms = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[1], 'LIMIT', 0, math.min(share, left))
-  if #ms > 0 then
-    local lease = {'XX'}
-    for _, m in ipairs(ms) do
-      lease[#lease+1] = ARGV[2]
-      lease[#lease+1] = m
+local tag, now, leaseEnd, n = ARGV[4], ARGV[1], ARGV[2], tonumber(ARGV[3])
+` + chunkLua + `
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 4 * n)
+local order, byHook = {}, {}
+for i = 1, #due, 2 do
+  local hook, c = splitChunk(due[i])
+  if hook then
+    if not byHook[hook] then
+      byHook[hook] = {}
+      order[#order+1] = hook
     end
-    redis.call('ZADD', key, unpack(lease))
+    local l = byHook[hook]
+    l[#l+1] = {c = c, min = tonumber(due[i+1])}
+  else
+    redis.call('ZREM', KEYS[1], due[i])
+  end
+end
+local out, left = {}, n
+local share = math.max(1, math.ceil(n / math.max(1, #order)))
+for _, hook in ipairs(order) do
+  if left <= 0 then break end
+  local chunks = byHook[hook]
+  local cand = earliest(hook, chunks, math.min(share, left), now)
+  if #cand > 0 then
+    local lease, got = {}, {}
+    for _, x in ipairs(cand) do
+      local l = lease[x.c]
+      if not l then
+        l = {'XX'}
+        lease[x.c] = l
+      end
+      l[#l+1] = leaseEnd
+      l[#l+1] = x.m
+      got[#got+1] = x.c
+      got[#got+1] = x.m
+    end
+    for c, l in pairs(lease) do redis.call('ZADD', qkey(hook, c), unpack(l)) end
     out[#out+1] = hook
     out[#out+1] = redis.call('HGET', KEYS[2], hook) or ''
-    out[#out+1] = ms
-    left = left - #ms
+    out[#out+1] = got
+    left = left - #cand
   end
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if first[2] then
-    redis.call('ZADD', KEYS[1], first[2], hook)
-  else
-    redis.call('ZREM', KEYS[1], hook)
-    redis.call('HDEL', KEYS[2], hook)
+  for _, ch in ipairs(chunks) do
+    if ch.looked then
+      local first = redis.call('ZRANGE', qkey(hook, ch.c), 0, 0, 'WITHSCORES')
+      if first[2] then
+        redis.call('ZADD', KEYS[1], first[2], hook .. ':' .. ch.c)
+      else
+        redis.call('ZREM', KEYS[1], hook .. ':' .. ch.c)
+      end
+    end
   end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if not first[2] then redis.call('DEL', KEYS[3]) end
+if not first[2] and redis.call('EXISTS', KEYS[4]) == 0 then redis.call('DEL', KEYS[3]) end
 return {out, first[2] or ''}
 `)
 
@@ -292,7 +343,7 @@ return {out, first[2] or ''}
 // decoding fails the claim instead: its members come back when the lease
 // ends, and none is taken for unreadable.
 func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs []*Record, bad []Bad, next time.Time, err error) {
-	res, err := claimScript.Run(ctx, q.rdb, []string{q.HooksKey, q.metaKey, q.formsKey},
+	res, err := claimScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.metaKey, q.formsKey, q.oldHooksKey()},
 		now.UnixMilli(), leaseEnd.UnixMilli(), n, q.tag).Slice()
 	if err != nil {
 		return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)
@@ -305,8 +356,9 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 		hook, _ := groups[i].(string)
 		meta, _ := groups[i+1].(string)
 		members, _ := groups[i+2].([]any)
-		for _, m := range members {
-			member, _ := m.(string)
+		for j := 0; j+1 < len(members); j += 2 {
+			chunk, _ := members[j].(string)
+			member, _ := members[j+1].(string)
 			rec, err := q.decode(ctx, member, hook, parseMeta(meta))
 			if err != nil && !unreadable(err) {
 				// Redis did not answer a body form lookup: the member
@@ -315,9 +367,10 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 				return nil, nil, time.Time{}, fmt.Errorf("cannot claim due deliveries of %s: %w", q.Shard, err)
 			}
 			if err != nil {
-				bad = append(bad, q.badMember(hook, member))
+				bad = append(bad, q.badMember(hook, chunk, member))
 				continue
 			}
+			rec.chunk = chunk
 			recs = append(recs, rec)
 		}
 	}
@@ -399,38 +452,40 @@ type Op struct {
 	At   time.Time
 }
 
-// applyScript carries out ops, nine arguments each after ARGV[1], the key
+// applyScript carries out ops, ten arguments each after ARGV[1], the key
 // tag, ARGV[2], the number of body forms, and the (reference, form) pairs
-// of the rescheduled records, stored first in the same step: kind, webhook, the member as claimed, index bucket, packed id, then
-// for a reschedule the new member and its due score, for a kill the dead
-// id, the time it died, its msgpack record and its first attempt. A
-// change applies only if the claimed member is still there (a record not
-// read from the scheduled set, with no member, is killed all the same): a
-// claimant whose lease ran out never overwrites the outcome of the one
-// that claimed the delivery after it.
+// of the rescheduled records, stored first in the same step: kind,
+// webhook, the chunk and member as claimed, index bucket, packed id, then
+// for a reschedule the new member (in the same chunk) and its due score,
+// for a kill the dead id, the time it died, its msgpack record and its
+// first attempt. A change applies only if the claimed member is still
+// there (a record not read from the scheduled set, with no member, is
+// killed all the same): a claimant whose lease ran out never overwrites
+// the outcome of the one that claimed the delivery after it.
 var applyScript = redis.NewScript(`
-local tag, first, i = ARGV[1], {}, 3
-` + storeFormsLua("KEYS[4]", "ARGV[2]") + `
-for i = i, #ARGV, 9 do
-  local kind, hook, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
-  local key = tag .. ':q:' .. hook
-  local held = old ~= '' and redis.call('ZREM', key, old) == 1
+local tag, i = ARGV[1], 3
+` + chunkLua + storeFormsLua("KEYS[4]", "ARGV[2]") + `
+for i = i, #ARGV, 10 do
+  local kind, hook, c, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local held = old ~= '' and c ~= '' and redis.call('ZREM', qkey(hook, c), old) == 1
   if kind == '2' then
     if held then
-      redis.call('ZADD', key, ARGV[i+6], ARGV[i+5])
-      local s = tonumber(ARGV[i+6])
-      if not first[hook] or s < first[hook] then first[hook] = s end
+      redis.call('ZADD', qkey(hook, c), ARGV[i+7], ARGV[i+6])
+      lower(hook .. ':' .. c, ARGV[i+7])
     end
   else
-    if held then redis.call('HDEL', tag .. ':i:' .. bucket, id) end
+    if held then
+      redis.call('HDEL', tag .. ':i:' .. bucket, id)
+      removed(hook, c)
+    end
     if kind == '3' and (held or old == '') then
-      redis.call('HSET', KEYS[3], ARGV[i+5], ARGV[i+7])
-      redis.call('ZADD', KEYS[2], ARGV[i+6], ARGV[i+5])
-      redis.call('ZADD', tag .. ':wd:' .. hook, ARGV[i+8], ARGV[i+5])
+      redis.call('HSET', KEYS[3], ARGV[i+6], ARGV[i+8])
+      redis.call('ZADD', KEYS[2], ARGV[i+7], ARGV[i+6])
+      redis.call('ZADD', tag .. ':wd:' .. hook, ARGV[i+9], ARGV[i+6])
     end
   end
 end
-for hook, s in pairs(first) do redis.call('ZADD', KEYS[1], 'LT', s, hook) end
+saveStates()
 return 0
 `)
 
@@ -440,7 +495,7 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	args := make([]any, 0, 2+9*len(ops))
+	args := make([]any, 0, 2+10*len(ops))
 	var formArgs []any
 	sent := map[string]bool{}
 	members := make([]string, len(ops))
@@ -450,11 +505,11 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			// Not read from the scheduled set (a caller that made the
 			// record itself): change the one scheduled, if any.
 			if cur, _, err := q.Get(ctx, rec.ID); err == nil && cur.WebhookID == rec.WebhookID {
-				rec.member = cur.member
+				rec.member, rec.chunk = cur.member, cur.chunk
 			}
 		}
 		pid := packedID(rec.ID)
-		args = append(args, int(op.Kind), rec.WebhookID, rec.member, indexBucket(pid), pid)
+		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, indexBucket(pid), pid)
 		switch op.Kind {
 		case OpRemove:
 			args = append(args, "", "", "", "")
@@ -484,7 +539,7 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	// shard was empty), and a member must never name a form its shard lacks.
 	head := append([]any{q.tag, len(formArgs) / 2}, formArgs...)
 	args = append(head, args...)
-	if err := applyScript.Run(ctx, q.rdb, []string{q.HooksKey, q.DeadKey, q.DeadData, q.formsKey}, args...).Err(); err != nil {
+	if err := applyScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.DeadKey, q.DeadData, q.formsKey}, args...).Err(); err != nil {
 		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.Shard, err)
 	}
 	for i := 0; i+1 < len(formArgs); i += 2 {
@@ -501,18 +556,18 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 // ErrNotFound: no such delivery in this queue.
 var ErrNotFound = errors.New("delivery not found")
 
-// lenScript counts the members of every webhook ZSET of a shard.
+// lenScript counts the members of every chunk of a shard.
 var lenScript = redis.NewScript(`
 local n = 0
-for _, hook in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  n = n + redis.call('ZCARD', ARGV[1] .. ':q:' .. hook)
+for _, chunk in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  n = n + redis.call('ZCARD', ARGV[1] .. ':q:' .. chunk)
 end
 return n
 `)
 
 // Len returns how many deliveries are scheduled.
 func (q *Queue) Len(ctx context.Context) (int64, error) {
-	return lenScript.Run(ctx, q.rdb, []string{q.HooksKey}, q.tag).Int64()
+	return lenScript.Run(ctx, q.rdb, []string{q.ChunksKey}, q.tag).Int64()
 }
 
 // DeadLen returns how many deliveries are dead.

@@ -19,8 +19,8 @@ func TestQueueScheduleIsInsertIfAbsent(t *testing.T) {
 	srv := testenv.Redis(t)
 	ctx := context.Background()
 	q := NewQueue(srv.Client(), "gh:", "geckohook.events", 3)
-	if q.HooksKey != "gh:{geckohook.events-3}:hooks" || q.HookKey("wh_1") != "gh:{geckohook.events-3}:q:wh_1" {
-		t.Fatalf("keys %s %s do not follow the layout", q.HooksKey, q.HookKey("wh_1"))
+	if q.ChunksKey != "gh:{geckohook.events-3}:chunks" || q.chunkKey("wh_1", "0") != "gh:{geckohook.events-3}:q:wh_1:0" {
+		t.Fatalf("keys %s %s do not follow the layout", q.ChunksKey, q.chunkKey("wh_1", "0"))
 	}
 	t0 := time.UnixMilli(1_700_000_000_000)
 	rec := &Record{ID: "d1", WebhookID: "wh_1", Body: []byte(`{"a":1}`), Attempts: 1, FirstAttempt: t0, LastStatus: 500, LastError: "HTTP 500"}
@@ -247,7 +247,7 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 
 	// A record geckohook cannot read is claimed once and quarantined as it
 	// is, without holding up the others.
-	if err := rdb.ZAdd(ctx, q.HookKey("wh_1"), redis.Z{Score: 1, Member: "\xc1garbage"}).Err(); err != nil {
+	if err := rdb.ZAdd(ctx, q.chunkKey("wh_1", "0"), redis.Z{Score: 1, Member: "\xc1garbage"}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	good, bad, _, err := q.Claim(ctx, now.Add(2*time.Hour), now.Add(3*time.Hour), 10)
@@ -260,7 +260,7 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	if raw, err := rdb.HGet(ctx, q.DeadData, bad[0].ID()).Result(); err != nil || raw != "\xc1garbage" {
 		t.Fatalf("quarantined bytes %q %v", raw, err)
 	}
-	if _, err := rdb.ZScore(ctx, q.HookKey("wh_1"), "\xc1garbage").Result(); !errors.Is(err, redis.Nil) {
+	if _, err := rdb.ZScore(ctx, q.chunkKey("wh_1", "0"), "\xc1garbage").Result(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("quarantined record still due: %v", err)
 	}
 	if n, _ := q.Len(ctx); n != 2 {
@@ -441,5 +441,57 @@ func TestRescheduleStoresItsFormInItsShard(t *testing.T) {
 	}
 	if string(recs[0].Body) != string(body) || recs[0].Attempts != 2 {
 		t.Fatalf("claimed %q attempts %d, want the original body and 2 attempts", recs[0].Body, recs[0].Attempts)
+	}
+}
+
+// A webhook's deliveries spread over several chunks, due in an order
+// unlike the one they were queued in, are claimed earliest first across
+// the chunks, and each claim still shares itself between the webhooks.
+func TestClaimTakesEarliestAcrossChunks(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const per = 3*chunkSize + 16 // 400: claims of 10 end even
+	var entries []Entry
+	for i := 0; i < per; i++ {
+		for _, hook := range []string{"wh_a", "wh_b"} {
+			due := t0.Add(time.Duration((i*7919)%per) * time.Second)
+			entries = append(entries, Entry{Rec: &Record{ID: fmt.Sprintf("%s-%03d", hook, i), WebhookID: hook, FirstAttempt: t0}, Due: due})
+		}
+	}
+	if err := q.Schedule(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.ZCard(ctx, q.ChunksKey).Result(); n != 8 {
+		t.Fatalf("%d chunks for two webhooks of %d deliveries, want 8", n, per)
+	}
+	due := map[string]time.Time{}
+	for _, e := range entries {
+		due[e.Rec.ID] = e.Due
+	}
+	next := map[string]time.Time{"wh_a": t0, "wh_b": t0}
+	for claimed := 0; claimed < 2*per; {
+		recs, _, _, err := q.Claim(ctx, t0.Add(time.Hour), t0.Add(2*time.Hour), 10)
+		if err != nil || len(recs) != 10 {
+			t.Fatalf("claim after %d: %d records, %v; want 10", claimed, len(recs), err)
+		}
+		got := map[string][]time.Time{}
+		for _, r := range recs {
+			got[r.WebhookID] = append(got[r.WebhookID], due[r.ID])
+		}
+		for hook, dues := range got {
+			if len(dues) != 5 {
+				t.Fatalf("claim after %d: %d of %s's, want 5 of each webhook", claimed, len(dues), hook)
+			}
+			slices.SortFunc(dues, func(a, b time.Time) int { return a.Compare(b) })
+			for _, d := range dues {
+				if !d.Equal(next[hook]) {
+					t.Fatalf("claim after %d: %s's delivery due %v, want the earliest left, %v", claimed, hook, d, next[hook])
+				}
+				next[hook] = next[hook].Add(time.Second)
+			}
+		}
+		claimed += len(recs)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -77,11 +79,11 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 	if state == Dead {
 		return st.listDead(ctx, qs, webhookID, limit)
 	}
-	members := make([]*redis.ZSliceCmd, len(qs))
+	members := make([]*redis.Cmd, len(qs))
 	metas := make([]*redis.StringCmd, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, q := range qs {
-			members[i] = p.ZRangeWithScores(ctx, q.HookKey(webhookID), 0, int64(limit-1))
+			members[i] = listScript.Eval(ctx, p, []string{q.ChunksKey, q.statesKey}, q.tag, webhookID, limit)
 			metas[i] = p.HGet(ctx, q.metaKey, webhookID)
 		}
 		return nil
@@ -91,20 +93,25 @@ func (st *Store) List(ctx context.Context, webhookID string, state State, limit 
 	}
 	var out []Delivery
 	for i, q := range qs {
-		if err := members[i].Err(); err != nil {
+		triples, err := members[i].StringSlice()
+		if err != nil {
 			return nil, fmt.Errorf("cannot list deliveries of webhook %s: %w", webhookID, err)
 		}
 		meta := parseMeta(metas[i].Val())
-		for _, z := range members[i].Val() {
-			member, _ := z.Member.(string)
-			rec, err := q.decode(ctx, member, webhookID, meta)
+		for j := 0; j+2 < len(triples); j += 3 {
+			rec, err := q.decode(ctx, triples[j+1], webhookID, meta)
 			if unreadable(err) {
 				continue // the poller quarantines it when it falls due
 			}
 			if err != nil {
 				return nil, fmt.Errorf("cannot decode delivery of webhook %s: %w", webhookID, err)
 			}
-			out = append(out, Delivery{Record: rec, State: Scheduled, At: time.UnixMilli(int64(z.Score))})
+			score, err := strconv.ParseFloat(triples[j+2], 64)
+			if err != nil {
+				return nil, fmt.Errorf("cannot read the due time of a delivery of webhook %s: %w", webhookID, err)
+			}
+			rec.chunk = triples[j]
+			out = append(out, Delivery{Record: rec, State: Scheduled, At: time.UnixMilli(int64(score))})
 		}
 	}
 	return oldestFirst(out, limit), nil
@@ -285,7 +292,7 @@ func (st *Store) Depth(ctx context.Context) (scheduled, dead int64, err error) {
 	died := make([]*redis.IntCmd, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, q := range qs {
-			due[i], died[i] = indexLenScript.Eval(ctx, p, []string{q.HooksKey}, q.tag), p.ZCard(ctx, q.DeadKey)
+			due[i], died[i] = indexLenScript.Eval(ctx, p, []string{q.ChunksKey}, q.tag), p.ZCard(ctx, q.DeadKey)
 		}
 		return nil
 	})
@@ -307,11 +314,15 @@ func (st *Store) WebhookDepths(ctx context.Context, webhookIDs []string) (map[st
 	if err != nil {
 		return nil, err
 	}
-	cmds := make([]*redis.IntCmd, 0, 2*len(qs)*len(webhookIDs))
+	type counts struct {
+		scheduled *redis.Cmd
+		dead      *redis.IntCmd
+	}
+	cmds := make([]counts, 0, len(qs)*len(webhookIDs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, id := range webhookIDs {
 			for _, q := range qs {
-				cmds = append(cmds, p.ZCard(ctx, q.HookKey(id)), p.ZCard(ctx, q.deadHookKey(id)))
+				cmds = append(cmds, counts{hookLenScript.Eval(ctx, p, []string{q.statesKey}, q.tag, id), p.ZCard(ctx, q.deadHookKey(id))})
 			}
 		}
 		return nil
@@ -320,10 +331,11 @@ func (st *Store) WebhookDepths(ctx context.Context, webhookIDs []string) (map[st
 		return nil, fmt.Errorf("cannot count the retry queues of %d webhooks: %w", len(webhookIDs), err)
 	}
 	out := make(map[string]int64, len(webhookIDs))
-	per := 2 * len(qs)
+	per := len(qs)
 	for i, id := range webhookIDs {
 		for _, c := range cmds[i*per : (i+1)*per] {
-			out[id] += c.Val()
+			n, _ := c.scheduled.Int64()
+			out[id] += n + c.dead.Val()
 		}
 	}
 	return out, nil
@@ -348,14 +360,19 @@ func (q *Queue) Records(ctx context.Context, state State) (recs []*Record, unrea
 		}
 		return recs, unreadable, nil
 	}
-	hooks, err := q.rdb.ZRange(ctx, q.HooksKey, 0, -1).Result()
+	chunks, err := q.rdb.ZRange(ctx, q.ChunksKey, 0, -1).Result()
 	if err != nil {
-		return nil, 0, fmt.Errorf("cannot read %s: %w", q.HooksKey, err)
+		return nil, 0, fmt.Errorf("cannot read %s: %w", q.ChunksKey, err)
 	}
-	for _, hook := range hooks {
-		members, err := q.rdb.ZRange(ctx, q.HookKey(hook), 0, -1).Result()
+	for _, chunk := range chunks {
+		i := strings.LastIndexByte(chunk, ':')
+		if i < 0 {
+			continue
+		}
+		hook, c := chunk[:i], chunk[i+1:]
+		members, err := q.rdb.ZRange(ctx, q.chunkKey(hook, c), 0, -1).Result()
 		if err != nil {
-			return nil, 0, fmt.Errorf("cannot read %s: %w", q.HookKey(hook), err)
+			return nil, 0, fmt.Errorf("cannot read %s: %w", q.chunkKey(hook, c), err)
 		}
 		meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
@@ -367,6 +384,7 @@ func (q *Queue) Records(ctx context.Context, state State) (recs []*Record, unrea
 				unreadable++
 				continue
 			}
+			rec.chunk = c
 			recs = append(recs, rec)
 		}
 	}

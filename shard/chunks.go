@@ -1,0 +1,184 @@
+package shard
+
+import (
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A webhook's scheduled deliveries are split into chunks: sorted sets
+// tag:q:<webhook>:<n> of at most chunkSize members each, so every one
+// stays in Redis's compact listpack encoding (zset-max-listpack-entries
+// is 128 by default) however deep the webhook's queue grows. The chunk
+// index tag:chunks scores each chunk "<webhook>:<n>" by its earliest due
+// time (never later: a claim corrects it), tag:qn holds per webhook the
+// chunk being filled, how many chunks it has and the highest chunk
+// number in use since it had none ("<n> <count> <highest>"), and the id
+// index records each delivery's chunk, where it stays until it leaves
+// the queue (a reschedule or a lease replaces its member in place). Once
+// the chunk being filled is full, the next is the first free number after
+// it modulo 2 × count + 2: chunks mostly empty in the order they filled,
+// so that is usually the next one, and numbers stay below twice the most
+// chunks the webhook had at once (a listing or count reads each number).
+// Should a state ever count fewer chunks than exist (it was lost), the
+// search goes on past the modulus instead of looping in Redis.
+
+// chunkSize is the most members a chunk holds.
+const chunkSize = 128
+
+// chunkLua is the part of every script that places members in chunks or
+// takes them out; it needs the local tag (the key tag) set before it.
+// place(hook, member, score) adds a member to the webhook's chunk being
+// filled (a new one once that holds chunkSize) and returns its number
+// (the chunk index learns its earliest due time in saveStates, as it
+// does for any chunk given to lower(chunk, score)); target
+// and add are its two halves, for a script that writes the index entry,
+// which names the chunk, only if absent before it adds the member;
+// removed(hook, c) is called after a member left chunk c: an empty chunk
+// leaves the chunk index, and a webhook left without chunks loses its
+// state and, unless the layout before chunks still holds some of its
+// deliveries, its metadata. saveStates() writes the states back; a
+// script that placed or removed calls it once at its end.
+// earliest(hook, chunks, k, max) returns the k earliest members scored at
+// most max of the webhook's chunks, given as {c, min} in order of their
+// earliest due time, as {m, s, sv, c} in order of score, reading only
+// the chunks that may hold one of them (it stops at a chunk whose
+// earliest due time is past the k-th found) and marking those it read
+// looked. hookChunks(hook) lists a webhook's chunks that way.
+var chunkLua = `
+local chunkSize = ` + strconv.Itoa(chunkSize) + `
+local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
+local states, firsts = {}, {}
+local function state(hook)
+  local s = states[hook]
+  if s then return s end
+  local v = redis.call('HGET', tag .. ':qn', hook)
+  s = {t = 0, l = 0, hi = 0}
+  if v then
+    local t, l, hi = string.match(v, '^(%d+) (%d+) (%d+)$')
+    s.t, s.l, s.hi = tonumber(t) or 0, tonumber(l) or 0, tonumber(hi) or 0
+  end
+  states[hook] = s
+  return s
+end
+local function saveStates()
+  for chunk, score in pairs(firsts) do redis.call('ZADD', tag .. ':chunks', 'LT', score, chunk) end
+  for hook, s in pairs(states) do
+    if s.dirty then
+      if s.l > 0 then
+        redis.call('HSET', tag .. ':qn', hook, s.t .. ' ' .. s.l .. ' ' .. s.hi)
+      else
+        redis.call('HDEL', tag .. ':qn', hook)
+        if redis.call('EXISTS', tag .. ':q:' .. hook) == 0 then redis.call('HDEL', tag .. ':hm', hook) end
+      end
+    end
+  end
+end
+local function target(hook)
+  local s = state(hook)
+  if not s.n then s.n = redis.call('ZCARD', qkey(hook, s.t)) end
+  if s.n >= chunkSize then
+    local m = 2 * s.l + 2
+    local c = (s.t + 1) % m
+    for _ = 1, m do
+      if redis.call('EXISTS', qkey(hook, c)) == 0 then break end
+      c = (c + 1) % m
+    end
+    while redis.call('EXISTS', qkey(hook, c)) == 1 do c = c + 1 end
+    s.t, s.n, s.dirty = c, 0, true
+    if c > s.hi then s.hi = c end
+  end
+  return s.t
+end
+local function lower(chunk, score)
+  local v = tonumber(score)
+  if not firsts[chunk] or v < firsts[chunk] then firsts[chunk] = v end
+end
+local function add(hook, member, score)
+  local s = state(hook)
+  if s.n == 0 then s.l = s.l + 1 end
+  redis.call('ZADD', qkey(hook, s.t), score, member)
+  s.n, s.dirty = s.n + 1, true
+  lower(hook .. ':' .. s.t, score)
+end
+local function place(hook, member, score)
+  local c = target(hook)
+  add(hook, member, score)
+  return c
+end
+local function removed(hook, c)
+  if redis.call('EXISTS', qkey(hook, c)) == 1 then
+    local s = state(hook)
+    if tonumber(c) == s.t then s.n = nil end
+    return
+  end
+  redis.call('ZREM', tag .. ':chunks', hook .. ':' .. c)
+  firsts[hook .. ':' .. c] = nil
+  local s = state(hook)
+  s.l, s.dirty = s.l - 1, true
+  if tonumber(c) == s.t then s.n = 0 end
+end
+local function splitChunk(name)
+  return string.match(name, '^(.*):(%d+)$')
+end
+local function earliest(hook, chunks, k, max)
+  local cand = {}
+  for _, ch in ipairs(chunks) do
+    if #cand >= k and ch.min >= cand[k].s then break end
+    local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', max, 'WITHSCORES', 'LIMIT', 0, k)
+    local merged, a, b = {}, 1, 1
+    while #merged < k and (a <= #cand or b < #ms) do
+      local sb = b < #ms and tonumber(ms[b+1])
+      if a <= #cand and (not sb or cand[a].s <= sb) then
+        merged[#merged+1] = cand[a]
+        a = a + 1
+      else
+        merged[#merged+1] = {m = ms[b], s = sb, sv = ms[b+1], c = ch.c}
+        b = b + 2
+      end
+    end
+    cand = merged
+    ch.looked = true
+  end
+  return cand
+end
+local function hookChunks(hook)
+  local s, chunks = state(hook), {}
+  if s.l == 0 then return chunks end
+  for c = 0, s.hi do
+    local min = redis.call('ZSCORE', tag .. ':chunks', hook .. ':' .. c)
+    if min then chunks[#chunks+1] = {c = c, min = tonumber(min)} end
+  end
+  table.sort(chunks, function(a, b) return a.min < b.min end)
+  return chunks
+end
+`
+
+// chunkKey is the sorted set of a webhook's chunk c.
+func (q *Queue) chunkKey(hook, c string) string { return q.tag + ":q:" + hook + ":" + c }
+
+// listScript returns up to ARGV[3] of webhook ARGV[2]'s scheduled
+// deliveries, earliest due first, as (chunk, member, score) triples;
+// ARGV[1] is the key tag.
+var listScript = redis.NewScript(`
+local tag, hook = ARGV[1], ARGV[2]
+` + chunkLua + `
+local out = {}
+for _, x in ipairs(earliest(hook, hookChunks(hook), tonumber(ARGV[3]), '+inf')) do
+  out[#out+1] = tostring(x.c)
+  out[#out+1] = x.m
+  out[#out+1] = x.sv
+end
+return out
+`)
+
+// hookLenScript counts webhook ARGV[2]'s scheduled deliveries; ARGV[1]
+// is the key tag.
+var hookLenScript = redis.NewScript(`
+local tag, hook = ARGV[1], ARGV[2]
+` + chunkLua + `
+local s, n = state(hook), 0
+if s.l == 0 then return 0 end
+for c = 0, s.hi do n = n + redis.call('ZCARD', qkey(hook, c)) end
+return n
+`)
