@@ -104,7 +104,7 @@ func TestReadUsage(t *testing.T) {
 
 // The monitor's points put each second's deliveries and samples together.
 func TestMonitorPoints(t *testing.T) {
-	m := &monitor{secs: []sample{{depth: 5, rss: 100, cores: 0.5}, {depth: 7, rss: 200, cores: 1.5}}}
+	m := &monitor{secs: []sample{{DrainSample: DrainSample{Depth: 5}, rss: 100, cores: 0.5}, {DrainSample: DrainSample{Depth: 7}, rss: 200, cores: 1.5}}}
 	pts := m.points([]Second{{At: 0, Delivered: 10, P50: time.Millisecond}, {At: 2, Delivered: 30, P99: 3 * time.Millisecond}})
 	if len(pts) != 3 || pts[0].DeliveredPerSec != 10 || pts[0].P50Ms != 1 || pts[1].RetryDepth != 7 ||
 		pts[1].CPUCores != 1.5 || pts[2].DeliveredPerSec != 30 || pts[2].P99Ms != 3 || pts[2].T != 3 ||
