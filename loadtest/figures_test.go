@@ -154,7 +154,7 @@ func TestOutageReport(t *testing.T) {
 		t.Errorf("claims per retry %v without claims read", row.DrainClaimsPerRetry)
 	}
 	notes := strings.Join(row.Notes, "\n")
-	for _, want := range []string{"2700 delivered/s of 2800 offered/s (0.964), p99 9.0 ms", "held 60000 deliveries",
+	for _, want := range []string{"2700 delivered/s of 2800 offered/s (0.964), p99 9.0 ms; in the warm phase: 2800 delivered/s of 2800 offered/s (1.000)", "held 60000 deliveries",
 		"10 produced pairs were neither delivered nor queued"} {
 		if !strings.Contains(notes, want) {
 			t.Errorf("notes do not say %q: %q", want, notes)
@@ -169,8 +169,32 @@ func TestOutageReport(t *testing.T) {
 			t.Errorf("target %+v, want met %v", tg, met)
 		}
 	}
-	if h := row.Targets[2]; h.Limit != 0.95*2800 || !strings.Contains(h.Against, "warm phase") {
-		t.Errorf("healthy target %+v: want 95%% of the warm phase's healthy pairs", h)
+	if h := row.Targets[2]; h.Limit != 0.95*2800 || !strings.Contains(h.Against, "offered rate") {
+		t.Errorf("healthy target %+v: want 95%% of the healthy pairs' offered rate", h)
+	}
+	if strings.Contains(notes, "did not keep up") {
+		t.Errorf("notes say the warm phase fell behind: %q", notes)
+	}
+	// Starved of CPU over the drain and while the hosts were down: notes.
+	starved := seen
+	starved.drain = drainTestSamples(t0.Add(37*time.Second), true)
+	for i := range starved.drain {
+		starved.drain[i].Wait = starved.drain[i].CPU * 2
+	}
+	starved.warmUse, starved.downUse = usage{0.5, 0.2, true}, usage{0.3, 0.9, true}
+	row = Scenario{Name: "outage"}
+	o.report(&row, starved)
+	if n := strings.Join(row.Notes, "\n"); !strings.Contains(n, "longer than they ran during the drain") ||
+		!strings.Contains(n, "while the hosts were down geckohook's threads waited for a CPU longer") {
+		t.Errorf("notes do not say geckohook was starved: %q", n)
+	}
+	// A warm phase that fell behind its offered rate: a note.
+	slow := seen
+	slow.warm.Delivered = 12_000
+	row = Scenario{Name: "outage"}
+	o.report(&row, slow)
+	if !strings.Contains(strings.Join(row.Notes, "\n"), "did not keep up") {
+		t.Errorf("notes do not say the warm phase fell behind: %q", row.Notes)
 	}
 	// Made due 2 s after the return: the rate from that sample on, the
 	// wall time from the return; claims and requests per delivery made

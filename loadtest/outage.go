@@ -27,7 +27,7 @@ import (
 const (
 	targetRedisBytesPerQueued = 250  // bytes of Redis memory per queued delivery, at most
 	targetDrainRatio          = 0.5  // drain rate over the healthy flood rate, at least
-	targetHealthyShare        = 0.95 // healthy pairs' rate while the hosts are down over the warm phase's, at least
+	targetHealthyShare        = 0.95 // healthy pairs' rate while the hosts are down over their offered rate, at least
 )
 
 // backlogAge is how long a delivery must have been due, and not taken, to

@@ -62,9 +62,9 @@ func (o *outage) report(row *Scenario, s outageSeen) {
 	if row.DrainRatio != 0 || row.DrainWallSec != 0 {
 		row.Targets = append(row.Targets, CheckTarget("drain_ratio", row.DrainRatio, ">=", targetDrainRatio))
 	}
-	if row.HealthyWarmPerSec > 0 {
-		t := CheckTarget("healthy_per_sec", row.HealthyPerSec, ">=", targetHealthyShare*row.HealthyWarmPerSec)
-		t.Against = fmt.Sprintf("%.2f × the warm phase's healthy pairs, %.0f/s", targetHealthyShare, row.HealthyWarmPerSec)
+	if row.HealthyOfferedPerSec > 0 {
+		t := CheckTarget("healthy_per_sec", row.HealthyPerSec, ">=", targetHealthyShare*row.HealthyOfferedPerSec)
+		t.Against = fmt.Sprintf("%.2f × the healthy pairs' offered rate while the hosts were down, %.0f/s", targetHealthyShare, row.HealthyOfferedPerSec)
 		row.Targets = append(row.Targets, t)
 	}
 }
@@ -80,12 +80,19 @@ func (o *outage) reportHealthy(row *Scenario, s outageSeen) {
 	row.HealthyOfferedPerSec = RateBetween(0, s.down.Offered, o.downAt, o.backAt)
 	row.HealthyWarmPerSec = RateBetween(0, s.warm.Delivered, o.warmAt, o.downAt)
 	row.HealthyP99Ms, row.HealthyWarmP99Ms = ms(s.down.Latency.P99), ms(s.warm.Latency.P99)
-	row.Notes = append(row.Notes, fmt.Sprintf("healthy pairs while the hosts were down (%s): %.0f delivered/s of %.0f offered/s (%.3f), p99 %.1f ms; in the warm phase: %.0f delivered/s, p99 %.1f ms",
+	warmOffered := RateBetween(0, s.warm.Offered, o.warmAt, o.downAt)
+	row.Notes = append(row.Notes, fmt.Sprintf("healthy pairs while the hosts were down (%s): %.0f delivered/s of %.0f offered/s (%.3f), p99 %.1f ms; in the warm phase: %.0f delivered/s of %.0f offered/s (%.3f), p99 %.1f ms",
 		span.Round(time.Millisecond), row.HealthyPerSec, row.HealthyOfferedPerSec, RatioOf(row.HealthyPerSec, row.HealthyOfferedPerSec),
-		row.HealthyP99Ms, row.HealthyWarmPerSec, row.HealthyWarmP99Ms))
+		row.HealthyP99Ms, row.HealthyWarmPerSec, warmOffered, RatioOf(row.HealthyWarmPerSec, warmOffered), row.HealthyWarmP99Ms))
+	if row.HealthyWarmPerSec < targetHealthyShare*warmOffered {
+		row.Notes = append(row.Notes, "the warm phase, every host up, did not keep up with the paced rate either: the machine did not sustain that rate then, and healthy_per_sec says nothing of the outage")
+	}
 	if s.warmUse.ok && s.downUse.ok {
 		row.Notes = append(row.Notes, fmt.Sprintf("geckohook kept %.2f cores busy in the warm phase, %.2f while the hosts were down; its threads waited for a CPU %.2f and %.2f s per second",
 			s.warmUse.busy, s.downUse.busy, s.warmUse.waiting, s.downUse.waiting))
+		if s.downUse.waiting > s.downUse.busy {
+			row.Notes = append(row.Notes, "while the hosts were down geckohook's threads waited for a CPU longer than they ran: other processes had the cores")
+		}
 	}
 	warm, down := o.downAt.Sub(o.warmAt), o.backAt.Sub(o.downAt)
 	if o.harnessCPU[0] > 0 && warm > 0 && down > 0 {
@@ -135,5 +142,8 @@ func (o *outage) reportDrain(row *Scenario, samples []DrainSample) {
 	if d.Cores > 0 && d.DeliveredPerSec > 0 {
 		row.Notes = append(row.Notes, fmt.Sprintf("over those seconds geckohook kept %.2f cores busy, %.1f µs per pair delivered, and its threads waited for a CPU %.2f s per second",
 			d.Cores, d.Cores*1e6/d.DeliveredPerSec, d.Waiting))
+		if d.Waiting > d.Cores {
+			row.Notes = append(row.Notes, "geckohook's threads waited for a CPU longer than they ran during the drain: other processes had the cores, and drain_per_sec is more the machine's than geckohook's")
+		}
 	}
 }

@@ -3,7 +3,9 @@ package loadtest
 import (
 	"bytes"
 	"crypto/sha256"
+	"math"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,6 +101,41 @@ func TestReadUsage(t *testing.T) {
 	}
 	if _, err := ReadUsage(1 << 30); err == nil {
 		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+// ReadRunWait reads this process's threads' run-queue wait: it never
+// falls between two readings, and a process that does not exist is an
+// error.
+func TestReadRunWait(t *testing.T) {
+	a, err := ReadRunWait(os.Getpid())
+	if err != nil {
+		t.Skipf("no schedstat here: %v", err)
+	}
+	runtime.Gosched()
+	b, err := ReadRunWait(os.Getpid())
+	if err != nil || b < a {
+		t.Fatalf("run wait %v then %v, %v", a, b, err)
+	}
+	if _, err := ReadRunWait(1 << 30); err == nil {
+		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+// A span's CPU and run-queue wait are read off the samples around its
+// ends, interpolated.
+func TestMonitorUsageOver(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s int, cpu, wait time.Duration) sample {
+		return sample{DrainSample: DrainSample{At: t0.Add(time.Duration(s) * time.Second), CPU: cpu, Wait: wait}}
+	}
+	m := &monitor{cpuMeasured: true, secs: []sample{at(0, 0, 0), at(1, time.Second, 2*time.Second), at(2, 1500*time.Millisecond, 2*time.Second)}}
+	busy, waiting, ok := m.usageOver(t0.Add(500*time.Millisecond), t0.Add(1500*time.Millisecond))
+	if !ok || math.Abs(busy-0.75) > 1e-9 || math.Abs(waiting-1) > 1e-9 {
+		t.Fatalf("usage %v busy, %v waiting, %v; want 0.75 and 1", busy, waiting, ok)
+	}
+	if _, _, ok := m.usageOver(t0, t0.Add(3*time.Second)); ok {
+		t.Fatal("a span past the samples was read")
 	}
 }
 
