@@ -541,9 +541,9 @@ type Window struct {
 	Latency Quantiles
 }
 
-// Window reads, once the run is quiet, the pairs of the webhooks keep
-// says yes to (nil: every webhook) in the span [from, to).
-func (l *Ledger) Window(keep func(hook int) bool, from, to time.Time) Window {
+// Window reads, once the run is quiet, the pairs (event e, webhook hook)
+// keep says yes to (nil: every pair) in the span [from, to).
+func (l *Ledger) Window(keep func(e, hook int) bool, from, to time.Time) Window {
 	var w Window
 	var h hist
 	var mx int64
@@ -556,7 +556,7 @@ func (l *Ledger) Window(keep func(hook int) bool, from, to time.Time) Window {
 		offered := produced >= lo && produced < hi
 		base := l.base(e)
 		for pos, hook := range l.plan.Accounts[e%l.accounts] {
-			if keep != nil && !keep(int(hook)) {
+			if keep != nil && !keep(e, int(hook)) {
 				continue
 			}
 			first := l.pairs[base+int64(pos)].first.Load()

@@ -363,9 +363,13 @@ func TestLedgerWindow(t *testing.T) {
 	}
 	// Hooks 0-2 only, 250-750 ms: events 4-6 offered and delivered (7 is
 	// hook 3's), and none answered past 30 ms.
-	w := l.Window(func(h int) bool { return h != 3 }, at(250), at(750))
+	w := l.Window(func(_, h int) bool { return h != 3 }, at(250), at(750))
 	if w.Offered != 3 || w.Delivered != 3 || w.Latency.P99 > 6*time.Millisecond || w.Latency.P99 < 4*time.Millisecond {
 		t.Fatalf("window 250-750 ms of hooks 0-2: %+v; want 3 offered and delivered, p99 ~5 ms", w)
+	}
+	// Events from 5 on only: 5 and 6.
+	if w := l.Window(func(e, _ int) bool { return e >= 5 }, at(0), at(800)); w.Offered != 3 || w.Delivered != 2 {
+		t.Fatalf("window of events 5-7: %+v; want 3 offered, 2 delivered", w)
 	}
 	// An answer counts in the window it fell in: event 3, produced at
 	// 300 ms, was answered at 330 ms.

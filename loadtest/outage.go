@@ -68,6 +68,7 @@ type outage struct {
 
 	// Set by flood; read once it returned.
 	leadFrom, leadTo       time.Time // the span the lead-in's rate is taken over
+	leadEvents             int       // events of the lead-in: 0 to leadEvents-1
 	rate                   float64   // the paced phases' events/s
 	warmAt, downAt, backAt time.Time
 	harnessCPU             [3]time.Duration // this process's CPU at warmAt, downAt and backAt
@@ -133,7 +134,7 @@ func (o *outage) flood(ctx context.Context, gen *Generator, l *Ledger, farm *Far
 	// The rate leaves out the first second, the ramp; the paced phases
 	// start once the lead-in's events left Kafka, delivered or queued for
 	// a retry (a loaded machine can make attempts time out even here).
-	o.leadFrom, o.leadTo = start.Add(time.Second), time.Now()
+	o.leadFrom, o.leadTo, o.leadEvents = start.Add(time.Second), time.Now(), n
 	if err := waitOutOfKafka(ctx, l, store, all(n), time.Minute); err != nil {
 		return n, fmt.Errorf("the lead-in's events: %w", err)
 	}

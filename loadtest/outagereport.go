@@ -29,7 +29,9 @@ type usage struct {
 
 // seen reads the ledger's windows and the drain's samples.
 func (o *outage) seen(l *Ledger, p *Plan, mon *monitor) outageSeen {
-	healthy := func(h int) bool { return !o.failing(&p.Hooks[h]) }
+	// The paced flood's pairs of the healthy webhooks: not the lead-in's,
+	// some of which a loaded machine leaves to a retry.
+	healthy := func(e, h int) bool { return e >= o.leadEvents && !o.failing(&p.Hooks[h]) }
 	var s outageSeen
 	s.lead = l.Window(nil, o.leadFrom, o.leadTo)
 	if !o.downAt.IsZero() {
