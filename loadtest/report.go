@@ -206,6 +206,7 @@ type Point struct {
 	DueBacklog      int64   `json:"due_backlog,omitempty"` // of RetryDepth, due a second or more before and not yet taken (outage)
 	RSSBytes        int64   `json:"rss_bytes"`             // geckohook processes
 	CPUCores        float64 `json:"cpu_cores"`             // geckohook processes, cores busy during that second
+	CPUWaiting      float64 `json:"cpu_waiting,omitempty"` // geckohook's threads waiting, runnable, for a CPU during that second, on average
 }
 
 // RatioOf is rate / ceiling, or 0 when there is no ceiling (ceiling <= 0)
@@ -311,6 +312,7 @@ func (p Point) MarshalJSON() ([]byte, error) {
 	p.P50Ms = reportRound(p.P50Ms, 100)
 	p.P99Ms = reportRound(p.P99Ms, 100)
 	p.CPUCores = reportRound(p.CPUCores, 100)
+	p.CPUWaiting = reportRound(p.CPUWaiting, 100)
 	return json.Marshal(plain(p))
 }
 

@@ -25,6 +25,7 @@ func reportTestSeries(n int) []Point {
 		ps[i] = Point{
 			T: f + 1, DeliveredPerSec: 40000 + 5000*math.Sin(f/10), P50Ms: 2 + math.Sin(f/7), P99Ms: 12 + 3*math.Cos(f/5),
 			RetryDepth: int64(i * 37 % 500), DueBacklog: int64(i * 11 % 300), RSSBytes: int64(200+i%50) << 20, CPUCores: 3.2 + 0.4*math.Sin(f),
+			CPUWaiting: float64(i%2) / 2,
 		}
 	}
 	return ps
@@ -150,7 +151,7 @@ func TestReportJSONKeys(t *testing.T) {
 	reportTestSameKeys(t, "point", reportTestKeys(t, "point", series[0]),
 		[]string{"t", "delivered_per_sec", "p50_ms", "p99_ms", "retry_depth", "rss_bytes", "cpu_cores"})
 	reportTestSameKeys(t, "point", reportTestKeys(t, "point", series[1]),
-		[]string{"t", "delivered_per_sec", "p50_ms", "p99_ms", "retry_depth", "due_backlog", "rss_bytes", "cpu_cores"})
+		[]string{"t", "delivered_per_sec", "p50_ms", "p99_ms", "retry_depth", "due_backlog", "rss_bytes", "cpu_cores", "cpu_waiting"})
 
 	// A bare scenario keeps every required key, writes roles and series as
 	// [] (not null) and leaves out the omitempty extras.

@@ -678,6 +678,8 @@ type monitor struct {
 	// geckohook process at all.
 	cpu0        time.Duration
 	cpuMeasured bool
+	wait0       time.Duration // geckohook's run-queue wait at at0, the start
+	at0         time.Time
 	// mem reads Redis's data memory (nil: not measured); memAtPeak is its
 	// reading at depthAtPeak, the deepest the queues were at a sample.
 	mem                    func() (int64, error)
@@ -705,8 +707,9 @@ type monitorProbes struct {
 // the sample before.
 type sample struct {
 	DrainSample
-	rss   int64
-	cores float64
+	rss     int64
+	cores   float64
+	waiting float64 // geckohook's threads waiting for a CPU since the sample before, on average
 }
 
 // monitor follows a run from t0 until stop: the ledger's deliveries, the
@@ -714,7 +717,8 @@ type sample struct {
 // (monitorProbes{}: nothing more).
 func (s *suite) monitor(ctx context.Context, name string, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time, pr monitorProbes) *monitor {
 	m := &monitor{lastAt: t0, done: make(chan struct{}), mem: pr.mem, backlog: pr.backlog, before: pr.before, out: s.o.Log}
-	m.cpu0, _, m.cpuMeasured = smp.cpu("geckohook")
+	m.cpu0, m.wait0, m.cpuMeasured = smp.cpu("geckohook")
+	m.at0 = time.Now()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -758,7 +762,7 @@ func (m *monitor) sample(ctx context.Context, name string, store *shard.Store, s
 	if m.before != nil {
 		m.before(now)
 	}
-	cores, rss := smp.sample("geckohook")
+	busy, rss := smp.sample("geckohook")
 	cpu, wait, _ := smp.cpu("geckohook")
 	sched, dead, err := store.Depth(ctx)
 	var backlog int64
@@ -771,8 +775,13 @@ func (m *monitor) sample(ctx context.Context, name string, store *shard.Store, s
 		sched, dead = m.secs[len(m.secs)-1].Depth, 0
 	}
 	depth := sched + dead
+	prevWait, prevAt := m.wait0, m.at0
+	if k := len(m.secs); k > 0 {
+		prevWait, prevAt = m.secs[k-1].Wait, m.secs[k-1].At
+	}
+	waiting := cores(wait-prevWait, now.Sub(prevAt))
 	m.secs = append(m.secs, sample{DrainSample: DrainSample{At: now, Depth: depth, Backlog: backlog, CPU: cpu, Wait: wait,
-		Delivered: delivered, Expected: expected}, rss: rss, cores: cores})
+		Delivered: delivered, Expected: expected}, rss: rss, cores: busy, waiting: waiting})
 	m.peakDepth = max(m.peakDepth, depth)
 	m.peakRSS = max(m.peakRSS, rss)
 	deeper := err == nil && depth > m.depthAtPeak
@@ -789,8 +798,8 @@ func (m *monitor) sample(ctx context.Context, name string, store *shard.Store, s
 	if m.backlog != nil {
 		due = fmt.Sprintf(" (%d overdue)", backlog)
 	}
-	fmt.Fprintf(m.out, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d%s, %.0f deliveries/s, geckohook %.2f cores %d MiB\n",
-		name, el, l.ProducedCount(), delivered, expected, depth, due, float64(delivered)/math.Max(el, 1e-9), cores, rss>>20)
+	fmt.Fprintf(m.out, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d%s, %.0f deliveries/s, geckohook %.2f cores (%.2f waiting for one) %d MiB\n",
+		name, el, l.ProducedCount(), delivered, expected, depth, due, float64(delivered)/math.Max(el, 1e-9), busy, waiting, rss>>20)
 }
 
 // cpuPerDelivery is geckohook's CPU microseconds per delivery from the
@@ -894,7 +903,7 @@ func (m *monitor) points(secs []Second) []Point {
 		}
 	}
 	for i, s := range m.secs {
-		out[i].RetryDepth, out[i].DueBacklog, out[i].RSSBytes, out[i].CPUCores = s.Depth, s.Backlog, s.rss, s.cores
+		out[i].RetryDepth, out[i].DueBacklog, out[i].RSSBytes, out[i].CPUCores, out[i].CPUWaiting = s.Depth, s.Backlog, s.rss, s.cores, s.waiting
 	}
 	// Seconds the ledger saw after the last sample keep its depth and RSS.
 	if k := len(m.secs); k > 0 {
