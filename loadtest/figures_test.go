@@ -153,6 +153,11 @@ func TestOutageReport(t *testing.T) {
 	if row.DrainClaimsPerRetry != 0 {
 		t.Errorf("claims per retry %v without claims read", row.DrainClaimsPerRetry)
 	}
+	// 1.2 s of CPU over 19,000 pairs delivered: 63.2 µs each; the lead-in
+	// not measured.
+	if !near(row.DrainUsPerDelivery, 1.2e6/19_000) || row.FloodUsPerDelivery != 0 {
+		t.Errorf("µs per delivery: drain %v, lead-in %v", row.DrainUsPerDelivery, row.FloodUsPerDelivery)
+	}
 	notes := strings.Join(row.Notes, "\n")
 	for _, want := range []string{"2700 delivered/s of 2800 offered/s (0.964), p99 9.0 ms; in the warm phase: 2800 delivered/s of 2800 offered/s (1.000)", "held 60000 deliveries",
 		"10 produced pairs were neither delivered nor queued"} {
@@ -181,9 +186,12 @@ func TestOutageReport(t *testing.T) {
 	for i := range starved.drain {
 		starved.drain[i].Wait = starved.drain[i].CPU * 2
 	}
-	starved.warmUse, starved.downUse = usage{0.5, 0.2, true}, usage{0.3, 0.9, true}
+	starved.warmUse, starved.downUse, starved.leadUse = usage{0.5, 0.2, true}, usage{0.3, 0.9, true}, usage{0.5, 0, true}
 	row = Scenario{Name: "outage"}
 	o.report(&row, starved)
+	if row.FloodUsPerDelivery != 50 { // 0.5 cores at 10,000/s
+		t.Errorf("lead-in µs per delivery %v, want 50", row.FloodUsPerDelivery)
+	}
 	if n := strings.Join(row.Notes, "\n"); !strings.Contains(n, "longer than they ran during the drain") ||
 		!strings.Contains(n, "while the hosts were down geckohook's threads waited for a CPU longer") {
 		t.Errorf("notes do not say geckohook was starved: %q", n)

@@ -18,6 +18,7 @@ type outageSeen struct {
 	// geckohook's cores busy and waiting for a CPU in the warm phase and
 	// while the hosts were down (ok false: not measured)
 	warmUse, downUse usage
+	leadUse          usage // geckohook over the lead-in's span
 }
 
 // usage is a process's CPU over a span: cores busy, and threads waiting,
@@ -34,6 +35,7 @@ func (o *outage) seen(l *Ledger, p *Plan, mon *monitor) outageSeen {
 	healthy := func(e, h int) bool { return e >= o.leadEvents && !o.failing(&p.Hooks[h]) }
 	var s outageSeen
 	s.lead = l.Window(nil, o.leadFrom, o.leadTo)
+	s.leadUse.busy, s.leadUse.waiting, s.leadUse.ok = mon.usageOver(o.leadFrom, o.leadTo)
 	if !o.downAt.IsZero() {
 		s.warm = l.Window(healthy, o.warmAt, o.downAt)
 		s.warmUse.busy, s.warmUse.waiting, s.warmUse.ok = mon.usageOver(o.warmAt, o.downAt)
@@ -57,6 +59,9 @@ func (o *outage) report(row *Scenario, s outageSeen) {
 	row.Notes = append(row.Notes, fmt.Sprintf("the flood ran %s as fast as possible with every host up (%.0f deliveries/s: the healthy flood rate of drain_ratio), then paced at %.0f events/s (%s): %s with every host up (the warm phase), then 30%% of the pairs' hosts refused connections for %s and hung for %s; it stopped when they came back",
 		o.lead, row.FloodPerSec, o.rate, how, o.warm, o.refuse, o.hang))
 	o.reportHealthy(row, s)
+	if s.leadUse.ok && row.FloodPerSec > 0 {
+		row.FloodUsPerDelivery = s.leadUse.busy * 1e6 / row.FloodPerSec
+	}
 	o.reportDrain(row, s.drain)
 	if row.RedisBytesPerQueued != 0 {
 		row.Targets = append(row.Targets, CheckTarget("redis_bytes_per_queued", row.RedisBytesPerQueued, "<=", targetRedisBytesPerQueued))
@@ -142,8 +147,9 @@ func (o *outage) reportDrain(row *Scenario, samples []DrainSample) {
 			row.DrainClaimsPerRetry, row.DrainAttemptsPerRetry))
 	}
 	if d.Cores > 0 && d.DeliveredPerSec > 0 {
-		row.Notes = append(row.Notes, fmt.Sprintf("over those seconds geckohook kept %.2f cores busy, %.1f µs per pair delivered, and its threads waited for a CPU %.2f s per second",
-			d.Cores, d.Cores*1e6/d.DeliveredPerSec, d.Waiting))
+		row.DrainUsPerDelivery = d.Cores * 1e6 / d.DeliveredPerSec
+		row.Notes = append(row.Notes, fmt.Sprintf("over those seconds geckohook kept %.2f cores busy, %.1f µs per pair delivered (%.1f µs in the lead-in), and its threads waited for a CPU %.2f s per second",
+			d.Cores, row.DrainUsPerDelivery, row.FloodUsPerDelivery, d.Waiting))
 		if d.Waiting > d.Cores {
 			row.Notes = append(row.Notes, "geckohook's threads waited for a CPU longer than they ran during the drain: other processes had the cores, and drain_per_sec is more the machine's than geckohook's")
 		}

@@ -128,13 +128,19 @@ type Scenario struct {
 	// requests from then until the queues were empty, per delivery made
 	// due. DrainWallSec: from the hosts' return until a sample saw the
 	// queues empty.
-	DrainPerSec           float64 `json:"drain_per_sec,omitempty"`
-	DrainRatio            float64 `json:"drain_ratio,omitempty"`
-	DrainDepth            int64   `json:"drain_depth,omitempty"`
-	DrainBacklogSec       float64 `json:"drain_backlog_sec,omitempty"`
-	DrainCores            float64 `json:"drain_cores,omitempty"`
-	DrainDeliveredPerSec  float64 `json:"drain_delivered_per_sec,omitempty"`
-	DrainWallSec          float64 `json:"drain_wall_sec,omitempty"`
+	DrainPerSec          float64 `json:"drain_per_sec,omitempty"`
+	DrainRatio           float64 `json:"drain_ratio,omitempty"`
+	DrainDepth           int64   `json:"drain_depth,omitempty"`
+	DrainBacklogSec      float64 `json:"drain_backlog_sec,omitempty"`
+	DrainCores           float64 `json:"drain_cores,omitempty"`
+	DrainDeliveredPerSec float64 `json:"drain_delivered_per_sec,omitempty"`
+	DrainWallSec         float64 `json:"drain_wall_sec,omitempty"`
+	// DrainUsPerDelivery and FloodUsPerDelivery: geckohook's CPU
+	// microseconds per pair delivered over the drain's overdue seconds
+	// and over the lead-in: what a delivery from the retry queues costs
+	// against one from Kafka, steadier than the rates on shared cores.
+	DrainUsPerDelivery    float64 `json:"drain_us_per_delivery,omitempty"`
+	FloodUsPerDelivery    float64 `json:"flood_us_per_delivery,omitempty"`
 	DrainClaimsPerRetry   float64 `json:"drain_claims_per_retry,omitempty"`
 	DrainAttemptsPerRetry float64 `json:"drain_attempts_per_retry,omitempty"`
 	// CPUUsPerDelivery: geckohook's CPU microseconds per delivery;
@@ -273,6 +279,8 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.DrainDeliveredPerSec = reportRound(s.DrainDeliveredPerSec, 10)
 	s.DrainWallSec = reportRound(s.DrainWallSec, 100)
 	s.DrainClaimsPerRetry = reportRound(s.DrainClaimsPerRetry, 100)
+	s.DrainUsPerDelivery = reportRound(s.DrainUsPerDelivery, 10)
+	s.FloodUsPerDelivery = reportRound(s.FloodUsPerDelivery, 10)
 	s.DrainAttemptsPerRetry = reportRound(s.DrainAttemptsPerRetry, 100)
 	s.CPUUsPerDelivery = reportRound(s.CPUUsPerDelivery, 100)
 	s.CeilingCPUUsPerRequest = reportRound(s.CeilingCPUUsPerRequest, 100)

@@ -43,7 +43,7 @@ func reportTestFull() Scenario {
 		Webhooks: 100000, Partitions: 8, Dispatchers: 2, BytesPerWebhook: 1234.56,
 		RedisBytesPerQueued: 860.04, PeakQueueDepth: 20000, DrainPerSec: 12345.67, DrainRatio: 0.51234,
 		DrainBacklogSec: 12.345, DrainCores: 0.4567, DrainDeliveredPerSec: 15432.19, DrainWallSec: 43.567, DrainDepth: 61234,
-		DrainClaimsPerRetry: 2.456, DrainAttemptsPerRetry: 1.234,
+		DrainClaimsPerRetry: 2.456, DrainAttemptsPerRetry: 1.234, DrainUsPerDelivery: 31.04, FloodUsPerDelivery: 24.96,
 		HealthyOfferedPerSec: 4200.04, HealthyWarmPerSec: 4199.96, HealthyP99Ms: 8.765, HealthyWarmP99Ms: 4.321, FloodPerSec: 24000.04,
 		CPUUsPerDelivery: 22.456, CeilingCPUUsPerRequest: 9.0049, CPURatio: 22.456 / 9.0049, OwnP50Ms: 0.8765, OwnP99Ms: 7.654,
 		Targets: []Target{CheckTarget("redis_bytes_per_queued", 860.04, "<=", 250), {Figure: "healthy_per_sec", Value: 4123.45, Op: ">=", Limit: 3999.99999, Met: true, Against: "0.95 × the healthy scenario's 4211/s"}},
@@ -137,6 +137,7 @@ func TestReportJSONKeys(t *testing.T) {
 		"bytes_per_webhook", "notes", "roles", "passed", "failures", "series",
 		"redis_bytes_per_queued", "peak_queue_depth", "drain_per_sec", "drain_ratio", "cpu_us_per_delivery",
 		"drain_backlog_sec", "drain_cores", "drain_delivered_per_sec", "drain_wall_sec", "drain_depth", "drain_claims_per_retry", "drain_attempts_per_retry",
+		"drain_us_per_delivery", "flood_us_per_delivery",
 		"healthy_offered_per_sec", "healthy_warm_per_sec", "healthy_p99_ms", "healthy_warm_p99_ms", "flood_per_sec",
 		"ceiling_cpu_us_per_request", "cpu_ratio", "own_p50_ms", "own_p99_ms", "targets"))
 	targets := full["targets"].([]any)
@@ -190,6 +191,8 @@ func TestReportJSONKeys(t *testing.T) {
 		{"drain_delivered_per_sec", s.DrainDeliveredPerSec, 15432.2},
 		{"drain_wall_sec", s.DrainWallSec, 43.57},
 		{"drain_claims_per_retry", s.DrainClaimsPerRetry, 2.46},
+		{"drain_us_per_delivery", s.DrainUsPerDelivery, 31},
+		{"flood_us_per_delivery", s.FloodUsPerDelivery, 25},
 		{"drain_attempts_per_retry", s.DrainAttemptsPerRetry, 1.23},
 		{"healthy_offered_per_sec", s.HealthyOfferedPerSec, 4200},
 		{"healthy_warm_per_sec", s.HealthyWarmPerSec, 4200},
