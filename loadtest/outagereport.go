@@ -148,8 +148,12 @@ func (o *outage) reportDrain(row *Scenario, samples []DrainSample) {
 	}
 	if d.Cores > 0 && d.DeliveredPerSec > 0 {
 		row.DrainUsPerDelivery = d.Cores * 1e6 / d.DeliveredPerSec
-		row.Notes = append(row.Notes, fmt.Sprintf("over those seconds geckohook kept %.2f cores busy, %.1f µs per pair delivered (%.1f µs in the lead-in), and its threads waited for a CPU %.2f s per second",
-			d.Cores, row.DrainUsPerDelivery, row.FloodUsPerDelivery, d.Waiting))
+		lead := ""
+		if row.FloodUsPerDelivery > 0 {
+			lead = fmt.Sprintf(" (%.1f µs in the lead-in)", row.FloodUsPerDelivery)
+		}
+		row.Notes = append(row.Notes, fmt.Sprintf("over those seconds geckohook kept %.2f cores busy, %.1f µs per pair delivered%s, and its threads waited for a CPU %.2f s per second",
+			d.Cores, row.DrainUsPerDelivery, lead, d.Waiting))
 		if d.Waiting > d.Cores {
 			row.Notes = append(row.Notes, "geckohook's threads waited for a CPU longer than they ran during the drain: other processes had the cores, and drain_per_sec is more the machine's than geckohook's")
 		}

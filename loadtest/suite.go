@@ -828,9 +828,14 @@ func (m *monitor) cpuPerDelivery(end time.Time) float64 {
 func (m *monitor) usageOver(from, to time.Time) (busy, waiting float64, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// The monitor's start is a reading too, before the first sample.
+	start := DrainSample{At: m.at0, CPU: m.cpu0, Wait: m.wait0}
 	at := func(t time.Time) (cpu, wait time.Duration, ok bool) {
-		for i := 1; i < len(m.secs); i++ {
-			a, b := m.secs[i-1].DrainSample, m.secs[i].DrainSample
+		for i := range m.secs {
+			a, b := start, m.secs[i].DrainSample
+			if i > 0 {
+				a = m.secs[i-1].DrainSample
+			}
 			if t.Before(a.At) || t.After(b.At) || !b.At.After(a.At) {
 				continue
 			}

@@ -129,7 +129,8 @@ func TestMonitorUsageOver(t *testing.T) {
 	at := func(s int, cpu, wait time.Duration) sample {
 		return sample{DrainSample: DrainSample{At: t0.Add(time.Duration(s) * time.Second), CPU: cpu, Wait: wait}}
 	}
-	m := &monitor{cpuMeasured: true, secs: []sample{at(0, 0, 0), at(1, time.Second, 2*time.Second), at(2, 1500*time.Millisecond, 2*time.Second)}}
+	// Started at t0 with nothing used; sampled at 1 s and 2 s.
+	m := &monitor{cpuMeasured: true, at0: t0, secs: []sample{at(1, time.Second, 2*time.Second), at(2, 1500*time.Millisecond, 2*time.Second)}}
 	busy, waiting, ok := m.usageOver(t0.Add(500*time.Millisecond), t0.Add(1500*time.Millisecond))
 	if !ok || math.Abs(busy-0.75) > 1e-9 || math.Abs(waiting-1) > 1e-9 {
 		t.Fatalf("usage %v busy, %v waiting, %v; want 0.75 and 1", busy, waiting, ok)
