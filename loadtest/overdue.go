@@ -6,7 +6,7 @@ package loadtest
 // out at about the rate the failing pairs were offered, so at a load the
 // deployment sustains it never leaves geckohook behind; a backlog of
 // overdue retries is what geckohook meets after its dispatchers were down
-// for a while, or after an operator pulled the retries forward.
+// for a while.
 
 import (
 	"context"
