@@ -220,6 +220,12 @@ func StartStack(ctx context.Context, o StackOptions) (*Stack, error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cannot make the stack directory: %w", err)
 	}
+	// redis-server would load an earlier run's AOF from the directory: its
+	// webhooks (on receivers long gone) and retry queues would fail and
+	// retry through this run.
+	if _, err := os.Stat(filepath.Join(o.Dir, "appendonlydir")); err == nil && o.RedisAddr == "" {
+		return nil, fmt.Errorf("%s holds the Redis data of an earlier run: give each run a directory of its own", o.Dir)
+	}
 	ok := false
 	defer func() {
 		if !ok {

@@ -2,9 +2,11 @@ package loadtest
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -155,5 +157,18 @@ func TestUnknownScenario(t *testing.T) {
 	_, err := RunSuite(t.Context(), SuiteOptions{Scenarios: []string{"healthy", "nope"}})
 	if err == nil || !strings.Contains(err.Error(), `unknown scenario "nope"`) {
 		t.Fatalf("err %v", err)
+	}
+}
+
+// A stack refuses a directory that holds an earlier run's Redis data,
+// which redis-server would load into this run.
+func TestStackRefusesAnEarlierRunsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "appendonlydir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := StartStack(context.Background(), StackOptions{Dir: dir, Geckohook: "/nonexistent/geckohook"})
+	if err == nil || !strings.Contains(err.Error(), "earlier run") {
+		t.Fatalf("StartStack in a used directory: %v, want a refusal", err)
 	}
 }

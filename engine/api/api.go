@@ -173,6 +173,8 @@ type asApp struct{}
 // the same routing, handlers and rules as a request with its token, and
 // returns the answer's status and JSON body. The developer portal acts
 // through it. uri is a path with an optional query (/v1/webhooks?limit=5).
+// It is not counted in geckohook_api_requests_total: the request that
+// made it (a portal page, route "portal") is.
 func (a *API) Call(app *registry.App, method, uri string, body []byte) (status int, resp []byte) {
 	var ctx fasthttp.RequestCtx
 	req := fasthttp.AcquireRequest()
@@ -185,13 +187,21 @@ func (a *API) Call(app *registry.App, method, uri string, body []byte) (status i
 	ctx.Init(req, nil, nil)
 	fasthttp.ReleaseRequest(req)
 	ctx.SetUserValue(asApp{}, app)
-	a.serve(&ctx)
+	a.handle(&ctx)
 	return ctx.Response.StatusCode(), append([]byte(nil), ctx.Response.Body()...)
 }
 
+// serve answers one request from the wire and counts it.
 func (a *API) serve(ctx *fasthttp.RequestCtx) {
+	route := a.handle(ctx)
+	a.requests.Count(route, ctx.Response.StatusCode())
+}
+
+// handle answers one request, from the wire or through Call, and logs it;
+// it returns the request's route label for metrics.
+func (a *API) handle(ctx *fasthttp.RequestCtx) (route string) {
 	start := time.Now()
-	route := "unknown"
+	route = "unknown"
 	var appID string
 	defer func() {
 		if p := recover(); p != nil {
@@ -199,12 +209,11 @@ func (a *API) serve(ctx *fasthttp.RequestCtx) {
 			ctx.Response.Reset()
 			writeError(ctx, &apiError{fasthttp.StatusInternalServerError, "internal", "internal error"})
 		}
-		status := ctx.Response.StatusCode()
-		a.requests.Count(route, status)
 		a.o.Log.Debug().Str("method", string(ctx.Method())).Bytes("path", loggedPath(ctx.Path())).
-			Int("status", status).Str("app_id", appID).Dur("took_ms", time.Since(start)).Msg("api request")
+			Int("status", ctx.Response.StatusCode()).Str("app_id", appID).Dur("took_ms", time.Since(start)).Msg("api request")
 	}()
 	route, appID = a.route(ctx)
+	return route
 }
 
 // loggedPath is a request's path for the log: a portal link's token, a

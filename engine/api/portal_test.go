@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/geckohook/geckohook/engine/registry"
 )
 
 // POST /v1/applications/{id}/portal-links mints through Options.PortalLink
@@ -84,6 +87,42 @@ func TestCallActsAsTheApplication(t *testing.T) {
 	}
 	if r := e.do("GET", "/portal/anything", "", ""); r.status != 299 || served.Load() != 1 {
 		t.Fatalf("/portal/ not handed to the portal: %d, served %d", r.status, served.Load())
+	}
+}
+
+// A portal page is one request in geckohook_api_requests_total, under
+// route "portal": the API calls it makes in-process are not counted again.
+func TestCallsAreNotCountedAsRequests(t *testing.T) {
+	var app atomic.Pointer[registry.App]
+	var inner atomic.Int32 // statuses of the inner calls, summed
+	e := start(t, func(o *Options) {
+		o.Portal = func(a *API) fasthttp.RequestHandler {
+			return func(ctx *fasthttp.RequestCtx) {
+				list, _ := a.Call(app.Load(), "GET", "/v1/webhooks", nil)
+				missing, _ := a.Call(app.Load(), "GET", "/v1/webhooks/wh_none", nil)
+				inner.Add(int32(list + missing))
+				ctx.SetStatusCode(fasthttp.StatusOK)
+			}
+		}
+	})
+	app.Store(e.reg.App(e.createApp("alpha").ID))
+	for range 2 {
+		if r := e.do("GET", "/portal/", "", ""); r.status != 200 {
+			t.Fatalf("portal page: %d", r.status)
+		}
+	}
+	if got := inner.Load(); got != 2*(200+404) {
+		t.Fatalf("inner calls answered %d in sum, want 2×(200+404)", got)
+	}
+	r := e.do("GET", "/metrics", "", "")
+	if !strings.Contains(string(r.raw), `geckohook_api_requests_total{route="portal",code="200"} 2`+"\n") {
+		t.Fatalf("metrics lack the 2 portal pages:\n%s", r.raw)
+	}
+	for _, line := range strings.Split(string(r.raw), "\n") {
+		if strings.HasPrefix(line, "geckohook_api_requests_total{") && (strings.Contains(line, `route="webhooks"`) ||
+			strings.Contains(line, `route="webhook"`)) {
+			t.Fatalf("an in-process call was counted as a request: %s", line)
+		}
 	}
 }
 

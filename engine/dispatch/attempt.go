@@ -19,7 +19,7 @@ import (
 // place in its host's limit, so it must reach a worker even when ctx ends
 // while every worker is busy (possibly waiting for this shard's writer,
 // which stops only once its feeders have returned): then a goroutine takes
-// it over (Run waits for these before it closes the work channel), and the
+// it over (Run waits for these before it closes the worker pool), and the
 // worker abandons it if the shard has let the partition go by then.
 func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
 	a, shed := d.hosts.admit(dl.hook.Host(), dl)
@@ -31,10 +31,8 @@ func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
 	case admitOverflow:
 		d.overflow(dl)
 	default:
-		select {
-		case d.work <- dl:
-		case <-ctx.Done():
-			goWith(&d.handoffs, func() { d.work <- dl })
+		if !d.pool.give(ctx, dl) {
+			goWith(&d.handoffs, func() { d.pool.give(context.Background(), dl) })
 		}
 	}
 }
@@ -44,9 +42,9 @@ func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
 func (d *Dispatcher) deliver(dl *delivery) {
 	for dl != nil {
 		gate := dl.gate
-		healthy, took := d.attempt(dl) // dl is released or handed on after this
+		healthy, took, answered := d.attempt(dl) // dl is released or handed on after this
 		var overflow []*delivery
-		dl, overflow = d.hosts.done(gate, healthy, took)
+		dl, overflow = d.hosts.done(gate, healthy, took, answered)
 		for _, o := range overflow {
 			d.overflow(o)
 		}
@@ -64,24 +62,29 @@ func (d *Dispatcher) overflow(dl *delivery) {
 }
 
 // attempt makes one attempt and concludes the delivery's turn. It reports
-// whether the host looked healthy (it answered, and not too slowly) and how
-// long the request took (0 when none was sent). The worker only classifies:
+// whether the host looked healthy (it answered, and not too slowly), how
+// long the request took and when it ended (0 and zero when none was sent). The worker only classifies:
 // whatever must be written (a retry, a 410's deletion) goes to the shard's
 // writer.
-func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
+func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration, answered time.Time) {
 	s := dl.sh
 	if s.life.Err() != nil {
 		// The shard gave its partition up without this delivery finished;
 		// the next owner replays the event (or re-claims the retry).
 		// Sending now would only add a duplicate and hold up shutdown.
 		s.abandon(dl)
-		return true, 0
+		return true, 0, time.Time{}
 	}
-	hook, app := d.o.Registry.Target(dl.hook.ID)
+	// The webhook as matched, when nothing in the registry changed since;
+	// otherwise as it is now.
+	hook, app := dl.hook, dl.app
+	if app == nil || d.o.Registry.Version() != dl.version {
+		hook, app = d.o.Registry.Target(dl.hook.ID)
+	}
 	if hook == nil {
 		// Deleted since the event was matched: nothing to deliver.
 		s.conclude(s.life, dl, retry.Deleted, time.Time{})
-		return true, 0
+		return true, 0, time.Time{}
 	}
 	// The webhook as it is now: its outcome and record carry the current
 	// address, not the one the event was matched with.
@@ -103,7 +106,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 		sig.Standard = app.AppendStandardSignature(stdSig[:0], dl.id[:], ts, dl.body)
 	}
 	dl.res = d.o.Sender.SendSigned(hook.Address, dl.body, dl.id[:], sig)
-	answered := time.Now()
+	answered = time.Now()
 	took = answered.Sub(start)
 	d.m.observe(dl, took, answered)
 	// A 429 asks for less: it lowers the host's concurrency like a timeout.
@@ -121,7 +124,7 @@ func (d *Dispatcher) attempt(dl *delivery) (healthy bool, took time.Duration) {
 			Str("delivery", string(dl.id[:])).Msg("delivery failed; scheduling retry")
 	}
 	s.conclude(s.life, dl, r, at)
-	return healthy, took
+	return healthy, took, answered
 }
 
 func refusedTarget(err error) bool {

@@ -22,8 +22,12 @@ type delivery struct {
 	gate   *hostState // its host's entry in the gate, once admitted or queued
 	offset int64
 	hook   *registry.Webhook
-	body   []byte // shared by every delivery of the event; never modified
-	id     [contract.DeliveryIDLen]byte
+	// app is hook's application and version the registry's version when
+	// both were matched (app nil: look them up again, as for a retry).
+	app     *registry.App
+	version uint64
+	body    []byte // shared by every delivery of the event; never modified
+	id      [contract.DeliveryIDLen]byte
 	// produced is the event's Kafka record time (unix ns; 0: unknown or a
 	// retry), for the produce-to-answer latency of first attempts.
 	produced int64

@@ -200,7 +200,7 @@ func (o *Options) defaults() {
 type Dispatcher struct {
 	o      Options
 	policy retry.Policy
-	work   chan *delivery
+	pool   *workerPool
 	hosts  *hostGate
 	dlq    *kafka.Writer
 	store  *shard.Store
@@ -213,7 +213,7 @@ type Dispatcher struct {
 
 	commitMu sync.Mutex // serialises offset commits on the group connection
 	// handoffs carry admitted deliveries to the workers for feeders that
-	// stopped first (hand); Run waits for them before closing work.
+	// stopped first (hand); Run waits for them before closing the pool.
 	handoffs sync.WaitGroup
 }
 
@@ -225,11 +225,11 @@ func New(o Options) *Dispatcher {
 	d := &Dispatcher{
 		o:      o,
 		policy: retry.Policy{MaxRetries: o.MaxRetries, Rand: o.Rand, MaxRetryAfter: o.MaxRetryAfter},
-		work:   make(chan *delivery, o.Workers),
 		hosts:  newHostGate(o.Sender.MaxConnsPerHost(), o.StallAfter, time.Now),
 		dlq:    dlq,
 		store:  shard.NewStore(o.Redis, o.RedisPrefix),
 	}
+	d.pool = newWorkerPool(o.Workers, d.deliver)
 	d.register(o.Metrics)
 	return d
 }
@@ -261,16 +261,6 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 
 	var workers sync.WaitGroup
-	for i := 0; i < d.o.Workers; i++ {
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			for dl := range d.work {
-				d.deliver(dl)
-			}
-		}()
-	}
-
 	// The gate's ticker runs until the shards have drained: a stall during a
 	// drain must still be shed.
 	drained := make(chan struct{})
@@ -324,7 +314,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	shards.Wait()
 	d.handoffs.Wait()
 	close(drained)
-	close(d.work)
+	d.pool.close()
 	workers.Wait()
 	if err := d.dlq.Close(); err != nil {
 		d.o.Log.Warn().Err(err).Msg("closing dead-letter writer")

@@ -764,3 +764,71 @@ func hangingReceiver(t *testing.T, release chan struct{}, entered *atomic.Int64)
 	t.Cleanup(func() { close(release) }) // runs first: lets the stuck attempts end
 	return r
 }
+
+// A delivery is sent as its webhook and application are when its attempt
+// starts, not as they were when its event was matched: a webhook deleted
+// while its delivery waits behind its host's limit gets nothing, and a
+// secret rotated meanwhile signs what is still to go.
+func TestDeliveryFollowsRegistryChanges(t *testing.T) {
+	release := make(chan struct{})
+	first := make(chan string, 2)
+	e := startEnvWith(t, func(path string, _ int) int {
+		first <- path
+		<-release
+		return 200
+	}, func(o *Options) {
+		o.Sender = testSender(1) // one attempt at a time to the receiver's host
+		o.SlowAttempt = time.Minute
+		o.StallAfter = time.Minute
+	})
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	e.hook("acc-1", "order.create", "/keep")
+	gone := e.hook("acc-1", "order.create", "/gone")
+	e.produce("acc-1", `{"account_id":"acc-1","event":"order.create","object_id":1}`)
+	// One delivery is at the receiver, the other waits behind the limit.
+	var inFlight string
+	select {
+	case inFlight = <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery reached the receiver")
+	}
+	ctx := context.Background()
+	if err := e.reg.DeleteWebhook(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := e.reg.RotateSecret(ctx, e.app.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.recv.Expect("/keep", rotated.Secret)
+	close(release)
+	released = true
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if s := e.disp.Stats; s.Delivered.Load()+s.Dropped.Load() != 2 {
+			return fmt.Errorf("delivered %d, dropped %d of 2", s.Delivered.Load(), s.Dropped.Load())
+		}
+		return nil
+	})
+	got := e.recv.Received()
+	switch inFlight {
+	case "/keep": // /gone waited, and was deleted meanwhile
+		if len(got) != 1 || e.disp.Stats.Dropped.Load() != 1 {
+			t.Fatalf("the receiver got %d requests, %d dropped: want the deleted webhook's delivery dropped", len(got), e.disp.Stats.Dropped.Load())
+		}
+	case "/gone": // /keep waited, and its secret was rotated meanwhile
+		if len(got) != 2 || got[1].Path != "/keep" || !got[1].ValidSig {
+			var seen []string
+			for _, r := range got {
+				seen = append(seen, fmt.Sprintf("%s (valid signature %v)", r.Path, r.ValidSig))
+			}
+			t.Fatalf("received %v: want /keep signed with the rotated secret", seen)
+		}
+	default:
+		t.Fatalf("request to %s", inFlight)
+	}
+}

@@ -42,17 +42,20 @@ func (s *shardRun) fanOut(ctx context.Context, m *kafkaio.Record) {
 		}
 		return
 	}
-	hooks := d.o.Registry.Match(ev.AccountID, ev.Event)
-	if len(hooks) == 0 {
+	targets, version := d.o.Registry.MatchTargets(s.targets[:0], ev.AccountID, ev.Event)
+	s.targets = targets
+	if len(targets) == 0 {
 		s.tracker.Add(m.Offset, 0)
 		return
 	}
 	body := contract.AppendBody(make([]byte, 0, 160+len(ev.ResourceURL)), &ev, d.o.ResourceBase, d.o.Catalog)
-	s.tracker.Add(m.Offset, len(hooks))
-	for _, h := range hooks {
+	s.tracker.Add(m.Offset, len(targets))
+	for i := range targets {
+		t := &targets[i]
 		dl := deliveryPool.Get().(*delivery)
-		dl.sh, dl.offset, dl.hook, dl.body, dl.produced = s, m.Offset, h, body, produced
-		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, h.ID)
+		dl.sh, dl.offset, dl.hook, dl.app, dl.version, dl.body, dl.produced = s, m.Offset, t.Hook, t.App, version, body, produced
+		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, t.Hook.ID)
 		d.hand(ctx, dl)
 	}
+	clear(targets) // the scratch keeps no webhook alive
 }

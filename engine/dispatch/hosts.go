@@ -34,6 +34,7 @@ type hostGate struct {
 	stallAfter time.Duration
 	now        func() time.Time
 	hosts      map[string]*hostState
+	inflight   int // attempts admitted and not done, over every host
 }
 
 type hostState struct {
@@ -130,6 +131,7 @@ func (g *hostGate) admit(host string, dl *delivery) (a admission, shed []*delive
 			st.lastProgress = g.now()
 		}
 		st.inflight++
+		g.inflight++
 		return admitSend, nil
 	}
 	if !g.bounded(st, g.now()) {
@@ -180,6 +182,13 @@ func (g *hostGate) throttled() int {
 	return n
 }
 
+// inFlight counts the attempts admitted and not yet done, over every host.
+func (g *hostGate) inFlight() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.inflight
+}
+
 // bounded reports whether a host may queue no more than its limit: it is
 // degraded, or stalled (in flight, and no answer for stallAfter).
 func (g *hostGate) bounded(st *hostState, now time.Time) bool {
@@ -200,14 +209,18 @@ func (st *hostState) shed(keep int) []*delivery {
 }
 
 // done ends one admitted attempt to the host st (the delivery's gate) that
-// took took (0: no answer time to learn from) and returns the next queued
-// delivery to send (already admitted), plus any deliveries the host can no
-// longer take.
-func (g *hostGate) done(st *hostState, healthy bool, took time.Duration) (next *delivery, overflow []*delivery) {
+// took took (0: no answer time to learn from) and ended at (zero: now), and
+// returns the next queued delivery to send (already admitted), plus any
+// deliveries the host can no longer take.
+func (g *hostGate) done(st *hostState, healthy bool, took time.Duration, at time.Time) (next *delivery, overflow []*delivery) {
+	if at.IsZero() {
+		at = g.now()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st.inflight--
-	st.lastProgress = g.now()
+	g.inflight--
+	st.lastProgress = at
 	if healthy {
 		grow := st.limit < g.startLimit || took <= 0
 		if took > 0 {
@@ -233,6 +246,7 @@ func (g *hostGate) done(st *hostState, healthy bool, took time.Duration) (next *
 		st.queue[st.head] = nil
 		st.head++
 		st.inflight++
+		g.inflight++
 	}
 	switch {
 	case st.queued() == 0:

@@ -40,7 +40,7 @@ func TestHostGateAIMD(t *testing.T) {
 		}
 	}
 	// A healthy finish raises the limit and hands over the oldest queued.
-	next, over := g.done(g.hosts[h], true, 0)
+	next, over := g.done(g.hosts[h], true, 0, time.Time{})
 	if next != dls[16] || len(over) != 0 {
 		t.Fatalf("after healthy done: next %v, overflow %d", next, len(over))
 	}
@@ -48,7 +48,7 @@ func TestHostGateAIMD(t *testing.T) {
 		t.Fatalf("limit %d, in flight %d; want 17 and 16", st.limit, st.inflight)
 	}
 	// Timeouts halve the limit and cut the queue down to it.
-	next, over = g.done(g.hosts[h], false, 0)
+	next, over = g.done(g.hosts[h], false, 0, time.Time{})
 	st := g.hosts[h]
 	if st.limit != 8 || !st.degraded {
 		t.Fatalf("after a timeout: limit %d, degraded %v", st.limit, st.degraded)
@@ -72,7 +72,7 @@ func TestHostGateAIMD(t *testing.T) {
 		if st.inflight == 0 {
 			t.Fatalf("stuck: %d queued, none in flight", st.queued())
 		}
-		g.done(g.hosts[h], true, 0)
+		g.done(g.hosts[h], true, 0, time.Time{})
 	}
 	if st := g.hosts[h]; st.degraded || st.limit < g.startLimit {
 		t.Fatalf("host did not recover: limit %d, degraded %v", st.limit, st.degraded)
@@ -93,7 +93,7 @@ func TestHostGateDeadHostHoldsOneSlot(t *testing.T) {
 		admit(g, h, &delivery{})
 	}
 	for i := 0; i < 16; i++ {
-		g.done(g.hosts[h], false, 0)
+		g.done(g.hosts[h], false, 0, time.Time{})
 	}
 	if st := g.hosts[h]; st.limit != 1 || st.inflight != 0 {
 		t.Fatalf("after 16 timeouts: limit %d, in flight %d", st.limit, st.inflight)
@@ -114,7 +114,7 @@ func TestHostGateStopsGrowingWhenAnswersQueue(t *testing.T) {
 		if a := admit(g, h, &delivery{}); a != admitSend {
 			t.Fatalf("not admitted: %v", a)
 		}
-		g.done(g.hosts[h], true, took)
+		g.done(g.hosts[h], true, took, time.Time{})
 		return g.hosts[h].limit
 	}
 	// Steady answers in 40ms (a distant host): the limit grows to the max.
@@ -150,7 +150,7 @@ func TestHostGateStopsGrowingWhenAnswersQueue(t *testing.T) {
 	// are slow: the latency rule only holds back growth beyond it.
 	for i := 0; i < 10; i++ {
 		admit(g, h, &delivery{})
-		g.done(g.hosts[h], false, 0)
+		g.done(g.hosts[h], false, 0, time.Time{})
 	}
 	for i := 0; i < 100; i++ {
 		answer(time.Second)
@@ -181,7 +181,7 @@ func TestHostGateShedsAStalledHostsQueue(t *testing.T) {
 		t.Fatalf("kept %d queued, shed from offset %d; want the oldest 16 kept", g.hosts[h].queued(), shed[0].offset)
 	}
 	// An answer is progress: the host may queue freely again.
-	g.done(g.hosts[h], true, 0)
+	g.done(g.hosts[h], true, 0, time.Time{})
 	for i := 0; i < 50; i++ {
 		if a := admit(g, h, &delivery{}); a == admitOverflow {
 			t.Fatalf("after an answer, delivery %d overflowed", i)
@@ -198,12 +198,12 @@ func TestHostGateShedStalledWithoutNewArrivals(t *testing.T) {
 		admit(g, "a.test:443", &delivery{})
 		admit(g, "b.test:443", &delivery{})
 	}
-	g.done(g.hosts["b.test:443"], true, 0) // b answers; a does not
+	g.done(g.hosts["b.test:443"], true, 0, time.Time{}) // b answers; a does not
 	if shed := g.shedStalled(); len(shed) != 0 {
 		t.Fatalf("shed %d before anything stalled", len(shed))
 	}
 	*now = now.Add(2 * time.Second)
-	g.done(g.hosts["b.test:443"], true, 0)
+	g.done(g.hosts["b.test:443"], true, 0, time.Time{})
 	shed := g.shedStalled()
 	if len(shed) != 40-16-16 || g.hosts["a.test:443"].queued() != 16 {
 		t.Fatalf("shed %d, a keeps %d queued; want 8 shed and 16 kept", len(shed), g.hosts["a.test:443"].queued())
@@ -218,7 +218,7 @@ func TestHostGateQueueDoesNotGrowOnABusyHost(t *testing.T) {
 	// one in, one out, 100,000 times.
 	for i := 0; i < 100_000; i++ {
 		admit(g, h, &delivery{})
-		if next, _ := g.done(g.hosts[h], true, 0); next == nil {
+		if next, _ := g.done(g.hosts[h], true, 0, time.Time{}); next == nil {
 			t.Fatal("nothing handed over")
 		}
 	}
@@ -245,11 +245,22 @@ func TestRefusedTargetAllocs(t *testing.T) {
 }
 
 // A feeder whose context ends while no worker is free does not block on
-// the work channel (the workers may be waiting for its shard's writer), yet
+// the worker pool (the workers may be waiting for its shard's writer), yet
 // the delivery it admitted still reaches a worker: it holds a place in its
 // host's limit that only the end of its turn gives back.
 func TestHandAfterTheFeederStopped(t *testing.T) {
-	d := &Dispatcher{work: make(chan *delivery), hosts: newHostGate(4, time.Second, time.Now)}
+	release := make(chan struct{})
+	ran := make(chan *delivery, 3)
+	d := &Dispatcher{hosts: newHostGate(4, time.Second, time.Now)}
+	d.pool = newWorkerPool(1, func(dl *delivery) {
+		<-release
+		ran <- dl
+	})
+	// The one worker is busy and the backlog (one place) is full.
+	busy, waiting := &delivery{}, &delivery{}
+	if !d.pool.give(context.Background(), busy) || !d.pool.give(context.Background(), waiting) {
+		t.Fatal("the pool refused work it has room for")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	dl := &delivery{hook: &registry.Webhook{}}
@@ -263,15 +274,19 @@ func TestHandAfterTheFeederStopped(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("hand blocked on a busy pool after its context ended")
 	}
-	select {
-	case got := <-d.work:
-		if got != dl {
-			t.Fatal("a worker got another delivery")
+	close(release)
+	for _, want := range []*delivery{busy, waiting, dl} {
+		select {
+		case got := <-ran:
+			if got != want {
+				t.Fatalf("the worker ran %p, want %p", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the admitted delivery never reached a worker")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the admitted delivery never reached a worker")
 	}
 	d.handoffs.Wait()
+	d.pool.close()
 	if st := dl.gate; st == nil || st.inflight != 1 {
 		t.Fatalf("gate entry %+v: want the delivery still counted in flight", st)
 	}

@@ -64,6 +64,7 @@ func (d *Dispatcher) register(set *metrics.Set) {
 	}
 	d.m.latency = set.NewPrometheusHistogramExt("geckohook_delivery_latency_seconds", ops.DurationBuckets)
 	set.NewGauge("geckohook_hosts_throttled", func() float64 { return float64(d.hosts.throttled()) })
+	set.NewGauge("geckohook_attempts_in_flight", func() float64 { return float64(d.hosts.inFlight()) })
 }
 
 // lagGauge registers the consumer lag of one of this process's partitions;

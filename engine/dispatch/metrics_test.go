@@ -64,8 +64,8 @@ func TestThrottledHosts(t *testing.T) {
 			t.Fatalf("%s not admitted", h)
 		}
 	}
-	g.done(g.hosts["ok:443"], true, 0) // ramping towards 64: not throttled
-	g.done(g.hosts["cut:443"], false, 0)
+	g.done(g.hosts["ok:443"], true, 0, time.Time{}) // ramping towards 64: not throttled
+	g.done(g.hosts["cut:443"], false, 0, time.Time{})
 	if n := g.throttled(); n != 1 {
 		t.Fatalf("throttled = %d, want 1 (the cut host)", n)
 	}

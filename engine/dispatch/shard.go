@@ -9,6 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/geckohook/geckohook/engine/backoff"
+	"github.com/geckohook/geckohook/engine/registry"
 	"github.com/geckohook/geckohook/shard"
 )
 
@@ -28,7 +29,8 @@ type shardRun struct {
 	claims    *claims
 	life      context.Context
 	log       zerolog.Logger
-	failLog   zerolog.Logger // sampled: a failing endpoint must not flood the log
+	failLog   zerolog.Logger    // sampled: a failing endpoint must not flood the log
+	targets   []registry.Target // the fetch loop's scratch for matching
 }
 
 // runShard runs partition a until gctx ends, then drains it: fetching and

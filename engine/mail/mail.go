@@ -580,36 +580,52 @@ func (j *Job) digest(ctx context.Context, day, appID string, start time.Time) (*
 func ReadDigest(ctx context.Context, rdb redis.UniversalClient, keys daylog.Keys, p streak.Policy, day, appID string,
 	start time.Time, log zerolog.Logger) (*Digest, error) {
 	var failing, deleted *redis.MapStringStringCmd
-	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		failing = p.HGetAll(ctx, keys.Failing(day, appID))
-		deleted = p.HGetAll(ctx, keys.Deleted(day, appID))
+	_, err := rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		failing = pl.HGetAll(ctx, keys.Failing(day, appID))
+		deleted = pl.HGetAll(ctx, keys.Deleted(day, appID))
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot read day records of %s for %s: %w", appID, day, err)
 	}
+	return digestOf(day, start, p, failing.Val(), deleted.Val(), log), nil
+}
+
+// ReadDigests reads an application's digests of days (as ReadDigest, each
+// day starting where p says) in one round trip, in the order of days.
+func ReadDigests(ctx context.Context, rdb redis.UniversalClient, keys daylog.Keys, p streak.Policy, appID string,
+	days []string, log zerolog.Logger) ([]*Digest, error) {
+	starts := make([]time.Time, len(days))
+	for i, day := range days {
+		var err error
+		if starts[i], err = p.DayStart(day); err != nil {
+			return nil, err
+		}
+	}
+	failing := make([]*redis.MapStringStringCmd, len(days))
+	deleted := make([]*redis.MapStringStringCmd, len(days))
+	_, err := rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for i, day := range days {
+			failing[i] = pl.HGetAll(ctx, keys.Failing(day, appID))
+			deleted[i] = pl.HGetAll(ctx, keys.Deleted(day, appID))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read day records of %s for %d days: %w", appID, len(days), err)
+	}
+	out := make([]*Digest, len(days))
+	for i, day := range days {
+		out[i] = digestOf(day, starts[i], p, failing[i].Val(), deleted[i].Val(), log)
+	}
+	return out, nil
+}
+
+// digestOf makes a day's digest from its failing and deleted records.
+func digestOf(day string, start time.Time, p streak.Policy, failing, deleted map[string]string, log zerolog.Logger) *Digest {
 	d := &Digest{Day: day, Start: start, End: start.Add(24 * time.Hour), DeleteAfter: p.After()}
-	gone := map[string]bool{}
-	for id, raw := range deleted.Val() {
-		e, err := daylog.Decode([]byte(raw))
-		if err != nil {
-			log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
-			continue
-		}
-		gone[id] = true
-		d.Deleted = append(d.Deleted, e)
-	}
-	for id, raw := range failing.Val() {
-		if gone[id] {
-			continue
-		}
-		e, err := daylog.Decode([]byte(raw))
-		if err != nil {
-			log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
-			continue
-		}
-		d.Failing = append(d.Failing, e)
-	}
+	d.Deleted = decodeEntries(nil, deleted, nil, log)
+	d.Failing = decodeEntries(nil, failing, deleted, log)
 	slices.SortFunc(d.Deleted, func(a, b *daylog.Entry) int {
 		return cmp.Or(a.Deleted.Compare(b.Deleted), cmp.Compare(a.WebhookID, b.WebhookID))
 	})
@@ -622,5 +638,49 @@ func ReadDigest(ctx context.Context, rdb redis.UniversalClient, keys daylog.Keys
 	if n := len(d.Failing) - MaxListed; n > 0 {
 		d.Failing, d.FailingMore = d.Failing[:MaxListed], n
 	}
-	return d, nil
+	return d
+}
+
+// ReadDeleted reads an application's webhooks deleted on the mail days
+// days in one round trip (a pipeline), newest deletion first: the
+// developer portal lists them without the rest of each day's digest.
+// Unreadable entries are logged and skipped.
+func ReadDeleted(ctx context.Context, rdb redis.UniversalClient, keys daylog.Keys, appID string, days []string,
+	log zerolog.Logger) ([]*daylog.Entry, error) {
+	cmds := make([]*redis.MapStringStringCmd, len(days))
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, day := range days {
+			cmds[i] = p.HGetAll(ctx, keys.Deleted(day, appID))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the deletions of %s of %d days: %w", appID, len(days), err)
+	}
+	var out []*daylog.Entry
+	for _, c := range cmds {
+		out = decodeEntries(out, c.Val(), nil, log)
+	}
+	slices.SortFunc(out, func(a, b *daylog.Entry) int {
+		return cmp.Or(b.Deleted.Compare(a.Deleted), cmp.Compare(a.WebhookID, b.WebhookID))
+	})
+	return out, nil
+}
+
+// decodeEntries appends to dst the entries of a day hash (webhook id →
+// msgpack Entry) whose webhook is not a field of skip; unreadable ones are
+// logged and left out.
+func decodeEntries(dst []*daylog.Entry, raw, skip map[string]string, log zerolog.Logger) []*daylog.Entry {
+	for id, b := range raw {
+		if _, ok := skip[id]; ok {
+			continue
+		}
+		e, err := daylog.Decode([]byte(b))
+		if err != nil {
+			log.Warn().Err(err).Str("webhook_id", id).Msg("skipping unreadable day entry")
+			continue
+		}
+		dst = append(dst, e)
+	}
+	return dst
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/geckohook/geckohook/engine/daylog"
 	"github.com/geckohook/geckohook/engine/mail"
 )
 
@@ -79,4 +80,19 @@ func (r *request) digestHTML(day string) {
 	}
 	r.ctx.SetContentType("text/html; charset=utf-8")
 	r.ctx.SetBody(html)
+}
+
+// digest reads the application's digest of the mail day day.
+func (p *Portal) digest(ctx context.Context, appID, day string) (*mail.Digest, error) {
+	start, err := p.o.Policy.DayStart(day)
+	if err != nil {
+		return nil, err
+	}
+	return mail.ReadDigest(ctx, p.o.Redis, daylog.Keys{Prefix: p.o.Prefix}, p.o.Policy, day, appID, start, p.o.Log)
+}
+
+// digests reads the application's digests of the days kept, today first
+// (today's is the part of the day so far, mailed when it ends).
+func (p *Portal) digests(ctx context.Context, appID string) ([]*mail.Digest, error) {
+	return mail.ReadDigests(ctx, p.o.Redis, daylog.Keys{Prefix: p.o.Prefix}, p.o.Policy, appID, p.keptDays(), p.o.Log)
 }

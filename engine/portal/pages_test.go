@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/geckohook/geckohook/engine/daylog"
@@ -153,9 +154,16 @@ func TestSigningPage(t *testing.T) {
 	}
 }
 
-// Digests: each day's mail as the mail job renders it.
+// Digests: each day's mail as the mail job renders it, the days kept read
+// in one round trip.
 func TestDigestsPage(t *testing.T) {
-	e := newEnv(t, nil)
+	reads := &dayReads{}
+	e := newEnv(t, func(o *Options) {
+		c := redis.NewClient(&redis.Options{Addr: o.Redis.(*redis.Client).Options().Addr})
+		t.Cleanup(func() { _ = c.Close() })
+		c.AddHook(reads)
+		o.Redis = c
+	})
 	app, _ := e.app("shop")
 	yesterday := streak.Policy{}.Day(t0.Add(-24 * time.Hour))
 	entry, _ := msgpack.Marshal(&daylog.Entry{WebhookID: "wh_f", AppID: app.ID, AccountID: "acc", Event: "order.create",
@@ -165,7 +173,11 @@ func TestDigestsPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := e.login(app.ID, adminToken)
+	reads.n.Store(0)
 	r := b.get("/portal/digests")
+	if n := reads.n.Load(); n != 1 {
+		t.Errorf("digests page made %d calls reading day records, want 1", n)
+	}
 	for _, want := range []string{"Subject: geckohook: 1 failing and 0 deleted webhooks for shop on " + yesterday,
 		"FAILING WEBHOOKS (1)", "https://f.example.com/h", "failures that day: 4", "(today so far; mailed when the day ends)"} {
 		if !strings.Contains(r.body, want) {

@@ -1,10 +1,8 @@
 package portal
 
 import (
-	"cmp"
 	"context"
 	"net/url"
-	"slices"
 	"strconv"
 	"time"
 
@@ -46,6 +44,7 @@ type webhooksData struct {
 	Events        []string
 	Form          webhookForm
 	Deleted       []*daylog.Entry // deleted in the last days, newest first
+	DeletedMore   int             // deleted then but past mail.MaxListed, not listed
 	DeleteAfter   time.Duration
 }
 
@@ -92,16 +91,14 @@ func (r *request) webhooksPage(refused *refusal) {
 		}
 		d.Webhooks = append(d.Webhooks, row)
 	}
-	digests, err := r.p.digests(ctx, r.app.ID)
+	deleted, err := mail.ReadDeleted(ctx, r.p.o.Redis, daylog.Keys{Prefix: r.p.o.Prefix}, r.app.ID, r.p.keptDays(), r.p.o.Log)
 	if err != nil {
 		r.p.o.Log.Warn().Err(err).Msg("portal cannot read day records")
 	}
-	for _, dg := range digests {
-		d.Deleted = append(d.Deleted, dg.Deleted...)
+	d.Deleted = deleted
+	if n := len(deleted) - mail.MaxListed; n > 0 {
+		d.Deleted, d.DeletedMore = deleted[:mail.MaxListed], n
 	}
-	slices.SortFunc(d.Deleted, func(a, b *daylog.Entry) int {
-		return cmp.Or(b.Deleted.Compare(a.Deleted), cmp.Compare(a.WebhookID, b.WebhookID))
-	})
 	pg := r.page("Webhooks", d)
 	status := fasthttp.StatusOK
 	if refused != nil {
@@ -132,27 +129,4 @@ func (p *Portal) keptDays() []string {
 		days[i] = p.o.Policy.Day(now.Add(-time.Duration(i) * 24 * time.Hour))
 	}
 	return days
-}
-
-// digest reads the application's digest of the mail day day.
-func (p *Portal) digest(ctx context.Context, appID, day string) (*mail.Digest, error) {
-	start, err := p.o.Policy.DayStart(day)
-	if err != nil {
-		return nil, err
-	}
-	return mail.ReadDigest(ctx, p.o.Redis, daylog.Keys{Prefix: p.o.Prefix}, p.o.Policy, day, appID, start, p.o.Log)
-}
-
-// digests reads the application's digests of the days kept, today first
-// (today's is the part of the day so far, mailed when it ends).
-func (p *Portal) digests(ctx context.Context, appID string) ([]*mail.Digest, error) {
-	var out []*mail.Digest
-	for _, day := range p.keptDays() {
-		d, err := p.digest(ctx, appID, day)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, d)
-	}
-	return out, nil
 }

@@ -34,6 +34,36 @@ const shardCount = 64
 type failingShard struct {
 	mu sync.RWMutex
 	m  map[string]int64
+	// n is len(m), kept by mark and forget, so the healthy path (a
+	// first-attempt success of a shard with nothing marked) takes no lock.
+	n atomic.Int64
+}
+
+// mark remembers webhookID as failing at ms.
+func (sh *failingShard) mark(webhookID string, ms int64) {
+	sh.mu.Lock()
+	sh.m[webhookID] = ms
+	sh.n.Store(int64(len(sh.m)))
+	sh.mu.Unlock()
+}
+
+// forget drops webhookID.
+func (sh *failingShard) forget(webhookID string) {
+	sh.mu.Lock()
+	delete(sh.m, webhookID)
+	sh.n.Store(int64(len(sh.m)))
+	sh.mu.Unlock()
+}
+
+// marked reports whether webhookID is remembered as failing.
+func (sh *failingShard) marked(webhookID string) bool {
+	if sh.n.Load() == 0 {
+		return false
+	}
+	sh.mu.RLock()
+	_, ok := sh.m[webhookID]
+	sh.mu.RUnlock()
+	return ok
 }
 
 // Option changes a Publisher.
@@ -175,27 +205,18 @@ func (p *Publisher) Publish(o *outcomes.Outcome) {
 	sh := p.shard(o.WebhookID)
 	switch o.Kind {
 	case outcomes.Success:
-		sh.mu.RLock()
-		_, failing := sh.m[o.WebhookID]
-		sh.mu.RUnlock()
+		failing := sh.marked(o.WebhookID)
 		if !failing && o.Attempt <= 1 {
 			p.Filtered.Inc()
 			return
 		}
 		if failing {
-			sh.mu.Lock()
-			delete(sh.m, o.WebhookID)
-			sh.mu.Unlock()
+			sh.forget(o.WebhookID)
 		}
 	case outcomes.Gone:
-		sh.mu.Lock()
-		delete(sh.m, o.WebhookID)
-		sh.mu.Unlock()
+		sh.forget(o.WebhookID)
 	default:
-		ms := p.now().UnixMilli()
-		sh.mu.Lock()
-		sh.m[o.WebhookID] = ms
-		sh.mu.Unlock()
+		sh.mark(o.WebhookID, p.now().UnixMilli())
 	}
 	if p.closed.Load() {
 		p.drop(o, "publisher closed")
@@ -215,9 +236,7 @@ func (p *Publisher) Publish(o *outcomes.Outcome) {
 		p.drop(o, "outcome buffer full")
 		if o.Kind == outcomes.Success {
 			// Keep the webhook marked so its next success is sent instead.
-			sh.mu.Lock()
-			sh.m[o.WebhookID] = p.now().UnixMilli()
-			sh.mu.Unlock()
+			sh.mark(o.WebhookID, p.now().UnixMilli())
 		}
 	}
 }
@@ -340,10 +359,7 @@ func (p *Publisher) write(batch []kafka.Message) {
 	ms := p.now().UnixMilli()
 	for _, m := range batch {
 		if o, derr := outcomes.Decode(m.Value); derr == nil && o.Kind == outcomes.Success {
-			sh := p.shard(o.WebhookID)
-			sh.mu.Lock()
-			sh.m[o.WebhookID] = ms
-			sh.mu.Unlock()
+			p.shard(o.WebhookID).mark(o.WebhookID, ms)
 		}
 	}
 	p.Dropped.Add(len(batch))
@@ -382,10 +398,7 @@ func (p *Publisher) syncFailing(ctx context.Context) {
 			return
 		}
 		for i := 0; i < len(keys); i += 2 { // member, score pairs
-			sh := p.shard(keys[i])
-			sh.mu.Lock()
-			sh.m[keys[i]] = ms
-			sh.mu.Unlock()
+			p.shard(keys[i]).mark(keys[i], ms)
 		}
 		if cursor = next; cursor == 0 {
 			return
@@ -405,6 +418,7 @@ func (p *Publisher) prune() {
 				delete(sh.m, id)
 			}
 		}
+		sh.n.Store(int64(len(sh.m)))
 		sh.mu.Unlock()
 	}
 }
@@ -412,9 +426,5 @@ func (p *Publisher) prune() {
 // Failing reports whether the Publisher would forward the next first-attempt
 // success of webhookID (for tests and debugging).
 func (p *Publisher) Failing(webhookID string) bool {
-	sh := p.shard(webhookID)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	_, ok := sh.m[webhookID]
-	return ok
+	return p.shard(webhookID).marked(webhookID)
 }

@@ -276,3 +276,31 @@ func TestUnstartedPublisherQueuesUntilClose(t *testing.T) {
 		t.Fatalf("published %d after Close, want 1", p.Published.Load())
 	}
 }
+
+// Pruning keeps each shard's count of marked webhooks right, so the
+// lock-free look of a healthy success never misses a marked webhook nor
+// keeps taking the lock once none is left.
+func TestPruneKeepsMarkedCounts(t *testing.T) {
+	now := t0
+	p := NewUnstarted([]string{"127.0.0.1:1"}, outcomes.DefaultTopic, zerolog.Nop(),
+		WithClock(func() time.Time { return now }), WithRemember(time.Hour))
+	p.Publish(o(outcomes.Failure, "wh_old", 1))
+	now = now.Add(50 * time.Minute)
+	p.Publish(o(outcomes.Failure, "wh_new", 1))
+	now = now.Add(20 * time.Minute)
+	p.prune()
+	if p.Failing("wh_old") || !p.Failing("wh_new") {
+		t.Fatalf("after pruning: wh_old failing %v, wh_new failing %v; want false, true", p.Failing("wh_old"), p.Failing("wh_new"))
+	}
+	now = now.Add(time.Hour)
+	p.prune()
+	for i := range p.shards {
+		if n := p.shards[i].n.Load(); n != 0 || len(p.shards[i].m) != 0 {
+			t.Fatalf("shard %d counts %d marked, holds %d, after everything was pruned", i, n, len(p.shards[i].m))
+		}
+	}
+	p.Publish(o(outcomes.Success, "wh_new", 1))
+	if p.Filtered.Load() != 1 {
+		t.Fatalf("filtered %d, want the pruned webhook's success filtered", p.Filtered.Load())
+	}
+}

@@ -42,6 +42,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 	x := buildIndex(apps, batches)
 	r.mu.Lock()
 	r.index = x
+	r.version.Add(1)
 	r.mu.Unlock()
 	r.lastLoad.Store(int64(time.Since(start)))
 	r.reloads.Add(1)

@@ -141,6 +141,9 @@ type Registry struct {
 
 	mu sync.RWMutex
 	index
+	// version counts the changes to the copy: bumped under mu with every
+	// change applied and every full load.
+	version atomic.Uint64
 
 	reloads  atomic.Int64
 	lastLoad atomic.Int64 // nanoseconds
@@ -305,6 +308,7 @@ func (r *Registry) apply(c change) error {
 		if a != nil {
 			r.addApp(a)
 		}
+		r.version.Add(1)
 		r.mu.Unlock()
 	case 'w':
 		var w *Webhook
@@ -320,6 +324,7 @@ func (r *Registry) apply(c change) error {
 		if w != nil {
 			r.addHook(w)
 		}
+		r.version.Add(1)
 		r.mu.Unlock()
 	case 'r':
 		return errReload
@@ -337,6 +342,30 @@ func (r *Registry) Match(account, event string) []*Webhook {
 	r.mu.RUnlock()
 	return match(list, event)
 }
+
+// Target is a matched webhook with its application (nil when the
+// application is gone).
+type Target struct {
+	Hook *Webhook
+	App  *App
+}
+
+// MatchTargets appends to dst the webhooks subscribed to event on account,
+// each with its application, and returns the copy's version as it read
+// them: while Version still says so, no webhook or application has
+// changed, and they are what Target would return.
+func (r *Registry) MatchTargets(dst []Target, account, event string) ([]Target, uint64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, w := range match(r.byAccount[account], event) {
+		dst = append(dst, Target{Hook: w, App: r.apps[w.AppID]})
+	}
+	return dst, r.version.Load()
+}
+
+// Version is the copy's version: it changes with every change applied
+// and every full load (see MatchTargets).
+func (r *Registry) Version() uint64 { return r.version.Load() }
 
 // Webhook returns the webhook with id, or nil.
 func (r *Registry) Webhook(id string) *Webhook {

@@ -150,3 +150,56 @@ func TestRegistryReportsChangeDelay(t *testing.T) {
 		}
 	}
 }
+
+// MatchTargets hands out each webhook with its application and the
+// version it read them at; any change to a webhook or an application, and
+// any full load, moves the version on, so a holder of the old one looks
+// them up again.
+func TestMatchTargetsVersion(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := New(srv.Client(), Options{})
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	app, _, err := r.CreateApp(ctx, "shop", "dev@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := r.CreateWebhook(ctx, Webhook{AppID: app.ID, AccountID: "acc1", Event: "order.create", Address: "https://x.test/h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, v := r.MatchTargets(nil, "acc1", "order.create")
+	if len(got) != 1 || got[0].Hook.ID != w.ID || got[0].App != r.App(app.ID) || v != r.Version() {
+		t.Fatalf("MatchTargets = %+v at version %d (now %d)", got, v, r.Version())
+	}
+	if more, _ := r.MatchTargets(got, "acc1", "order.update"); len(more) != 1 {
+		t.Fatalf("matching another event appended %d targets", len(more)-1)
+	}
+	changes := []struct {
+		name string
+		do   func() error
+	}{
+		{"secret rotated", func() error { _, err := r.RotateSecret(ctx, app.ID, time.Hour); return err }},
+		{"another webhook", func() error {
+			_, err := r.CreateWebhook(ctx, Webhook{AppID: app.ID, AccountID: "acc2", Event: "order.create", Address: "https://y.test/h"})
+			return err
+		}},
+		{"full load", func() error { return r.Reload(ctx) }},
+		{"webhook deleted", func() error { return r.DeleteWebhook(ctx, w.ID) }},
+	}
+	for _, c := range changes {
+		before := r.Version()
+		if err := c.do(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if r.Version() == before {
+			t.Fatalf("%s left the version at %d", c.name, before)
+		}
+	}
+	if got, _ := r.MatchTargets(nil, "acc1", "order.create"); len(got) != 0 {
+		t.Fatalf("a deleted webhook still matches: %+v", got)
+	}
+}

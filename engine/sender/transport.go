@@ -53,14 +53,21 @@ func (transport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp 
 		return false, errStreaming
 	}
 	timeout := req.GetTimeOut() // what is left of the attempt's deadline
+	// One clock reading per try, two when it dials: the write and read
+	// deadlines run from it, so a wait for a pooled connection makes them
+	// that much earlier, never later than the attempt's deadline.
+	now := time.Now()
 	var deadline time.Time
 	if timeout > 0 {
-		deadline = time.Now().Add(timeout)
+		deadline = now.Add(timeout)
 	}
-	for {
+	for first := true; ; first = false {
+		if !first {
+			now = time.Now()
+		}
 		wait := timeout
 		if timeout > 0 {
-			if wait = time.Until(deadline); wait <= 0 {
+			if wait = deadline.Sub(now); wait <= 0 {
 				return false, fasthttp.ErrTimeout
 			}
 		}
@@ -71,6 +78,9 @@ func (transport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp 
 		// fasthttp stamps a connection's last use when it goes back to the
 		// pool; a freshly dialled one has none.
 		pooled := !cc.LastUseTime().IsZero()
+		if !pooled {
+			now = time.Now() // after the dial
+		}
 		tc := trackedOf(cc.Conn())
 		if pooled && tc != nil && tc.closedWhileIdle() {
 			hc.CloseConn(cc)
@@ -82,7 +92,7 @@ func (transport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp 
 
 		conn := cc.Conn()
 		resp.ParseNetConn(conn)
-		closeAfter, err := writeRequest(hc, conn, req, deadline, cc.CreatedTime())
+		closeAfter, err := writeRequest(hc, conn, req, now, deadline, cc.CreatedTime())
 		if err != nil {
 			hc.CloseConn(cc)
 			if pooled && tc != nil && tc.writeFailedUnsent() {
@@ -90,7 +100,7 @@ func (transport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp 
 			}
 			return false, err
 		}
-		if err = readResponse(hc, conn, req, resp, deadline); err != nil {
+		if err = readResponse(hc, conn, req, resp, now, deadline); err != nil {
 			hc.CloseConn(cc)
 			return false, err
 		}
@@ -103,13 +113,14 @@ func (transport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp 
 	}
 }
 
-// writeRequest writes req to conn. closeAfter is set when the connection
-// has reached MaxConnDuration and the request asked the server to close it.
-func writeRequest(hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request, deadline, created time.Time) (closeAfter bool, err error) {
-	if err = conn.SetWriteDeadline(earliest(deadline, hc.WriteTimeout)); err != nil {
+// writeRequest writes req to conn, starting at now. closeAfter is set when
+// the connection has reached MaxConnDuration and the request asked the
+// server to close it.
+func writeRequest(hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request, now, deadline, created time.Time) (closeAfter bool, err error) {
+	if err = conn.SetWriteDeadline(earliest(now, deadline, hc.WriteTimeout)); err != nil {
 		return false, err
 	}
-	if hc.MaxConnDuration > 0 && time.Since(created) > hc.MaxConnDuration && !req.ConnectionClose() {
+	if hc.MaxConnDuration > 0 && now.Sub(created) > hc.MaxConnDuration && !req.ConnectionClose() {
 		req.SetConnectionClose()
 		defer req.Header.ResetConnectionClose()
 		closeAfter = true
@@ -126,8 +137,10 @@ func writeRequest(hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request,
 	return closeAfter, err
 }
 
-func readResponse(hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error {
-	if err := conn.SetReadDeadline(earliest(deadline, hc.ReadTimeout)); err != nil {
+// readResponse reads the answer to req from conn; the request was written
+// from now on.
+func readResponse(hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request, resp *fasthttp.Response, now, deadline time.Time) error {
+	if err := conn.SetReadDeadline(earliest(now, deadline, hc.ReadTimeout)); err != nil {
 		return err
 	}
 	if req.Header.IsHead() {
@@ -146,11 +159,11 @@ func readResponse(hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request,
 }
 
 // earliest is deadline or now+d, whichever comes first; d <= 0 means none.
-func earliest(deadline time.Time, d time.Duration) time.Time {
+func earliest(now, deadline time.Time, d time.Duration) time.Time {
 	if d <= 0 {
 		return deadline
 	}
-	if t := time.Now().Add(d); deadline.IsZero() || t.Before(deadline) {
+	if t := now.Add(d); deadline.IsZero() || t.Before(deadline) {
 		return t
 	}
 	return deadline
