@@ -2,8 +2,7 @@ package loadtest
 
 // This file owns how the suite's cost figures are computed from what a run
 // observed: Redis memory per queued delivery, the drain rate, CPU per
-// delivery, and the reading of Redis's INFO memory and geckohook's CPU
-// they come from.
+// delivery, and the reading of Redis's INFO memory they come from.
 
 import (
 	"bufio"
@@ -31,117 +30,72 @@ func BytesPerQueued(used, baseline, queued int64) float64 {
 	return float64(used-baseline) / float64(queued)
 }
 
-// DrainRate is deliveries/s out of the retry queues: drained deliveries
-// between from (the failing hosts are back) and to (the queues are
-// empty); 0 when the span is empty.
-func DrainRate(drained int64, from, to time.Time) float64 {
-	d := to.Sub(from)
-	if d <= 0 || drained <= 0 {
-		return 0
-	}
-	return float64(drained) / d.Seconds()
-}
-
-// DrainSample is one reading of the retry queues while they drain, taken
-// once a second.
+// DrainSample is one reading of the retry queues, taken once a second.
 type DrainSample struct {
 	At        time.Time
 	Depth     int64         // deliveries in the retry queues, scheduled and dead
 	Backlog   int64         // of them, due by At and not yet taken
 	CPU       time.Duration // geckohook's CPU time so far (0: not measured)
+	Wait      time.Duration // how long geckohook's threads waited for a CPU so far
 	Delivered int64         // pairs delivered so far, from the retry queues or not
-	Expected  int64         // pairs of the events produced so far (0: not read)
+	Expected  int64         // pairs of the events produced so far
 }
 
-// kafkaSettled is how many pairs may be neither delivered nor in the retry
-// queues (first attempts in flight, or events still in Kafka) for a
-// second to count as one after the flood's Kafka backlog was delivered:
-// well below a second's flood, well above a stray in-flight attempt.
-const kafkaSettled = 1000
-
-// kafkaSettled reports whether at most kafkaSettled produced pairs were
-// neither delivered nor queued for a retry at s: the flood's backlog in
-// Kafka was delivered. The count can fall below zero (a retry delivered
-// and not yet removed from its queue counts twice). False when the
-// produced pairs were not read.
-func (s DrainSample) kafkaSettled() bool {
-	return s.Expected > 0 && s.Expected-s.Delivered-s.Depth <= kafkaSettled
-}
-
-// Drain is what a drain's samples say of geckohook's catch-up capacity.
+// Drain is what a drain's samples say of geckohook's catch-up.
 type Drain struct {
-	// PerSec is deliveries out of the queues per second over the seconds
-	// that began with a backlog: deliveries were due and waiting, so
-	// geckohook, not the retry schedule, set the pace. With no such
-	// second it is the best second's rate (LowerBound).
-	PerSec     float64
-	LowerBound bool
-	// BacklogSec is how long the seconds that began with a backlog
-	// lasted together, PeakBacklog the largest backlog sampled.
-	BacklogSec  float64
-	PeakBacklog int64
-	// Cores is geckohook's CPU over the seconds PerSec was taken from,
-	// in cores; 0 when the CPU was not measured. DeliveredPerSec is the
-	// pairs delivered per second over the same seconds, from the queues
-	// or from Kafka's backlog: all the work that CPU did.
+	// PerSec is the queues' fall per second over the seconds that began
+	// with deliveries overdue (due a second or more before and not yet
+	// claimed: geckohook, not the retry schedule, set the pace), and
+	// BacklogSec how long those seconds lasted together; Cores is
+	// geckohook's CPU over them, in cores (0: not measured), and
+	// DeliveredPerSec the pairs it delivered per second in them.
+	PerSec          float64
+	BacklogSec      float64
 	Cores           float64
 	DeliveredPerSec float64
-	// FreePerSec is PerSec over the seconds that began with a backlog and
-	// with the flood's Kafka backlog delivered (FreeSec of them): the
-	// drain when the retries had geckohook to themselves. In the others
-	// the retries share geckohook, and their hosts, with the events the
-	// flood left in Kafka. 0 when there was no such second.
-	FreePerSec float64
-	FreeSec    float64
+	PeakBacklog     int64
+	// Waiting is how many of geckohook's threads waited, runnable, for a
+	// CPU on average over those seconds: a drain that was starved of CPU
+	// by other processes says little of geckohook.
+	Waiting float64
+	// Sec is the span from the first sample to the first later one that
+	// saw the queues empty (Emptied), or to the last sample.
+	Sec     float64
+	Emptied bool
 }
 
-// minDrainSecond is the shortest span between samples a best second is
-// taken from: the last, cut short when the queues are seen empty, can be
-// a few milliseconds.
-const minDrainSecond = 500 * time.Millisecond
-
-// DrainOf reads consecutive samples: from each to the next, the
-// deliveries out of the queues are the depth's fall (new entries hide as
-// many, so it is never more than the truth).
+// DrainOf reads consecutive samples, taken about once a second: from each
+// to the next, the deliveries out of the queues are the depth's fall (new
+// entries hide as many, so it is never more than the truth).
 func DrainOf(samples []DrainSample) Drain {
 	var d Drain
-	var out, delivered, bestDelivered, freeOut int64
-	var span, cpu, freeSpan time.Duration
-	var best float64
-	var bestCPU, bestSpan time.Duration
-	for i := 0; i+1 < len(samples); i++ {
-		a, b := samples[i], samples[i+1]
+	if len(samples) < 2 {
+		return d
+	}
+	var out, delivered int64
+	var span, cpu, wait time.Duration
+	end := samples[len(samples)-1]
+	for i, a := range samples {
 		d.PeakBacklog = max(d.PeakBacklog, a.Backlog)
-		dt := b.At.Sub(a.At)
-		if dt <= 0 {
-			continue
+		if i > 0 && a.Depth == 0 {
+			end, d.Emptied = a, true
+			break
 		}
-		fell := max(a.Depth-b.Depth, 0)
-		if a.Backlog > 0 {
-			out, span, cpu = out+fell, span+dt, cpu+b.CPU-a.CPU
+		if i+1 == len(samples) {
+			break
+		}
+		b := samples[i+1]
+		if dt := b.At.Sub(a.At); dt > 0 && a.Backlog > 0 {
+			out, span, cpu, wait = out+max(a.Depth-b.Depth, 0), span+dt, cpu+b.CPU-a.CPU, wait+b.Wait-a.Wait
 			delivered += b.Delivered - a.Delivered
-			if a.kafkaSettled() {
-				freeOut, freeSpan = freeOut+fell, freeSpan+dt
-			}
-		}
-		if r := float64(fell) / dt.Seconds(); dt >= minDrainSecond && r > best {
-			best, bestCPU, bestSpan, bestDelivered = r, b.CPU-a.CPU, dt, b.Delivered-a.Delivered
 		}
 	}
-	if n := len(samples); n > 0 {
-		d.PeakBacklog = max(d.PeakBacklog, samples[n-1].Backlog)
-	}
-	if freeSpan > 0 {
-		d.FreePerSec, d.FreeSec = float64(freeOut)/freeSpan.Seconds(), freeSpan.Seconds()
+	if s := end.At.Sub(samples[0].At); s > 0 {
+		d.Sec = s.Seconds()
 	}
 	if span > 0 {
 		d.PerSec, d.BacklogSec = float64(out)/span.Seconds(), span.Seconds()
-		d.Cores, d.DeliveredPerSec = cores(cpu, span), float64(delivered)/span.Seconds()
-		return d
-	}
-	d.PerSec, d.LowerBound, d.Cores = best, best > 0, cores(bestCPU, bestSpan)
-	if bestSpan > 0 {
-		d.DeliveredPerSec = float64(bestDelivered) / bestSpan.Seconds()
+		d.Cores, d.DeliveredPerSec, d.Waiting = cores(cpu, span), float64(delivered)/span.Seconds(), cores(wait, span)
 	}
 	return d
 }
@@ -213,30 +167,11 @@ func redisMemoryOf(ctx context.Context, rdb redis.UniversalClient) (int64, error
 	return RedisMemory(info)
 }
 
-// cpuOf returns a reader of the summed CPU time of procs so far (a process
-// that ended keeps its last reading); nil when there are none.
-func cpuOf(procs []*Proc) func() time.Duration {
-	if len(procs) == 0 {
-		return nil
-	}
-	last := make([]time.Duration, len(procs))
-	return func() time.Duration {
-		var sum time.Duration
-		for i, p := range procs {
-			if u, err := ReadUsage(p.Pid()); err == nil {
-				last[i] = u.CPU
-			}
-			sum += last[i]
-		}
-		return sum
-	}
-}
-
-// probes are the monitor's readers for a stack: geckohook's CPU when the
-// suite started its processes, Redis's data memory when Redis is one
-// server, with that memory now (before the flood) as the baseline.
+// probes are the monitor's readers for a stack: Redis's data memory when
+// Redis is one server, with that memory now (before the flood) as the
+// baseline.
 func (s *suite) probes(ctx context.Context, stack *Stack, rdb redis.UniversalClient) (monitorProbes, int64) {
-	pr := monitorProbes{cpu: cpuOf(stack.Geckohook)}
+	var pr monitorProbes
 	if strings.Contains(stack.RedisAddr, ",") {
 		return pr, 0 // a cluster: INFO answers for one node only
 	}

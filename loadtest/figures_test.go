@@ -20,18 +20,6 @@ func TestCostFigures(t *testing.T) {
 	if got := BytesPerQueued(5_000_000, 1_000_000, minQueuedForBytes-1); got != 0 {
 		t.Errorf("bytes per queued below %d queued: %v, want 0", minQueuedForBytes, got)
 	}
-	// 30,000 drained in 12.5 s.
-	if got := DrainRate(30_000, t0, t0.Add(12500*time.Millisecond)); got != 2400 {
-		t.Errorf("drain %v, want 2400", got)
-	}
-	for _, c := range []struct {
-		n        int64
-		from, to time.Time
-	}{{30_000, t0, t0}, {30_000, t0, t0.Add(-time.Second)}, {0, t0, t0.Add(time.Second)}} {
-		if got := DrainRate(c.n, c.from, c.to); got != 0 {
-			t.Errorf("drain of %d over %v: %v, want 0", c.n, c.to.Sub(c.from), got)
-		}
-	}
 	if got := RateBetween(1000, 61_000, t0, t0.Add(4*time.Second)); got != 15_000 {
 		t.Errorf("rate %v, want 15000", got)
 	}
@@ -81,10 +69,10 @@ func TestCheckTarget(t *testing.T) {
 // one, cut short when the queues are seen empty.
 func drainTestSamples(t0 time.Time, backlog bool) []DrainSample {
 	s := []DrainSample{
-		{At: t0, Depth: 60_000, Delivered: 100_000},
+		{At: t0, Depth: 60_000, Backlog: 4000, Delivered: 100_000},
 		{At: t0.Add(time.Second), Depth: 58_000, Backlog: 5000, CPU: 300 * time.Millisecond, Delivered: 104_000},
 		{At: t0.Add(2 * time.Second), Depth: 50_000, Backlog: 3000, CPU: 900 * time.Millisecond, Delivered: 114_000},
-		{At: t0.Add(3 * time.Second), Depth: 51_000, Backlog: 100, CPU: 1200 * time.Millisecond, Delivered: 119_000},
+		{At: t0.Add(3 * time.Second), Depth: 51_000, CPU: 1200 * time.Millisecond, Delivered: 119_000},
 		{At: t0.Add(4 * time.Second), Depth: 45_000, CPU: 1600 * time.Millisecond, Delivered: 125_000},
 		{At: t0.Add(4300 * time.Millisecond), Depth: 0, CPU: 1700 * time.Millisecond, Delivered: 170_000},
 	}
@@ -96,83 +84,86 @@ func drainTestSamples(t0 time.Time, backlog bool) []DrainSample {
 	return s
 }
 
-// The drain's rate is taken over the seconds that began with a backlog;
-// with none, it is the best second's, a lower bound.
+// The drain's rate is taken over the seconds that began with deliveries
+// overdue; its span runs to the first sample that saw the queues empty.
 func TestDrainOf(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-6 }
 
-	// (8,000 + 0, the depth grew, + 6,000) out over 3 s, 1.3 s of CPU,
-	// 21,000 pairs delivered in all.
+	// The first three seconds began with a backlog: (2,000 + 8,000 + 0,
+	// the depth grew) out over 3 s, 1.2 s of CPU, 19,000 pairs delivered;
+	// empty 4.3 s after the first sample.
 	d := DrainOf(drainTestSamples(t0, true))
-	if !near(d.PerSec, 14_000.0/3) || d.LowerBound || d.BacklogSec != 3 || !near(d.Cores, 1.3/3) || d.PeakBacklog != 5000 ||
-		d.DeliveredPerSec != 7000 {
-		t.Errorf("drain with a backlog: %+v; want 4666.7/s over 3 s, 0.433 cores, 7000 delivered/s, peak 5000", d)
+	if d.PerSec != 10_000.0/3 || d.BacklogSec != 3 || !near(d.Cores, 0.4) || !near(d.DeliveredPerSec, 19_000.0/3) ||
+		d.PeakBacklog != 5000 || !d.Emptied || d.Sec != 4.3 {
+		t.Errorf("drain: %+v; want 3333.3/s over 3 s, 0.4 cores, 6333.3 delivered/s, peak 5000, empty after 4.3 s", d)
 	}
-
-	// No backlog: the best second (8,000 in the second second), not the
-	// last 0.3 s, whose 45,000 would read as 150,000/s.
-	d = DrainOf(drainTestSamples(t0, false))
-	if d.PerSec != 8000 || !d.LowerBound || d.BacklogSec != 0 || !near(d.Cores, 0.6) || d.DeliveredPerSec != 10_000 {
-		t.Errorf("drain without a backlog: %+v; want the best second, 8000/s at 0.6 cores and 10000 delivered/s, a lower bound", d)
+	// No backlog: no rate; not seen empty: the span to the last sample.
+	s := drainTestSamples(t0, false)
+	s = s[:len(s)-1]
+	if d = DrainOf(s); d.PerSec != 0 || d.BacklogSec != 0 || d.Emptied || d.Sec != 4 {
+		t.Errorf("drain without a backlog, never empty: %+v; want no rate, 4 s sampled", d)
 	}
-
-	// Produced pairs not read: no split by Kafka's backlog.
-	if d.FreePerSec != 0 || d.FreeSec != 0 {
-		t.Errorf("drain without produced pairs: free %v/s over %v s; want none", d.FreePerSec, d.FreeSec)
-	}
-	// With them: the seconds from samples 0 and 1 began with the flood's
-	// backlog in Kafka (70,000 and 5,000 pairs neither delivered nor
-	// queued), those from 2 and 3 with at most kafkaSettled (below zero
-	// when a delivered retry is still in its queue): of the three
-	// seconds with an overdue backlog, the last two count (0, the depth
-	// grew, and 6,000 out).
-	s := drainTestSamples(t0, true)
-	for i, k := range []int64{70_000, 5000, kafkaSettled, -200, 0, 0} {
-		s[i].Expected = s[i].Delivered + s[i].Depth + k
-	}
-	if d = DrainOf(s); d.FreePerSec != 3000 || d.FreeSec != 2 || !near(d.PerSec, 14_000.0/3) {
-		t.Errorf("drain split by Kafka's backlog: %+v; want 3000/s over 2 s, and 4666.7/s in all", d)
-	}
-	s[1].Expected = s[1].Delivered + s[1].Depth // settled from sample 1 on: all three
-	if d = DrainOf(s); !near(d.FreePerSec, 14_000.0/3) || d.FreeSec != 3 {
-		t.Errorf("drain split by Kafka's backlog: %+v; want 4666.7/s over 3 s", d)
-	}
-
 	// CPU not measured: no cores.
 	s = drainTestSamples(t0, true)
 	for i := range s {
 		s[i].CPU = 0
 	}
-	if d = DrainOf(s); d.Cores != 0 || !near(d.PerSec, 14_000.0/3) {
+	if d = DrainOf(s); d.Cores != 0 || d.PerSec != 10_000.0/3 {
 		t.Errorf("drain without CPU readings: %+v", d)
 	}
-
 	for _, s := range [][]DrainSample{nil, {{At: t0, Depth: 5, Backlog: 5}}, {{At: t0, Depth: 5}, {At: t0, Depth: 0}}} {
-		if d := DrainOf(s); d.PerSec != 0 || d.LowerBound || d.BacklogSec != 0 {
+		if d := DrainOf(s); d.PerSec != 0 || d.Sec != 0 {
 			t.Errorf("drain of %d samples over no time: %+v, want none", len(s), d)
 		}
 	}
 }
 
-// The outage's report: rates and targets from what its clock saw.
+// The outage's report: rates and targets from what its clock, the
+// ledger's windows and the monitor's samples saw.
 func TestOutageReport(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	o := &outage{warm: 6 * time.Second, refuse: 12 * time.Second, hang: 12 * time.Second,
-		warmRate: 10_000, healthyRate: 9_600, backAt: t0, emptyAt: t0.Add(20 * time.Second), drained: 60_000,
-		samples: drainTestSamples(t0, true)}
+	o := &outage{lead: 6 * time.Second, warm: 6 * time.Second, refuse: 6 * time.Second, hang: 18 * time.Second,
+		leadFrom: t0, leadTo: t0.Add(5 * time.Second), rate: 4000,
+		warmAt: t0.Add(7 * time.Second), downAt: t0.Add(13 * time.Second), backAt: t0.Add(37 * time.Second),
+		overdueAt: t0.Add(37 * time.Second), overdue: 60_000}
+	// The lead-in delivered 10,000/s; the healthy pairs got 2,800/s in
+	// the warm phase (6 s) and 2,700/s of 2,800/s offered while the
+	// hosts were down (24 s).
+	seen := outageSeen{lead: Window{Delivered: 50_000},
+		warm:  Window{Offered: 16_800, Delivered: 16_800, Latency: Quantiles{P99: 4 * time.Millisecond}},
+		down:  Window{Offered: 67_200, Delivered: 64_800, Latency: Quantiles{P99: 9 * time.Millisecond}},
+		drain: drainTestSamples(t0.Add(37*time.Second), true)}
+	for i := range seen.drain {
+		seen.drain[i].Expected = seen.drain[i].Delivered + seen.drain[i].Depth + 10
+	}
 	row := Scenario{Name: "outage", RedisBytesPerQueued: 860, PeakQueueDepth: 60_000}
-	o.report(&row, 0)
-	if math.Abs(row.DrainPerSec-14_000.0/3) > 1e-6 || math.Abs(row.DrainRatio-1.4/3) > 1e-6 || row.DrainBacklogSec != 3 ||
-		row.DrainDeliveredPerSec != 7000 || row.HealthyPerSec != 9_600 {
-		t.Fatalf("drain %v over %v s, ratio %v, healthy %v", row.DrainPerSec, row.DrainBacklogSec, row.DrainRatio, row.HealthyPerSec)
+	o.report(&row, seen)
+	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-6 }
+	if row.FloodPerSec != 10_000 || row.OfferedPerSec != 4000 || row.HealthyPerSec != 2700 || row.HealthyOfferedPerSec != 2800 ||
+		row.HealthyWarmPerSec != 2800 || row.HealthyP99Ms != 9 || row.HealthyWarmP99Ms != 4 {
+		t.Fatalf("rates: flood %v, offered %v, healthy %v of %v (warm %v), p99 %v (warm %v)", row.FloodPerSec, row.OfferedPerSec,
+			row.HealthyPerSec, row.HealthyOfferedPerSec, row.HealthyWarmPerSec, row.HealthyP99Ms, row.HealthyWarmP99Ms)
 	}
-	// The schedule-paced figure: 60,000 over the 20 s until empty.
-	if row.DrainPacedPerSec != 3000 || row.DrainWallSec != 20 {
-		t.Fatalf("paced drain %v over %v s, want 3000/s over 20 s", row.DrainPacedPerSec, row.DrainWallSec)
+	if !near(row.DrainPerSec, 10_000.0/3) || !near(row.DrainRatio, 1.0/3) || row.DrainBacklogSec != 3 ||
+		!near(row.DrainDeliveredPerSec, 19_000.0/3) || row.DrainDepth != 60_000 || row.DrainWallSec != 4.3 {
+		t.Fatalf("drain %v (ratio %v), backlog %v s, depth %v, empty after %v s", row.DrainPerSec, row.DrainRatio, row.DrainBacklogSec,
+			row.DrainDepth, row.DrainWallSec)
 	}
-	if notes := strings.Join(row.Notes, "\n"); !strings.Contains(notes, "3.0 s of the drain began with deliveries due for 1s or more") {
-		t.Errorf("notes do not say which seconds the drain rate covers: %q", notes)
+	if row.DrainClaimsPerRetry != 0 {
+		t.Errorf("claims per retry %v without claims read", row.DrainClaimsPerRetry)
+	}
+	// 1.2 s of CPU over 19,000 pairs delivered: 63.2 µs each; the lead-in
+	// not measured.
+	if !near(row.DrainUsPerDelivery, 1.2e6/19_000) || row.FloodUsPerDelivery != 0 {
+		t.Errorf("µs per delivery: drain %v, lead-in %v", row.DrainUsPerDelivery, row.FloodUsPerDelivery)
+	}
+	notes := strings.Join(row.Notes, "\n")
+	for _, want := range []string{"2700 delivered/s of 2800 offered/s (0.964), p99 9.0 ms; in the warm phase: 2800 delivered/s of 2800 offered/s (1.000)", "held 60000 deliveries",
+		"10 produced pairs were neither delivered nor queued"} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes do not say %q: %q", want, notes)
+		}
 	}
 	want := map[string]bool{"redis_bytes_per_queued": false, "drain_ratio": false, "healthy_per_sec": true}
 	if len(row.Targets) != len(want) {
@@ -183,30 +174,62 @@ func TestOutageReport(t *testing.T) {
 			t.Errorf("target %+v, want met %v", tg, met)
 		}
 	}
-	if h := row.Targets[2]; h.Limit != 9_500 || !strings.Contains(h.Against, "warm phase") {
-		t.Errorf("healthy target %+v: want 95%% of the warm phase's rate", h)
+	if h := row.Targets[2]; h.Limit != 0.95*2800 || !strings.Contains(h.Against, "offered rate") {
+		t.Errorf("healthy target %+v: want 95%% of the healthy pairs' offered rate", h)
 	}
-	// Against the healthy scenario when it ran: 9,600 is short of 95% of 10,500.
-	row = Scenario{Name: "outage"}
-	o.report(&row, 10_500)
-	if h := row.Targets[len(row.Targets)-1]; h.Figure != "healthy_per_sec" || h.Met || !strings.Contains(h.Against, "healthy scenario") {
-		t.Errorf("healthy target %+v", h)
+	if strings.Contains(notes, "did not keep up") {
+		t.Errorf("notes say the warm phase fell behind: %q", notes)
 	}
-	// Nothing overdue: the best second, and a note that it is a lower bound.
-	o.samples = drainTestSamples(t0, false)
-	row = Scenario{Name: "outage"}
-	o.report(&row, 0)
-	if row.DrainPerSec != 8000 || row.DrainBacklogSec != 0 || !strings.Contains(strings.Join(row.Notes, "\n"), "a lower bound of its capacity") {
-		t.Errorf("drain %v over %v s, notes %q", row.DrainPerSec, row.DrainBacklogSec, row.Notes)
+	// Starved of CPU over the drain and while the hosts were down: notes.
+	starved := seen
+	starved.drain = drainTestSamples(t0.Add(37*time.Second), true)
+	for i := range starved.drain {
+		starved.drain[i].Wait = starved.drain[i].CPU * 2
 	}
-	// Queues never seen empty and no samples: no drain rate, and a note
-	// saying so.
-	o.emptyAt, o.samples = time.Time{}, nil
+	starved.warmUse, starved.downUse, starved.leadUse = usage{0.5, 0.2, true}, usage{0.3, 0.9, true}, usage{0.5, 0, true}
 	row = Scenario{Name: "outage"}
-	o.report(&row, 0)
-	if row.DrainPerSec != 0 || row.DrainPacedPerSec != 0 || row.DrainWallSec != 0 ||
-		!strings.Contains(strings.Join(row.Notes, "\n"), "not seen empty") {
-		t.Errorf("drain %v, paced %v, notes %q", row.DrainPerSec, row.DrainPacedPerSec, row.Notes)
+	o.report(&row, starved)
+	if row.FloodUsPerDelivery != 50 { // 0.5 cores at 10,000/s
+		t.Errorf("lead-in µs per delivery %v, want 50", row.FloodUsPerDelivery)
+	}
+	if n := strings.Join(row.Notes, "\n"); !strings.Contains(n, "longer than they ran during the drain") ||
+		!strings.Contains(n, "while the hosts were down geckohook's threads waited for a CPU longer") {
+		t.Errorf("notes do not say geckohook was starved: %q", n)
+	}
+	// A warm phase that fell behind its offered rate: a note.
+	slow := seen
+	slow.warm.Delivered = 12_000
+	row = Scenario{Name: "outage"}
+	o.report(&row, slow)
+	if !strings.Contains(strings.Join(row.Notes, "\n"), "did not keep up") {
+		t.Errorf("notes do not say the warm phase fell behind: %q", row.Notes)
+	}
+	// Made due 2 s after the return: the rate from that sample on, the
+	// wall time from the return; claims and requests per delivery made
+	// due (50,000 of them).
+	o.overdueAt = t0.Add(39 * time.Second)
+	o.claims, o.requests, o.claimsRead = [2]int64{1000, 126_000}, [2]int64{500, 75_500}, true
+	row = Scenario{Name: "outage"}
+	o.report(&row, seen)
+	if row.DrainPerSec != 0 || row.DrainDepth != 50_000 || row.DrainWallSec != 4.3 || row.DrainClaimsPerRetry != 2.5 ||
+		row.DrainAttemptsPerRetry != 1.5 || !strings.Contains(strings.Join(row.Notes, "\n"), "2.0 s after the hosts' return") {
+		t.Errorf("drain %v of %v, empty after %v s, claims %v and attempts %v per retry, notes %q", row.DrainPerSec, row.DrainDepth,
+			row.DrainWallSec, row.DrainClaimsPerRetry, row.DrainAttemptsPerRetry, row.Notes)
+	}
+	// Never seen empty: a note, and no wall time.
+	seen.drain = seen.drain[:len(seen.drain)-1]
+	row = Scenario{Name: "outage"}
+	o.report(&row, seen)
+	if row.DrainWallSec != 0 || !strings.Contains(strings.Join(row.Notes, "\n"), "not seen empty") {
+		t.Errorf("drain %v, empty after %v s, claims %v and attempts %v per retry, notes %q", row.DrainPerSec, row.DrainWallSec,
+			row.DrainClaimsPerRetry, row.DrainAttemptsPerRetry, row.Notes)
+	}
+	// The return never sampled: no drain figures, and a note saying so.
+	seen.drain = nil
+	row = Scenario{Name: "outage"}
+	o.report(&row, seen)
+	if row.DrainPerSec != 0 || row.DrainWallSec != 0 || !strings.Contains(strings.Join(row.Notes, "\n"), "not sampled") {
+		t.Errorf("drain %v, empty after %v, notes %q", row.DrainPerSec, row.DrainWallSec, row.Notes)
 	}
 }
 

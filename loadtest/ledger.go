@@ -530,3 +530,52 @@ func (c *histCounts) quantile(q float64, mx time.Duration) time.Duration {
 	}
 	return mx
 }
+
+// Window is what a span of run time saw of some webhooks' pairs.
+type Window struct {
+	// Offered: pairs of the events produced in the span. Delivered:
+	// pairs first answered 2xx in the span, whenever produced.
+	Offered, Delivered int64
+	// Latency of the offered pairs that were delivered: produce to first
+	// 2xx, whenever it came.
+	Latency Quantiles
+}
+
+// Window reads, once the run is quiet, the pairs (event e, webhook hook)
+// keep says yes to (nil: every pair) in the span [from, to).
+func (l *Ledger) Window(keep func(e, hook int) bool, from, to time.Time) Window {
+	var w Window
+	var h hist
+	var mx int64
+	lo, hi := int64(from.Sub(l.epoch))+timeBias, int64(to.Sub(l.epoch))+timeBias
+	for e := 0; e < l.maxEvents && l.accounts > 0; e++ {
+		produced := l.produced[e].Load()
+		if produced == 0 {
+			continue
+		}
+		offered := produced >= lo && produced < hi
+		base := l.base(e)
+		for pos, hook := range l.plan.Accounts[e%l.accounts] {
+			if keep != nil && !keep(e, int(hook)) {
+				continue
+			}
+			first := l.pairs[base+int64(pos)].first.Load()
+			if first >= lo && first < hi {
+				w.Delivered++
+			}
+			if !offered {
+				continue
+			}
+			w.Offered++
+			if first != 0 {
+				lat := max(first-produced, 0)
+				h.add(lat)
+				mx = max(mx, lat)
+			}
+		}
+	}
+	c := h.snapshot()
+	m := time.Duration(mx)
+	w.Latency = Quantiles{P50: c.quantile(0.50, m), P95: c.quantile(0.95, m), P99: c.quantile(0.99, m), Max: m, Count: c.total}
+	return w
+}

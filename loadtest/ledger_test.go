@@ -336,3 +336,48 @@ func TestLedgerOwnLatency(t *testing.T) {
 		t.Fatalf("own %+v, latency %+v", l2.Own(), l2.Latency())
 	}
 }
+
+// A window counts the kept webhooks' pairs produced in it (and their
+// latency) and those first answered in it, whenever produced.
+func TestLedgerWindow(t *testing.T) {
+	p := singles(4, 1, 1, nil)
+	l := NewLedger(p, 100)
+	t0 := l.epoch
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	// Events 0-7 produced at 0-700 ms; each answered 5 ms after, but
+	// those of hook 3 30 ms after, and event 7 never.
+	for e := range 8 {
+		l.Produced(e, at(100*e))
+		if e == 7 {
+			continue
+		}
+		lag := 5
+		if e%4 == 3 {
+			lag = 30
+		}
+		l.Record(e%4, e, []byte{byte(e)}, true, 200, at(100*e+lag))
+	}
+	all := l.Window(nil, at(0), at(400))
+	if all.Offered != 4 || all.Delivered != 4 || all.Latency.Count != 4 || all.Latency.Max != 30*time.Millisecond {
+		t.Fatalf("window 0-400 ms: %+v; want 4 offered, 4 delivered, the slowest 30 ms", all)
+	}
+	// Hooks 0-2 only, 250-750 ms: events 4-6 offered and delivered (7 is
+	// hook 3's), and none answered past 30 ms.
+	w := l.Window(func(_, h int) bool { return h != 3 }, at(250), at(750))
+	if w.Offered != 3 || w.Delivered != 3 || w.Latency.P99 > 6*time.Millisecond || w.Latency.P99 < 4*time.Millisecond {
+		t.Fatalf("window 250-750 ms of hooks 0-2: %+v; want 3 offered and delivered, p99 ~5 ms", w)
+	}
+	// Events from 5 on only: 5 and 6.
+	if w := l.Window(func(e, _ int) bool { return e >= 5 }, at(0), at(800)); w.Offered != 3 || w.Delivered != 2 {
+		t.Fatalf("window of events 5-7: %+v; want 3 offered, 2 delivered", w)
+	}
+	// An answer counts in the window it fell in: event 3, produced at
+	// 300 ms, was answered at 330 ms.
+	if w := l.Window(nil, at(320), at(340)); w.Offered != 0 || w.Delivered != 1 {
+		t.Fatalf("window 320-340 ms: %+v; want one answer of a pair produced before", w)
+	}
+	// Event 7 offered, never delivered: no latency.
+	if w := l.Window(nil, at(700), at(800)); w.Offered != 1 || w.Delivered != 0 || w.Latency.Count != 0 {
+		t.Fatalf("window 700-800 ms: %+v", w)
+	}
+}

@@ -1,16 +1,24 @@
 package loadtest
 
-// This file owns the outage scenario: 30% of the flood's pairs go to hosts
-// that go down for a while, first refusing connections, then accepting and
-// never answering (beyond geckohook's 10 s limit), and then come back. It
-// measures what the retry queues cost in Redis, how fast they drain once
-// the hosts are back, and whether the healthy pairs kept their rate; every
-// pair of the failing hosts must still be delivered.
+// This file owns the outage scenario: 30% of the pairs go to hosts that go
+// down for a while, first refusing connections, then accepting and never
+// answering (beyond geckohook's 10 s limit), and then come back. The flood
+// is paced below what the deployment sustains, so the scenario asks what
+// an operator asks: at a load geckohook keeps up with, does a big
+// receiver's outage slow the other receivers? It measures the healthy
+// pairs' rate and latency while the hosts are down against the phase
+// before, what the retry queues cost in Redis, and how fast geckohook
+// takes overdue retries out once the hosts are back; every pair of the
+// failing hosts must still be delivered.
 
 import (
 	"context"
 	"fmt"
+	"os"
+	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/geckohook/geckohook/shard"
 )
@@ -19,7 +27,7 @@ import (
 const (
 	targetRedisBytesPerQueued = 250  // bytes of Redis memory per queued delivery, at most
 	targetDrainRatio          = 0.5  // drain rate over the healthy flood rate, at least
-	targetHealthyShare        = 0.95 // healthy pairs' rate during the outage over the healthy rate, at least
+	targetHealthyShare        = 0.95 // healthy pairs' rate while the hosts are down over their offered rate, at least
 )
 
 // backlogAge is how long a delivery must have been due, and not taken, to
@@ -30,28 +38,58 @@ const (
 // missed by geckohook, not by the schedule.
 const backlogAge = time.Second
 
-// outage takes a plan's failing hosts down during a flood and follows the
-// retry queues until they are empty again. The flood runs warm (every host
-// up), then refuse (the failing hosts refuse connections), then hang (they
-// accept and never answer); it stops when the hosts come back, and the
-// queues drain.
+// overdueBy is how long before the instant they are made due the
+// retries are made due: well past backlogAge, so every one counts as
+// overdue at once.
+const overdueBy = time.Minute
+
+// overdueAfter is how long after the hosts' return the retries are made
+// due: past geckohook's 10 s attempt limit, so every attempt sent while
+// the hosts hung has ended. Until then those attempts time out one by
+// one after the return, and each halves its host's concurrency limit
+// (engine/dispatch/hosts.go), so what geckohook claims for those hosts
+// then is mostly deferred by 15-25 s: the drain would measure when the
+// burst came, not how fast geckohook takes a backlog out.
+const overdueAfter = 11 * time.Second
+
+// outage runs a plan's flood in four phases: the lead-in, as fast as
+// possible with every host up (its rate is the healthy flood rate); then,
+// paced at half that rate (or -paced-rate), the warm phase with every
+// host up, the refuse phase (the failing hosts refuse connections) and
+// the hang phase (they accept and never answer). The flood stops when the
+// hosts come back; overdueAfter later every queued retry is made due
+// (overdue.go), and the monitor's samples follow the drain.
 type outage struct {
-	warm, refuse, hang time.Duration
-	failing            func(h *PlanHook) bool
+	lead, warm, refuse, hang time.Duration
+	failing                  func(h *PlanHook) bool
+	// pacedRate is the paced phases' events/s (0: half the lead-in's
+	// rate, over the plan's fan-out).
+	pacedRate float64
 
-	stop chan struct{}
-	done chan struct{}
-	// Set by run, read once done is closed.
-	warmRate    float64   // deliveries/s of the warm phase, from its second second
-	healthyRate float64   // deliveries/s while the hosts were down: the healthy pairs'
-	backAt      time.Time // the hosts came back
-	emptyAt     time.Time // the queues were empty again (zero: not seen)
-	drained     int64     // the deepest the queues were from backAt on
-	samples     []DrainSample
-	err         error
+	// Set by flood; read once it returned.
+	leadFrom, leadTo       time.Time // the span the lead-in's rate is taken over
+	leadEvents             int       // events of the lead-in: 0 to leadEvents-1
+	rate                   float64   // the paced phases' events/s
+	warmAt, downAt, backAt time.Time
+	harnessCPU             [3]time.Duration // this process's CPU at warmAt, downAt and backAt
 
-	// cpu reads geckohook's CPU time so far (nil: not measured).
-	cpu func() time.Duration
+	// back is closed once backAt is set; due once the retries were made
+	// overdue (at overdueAt, overdue of them, overdueErr).
+	back, due  chan struct{}
+	ledger     *Ledger
+	overdueAt  time.Time
+	overdue    int64
+	overdueErr error
+	// profile, when set, is started once the retries are made overdue.
+	profile func()
+	// claimsOf, when set, reads geckohook's retry claims so far; claims
+	// and requests (the farm's, of every pair) are read when the retries
+	// are made overdue and when the queues are seen empty after.
+	claimsOf   func() (int64, error)
+	claims     [2]int64
+	requests   [2]int64
+	claimsRead bool // both read
+	claimsErr  error
 }
 
 // outageScenario is the outage scenario's spec: 1,000 webhooks, one per
@@ -60,18 +98,13 @@ type outage struct {
 func (s *suite) outageScenario(ctx context.Context) ([]Scenario, error) {
 	down := s.o.Outage
 	if down <= 0 {
-		// Long enough in the short run that, when the hosts come back,
-		// more deliveries come due at once than geckohook takes, so the
-		// drain measures geckohook and not only the retry schedule
-		// (24 s: a backlog overdue by a second formed in each run
-		// tried; 16 s: in one of two).
+		// Long enough past the 10 s limit that attempts time out while
+		// the hosts are still down, and that the queues hold enough
+		// when they come back for the drain to last several seconds.
 		down = s.sizes(60*time.Second, 24*time.Second)
 	}
-	// A quarter refusing, the rest hanging: long enough past the 10 s
-	// limit that attempts time out while the hosts are still down, and
-	// short enough that the retries' waits keep the drain within a
-	// minute of the hosts' return in the short run.
-	o := &outage{warm: s.sizes(15*time.Second, 6*time.Second), refuse: down / 4, hang: down - down/4,
+	o := &outage{lead: s.sizes(15*time.Second, 6*time.Second), warm: s.sizes(15*time.Second, 6*time.Second),
+		refuse: down / 4, hang: down - down/4, pacedRate: s.o.PacedRate,
 		failing: func(h *PlanHook) bool { return h.Account%10 >= 7 }}
 	p := singles(1000, 10, 26, func(i int) (int, EndpointBehaviour) {
 		if i%10 >= 7 {
@@ -80,153 +113,167 @@ func (s *suite) outageScenario(ctx context.Context) ([]Scenario, error) {
 		return i % 16, EndpointBehaviour{}
 	})
 	return s.runOne(ctx, spec{name: "outage", partitions: 8, dispatchers: 1, servers: 26, plan: p,
-		flood: o.warm + o.refuse + o.hang, settle: s.sizes(5*time.Minute, 100*time.Second),
+		flood: o.lead + o.warm + o.refuse + o.hang, settle: s.sizes(5*time.Minute, 100*time.Second),
 		deliverable: func(h *PlanHook) bool { return !o.failing(h) }, outage: o})
 }
 
-// start runs the outage's clock from t0, when the flood began.
-func (o *outage) start(ctx context.Context, farm *Farm, p *Plan, store *shard.Store, l *Ledger, t0 time.Time) {
-	o.stop, o.done = make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(o.done)
-		o.err = o.run(ctx, farm, p, store, l, t0)
-	}()
+// flood produces the outage's flood (at most count events) and runs its
+// clock: the lead-in, then the paced phases, taking the failing hosts
+// down and bringing them back. deliverable counts the pairs of the first
+// n events that can be delivered while the hosts are down.
+func (o *outage) flood(ctx context.Context, gen *Generator, l *Ledger, farm *Farm, store *shard.Store, count int, deliverable func(n int) int64) (int, error) {
+	o.back, o.due, o.ledger = make(chan struct{}), make(chan struct{}), l
+	// Every host is up in the lead-in: all its pairs can be delivered.
+	all := gen.Plan.PairCounter(nil)
+	start := time.Now()
+	n, err := gen.Run(ctx, Flood{Count: count, Duration: o.lead, MaxAhead: maxAhead,
+		Ahead: func(n int) int64 { return all(n) - l.Delivered() }}, nil)
+	if err != nil {
+		return n, err
+	}
+	// The rate leaves out the first second, the ramp; the paced phases
+	// start once the lead-in's events left Kafka, delivered or queued for
+	// a retry (a loaded machine can make attempts time out even here).
+	o.leadFrom, o.leadTo, o.leadEvents = start.Add(time.Second), time.Now(), n
+	if err := waitOutOfKafka(ctx, l, store, all(n), time.Minute); err != nil {
+		return n, fmt.Errorf("the lead-in's events: %w", err)
+	}
+	o.rate = o.pacedRate
+	if o.rate <= 0 {
+		lead := l.Window(nil, o.leadFrom, o.leadTo)
+		o.rate = RateBetween(0, lead.Delivered, o.leadFrom, o.leadTo) / 2 / gen.Plan.MeanFanout()
+	}
+	if o.rate < 1 {
+		return n, fmt.Errorf("the lead-in delivered too little to pace the flood by (%.1f events/s)", o.rate)
+	}
+	o.warmAt = time.Now()
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var clock sync.WaitGroup
+	clock.Go(func() { o.clock(cctx, farm, gen.Plan) })
+	// The paced phases' pairs of the failing hosts are not delivered
+	// until they are back: they do not count as ahead.
+	m, err := gen.Run(ctx, Flood{From: n, Count: count - n, Rate: o.rate, Duration: o.warm + o.refuse + o.hang,
+		MaxAhead: maxAhead, Ahead: func(k int) int64 { return all(n) + deliverable(k) - deliverable(n) - l.Delivered() }}, nil)
+	if err != nil {
+		cancel()
+	}
+	clock.Wait()
+	return n + m, err
 }
 
-// finish waits up to limit for the queues to be seen empty, then stops
-// the clock.
-func (o *outage) finish(limit time.Duration) {
-	select {
-	case <-o.done:
-	case <-time.After(limit):
+// clock takes the failing hosts down at the end of the warm phase and
+// brings them back after the refuse and hang phases.
+func (o *outage) clock(ctx context.Context, farm *Farm, p *Plan) {
+	o.harnessCPU[0] = ownCPU()
+	if !sleepUntil(ctx, o.warmAt.Add(o.warm)) {
+		return
 	}
-	close(o.stop)
-	<-o.done
-}
-
-func (o *outage) run(ctx context.Context, farm *Farm, p *Plan, store *shard.Store, l *Ledger, t0 time.Time) error {
-	// The warm phase's rate leaves out its first second, the ramp.
-	if !o.sleepUntil(ctx, t0.Add(time.Second)) {
-		return nil
-	}
-	n1, at1 := l.Delivered(), time.Now()
-	if !o.sleepUntil(ctx, t0.Add(o.warm)) {
-		return nil
-	}
-	n2, downAt := l.Delivered(), time.Now()
-	refuseUntil := downAt.Add(o.refuse)
+	o.downAt, o.harnessCPU[1] = time.Now(), ownCPU()
+	refuseUntil := o.downAt.Add(o.refuse)
 	back := refuseUntil.Add(o.hang)
 	for i := range p.Hooks {
 		if o.failing(&p.Hooks[i]) {
 			farm.SetBehaviour(i, EndpointBehaviour{RefuseUntil: refuseUntil, HangUntil: back})
 		}
 	}
-	if !o.sleepUntil(ctx, back) {
-		return nil
+	if !sleepUntil(ctx, back) {
+		return
 	}
-	n3, backAt := l.Delivered(), time.Now()
-	o.warmRate, o.healthyRate, o.backAt = RateBetween(n1, n2, at1, downAt), RateBetween(n2, n3, downAt, backAt), backAt
-	// The depth every 100 ms, to see the queues empty; once a second, and
-	// then, a sample for the drain's figures.
-	next := backAt
-	for {
-		sched, dead, err := store.Depth(ctx)
-		if now := time.Now(); err == nil {
-			depth := sched + dead
-			o.drained = max(o.drained, depth)
-			if depth == 0 || !now.Before(next) {
-				err = o.sample(ctx, store, l, now, depth)
-				for !next.After(now) {
-					next = next.Add(time.Second)
-				}
-			}
-			if depth == 0 {
-				o.emptyAt = now
-				return err
-			}
+	o.backAt, o.harnessCPU[2] = time.Now(), ownCPU()
+	close(o.back)
+}
+
+// makeOverdue is the monitor's hook (monitorProbes.before): at its first
+// sample overdueAfter the hosts' return, every queued retry is made due,
+// so the samples from that one on follow geckohook taking an overdue
+// backlog out. It runs on the monitor's goroutine only.
+func (o *outage) makeOverdue(ctx context.Context, rdb redis.UniversalClient, store *shard.Store) func(now time.Time) {
+	return func(now time.Time) {
+		select {
+		case <-o.due:
+			return
+		default:
 		}
 		select {
-		case <-o.stop:
-			return err
-		case <-ctx.Done():
-			return nil
-		case <-time.After(100 * time.Millisecond):
+		case <-o.back:
+		default:
+			return
+		}
+		if now.Before(o.backAt.Add(overdueAfter)) {
+			return
+		}
+		o.overdue, o.overdueErr = makeOverdue(ctx, rdb, store, now.Add(-overdueBy))
+		o.overdueAt = now
+		o.readClaims(0)
+		close(o.due)
+		if o.profile != nil {
+			o.profile()
 		}
 	}
 }
 
-// sample reads the backlog (deliveries due by backlogAge before now and
-// not taken) and geckohook's CPU at now, when the queues held depth.
-func (o *outage) sample(ctx context.Context, store *shard.Store, l *Ledger, now time.Time, depth int64) error {
-	backlog, err := store.DueBacklog(ctx, now.Add(-backlogAge))
-	if err != nil {
-		return err
+// readClaims reads the retry claims and the farm's requests into slot i.
+func (o *outage) readClaims(i int) {
+	if o.claimsOf == nil || o.claimsErr != nil {
+		return
 	}
-	var cpu time.Duration
-	if o.cpu != nil {
-		cpu = o.cpu()
-	}
-	o.samples = append(o.samples, DrainSample{At: now, Depth: depth, Backlog: backlog, CPU: cpu, Delivered: l.Delivered(), Expected: l.Expected()})
-	return nil
+	o.claims[i], o.claimsErr = o.claimsOf()
+	o.requests[i] = o.ledger.Requests()
 }
 
-// sleepUntil waits until t; false if the outage was stopped first.
-func (o *outage) sleepUntil(ctx context.Context, t time.Time) bool {
+// finish waits up to limit for the retries to be made overdue and the
+// monitor to see the queues empty after.
+func (o *outage) finish(mon *monitor, limit time.Duration) {
+	if o.due == nil {
+		return
+	}
+	select {
+	case <-o.due:
+	case <-time.After(limit):
+		return
+	}
+	if mon.waitEmpty(o.overdueAt, limit) {
+		o.readClaims(1)
+		o.claimsRead = o.claimsOf != nil && o.claimsErr == nil
+	}
+}
+
+// waitOutOfKafka waits up to limit for want pairs to be delivered or in
+// the retry queues.
+func waitOutOfKafka(ctx context.Context, l *Ledger, store *shard.Store, want int64, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		sched, dead, err := store.Depth(ctx)
+		if err == nil && l.Delivered()+sched+dead >= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d pairs delivered and %d queued after %s", l.Delivered(), want, sched+dead, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// sleepUntil waits until t; false if ctx ended first.
+func sleepUntil(ctx context.Context, t time.Time) bool {
 	select {
 	case <-time.After(time.Until(t)):
 		return true
-	case <-o.stop:
-		return false
 	case <-ctx.Done():
 		return false
 	}
 }
 
-// report puts the outage's figures and targets in row; healthyScenario is
-// the healthy scenario's rate in this run (0: it did not run first).
-func (o *outage) report(row *Scenario, healthyScenario float64) {
-	row.HealthyPerSec = o.healthyRate
-	d := DrainOf(o.samples)
-	row.DrainPerSec, row.DrainBacklogSec, row.DrainCores, row.DrainDeliveredPerSec = d.PerSec, d.BacklogSec, d.Cores, d.DeliveredPerSec
-	row.DrainRatio = RatioOf(d.PerSec, o.warmRate)
-	row.DrainFreePerSec, row.DrainFreeRatio, row.DrainFreeSec = d.FreePerSec, RatioOf(d.FreePerSec, o.warmRate), d.FreeSec
-	row.DrainPacedPerSec = DrainRate(o.drained, o.backAt, o.emptyAt)
-	if !o.emptyAt.IsZero() {
-		row.DrainWallSec = o.emptyAt.Sub(o.backAt).Seconds()
+// ownCPU is this process's CPU time so far (0: not readable).
+func ownCPU() time.Duration {
+	u, err := ReadUsage(os.Getpid())
+	if err != nil {
+		return 0
 	}
-	row.Notes = append(row.Notes, fmt.Sprintf("30%% of the pairs' hosts refused connections for %s, then hung for %s; the flood ran %s before with every host up (%.0f deliveries/s: the healthy flood rate of drain_ratio) and stopped when they came back; deliveries/s and CPU per delivery cover the whole run, the drain included",
-		o.refuse, o.hang, o.warm, o.warmRate))
-	switch {
-	case o.emptyAt.IsZero():
-		row.Notes = append(row.Notes, "the retry queues were not seen empty: no drain_paced_per_sec")
-	default:
-		row.Notes = append(row.Notes, fmt.Sprintf("the queues held up to %d deliveries once the hosts were back and were empty %.1f s later (drain_paced_per_sec): a retry waits for its time (Sidekiq's 15-25 s, then 16-35 s, ...), which paces that figure",
-			o.drained, row.DrainWallSec))
-	}
-	switch {
-	case d.BacklogSec > 0:
-		row.Notes = append(row.Notes, fmt.Sprintf("%.1f s of the drain began with deliveries due for %s or more and not yet taken (up to %d at once): drain_per_sec is the rate over those seconds, when geckohook, not the retry schedule, set the pace",
-			d.BacklogSec, backlogAge, d.PeakBacklog))
-	case d.LowerBound:
-		row.Notes = append(row.Notes, fmt.Sprintf("no second of the drain began with a delivery due for %s or more and not yet taken (geckohook kept up with the retry schedule throughout): drain_per_sec is the best second's rate, a lower bound of its capacity",
-			backlogAge))
-	}
-	if o.err != nil {
-		row.Notes = append(row.Notes, "reading the queues' depth: "+o.err.Error())
-	}
-	if row.RedisBytesPerQueued != 0 {
-		row.Targets = append(row.Targets, CheckTarget("redis_bytes_per_queued", row.RedisBytesPerQueued, "<=", targetRedisBytesPerQueued))
-	}
-	if row.DrainRatio != 0 || !o.emptyAt.IsZero() {
-		row.Targets = append(row.Targets, CheckTarget("drain_ratio", row.DrainRatio, ">=", targetDrainRatio))
-	}
-	ref, against := healthyScenario, fmt.Sprintf("%.2f × the healthy scenario's %.0f/s", targetHealthyShare, healthyScenario)
-	if ref <= 0 {
-		ref, against = o.warmRate, fmt.Sprintf("%.2f × this run's warm phase, %.0f/s", targetHealthyShare, o.warmRate)
-	}
-	if ref > 0 {
-		t := CheckTarget("healthy_per_sec", o.healthyRate, ">=", targetHealthyShare*ref)
-		t.Against = against
-		row.Targets = append(row.Targets, t)
-	}
+	return u.CPU
 }

@@ -2,8 +2,8 @@ package loadtest
 
 import (
 	"errors"
+	"fmt"
 	"net"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -17,12 +17,8 @@ import (
 )
 
 // The outage's clock takes the failing hosts down at the end of the warm
-// phase (refusing, then hanging), brings them back, measures the rates on
-// either side, and sees the queues empty (here they never fill).
+// phase (refusing, then hanging) and brings them back.
 func TestOutageClock(t *testing.T) {
-	srv := testenv.Redis(t)
-	store := shard.NewStore(srv.Client(), contract.DefaultRedisPrefix)
-	failing := func(h *PlanHook) bool { return h.Account%10 >= 7 }
 	p := singles(10, 1, 2, func(i int) (int, EndpointBehaviour) {
 		if i%10 >= 7 {
 			return 1, EndpointBehaviour{}
@@ -31,33 +27,16 @@ func TestOutageClock(t *testing.T) {
 	})
 	p.Apps[0].Secret = "s3cret"
 	f := newTestFarm(t, 2)
-	l := serveLedger(f, p, 100_000, 0)
-
-	// Healthy deliveries, one every 5 ms, recorded as the farm would.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for e := 0; e < 100_000; e++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-			if failing(&p.Hooks[e%10]) {
-				continue
-			}
-			l.Produced(e, time.Now())
-			l.Record(e%10, e, []byte(strconv.Itoa(e)), true, 200, time.Now())
-		}
-	})
-	defer wg.Wait()
-	defer close(stop)
+	serveLedger(f, p, 100, 100)
 
 	// Phases long enough that a test goroutine held off the CPU for a few
 	// hundred ms on a loaded machine still sees each one.
-	o := &outage{warm: 1200 * time.Millisecond, refuse: 1500 * time.Millisecond, hang: 2 * time.Second, failing: failing}
-	t0 := time.Now()
-	o.start(t.Context(), f, p, store, l, t0)
+	o := &outage{warm: 1200 * time.Millisecond, refuse: 1500 * time.Millisecond, hang: 2 * time.Second,
+		failing: func(h *PlanHook) bool { return h.Account%10 >= 7 },
+		back:    make(chan struct{}), warmAt: time.Now()}
+	var clock sync.WaitGroup
+	clock.Go(func() { o.clock(t.Context(), f, p) })
+	defer clock.Wait()
 
 	down := addrOf(t, p.Hooks[7].URL)
 	eventually(t, "the failing host to refuse", func() bool {
@@ -68,7 +47,7 @@ func TestOutageClock(t *testing.T) {
 		}
 		return errors.Is(err, syscall.ECONNREFUSED)
 	})
-	if since := time.Since(t0); since < o.warm {
+	if since := time.Since(o.warmAt); since < o.warm {
 		t.Fatalf("refusing %v after the start, before the warm phase's %v ended", since, o.warm)
 	}
 	c := &fasthttp.Client{}
@@ -85,18 +64,75 @@ func TestOutageClock(t *testing.T) {
 		s, err := post(c, p.Hooks[7].URL, body, "d-17", contract.NewSigner("s3cret").Sign(body), 100*time.Millisecond)
 		return err == nil && s == 200
 	})
-	o.finish(5 * time.Second)
-	if o.err != nil {
-		t.Fatal(o.err)
+	select {
+	case <-o.back:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the clock did not say the hosts were back")
 	}
-	if got := o.backAt.Sub(t0); got < o.warm+o.refuse+o.hang {
-		t.Fatalf("back %v after the start, want at least %v", got, o.warm+o.refuse+o.hang)
+	if got := o.backAt.Sub(o.warmAt); got < o.warm+o.refuse+o.hang || o.downAt.Sub(o.warmAt) < o.warm {
+		t.Fatalf("down %v and back %v after the start, want at least %v and %v", o.downAt.Sub(o.warmAt), got, o.warm, o.warm+o.refuse+o.hang)
 	}
-	if o.emptyAt.Before(o.backAt) || o.emptyAt.Sub(o.backAt) > 2*time.Second || o.drained != 0 {
-		t.Fatalf("empty %v after the return, drained %d; want empty queues seen at once", o.emptyAt.Sub(o.backAt), o.drained)
+}
+
+// At the monitor's first sample overdueAfter the hosts' return, every
+// scheduled retry of every shard is made due, earlier ones keeping their time, the
+// dead set untouched; a claim then takes them all.
+func TestOutageMakesRetriesOverdue(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := t.Context()
+	store := shard.NewStore(rdb, contract.DefaultRedisPrefix)
+	t0 := time.Now().Truncate(time.Millisecond)
+	var qs []*shard.Queue
+	for part := range 2 {
+		if err := store.Register(ctx, "ev", part); err != nil {
+			t.Fatal(err)
+		}
+		q := shard.NewQueue(rdb, contract.DefaultRedisPrefix, "ev", part)
+		qs = append(qs, q)
+		var es []shard.Entry
+		for i, due := range []time.Duration{-2 * time.Hour, time.Second, 20 * time.Second, time.Hour} {
+			hook := fmt.Sprintf("wh_%d", i%2)
+			es = append(es, shard.Entry{Rec: &shard.Record{ID: fmt.Sprintf("p%d-%d", part, i), WebhookID: hook, Body: []byte("x")}, Due: t0.Add(due)})
+		}
+		es = append(es, shard.Entry{Rec: &shard.Record{ID: fmt.Sprintf("p%d-dead", part), WebhookID: "wh_0"}, Due: t0, Dead: true})
+		if err := q.Schedule(ctx, es); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if o.warmRate < 20 || o.healthyRate < 20 {
-		t.Fatalf("warm rate %.0f/s, healthy rate %.0f/s; want both measured", o.warmRate, o.healthyRate)
+	backlog := func(want int64) {
+		t.Helper()
+		if got, err := store.DueBacklog(ctx, t0.Add(-backlogAge)); err != nil || got != want {
+			t.Fatalf("backlog %d, %v; want %d", got, err, want)
+		}
+	}
+	backlog(2) // the one due two hours ago, in each shard
+
+	o := &outage{back: make(chan struct{}), due: make(chan struct{})}
+	hook := o.makeOverdue(ctx, rdb, store)
+	hook(t0) // the hosts are not back yet: nothing moves
+	backlog(2)
+	o.backAt = t0.Add(-overdueAfter + time.Millisecond)
+	close(o.back)
+	hook(t0) // back, but attempts sent while they hung may still run
+	backlog(2)
+	o.backAt = t0.Add(-overdueAfter)
+	hook(t0)
+	if o.overdueErr != nil || o.overdue != 6 || !o.overdueAt.Equal(t0) {
+		t.Fatalf("moved %d at %v, %v; want 6 at the sample", o.overdue, o.overdueAt, o.overdueErr)
+	}
+	backlog(8)
+	hook(t0.Add(time.Second)) // once only
+	if o.overdue != 6 || !o.overdueAt.Equal(t0) {
+		t.Fatalf("made overdue again: %d at %v", o.overdue, o.overdueAt)
+	}
+	for _, q := range qs {
+		recs, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 100)
+		if err != nil || len(recs) != 4 {
+			t.Fatalf("claim of %s: %d records, %v; want all 4 scheduled", q.Shard, len(recs), err)
+		}
+		if n, err := q.DeadLen(ctx); err != nil || n != 1 {
+			t.Fatalf("dead of %s: %d, %v; want the one left as it was", q.Shard, n, err)
+		}
 	}
 }
 

@@ -83,15 +83,25 @@ type Scenario struct {
 	BadSignatures int64 `json:"bad_signatures"` // requests whose signature did not verify
 	PeakRSSBytes  int64 `json:"peak_rss_bytes"` // geckohook processes, summed at each sample, peak
 
-	DurationSec    float64 `json:"duration_sec"`
-	OfferedPerSec  float64 `json:"offered_per_sec"`        // events offered per second; 0: as fast as possible
-	LatencyNote    string  `json:"latency_note,omitempty"` // what the latency figures measure, e.g. "paced at 50% of the sustained rate"
-	HealthyPerSec  float64 `json:"healthy_per_sec,omitempty"`
-	Deleted        int64   `json:"deleted,omitempty"` // webhooks deleted (410s)
-	Queued         int64   `json:"queued,omitempty"`  // pairs still waiting for a retry at the end
-	IDMismatches   int64   `json:"id_mismatches"`     // delivery ids that differ between attempts of one pair
-	Unexpected     int64   `json:"unexpected"`        // requests for pairs that were never expected
-	PeakRetryDepth int64   `json:"peak_retry_depth,omitempty"`
+	DurationSec   float64 `json:"duration_sec"`
+	OfferedPerSec float64 `json:"offered_per_sec"`        // events offered per second; 0: as fast as possible
+	LatencyNote   string  `json:"latency_note,omitempty"` // what the latency figures measure, e.g. "paced at 50% of the sustained rate"
+	HealthyPerSec float64 `json:"healthy_per_sec,omitempty"`
+	// The outage's healthy pairs (those whose hosts stay up): offered
+	// per second while the other hosts were down (HealthyPerSec is what
+	// they got then), delivered per second in the warm phase before, and
+	// their produce-to-2xx p99 in each; FloodPerSec is the lead-in's
+	// deliveries/s, as fast as possible with every host up.
+	HealthyOfferedPerSec float64 `json:"healthy_offered_per_sec,omitempty"`
+	HealthyWarmPerSec    float64 `json:"healthy_warm_per_sec,omitempty"`
+	HealthyP99Ms         float64 `json:"healthy_p99_ms,omitempty"`
+	HealthyWarmP99Ms     float64 `json:"healthy_warm_p99_ms,omitempty"`
+	FloodPerSec          float64 `json:"flood_per_sec,omitempty"`
+	Deleted              int64   `json:"deleted,omitempty"` // webhooks deleted (410s)
+	Queued               int64   `json:"queued,omitempty"`  // pairs still waiting for a retry at the end
+	IDMismatches         int64   `json:"id_mismatches"`     // delivery ids that differ between attempts of one pair
+	Unexpected           int64   `json:"unexpected"`        // requests for pairs that were never expected
+	PeakRetryDepth       int64   `json:"peak_retry_depth,omitempty"`
 
 	Webhooks        int     `json:"webhooks,omitempty"`
 	Partitions      int     `json:"partitions,omitempty"`
@@ -109,30 +119,30 @@ type Scenario struct {
 	RedisBytesPerQueued float64 `json:"redis_bytes_per_queued,omitempty"`
 	PeakQueueDepth      int64   `json:"peak_queue_depth,omitempty"`
 	// DrainPerSec: deliveries/s out of the retry queues once the failing
-	// hosts are back, over the seconds that began with deliveries due a
-	// second or more before and not yet taken (DrainBacklogSec of them),
-	// when geckohook, not the retry schedule, set the pace; DrainCores:
-	// geckohook's CPU cores over those seconds, and DrainDeliveredPerSec
-	// the pairs it delivered per second in them, from the queues or from
-	// Kafka's backlog; DrainRatio: DrainPerSec over the healthy flood
-	// rate. With no such second, DrainPerSec is the best second's rate,
-	// a lower bound (the notes say so). DrainPacedPerSec: the deepest the
-	// queues were from the hosts' return, over DrainWallSec, the time
-	// until they were empty: the pace the retry schedule allowed.
+	// hosts are back and every queued delivery was made due (DrainDepth
+	// of them), over the seconds that began with deliveries overdue and
+	// not claimed (DrainBacklogSec of them); DrainRatio: DrainPerSec over
+	// FloodPerSec; DrainCores: geckohook's CPU cores over those seconds,
+	// DrainDeliveredPerSec the pairs it delivered per second in them;
+	// DrainClaimsPerRetry and DrainAttemptsPerRetry: retry claims and
+	// requests from then until the queues were empty, per delivery made
+	// due. DrainWallSec: from the hosts' return until a sample saw the
+	// queues empty.
 	DrainPerSec          float64 `json:"drain_per_sec,omitempty"`
 	DrainRatio           float64 `json:"drain_ratio,omitempty"`
+	DrainDepth           int64   `json:"drain_depth,omitempty"`
 	DrainBacklogSec      float64 `json:"drain_backlog_sec,omitempty"`
 	DrainCores           float64 `json:"drain_cores,omitempty"`
 	DrainDeliveredPerSec float64 `json:"drain_delivered_per_sec,omitempty"`
-	DrainPacedPerSec     float64 `json:"drain_paced_per_sec,omitempty"`
 	DrainWallSec         float64 `json:"drain_wall_sec,omitempty"`
-	// DrainFreePerSec: DrainPerSec over those of its seconds that began
-	// with the flood's Kafka backlog delivered (DrainFreeSec of them),
-	// when the retries had geckohook to themselves; DrainFreeRatio: it
-	// over the healthy flood rate.
-	DrainFreePerSec float64 `json:"drain_free_per_sec,omitempty"`
-	DrainFreeRatio  float64 `json:"drain_free_ratio,omitempty"`
-	DrainFreeSec    float64 `json:"drain_free_sec,omitempty"`
+	// DrainUsPerDelivery and FloodUsPerDelivery: geckohook's CPU
+	// microseconds per pair delivered over the drain's overdue seconds
+	// and over the lead-in: what a delivery from the retry queues costs
+	// against one from Kafka, steadier than the rates on shared cores.
+	DrainUsPerDelivery    float64 `json:"drain_us_per_delivery,omitempty"`
+	FloodUsPerDelivery    float64 `json:"flood_us_per_delivery,omitempty"`
+	DrainClaimsPerRetry   float64 `json:"drain_claims_per_retry,omitempty"`
+	DrainAttemptsPerRetry float64 `json:"drain_attempts_per_retry,omitempty"`
 	// CPUUsPerDelivery: geckohook's CPU microseconds per delivery;
 	// CeilingCPUUsPerRequest: the ceiling client's per request; CPURatio:
 	// the first over the second.
@@ -202,6 +212,7 @@ type Point struct {
 	DueBacklog      int64   `json:"due_backlog,omitempty"` // of RetryDepth, due a second or more before and not yet taken (outage)
 	RSSBytes        int64   `json:"rss_bytes"`             // geckohook processes
 	CPUCores        float64 `json:"cpu_cores"`             // geckohook processes, cores busy during that second
+	CPUWaiting      float64 `json:"cpu_waiting,omitempty"` // geckohook's threads waiting, runnable, for a CPU during that second, on average
 }
 
 // RatioOf is rate / ceiling, or 0 when there is no ceiling (ceiling <= 0)
@@ -251,6 +262,11 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.DurationSec = reportRound(s.DurationSec, 100)
 	s.OfferedPerSec = reportRound(s.OfferedPerSec, 10)
 	s.HealthyPerSec = reportRound(s.HealthyPerSec, 10)
+	s.HealthyOfferedPerSec = reportRound(s.HealthyOfferedPerSec, 10)
+	s.HealthyWarmPerSec = reportRound(s.HealthyWarmPerSec, 10)
+	s.HealthyP99Ms = reportRound(s.HealthyP99Ms, 100)
+	s.HealthyWarmP99Ms = reportRound(s.HealthyWarmP99Ms, 100)
+	s.FloodPerSec = reportRound(s.FloodPerSec, 10)
 	s.BytesPerWebhook = reportRound(s.BytesPerWebhook, 10)
 	s.RegistryLoadMs = reportRound(s.RegistryLoadMs, 100)
 	s.RegistryBytesPerWebhook = reportRound(s.RegistryBytesPerWebhook, 10)
@@ -261,11 +277,11 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.DrainBacklogSec = reportRound(s.DrainBacklogSec, 100)
 	s.DrainCores = reportRound(s.DrainCores, 100)
 	s.DrainDeliveredPerSec = reportRound(s.DrainDeliveredPerSec, 10)
-	s.DrainPacedPerSec = reportRound(s.DrainPacedPerSec, 10)
 	s.DrainWallSec = reportRound(s.DrainWallSec, 100)
-	s.DrainFreePerSec = reportRound(s.DrainFreePerSec, 10)
-	s.DrainFreeRatio = reportRound(s.DrainFreeRatio, 1000)
-	s.DrainFreeSec = reportRound(s.DrainFreeSec, 100)
+	s.DrainClaimsPerRetry = reportRound(s.DrainClaimsPerRetry, 100)
+	s.DrainUsPerDelivery = reportRound(s.DrainUsPerDelivery, 10)
+	s.FloodUsPerDelivery = reportRound(s.FloodUsPerDelivery, 10)
+	s.DrainAttemptsPerRetry = reportRound(s.DrainAttemptsPerRetry, 100)
 	s.CPUUsPerDelivery = reportRound(s.CPUUsPerDelivery, 100)
 	s.CeilingCPUUsPerRequest = reportRound(s.CeilingCPUUsPerRequest, 100)
 	s.CPURatio = reportRound(s.CPURatio, 1000)
@@ -304,6 +320,7 @@ func (p Point) MarshalJSON() ([]byte, error) {
 	p.P50Ms = reportRound(p.P50Ms, 100)
 	p.P99Ms = reportRound(p.P99Ms, 100)
 	p.CPUCores = reportRound(p.CPUCores, 100)
+	p.CPUWaiting = reportRound(p.CPUWaiting, 100)
 	return json.Marshal(plain(p))
 }
 
@@ -468,26 +485,16 @@ func reportCostNotes(s *Scenario) []string {
 	if reportRound(s.DrainPerSec, 10) != 0 {
 		n := "drain once the hosts were back: " + reportFmtRate(s.DrainPerSec) + " deliveries/s (" +
 			f2(s.DrainRatio) + " of the healthy flood rate)"
-		if reportRound(s.DrainBacklogSec, 100) != 0 {
-			n += " over the " + f1(s.DrainBacklogSec) + " s that began with deliveries overdue"
-		} else {
-			n += " in its best second, none overdue: a lower bound"
+		if s.DrainDepth != 0 {
+			n += " out of " + strconv.FormatInt(s.DrainDepth, 10) + " retries made due at once"
+		}
+		if reportRound(s.DrainWallSec, 100) != 0 {
+			n += "; the queues were empty " + f1(s.DrainWallSec) + " s after the hosts' return"
 		}
 		if reportRound(s.DrainCores, 100) != 0 {
 			n += ", geckohook using " + f2(s.DrainCores) + " cores"
-			if reportRound(s.DrainDeliveredPerSec, 10) != 0 {
-				n += " to deliver " + reportFmtRate(s.DrainDeliveredPerSec) + " pairs/s in all (Kafka's backlog included)"
-			}
 		}
 		notes = append(notes, n)
-	}
-	if reportRound(s.DrainFreeSec, 100) != 0 {
-		notes = append(notes, "of those, the "+f1(s.DrainFreeSec)+" s after the flood's Kafka backlog was delivered: "+
-			reportFmtRate(s.DrainFreePerSec)+" deliveries/s ("+f2(s.DrainFreeRatio)+" of the healthy flood rate)")
-	}
-	if reportRound(s.DrainWallSec, 100) != 0 {
-		notes = append(notes, "the queues were empty "+f1(s.DrainWallSec)+" s after the hosts' return: "+
-			reportFmtRate(s.DrainPacedPerSec)+" deliveries/s as the retry schedule paced them")
 	}
 	for _, t := range s.Targets {
 		res := "met"
@@ -511,7 +518,7 @@ func reportNotes(s *Scenario) []string {
 	if s.LatencyNote != "" {
 		notes = append(notes, "latency: "+s.LatencyNote)
 	}
-	if reportRound(s.HealthyPerSec, 10) != 0 {
+	if reportRound(s.HealthyPerSec, 10) != 0 && s.HealthyOfferedPerSec == 0 { // the outage says its own
 		notes = append(notes, "healthy endpoints alone: "+reportFmtRate(s.HealthyPerSec)+" deliveries/s")
 	}
 	notes = append(notes, reportCostNotes(s)...)

@@ -25,6 +25,7 @@ func reportTestSeries(n int) []Point {
 		ps[i] = Point{
 			T: f + 1, DeliveredPerSec: 40000 + 5000*math.Sin(f/10), P50Ms: 2 + math.Sin(f/7), P99Ms: 12 + 3*math.Cos(f/5),
 			RetryDepth: int64(i * 37 % 500), DueBacklog: int64(i * 11 % 300), RSSBytes: int64(200+i%50) << 20, CPUCores: 3.2 + 0.4*math.Sin(f),
+			CPUWaiting: float64(i%2) / 2,
 		}
 	}
 	return ps
@@ -41,8 +42,9 @@ func reportTestFull() Scenario {
 		HealthyPerSec: 4123.45, Deleted: 3, Queued: 4, IDMismatches: 5, Unexpected: 6, PeakRetryDepth: 7,
 		Webhooks: 100000, Partitions: 8, Dispatchers: 2, BytesPerWebhook: 1234.56,
 		RedisBytesPerQueued: 860.04, PeakQueueDepth: 20000, DrainPerSec: 12345.67, DrainRatio: 0.51234,
-		DrainBacklogSec: 12.345, DrainCores: 0.4567, DrainDeliveredPerSec: 15432.19, DrainPacedPerSec: 2857.14, DrainWallSec: 43.567,
-		DrainFreePerSec: 9876.54, DrainFreeRatio: 0.67891, DrainFreeSec: 4.567,
+		DrainBacklogSec: 12.345, DrainCores: 0.4567, DrainDeliveredPerSec: 15432.19, DrainWallSec: 43.567, DrainDepth: 61234,
+		DrainClaimsPerRetry: 2.456, DrainAttemptsPerRetry: 1.234, DrainUsPerDelivery: 31.04, FloodUsPerDelivery: 24.96,
+		HealthyOfferedPerSec: 4200.04, HealthyWarmPerSec: 4199.96, HealthyP99Ms: 8.765, HealthyWarmP99Ms: 4.321, FloodPerSec: 24000.04,
 		CPUUsPerDelivery: 22.456, CeilingCPUUsPerRequest: 9.0049, CPURatio: 22.456 / 9.0049, OwnP50Ms: 0.8765, OwnP99Ms: 7.654,
 		Targets: []Target{CheckTarget("redis_bytes_per_queued", 860.04, "<=", 250), {Figure: "healthy_per_sec", Value: 4123.45, Op: ">=", Limit: 3999.99999, Met: true, Against: "0.95 × the healthy scenario's 4211/s"}},
 		Notes:   []string{"healthy endpoints got 95% of the healthy rate"},
@@ -134,8 +136,9 @@ func TestReportJSONKeys(t *testing.T) {
 		"id_mismatches", "unexpected", "peak_retry_depth", "webhooks", "partitions", "dispatchers",
 		"bytes_per_webhook", "notes", "roles", "passed", "failures", "series",
 		"redis_bytes_per_queued", "peak_queue_depth", "drain_per_sec", "drain_ratio", "cpu_us_per_delivery",
-		"drain_backlog_sec", "drain_cores", "drain_delivered_per_sec", "drain_paced_per_sec", "drain_wall_sec",
-		"drain_free_per_sec", "drain_free_ratio", "drain_free_sec",
+		"drain_backlog_sec", "drain_cores", "drain_delivered_per_sec", "drain_wall_sec", "drain_depth", "drain_claims_per_retry", "drain_attempts_per_retry",
+		"drain_us_per_delivery", "flood_us_per_delivery",
+		"healthy_offered_per_sec", "healthy_warm_per_sec", "healthy_p99_ms", "healthy_warm_p99_ms", "flood_per_sec",
 		"ceiling_cpu_us_per_request", "cpu_ratio", "own_p50_ms", "own_p99_ms", "targets"))
 	targets := full["targets"].([]any)
 	reportTestSameKeys(t, "target", reportTestKeys(t, "target", targets[0]), []string{"figure", "value", "op", "limit", "met"})
@@ -149,7 +152,7 @@ func TestReportJSONKeys(t *testing.T) {
 	reportTestSameKeys(t, "point", reportTestKeys(t, "point", series[0]),
 		[]string{"t", "delivered_per_sec", "p50_ms", "p99_ms", "retry_depth", "rss_bytes", "cpu_cores"})
 	reportTestSameKeys(t, "point", reportTestKeys(t, "point", series[1]),
-		[]string{"t", "delivered_per_sec", "p50_ms", "p99_ms", "retry_depth", "due_backlog", "rss_bytes", "cpu_cores"})
+		[]string{"t", "delivered_per_sec", "p50_ms", "p99_ms", "retry_depth", "due_backlog", "rss_bytes", "cpu_cores", "cpu_waiting"})
 
 	// A bare scenario keeps every required key, writes roles and series as
 	// [] (not null) and leaves out the omitempty extras.
@@ -186,11 +189,16 @@ func TestReportJSONKeys(t *testing.T) {
 		{"drain_backlog_sec", s.DrainBacklogSec, 12.35},
 		{"drain_cores", s.DrainCores, 0.46},
 		{"drain_delivered_per_sec", s.DrainDeliveredPerSec, 15432.2},
-		{"drain_paced_per_sec", s.DrainPacedPerSec, 2857.1},
 		{"drain_wall_sec", s.DrainWallSec, 43.57},
-		{"drain_free_per_sec", s.DrainFreePerSec, 9876.5},
-		{"drain_free_ratio", s.DrainFreeRatio, 0.679},
-		{"drain_free_sec", s.DrainFreeSec, 4.57},
+		{"drain_claims_per_retry", s.DrainClaimsPerRetry, 2.46},
+		{"drain_us_per_delivery", s.DrainUsPerDelivery, 31},
+		{"flood_us_per_delivery", s.FloodUsPerDelivery, 25},
+		{"drain_attempts_per_retry", s.DrainAttemptsPerRetry, 1.23},
+		{"healthy_offered_per_sec", s.HealthyOfferedPerSec, 4200},
+		{"healthy_warm_per_sec", s.HealthyWarmPerSec, 4200},
+		{"healthy_p99_ms", s.HealthyP99Ms, 8.77},
+		{"healthy_warm_p99_ms", s.HealthyWarmP99Ms, 4.32},
+		{"flood_per_sec", s.FloodPerSec, 24000},
 		{"cpu_us_per_delivery", s.CPUUsPerDelivery, 22.46},
 		{"ceiling_cpu_us_per_request", s.CeilingCPUUsPerRequest, 9},
 		{"cpu_ratio", s.CPURatio, 2.494},
@@ -602,8 +610,7 @@ func TestReportTable(t *testing.T) {
 		"CPU: geckohook 22.5 µs per delivery, the ceiling client 9.0 µs per request (2.49×)",
 		"geckohook's own latency (Kafka record time to arrival at the receiver): p50 0.88 ms, p99 7.65 ms",
 		"Redis: 860.0 bytes per queued delivery at a depth of 20000",
-		"drain once the hosts were back: 12346 deliveries/s (0.51 of the healthy flood rate) over the 12.3 s that began with deliveries overdue, geckohook using 0.46 cores to deliver 15432 pairs/s in all (Kafka's backlog included)",
-		"the queues were empty 43.6 s after the hosts' return: 2857 deliveries/s as the retry schedule paced them",
+		"drain once the hosts were back: 12346 deliveries/s (0.51 of the healthy flood rate) out of 61234 retries made due at once; the queues were empty 43.6 s after the hosts' return, geckohook using 0.46 cores",
 		"target redis_bytes_per_queued <= 250: 860.04 MISSED",
 		"target healthy_per_sec >= 4000: 4123.45 met (against 0.95 × the healthy scenario's 4211/s)",
 		"FAIL: 2 of 4 scenarios failed\n",

@@ -141,6 +141,31 @@ func ReadUsage(pid int) (Usage, error) {
 	}, nil
 }
 
+// ReadRunWait reads how long a process's threads have waited, runnable,
+// for a CPU: the second field of each /proc/<pid>/task/<tid>/schedstat,
+// summed (the waits of threads that ended are lost). On a machine whose
+// cores are shared, it tells a process that was slow from one that was
+// starved.
+func ReadRunWait(pid int) (time.Duration, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("cannot list the threads of process %d: %w", pid, err)
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread ended
+		}
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum, nil
+}
+
 // Stack is what a scenario runs against: Kafka brokers, a Redis address and
 // the geckohook API, with the child processes the harness started for them.
 type Stack struct {
@@ -468,15 +493,19 @@ type sampler struct {
 	procs  []*Proc
 	start  map[int]Usage
 	last   map[int]Usage
+	wait   map[int]time.Duration // run-queue wait at the last sample
 	peak   map[int]int64
 	lastAt time.Time
 }
 
 func newSampler(procs []*Proc) *sampler {
-	s := &sampler{procs: procs, start: map[int]Usage{}, last: map[int]Usage{}, peak: map[int]int64{}, lastAt: time.Now()}
+	s := &sampler{procs: procs, start: map[int]Usage{}, last: map[int]Usage{}, wait: map[int]time.Duration{}, peak: map[int]int64{}, lastAt: time.Now()}
 	for _, p := range procs {
 		if u, err := ReadUsage(p.Pid()); err == nil {
 			s.start[p.Pid()], s.last[p.Pid()], s.peak[p.Pid()] = u, u, u.RSS
+		}
+		if w, err := ReadRunWait(p.Pid()); err == nil {
+			s.wait[p.Pid()] = w
 		}
 	}
 	return s
@@ -489,6 +518,9 @@ func (s *sampler) add(p *Proc) {
 	s.procs = append(s.procs, p)
 	if u, err := ReadUsage(p.Pid()); err == nil {
 		s.start[p.Pid()], s.last[p.Pid()], s.peak[p.Pid()] = u, u, u.RSS
+	}
+	if w, err := ReadRunWait(p.Pid()); err == nil {
+		s.wait[p.Pid()] = w
 	}
 }
 
@@ -507,6 +539,9 @@ func (s *sampler) sample(role string) (cores float64, rss int64) {
 		}
 		prev := s.last[p.Pid()]
 		s.last[p.Pid()] = u
+		if w, err := ReadRunWait(p.Pid()); err == nil {
+			s.wait[p.Pid()] = w
+		}
 		s.peak[p.Pid()] = max(s.peak[p.Pid()], u.RSS)
 		if p.Role == role {
 			rss += u.RSS
@@ -516,6 +551,22 @@ func (s *sampler) sample(role string) (cores float64, rss int64) {
 		}
 	}
 	return cores, rss
+}
+
+// cpu is the CPU time and the run-queue wait so far of the processes of
+// role, as the last sample (or the start) read them; false when the
+// sampler follows none of them.
+func (s *sampler) cpu(role string) (cpu, wait time.Duration, found bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.procs {
+		if p.Role == role {
+			cpu += s.last[p.Pid()].CPU
+			wait += s.wait[p.Pid()]
+			found = true
+		}
+	}
+	return cpu, wait, found
 }
 
 // roleUsage sums CPU time since the sampler began and peak RSS per role.
@@ -611,6 +662,19 @@ func metricValue(url, name string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s has no %s", url, name)
+}
+
+// metricSum is the sum of one metric over several /metrics addresses.
+func metricSum(urls []string, name string) (int64, error) {
+	var sum float64
+	for _, u := range urls {
+		v, err := metricValue(u, name)
+		if err != nil {
+			return 0, err
+		}
+		sum += v
+	}
+	return int64(sum), nil
 }
 
 // settingsEnv turns flags (--name value, or --name alone for a switch) into

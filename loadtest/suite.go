@@ -49,8 +49,9 @@ type SuiteOptions struct {
 	// Profile: take a CPU profile of the first geckohook process during
 	// each flood, saved beside the process logs (cpu.pprof).
 	Profile bool
-	// PacedRate is the events/s of the healthy scenario's latency phase
-	// (0: half the rate its flood sustained).
+	// PacedRate is the events/s of the paced phases: the healthy
+	// scenario's latency phase and the outage scenario's flood after its
+	// lead-in (0: half the rate each one's unpaced flood sustained).
 	PacedRate float64
 	// CeilingClient is the geckoload binary, run as `-ceiling-client` so
 	// that the raw ceiling's client has a process, and a CPU time, of its
@@ -379,8 +380,18 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	farm.Use(l)
 	smp := newSampler(stack.Procs())
 	probes, memBase := s.probes(ctx, stack, rdb)
+	var profiling sync.WaitGroup
+	defer profiling.Wait()
+	profilePath := filepath.Join(o.Out, dirName, "cpu.pprof")
 	if sp.outage != nil {
 		probes.backlog = func(now time.Time) (int64, error) { return store.DueBacklog(ctx, now.Add(-backlogAge)) }
+		probes.before = sp.outage.makeOverdue(ctx, rdb, store)
+		if len(stack.Metrics) > 0 {
+			sp.outage.claimsOf = func() (int64, error) { return metricSum(stack.Metrics, "geckohook_retries_claimed_total") }
+		}
+		if stack.Pprof != "" { // the drain, where the outage's question is
+			sp.outage.profile = func() { profiling.Go(func() { s.profile(stack, profilePath, 10*time.Second) }) }
+		}
 	}
 	gen := NewGenerator(stack.Brokers, o.Topic, sp.plan, l)
 	defer gen.Close()
@@ -388,16 +399,10 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	if sp.arm != nil {
 		sp.arm(farm, sp.plan, t0)
 	}
-	if sp.outage != nil {
-		sp.outage.cpu = probes.cpu
-		sp.outage.start(ctx, farm, sp.plan, store, l, t0)
-	}
 	mon := s.monitor(ctx, sp.name, store, smp, l, t0, probes)
-	var profiling sync.WaitGroup
-	defer profiling.Wait()
-	if stack.Pprof != "" {
+	if stack.Pprof != "" && sp.outage == nil {
 		d := min(max(sp.flood-2*time.Second, time.Second), 20*time.Second)
-		profiling.Go(func() { s.profile(stack, filepath.Join(o.Out, dirName, "cpu.pprof"), d) })
+		profiling.Go(func() { s.profile(stack, profilePath, d) })
 	}
 	deliverable := sp.plan.PairCounter(sp.deliverable)
 	var during sync.WaitGroup
@@ -405,17 +410,19 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	if sp.during != nil {
 		during.Go(func() { duringErr = sp.during(ctx, stack, &row) })
 	}
-	produced, err := gen.Run(ctx, Flood{Count: maxEvents, Duration: sp.flood, MaxAhead: maxAhead,
-		Ahead: func(n int) int64 { return deliverable(n) - l.Delivered() }}, nil)
+	var produced int
+	if sp.outage != nil {
+		produced, err = sp.outage.flood(ctx, gen, l, farm, store, maxEvents, deliverable)
+	} else {
+		produced, err = gen.Run(ctx, Flood{Count: maxEvents, Duration: sp.flood, MaxAhead: maxAhead,
+			Ahead: func(n int) int64 { return deliverable(n) - l.Delivered() }}, nil)
+	}
 	during.Wait()
 	if duringErr != nil {
 		row.Failures = append(row.Failures, duringErr.Error())
 	}
 	if err != nil {
 		mon.stop()
-		if sp.outage != nil {
-			sp.outage.finish(0)
-		}
 		return nil, err
 	}
 	// The rate's window ends when the deliverable webhooks' pairs are all
@@ -424,24 +431,23 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	mon.target.Store(deliverable(produced))
 	floodEnd := time.Now()
 	acc, settleErr := s.settle(ctx, sp, stack, store, l, floodEnd.Add(sp.settle))
-	mon.stop()
 	if sp.outage != nil {
-		sp.outage.finish(10 * time.Second)
+		sp.outage.finish(mon, 10*time.Second)
 	}
+	mon.stop()
 	if settleErr != nil {
 		row.Failures = append(row.Failures, settleErr.Error())
 	}
 	if err := stack.Check(); err != nil {
 		row.Failures = append(row.Failures, err.Error())
 	}
-	end, delivered, cpu := mon.reachedAt, mon.deliveredAtReach, mon.cpuAtReach
+	end, delivered := mon.reachedAt, mon.deliveredAtReach
 	if end.IsZero() || sp.name == "recovering" || sp.outage != nil { // the whole run, retries included
-		end, delivered, cpu = mon.lastAt, mon.deliveredAtLast, mon.cpuAtLast
+		end, delivered = mon.lastAt, mon.deliveredAtLast
 	}
-	// CPU per delivery covers the rate's window, as the rate does.
-	if mon.cpu != nil {
-		row.CPUUsPerDelivery = MicrosPer(cpu-mon.cpu0, delivered)
-	}
+	// CPU per delivery covers the rate's window, as the rate does, to the
+	// last once-a-second sample in it.
+	row.CPUUsPerDelivery = mon.cpuPerDelivery(end)
 	row.CeilingCPUUsPerRequest = MicrosPer(sp.ceiling.CPUPerRequest, 1)
 	row.CPURatio = RatioOf(row.CPUUsPerDelivery, row.CeilingCPUUsPerRequest)
 	if mon.mem != nil {
@@ -469,7 +475,8 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	row.OwnP50Ms, row.OwnP99Ms = ms(own.P50), ms(own.P99)
 	row.Series = mon.points(l.Series())
 	if sp.outage != nil {
-		sp.outage.report(&row, s.healthyRate)
+		row.LatencyNote = "produce→first 2xx over the whole run: the lead-in as fast as possible, the paced flood, and the retries"
+		sp.outage.report(&row, sp.outage.seen(l, sp.plan, mon))
 	}
 	switch sp.name {
 	case "dead-endpoints":
@@ -666,43 +673,52 @@ type monitor struct {
 	done             chan struct{}
 	wg               sync.WaitGroup
 
-	// cpu reads geckohook's CPU time so far (nil: not measured): cpu0 at
-	// the start, cpuAtLast when deliveries last grew, cpuAtReach when the
-	// target was reached.
-	cpu                         func() time.Duration
-	cpu0, cpuAtLast, cpuAtReach time.Duration
+	// cpu0 is geckohook's CPU time when the monitor began, as the
+	// sampler read it; cpuMeasured says whether the sampler follows a
+	// geckohook process at all.
+	cpu0        time.Duration
+	cpuMeasured bool
+	wait0       time.Duration // geckohook's run-queue wait at at0, the start
+	at0         time.Time
 	// mem reads Redis's data memory (nil: not measured); memAtPeak is its
 	// reading at depthAtPeak, the deepest the queues were at a sample.
 	mem                    func() (int64, error)
 	memAtPeak, depthAtPeak int64
 	backlog                func(now time.Time) (int64, error)
+	before                 func(now time.Time)
+	out                    io.Writer // the progress lines
 }
 
-// monitorProbes are what a monitor reads besides the ledger and the queues.
+// monitorProbes are what a monitor reads besides the ledger, the queues
+// and the sampler.
 type monitorProbes struct {
-	cpu func() time.Duration  // geckohook's CPU time so far; nil: none
 	mem func() (int64, error) // Redis's data memory now; nil: none
 	// backlog counts the deliveries due backlogAge before now and not
 	// yet taken; nil: not followed.
 	backlog func(now time.Time) (int64, error)
+	// before, when set, runs at each sample before anything is read (the
+	// outage makes the retries overdue there, so the sample that follows
+	// sees them).
+	before func(now time.Time)
 }
 
+// sample is one second's reading: the queues, the ledger and geckohook's
+// CPU (DrainSample), geckohook's memory and the cores it kept busy since
+// the sample before.
 type sample struct {
-	depth   int64
-	backlog int64
+	DrainSample
 	rss     int64
 	cores   float64
+	waiting float64 // geckohook's threads waiting for a CPU since the sample before, on average
 }
 
 // monitor follows a run from t0 until stop: the ledger's deliveries, the
 // retry queues and the processes once a second, and whatever pr reads
 // (monitorProbes{}: nothing more).
 func (s *suite) monitor(ctx context.Context, name string, store *shard.Store, smp *sampler, l *Ledger, t0 time.Time, pr monitorProbes) *monitor {
-	m := &monitor{lastAt: t0, done: make(chan struct{}), cpu: pr.cpu, mem: pr.mem, backlog: pr.backlog}
-	if m.cpu != nil {
-		m.cpu0 = m.cpu()
-		m.cpuAtLast, m.cpuAtReach = m.cpu0, m.cpu0
-	}
+	m := &monitor{lastAt: t0, done: make(chan struct{}), mem: pr.mem, backlog: pr.backlog, before: pr.before, out: s.o.Log}
+	m.cpu0, m.wait0, m.cpuMeasured = smp.cpu("geckohook")
+	m.at0 = time.Now()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -719,18 +735,14 @@ func (s *suite) monitor(ctx context.Context, name string, store *shard.Store, sm
 			case now := <-tick.C:
 				if d := l.Delivered(); d != last {
 					last = d
-					var cpu time.Duration
-					if m.cpu != nil {
-						cpu = m.cpu()
-					}
 					m.mu.Lock()
-					m.lastAt, m.deliveredAtLast, m.cpuAtLast = now, d, cpu
+					m.lastAt, m.deliveredAtLast = now, d
 					m.mu.Unlock()
 				}
 				if t := m.target.Load(); t > 0 && last >= t {
 					m.mu.Lock()
 					if m.reachedAt.IsZero() {
-						m.reachedAt, m.deliveredAtReach, m.cpuAtReach = now, last, m.cpuAtLast
+						m.reachedAt, m.deliveredAtReach = now, last
 					}
 					m.mu.Unlock()
 				}
@@ -738,39 +750,140 @@ func (s *suite) monitor(ctx context.Context, name string, store *shard.Store, sm
 					continue
 				}
 				nextSample = nextSample.Add(time.Second)
-				cores, rss := smp.sample("geckohook")
-				sched, dead, err := store.Depth(ctx)
-				var backlog int64
-				if m.backlog != nil {
-					backlog, _ = m.backlog(now) // a failed read shows as none
-				}
-				m.mu.Lock()
-				if err != nil && len(m.secs) > 0 { // keep the last depth seen
-					sched, dead = m.secs[len(m.secs)-1].depth, 0
-				}
-				m.secs = append(m.secs, sample{depth: sched + dead, backlog: backlog, rss: rss, cores: cores})
-				m.peakDepth = max(m.peakDepth, sched+dead)
-				m.peakRSS = max(m.peakRSS, rss)
-				deeper := err == nil && sched+dead > m.depthAtPeak
-				m.mu.Unlock()
-				if deeper && m.mem != nil {
-					if used, err := m.mem(); err == nil {
-						m.mu.Lock()
-						m.memAtPeak, m.depthAtPeak = used, sched+dead
-						m.mu.Unlock()
-					}
-				}
-				el := now.Sub(t0).Seconds()
-				due := ""
-				if m.backlog != nil {
-					due = fmt.Sprintf(" (%d overdue)", backlog)
-				}
-				fmt.Fprintf(s.o.Log, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d%s, %.0f deliveries/s, geckohook %.2f cores %d MiB\n",
-					name, el, l.ProducedCount(), last, l.Expected(), sched+dead, due, float64(last)/math.Max(el, 1e-9), cores, rss>>20)
+				m.sample(ctx, name, store, smp, l, t0, time.Now())
 			}
 		}
 	}()
 	return m
+}
+
+// sample takes one second's reading at now and prints the progress line.
+func (m *monitor) sample(ctx context.Context, name string, store *shard.Store, smp *sampler, l *Ledger, t0, now time.Time) {
+	if m.before != nil {
+		m.before(now)
+	}
+	busy, rss := smp.sample("geckohook")
+	cpu, wait, _ := smp.cpu("geckohook")
+	sched, dead, err := store.Depth(ctx)
+	var backlog int64
+	if m.backlog != nil {
+		backlog, _ = m.backlog(now) // a failed read shows as none
+	}
+	delivered, expected := l.Delivered(), l.Expected()
+	m.mu.Lock()
+	if err != nil && len(m.secs) > 0 { // keep the last depth seen
+		sched, dead = m.secs[len(m.secs)-1].Depth, 0
+	}
+	depth := sched + dead
+	prevWait, prevAt := m.wait0, m.at0
+	if k := len(m.secs); k > 0 {
+		prevWait, prevAt = m.secs[k-1].Wait, m.secs[k-1].At
+	}
+	waiting := cores(wait-prevWait, now.Sub(prevAt))
+	m.secs = append(m.secs, sample{DrainSample: DrainSample{At: now, Depth: depth, Backlog: backlog, CPU: cpu, Wait: wait,
+		Delivered: delivered, Expected: expected}, rss: rss, cores: busy, waiting: waiting})
+	m.peakDepth = max(m.peakDepth, depth)
+	m.peakRSS = max(m.peakRSS, rss)
+	deeper := err == nil && depth > m.depthAtPeak
+	m.mu.Unlock()
+	if deeper && m.mem != nil {
+		if used, err := m.mem(); err == nil {
+			m.mu.Lock()
+			m.memAtPeak, m.depthAtPeak = used, depth
+			m.mu.Unlock()
+		}
+	}
+	el := now.Sub(t0).Seconds()
+	due := ""
+	if m.backlog != nil {
+		due = fmt.Sprintf(" (%d overdue)", backlog)
+	}
+	fmt.Fprintf(m.out, "%s: %4.0fs produced %d, delivered %d of %d, in retry %d%s, %.0f deliveries/s, geckohook %.2f cores (%.2f waiting for one) %d MiB\n",
+		name, el, l.ProducedCount(), delivered, expected, depth, due, float64(delivered)/math.Max(el, 1e-9), busy, waiting, rss>>20)
+}
+
+// cpuPerDelivery is geckohook's CPU microseconds per delivery from the
+// monitor's start to the last sample at or before end (the first sample
+// when none is), both read at that sample; 0 when the CPU was not
+// measured or no sample was taken.
+func (m *monitor) cpuPerDelivery(end time.Time) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.cpuMeasured || len(m.secs) == 0 {
+		return 0
+	}
+	at := m.secs[0]
+	for _, s := range m.secs[1:] {
+		if s.At.After(end) {
+			break
+		}
+		at = s
+	}
+	return MicrosPer(at.CPU-m.cpu0, at.Delivered)
+}
+
+// usageOver is geckohook's CPU and run-queue wait over [from, to], in
+// cores, each read off the samples on either side of the ends and
+// interpolated; false when the span is not within the samples.
+func (m *monitor) usageOver(from, to time.Time) (busy, waiting float64, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	// The monitor's start is a reading too, before the first sample.
+	start := DrainSample{At: m.at0, CPU: m.cpu0, Wait: m.wait0}
+	at := func(t time.Time) (cpu, wait time.Duration, ok bool) {
+		for i := range m.secs {
+			a, b := start, m.secs[i].DrainSample
+			if i > 0 {
+				a = m.secs[i-1].DrainSample
+			}
+			if t.Before(a.At) || t.After(b.At) || !b.At.After(a.At) {
+				continue
+			}
+			f := float64(t.Sub(a.At)) / float64(b.At.Sub(a.At))
+			return a.CPU + time.Duration(f*float64(b.CPU-a.CPU)), a.Wait + time.Duration(f*float64(b.Wait-a.Wait)), true
+		}
+		return 0, 0, false
+	}
+	c0, w0, ok0 := at(from)
+	c1, w1, ok1 := at(to)
+	if !ok0 || !ok1 || !m.cpuMeasured || !to.After(from) {
+		return 0, 0, false
+	}
+	return cores(c1-c0, to.Sub(from)), cores(w1-w0, to.Sub(from)), true
+}
+
+// drainSamples are the samples taken at or after from.
+func (m *monitor) drainSamples(from time.Time) []DrainSample {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []DrainSample
+	for _, s := range m.secs {
+		if !s.At.Before(from) {
+			out = append(out, s.DrainSample)
+		}
+	}
+	return out
+}
+
+// waitEmpty waits up to limit for a sample at or after from to find the
+// retry queues empty; it reports whether one did.
+func (m *monitor) waitEmpty(from time.Time, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for {
+		for _, s := range m.drainSamples(from) {
+			if s.Depth == 0 {
+				return true
+			}
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-m.done:
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (m *monitor) stop() {
@@ -795,12 +908,12 @@ func (m *monitor) points(secs []Second) []Point {
 		}
 	}
 	for i, s := range m.secs {
-		out[i].RetryDepth, out[i].DueBacklog, out[i].RSSBytes, out[i].CPUCores = s.depth, s.backlog, s.rss, s.cores
+		out[i].RetryDepth, out[i].DueBacklog, out[i].RSSBytes, out[i].CPUCores, out[i].CPUWaiting = s.Depth, s.Backlog, s.rss, s.cores, s.waiting
 	}
 	// Seconds the ledger saw after the last sample keep its depth and RSS.
 	if k := len(m.secs); k > 0 {
 		for i := k; i < n; i++ {
-			out[i].RetryDepth, out[i].RSSBytes = m.secs[k-1].depth, m.secs[k-1].rss
+			out[i].RetryDepth, out[i].RSSBytes = m.secs[k-1].Depth, m.secs[k-1].rss
 		}
 	}
 	return out

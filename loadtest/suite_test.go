@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,9 +106,45 @@ func TestReadUsage(t *testing.T) {
 	}
 }
 
+// ReadRunWait reads this process's threads' run-queue wait: it never
+// falls between two readings, and a process that does not exist is an
+// error.
+func TestReadRunWait(t *testing.T) {
+	a, err := ReadRunWait(os.Getpid())
+	if err != nil {
+		t.Skipf("no schedstat here: %v", err)
+	}
+	runtime.Gosched()
+	b, err := ReadRunWait(os.Getpid())
+	if err != nil || b < a {
+		t.Fatalf("run wait %v then %v, %v", a, b, err)
+	}
+	if _, err := ReadRunWait(1 << 30); err == nil {
+		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+// A span's CPU and run-queue wait are read off the samples around its
+// ends, interpolated.
+func TestMonitorUsageOver(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s int, cpu, wait time.Duration) sample {
+		return sample{DrainSample: DrainSample{At: t0.Add(time.Duration(s) * time.Second), CPU: cpu, Wait: wait}}
+	}
+	// Started at t0 with nothing used; sampled at 1 s and 2 s.
+	m := &monitor{cpuMeasured: true, at0: t0, secs: []sample{at(1, time.Second, 2*time.Second), at(2, 1500*time.Millisecond, 2*time.Second)}}
+	busy, waiting, ok := m.usageOver(t0.Add(500*time.Millisecond), t0.Add(1500*time.Millisecond))
+	if !ok || math.Abs(busy-0.75) > 1e-9 || math.Abs(waiting-1) > 1e-9 {
+		t.Fatalf("usage %v busy, %v waiting, %v; want 0.75 and 1", busy, waiting, ok)
+	}
+	if _, _, ok := m.usageOver(t0, t0.Add(3*time.Second)); ok {
+		t.Fatal("a span past the samples was read")
+	}
+}
+
 // The monitor's points put each second's deliveries and samples together.
 func TestMonitorPoints(t *testing.T) {
-	m := &monitor{secs: []sample{{depth: 5, rss: 100, cores: 0.5}, {depth: 7, rss: 200, cores: 1.5}}}
+	m := &monitor{secs: []sample{{DrainSample: DrainSample{Depth: 5}, rss: 100, cores: 0.5}, {DrainSample: DrainSample{Depth: 7}, rss: 200, cores: 1.5}}}
 	pts := m.points([]Second{{At: 0, Delivered: 10, P50: time.Millisecond}, {At: 2, Delivered: 30, P99: 3 * time.Millisecond}})
 	if len(pts) != 3 || pts[0].DeliveredPerSec != 10 || pts[0].P50Ms != 1 || pts[1].RetryDepth != 7 ||
 		pts[1].CPUCores != 1.5 || pts[2].DeliveredPerSec != 30 || pts[2].P99Ms != 3 || pts[2].T != 3 ||

@@ -41,7 +41,7 @@ func run() int {
 	topic := fs.String("topic", "geckohook.events", "events topic")
 	workers := fs.Int("workers", 1024, "geckohook --workers, and the ceiling's concurrency")
 	conns := fs.Int("max-conns-per-host", 64, "geckohook --max-conns-per-host, and the ceiling's")
-	paced := fs.Float64("paced-rate", 0, "events/s of the healthy scenario's latency phase (0: half the rate its flood sustained)")
+	paced := fs.Float64("paced-rate", 0, "events/s of the paced phases, the healthy scenario's latency phase and the outage scenario's flood after its lead-in (0: half the rate each one's unpaced flood sustained)")
 	outage := fs.Duration("outage", 0, "how long the outage scenario's failing hosts stay down, the first quarter refusing connections, the rest hanging (0: 60s, with -short 24s)")
 	ceilingClient := fs.Bool("ceiling-client", false, "internal: be the raw ceiling's client process (a job on stdin, what it did on stdout); the suite starts it")
 	profile := fs.Bool("profile", false, "save a CPU profile of geckohook during each flood (cpu.pprof beside the process logs)")
