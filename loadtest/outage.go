@@ -18,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/geckohook/geckohook/shard"
 )
 
@@ -188,7 +186,7 @@ func (o *outage) clock(ctx context.Context, farm *Farm, p *Plan) {
 // sample overdueAfter the hosts' return, every queued retry is made due,
 // so the samples from that one on follow geckohook taking an overdue
 // backlog out. It runs on the monitor's goroutine only.
-func (o *outage) makeOverdue(ctx context.Context, rdb redis.UniversalClient, store *shard.Store) func(now time.Time) {
+func (o *outage) makeOverdue(ctx context.Context, store *shard.Store) func(now time.Time) {
 	return func(now time.Time) {
 		select {
 		case <-o.due:
@@ -203,7 +201,7 @@ func (o *outage) makeOverdue(ctx context.Context, rdb redis.UniversalClient, sto
 		if now.Before(o.backAt.Add(overdueAfter)) {
 			return
 		}
-		o.overdue, o.overdueErr = makeOverdue(ctx, rdb, store, now.Add(-overdueBy))
+		o.overdue, o.overdueErr = makeOverdue(ctx, store, now.Add(-overdueBy))
 		o.overdueAt = now
 		o.readClaims(0)
 		close(o.due)

@@ -108,7 +108,7 @@ func TestOutageMakesRetriesOverdue(t *testing.T) {
 	backlog(2) // the one due two hours ago, in each shard
 
 	o := &outage{back: make(chan struct{}), due: make(chan struct{})}
-	hook := o.makeOverdue(ctx, rdb, store)
+	hook := o.makeOverdue(ctx, store)
 	hook(t0) // the hosts are not back yet: nothing moves
 	backlog(2)
 	o.backAt = t0.Add(-overdueAfter + time.Millisecond)

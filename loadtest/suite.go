@@ -385,7 +385,7 @@ func (s *suite) runOne(ctx context.Context, sp spec) ([]Scenario, error) {
 	profilePath := filepath.Join(o.Out, dirName, "cpu.pprof")
 	if sp.outage != nil {
 		probes.backlog = func(now time.Time) (int64, error) { return store.DueBacklog(ctx, now.Add(-backlogAge)) }
-		probes.before = sp.outage.makeOverdue(ctx, rdb, store)
+		probes.before = sp.outage.makeOverdue(ctx, store)
 		if len(stack.Metrics) > 0 {
 			sp.outage.claimsOf = func() (int64, error) { return metricSum(stack.Metrics, "geckohook_retries_claimed_total") }
 		}

@@ -215,3 +215,36 @@ func TestLostChunkStateDoesNotHang(t *testing.T) {
 		}
 	}
 }
+
+// DueBy makes every scheduled delivery due by the time given, across every
+// chunk of every webhook, and leaves earlier ones as they were: a claim at
+// that time then finds them all.
+func TestDueByMakesTheQueueOverdue(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	hooks := memHooks(2)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	var entries []Entry
+	for e := range 300 { // the first webhook fills more than one chunk
+		entries = append(entries, Entry{Rec: outageRecord(e, hooks[e%3/2], t0, cat), Due: t0.Add(time.Hour + time.Duration(e)*time.Second)})
+	}
+	early := outageRecord(300, hooks[1], t0, cat)
+	entries = append(entries, Entry{Rec: early, Due: t0.Add(time.Second)})
+	if err := q.Schedule(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	at := t0.Add(time.Minute)
+	moved, err := q.DueBy(ctx, at)
+	if err != nil || moved != 300 {
+		t.Fatalf("DueBy moved %d (%v), want 300", moved, err)
+	}
+	if _, due, err := q.Get(ctx, early.ID); err != nil || !due.Equal(t0.Add(time.Second)) {
+		t.Fatalf("the delivery due before: now due %v (%v), want it kept", due, err)
+	}
+	recs, _, _, err := q.Claim(ctx, at, at.Add(time.Minute), 1000)
+	if err != nil || len(recs) != 301 {
+		t.Fatalf("after DueBy, a claim at that time took %d (%v), want 301", len(recs), err)
+	}
+}
