@@ -94,6 +94,12 @@ func (c *stampConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// WriteTo copies through Read, so that no read bypasses recvmsg (the
+// TCPConn's own WriteTo would splice, keeping no time).
+func (c *stampConn) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{c})
+}
+
 // recvmsg is one read attempt on the non-blocking socket; false asks the
 // poller to wait until it is readable.
 func (c *stampConn) recvmsg(fd uintptr) bool {

@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -112,6 +113,20 @@ func TestStampConnDeadlineAndEOF(t *testing.T) {
 	}
 	if n, err := server.Read(buf); n != 0 || err != io.EOF {
 		t.Fatalf("read %d, %v after the peer closed; want io.EOF", n, err)
+	}
+	// a copy reads through recvmsg too: the time moves on
+	before := server.at.Load()
+	client2, server2 := stampPair(t)
+	if _, err := client2.Write([]byte("copied")); err != nil {
+		t.Fatal(err)
+	}
+	_ = client2.Close()
+	var sink bytes.Buffer
+	if n, err := io.Copy(&sink, server2); n != 6 || err != nil || sink.String() != "copied" {
+		t.Fatalf("copied %d bytes (%q): %v", n, sink.String(), err)
+	}
+	if server2.at.Load() == 0 && before != 0 {
+		t.Fatal("a copy kept no receive time")
 	}
 	if err := server.SetLinger(0); err != nil {
 		t.Fatalf("SetLinger: %v", err)
