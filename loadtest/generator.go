@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -46,6 +47,7 @@ type Generator struct {
 	balancer   kafka.Murmur2Balancer
 	partitions []int // the topic's, looked up by the first batch
 	stamp      int64 // event timestamp (seconds)
+	retried    atomic.Int64
 }
 
 // Produce settings: tries of a batch (as kafkaio.NewWriter's MaxAttempts),
@@ -72,6 +74,10 @@ func (g *Generator) Close() error {
 	return nil
 }
 
+// Retried is how many produce requests failed and were sent again: their
+// events' latency includes the wait.
+func (g *Generator) Retried() int64 { return g.retried.Load() }
+
 // produce writes msgs and waits until every partition has them, retrying
 // the partitions that failed.
 func (g *Generator) produce(ctx context.Context, msgs []kafka.Message) error {
@@ -85,7 +91,8 @@ func (g *Generator) produce(ctx context.Context, msgs []kafka.Message) error {
 		p := int32(g.balancer.Balance(msgs[i], g.partitions...))
 		pending[p] = append(pending[p], int32(i))
 	}
-	return backoff.Tries(ctx, produceTries, 100*time.Millisecond, time.Second, func() error { return g.send(ctx, msgs, pending) }, nil)
+	return backoff.Tries(ctx, produceTries, 100*time.Millisecond, time.Second, func() error { return g.send(ctx, msgs, pending) },
+		func(error, time.Duration) { g.retried.Add(1) })
 }
 
 // send sends the pending messages in one request and drops from pending

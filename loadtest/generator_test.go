@@ -71,3 +71,34 @@ func TestGeneratorPartitionsAndTimes(t *testing.T) {
 		t.Fatalf("read %d events of %d", len(seen), events)
 	}
 }
+
+// A batch the broker refuses is tried again, up to 5 times, and counted.
+func TestGeneratorRetriesCounted(t *testing.T) {
+	k, err := embedded.StartKafka(embedded.KafkaOptions{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const topic = "gen.gone"
+	brokers := []string{k.Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: topic, Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	p := onePairPerEvent()
+	gen := NewGenerator(brokers, topic, p, NewLedger(p, 10))
+	defer gen.Close()
+	if n, err := gen.Run(ctx, Flood{Count: 1}, nil); n != 1 || err != nil || gen.Retried() != 0 {
+		t.Fatalf("first event: %d produced, %v, %d retried", n, err, gen.Retried())
+	}
+	// The topic goes; the generator still knows its partitions.
+	c := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{topic}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := gen.Run(ctx, Flood{From: 1, Count: 1}, nil)
+	if n != 0 || err == nil || gen.Retried() != produceTries-1 {
+		t.Fatalf("into a deleted topic: %d produced, %v, %d retried; want an error after %d retries", n, err, gen.Retried(), produceTries-1)
+	}
+}
