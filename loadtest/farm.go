@@ -110,7 +110,7 @@ func newFarm(servers int, rec *recording, shutdown time.Duration) (*Farm, error)
 		f.ports = append(f.ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	for _, ln := range lns {
-		g := &serverGate{conns: map[net.Conn]struct{}{}, ln: &gateListener{Listener: ln}}
+		g := &serverGate{conns: map[net.Conn]struct{}{}, ln: &gateListener{Listener: stamping(ln)}}
 		s := &fasthttp.Server{
 			Handler:               f.handle,
 			Name:                  "geckohook-farm",
@@ -284,7 +284,7 @@ func (f *Farm) handle(ctx *fasthttp.RequestCtx) {
 			l.Record(hook, e, id, valid, 0, now)
 		}
 		if b.Reset || refused {
-			if tc, ok := ctx.Conn().(*net.TCPConn); ok {
+			if tc, ok := ctx.Conn().(interface{ SetLinger(int) error }); ok {
 				_ = tc.SetLinger(0) // close sends RST
 			}
 		} else {
@@ -308,7 +308,10 @@ func (f *Farm) handle(ctx *fasthttp.RequestCtx) {
 	case status == 0:
 		status = fasthttp.StatusOK
 	}
-	arrived := now
+	// The request's arrival is the kernel's receive time of its last
+	// bytes (rxstamp_linux.go): the farm's wait for a core is not
+	// geckohook's latency.
+	arrived := arrivedAt(ctx.Conn(), now)
 	if d := b.Delay + jitter(b.Jitter); d > 0 {
 		f.wait(d)
 		now = time.Now()

@@ -119,7 +119,7 @@ func (f *Farm) relisten(i int) {
 		g.timer.Reset(relistenEvery)
 		return
 	}
-	g.ln = &gateListener{Listener: ln}
+	g.ln = &gateListener{Listener: stamping(ln)}
 	s, gl := f.servers[i], g.ln
 	f.served.Go(func() { _ = s.Serve(gl) })
 }

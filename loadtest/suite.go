@@ -556,6 +556,9 @@ func (s *suite) pacedPhase(ctx context.Context, sp spec, stack *Stack, farm *Far
 	row.OwnP50Ms, row.OwnP99Ms = ms(own.P50), ms(own.P99)
 	row.OfferedPerSec = rate
 	row.LatencyNote = fmt.Sprintf("produce→answer, paced at %.0f events/s (%s) for %s", rate, how, sp.paced)
+	if n := gen.Retried(); n > 0 {
+		row.Notes = append(row.Notes, fmt.Sprintf("the generator sent %d produce requests of the paced phase again after a failure: their events' latency includes the wait", n))
+	}
 	fmt.Fprintf(s.o.Log, "%s: paced at %.0f events/s: p50 %.1f ms, p99 %.1f ms (geckohook's own p99 %.1f ms)\n", sp.name, rate, row.P50Ms, row.P99Ms, row.OwnP99Ms)
 	return nil
 }
