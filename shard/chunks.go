@@ -26,6 +26,14 @@ import (
 // chunkSize is the most members a chunk holds.
 const chunkSize = 128
 
+// A process of the version before chunks drops a shard's body forms when
+// its webhook index, tag:hooks, is empty, which it is once that layout is
+// migrated: every chunk member would then refer to a form the shard no
+// longer has. So the scripts that place members keep a mark in tag:hooks:
+// the member "" (no webhook's id) scored at markScore (year 144,683), so
+// an old claim never finds it due and its poller waits its usual second.
+const markScore = 1 << 52
+
 // chunkLua is the part of every script that places members in chunks or
 // takes them out; it needs the local tag (the key tag) set before it.
 // place(hook, member, score) adds a member to the webhook's chunk being
@@ -37,8 +45,9 @@ const chunkSize = 128
 // removed(hook, c) is called after a member left chunk c: an empty chunk
 // leaves the chunk index, and a webhook left without chunks loses its
 // state and, unless the layout before chunks still holds some of its
-// deliveries, its metadata. saveStates() writes the states back; a
-// script that placed or removed calls it once at its end.
+// deliveries, its metadata. saveStates() writes the states back (and,
+// after a placement, the mark in tag:hooks); a script that placed or
+// removed calls it once at its end.
 // earliest(hook, chunks, k, max) returns the k earliest members scored at
 // most max of the webhook's chunks, given as {c, min} in order of their
 // earliest due time, as {m, s, sv, c} in order of score, reading only
@@ -48,7 +57,7 @@ const chunkSize = 128
 var chunkLua = `
 local chunkSize = ` + strconv.Itoa(chunkSize) + `
 local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
-local states, firsts = {}, {}
+local states, firsts, placedAny = {}, {}, false
 local function state(hook)
   local s = states[hook]
   if s then return s end
@@ -62,6 +71,7 @@ local function state(hook)
   return s
 end
 local function saveStates()
+  if placedAny then redis.call('ZADD', tag .. ':hooks', 'NX', ` + strconv.Itoa(markScore) + `, '') end
   for chunk, score in pairs(firsts) do redis.call('ZADD', tag .. ':chunks', 'LT', score, chunk) end
   for hook, s in pairs(states) do
     if s.dirty then
@@ -98,7 +108,7 @@ local function add(hook, member, score)
   local s = state(hook)
   if s.n == 0 then s.l = s.l + 1 end
   redis.call('ZADD', qkey(hook, s.t), score, member)
-  s.n, s.dirty = s.n + 1, true
+  s.n, s.dirty, placedAny = s.n + 1, true, true
   lower(hook .. ':' .. s.t, score)
 end
 local function place(hook, member, score)

@@ -38,6 +38,10 @@ return 0
 // again every minute (a process of the old version may still write
 // during a rolling upgrade).
 func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
+	// Chunks placed before the scripts kept the mark of chunks.go get it.
+	if err := q.rdb.ZAddNX(ctx, q.oldHooksKey(), redis.Z{Score: markScore, Member: ""}).Err(); err != nil {
+		return 0, fmt.Errorf("cannot mark the chunks of %s for the layout before them: %w", q.Shard, err)
+	}
 	moved, err := q.migrateUnchunked(ctx, now)
 	if err != nil {
 		return moved, err
@@ -188,6 +192,9 @@ func (q *Queue) migrateUnchunked(ctx context.Context, now time.Time) (int, error
 	}
 	moved := 0
 	for _, hook := range hooks {
+		if hook == "" {
+			continue // the mark of chunks.go
+		}
 		meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)

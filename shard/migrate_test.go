@@ -212,8 +212,11 @@ func TestMigrateSplitsUnchunkedQueues(t *testing.T) {
 	if raw, err := rdb.HGet(ctx, q.DeadData, Bad{member: "\xc1garbage"}.ID()).Result(); err != nil || raw != "\xc1garbage" {
 		t.Fatalf("unreadable unchunked member not in the dead set as it was: %q %v", raw, err)
 	}
-	if old, err := rdb.Exists(ctx, q.oldHooksKey(), q.oldHookKey(hooks[0]), q.oldHookKey(hooks[1])).Result(); err != nil || old != 0 {
-		t.Fatalf("%d unchunked keys left (%v)", old, err)
+	if old, err := rdb.Exists(ctx, q.oldHookKey(hooks[0]), q.oldHookKey(hooks[1])).Result(); err != nil || old != 0 {
+		t.Fatalf("%d unchunked queues left (%v)", old, err)
+	}
+	if left, err := rdb.ZRange(ctx, q.oldHooksKey(), 0, -1).Result(); err != nil || len(left) != 1 || left[0] != "" {
+		t.Fatalf("the unchunked webhook index holds %q (%v), want only the mark", left, err)
 	}
 	for _, hook := range hooks {
 		for c := 0; c < 3; c++ {
@@ -252,5 +255,83 @@ func TestMigrateSplitsUnchunkedQueues(t *testing.T) {
 	}
 	if total != len(wants) {
 		t.Fatalf("claimed %d after the migration, want %d (all but the one due in an hour)", total, len(wants))
+	}
+}
+
+// unchunkedClaimScript is the claim of the layout before chunks, as a
+// process of that version runs it during a rolling upgrade: it knows
+// tag:hooks, tag:hm and tag:bf, and drops the body forms when tag:hooks
+// is empty.
+var unchunkedClaimScript = redis.NewScript(`
+local n = tonumber(ARGV[3])
+local hooks = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
+local out, left = {}, n
+local share = math.max(1, math.ceil(n / math.max(1, #hooks)))
+for _, hook in ipairs(hooks) do
+  if left <= 0 then break end
+  local key = ARGV[4] .. ':q:' .. hook
+  local ms = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[1], 'LIMIT', 0, math.min(share, left))
+  if #ms > 0 then
+    local lease = {'XX'}
+    for _, m in ipairs(ms) do
+      lease[#lease+1] = ARGV[2]
+      lease[#lease+1] = m
+    end
+    redis.call('ZADD', key, unpack(lease))
+    out[#out+1] = hook
+    out[#out+1] = redis.call('HGET', KEYS[2], hook) or ''
+    out[#out+1] = ms
+    left = left - #ms
+  end
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('ZADD', KEYS[1], first[2], hook)
+  else
+    redis.call('ZREM', KEYS[1], hook)
+    redis.call('HDEL', KEYS[2], hook)
+  end
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not first[2] then redis.call('DEL', KEYS[3]) end
+return {out, first[2] or ''}
+`)
+
+// A process of the version before chunks that claims on a shard whose
+// deliveries are all in chunks (a new-version API replayed or recovered
+// them into a partition the old process owns, or the partition moved
+// back to it) claims nothing and leaves the body forms the chunks refer
+// to; a new-version claim then delivers them instead of quarantining
+// them. Without the mark in tag:hooks, the old claim saw the layout it
+// knows empty and dropped every body form.
+func TestUnchunkedClaimKeepsChunkedForms(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hook := memHooks(1)[0]
+	recs := []*Record{memRecord(1, hook, t0, cat), memRecord(2, hook, t0, cat)}
+	if err := q.Schedule(ctx, []Entry{{Rec: recs[0], Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	// Revived from the dead set: the other script that places members.
+	if err := q.Schedule(ctx, []Entry{{Rec: recs[1], Due: t0, Dead: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if moved, err := q.Revive(ctx, []string{recs[1].ID}, t0); err != nil || len(moved) != 1 {
+		t.Fatalf("revive: %d moved, %v", len(moved), err)
+	}
+	res, err := unchunkedClaimScript.Run(ctx, rdb, []string{q.oldHooksKey(), q.metaKey, q.formsKey},
+		t0.Add(time.Hour).UnixMilli(), t0.Add(2*time.Hour).UnixMilli(), 10, q.tag).Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := res[0].([]any); len(got) != 0 {
+		t.Fatalf("the old claim took %v", got)
+	}
+	forms.Clear() // a process that never saw the forms
+	got, bad, _, err := q.Claim(ctx, t0.Add(time.Hour), t0.Add(2*time.Hour), 10)
+	if err != nil || len(got) != 2 || len(bad) != 0 {
+		t.Fatalf("claim after an old-version claim: %d records, %d unreadable, %v; want 2, 0", len(got), len(bad), err)
 	}
 }

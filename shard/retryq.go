@@ -275,8 +275,9 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 // are those of the first 4 × ARGV[3] chunks due. Each chunk it reads gets
 // its exact earliest due time in KEYS[1] again (or leaves it, when
 // empty); a shard with nothing scheduled, in this layout or the one
-// before chunks (KEYS[4]), drops its body forms (KEYS[3]), which only
-// scheduled members refer to. It returns (webhook, metadata, (chunk,
+// before chunks (KEYS[4], which holds nothing but the mark of chunks.go
+// then), drops its body forms (KEYS[3]), which only scheduled members
+// refer to. It returns (webhook, metadata, (chunk,
 // member) pairs) triples and the earliest due time left.
 var claimScript = redis.NewScript(`
 local tag, now, leaseEnd, n = ARGV[4], ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -333,7 +334,10 @@ for _, hook in ipairs(order) do
   end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if not first[2] and redis.call('EXISTS', KEYS[4]) == 0 then redis.call('DEL', KEYS[3]) end
+if not first[2] then
+  local unchunked = redis.call('ZRANGE', KEYS[4], 0, 0)
+  if not unchunked[1] or unchunked[1] == '' then redis.call('DEL', KEYS[3]) end
+end
 return {out, first[2] or ''}
 `)
 
