@@ -52,8 +52,11 @@ const markScore = 1 << 52
 // most max of the webhook's chunks, given as {c, min} in order of their
 // earliest due time, as {m, s, sv, c} in order of score, reading only
 // the chunks that may hold one of them (it stops at a chunk whose
-// earliest due time is past the k-th found) and marking those it read
-// looked. hookChunks(hook) lists a webhook's chunks that way.
+// earliest due time is past the k-th found), of each only the members
+// earlier than the k-th found, and marking those it read looked; it
+// sorts what it found once it holds 2k, not once per chunk, since a
+// backlog whose due times interleave has it read about one chunk per
+// member it returns. hookChunks(hook) lists a webhook's chunks that way.
 var chunkLua = `
 local chunkSize = ` + strconv.Itoa(chunkSize) + `
 local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
@@ -132,24 +135,26 @@ local function splitChunk(name)
   return string.match(name, '^(.*):(%d+)$')
 end
 local function earliest(hook, chunks, k, max)
-  local cand = {}
-  for _, ch in ipairs(chunks) do
-    if #cand >= k and ch.min >= cand[k].s then break end
-    local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', max, 'WITHSCORES', 'LIMIT', 0, k)
-    local merged, a, b = {}, 1, 1
-    while #merged < k and (a <= #cand or b < #ms) do
-      local sb = b < #ms and tonumber(ms[b+1])
-      if a <= #cand and (not sb or cand[a].s <= sb) then
-        merged[#merged+1] = cand[a]
-        a = a + 1
-      else
-        merged[#merged+1] = {m = ms[b], s = sb, sv = ms[b+1], c = ch.c}
-        b = b + 2
-      end
-    end
-    cand = merged
-    ch.looked = true
+  local cand, kth = {}, nil
+  local function cut()
+    table.sort(cand, function(a, b) return a.s < b.s or (a.s == b.s and a.m < b.m) end)
+    for j = #cand, k + 1, -1 do cand[j] = nil end
+    if #cand >= k then kth = cand[k] end
   end
+  for _, ch in ipairs(chunks) do
+    local upto = max
+    if kth then
+      if ch.min >= kth.s then break end
+      upto = '(' .. kth.sv
+    end
+    local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', upto, 'WITHSCORES', 'LIMIT', 0, k)
+    for b = 1, #ms, 2 do
+      cand[#cand+1] = {m = ms[b], s = tonumber(ms[b+1]), sv = ms[b+1], c = ch.c}
+    end
+    ch.looked = true
+    if #cand >= 2 * k or (not kth and #cand >= k) then cut() end
+  end
+  cut()
   return cand
 end
 local function hookChunks(hook)
