@@ -11,7 +11,10 @@ import (
 // stays in Redis's compact listpack encoding (zset-max-listpack-entries
 // is 128 by default) however deep the webhook's queue grows. The chunk
 // index tag:chunks scores each chunk "<webhook>:<n>" by its earliest due
-// time (never later: a claim corrects it), tag:qn holds per webhook the
+// time (never later: a claim corrects it), the webhook index tag:qh
+// scores each webhook with chunks by the earliest of them (never later
+// either; a claim reads it too, so a webhook whose due chunks fill what a
+// claim reads of tag:chunks never crowds the others out), tag:qn holds per webhook the
 // chunk being filled, how many chunks it has and the highest chunk
 // number in use since it had none ("<n> <count> <highest>"), and the id
 // index records each delivery's chunk, where it stays until it leaves
@@ -39,7 +42,8 @@ const markScore = 1 << 52
 // place(hook, member, score) adds a member to the webhook's chunk being
 // filled (a new one once that holds chunkSize) and returns its number
 // (the chunk index learns its earliest due time in saveStates, as it
-// does for any chunk given to lower(chunk, score)); target
+// does for any chunk given to lower(hook, c, score), and tag:qh the
+// webhook's); target
 // and add are its two halves, for a script that writes the index entry,
 // which names the chunk, only if absent before it adds the member;
 // removed(hook, c) is called after a member left chunk c: an empty chunk
@@ -60,7 +64,7 @@ const markScore = 1 << 52
 var chunkLua = `
 local chunkSize = ` + strconv.Itoa(chunkSize) + `
 local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
-local states, firsts, placedAny = {}, {}, false
+local states, firsts, hookFirsts, placedAny = {}, {}, {}, false
 local function state(hook)
   local s = states[hook]
   if s then return s end
@@ -76,12 +80,14 @@ end
 local function saveStates()
   if placedAny then redis.call('ZADD', tag .. ':hooks', 'NX', ` + strconv.Itoa(markScore) + `, '') end
   for chunk, score in pairs(firsts) do redis.call('ZADD', tag .. ':chunks', 'LT', score, chunk) end
+  for hook, score in pairs(hookFirsts) do redis.call('ZADD', tag .. ':qh', 'LT', score, hook) end
   for hook, s in pairs(states) do
     if s.dirty then
       if s.l > 0 then
         redis.call('HSET', tag .. ':qn', hook, s.t .. ' ' .. s.l .. ' ' .. s.hi)
       else
         redis.call('HDEL', tag .. ':qn', hook)
+        redis.call('ZREM', tag .. ':qh', hook)
         if redis.call('EXISTS', tag .. ':q:' .. hook) == 0 then redis.call('HDEL', tag .. ':hm', hook) end
       end
     end
@@ -103,16 +109,17 @@ local function target(hook)
   end
   return s.t
 end
-local function lower(chunk, score)
-  local v = tonumber(score)
+local function lower(hook, c, score)
+  local chunk, v = hook .. ':' .. c, tonumber(score)
   if not firsts[chunk] or v < firsts[chunk] then firsts[chunk] = v end
+  if not hookFirsts[hook] or v < hookFirsts[hook] then hookFirsts[hook] = v end
 end
 local function add(hook, member, score)
   local s = state(hook)
   if s.n == 0 then s.l = s.l + 1 end
   redis.call('ZADD', qkey(hook, s.t), score, member)
   s.n, s.dirty, placedAny = s.n + 1, true, true
-  lower(hook .. ':' .. s.t, score)
+  lower(hook, s.t, score)
 end
 local function place(hook, member, score)
   local c = target(hook)

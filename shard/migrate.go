@@ -42,6 +42,9 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 	if err := q.rdb.ZAddNX(ctx, q.oldHooksKey(), redis.Z{Score: markScore, Member: ""}).Err(); err != nil {
 		return 0, fmt.Errorf("cannot mark the chunks of %s for the layout before them: %w", q.Shard, err)
 	}
+	if err := hookIndexScript.Run(ctx, q.rdb, []string{q.ChunksKey}, q.tag).Err(); err != nil {
+		return 0, fmt.Errorf("cannot index the webhooks of %s: %w", q.Shard, err)
+	}
 	moved, err := q.migrateUnchunked(ctx, now)
 	if err != nil {
 		return moved, err
@@ -49,6 +52,21 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 	n, err := q.migrateMsgpack(ctx, now)
 	return moved + n, err
 }
+
+// hookIndexScript fills the webhook index, tag:qh, of a shard whose
+// chunks were placed by a version without it (ARGV[1] the key tag): each
+// webhook with chunks, scored by the earliest of them. A shard that has
+// the index, or no chunks, is left as it is.
+var hookIndexScript = redis.NewScript(`
+local tag = ARGV[1]
+if redis.call('EXISTS', tag .. ':qh') == 1 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+` + chunkLua + `
+for _, hook in ipairs(redis.call('HKEYS', tag .. ':qn')) do
+  local chunks = hookChunks(hook)
+  if chunks[1] then redis.call('ZADD', tag .. ':qh', 'LT', chunks[1].min, hook) end
+end
+return 1
+`)
 
 // migrateMsgpack moves the deliveries of the layout before the compact
 // one (tag:due, tag:d, tag:w:<webhook>). Each step is a schedule (insert

@@ -78,6 +78,7 @@ type Entry struct {
 //
 //	tag:q:<webhook>:<n>  ZSET  compact record -> due time (ms; lease end while claimed), at most 128
 //	tag:chunks           ZSET  <webhook>:<n> -> earliest due time of the chunk (never later)
+//	tag:qh               ZSET  webhook -> earliest due time of its chunks (never later)
 //	tag:qn               HASH  webhook -> chunk being filled, number of chunks, highest in use
 //	tag:i:<xx>           HASH  packed delivery id -> webhook, offset and chunk (256 buckets)
 //	tag:hm               HASH  webhook -> application and account (while it has chunks)
@@ -272,18 +273,24 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 // on several hosts, go out together, as they fall due) and its earliest
 // first, and re-scores them to the lease end ARGV[2], so a process that
 // dies mid-attempt gives them back when the lease runs out. The webhooks
-// are those of the first 4 × ARGV[3] chunks due. Each chunk it reads gets
-// its exact earliest due time in KEYS[1] again (or leaves it, when
-// empty); a shard with nothing scheduled, in this layout or the one
-// before chunks (KEYS[4], which holds nothing but the mark of chunks.go
-// then), drops its body forms (KEYS[3]), which only scheduled members
-// refer to. It returns (webhook, metadata, (chunk,
-// member) pairs) triples and the earliest due time left.
+// are those of the first 4 × ARGV[3] chunks due, then those of the first
+// ARGV[3] due in the webhook index (tag:qh) that these chunks left out
+// (another webhook's due chunks filled them), whose chunks it lists.
+// Each chunk it reads gets its exact earliest due time in KEYS[1] again
+// (or leaves it, when empty), and each webhook it takes from a lower
+// bound of its earliest in tag:qh; a shard with nothing scheduled, in
+// this layout or the one before chunks (KEYS[4], which holds nothing but
+// the mark of chunks.go then), drops its body forms (KEYS[3]), which
+// only scheduled members refer to. It returns (webhook, metadata,
+// (chunk, member) pairs) triples and the earliest due time left.
 var claimScript = redis.NewScript(`
 local tag, now, leaseEnd, n = ARGV[4], ARGV[1], ARGV[2], tonumber(ARGV[3])
 ` + chunkLua + `
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 4 * n)
-local order, byHook = {}, {}
+-- Every chunk the window left out is due at bound or later.
+local bound = tonumber(now) + 1
+if #due == 8 * n then bound = tonumber(due[#due]) end
+local order, byHook, all = {}, {}, {}
 for i = 1, #due, 2 do
   local hook, c = splitChunk(due[i])
   if hook then
@@ -297,11 +304,23 @@ for i = 1, #due, 2 do
     redis.call('ZREM', KEYS[1], due[i])
   end
 end
+for _, hook in ipairs(redis.call('ZRANGEBYSCORE', tag .. ':qh', '-inf', now, 'LIMIT', 0, n)) do
+  if not byHook[hook] then
+    byHook[hook] = false -- its chunks are listed when its turn comes
+    order[#order+1] = hook
+  end
+end
 local out, left = {}, n
 local share = math.max(1, math.ceil(n / math.max(1, #order)))
 for _, hook in ipairs(order) do
   if left <= 0 then break end
   local chunks = byHook[hook]
+  if not chunks then
+    all[hook], chunks = hookChunks(hook), {}
+    for _, ch in ipairs(all[hook]) do
+      if ch.min <= tonumber(now) then chunks[#chunks+1] = ch end
+    end
+  end
   local cand = earliest(hook, chunks, math.min(share, left), now)
   if #cand > 0 then
     local lease, got = {}, {}
@@ -327,10 +346,24 @@ for _, hook in ipairs(order) do
       local first = redis.call('ZRANGE', qkey(hook, ch.c), 0, 0, 'WITHSCORES')
       if first[2] then
         redis.call('ZADD', KEYS[1], first[2], hook .. ':' .. ch.c)
+        ch.min = tonumber(first[2])
       else
         redis.call('ZREM', KEYS[1], hook .. ':' .. ch.c)
+        ch.min = math.huge
       end
     end
+  end
+  -- Its chunks outside the window are due at bound or later; a listed
+  -- webhook's are all known, as are those of one the window holds whole.
+  local low = bound
+  if all[hook] or #chunks == state(hook).l then low = math.huge end
+  for _, ch in ipairs(all[hook] or chunks) do
+    if ch.min < low then low = ch.min end
+  end
+  if state(hook).l == 0 then
+    redis.call('ZREM', tag .. ':qh', hook) -- left by a lost state
+  elseif low < math.huge then
+    redis.call('ZADD', tag .. ':qh', low, hook)
   end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -475,7 +508,7 @@ for i = i, #ARGV, 10 do
   if kind == '2' then
     if held then
       redis.call('ZADD', qkey(hook, c), ARGV[i+7], ARGV[i+6])
-      lower(hook .. ':' .. c, ARGV[i+7])
+      lower(hook, c, ARGV[i+7])
     end
   else
     if held then
