@@ -335,3 +335,42 @@ func TestUnchunkedClaimKeepsChunkedForms(t *testing.T) {
 		t.Fatalf("claim after an old-version claim: %d records, %d unreadable, %v; want 2, 0", len(got), len(bad), err)
 	}
 }
+
+// Two processes that migrate the layout before the compact one at once
+// (a partition handed over while the old owner's migration runs) never
+// deliver a record twice: the slower one, holding a record the other
+// moved, and that was delivered since, does not queue it again.
+func TestSlowMigrationDoesNotQueueADeliveredRecord(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(1, memHooks(1)[0], t0, catalog.Default())
+	oldSchedule(t, rdb, q, rec, t0)
+	raw, err := rdb.HGet(ctx, q.oldDataKey(), rec.ID).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The slow process read the record; the other migrates it, and it is
+	// delivered.
+	if n, err := q.Migrate(ctx, t0); err != nil || n != 1 {
+		t.Fatalf("migrated %d, %v", n, err)
+	}
+	recs, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d, %v", len(recs), err)
+	}
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: recs[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	stale := new(Record)
+	if err := msgpack.Unmarshal([]byte(raw), stale); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := q.moveOld(ctx, []*Record{stale}, []string{raw}, t0); err != nil || n != 0 {
+		t.Fatalf("the slow migration moved %d (%v), want 0", n, err)
+	}
+	if got, _, err := q.Get(ctx, rec.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a delivered record queued again: %+v %v", got, err)
+	}
+}
