@@ -374,3 +374,56 @@ func TestSlowMigrationDoesNotQueueADeliveredRecord(t *testing.T) {
 		t.Fatalf("a delivered record queued again: %+v %v", got, err)
 	}
 }
+
+// A claim of the version before chunks that finds a webhook's sorted set
+// of that layout empty (a process of that version queued, claimed and
+// delivered one of its deliveries during a rolling upgrade) drops the
+// webhook's application and account, which its chunks share. The claim
+// then gives its records none; an outcome of one whose caller filled them
+// in from the registry (the dispatcher does) restores them.
+func TestOutcomeRestoresMetadataAnOldClaimDropped(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hook := memHooks(1)[0]
+	chunked := []*Record{memRecord(1, hook, t0, cat), memRecord(2, hook, t0, cat)}
+	if err := q.Schedule(ctx, []Entry{{Rec: chunked[0], Due: t0.Add(time.Hour)}, {Rec: chunked[1], Due: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	old := memRecord(3, hook, t0, cat)
+	unchunkedSchedule(t, rdb, q, old, t0)
+	oldClaim := func(at time.Time) {
+		t.Helper()
+		err := unchunkedClaimScript.Run(ctx, rdb, []string{q.oldHooksKey(), q.metaKey, q.formsKey},
+			at.UnixMilli(), at.Add(time.Minute).UnixMilli(), 10, q.tag).Err()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldClaim(t0)
+	member, _ := q.memberOf(old)
+	if err := rdb.ZRem(ctx, q.oldHookKey(hook), member).Err(); err != nil { // delivered
+		t.Fatal(err)
+	}
+	oldClaim(t0.Add(2 * time.Minute))
+	if n, _ := rdb.HExists(ctx, q.metaKey, hook).Result(); n {
+		t.Fatal("the old claim kept the metadata: nothing to restore")
+	}
+	recs, _, _, err := q.Claim(ctx, t0.Add(2*time.Hour), t0.Add(3*time.Hour), 1)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d, %v", len(recs), err)
+	}
+	r := recs[0]
+	r.AppID, r.AccountID = chunked[0].AppID, chunked[0].AccountID // from the registry
+	if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: r, At: t0.Add(4 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range chunked {
+		got, _, err := q.Get(ctx, want.ID)
+		if err != nil || got.AppID != want.AppID || got.AccountID != want.AccountID {
+			t.Fatalf("delivery %s after the outcome: %+v %v; want application %q, account %q", want.ID, got, err, want.AppID, want.AccountID)
+		}
+	}
+}

@@ -56,6 +56,11 @@ type Record struct {
 	// is still there.
 	member, chunk string
 	packed        *packing
+	// noMeta: the claim found no application and account for the
+	// webhook (a claim of the version before chunks drops them when it
+	// finds the webhook's sorted set of that layout empty, during a
+	// rolling upgrade); Apply restores them from the record.
+	noMeta bool
 }
 
 // Lease returns the lease on a claimed record until end.
@@ -407,7 +412,7 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 				bad = append(bad, q.badMember(hook, chunk, member))
 				continue
 			}
-			rec.chunk = chunk
+			rec.chunk, rec.noMeta = chunk, meta == ""
 			recs = append(recs, rec)
 		}
 	}
@@ -491,7 +496,10 @@ type Op struct {
 
 // applyScript carries out ops, ten arguments each after ARGV[1], the key
 // tag, ARGV[2], the number of body forms, and the (reference, form) pairs
-// of the rescheduled records, stored first in the same step: kind,
+// of the rescheduled records, stored first in the same step, then the
+// number of webhooks whose metadata the claim found missing and their
+// (webhook, metadata) pairs, restored (if the webhook still has chunks
+// and no other process restored it) in the same step: kind,
 // webhook, the chunk and member as claimed, index bucket, packed id, then
 // for a reschedule the new member (in the same chunk) and its due score,
 // for a kill the dead id, the time it died, its msgpack record and its
@@ -502,6 +510,9 @@ type Op struct {
 var applyScript = redis.NewScript(`
 local tag, i = ARGV[1], 3
 ` + chunkLua + storeFormsLua("KEYS[4]", "ARGV[2]") + `
+local metas = {}
+for k = 1, tonumber(ARGV[i]) do metas[ARGV[i+2*k-1]] = ARGV[i+2*k] end
+i = i + 1 + 2 * tonumber(ARGV[i])
 for i = i, #ARGV, 10 do
   local kind, hook, c, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local held = old ~= '' and c ~= '' and redis.call('ZREM', qkey(hook, c), old) == 1
@@ -523,6 +534,9 @@ for i = i, #ARGV, 10 do
   end
 end
 saveStates()
+for hook, meta in pairs(metas) do
+  if redis.call('HEXISTS', tag .. ':qn', hook) == 1 then redis.call('HSETNX', tag .. ':hm', hook, meta) end
+end
 return 0
 `)
 
@@ -533,8 +547,8 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 		return nil
 	}
 	args := make([]any, 0, 2+10*len(ops))
-	var formArgs []any
-	sent := map[string]bool{}
+	var formArgs, metaArgs []any
+	sent, restored := map[string]bool{}, map[string]bool{}
 	members := make([]string, len(ops))
 	for k, op := range ops {
 		rec := op.Rec
@@ -544,6 +558,10 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			if cur, _, err := q.Get(ctx, rec.ID); err == nil && cur.WebhookID == rec.WebhookID {
 				rec.member, rec.chunk = cur.member, cur.chunk
 			}
+		}
+		if rec.noMeta && rec.AppID != "" && !restored[rec.WebhookID] {
+			restored[rec.WebhookID] = true
+			metaArgs = append(metaArgs, rec.WebhookID, hookMeta{rec.AppID, rec.AccountID}.value())
 		}
 		pid := packedID(rec.ID)
 		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, indexBucket(pid), pid)
@@ -575,6 +593,7 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	// from this one (a record made elsewhere, or forms dropped while the
 	// shard was empty), and a member must never name a form its shard lacks.
 	head := append([]any{q.tag, len(formArgs) / 2}, formArgs...)
+	head = append(append(head, len(metaArgs)/2), metaArgs...)
 	args = append(head, args...)
 	if err := applyScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.DeadKey, q.DeadData, q.formsKey}, args...).Err(); err != nil {
 		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.Shard, err)
