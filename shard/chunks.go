@@ -11,7 +11,10 @@ import (
 // stays in Redis's compact listpack encoding (zset-max-listpack-entries
 // is 128 by default) however deep the webhook's queue grows. The chunk
 // index tag:chunks scores each chunk "<webhook>:<n>" by its earliest due
-// time (never later: a claim corrects it), tag:qn holds per webhook the
+// time (never later: a claim corrects it), the webhook index tag:qh
+// scores each webhook with chunks by the earliest of them (never later
+// either; a claim reads it too, so a webhook whose due chunks fill what a
+// claim reads of tag:chunks never crowds the others out), tag:qn holds per webhook the
 // chunk being filled, how many chunks it has and the highest chunk
 // number in use since it had none ("<n> <count> <highest>"), and the id
 // index records each delivery's chunk, where it stays until it leaves
@@ -26,29 +29,42 @@ import (
 // chunkSize is the most members a chunk holds.
 const chunkSize = 128
 
+// A process of the version before chunks drops a shard's body forms when
+// its webhook index, tag:hooks, is empty, which it is once that layout is
+// migrated: every chunk member would then refer to a form the shard no
+// longer has. So the scripts that place members keep a mark in tag:hooks:
+// the member "" (no webhook's id) scored at markScore (year 144,683), so
+// an old claim never finds it due and its poller waits its usual second.
+const markScore = 1 << 52
+
 // chunkLua is the part of every script that places members in chunks or
 // takes them out; it needs the local tag (the key tag) set before it.
 // place(hook, member, score) adds a member to the webhook's chunk being
 // filled (a new one once that holds chunkSize) and returns its number
 // (the chunk index learns its earliest due time in saveStates, as it
-// does for any chunk given to lower(chunk, score)); target
+// does for any chunk given to lower(hook, c, score), and tag:qh the
+// webhook's); target
 // and add are its two halves, for a script that writes the index entry,
 // which names the chunk, only if absent before it adds the member;
 // removed(hook, c) is called after a member left chunk c: an empty chunk
 // leaves the chunk index, and a webhook left without chunks loses its
 // state and, unless the layout before chunks still holds some of its
-// deliveries, its metadata. saveStates() writes the states back; a
-// script that placed or removed calls it once at its end.
+// deliveries, its metadata. saveStates() writes the states back (and,
+// after a placement, the mark in tag:hooks); a script that placed or
+// removed calls it once at its end.
 // earliest(hook, chunks, k, max) returns the k earliest members scored at
 // most max of the webhook's chunks, given as {c, min} in order of their
 // earliest due time, as {m, s, sv, c} in order of score, reading only
 // the chunks that may hold one of them (it stops at a chunk whose
-// earliest due time is past the k-th found) and marking those it read
-// looked. hookChunks(hook) lists a webhook's chunks that way.
+// earliest due time is past the k-th found), of each only the members
+// earlier than the k-th found, and marking those it read looked; it
+// sorts what it found once it holds 2k, not once per chunk, since a
+// backlog whose due times interleave has it read about one chunk per
+// member it returns. hookChunks(hook) lists a webhook's chunks that way.
 var chunkLua = `
 local chunkSize = ` + strconv.Itoa(chunkSize) + `
 local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
-local states, firsts = {}, {}
+local states, firsts, hookFirsts, placedAny = {}, {}, {}, false
 local function state(hook)
   local s = states[hook]
   if s then return s end
@@ -62,13 +78,16 @@ local function state(hook)
   return s
 end
 local function saveStates()
+  if placedAny then redis.call('ZADD', tag .. ':hooks', 'NX', ` + strconv.Itoa(markScore) + `, '') end
   for chunk, score in pairs(firsts) do redis.call('ZADD', tag .. ':chunks', 'LT', score, chunk) end
+  for hook, score in pairs(hookFirsts) do redis.call('ZADD', tag .. ':qh', 'LT', score, hook) end
   for hook, s in pairs(states) do
     if s.dirty then
       if s.l > 0 then
         redis.call('HSET', tag .. ':qn', hook, s.t .. ' ' .. s.l .. ' ' .. s.hi)
       else
         redis.call('HDEL', tag .. ':qn', hook)
+        redis.call('ZREM', tag .. ':qh', hook)
         if redis.call('EXISTS', tag .. ':q:' .. hook) == 0 then redis.call('HDEL', tag .. ':hm', hook) end
       end
     end
@@ -90,16 +109,17 @@ local function target(hook)
   end
   return s.t
 end
-local function lower(chunk, score)
-  local v = tonumber(score)
+local function lower(hook, c, score)
+  local chunk, v = hook .. ':' .. c, tonumber(score)
   if not firsts[chunk] or v < firsts[chunk] then firsts[chunk] = v end
+  if not hookFirsts[hook] or v < hookFirsts[hook] then hookFirsts[hook] = v end
 end
 local function add(hook, member, score)
   local s = state(hook)
   if s.n == 0 then s.l = s.l + 1 end
   redis.call('ZADD', qkey(hook, s.t), score, member)
-  s.n, s.dirty = s.n + 1, true
-  lower(hook .. ':' .. s.t, score)
+  s.n, s.dirty, placedAny = s.n + 1, true, true
+  lower(hook, s.t, score)
 end
 local function place(hook, member, score)
   local c = target(hook)
@@ -122,24 +142,26 @@ local function splitChunk(name)
   return string.match(name, '^(.*):(%d+)$')
 end
 local function earliest(hook, chunks, k, max)
-  local cand = {}
-  for _, ch in ipairs(chunks) do
-    if #cand >= k and ch.min >= cand[k].s then break end
-    local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', max, 'WITHSCORES', 'LIMIT', 0, k)
-    local merged, a, b = {}, 1, 1
-    while #merged < k and (a <= #cand or b < #ms) do
-      local sb = b < #ms and tonumber(ms[b+1])
-      if a <= #cand and (not sb or cand[a].s <= sb) then
-        merged[#merged+1] = cand[a]
-        a = a + 1
-      else
-        merged[#merged+1] = {m = ms[b], s = sb, sv = ms[b+1], c = ch.c}
-        b = b + 2
-      end
-    end
-    cand = merged
-    ch.looked = true
+  local cand, kth = {}, nil
+  local function cut()
+    table.sort(cand, function(a, b) return a.s < b.s or (a.s == b.s and a.m < b.m) end)
+    for j = #cand, k + 1, -1 do cand[j] = nil end
+    if #cand >= k then kth = cand[k] end
   end
+  for _, ch in ipairs(chunks) do
+    local upto = max
+    if kth then
+      if ch.min >= kth.s then break end
+      upto = '(' .. kth.sv
+    end
+    local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', upto, 'WITHSCORES', 'LIMIT', 0, k)
+    for b = 1, #ms, 2 do
+      cand[#cand+1] = {m = ms[b], s = tonumber(ms[b+1]), sv = ms[b+1], c = ch.c}
+    end
+    ch.looked = true
+    if #cand >= 2 * k or (not kth and #cand >= k) then cut() end
+  end
+  cut()
   return cand
 end
 local function hookChunks(hook)

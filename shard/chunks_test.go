@@ -90,8 +90,8 @@ func TestChunkBookkeepingHolds(t *testing.T) {
 		}
 	}
 	checkChunks(t, rdb, q, maxChunks)
-	if n, err := rdb.Exists(ctx, q.ChunksKey, q.statesKey, q.metaKey).Result(); err != nil || n != 0 {
-		t.Fatalf("%d of the chunk index, states and metadata left on a drained shard (%v)", n, err)
+	if n, err := rdb.Exists(ctx, q.ChunksKey, q.statesKey, q.metaKey, q.tag+":qh").Result(); err != nil || n != 0 {
+		t.Fatalf("%d of the chunk index, states, metadata and webhook index left on a drained shard (%v)", n, err)
 	}
 }
 
@@ -128,8 +128,15 @@ func checkChunks(t *testing.T, rdb *redis.Client, q *Queue, maxChunks map[string
 		if n, _ := rdb.ZCard(ctx, key).Result(); n < 1 || n > chunkSize {
 			t.Fatalf("chunk %s holds %d", chunk, n)
 		}
-		if _, err := rdb.ZScore(ctx, q.ChunksKey, chunk).Result(); err != nil {
+		// Due times in the indexes are never later than the truth, or
+		// the poller sleeps past due deliveries.
+		first, _ := rdb.ZRangeWithScores(ctx, key, 0, 0).Result()
+		min, err := rdb.ZScore(ctx, q.ChunksKey, chunk).Result()
+		if err != nil {
 			t.Fatalf("chunk %s not in the chunk index: %v", chunk, err)
+		}
+		if hmin, err := rdb.ZScore(ctx, q.tag+":qh", hook).Result(); err != nil || hmin > min || min > first[0].Score {
+			t.Fatalf("chunk %s: earliest %v, %v in the chunk index, %v in the webhook index (%v)", chunk, first[0].Score, min, hmin, err)
 		}
 		st, _ := rdb.HGet(ctx, q.statesKey, hook).Result()
 		var tail, count, hi int
@@ -145,8 +152,9 @@ func checkChunks(t *testing.T, rdb *redis.Client, q *Queue, maxChunks map[string
 	}
 	states, _ := rdb.HGetAll(ctx, q.statesKey).Result()
 	metas, _ := rdb.HGetAll(ctx, q.metaKey).Result()
-	if len(states) != len(live) || len(metas) != len(live) {
-		t.Fatalf("%d states and %d metadata for %d webhooks with chunks", len(states), len(metas), len(live))
+	hooked, _ := rdb.ZCard(ctx, q.tag+":qh").Result()
+	if len(states) != len(live) || len(metas) != len(live) || int(hooked) != len(live) {
+		t.Fatalf("%d states, %d metadata and %d in the webhook index for %d webhooks with chunks", len(states), len(metas), hooked, len(live))
 	}
 	for hook, n := range live {
 		var tail, count, hi int

@@ -88,8 +88,8 @@ func TestEmptyShardDropsBodyForms(t *testing.T) {
 	if _, _, _, err := q.Claim(ctx, t0.Add(2*time.Minute), t0.Add(3*time.Minute), 10); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := rdb.Exists(ctx, q.formsKey, q.metaKey, q.ChunksKey, q.statesKey).Result(); n != 0 {
-		t.Fatalf("%d of the body forms, hook metadata, chunk index and hook states keys left on an empty shard", n)
+	if n, _ := rdb.Exists(ctx, q.formsKey, q.metaKey, q.ChunksKey, q.statesKey, q.tag+":qh").Result(); n != 0 {
+		t.Fatalf("%d of the body forms, hook metadata, chunk index, hook states and webhook index keys left on an empty shard", n)
 	}
 	next := memRecord(2, hook, t0, catalog.Default())
 	if err := q.Schedule(ctx, []Entry{{Rec: next, Due: t0}}); err != nil {

@@ -63,6 +63,7 @@ for i = 3, #ARGV, 4 do
   if s and (ARGV[i+3] == '-1' or tonumber(s) == tonumber(ARGV[i+3])) then
     redis.call('ZADD', key, ARGV[1], ARGV[i+2])
     redis.call('ZADD', KEYS[1], 'LT', ARGV[1], chunk)
+    redis.call('ZADD', ARGV[2] .. ':qh', 'LT', ARGV[1], ARGV[i])
     n = n + 1
   end
 end

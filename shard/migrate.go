@@ -20,17 +20,6 @@ func (q *Queue) oldDataKey() string { return q.tag + ":d" }
 // migrateBatch is the most old records one migration step moves.
 const migrateBatch = 256
 
-// migrateScript drops old-layout entries, ARGV[1] the key tag, then
-// (id, webhook) pairs; the same call's KEYS are tag:due and tag:d.
-var migrateScript = redis.NewScript(`
-for i = 2, #ARGV, 2 do
-  redis.call('ZREM', KEYS[1], ARGV[i])
-  redis.call('HDEL', KEYS[2], ARGV[i])
-  if ARGV[i+1] ~= '' then redis.call('ZREM', ARGV[1] .. ':w:' .. ARGV[i+1], ARGV[i]) end
-end
-return 0
-`)
-
 // Migrate moves the scheduled deliveries a shard's queue holds in the
 // layouts before chunks, with their ids, records and due times (a lease
 // end stays a lease end), and returns how many it moved. A dispatcher
@@ -38,6 +27,13 @@ return 0
 // again every minute (a process of the old version may still write
 // during a rolling upgrade).
 func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
+	// Chunks placed before the scripts kept the mark of chunks.go get it.
+	if err := q.rdb.ZAddNX(ctx, q.oldHooksKey(), redis.Z{Score: markScore, Member: ""}).Err(); err != nil {
+		return 0, fmt.Errorf("cannot mark the chunks of %s for the layout before them: %w", q.Shard, err)
+	}
+	if err := hookIndexScript.Run(ctx, q.rdb, []string{q.ChunksKey}, q.tag).Err(); err != nil {
+		return 0, fmt.Errorf("cannot index the webhooks of %s: %w", q.Shard, err)
+	}
 	moved, err := q.migrateUnchunked(ctx, now)
 	if err != nil {
 		return moved, err
@@ -46,11 +42,26 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 	return moved + n, err
 }
 
+// hookIndexScript fills the webhook index, tag:qh, of a shard whose
+// chunks were placed by a version without it (ARGV[1] the key tag): each
+// webhook with chunks, scored by the earliest of them. A shard that has
+// the index, or no chunks, is left as it is.
+var hookIndexScript = redis.NewScript(`
+local tag = ARGV[1]
+if redis.call('EXISTS', tag .. ':qh') == 1 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+` + chunkLua + `
+for _, hook in ipairs(redis.call('HKEYS', tag .. ':qn')) do
+  local chunks = hookChunks(hook)
+  if chunks[1] then redis.call('ZADD', tag .. ':qh', 'LT', chunks[1].min, hook) end
+end
+return 1
+`)
+
 // migrateMsgpack moves the deliveries of the layout before the compact
-// one (tag:due, tag:d, tag:w:<webhook>). Each step is a schedule (insert
-// if absent, so a step repeated after a crash stores nothing twice)
-// followed by the removal of what it stored; a record it cannot decode
-// goes to the dead set as it is.
+// one (tag:due, tag:d, tag:w:<webhook>), a batch per script (moveOld:
+// atomic, so a step repeated after a crash, or run by two processes at
+// once, stores nothing twice); a record it cannot decode goes to the dead
+// set as it is.
 func (q *Queue) migrateMsgpack(ctx context.Context, now time.Time) (int, error) {
 	moved := 0
 	var cursor uint64
@@ -63,7 +74,7 @@ func (q *Queue) migrateMsgpack(ctx context.Context, now time.Time) (int, error) 
 			break
 		}
 		var recs []*Record
-		var drop []any
+		var raws []string
 		for i := 0; i+1 < len(ids); i += 2 {
 			id, raw := ids[i], ids[i+1]
 			rec := new(Record)
@@ -73,21 +84,12 @@ func (q *Queue) migrateMsgpack(ctx context.Context, now time.Time) (int, error) 
 				}
 				continue
 			}
-			recs = append(recs, rec)
-			drop = append(drop, id, rec.WebhookID)
+			recs, raws = append(recs, rec), append(raws, raw)
 		}
-		scores, err := q.oldDueScores(ctx, recs, now)
+		n, err := q.moveOld(ctx, recs, raws, now)
+		moved += n
 		if err != nil {
 			return moved, err
-		}
-		if len(recs) > 0 {
-			if err := q.schedule(ctx, recs, scores); err != nil {
-				return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
-			}
-			if err := migrateScript.Run(ctx, q.rdb, []string{q.oldDueKey(), q.oldDataKey()}, append([]any{q.tag}, drop...)...).Err(); err != nil {
-				return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
-			}
-			moved += len(recs)
 		}
 	}
 	// Ids left in the old due set had no record (the old claim dropped
@@ -95,6 +97,65 @@ func (q *Queue) migrateMsgpack(ctx context.Context, now time.Time) (int, error) 
 	if err := q.rdb.Del(ctx, q.oldDueKey()).Err(); err != nil {
 		return moved, fmt.Errorf("cannot drop the old due set of %s: %w", q.Shard, err)
 	}
+	return moved, nil
+}
+
+// moveOldScript moves old records to chunks, each only if the old layout
+// still holds it as read (a process that migrates at the same time may
+// have moved it, and it may have been delivered since): ARGV[1] the key
+// tag, ARGV[2] the number of body forms, then (reference, form) pairs,
+// then per record its old id, its old bytes as read, and scheduleScript's
+// seven values. A record already in the id index (migrated before, and
+// written again by a process of the old version) keeps its chunked copy;
+// either way the old entries go. It returns how many it took from the old
+// layout.
+var moveOldScript = redis.NewScript(`
+local tag, i = ARGV[1], 3
+` + chunkLua + storeFormsLua("KEYS[3]", "ARGV[2]") + `
+local moved, metas = 0, {}
+while i <= #ARGV do
+  local old, raw, bucket, id, ix, hook, member, score, meta = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8]
+  i = i + 9
+  if redis.call('HGET', KEYS[5], old) == raw then
+    if redis.call('HSETNX', tag .. ':i:' .. bucket, id, ix .. target(hook)) == 1 then
+      add(hook, member, score)
+      metas[hook] = meta
+    end
+    redis.call('HDEL', KEYS[5], old)
+    redis.call('ZREM', KEYS[4], old)
+    redis.call('ZREM', tag .. ':w:' .. hook, old)
+    moved = moved + 1
+  end
+end
+saveStates()
+for hook, meta in pairs(metas) do redis.call('HSET', KEYS[2], hook, meta) end
+return moved
+`)
+
+// moveOld moves old records, read as raws, to chunks (moveOldScript) and
+// returns how many it took from the old layout.
+func (q *Queue) moveOld(ctx context.Context, recs []*Record, raws []string, now time.Time) (int, error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	scores, err := q.oldDueScores(ctx, recs, now)
+	if err != nil {
+		return 0, err
+	}
+	b := q.scheduleArgs(recs, scores)
+	args := make([]any, 0, 2+len(b.forms)+(2+scheduleWidth)*len(recs))
+	args = append(args, q.tag, len(b.forms)/2)
+	args = append(args, b.forms...)
+	for i, rec := range recs {
+		args = append(args, rec.ID, raws[i])
+		args = append(args, b.row(i)...)
+	}
+	keys := []string{q.ChunksKey, q.metaKey, q.formsKey, q.oldDueKey(), q.oldDataKey()}
+	moved, err := moveOldScript.Run(ctx, q.rdb, keys, args...).Int()
+	if err != nil {
+		return 0, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
+	}
+	b.cacheForms()
 	return moved, nil
 }
 
@@ -188,6 +249,9 @@ func (q *Queue) migrateUnchunked(ctx context.Context, now time.Time) (int, error
 	}
 	moved := 0
 	for _, hook := range hooks {
+		if hook == "" {
+			continue // the mark of chunks.go
+		}
 		meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)

@@ -212,8 +212,11 @@ func TestMigrateSplitsUnchunkedQueues(t *testing.T) {
 	if raw, err := rdb.HGet(ctx, q.DeadData, Bad{member: "\xc1garbage"}.ID()).Result(); err != nil || raw != "\xc1garbage" {
 		t.Fatalf("unreadable unchunked member not in the dead set as it was: %q %v", raw, err)
 	}
-	if old, err := rdb.Exists(ctx, q.oldHooksKey(), q.oldHookKey(hooks[0]), q.oldHookKey(hooks[1])).Result(); err != nil || old != 0 {
-		t.Fatalf("%d unchunked keys left (%v)", old, err)
+	if old, err := rdb.Exists(ctx, q.oldHookKey(hooks[0]), q.oldHookKey(hooks[1])).Result(); err != nil || old != 0 {
+		t.Fatalf("%d unchunked queues left (%v)", old, err)
+	}
+	if left, err := rdb.ZRange(ctx, q.oldHooksKey(), 0, -1).Result(); err != nil || len(left) != 1 || left[0] != "" {
+		t.Fatalf("the unchunked webhook index holds %q (%v), want only the mark", left, err)
 	}
 	for _, hook := range hooks {
 		for c := 0; c < 3; c++ {
@@ -252,5 +255,175 @@ func TestMigrateSplitsUnchunkedQueues(t *testing.T) {
 	}
 	if total != len(wants) {
 		t.Fatalf("claimed %d after the migration, want %d (all but the one due in an hour)", total, len(wants))
+	}
+}
+
+// unchunkedClaimScript is the claim of the layout before chunks, as a
+// process of that version runs it during a rolling upgrade: it knows
+// tag:hooks, tag:hm and tag:bf, and drops the body forms when tag:hooks
+// is empty.
+var unchunkedClaimScript = redis.NewScript(`
+local n = tonumber(ARGV[3])
+local hooks = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
+local out, left = {}, n
+local share = math.max(1, math.ceil(n / math.max(1, #hooks)))
+for _, hook in ipairs(hooks) do
+  if left <= 0 then break end
+  local key = ARGV[4] .. ':q:' .. hook
+  local ms = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[1], 'LIMIT', 0, math.min(share, left))
+  if #ms > 0 then
+    local lease = {'XX'}
+    for _, m in ipairs(ms) do
+      lease[#lease+1] = ARGV[2]
+      lease[#lease+1] = m
+    end
+    redis.call('ZADD', key, unpack(lease))
+    out[#out+1] = hook
+    out[#out+1] = redis.call('HGET', KEYS[2], hook) or ''
+    out[#out+1] = ms
+    left = left - #ms
+  end
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('ZADD', KEYS[1], first[2], hook)
+  else
+    redis.call('ZREM', KEYS[1], hook)
+    redis.call('HDEL', KEYS[2], hook)
+  end
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not first[2] then redis.call('DEL', KEYS[3]) end
+return {out, first[2] or ''}
+`)
+
+// A process of the version before chunks that claims on a shard whose
+// deliveries are all in chunks (a new-version API replayed or recovered
+// them into a partition the old process owns, or the partition moved
+// back to it) claims nothing and leaves the body forms the chunks refer
+// to; a new-version claim then delivers them instead of quarantining
+// them. Without the mark in tag:hooks, the old claim saw the layout it
+// knows empty and dropped every body form.
+func TestUnchunkedClaimKeepsChunkedForms(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hook := memHooks(1)[0]
+	recs := []*Record{memRecord(1, hook, t0, cat), memRecord(2, hook, t0, cat)}
+	if err := q.Schedule(ctx, []Entry{{Rec: recs[0], Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	// Revived from the dead set: the other script that places members.
+	if err := q.Schedule(ctx, []Entry{{Rec: recs[1], Due: t0, Dead: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if moved, err := q.Revive(ctx, []string{recs[1].ID}, t0); err != nil || len(moved) != 1 {
+		t.Fatalf("revive: %d moved, %v", len(moved), err)
+	}
+	res, err := unchunkedClaimScript.Run(ctx, rdb, []string{q.oldHooksKey(), q.metaKey, q.formsKey},
+		t0.Add(time.Hour).UnixMilli(), t0.Add(2*time.Hour).UnixMilli(), 10, q.tag).Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := res[0].([]any); len(got) != 0 {
+		t.Fatalf("the old claim took %v", got)
+	}
+	forms.Clear() // a process that never saw the forms
+	got, bad, _, err := q.Claim(ctx, t0.Add(time.Hour), t0.Add(2*time.Hour), 10)
+	if err != nil || len(got) != 2 || len(bad) != 0 {
+		t.Fatalf("claim after an old-version claim: %d records, %d unreadable, %v; want 2, 0", len(got), len(bad), err)
+	}
+}
+
+// Two processes that migrate the layout before the compact one at once
+// (a partition handed over while the old owner's migration runs) never
+// deliver a record twice: the slower one, holding a record the other
+// moved, and that was delivered since, does not queue it again.
+func TestSlowMigrationDoesNotQueueADeliveredRecord(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rec := memRecord(1, memHooks(1)[0], t0, catalog.Default())
+	oldSchedule(t, rdb, q, rec, t0)
+	raw, err := rdb.HGet(ctx, q.oldDataKey(), rec.ID).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The slow process read the record; the other migrates it, and it is
+	// delivered.
+	if n, err := q.Migrate(ctx, t0); err != nil || n != 1 {
+		t.Fatalf("migrated %d, %v", n, err)
+	}
+	recs, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d, %v", len(recs), err)
+	}
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: recs[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	stale := new(Record)
+	if err := msgpack.Unmarshal([]byte(raw), stale); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := q.moveOld(ctx, []*Record{stale}, []string{raw}, t0); err != nil || n != 0 {
+		t.Fatalf("the slow migration moved %d (%v), want 0", n, err)
+	}
+	if got, _, err := q.Get(ctx, rec.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a delivered record queued again: %+v %v", got, err)
+	}
+}
+
+// A claim of the version before chunks that finds a webhook's sorted set
+// of that layout empty (a process of that version queued, claimed and
+// delivered one of its deliveries during a rolling upgrade) drops the
+// webhook's application and account, which its chunks share. The claim
+// then gives its records none; an outcome of one whose caller filled them
+// in from the registry (the dispatcher does) restores them.
+func TestOutcomeRestoresMetadataAnOldClaimDropped(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hook := memHooks(1)[0]
+	chunked := []*Record{memRecord(1, hook, t0, cat), memRecord(2, hook, t0, cat)}
+	if err := q.Schedule(ctx, []Entry{{Rec: chunked[0], Due: t0.Add(time.Hour)}, {Rec: chunked[1], Due: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	old := memRecord(3, hook, t0, cat)
+	unchunkedSchedule(t, rdb, q, old, t0)
+	oldClaim := func(at time.Time) {
+		t.Helper()
+		err := unchunkedClaimScript.Run(ctx, rdb, []string{q.oldHooksKey(), q.metaKey, q.formsKey},
+			at.UnixMilli(), at.Add(time.Minute).UnixMilli(), 10, q.tag).Err()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldClaim(t0)
+	member, _ := q.memberOf(old)
+	if err := rdb.ZRem(ctx, q.oldHookKey(hook), member).Err(); err != nil { // delivered
+		t.Fatal(err)
+	}
+	oldClaim(t0.Add(2 * time.Minute))
+	if n, _ := rdb.HExists(ctx, q.metaKey, hook).Result(); n {
+		t.Fatal("the old claim kept the metadata: nothing to restore")
+	}
+	recs, _, _, err := q.Claim(ctx, t0.Add(2*time.Hour), t0.Add(3*time.Hour), 1)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d, %v", len(recs), err)
+	}
+	r := recs[0]
+	r.AppID, r.AccountID = chunked[0].AppID, chunked[0].AccountID // from the registry
+	if err := q.Apply(ctx, []Op{{Kind: OpReschedule, Rec: r, At: t0.Add(4 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range chunked {
+		got, _, err := q.Get(ctx, want.ID)
+		if err != nil || got.AppID != want.AppID || got.AccountID != want.AccountID {
+			t.Fatalf("delivery %s after the outcome: %+v %v; want application %q, account %q", want.ID, got, err, want.AppID, want.AccountID)
+		}
 	}
 }

@@ -56,6 +56,11 @@ type Record struct {
 	// is still there.
 	member, chunk string
 	packed        *packing
+	// noMeta: the claim found no application and account for the
+	// webhook (a claim of the version before chunks drops them when it
+	// finds the webhook's sorted set of that layout empty, during a
+	// rolling upgrade); Apply restores them from the record.
+	noMeta bool
 }
 
 // Lease returns the lease on a claimed record until end.
@@ -78,6 +83,7 @@ type Entry struct {
 //
 //	tag:q:<webhook>:<n>  ZSET  compact record -> due time (ms; lease end while claimed), at most 128
 //	tag:chunks           ZSET  <webhook>:<n> -> earliest due time of the chunk (never later)
+//	tag:qh               ZSET  webhook -> earliest due time of its chunks (never later)
 //	tag:qn               HASH  webhook -> chunk being filled, number of chunks, highest in use
 //	tag:i:<xx>           HASH  packed delivery id -> webhook, offset and chunk (256 buckets)
 //	tag:hm               HASH  webhook -> application and account (while it has chunks)
@@ -272,17 +278,24 @@ func (q *Queue) Schedule(ctx context.Context, entries []Entry) error {
 // on several hosts, go out together, as they fall due) and its earliest
 // first, and re-scores them to the lease end ARGV[2], so a process that
 // dies mid-attempt gives them back when the lease runs out. The webhooks
-// are those of the first 4 × ARGV[3] chunks due. Each chunk it reads gets
-// its exact earliest due time in KEYS[1] again (or leaves it, when
-// empty); a shard with nothing scheduled, in this layout or the one
-// before chunks (KEYS[4]), drops its body forms (KEYS[3]), which only
-// scheduled members refer to. It returns (webhook, metadata, (chunk,
-// member) pairs) triples and the earliest due time left.
+// are those of the first 4 × ARGV[3] chunks due, then those of the first
+// ARGV[3] due in the webhook index (tag:qh) that these chunks left out
+// (another webhook's due chunks filled them), whose chunks it lists.
+// Each chunk it reads gets its exact earliest due time in KEYS[1] again
+// (or leaves it, when empty), and each webhook it takes from a lower
+// bound of its earliest in tag:qh; a shard with nothing scheduled, in
+// this layout or the one before chunks (KEYS[4], which holds nothing but
+// the mark of chunks.go then), drops its body forms (KEYS[3]), which
+// only scheduled members refer to. It returns (webhook, metadata,
+// (chunk, member) pairs) triples and the earliest due time left.
 var claimScript = redis.NewScript(`
 local tag, now, leaseEnd, n = ARGV[4], ARGV[1], ARGV[2], tonumber(ARGV[3])
 ` + chunkLua + `
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 4 * n)
-local order, byHook = {}, {}
+-- Every chunk the window left out is due at bound or later.
+local bound = tonumber(now) + 1
+if #due == 8 * n then bound = tonumber(due[#due]) end
+local order, byHook, all = {}, {}, {}
 for i = 1, #due, 2 do
   local hook, c = splitChunk(due[i])
   if hook then
@@ -296,11 +309,23 @@ for i = 1, #due, 2 do
     redis.call('ZREM', KEYS[1], due[i])
   end
 end
+for _, hook in ipairs(redis.call('ZRANGEBYSCORE', tag .. ':qh', '-inf', now, 'LIMIT', 0, n)) do
+  if not byHook[hook] then
+    byHook[hook] = false -- its chunks are listed when its turn comes
+    order[#order+1] = hook
+  end
+end
 local out, left = {}, n
 local share = math.max(1, math.ceil(n / math.max(1, #order)))
 for _, hook in ipairs(order) do
   if left <= 0 then break end
   local chunks = byHook[hook]
+  if not chunks then
+    all[hook], chunks = hookChunks(hook), {}
+    for _, ch in ipairs(all[hook]) do
+      if ch.min <= tonumber(now) then chunks[#chunks+1] = ch end
+    end
+  end
   local cand = earliest(hook, chunks, math.min(share, left), now)
   if #cand > 0 then
     local lease, got = {}, {}
@@ -326,14 +351,31 @@ for _, hook in ipairs(order) do
       local first = redis.call('ZRANGE', qkey(hook, ch.c), 0, 0, 'WITHSCORES')
       if first[2] then
         redis.call('ZADD', KEYS[1], first[2], hook .. ':' .. ch.c)
+        ch.min = tonumber(first[2])
       else
         redis.call('ZREM', KEYS[1], hook .. ':' .. ch.c)
+        ch.min = math.huge
       end
     end
   end
+  -- Its chunks outside the window are due at bound or later; a listed
+  -- webhook's are all known, as are those of one the window holds whole.
+  local low = bound
+  if all[hook] or #chunks == state(hook).l then low = math.huge end
+  for _, ch in ipairs(all[hook] or chunks) do
+    if ch.min < low then low = ch.min end
+  end
+  if state(hook).l == 0 then
+    redis.call('ZREM', tag .. ':qh', hook) -- left by a lost state
+  elseif low < math.huge then
+    redis.call('ZADD', tag .. ':qh', low, hook)
+  end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if not first[2] and redis.call('EXISTS', KEYS[4]) == 0 then redis.call('DEL', KEYS[3]) end
+if not first[2] then
+  local unchunked = redis.call('ZRANGE', KEYS[4], 0, 0)
+  if not unchunked[1] or unchunked[1] == '' then redis.call('DEL', KEYS[3]) end
+end
 return {out, first[2] or ''}
 `)
 
@@ -370,7 +412,7 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 				bad = append(bad, q.badMember(hook, chunk, member))
 				continue
 			}
-			rec.chunk = chunk
+			rec.chunk, rec.noMeta = chunk, meta == ""
 			recs = append(recs, rec)
 		}
 	}
@@ -454,7 +496,10 @@ type Op struct {
 
 // applyScript carries out ops, ten arguments each after ARGV[1], the key
 // tag, ARGV[2], the number of body forms, and the (reference, form) pairs
-// of the rescheduled records, stored first in the same step: kind,
+// of the rescheduled records, stored first in the same step, then the
+// number of webhooks whose metadata the claim found missing and their
+// (webhook, metadata) pairs, restored (if the webhook still has chunks
+// and no other process restored it) in the same step: kind,
 // webhook, the chunk and member as claimed, index bucket, packed id, then
 // for a reschedule the new member (in the same chunk) and its due score,
 // for a kill the dead id, the time it died, its msgpack record and its
@@ -465,13 +510,16 @@ type Op struct {
 var applyScript = redis.NewScript(`
 local tag, i = ARGV[1], 3
 ` + chunkLua + storeFormsLua("KEYS[4]", "ARGV[2]") + `
+local metas = {}
+for k = 1, tonumber(ARGV[i]) do metas[ARGV[i+2*k-1]] = ARGV[i+2*k] end
+i = i + 1 + 2 * tonumber(ARGV[i])
 for i = i, #ARGV, 10 do
   local kind, hook, c, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local held = old ~= '' and c ~= '' and redis.call('ZREM', qkey(hook, c), old) == 1
   if kind == '2' then
     if held then
       redis.call('ZADD', qkey(hook, c), ARGV[i+7], ARGV[i+6])
-      lower(hook .. ':' .. c, ARGV[i+7])
+      lower(hook, c, ARGV[i+7])
     end
   else
     if held then
@@ -486,6 +534,9 @@ for i = i, #ARGV, 10 do
   end
 end
 saveStates()
+for hook, meta in pairs(metas) do
+  if redis.call('HEXISTS', tag .. ':qn', hook) == 1 then redis.call('HSETNX', tag .. ':hm', hook, meta) end
+end
 return 0
 `)
 
@@ -496,8 +547,8 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 		return nil
 	}
 	args := make([]any, 0, 2+10*len(ops))
-	var formArgs []any
-	sent := map[string]bool{}
+	var formArgs, metaArgs []any
+	sent, restored := map[string]bool{}, map[string]bool{}
 	members := make([]string, len(ops))
 	for k, op := range ops {
 		rec := op.Rec
@@ -507,6 +558,10 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			if cur, _, err := q.Get(ctx, rec.ID); err == nil && cur.WebhookID == rec.WebhookID {
 				rec.member, rec.chunk = cur.member, cur.chunk
 			}
+		}
+		if rec.noMeta && rec.AppID != "" && !restored[rec.WebhookID] {
+			restored[rec.WebhookID] = true
+			metaArgs = append(metaArgs, rec.WebhookID, hookMeta{rec.AppID, rec.AccountID}.value())
 		}
 		pid := packedID(rec.ID)
 		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, indexBucket(pid), pid)
@@ -538,6 +593,7 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	// from this one (a record made elsewhere, or forms dropped while the
 	// shard was empty), and a member must never name a form its shard lacks.
 	head := append([]any{q.tag, len(formArgs) / 2}, formArgs...)
+	head = append(append(head, len(metaArgs)/2), metaArgs...)
 	args = append(head, args...)
 	if err := applyScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.DeadKey, q.DeadData, q.formsKey}, args...).Err(); err != nil {
 		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.Shard, err)

@@ -402,6 +402,45 @@ func TestClaimSharesBetweenWebhooks(t *testing.T) {
 	}
 }
 
+// A webhook whose due chunks outnumber what a claim reads of the chunk
+// index (four per delivery it may take) does not crowd another webhook
+// out: each claim still shares itself between the two.
+func TestClaimSharesWithAWebhookOfManyChunks(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const n = 8
+	var entries []Entry
+	for i := 0; i < (4*n+1)*chunkSize; i++ {
+		due := t0.Add(time.Duration(i%1000) * time.Millisecond)
+		entries = append(entries, Entry{Rec: &Record{ID: fmt.Sprintf("big-%05d", i), WebhookID: "wh_big", FirstAttempt: t0}, Due: due})
+	}
+	entries = append(entries, Entry{Rec: &Record{ID: "small", WebhookID: "wh_small", FirstAttempt: t0}, Due: t0.Add(time.Hour)})
+	if err := q.Schedule(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	// Chunks placed by a version without the webhook index get it from
+	// the migration.
+	if err := rdb.Del(ctx, q.tag+":qh").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Migrate(ctx, t0); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _, err := q.Claim(ctx, t0.Add(2*time.Hour), t0.Add(3*time.Hour), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := map[string]int{}
+	for _, r := range recs {
+		per[r.WebhookID]++
+	}
+	if per["wh_small"] != 1 || per["wh_big"] < n/2 {
+		t.Fatalf("claim of %d per webhook %v, want wh_small's one and at least %d of wh_big's", n, per, n/2)
+	}
+}
+
 // A rescheduled record made outside a claim stores its body form in its
 // own shard even when the process has the form cached: the cache spans
 // every shard, and a member whose form its shard lacks cannot be read by

@@ -143,6 +143,11 @@ func (s *shardRun) handRetry(ctx context.Context, rec *shard.Record) bool {
 	if hook == nil {
 		return s.conclude(ctx, dl, retry.Deleted, time.Time{})
 	}
+	if rec.AppID == "" {
+		// The shard lost the webhook's metadata (docs/retries.md): the
+		// outcome's record restores it.
+		rec.AppID, rec.AccountID = hook.AppID, hook.AccountID
+	}
 	dl.hook = hook
 	d.hand(ctx, dl)
 	return true

@@ -1,0 +1,81 @@
+package shard
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/geckohook/geckohook/internal/testenv"
+)
+
+// BenchmarkClaimDeepBacklog claims 256 at a time from one webhook whose
+// backlog of 64,000 (500 chunks) falls due at random times, as a dead
+// host's deferred deliveries do; each claimed delivery is deferred again
+// to a random time in the same hour, outside the timer. It reports the
+// claim script's Redis time per claim (from SLOWLOG, which logs every
+// command here).
+func BenchmarkClaimDeepBacklog(b *testing.B) {
+	rdb := testenv.Redis(b).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rng := rand.New(rand.NewPCG(5, 6))
+	due := func() time.Time { return t0.Add(time.Duration(rng.IntN(3600_000)) * time.Millisecond) }
+	const backlog = 64_000
+	for i := 0; i < backlog; i += 1000 {
+		var entries []Entry
+		for j := i; j < i+1000; j++ {
+			entries = append(entries, Entry{Rec: &Record{ID: fmt.Sprintf("d-%06d", j), WebhookID: "wh_dead", FirstAttempt: t0}, Due: due()})
+		}
+		if err := q.Schedule(ctx, entries); err != nil {
+			b.Fatal(err)
+		}
+	}
+	now := t0.Add(2 * time.Hour)
+	for _, kv := range [][2]string{{"slowlog-log-slower-than", "0"}, {"slowlog-max-len", "100000"}} {
+		if err := rdb.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := rdb.Do(ctx, "SLOWLOG", "RESET").Err(); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		recs, _, _, err := q.Claim(ctx, now, now.Add(time.Hour), 256)
+		if err != nil || len(recs) != 256 {
+			b.Fatalf("claim: %d, %v", len(recs), err)
+		}
+		b.StopTimer()
+		ops := make([]Op, len(recs))
+		for k, r := range recs {
+			ops[k] = Op{Kind: OpReschedule, Rec: r, At: due()}
+		}
+		if err := q.Apply(ctx, ops); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(scriptMicros(b, rdb, claimScript.Hash())/float64(b.N), "redis-µs/claim")
+}
+
+// scriptMicros sums the Redis time of the script calls in rdb's SLOWLOG.
+func scriptMicros(b *testing.B, rdb *redis.Client, sha string) float64 {
+	b.Helper()
+	logs, err := rdb.SlowLogGet(context.Background(), -1).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for _, l := range logs {
+		if len(l.Args) > 1 && l.Args[0] == "evalsha" && l.Args[1] == sha {
+			total += l.Duration
+		}
+	}
+	return float64(total.Microseconds())
+}
