@@ -243,11 +243,14 @@ func TestDueByMakesTheQueueOverdue(t *testing.T) {
 	if err := q.Schedule(ctx, entries); err != nil {
 		t.Fatal(err)
 	}
+	maxChunks := map[string]int{}
+	observeChunks(t, rdb, q, maxChunks)
 	at := t0.Add(time.Minute)
 	moved, err := q.DueBy(ctx, at)
 	if err != nil || moved != 300 {
 		t.Fatalf("DueBy moved %d (%v), want 300", moved, err)
 	}
+	checkChunks(t, rdb, q, maxChunks) // no chunk nor webhook due later than its earliest member
 	if _, due, err := q.Get(ctx, early.ID); err != nil || !due.Equal(t0.Add(time.Second)) {
 		t.Fatalf("the delivery due before: now due %v (%v), want it kept", due, err)
 	}

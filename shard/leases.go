@@ -85,7 +85,8 @@ func (q *Queue) RetryNow(ctx context.Context, rec *Record, now time.Time) (bool,
 
 // dueByScript re-scores every member of the shard's chunks (KEYS[1])
 // scored after ARGV[2] to ARGV[2] (ms), and each chunk's earliest due time
-// with it; ARGV[1] is the shard's tag. It returns how many members moved.
+// and its webhook's (tag:qh) with it; ARGV[1] is the shard's tag. It
+// returns how many members moved.
 var dueByScript = redis.NewScript(`
 local n = 0
 for _, chunk in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -102,6 +103,7 @@ for _, chunk in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   n = n + #ms
   if #ms > 0 then
     redis.call('ZADD', KEYS[1], 'LT', ARGV[2], chunk)
+    redis.call('ZADD', ARGV[1] .. ':qh', 'LT', ARGV[2], string.match(chunk, '^(.*):[^:]*$'))
   end
 end
 return n
