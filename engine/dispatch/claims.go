@@ -19,6 +19,10 @@ type claims struct {
 
 	mu       sync.Mutex
 	inflight map[string]shard.Lease // claimed delivery id -> its lease, until its outcome is written
+	// finished holds the deliveries whose outcome was written since the
+	// poller's claim under way began: that claim may have read them as
+	// they were before (see take).
+	finished map[string]struct{}
 
 	wake     chan struct{}
 	wakeAtMs atomic.Int64 // clock time (ms) the poller plans to look next
@@ -27,15 +31,29 @@ type claims struct {
 }
 
 func newClaims(window int, gauge ops.Gauge) *claims {
-	return &claims{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]shard.Lease), wake: make(chan struct{}, 1), gauge: gauge}
+	return &claims{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]shard.Lease), finished: make(map[string]struct{}), wake: make(chan struct{}, 1), gauge: gauge}
+}
+
+// claiming marks the start of a claim: take refuses what finishes from now
+// until the claim's records are taken.
+func (r *claims) claiming() {
+	r.mu.Lock()
+	clear(r.finished)
+	r.mu.Unlock()
 }
 
 // take registers a claimed delivery; false if it is already in flight here
 // (its lease ran out while it waited behind its host and the poller claimed
-// it again: the claim just extended the lease).
+// it again: the claim just extended the lease), or if its outcome was
+// written while the claim ran: the claim read it before that outcome, and
+// sending it again would repeat a finished attempt (the outcome already
+// removed or replaced what the claim leased).
 func (r *claims) take(l shard.Lease) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, done := r.finished[l.ID]; done {
+		return false
+	}
 	_, busy := r.inflight[l.ID]
 	r.inflight[l.ID] = l // a claim of one in flight re-leased it: keep the newer end
 	if !busy {
@@ -48,6 +66,7 @@ func (r *claims) take(l shard.Lease) bool {
 func (r *claims) done(id string) {
 	r.mu.Lock()
 	delete(r.inflight, id)
+	r.finished[id] = struct{}{}
 	r.mu.Unlock()
 	<-r.slots
 	r.gauge.Add(-1)

@@ -60,6 +60,7 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 		var recs []*shard.Record
 		var bad []shard.Bad
 		var next time.Time
+		r.claiming()
 		ok := s.retry(ctx, "claim due retries", func() error {
 			var err error
 			recs, bad, next, err = s.queue.Claim(ctx, now, leaseEnd, min(r.free(), claimBatch))
