@@ -344,7 +344,7 @@ func TestCreateWebhook(t *testing.T) {
 	if w != want || !strings.HasPrefix(w.ID, "wh_") {
 		t.Fatalf("created webhook = %+v, want %+v", w, want)
 	}
-	if got := e.reg.Match("acc-1", "fulfillments.create"); len(got) != 1 || got[0].ID != w.ID || got[0].AppID != app.ID {
+	if got, _ := e.reg.MatchTargets(nil, "acc-1", "fulfillments.create"); len(got) != 1 || got[0].Hook.ID != w.ID || got[0].App == nil || got[0].App.ID != app.ID {
 		t.Fatalf("registry Match = %v", got)
 	}
 	if ok, err := e.rdb.HExists(context.Background(), "gh:webhooks", w.ID).Result(); err != nil || !ok {

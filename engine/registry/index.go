@@ -15,7 +15,7 @@ type index struct {
 	byToken map[string]*App
 	hooks   map[string]*Webhook
 	// byAccount holds an account's webhooks ordered by event, then id, so
-	// the webhooks of one event are contiguous. Match hands out windows of
+	// the webhooks of one event are contiguous. Matching reads windows of
 	// these slices: a change replaces the account's slice, never edits it.
 	byAccount map[string][]*Webhook
 	// byApp holds each application's webhooks. It is only read under the

@@ -334,15 +334,6 @@ func (r *Registry) apply(c change) error {
 	return nil
 }
 
-// Match returns the webhooks subscribed to event on account. The slice is
-// shared and must not be modified.
-func (r *Registry) Match(account, event string) []*Webhook {
-	r.mu.RLock()
-	list := r.byAccount[account]
-	r.mu.RUnlock()
-	return match(list, event)
-}
-
 // Target is a matched webhook with its application (nil when the
 // application is gone).
 type Target struct {
