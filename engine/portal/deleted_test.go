@@ -45,17 +45,24 @@ func (h *dayReads) count(cmds ...redis.Cmder) {
 	}
 }
 
-// The webhooks page lists the deletions of every kept day, newest first,
-// read in one round trip; older days and unreadable entries are left out,
-// and past mail.MaxListed the rest is counted.
-func TestWebhooksPageReadsDeletionsInOneRoundTrip(t *testing.T) {
+// countDayReads gives the portal a Redis client of its own whose calls
+// touching day records are counted.
+func countDayReads(t *testing.T) (*dayReads, func(*Options)) {
 	reads := &dayReads{}
-	e := newEnv(t, func(o *Options) {
+	return reads, func(o *Options) {
 		c := redis.NewClient(&redis.Options{Addr: o.Redis.(*redis.Client).Options().Addr})
 		t.Cleanup(func() { _ = c.Close() })
 		c.AddHook(reads)
 		o.Redis = c
-	})
+	}
+}
+
+// The webhooks page lists the deletions of every kept day, newest first,
+// read in one round trip; older days and unreadable entries are left out,
+// and past mail.MaxListed the rest is counted.
+func TestWebhooksPageReadsDeletionsInOneRoundTrip(t *testing.T) {
+	reads, counted := countDayReads(t)
+	e := newEnv(t, counted)
 	ctx := context.Background()
 	keys := daylog.Keys{Prefix: "gh:"}
 	deleted := func(appID, id string, at time.Time) {

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/geckohook/geckohook/engine/daylog"
@@ -157,13 +156,8 @@ func TestSigningPage(t *testing.T) {
 // Digests: each day's mail as the mail job renders it, the days kept read
 // in one round trip.
 func TestDigestsPage(t *testing.T) {
-	reads := &dayReads{}
-	e := newEnv(t, func(o *Options) {
-		c := redis.NewClient(&redis.Options{Addr: o.Redis.(*redis.Client).Options().Addr})
-		t.Cleanup(func() { _ = c.Close() })
-		c.AddHook(reads)
-		o.Redis = c
-	})
+	reads, counted := countDayReads(t)
+	e := newEnv(t, counted)
 	app, _ := e.app("shop")
 	yesterday := streak.Policy{}.Day(t0.Add(-24 * time.Hour))
 	entry, _ := msgpack.Marshal(&daylog.Entry{WebhookID: "wh_f", AppID: app.ID, AccountID: "acc", Event: "order.create",
