@@ -56,7 +56,7 @@ const overdueAfter = 11 * time.Second
 // host up, the refuse phase (the failing hosts refuse connections) and
 // the hang phase (they accept and never answer). The flood stops when the
 // hosts come back; overdueAfter later every queued retry is made due
-// (overdue.go), and the monitor's samples follow the drain.
+// (shard.Store.DueBy), and the monitor's samples follow the drain.
 type outage struct {
 	lead, warm, refuse, hang time.Duration
 	failing                  func(h *PlanHook) bool
@@ -182,7 +182,11 @@ func (o *outage) clock(ctx context.Context, farm *Farm, p *Plan) {
 	close(o.back)
 }
 
-// makeOverdue is the monitor's hook (monitorProbes.before): at its first
+// makeOverdue is the monitor's hook (monitorProbes.before). The retry
+// schedule alone spreads the failing pairs' retries out at about the rate
+// they were offered, so at a load the deployment sustains it never leaves
+// geckohook behind; a backlog of overdue retries is what geckohook meets
+// after its dispatchers were down for a while. So at its first
 // sample overdueAfter the hosts' return, every queued retry is made due,
 // so the samples from that one on follow geckohook taking an overdue
 // backlog out. It runs on the monitor's goroutine only.
@@ -201,7 +205,7 @@ func (o *outage) makeOverdue(ctx context.Context, store *shard.Store) func(now t
 		if now.Before(o.backAt.Add(overdueAfter)) {
 			return
 		}
-		o.overdue, o.overdueErr = makeOverdue(ctx, store, now.Add(-overdueBy))
+		o.overdue, o.overdueErr = store.DueBy(ctx, now.Add(-overdueBy))
 		o.overdueAt = now
 		o.readClaims(0)
 		close(o.due)

@@ -124,3 +124,21 @@ func (q *Queue) DueBy(ctx context.Context, at time.Time) (int64, error) {
 	}
 	return n, nil
 }
+
+// DueBy makes every scheduled delivery of every shard's queue due at at,
+// at the latest (Queue.DueBy), and returns how many it moved.
+func (st *Store) DueBy(ctx context.Context, at time.Time) (int64, error) {
+	qs, err := st.Queues(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, q := range qs {
+		moved, err := q.DueBy(ctx, at)
+		if err != nil {
+			return n, err
+		}
+		n += moved
+	}
+	return n, nil
+}
