@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -830,5 +831,70 @@ func TestDeliveryFollowsRegistryChanges(t *testing.T) {
 		}
 	default:
 		t.Fatalf("request to %s", inFlight)
+	}
+}
+
+// An event's body is shared by its deliveries and reused for a later event
+// once the last of them is released. A delivery held at a slow host, or
+// failing and written to the retry queue, must keep its event's bytes
+// while other events flow through the pool: every webhook of an event gets
+// the same body, and the queued record stores it too.
+func TestSharedBodyOutlivesTheEventsOtherDeliveries(t *testing.T) {
+	e := startEnvWith(t, func(path string, _ int) int {
+		switch path {
+		case "/slow":
+			time.Sleep(5 * time.Millisecond)
+		case "/fail":
+			return 500
+		}
+		return 200
+	}, func(o *Options) { o.Sender = testSender(2) })
+	e.hook("acc-b", "order.create", "/fast")
+	e.hook("acc-b", "order.create", "/slow")
+	e.hook("acc-b", "order.create", "/fail")
+	e.hook("acc-o", "order.create", "/other")
+	const n = 150
+	e.produce("acc-b", events("acc-b", n)...)
+	e.produce("acc-o", events("acc-o", 3*n)...)
+	fast := e.waitReceived("/fast", n)
+	byObject := map[int][]byte{} // the body /fast got, by object id
+	for _, r := range fast {
+		for id := range objectIDs([]loadtest.Received{r}) {
+			byObject[id] = r.Body
+		}
+	}
+	slowIDs := map[string]bool{}
+	if len(byObject) != n {
+		t.Fatalf("/fast got %d distinct events, want %d", len(byObject), n)
+	}
+	for _, r := range e.waitReceived("/slow", n) {
+		for id := range objectIDs([]loadtest.Received{r}) {
+			if !bytes.Equal(r.Body, byObject[id]) {
+				t.Fatalf("/slow got for object %d\n%s\nwhere /fast got\n%s", id, r.Body, byObject[id])
+			}
+			slowIDs[r.DeliveryID] = true
+		}
+	}
+	failed := e.waitReceived("/fail", n)
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		for _, r := range failed {
+			d := e.find(r.DeliveryID)
+			if d == nil {
+				return fmt.Errorf("failure %s not queued yet", r.DeliveryID)
+			}
+			ids := objectIDs([]loadtest.Received{{Body: d.Body}})
+			if len(ids) != 1 {
+				t.Fatalf("queued body %q", d.Body)
+			}
+			for id := range ids {
+				if !bytes.Equal(d.Body, byObject[id]) || !bytes.Equal(r.Body, byObject[id]) {
+					t.Fatalf("object %d: sent %q, queued %q, want %q", id, r.Body, d.Body, byObject[id])
+				}
+			}
+		}
+		return nil
+	})
+	if len(slowIDs) != n {
+		t.Fatalf("/slow got %d distinct deliveries, want %d", len(slowIDs), n)
 	}
 }

@@ -48,12 +48,15 @@ func (s *shardRun) fanOut(ctx context.Context, m *kafkaio.Record) {
 		s.tracker.Add(m.Offset, 0)
 		return
 	}
-	body := contract.AppendBody(make([]byte, 0, 160+len(ev.ResourceURL)), &ev, d.o.ResourceBase, d.o.Catalog)
+	body := bodyPool.Get().(*eventBody)
+	body.b = contract.AppendBody(body.b[:0], &ev, d.o.ResourceBase, d.o.Catalog)
+	body.refs.Store(int32(len(targets)))
 	s.tracker.Add(m.Offset, len(targets))
 	for i := range targets {
 		t := &targets[i]
 		dl := deliveryPool.Get().(*delivery)
-		dl.sh, dl.offset, dl.hook, dl.app, dl.version, dl.body, dl.produced = s, m.Offset, t.Hook, t.App, version, body, produced
+		dl.sh, dl.offset, dl.hook, dl.app, dl.version, dl.produced = s, m.Offset, t.Hook, t.App, version, produced
+		dl.body, dl.shared = body.b, body
 		contract.AppendDeliveryID(dl.id[:0], d.o.Topic, int32(s.partition), m.Offset, t.Hook.ID)
 		d.hand(ctx, dl)
 	}
