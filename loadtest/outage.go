@@ -206,7 +206,7 @@ func (o *outage) makeOverdue(ctx context.Context, store *shard.Store) func(now t
 			return
 		}
 		o.overdue, o.overdueErr = store.DueBy(ctx, now.Add(-overdueBy))
-		o.overdueAt = now
+		o.overdueAt = time.Now() // when the scripts are done: the drain starts there
 		o.readClaims(0)
 		close(o.due)
 		if o.profile != nil {
