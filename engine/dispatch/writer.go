@@ -63,7 +63,7 @@ func (s *shardRun) writeLoop(ctx context.Context) {
 		if !s.retry(ctx, "schedule retries", func() error { return s.queue.Schedule(ctx, entries) }) {
 			return
 		}
-		if !s.retry(ctx, "update retries", func() error { return s.queue.Apply(ctx, ops) }) {
+		if !s.retry(ctx, "update retries", func() error { return s.queue.Apply(ctx, s.underLeases(ops)) }) {
 			return
 		}
 		died := false
@@ -113,6 +113,18 @@ func queueWrites(batch []*delivery, entries []shard.Entry, ops []shard.Op) ([]sh
 		}
 	}
 	return entries, ops, soonest
+}
+
+// underLeases gives each op the lease its delivery is claimed under now
+// (extended or re-claimed since the claim that read it, maybe), which its
+// change requires of the queue.
+func (s *shardRun) underLeases(ops []shard.Op) []shard.Op {
+	for i := range ops {
+		if l, ok := s.claims.lease(ops[i].Rec.ID); ok {
+			ops[i].Lease = l
+		}
+	}
+	return ops
 }
 
 // goneDeleteTimeout bounds one try at deleting a webhook after a 410.
