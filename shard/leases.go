@@ -2,6 +2,7 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -87,8 +88,26 @@ return n
 `)
 
 // RetryNow makes a scheduled delivery due at now. It reports false when the
-// record is no longer scheduled as it was read.
+// record is no longer scheduled as it was read. A delivery still in a
+// layout before chunks (Store.Find finds it there) is migrated first, as
+// the shard's next migration would, and rec then names its chunk.
 func (q *Queue) RetryNow(ctx context.Context, rec *Record, now time.Time) (bool, error) {
+	if rec.chunk == "" {
+		if err := q.migrateDelivery(ctx, rec, now); err != nil {
+			return false, fmt.Errorf("cannot make delivery %s due: %w", rec.ID, err)
+		}
+		cur, _, err := q.Get(ctx, rec.ID)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("cannot make delivery %s due: %w", rec.ID, err)
+		}
+		if cur.WebhookID != rec.WebhookID {
+			return false, nil
+		}
+		rec.member, rec.chunk = cur.member, cur.chunk
+	}
 	if rec.member == "" || rec.chunk == "" {
 		return false, nil
 	}
