@@ -107,7 +107,7 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 		t.Helper()
 		recs, bad, next, err := q.Claim(ctx, at, at.Add(lease), 10)
 		if err != nil || len(bad) != 0 {
-			t.Fatalf("claim: %v, bad records %q", err, bad)
+			t.Fatalf("claim: %v, bad records %v", err, bad)
 		}
 		return recs, next
 	}
