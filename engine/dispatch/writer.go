@@ -127,9 +127,6 @@ func (s *shardRun) underLeases(ops []shard.Op) []shard.Op {
 	return ops
 }
 
-// goneDeleteTimeout bounds one try at deleting a webhook after a 410.
-const goneDeleteTimeout = 5 * time.Second
-
 // deleteGone deletes the webhook of a delivery that answered 410, retrying
 // until Redis takes it; false if ctx ended first. Only the turn whose
 // delete removed the webhook keeps its Gone outcome to publish, so
@@ -143,7 +140,7 @@ func (s *shardRun) deleteGone(ctx context.Context, dl *delivery) bool {
 	removed, tried := false, false
 	if s.d.o.Registry.Webhook(id) != nil {
 		ok := s.retry(ctx, "delete a webhook that answered 410 Gone", func() error {
-			tctx, cancel := context.WithTimeout(ctx, goneDeleteTimeout)
+			tctx, cancel := context.WithTimeout(ctx, s.d.o.GoneDeleteTimeout)
 			defer cancel()
 			err := s.d.o.Registry.DeleteWebhook(tctx, id)
 			switch {
