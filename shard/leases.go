@@ -23,13 +23,28 @@ type Lease struct {
 }
 
 // scores returns the lease's End and Pending as script arguments (ms;
-// Pending "" when zero).
-func (l Lease) scores() (end, pending any) {
+// Pending "" when zero), boxed by bx.
+func (l Lease) scores(bx *msBoxes) (end, pending any) {
 	pending = ""
 	if !l.Pending.IsZero() {
-		pending = l.Pending.UnixMilli()
+		pending = bx.box(l.Pending.UnixMilli())
 	}
-	return l.End.UnixMilli(), pending
+	return bx.box(l.End.UnixMilli()), pending
+}
+
+// msBoxes boxes times in ms as script arguments, reusing the last box for
+// the same value: the leases of a batch mostly share their end, so a
+// batch boxes it about once instead of once per delivery.
+type msBoxes struct {
+	last int64
+	any  any
+}
+
+func (b *msBoxes) box(v int64) any {
+	if b.any == nil || v != b.last {
+		b.last, b.any = v, v
+	}
+	return b.any
 }
 
 func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) (int, error) {
@@ -38,9 +53,10 @@ func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) (i
 	}
 	args := make([]any, 0, 2+5*len(leases))
 	args = append(args, to.UnixMilli(), q.tag)
+	var bx msBoxes
 	for _, l := range leases {
 		if l.member != "" && l.chunk != "" {
-			end, pending := l.scores()
+			end, pending := l.scores(&bx)
 			args = append(args, l.hook, l.chunk, l.member, end, pending)
 		}
 	}

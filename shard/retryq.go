@@ -575,6 +575,7 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	var formArgs, metaArgs []any
 	sent, restored := map[string]bool{}, map[string]bool{}
 	members := make([]string, len(ops))
+	var bx msBoxes
 	for k, op := range ops {
 		rec := op.Rec
 		if rec.member == "" {
@@ -589,7 +590,7 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			metaArgs = append(metaArgs, rec.WebhookID, hookMeta{rec.AppID, rec.AccountID}.value())
 		}
 		pid := packedID(rec.ID)
-		end, pending := op.leaseScores()
+		end, pending := op.leaseScores(&bx)
 		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, indexBucket(pid), pid, end, pending)
 		switch op.Kind {
 		case OpRemove:
@@ -637,13 +638,13 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 }
 
 // leaseScores returns the lease ends the op's change requires of the
-// delivery's score, as applyScript's arguments ("" for none).
-func (op Op) leaseScores() (end, pending any) {
+// delivery's score, as applyScript's arguments ("" for none), boxed by bx.
+func (op Op) leaseScores(bx *msBoxes) (end, pending any) {
 	switch {
 	case !op.Lease.End.IsZero():
-		return op.Lease.scores()
+		return op.Lease.scores(bx)
 	case op.Rec.lease != 0:
-		return op.Rec.lease, ""
+		return bx.box(op.Rec.lease), ""
 	}
 	return "", ""
 }
