@@ -36,15 +36,15 @@ func (l Lease) scores(bx *msBoxes) (end, pending any) {
 // the same value: the leases of a batch mostly share their end, so a
 // batch boxes it about once instead of once per delivery.
 type msBoxes struct {
-	last int64
-	any  any
+	last  int64
+	boxed any
 }
 
 func (b *msBoxes) box(v int64) any {
-	if b.any == nil || v != b.last {
-		b.last, b.any = v, v
+	if b.boxed == nil || v != b.last {
+		b.last, b.boxed = v, v
 	}
-	return b.any
+	return b.boxed
 }
 
 func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) (int, error) {
