@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,4 +79,61 @@ func scriptMicros(b *testing.B, rdb *redis.Client, sha string) float64 {
 		}
 	}
 	return float64(total.Microseconds())
+}
+
+// BenchmarkQuarantineLostID quarantines a member whose stored id cannot
+// be read in a shard of 100,000 scheduled deliveries (every index bucket
+// a listpack), which has Quarantine read the whole id index to find its
+// entry. One op is one quarantine; putting the member back is outside the
+// timer.
+func BenchmarkQuarantineLostID(b *testing.B) {
+	rdb := testenv.Redis(b).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const scheduled = 100_000
+	for i := 0; i < scheduled; i += 1000 {
+		var entries []Entry
+		for j := i; j < i+1000; j++ {
+			entries = append(entries, Entry{Rec: &Record{ID: fmt.Sprintf("d-%06d", j), WebhookID: fmt.Sprintf("wh_%d", j%40), Offset: int64(j), FirstAttempt: t0}, Due: t0.Add(time.Hour)})
+		}
+		if err := q.Schedule(ctx, entries); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rec := &Record{ID: "lost-id", WebhookID: "wh_0", Offset: 1, FirstAttempt: t0}
+	member, _ := q.memberOf(rec)
+	cut := member[:strings.Index(member, rec.ID)+2] // inside its stored id
+	pid := packedID(rec.ID)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+			b.Fatal(err)
+		}
+		got, _, err := q.Get(ctx, rec.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		key := q.chunkKey(rec.WebhookID, got.chunk)
+		if err := rdb.ZRem(ctx, key, got.member).Err(); err != nil {
+			b.Fatal(err)
+		}
+		if err := rdb.ZAdd(ctx, key, redis.Z{Score: ms(t0), Member: cut}).Err(); err != nil {
+			b.Fatal(err)
+		}
+		bad := q.badMember(rec.WebhookID, got.chunk, cut)
+		if bad.pid != "" {
+			b.Fatal("the member's id was read: the case under test needs it unreadable")
+		}
+		b.StartTimer()
+		if err := q.Quarantine(ctx, bad, t0); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if n, _ := rdb.HExists(ctx, q.indexKey(pid), pid).Result(); n {
+			b.Fatal("the index entry was left")
+		}
+		b.StartTimer()
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -241,6 +242,59 @@ func TestQuarantineFreesAStoredID(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got, _, err := q.Get(ctx, rec.ID); err != nil || string(got.Body) != string(rec.Body) {
+		t.Fatalf("the delivery scheduled again after the quarantine: %+v %v", got, err)
+	}
+}
+
+// A member whose stored id cannot be read leaves no index entry behind
+// when quarantined (the id is free again: the same delivery scheduled
+// anew is stored), and the entry of another delivery of the same webhook
+// and offset in the same chunk, whose id is the derived one, stays.
+func TestQuarantineDropsTheEntryOfAnUnreadableStoredID(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	twin := memRecord(47, memHooks(1)[0], t0, catalog.Default())
+	rec := memRecord(47, twin.WebhookID, t0, catalog.Default())
+	rec.ID = "recovery-47"
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}, {Rec: twin, Due: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	stored, _, err := q.Get(ctx, rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The member cut short inside its stored id.
+	at := strings.Index(stored.member, rec.ID)
+	if at < 0 {
+		t.Fatal("the member does not store its id")
+	}
+	key := q.chunkKey(rec.WebhookID, stored.chunk)
+	if err := rdb.ZRem(ctx, key, stored.member).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ZAdd(ctx, key, redis.Z{Score: ms(t0), Member: stored.member[:at+3]}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, bad, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 10)
+	if err != nil || len(bad) != 1 {
+		t.Fatalf("claim: %d bad, %v; want the one", len(bad), err)
+	}
+	if err := q.Quarantine(ctx, bad[0], t0); err != nil {
+		t.Fatal(err)
+	}
+	pid := packedID(rec.ID)
+	if v, err := rdb.HGet(ctx, q.indexKey(pid), pid).Result(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("the quarantined delivery's index entry is left: %q %v", v, err)
+	}
+	if got, due, err := q.Get(ctx, twin.ID); err != nil || got.ID != twin.ID || !due.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("the other delivery of the offset after the quarantine: %+v due %v %v", got, due, err)
+	}
+	if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := q.Get(ctx, rec.ID); err != nil || got.ID != rec.ID || string(got.Body) != string(rec.Body) {
 		t.Fatalf("the delivery scheduled again after the quarantine: %+v %v", got, err)
 	}
 }

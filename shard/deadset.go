@@ -140,6 +140,11 @@ type Bad struct {
 	// pid and ix: the index entry the member's offset and webhook make,
 	// if it can be read that far.
 	pid, ix string
+	// Without pid (its id cannot be read: a stored one, or none at all),
+	// Quarantine looks for its index entry: one of the webhook and chunk
+	// (and offset, if hasOffset) whose delivery no other member holds.
+	offset    int64
+	hasOffset bool
 }
 
 // badMember makes the Bad of a member of hook's chunk, with the index
@@ -147,17 +152,22 @@ type Bad struct {
 // that far.
 func (q *Queue) badMember(hook, chunk, member string) Bad {
 	b := Bad{Hook: hook, chunk: chunk, member: member}
-	rec, _, r := q.readHead(member, hook)
+	rec, flags, r := q.readHead(member, hook)
 	if rec == nil {
 		return b
 	}
 	if r.err != nil {
-		// Unreadable past its offset: the id the offset derives.
 		or := memberReader{b: []byte(member[2:])}
 		off := or.offset()
 		if or.err != nil {
 			return b
 		}
+		if flags&fRawID != 0 {
+			// Its id is stored, and cannot be read.
+			b.offset, b.hasOffset = off, true
+			return b
+		}
+		// Unreadable past its offset: the id the offset derives.
 		rec = &Record{WebhookID: hook, Offset: off, ID: contract.DeliveryID(q.topic, int32(q.partition), off, hook)}
 	}
 	b.pid, b.ix = packedID(rec.ID), indexValue(rec)+chunk
@@ -178,7 +188,8 @@ func (b Bad) ID() string {
 // ARGV[7] of webhook ARGV[6] (ARGV[7] "": its sorted set of the layout
 // before chunks) to the dead set under ARGV[2], and drops the index entry
 // ARGV[4] if it still says ARGV[5] (the member's webhook, offset and
-// chunk, when they could be read).
+// chunk, when they could be read), and each entry given from ARGV[9] on
+// as (bucket, packed id, value) if it still says that value.
 var quarantineScript = redis.NewScript(`
 local tag, hook, c = ARGV[8], ARGV[6], ARGV[7]
 ` + chunkLua + `
@@ -189,6 +200,10 @@ if redis.call('ZREM', key, ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
   if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], ARGV[4]) == ARGV[5] then
     redis.call('HDEL', KEYS[3], ARGV[4])
+  end
+  for i = 9, #ARGV, 3 do
+    local bk = tag .. ':i:' .. ARGV[i]
+    if redis.call('HGET', bk, ARGV[i+1]) == ARGV[i+2] then redis.call('HDEL', bk, ARGV[i+1]) end
   end
   if c ~= '' then
     removed(hook, c)
@@ -202,11 +217,84 @@ return 0
 // Quarantine moves a record geckohook cannot read to the dead set as it is
 // (under b.ID()), for inspection, so it never blocks or loops the poller.
 func (q *Queue) Quarantine(ctx context.Context, b Bad, at time.Time) error {
+	args := []any{b.member, b.ID(), at.UnixMilli(), b.pid, b.ix, b.Hook, b.chunk, q.tag}
+	if b.pid == "" {
+		lost, err := q.lostEntries(ctx, b)
+		if err != nil {
+			return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", b.ID(), q.Shard, err)
+		}
+		args = append(args, lost...)
+	}
 	keys := []string{q.DeadKey, q.DeadData, q.indexKey(b.pid)}
-	if err := quarantineScript.Run(ctx, q.rdb, keys, b.member, b.ID(), at.UnixMilli(), b.pid, b.ix, b.Hook, b.chunk, q.tag).Err(); err != nil {
+	if err := quarantineScript.Run(ctx, q.rdb, keys, args...).Err(); err != nil {
 		return fmt.Errorf("cannot move unreadable delivery %s of %s to the dead set: %w", b.ID(), q.Shard, err)
 	}
 	return nil
+}
+
+// lostEntries finds the index entries a bad member whose id cannot be
+// read may have left, as quarantineScript's (bucket, packed id, value)
+// triples: those that place a delivery in its webhook's chunk (at its
+// offset, when that could be read) whose id no other member of the chunk
+// holds. The index is read before the chunk: an entry and its member are
+// written and removed together, so one read then whose member the chunk
+// lacks after is the bad member's, or left by nothing (a lost entry,
+// dropped all the same). Quarantines are rare: it reads every bucket.
+func (q *Queue) lostEntries(ctx context.Context, b Bad) ([]any, error) {
+	type entry struct{ bucket, pid, v string }
+	var found []entry
+	cursors := make(map[string]uint64, 256)
+	for i := 0; i < 256; i++ {
+		cursors[indexBucket(string([]byte{byte(i)}))] = 0
+	}
+	for len(cursors) > 0 {
+		cmds := make(map[string]*redis.ScanCmd, len(cursors))
+		_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for bucket, cur := range cursors {
+				cmds[bucket] = p.HScan(ctx, q.tag+":i:"+bucket, cur, "", 1000)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("cannot read the id index: %w", err)
+		}
+		for bucket, cmd := range cmds {
+			kv, next, _ := cmd.Result()
+			for i := 0; i+1 < len(kv); i += 2 {
+				hook, offset, chunk, ok := parseIndexValue(kv[i+1])
+				if ok && hook == b.Hook && chunk == b.chunk && (!b.hasOffset || offset == b.offset) {
+					found = append(found, entry{bucket, kv[i], kv[i+1]})
+				}
+			}
+			if cursors[bucket] = next; next == 0 {
+				delete(cursors, bucket)
+			}
+		}
+	}
+	if len(found) == 0 {
+		return nil, nil
+	}
+	key := q.oldHookKey(b.Hook)
+	if b.chunk != "" {
+		key = q.chunkKey(b.Hook, b.chunk)
+	}
+	members, err := q.rdb.ZRange(ctx, key, 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the chunk of an unreadable delivery: %w", err)
+	}
+	held := make(map[string]bool, len(members))
+	for _, m := range members {
+		if rec, _, r := q.readHead(m, b.Hook); rec != nil && r.err == nil {
+			held[packedID(rec.ID)] = true
+		}
+	}
+	var out []any
+	for _, e := range found {
+		if !held[e.pid] {
+			out = append(out, e.bucket, e.pid, e.v)
+		}
+	}
+	return out, nil
 }
 
 // TrimDead drops dead deliveries older than cutoff, and the oldest beyond

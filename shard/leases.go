@@ -2,6 +2,7 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -9,22 +10,54 @@ import (
 )
 
 // Lease is a claim this process holds: the score the claim (or its last
-// extension) gave the delivery.
+// extension) gave the delivery. Pending is another score the delivery may
+// hold, one a claim or an extension under way wrote (or may have written:
+// its reply was lost) before the holder recorded it as End; zero when
+// there is none. Extend, Release and Apply (through Op.Lease) act on the
+// delivery only while it holds one of the two: a claimant whose lease ran
+// out never touches what the next claimant holds.
 type Lease struct {
 	ID                  string
-	End                 time.Time
+	End, Pending        time.Time
 	hook, chunk, member string
+}
+
+// scores returns the lease's End and Pending as script arguments (ms;
+// Pending "" when zero), boxed by bx.
+func (l Lease) scores(bx *msBoxes) (end, pending any) {
+	pending = ""
+	if !l.Pending.IsZero() {
+		pending = bx.box(l.Pending.UnixMilli())
+	}
+	return bx.box(l.End.UnixMilli()), pending
+}
+
+// msBoxes boxes times in ms as script arguments, reusing the last box for
+// the same value: the leases of a batch mostly share their end, so a
+// batch boxes it about once instead of once per delivery.
+type msBoxes struct {
+	last  int64
+	boxed any
+}
+
+func (b *msBoxes) box(v int64) any {
+	if b.boxed == nil || v != b.last {
+		b.last, b.boxed = v, v
+	}
+	return b.boxed
 }
 
 func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) (int, error) {
 	if len(leases) == 0 {
 		return 0, nil
 	}
-	args := make([]any, 0, 2+4*len(leases))
+	args := make([]any, 0, 2+5*len(leases))
 	args = append(args, to.UnixMilli(), q.tag)
+	var bx msBoxes
 	for _, l := range leases {
 		if l.member != "" && l.chunk != "" {
-			args = append(args, l.hook, l.chunk, l.member, l.End.UnixMilli())
+			end, pending := l.scores(&bx)
+			args = append(args, l.hook, l.chunk, l.member, end, pending)
 		}
 	}
 	return moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, args...).Int()
@@ -51,16 +84,16 @@ func (q *Queue) Extend(ctx context.Context, leases []Lease, end time.Time) error
 }
 
 // moveScript re-scores members of webhook chunks: ARGV[1] the new score,
-// ARGV[2] the key tag, then (webhook, chunk, member, expected score)
-// quadruples; a member moves only if its score is still the expected one
-// (-1: any).
+// ARGV[2] the key tag, then (webhook, chunk, member, expected score,
+// other expected score or "") quintuples; a member moves only if its
+// score is still one of the expected ones (-1: any).
 var moveScript = redis.NewScript(`
 local n = 0
-for i = 3, #ARGV, 4 do
+for i = 3, #ARGV, 5 do
   local chunk = ARGV[i] .. ':' .. ARGV[i+1]
   local key = ARGV[2] .. ':q:' .. chunk
   local s = redis.call('ZSCORE', key, ARGV[i+2])
-  if s and (ARGV[i+3] == '-1' or tonumber(s) == tonumber(ARGV[i+3])) then
+  if s and (ARGV[i+3] == '-1' or tonumber(s) == tonumber(ARGV[i+3]) or (ARGV[i+4] ~= '' and tonumber(s) == tonumber(ARGV[i+4]))) then
     redis.call('ZADD', key, ARGV[1], ARGV[i+2])
     redis.call('ZADD', KEYS[1], 'LT', ARGV[1], chunk)
     redis.call('ZADD', ARGV[2] .. ':qh', 'LT', ARGV[1], ARGV[i])
@@ -71,12 +104,30 @@ return n
 `)
 
 // RetryNow makes a scheduled delivery due at now. It reports false when the
-// record is no longer scheduled as it was read.
+// record is no longer scheduled as it was read. A delivery still in a
+// layout before chunks (Store.Find finds it there) is migrated first, as
+// the shard's next migration would, and rec then names its chunk.
 func (q *Queue) RetryNow(ctx context.Context, rec *Record, now time.Time) (bool, error) {
+	if rec.chunk == "" {
+		if err := q.migrateDelivery(ctx, rec, now); err != nil {
+			return false, fmt.Errorf("cannot make delivery %s due: %w", rec.ID, err)
+		}
+		cur, _, err := q.Get(ctx, rec.ID)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("cannot make delivery %s due: %w", rec.ID, err)
+		}
+		if cur.WebhookID != rec.WebhookID {
+			return false, nil
+		}
+		rec.member, rec.chunk = cur.member, cur.chunk
+	}
 	if rec.member == "" || rec.chunk == "" {
 		return false, nil
 	}
-	n, err := moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, now.UnixMilli(), q.tag, rec.WebhookID, rec.chunk, rec.member, -1).Int()
+	n, err := moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, now.UnixMilli(), q.tag, rec.WebhookID, rec.chunk, rec.member, -1, "").Int()
 	if err != nil {
 		return false, fmt.Errorf("cannot make delivery %s due: %w", rec.ID, err)
 	}

@@ -252,39 +252,93 @@ func (q *Queue) migrateUnchunked(ctx context.Context, now time.Time) (int, error
 		if hook == "" {
 			continue // the mark of chunks.go
 		}
-		meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
-		}
-		for {
-			zs, err := q.rdb.ZRangeWithScores(ctx, q.oldHookKey(hook), 0, migrateBatch-1).Result()
-			if err != nil {
-				return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
-			}
-			args := []any{q.tag, hook}
-			for _, z := range zs {
-				member, _ := z.Member.(string)
-				rec, err := q.decode(ctx, member, hook, parseMeta(meta))
-				if unreadable(err) {
-					if err := q.Quarantine(ctx, q.badMember(hook, "", member), now); err != nil {
-						return moved, err
-					}
-					continue
-				}
-				if err != nil {
-					return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
-				}
-				pid := packedID(rec.ID)
-				args = append(args, indexBucket(pid), pid, indexValue(rec), member, z.Score)
-			}
-			if err := unchunkScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.oldHookKey(hook)}, args...).Err(); err != nil {
-				return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
-			}
-			moved += (len(args) - 2) / 5
-			if len(zs) < migrateBatch {
-				break
-			}
+		n, err := q.migrateHook(ctx, hook, now)
+		moved += n
+		if err != nil {
+			return moved, err
 		}
 	}
 	return moved, nil
+}
+
+// migrateHook moves the members of webhook hook's sorted set of the
+// layout before chunks to its chunks, a batch per script, and returns how
+// many it moved.
+func (q *Queue) migrateHook(ctx context.Context, hook string, now time.Time) (int, error) {
+	meta, err := q.rdb.HGet(ctx, q.metaKey, hook).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
+	}
+	moved := 0
+	for {
+		zs, err := q.rdb.ZRangeWithScores(ctx, q.oldHookKey(hook), 0, migrateBatch-1).Result()
+		if err != nil {
+			return moved, fmt.Errorf("cannot read the unchunked retry queue of %s: %w", q.Shard, err)
+		}
+		args := []any{q.tag, hook}
+		for _, z := range zs {
+			member, _ := z.Member.(string)
+			rec, err := q.decode(ctx, member, hook, parseMeta(meta))
+			if unreadable(err) {
+				if err := q.Quarantine(ctx, q.badMember(hook, "", member), now); err != nil {
+					return moved, err
+				}
+				continue
+			}
+			if err != nil {
+				return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
+			}
+			pid := packedID(rec.ID)
+			args = append(args, indexBucket(pid), pid, indexValue(rec), member, z.Score)
+		}
+		if err := unchunkScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.oldHookKey(hook)}, args...).Err(); err != nil {
+			return moved, fmt.Errorf("cannot migrate the retry queue of %s: %w", q.Shard, err)
+		}
+		moved += (len(args) - 2) / 5
+		if len(zs) < migrateBatch {
+			return moved, nil
+		}
+	}
+}
+
+// migrateDelivery moves delivery rec, found in a layout before chunks,
+// to a chunk now rather than at the shard's next migration: with the rest
+// of its webhook's sorted set of the layout before chunks, or alone from
+// the layout before the compact one (moveOld), as Migrate would.
+func (q *Queue) migrateDelivery(ctx context.Context, rec *Record, now time.Time) error {
+	if rec.member != "" {
+		_, err := q.migrateHook(ctx, rec.WebhookID, now)
+		return err
+	}
+	raw, err := q.rdb.HGet(ctx, q.oldDataKey(), rec.ID).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil // moved or delivered meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("cannot read the old retry queue of %s: %w", q.Shard, err)
+	}
+	old := new(Record)
+	if err := msgpack.Unmarshal([]byte(raw), old); err != nil || old.ID != rec.ID {
+		return q.quarantineOld(ctx, rec.ID, raw, now)
+	}
+	_, err = q.moveOld(ctx, []*Record{old}, []string{raw}, now)
+	return err
+}
+
+// getOld reads delivery id's record of the layout before the compact one,
+// raw as the old data hash holds it, and its due time.
+func (q *Queue) getOld(ctx context.Context, id, raw string) (*Record, time.Time, error) {
+	rec := new(Record)
+	if err := msgpack.Unmarshal([]byte(raw), rec); err != nil || rec.ID != id {
+		// Migration files it in the dead set.
+		return nil, time.Time{}, fmt.Errorf("delivery %s (unreadable, in the old layout): %w", id, ErrNotFound)
+	}
+	due, err := q.rdb.ZScore(ctx, q.oldDueKey(), id).Result()
+	if errors.Is(err, redis.Nil) {
+		return rec, time.Time{}, nil // due at once: the migration schedules it at its time
+	}
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("cannot read delivery %s: %w", id, err)
+	}
+	return rec, time.UnixMilli(int64(due)), nil
 }

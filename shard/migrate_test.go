@@ -427,3 +427,52 @@ func TestOutcomeRestoresMetadataAnOldClaimDropped(t *testing.T) {
 		}
 	}
 }
+
+// Retry-now finds a delivery still in a layout before chunks (before the
+// shard's next migration) and makes it due at once: each is migrated then,
+// with its webhook's other deliveries of that layout, and the migration
+// that follows queues nothing twice.
+func TestRetryNowReachesTheLayoutsBeforeChunks(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	st := NewStore(rdb, "gh:")
+	if err := st.Register(ctx, memTopic, 0); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.UnixMilli(1_700_000_000_000).UTC()
+	hooks := memHooks(2)
+	unchunked, sibling := memRecord(1, hooks[0], t0, cat), memRecord(2, hooks[0], t0, cat)
+	unchunkedSchedule(t, rdb, q, unchunked, t0.Add(time.Hour))
+	unchunkedSchedule(t, rdb, q, sibling, t0.Add(2*time.Hour))
+	msgpacked := memRecord(3, hooks[1], t0, cat)
+	oldSchedule(t, rdb, q, msgpacked, t0.Add(time.Hour))
+	now := t0.Add(time.Minute)
+	for _, rec := range []*Record{unchunked, msgpacked} {
+		d, dq, err := st.Find(ctx, rec.ID)
+		if err != nil || d.State != Scheduled || !d.At.Equal(t0.Add(time.Hour)) || string(d.Body) != string(rec.Body) {
+			t.Fatalf("find %s before the migration: %+v %v", rec.ID, d, err)
+		}
+		ok, err := dq.RetryNow(ctx, d.Record, now)
+		if err != nil || !ok {
+			t.Fatalf("retry-now of %s in a layout before chunks: %v %v, want done", rec.ID, ok, err)
+		}
+		if got, due, err := q.Get(ctx, rec.ID); err != nil || !due.Equal(now) || got.chunk == "" || got.Attempts != rec.Attempts {
+			t.Fatalf("%s after retry-now: %+v due %v %v; want it in a chunk, due now", rec.ID, got, due, err)
+		}
+	}
+	if _, due, err := q.Get(ctx, sibling.ID); err != nil || !due.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("the other delivery of the webhook: due %v %v, want its own time", due, err)
+	}
+	if n, err := q.Migrate(ctx, now); err != nil || n != 0 {
+		t.Fatalf("the next migration moved %d (%v), want nothing left", n, err)
+	}
+	recs, _, _, err := q.Claim(ctx, now, now.Add(time.Minute), 10)
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("claim at now: %d records (%v), want the two made due", len(recs), err)
+	}
+	if n, _ := q.Len(ctx); n != 3 {
+		t.Fatalf("%d scheduled, want 3", n)
+	}
+}

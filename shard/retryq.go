@@ -55,7 +55,10 @@ type Record struct {
 	// the webhook's chunk that holds it: changes replace it only if it
 	// is still there.
 	member, chunk string
-	packed        *packing
+	// lease is the lease end (ms) the claim that read the record gave
+	// it, 0 for a record not read by a claim: Apply's default Op.Lease.
+	lease  int64
+	packed *packing
 	// noMeta: the claim found no application and account for the
 	// webhook (a claim of the version before chunks drops them when it
 	// finds the webhook's sorted set of that layout empty, during a
@@ -63,7 +66,8 @@ type Record struct {
 	noMeta bool
 }
 
-// Lease returns the lease on a claimed record until end.
+// Lease returns the lease on a claimed record until end (the claim's
+// lease end, or a later one an extension gave it).
 func (r *Record) Lease(end time.Time) Lease {
 	return Lease{ID: r.ID, End: end, hook: r.WebhookID, chunk: r.chunk, member: r.member}
 }
@@ -412,7 +416,7 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 				bad = append(bad, q.badMember(hook, chunk, member))
 				continue
 			}
-			rec.chunk, rec.noMeta = chunk, meta == ""
+			rec.chunk, rec.noMeta, rec.lease = chunk, meta == "", leaseEnd.UnixMilli()
 			recs = append(recs, rec)
 		}
 	}
@@ -492,34 +496,55 @@ type Op struct {
 	Kind OpKind
 	Rec  *Record
 	At   time.Time
+	// Lease is the claimant's lease on the delivery as it stands now
+	// (extended, or claimed again by the same process, since the claim
+	// that read Rec): the change applies only while the delivery is
+	// scored at its End or Pending, so a claimant whose lease ran out
+	// never overwrites what the next claimant holds, even when their
+	// members are the same bytes. Zero: the lease end the claim that
+	// read Rec gave it; a record not read by a claim (Get, Find) is
+	// changed if its member is still there, whatever its score.
+	Lease Lease
 }
 
-// applyScript carries out ops, ten arguments each after ARGV[1], the key
-// tag, ARGV[2], the number of body forms, and the (reference, form) pairs
-// of the rescheduled records, stored first in the same step, then the
-// number of webhooks whose metadata the claim found missing and their
+// applyScript carries out ops, twelve arguments each after ARGV[1], the
+// key tag, ARGV[2], the number of body forms, and the (reference, form)
+// pairs of the rescheduled records, stored first in the same step, then
+// the number of webhooks whose metadata the claim found missing and their
 // (webhook, metadata) pairs, restored (if the webhook still has chunks
-// and no other process restored it) in the same step: kind,
-// webhook, the chunk and member as claimed, index bucket, packed id, then
-// for a reschedule the new member (in the same chunk) and its due score,
-// for a kill the dead id, the time it died, its msgpack record and its
-// first attempt. A change applies only if the claimed member is still
-// there (a record not read from the scheduled set, with no member, is
-// killed all the same): a claimant whose lease ran out never overwrites
-// the outcome of the one that claimed the delivery after it.
+// and no other process restored it) in the same step: kind, webhook, the
+// chunk and member as claimed, index bucket, packed id, the claimant's
+// lease end and pending lease end ("" for none), then for a reschedule
+// the new member (in the same chunk) and its due score, for a kill the
+// dead id, the time it died, its msgpack record and its first attempt. A
+// change applies only if the claimed member is still there and, for a
+// claimed one, still scored at one of its claimant's lease ends (a record
+// not read from the scheduled set, with no member, is killed all the
+// same): a claimant whose lease ran out never overwrites the outcome of
+// the one that claimed the delivery after it, nor the claim of one whose
+// attempt is under way.
 var applyScript = redis.NewScript(`
 local tag, i = ARGV[1], 3
 ` + chunkLua + storeFormsLua("KEYS[4]", "ARGV[2]") + `
 local metas = {}
 for k = 1, tonumber(ARGV[i]) do metas[ARGV[i+2*k-1]] = ARGV[i+2*k] end
 i = i + 1 + 2 * tonumber(ARGV[i])
-for i = i, #ARGV, 10 do
+local function holds(key, m, e1, e2)
+  if e1 ~= '' then
+    local s = redis.call('ZSCORE', key, m)
+    if not s then return false end
+    s = tonumber(s)
+    if s ~= tonumber(e1) and (e2 == '' or s ~= tonumber(e2)) then return false end
+  end
+  return redis.call('ZREM', key, m) == 1
+end
+for i = i, #ARGV, 12 do
   local kind, hook, c, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local held = old ~= '' and c ~= '' and redis.call('ZREM', qkey(hook, c), old) == 1
+  local held = old ~= '' and c ~= '' and holds(qkey(hook, c), old, ARGV[i+6], ARGV[i+7])
   if kind == '2' then
     if held then
-      redis.call('ZADD', qkey(hook, c), ARGV[i+7], ARGV[i+6])
-      lower(hook, c, ARGV[i+7])
+      redis.call('ZADD', qkey(hook, c), ARGV[i+9], ARGV[i+8])
+      lower(hook, c, ARGV[i+9])
     end
   else
     if held then
@@ -527,9 +552,9 @@ for i = i, #ARGV, 10 do
       removed(hook, c)
     end
     if kind == '3' and (held or old == '') then
-      redis.call('HSET', KEYS[3], ARGV[i+6], ARGV[i+8])
-      redis.call('ZADD', KEYS[2], ARGV[i+7], ARGV[i+6])
-      redis.call('ZADD', tag .. ':wd:' .. hook, ARGV[i+9], ARGV[i+6])
+      redis.call('HSET', KEYS[3], ARGV[i+8], ARGV[i+10])
+      redis.call('ZADD', KEYS[2], ARGV[i+9], ARGV[i+8])
+      redis.call('ZADD', tag .. ':wd:' .. hook, ARGV[i+11], ARGV[i+8])
     end
   end
 end
@@ -546,10 +571,11 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	args := make([]any, 0, 2+10*len(ops))
+	args := make([]any, 0, 2+12*len(ops))
 	var formArgs, metaArgs []any
 	sent, restored := map[string]bool{}, map[string]bool{}
 	members := make([]string, len(ops))
+	var bx msBoxes
 	for k, op := range ops {
 		rec := op.Rec
 		if rec.member == "" {
@@ -564,7 +590,8 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 			metaArgs = append(metaArgs, rec.WebhookID, hookMeta{rec.AppID, rec.AccountID}.value())
 		}
 		pid := packedID(rec.ID)
-		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, indexBucket(pid), pid)
+		end, pending := op.leaseScores(&bx)
+		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, indexBucket(pid), pid, end, pending)
 		switch op.Kind {
 		case OpRemove:
 			args = append(args, "", "", "", "")
@@ -605,8 +632,21 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 		if op.Kind == OpReschedule {
 			op.Rec.member = members[k]
 		}
+		op.Rec.lease = 0 // its score is its due time now, or it is gone
 	}
 	return nil
+}
+
+// leaseScores returns the lease ends the op's change requires of the
+// delivery's score, as applyScript's arguments ("" for none), boxed by bx.
+func (op Op) leaseScores(bx *msBoxes) (end, pending any) {
+	switch {
+	case !op.Lease.End.IsZero():
+		return op.Lease.scores(bx)
+	case op.Rec.lease != 0:
+		return bx.box(op.Rec.lease), ""
+	}
+	return "", ""
 }
 
 // ErrNotFound: no such delivery in this queue.

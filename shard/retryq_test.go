@@ -107,7 +107,7 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 		t.Helper()
 		recs, bad, next, err := q.Claim(ctx, at, at.Add(lease), 10)
 		if err != nil || len(bad) != 0 {
-			t.Fatalf("claim: %v, bad records %q", err, bad)
+			t.Fatalf("claim: %v, bad records %v", err, bad)
 		}
 		return recs, next
 	}
@@ -358,6 +358,91 @@ func TestLateClaimantChangesNothing(t *testing.T) {
 		}
 		if n, _ := q.DeadLen(ctx); n != 0 {
 			t.Fatalf("after a late claimant's op %d: %d dead, want 0", kind, n)
+		}
+	}
+}
+
+// A claimant whose lease ran out changes nothing while the next claimant's
+// attempt is under way, though both hold the same member bytes (a claim
+// only re-scores): the guard is the lease end the claim wrote. The
+// current claimant's outcome applies, under its claim's lease end, an
+// extension's, or one whose extension is pending.
+func TestLateClaimantYieldsToTheCurrentClaim(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	lease := 30 * time.Second
+	claim := func(at time.Time) *Record {
+		t.Helper()
+		recs, _, _, err := q.Claim(ctx, at, at.Add(lease), 10)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("claim at %v: %d records, %v", at, len(recs), err)
+		}
+		return recs[0]
+	}
+	apply := func(op Op) {
+		t.Helper()
+		if err := q.Apply(ctx, []Op{op}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func() (*Record, time.Time) {
+		t.Helper()
+		got, due, err := q.Get(ctx, "d1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got, due
+	}
+	for _, kind := range []OpKind{OpReschedule, OpKill, OpRemove} {
+		rec := &Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+		if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+			t.Fatal(err)
+		}
+		late := claim(t0)
+		now := t0.Add(lease + time.Second) // late's lease ran out
+		current := claim(now)
+		if late.member != current.member {
+			t.Fatal("the two claims read different members: the case under test needs the same bytes")
+		}
+		late.Attempts = 7
+		apply(Op{Kind: kind, Rec: late, At: t0.Add(time.Minute)})
+		if got, due := state(); got.Attempts != 1 || !due.Equal(now.Add(lease)) {
+			t.Fatalf("a late claimant's op %d changed the current claim: %+v due %v", kind, got, due)
+		}
+		if n, _ := q.DeadLen(ctx); n != 0 {
+			t.Fatalf("a late claimant's op %d killed the delivery: %d dead", kind, n)
+		}
+		// The current claimant extends its lease; its outcome, under
+		// the extended lease, applies.
+		l := current.Lease(now.Add(lease))
+		if err := q.Extend(ctx, []Lease{l}, now.Add(2*lease)); err != nil {
+			t.Fatal(err)
+		}
+		stale := *current
+		apply(Op{Kind: OpReschedule, Rec: &stale, At: now}) // the claim's end, passed by
+		if _, due := state(); !due.Equal(now.Add(2 * lease)) {
+			t.Fatalf("an op under a lease end an extension replaced applied: due %v", due)
+		}
+		l.End, l.Pending = now.Add(lease), now.Add(2*lease) // the extension's reply not in yet
+		current.Attempts = 2
+		apply(Op{Kind: kind, Rec: current, At: now.Add(time.Hour), Lease: l})
+		switch got, due, err := q.Get(ctx, "d1"); kind {
+		case OpReschedule:
+			if err != nil || got.Attempts != 2 || !due.Equal(now.Add(time.Hour)) {
+				t.Fatalf("the current claimant's reschedule: %+v due %v (%v)", got, due, err)
+			}
+			if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: got}}); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			if !errors.Is(err, ErrNotFound) {
+				t.Fatalf("the current claimant's op %d left %+v (%v)", kind, got, err)
+			}
+		}
+		if _, err := rdb.Del(ctx, q.DeadKey, q.DeadData, q.deadHookKey("wh_1")).Result(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -176,7 +176,8 @@ func (st *Store) listDead(ctx context.Context, qs []*Queue, webhookID string, li
 	return oldestFirst(out, limit), nil
 }
 
-// Find returns a delivery by id, scheduled or dead, and its queue.
+// Find returns a delivery by id, scheduled (in any layout, the ones before
+// chunks included, until they are migrated) or dead, and its queue.
 func (st *Store) Find(ctx context.Context, id string) (*Delivery, *Queue, error) {
 	qs, err := st.Queues(ctx)
 	if err != nil {
@@ -184,10 +185,12 @@ func (st *Store) Find(ctx context.Context, id string) (*Delivery, *Queue, error)
 	}
 	pid := packedID(id)
 	live := make([]*redis.StringCmd, len(qs))
+	old := make([]*redis.StringCmd, len(qs)) // the layout before the compact one
 	dead := make([]*redis.StringCmd, len(qs))
 	_, err = st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, q := range qs {
 			live[i] = p.HGet(ctx, q.indexKey(pid), pid)
+			old[i] = p.HGet(ctx, q.oldDataKey(), id)
 			dead[i] = p.HGet(ctx, q.DeadData, id)
 		}
 		return nil
@@ -198,7 +201,7 @@ func (st *Store) Find(ctx context.Context, id string) (*Delivery, *Queue, error)
 	// The pipeline reports only its first error: a shard that failed must
 	// not pass for one without the delivery.
 	for i := range qs {
-		for _, c := range []*redis.StringCmd{live[i], dead[i]} {
+		for _, c := range []*redis.StringCmd{live[i], old[i], dead[i]} {
 			if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
 				return nil, nil, fmt.Errorf("cannot look delivery %s up: %w", id, err)
 			}
@@ -209,6 +212,16 @@ func (st *Store) Find(ctx context.Context, id string) (*Delivery, *Queue, error)
 			rec, at, err := q.getIndexed(ctx, id, live[i].Val())
 			if errors.Is(err, ErrNotFound) {
 				continue // delivered since, or its index entry outlived it
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			return &Delivery{Record: rec, State: Scheduled, At: at}, q, nil
+		}
+		if old[i].Err() == nil {
+			rec, at, err := q.getOld(ctx, id, old[i].Val())
+			if errors.Is(err, ErrNotFound) {
+				continue
 			}
 			if err != nil {
 				return nil, nil, err

@@ -23,6 +23,11 @@ type claims struct {
 	// poller's claim under way began: that claim may have read them as
 	// they were before (see take).
 	finished map[string]struct{}
+	// pending is the lease end of the claim or extension last sent to
+	// Redis, until its result is recorded (zero: none): a delivery in
+	// flight may hold it before its lease here says so, or for good if
+	// the reply was lost. Leases handed out carry it as Pending.
+	pending time.Time
 
 	wake     chan struct{}
 	wakeAtMs atomic.Int64 // clock time (ms) the poller plans to look next
@@ -34,11 +39,22 @@ func newClaims(window int, gauge ops.Gauge) *claims {
 	return &claims{slots: make(chan struct{}, window), space: make(chan struct{}, 1), inflight: make(map[string]shard.Lease), finished: make(map[string]struct{}), wake: make(chan struct{}, 1), gauge: gauge}
 }
 
-// claiming marks the start of a claim: take refuses what finishes from now
-// until the claim's records are taken.
-func (r *claims) claiming() {
+// claiming marks the start of a claim leasing until leaseEnd: take
+// refuses what finishes from now until the claim's records are taken
+// (settled), and the claim may re-lease deliveries in flight here to
+// leaseEnd meanwhile.
+func (r *claims) claiming(leaseEnd time.Time) {
 	r.mu.Lock()
 	clear(r.finished)
+	r.pending = leaseEnd
+	r.mu.Unlock()
+}
+
+// settled marks the end of a claim whose records were all taken: the
+// deliveries in flight it re-leased hold their new end as End.
+func (r *claims) settled() {
+	r.mu.Lock()
+	r.pending = time.Time{}
 	r.mu.Unlock()
 }
 
@@ -83,10 +99,35 @@ func (r *claims) inFlight() int { return len(r.slots) }
 func (r *claims) claimed() []shard.Lease {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.leasesLocked()
+}
+
+func (r *claims) leasesLocked() []shard.Lease {
 	ls := make([]shard.Lease, 0, len(r.inflight))
 	for _, l := range r.inflight {
+		l.Pending = r.pending
 		ls = append(ls, l)
 	}
+	return ls
+}
+
+// lease returns the lease on a delivery in flight, as its outcome must
+// find it in the queue.
+func (r *claims) lease(id string) (shard.Lease, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, ok := r.inflight[id]
+	l.Pending = r.pending
+	return l, ok
+}
+
+// extending returns the leases in flight to extend to end, and notes end
+// as pending until extended records it.
+func (r *claims) extending(end time.Time) []shard.Lease {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ls := r.leasesLocked()
+	r.pending = end
 	return ls
 }
 
@@ -107,9 +148,10 @@ func (r *claims) untaken(recs []*shard.Record, leaseEnd time.Time) []shard.Lease
 func (r *claims) extended(ls []shard.Lease, end time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.pending = time.Time{}
 	for _, l := range ls {
 		if cur, ok := r.inflight[l.ID]; ok {
-			cur.End = end
+			cur.End, cur.Pending = end, time.Time{}
 			r.inflight[l.ID] = cur
 		}
 	}

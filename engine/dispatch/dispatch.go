@@ -99,6 +99,9 @@ type Options struct {
 	DeadMax       int
 	// CommitEvery is how often each shard commits its offset (500ms).
 	CommitEvery time.Duration
+	// GoneDeleteTimeout bounds one try at deleting a webhook that
+	// answered 410 Gone (5s); a try that times out is tried again.
+	GoneDeleteTimeout time.Duration
 	// DrainTimeout bounds how long a revoked shard waits for its in-flight
 	// deliveries before it commits and returns (15s: the request timeout
 	// + 5s). kafka-go stops heartbeats when a generation ends, so it is cut
@@ -170,6 +173,9 @@ func (o *Options) defaults() {
 	}
 	if o.CommitEvery <= 0 {
 		o.CommitEvery = 500 * time.Millisecond
+	}
+	if o.GoneDeleteTimeout <= 0 {
+		o.GoneDeleteTimeout = 5 * time.Second
 	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 15 * time.Second

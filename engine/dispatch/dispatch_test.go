@@ -54,11 +54,18 @@ func startEnv(t *testing.T, behaviour loadtest.Behaviour) *env {
 
 func startEnvWith(t *testing.T, behaviour loadtest.Behaviour, tune func(*Options), redisArgs ...string) *env {
 	t.Helper()
+	return startEnvClient(t, behaviour, tune, (*testenv.RedisServer).Client, redisArgs...)
+}
+
+// startEnvClient is startEnvWith whose registry and dispatchers use the
+// Redis client that client makes.
+func startEnvClient(t *testing.T, behaviour loadtest.Behaviour, tune func(*Options), client func(*testenv.RedisServer) *redis.Client, redisArgs ...string) *env {
+	t.Helper()
 	srv := testenv.Redis(t, redisArgs...)
 	k := testenv.Kafka(t, partitions)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e := &env{t: t, broker: k.Addr(), redis: srv, rdb: srv.Client(), now: time.Unix(1_800_000_000, 0), tune: tune}
+	e := &env{t: t, broker: k.Addr(), redis: srv, rdb: client(srv), now: time.Unix(1_800_000_000, 0), tune: tune}
 	if err := kafkaio.EnsureTopics(ctx, []string{e.broker},
 		kafkaio.Topic{Name: "geckohook.events", Partitions: partitions},
 		kafkaio.Topic{Name: "geckohook.events.dlq", Partitions: 1}); err != nil {

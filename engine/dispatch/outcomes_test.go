@@ -170,8 +170,12 @@ func TestRetriesPublishOutcomes(t *testing.T) {
 }
 
 // lostReply makes the first transaction that deletes a webhook fail on the
-// client after Redis carried it out, as a reply lost to a timeout would.
-type lostReply struct{ armed atomic.Bool }
+// client after Redis carried it out, as a reply lost to a timeout would,
+// and counts the tries.
+type lostReply struct {
+	armed atomic.Bool
+	tries atomic.Int32
+}
 
 func (h *lostReply) DialHook(next redis.DialHook) redis.DialHook          { return next }
 func (h *lostReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
@@ -179,8 +183,11 @@ func (h *lostReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
 		for _, c := range cmds {
-			if err == nil && c.Name() == "hdel" && fmt.Sprint(c.Args()[1]) == "gh:webhooks" && h.armed.CompareAndSwap(true, false) {
-				return context.DeadlineExceeded
+			if c.Name() == "hdel" && fmt.Sprint(c.Args()[1]) == "gh:webhooks" {
+				h.tries.Add(1)
+				if err == nil && h.armed.CompareAndSwap(true, false) {
+					return context.DeadlineExceeded
+				}
 			}
 		}
 		return err
@@ -188,17 +195,26 @@ func (h *lostReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 }
 
 // A 410 whose delete timed out on the client after Redis deleted the
-// webhook is still reported, once.
+// webhook is still reported, once. The injected loss is the only one:
+// the client never times out and each try may take an hour, so the
+// delete takes exactly two tries (the lost one, and one that finds the
+// webhook gone) however loaded the machine.
 func TestGoneReportedWhenTheDeleteReplyIsLost(t *testing.T) {
 	var pub *publish.Publisher
 	hook := &lostReply{}
-	e := startEnvWith(t, loadtest.Always(410), func(o *Options) {
+	patient := func(srv *testenv.RedisServer) *redis.Client {
+		c := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: -1, WriteTimeout: -1, PoolTimeout: time.Hour})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	e := startEnvClient(t, loadtest.Always(410), func(o *Options) {
+		o.GoneDeleteTimeout = time.Hour
 		if err := kafkaio.EnsureTopics(context.Background(), o.Brokers, kafkaio.Topic{Name: outcomes.DefaultTopic, Partitions: 1}); err != nil {
 			t.Fatal(err)
 		}
 		pub = publish.New(o.Brokers, outcomes.DefaultTopic, zerolog.Nop())
 		o.Outcomes = pub
-	})
+	}, patient)
 	gone := e.hook("acc1", "order.create", "/gone")
 	hook.armed.Store(true)
 	e.rdb.AddHook(hook)
@@ -218,6 +234,17 @@ func TestGoneReportedWhenTheDeleteReplyIsLost(t *testing.T) {
 	})
 	if hook.armed.Load() {
 		t.Fatal("the delete's reply was never lost: the test tried nothing")
+	}
+	// The outcome is published once the second try finds the webhook
+	// gone; the dispatcher stops only then.
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if n := pub.Published.Load(); n < 1 {
+			return fmt.Errorf("%d outcomes published, want the 410's", n)
+		}
+		return nil
+	})
+	if n := hook.tries.Load(); n != 2 {
+		t.Fatalf("%d tries at the delete, want 2: the lost one and one that finds the webhook gone", n)
 	}
 	got := e.outcomes(pub, func(*outcomes.Outcome) {})
 	if fmt.Sprint(got[gone.ID]) != "[gone410]" {

@@ -60,7 +60,7 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 		var recs []*shard.Record
 		var bad []shard.Bad
 		var next time.Time
-		r.claiming()
+		r.claiming(leaseEnd)
 		ok := s.retry(ctx, "claim due retries", func() error {
 			var err error
 			recs, bad, next, err = s.queue.Claim(ctx, now, leaseEnd, min(r.free(), claimBatch))
@@ -85,6 +85,7 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 				return
 			}
 		}
+		r.settled()
 		if len(recs) == claimBatch {
 			continue // more may be due
 		}
@@ -162,11 +163,11 @@ func (s *shardRun) releaseUntaken(recs []*shard.Record, leaseEnd time.Time) {
 // extendLeases keeps the claims still in flight leased for another Lease,
 // so a retry that waits long behind its host is not claimed a second time.
 func (s *shardRun) extendLeases(ctx context.Context) {
-	ls := s.claims.claimed()
+	end := s.d.o.Now().Add(s.d.o.Lease)
+	ls := s.claims.extending(end)
 	if len(ls) == 0 {
 		return
 	}
-	end := s.d.o.Now().Add(s.d.o.Lease)
 	if err := s.queue.Extend(ctx, ls, end); err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn().Err(err).Int("claims", len(ls)).Msg("cannot extend retry leases")

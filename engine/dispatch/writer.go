@@ -63,7 +63,7 @@ func (s *shardRun) writeLoop(ctx context.Context) {
 		if !s.retry(ctx, "schedule retries", func() error { return s.queue.Schedule(ctx, entries) }) {
 			return
 		}
-		if !s.retry(ctx, "update retries", func() error { return s.queue.Apply(ctx, ops) }) {
+		if !s.retry(ctx, "update retries", func() error { return s.queue.Apply(ctx, s.underLeases(ops)) }) {
 			return
 		}
 		died := false
@@ -115,8 +115,17 @@ func queueWrites(batch []*delivery, entries []shard.Entry, ops []shard.Op) ([]sh
 	return entries, ops, soonest
 }
 
-// goneDeleteTimeout bounds one try at deleting a webhook after a 410.
-const goneDeleteTimeout = 5 * time.Second
+// underLeases gives each op the lease its delivery is claimed under now
+// (extended or re-claimed since the claim that read it, maybe), which its
+// change requires of the queue.
+func (s *shardRun) underLeases(ops []shard.Op) []shard.Op {
+	for i := range ops {
+		if l, ok := s.claims.lease(ops[i].Rec.ID); ok {
+			ops[i].Lease = l
+		}
+	}
+	return ops
+}
 
 // deleteGone deletes the webhook of a delivery that answered 410, retrying
 // until Redis takes it; false if ctx ended first. Only the turn whose
@@ -131,7 +140,7 @@ func (s *shardRun) deleteGone(ctx context.Context, dl *delivery) bool {
 	removed, tried := false, false
 	if s.d.o.Registry.Webhook(id) != nil {
 		ok := s.retry(ctx, "delete a webhook that answered 410 Gone", func() error {
-			tctx, cancel := context.WithTimeout(ctx, goneDeleteTimeout)
+			tctx, cancel := context.WithTimeout(ctx, s.d.o.GoneDeleteTimeout)
 			defer cancel()
 			err := s.d.o.Registry.DeleteWebhook(tctx, id)
 			switch {
