@@ -499,8 +499,9 @@ type Op struct {
 	// Lease is the claimant's lease on the delivery as it stands now
 	// (extended, or claimed again by the same process, since the claim
 	// that read Rec): the change applies only while the delivery is
-	// scored at its End or Pending, so a claimant whose lease ran out
-	// never overwrites what the next claimant holds, even when their
+	// scored at its Pending or no later than its End (made due since, by
+	// retry-now, and not claimed again), so a claimant whose lease ran
+	// out never overwrites what the next claimant holds, even when their
 	// members are the same bytes. Zero: the lease end the claim that
 	// read Rec gave it; a record not read by a claim (Get, Find) is
 	// changed if its member is still there, whatever its score.
@@ -518,11 +519,14 @@ type Op struct {
 // the new member (in the same chunk) and its due score, for a kill the
 // dead id, the time it died, its msgpack record and its first attempt. A
 // change applies only if the claimed member is still there and, for a
-// claimed one, still scored at one of its claimant's lease ends (a record
-// not read from the scheduled set, with no member, is killed all the
-// same): a claimant whose lease ran out never overwrites the outcome of
-// the one that claimed the delivery after it, nor the claim of one whose
-// attempt is under way.
+// claimed one, scored at its claimant's pending lease end or no later
+// than its lease end (a record not read from the scheduled set, with no
+// member, is killed all the same): a later claim always scores it past
+// the lease it took over, so a claimant whose lease ran out never
+// overwrites the outcome of the one that claimed the delivery after it,
+// nor the claim of one whose attempt is under way. A delivery made due
+// while claimed (retry-now, DueBy) and not claimed again is still its
+// claimant's: its outcome applies, and it is not sent twice.
 var applyScript = redis.NewScript(`
 local tag, i = ARGV[1], 3
 ` + chunkLua + storeFormsLua("KEYS[4]", "ARGV[2]") + `
@@ -534,7 +538,7 @@ local function holds(key, m, e1, e2)
     local s = redis.call('ZSCORE', key, m)
     if not s then return false end
     s = tonumber(s)
-    if s ~= tonumber(e1) and (e2 == '' or s ~= tonumber(e2)) then return false end
+    if s > tonumber(e1) and (e2 == '' or s ~= tonumber(e2)) then return false end
   end
   return redis.call('ZREM', key, m) == 1
 end

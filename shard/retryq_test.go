@@ -619,3 +619,57 @@ func TestClaimTakesEarliestAcrossChunks(t *testing.T) {
 		claimed += len(recs)
 	}
 }
+
+// A delivery made due while its claimant's attempt runs (retry-now, DueBy)
+// is still that claimant's until another claim takes it: the claimant's
+// outcome applies, so the delivery is not sent again. Once claimed again,
+// the first claimant's outcome no longer applies.
+func TestOutcomeAppliesToADeliveryMadeDueWhileClaimed(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	lease := 30 * time.Second
+	schedule := func(id string) {
+		t.Helper()
+		rec := &Record{ID: id, WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+		if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim := func(at time.Time) *Record {
+		t.Helper()
+		recs, _, _, err := q.Claim(ctx, at, at.Add(lease), 10)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("claim at %v: %d records, %v", at, len(recs), err)
+		}
+		return recs[0]
+	}
+	makeDue := func() {
+		t.Helper()
+		if n, err := q.DueBy(ctx, t0.Add(-time.Minute)); err != nil || n != 1 {
+			t.Fatalf("made %d due, %v; want the claimed one", n, err)
+		}
+	}
+
+	schedule("d1")
+	first := claim(t0)
+	makeDue()
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: first}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := q.Get(ctx, "d1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the claimant's success left the delivery made due while it ran: %v", err)
+	}
+
+	schedule("d2")
+	first = claim(t0)
+	makeDue()
+	second := claim(t0.Add(time.Second))
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: first}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, due, err := q.Get(ctx, "d2"); err != nil || !due.Equal(second.Lease(t0.Add(time.Second+lease)).End) {
+		t.Fatalf("the first claimant's outcome replaced the second claim: due %v, %v", due, err)
+	}
+}
