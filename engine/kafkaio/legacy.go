@@ -133,12 +133,16 @@ func (r *PartitionReader) keep(b *fetchBufs, rr protocol.RecordReader) error {
 	}
 }
 
-// copyBytes copies src to the end of *buf (nil stays nil).
+// copyBytes copies src to the end of *buf (nil stays nil, empty stays
+// empty).
 func copyBytes(buf *[]byte, src protocol.Bytes) ([]byte, error) {
 	if src == nil {
 		return nil, nil
 	}
 	n := src.Len()
+	if n == 0 {
+		return []byte{}, nil
+	}
 	start := len(*buf)
 	*buf = append(*buf, make([]byte, n)...)
 	if _, err := io.ReadFull(src, (*buf)[start:start+n]); err != nil {
@@ -155,4 +159,3 @@ func closeBytes(rec *protocol.Record) {
 		_ = rec.Value.Close()
 	}
 }
-

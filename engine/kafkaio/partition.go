@@ -172,12 +172,7 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 		return nil, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
 	}
 	b.frame = x.frame
-	a, err := parseFetch(x.body(), x.version, r.c.Topic, int32(r.c.Partition), r.aborted[:0])
-	r.aborted = a.aborted
-	if err == nil {
-		err = r.check(&a)
-	}
-	if err != nil {
+	if err := r.answer(b, x.version); err != nil {
 		if errors.Is(err, kafka.OffsetOutOfRange) {
 			from := r.offset
 			if rerr := r.resolve(ctx, kafka.FirstOffset); rerr != nil {
@@ -187,23 +182,40 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 		}
 		return nil, err
 	}
-	r.end = a.highWatermark
-	from := r.offset
-	b.dec, b.buf, b.recs = b.dec[:0], b.buf[:0], b.recs[:0]
-	err = r.readBatches(b, a.records, a.aborted)
-	if errors.Is(err, errLegacy) && r.offset == from {
-		err = r.readLegacy(b, x.version)
-	}
-	// A bad batch after good ones ends the fetch at it: the next fetch
-	// starts there and reports it.
-	if err != nil && r.offset == from {
-		return nil, fmt.Errorf("cannot read %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
-	}
 	if len(b.recs) == 0 {
 		return nil, nil
 	}
 	r.bufs[0], r.bufs[1], r.bufs[2] = r.bufs[2], r.bufs[0], r.bufs[1]
 	return r.bufs[1].recs, nil
+}
+
+// answer reads the records of b.frame, a Fetch answer of the given
+// version, into b, moving the offset past them.
+func (r *PartitionReader) answer(b *fetchBufs, version int16) error {
+	if len(b.frame) < 8 {
+		return fmt.Errorf("cannot fetch %s/%d: answer of %d bytes", r.c.Topic, r.c.Partition, len(b.frame))
+	}
+	a, err := parseFetch(b.frame[8:], version, r.c.Topic, int32(r.c.Partition), r.aborted[:0])
+	r.aborted = a.aborted
+	if err != nil {
+		return fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
+	}
+	if err := r.check(&a); err != nil {
+		return err
+	}
+	r.end = a.highWatermark
+	from := r.offset
+	b.dec, b.buf, b.recs = b.dec[:0], b.buf[:0], b.recs[:0]
+	err = r.readBatches(b, a.records, a.aborted)
+	if errors.Is(err, errLegacy) && r.offset == from {
+		err = r.readLegacy(b, version)
+	}
+	// A bad batch after good ones ends the fetch at it: the next fetch
+	// starts there and reports it.
+	if err != nil && r.offset == from {
+		return fmt.Errorf("cannot read %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
+	}
+	return nil
 }
 
 // check turns the errors of a fetch answer into Go errors.

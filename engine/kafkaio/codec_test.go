@@ -1,0 +1,95 @@
+package kafkaio
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/geckohook/geckohook/internal/testenv"
+)
+
+// Batches kafka-go's Writer compresses with each codec, stored by a real
+// broker, read back with the keys, values, times and offsets written; a
+// null key or value stays null, an empty one empty.
+func TestPartitionReaderReadsEveryCodec(t *testing.T) {
+	brokers := []string{testenv.Kafka(t, 1).Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	codecs := []kafka.Compression{0, kafka.Gzip, kafka.Snappy, kafka.Lz4, kafka.Zstd}
+	for _, c := range codecs {
+		topic := fmt.Sprintf("codec-%d", c)
+		if err := EnsureTopics(ctx, brokers, Topic{Name: topic, Partitions: 1}); err != nil {
+			t.Fatal(err)
+		}
+		w := NewWriter(brokers, topic)
+		w.Compression = c
+		var want []kafka.Message
+		for batch := range 3 {
+			msgs := make([]kafka.Message, 30)
+			for i := range msgs {
+				n := batch*len(msgs) + i
+				m := kafka.Message{Time: time.UnixMilli(1_700_000_000_000 + int64(n)*13)}
+				switch n % 3 {
+				case 1:
+					m.Key, m.Value = []byte{}, []byte{}
+				case 2:
+					m.Key = fmt.Appendf(nil, "acc_%d", n)
+					m.Value = []byte(strings.Repeat(fmt.Sprintf(`{"object_id":%d}`, n), n%7+1))
+				}
+				msgs[i] = m
+			}
+			if err := w.WriteMessages(ctx, msgs...); err != nil {
+				t.Fatalf("%v: %v", c, err)
+			}
+			want = append(want, msgs...)
+		}
+		_ = w.Close()
+
+		r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: topic, MaxWait: 20 * time.Millisecond}, 0)
+		got := fetchAtLeast(t, ctx, r, len(want))
+		r.Close()
+		if r.x.version != maxFetchVersion {
+			t.Fatalf("fetch v%d negotiated, want v%d", r.x.version, maxFetchVersion)
+		}
+		// The broker sent the batches as the writer compressed them.
+		a, err := parseFetch(r.bufs[1].frame[8:], r.x.version, topic, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _, ok, err := nextBatch(a.records); !ok || err != nil || b.attrs&attrCompression != int16(c) {
+			t.Fatalf("%v: the last answer's first batch has attributes %#x (%v, %v)", c, b.attrs, ok, err)
+		}
+		for i, g := range got {
+			m := want[i]
+			if g.Offset != int64(i) || g.Skip || !g.Time.Equal(m.Time) ||
+				!bytes.Equal(g.Key, m.Key) || (g.Key == nil) != (m.Key == nil) ||
+				!bytes.Equal(g.Value, m.Value) || (g.Value == nil) != (m.Value == nil) {
+				t.Fatalf("%v: record %d is {%d %v %q %q}, want {%d %v %q %q}", c, i, g.Offset, g.Time, g.Key, g.Value, i, m.Time, m.Key, m.Value)
+			}
+		}
+	}
+}
+
+// A fetch given up while the broker still holds it (its context ended)
+// leaves the reader whole: the next fetch reads on.
+func TestPartitionReaderFetchGivenUp(t *testing.T) {
+	brokers, ctx := eventsTopic(t)
+	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: time.Second}, 0)
+	defer r.Close()
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := r.Fetch(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a fetch past its deadline: %v", err)
+	}
+	produce(t, testenv.KafkaProducer(t, brokers, "events", ""), "after-1", "after-2")
+	got := fetchAtLeast(t, ctx, r, 2)
+	if string(got[0].Value) != "after-1" || string(got[1].Value) != "after-2" || r.Offset() != 2 {
+		t.Fatalf("after a fetch given up: %q %q, reader at %d", got[0].Value, got[1].Value, r.Offset())
+	}
+}
