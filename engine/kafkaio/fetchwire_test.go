@@ -360,7 +360,11 @@ func TestDecodeTruncatedAndGarbled(t *testing.T) {
 		}
 		return -1, -1
 	}
-	for i := 8; i < len(frame); i++ {
+	step := 1
+	if raceEnabled { // the codecs run slowly under it
+		step = 7
+	}
+	for i := 8; i < len(frame); i += step {
 		for _, x := range []byte{0xff, 0x80, 0x01} {
 			g := bytes.Clone(frame)
 			g[i] ^= x
@@ -401,4 +405,32 @@ func FuzzDecodeFetch(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Decoding a fetch answer allocates nothing once the reader's buffers
+// have grown; a compressed batch costs at most its codec's reader, which
+// kafka-go pools (and -race drops from pools at random).
+func TestDecodeAllocations(t *testing.T) {
+	for c, most := range map[compress.Compression]float64{compress.None: 0, compress.Snappy: 3, compress.Lz4: 3} {
+		if raceEnabled && c != compress.None {
+			continue
+		}
+		var rs []byte
+		for i := range 3 {
+			rs = append(rs, encodeBatch(t, 2, c, int64(i*20), someRecords(20)...)...)
+		}
+		frame := fetchFrame(maxFetchVersion, 60, []abortedTxn{{producer: 7, firstOffset: 100}}, rs)
+		r := &PartitionReader{c: PartitionConfig{Topic: "t"}, end: -1}
+		b := &fetchBufs{frame: frame}
+		decode := func() {
+			r.offset = 0
+			if err := r.answer(b, maxFetchVersion); err != nil || len(b.recs) != 60 {
+				t.Fatalf("%v: %d records, %v", c, len(b.recs), err)
+			}
+		}
+		decode()
+		if n := testing.AllocsPerRun(20, decode); n > most {
+			t.Fatalf("%v: %.1f allocations a fetch of 3 batches, want at most %.0f", c, n, most)
+		}
+	}
 }

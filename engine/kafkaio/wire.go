@@ -94,6 +94,11 @@ func (w *wire) varint() int64 {
 	if w.err != nil {
 		return 0
 	}
+	if w.off < len(w.b) && w.b[w.off] < 0x80 { // one byte: most lengths and deltas
+		u := w.b[w.off]
+		w.off++
+		return int64(u>>1) ^ -int64(u&1)
+	}
 	v, n := binary.Varint(w.b[w.off:])
 	if n <= 0 {
 		w.err = errTruncated
