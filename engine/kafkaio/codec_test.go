@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 
 	"github.com/geckohook/geckohook/internal/testenv"
 )
@@ -94,5 +96,37 @@ func TestPartitionReaderFetchGivenUp(t *testing.T) {
 	got := fetchAtLeast(t, ctx, r, 2)
 	if string(got[0].Value) != "after-1" || string(got[1].Value) != "after-2" || r.Offset() != 2 {
 		t.Fatalf("after a fetch given up: %q %q, reader at %d", got[0].Value, got[1].Value, r.Offset())
+	}
+}
+
+// An offset the partition does not hold is an error saying so, and the
+// reader reads on from the earliest offset.
+func TestPartitionReaderOffsetOutOfRange(t *testing.T) {
+	brokers, ctx := eventsTopic(t)
+	produce(t, testenv.KafkaProducer(t, brokers, "events", ""), "r1", "r2")
+	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: 20 * time.Millisecond}, 100)
+	defer r.Close()
+	if _, err := r.Fetch(ctx); !errors.Is(err, kafka.OffsetOutOfRange) || r.Offset() != 0 {
+		t.Fatalf("fetch at 100 of 2: %v, reader at %d", err, r.Offset())
+	}
+	if got := fetchAtLeast(t, ctx, r, 2); string(got[0].Value) != "r1" || string(got[1].Value) != "r2" {
+		t.Fatalf("after the reset: %q %q", got[0].Value, got[1].Value)
+	}
+}
+
+// answerOther is a transport that answers a fetch without exchanging it
+// through a kafka-go connection.
+type answerOther struct{}
+
+func (answerOther) RoundTrip(context.Context, net.Addr, kafka.Request) (kafka.Response, error) {
+	return &fetchapi.Response{}, nil
+}
+
+// A transport that does not let the fetch exchange its own bytes is an
+// error, not records read from nowhere.
+func TestPartitionReaderNeedsTheExchange(t *testing.T) {
+	r := NewPartitionReader(PartitionConfig{Brokers: []string{"127.0.0.1:1"}, Topic: "events", Transport: answerOther{}}, 0)
+	if recs, err := r.Fetch(context.Background()); err == nil || !strings.Contains(err.Error(), "own exchange") {
+		t.Fatalf("%d records, %v", len(recs), err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 )
 
@@ -26,15 +27,17 @@ type PartitionConfig struct {
 	// Transport carries the requests (a transport of the reader's own,
 	// closed by Close). Readers should not share one: a broker answers a
 	// connection's requests in order, so one partition's long poll would
-	// hold up the others' fetches.
+	// hold up the others' fetches. It must hand requests to kafka-go's
+	// protocol connections, as a *kafka.Transport does: the reader
+	// exchanges its fetches with the broker itself (protocol.RawExchanger).
 	Transport kafka.RoundTripper
 }
 
 // Record is one record of a fetch. Records, and their Key and Value, stay
 // valid until the second Fetch after the one that returned them that
-// returns records (fetches take turns between two buffers; one that
-// returns nothing, or fails, takes no turn); a nil Value is a null value,
-// an empty one was sent empty.
+// returns records (each fetch reads into a third set of buffers, which
+// takes its turn only if the fetch returns records); a nil Value is a
+// null value, an empty one was sent empty.
 type Record struct {
 	Offset int64
 	Time   time.Time
@@ -164,7 +167,11 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 	x := r.x
 	x.req.Topics[0].Partitions[0].FetchOffset = r.offset
 	x.frame = b.frame
-	if _, err := r.c.Transport.RoundTrip(ctx, r.client.Addr, x); err != nil {
+	res, err := r.c.Transport.RoundTrip(ctx, r.client.Addr, x)
+	if err == nil && res != protocol.Message(x) {
+		err = fmt.Errorf("the transport answered with %T, not through the fetch's own exchange", res)
+	}
+	if err != nil {
 		// The connection may still be reading into the exchange's frame
 		// (RoundTrip returns when ctx ends, not when the connection is
 		// done): leave both to it.
