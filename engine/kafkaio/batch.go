@@ -146,13 +146,14 @@ func (d *decompressor) records(b *recordBatch, buf *[]byte) ([]byte, error) {
 }
 
 // appendRecords appends the records of b, uncompressed in data, from
-// offset from on. Key and Value point into data; a null one is nil, an
-// empty one empty. Time is the batch's first timestamp plus the record's
+// offset from on. Offsets must grow record by record. Key and Value
+// point into data; a null one is nil, an empty one empty. Time is the batch's first timestamp plus the record's
 // delta, whatever the batch's timestamp type, as kafka-go reads it.
 // Headers are skipped. On error recs keeps what was appended before.
 func appendRecords(recs []Record, b *recordBatch, data []byte, from int64) ([]Record, error) {
 	recs = slices.Grow(recs, int(min(int64(b.count), int64(len(data)/minRecordSize))))
 	w := wire{b: data}
+	prev := b.base - 1
 	for i := range b.count {
 		n := w.varint()
 		body := w.take(int(n))
@@ -163,6 +164,10 @@ func appendRecords(recs []Record, b *recordBatch, data []byte, from int64) ([]Re
 		if err != nil {
 			return recs, fmt.Errorf("record %d of the batch at offset %d: %w", i, b.base, err)
 		}
+		if rec.Offset <= prev {
+			return recs, fmt.Errorf("record %d of the batch at offset %d: offset %d after %d", i, b.base, rec.Offset, prev)
+		}
+		prev = rec.Offset
 		if rec.Offset >= from {
 			recs = append(recs, rec)
 		}
