@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/segmentio/kafka-go"
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
@@ -129,4 +130,47 @@ func TestPartitionReaderNeedsTheExchange(t *testing.T) {
 	if recs, err := r.Fetch(context.Background()); err == nil || !strings.Contains(err.Error(), "own exchange") {
 		t.Fatalf("%d records, %v", len(recs), err)
 	}
+}
+
+// The buffer the next answer lands in shares no memory with the records of
+// the last two fetches that returned some, however many fetches that
+// return nothing come between: the dispatcher may still hold both.
+func TestPartitionReaderAnswersLandApart(t *testing.T) {
+	brokers, ctx := eventsTopic(t)
+	plain := testenv.KafkaProducer(t, brokers, "events", "")
+	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: 10 * time.Millisecond}, 0)
+	defer r.Close()
+	var live [][]Record
+	for i := range 4 {
+		produce(t, plain, fmt.Sprintf("v%d", i))
+		live = append(live, fetchAtLeast(t, ctx, r, 1))
+		for range 2 {
+			if recs, err := r.Fetch(ctx); err != nil || len(recs) != 0 {
+				t.Fatalf("a fetch with nothing new: %d records, %v", len(recs), err)
+			}
+			next := r.bufs[0].frame
+			for _, recs := range live[max(len(live)-2, 0):] {
+				for _, rec := range recs {
+					if overlap(next, rec.Value) {
+						t.Fatalf("the next answer lands on %q at %d, which the caller may still hold", rec.Value, rec.Offset)
+					}
+				}
+			}
+		}
+	}
+	for i, recs := range live[2:] {
+		if want := fmt.Sprintf("v%d", i+2); string(recs[0].Value) != want {
+			t.Fatalf("fetch %d's record reads %q, want %q", i+2, recs[0].Value, want)
+		}
+	}
+}
+
+// overlap says whether a and b share memory (up to a's capacity).
+func overlap(a, b []byte) bool {
+	if cap(a) == 0 || len(b) == 0 {
+		return false
+	}
+	as := uintptr(unsafe.Pointer(unsafe.SliceData(a)))
+	bs := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return bs < as+uintptr(cap(a)) && as < bs+uintptr(len(b))
 }
