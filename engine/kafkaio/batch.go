@@ -28,6 +28,11 @@ const (
 	minRecordSize   = 7  // length, attributes, timestamp, offset, key, value, headers: a byte each
 )
 
+// maxBatchRecords bounds a compressed batch's records once decompressed,
+// against answers that would decompress without end (a variable for
+// tests).
+var maxBatchRecords = 256 << 20
+
 // The attribute bits of a batch.
 const (
 	attrCompression   = 0x07
@@ -130,10 +135,13 @@ func (d *decompressor) records(b *recordBatch, buf *[]byte) ([]byte, error) {
 	out := slices.Grow(*buf, 4*len(b.records)+512)
 	for {
 		if len(out) == cap(out) {
-			out = slices.Grow(out, cap(out)-start)
+			out = slices.Grow(out, min(cap(out)-start, maxBatchRecords))
 		}
 		n, err := r.Read(out[len(out):cap(out)])
 		out = out[:len(out)+n]
+		if len(out)-start > maxBatchRecords {
+			return nil, fmt.Errorf("record batch at offset %d: more than %d bytes of %s-compressed records", b.base, maxBatchRecords, codec.Name())
+		}
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -147,9 +155,9 @@ func (d *decompressor) records(b *recordBatch, buf *[]byte) ([]byte, error) {
 
 // appendRecords appends the records of b, uncompressed in data, from
 // offset from on. Offsets must grow record by record. Key and Value
-// point into data; a null one is nil, an empty one empty. Time is the batch's first timestamp plus the record's
-// delta, whatever the batch's timestamp type, as kafka-go reads it.
-// Headers are skipped. On error recs keeps what was appended before.
+// point into data; a null one is nil, an empty one empty. Time is the
+// batch's first timestamp plus the record's delta, whatever the batch's
+// timestamp type, as kafka-go reads it. Headers are skipped. On error recs keeps what was appended before.
 func appendRecords(recs []Record, b *recordBatch, data []byte, from int64) ([]Record, error) {
 	recs = slices.Grow(recs, int(min(int64(b.count), int64(len(data)/minRecordSize))))
 	w := wire{b: data}

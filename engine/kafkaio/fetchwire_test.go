@@ -434,3 +434,13 @@ func TestDecodeAllocations(t *testing.T) {
 		}
 	}
 }
+
+// A compressed batch that would decompress past the bound is an error.
+func TestDecodeBoundsDecompression(t *testing.T) {
+	defer func(n int) { maxBatchRecords = n }(maxBatchRecords)
+	maxBatchRecords = 1000
+	frame := fetchFrame(maxFetchVersion, 200, nil, encodeBatch(t, 2, compress.Gzip, 0, someRecords(200)...))
+	if _, _, err := decodeFrame(frame, maxFetchVersion, ReadCommitted, 0); err == nil || !strings.Contains(err.Error(), "more than 1000 bytes") {
+		t.Fatalf("a batch decompressing past 1000 bytes: %v", err)
+	}
+}
