@@ -35,19 +35,7 @@ func TestPartitionReaderReadsEveryCodec(t *testing.T) {
 		w.Compression = c
 		var want []kafka.Message
 		for batch := range 3 {
-			msgs := make([]kafka.Message, 30)
-			for i := range msgs {
-				n := batch*len(msgs) + i
-				m := kafka.Message{Time: time.UnixMilli(1_700_000_000_000 + int64(n)*13)}
-				switch n % 3 {
-				case 1:
-					m.Key, m.Value = []byte{}, []byte{}
-				case 2:
-					m.Key = fmt.Appendf(nil, "acc_%d", n)
-					m.Value = []byte(strings.Repeat(fmt.Sprintf(`{"object_id":%d}`, n), n%7+1))
-				}
-				msgs[i] = m
-			}
+			msgs := codecMessages(batch*30, 30)
 			if err := w.WriteMessages(ctx, msgs...); err != nil {
 				t.Fatalf("%v: %v", c, err)
 			}
@@ -78,6 +66,25 @@ func TestPartitionReaderReadsEveryCodec(t *testing.T) {
 			}
 		}
 	}
+}
+
+// codecMessages returns n messages from the from-th on, with null, empty
+// and filled keys and values, and times 13 ms apart.
+func codecMessages(from, n int) []kafka.Message {
+	msgs := make([]kafka.Message, n)
+	for i := range msgs {
+		k := from + i
+		m := kafka.Message{Time: time.UnixMilli(1_700_000_000_000 + int64(k)*13)}
+		switch k % 3 {
+		case 1:
+			m.Key, m.Value = []byte{}, []byte{}
+		case 2:
+			m.Key = fmt.Appendf(nil, "acc_%d", k)
+			m.Value = []byte(strings.Repeat(fmt.Sprintf(`{"object_id":%d}`, k), k%7+1))
+		}
+		msgs[i] = m
+	}
+	return msgs
 }
 
 // A fetch given up while the broker still holds it (its context ended)
