@@ -14,6 +14,7 @@ FUZZMINIMIZETIME ?= 5s
 FUZZ_TARGETS := \
 	./engine/contract:FuzzDecodeEvent \
 	./engine/contract:FuzzAppendBody \
+	./engine/kafkaio:FuzzDecodeFetch \
 	./engine/api:FuzzAPIJSONBodies \
 	./shard:FuzzDecodeMember
 
@@ -41,7 +42,7 @@ run: build
 # the race detector against a real redis-server and kcat, then each fuzz
 # target for 3 s beyond its starting corpus.
 test: test-tools lint
-	$(GO) test -count=1 -run 'Alloc' ./engine/contract/ ./engine/registry/ ./loadtest/
+	$(GO) test -count=1 -run 'Alloc' ./engine/contract/ ./engine/registry/ ./engine/kafkaio/ ./loadtest/
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(call run-fuzz,3s)
 

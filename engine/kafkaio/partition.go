@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -28,15 +27,17 @@ type PartitionConfig struct {
 	// Transport carries the requests (a transport of the reader's own,
 	// closed by Close). Readers should not share one: a broker answers a
 	// connection's requests in order, so one partition's long poll would
-	// hold up the others' fetches.
+	// hold up the others' fetches. It must hand requests to kafka-go's
+	// protocol connections, as a *kafka.Transport does: the reader
+	// exchanges its fetches with the broker itself (protocol.RawExchanger).
 	Transport kafka.RoundTripper
 }
 
 // Record is one record of a fetch. Records, and their Key and Value, stay
 // valid until the second Fetch after the one that returned them that
-// returns records (fetches take turns between two buffers; one that
-// returns nothing, or fails, takes no turn); a nil Value is a null value,
-// an empty one was sent empty.
+// returns records (each fetch reads into a third set of buffers, which
+// takes its turn only if the fetch returns records); a nil Value is a
+// null value, an empty one was sent empty.
 type Record struct {
 	Offset int64
 	Time   time.Time
@@ -49,28 +50,37 @@ type Record struct {
 }
 
 // PartitionReader reads one partition from an offset, record batches at a
-// time, through kafka-go's protocol layer. With ReadCommitted it never
-// returns a record of an aborted transaction, and never a transaction
-// marker (kafka-go's Reader returns both: the broker lists aborted
-// transactions in its fetch response, and only a client that reads that
-// list can drop them). Not safe for concurrent use.
+// time. kafka-go's Transport carries the requests; the reader reads the
+// answers' bytes itself (fetchwire.go, batch.go), so records point into
+// buffers it reuses instead of costing allocations. With ReadCommitted it
+// never returns a record of an aborted transaction, and never a
+// transaction marker (kafka-go's Reader returns both: the broker lists
+// aborted transactions in its fetch response, and only a client that
+// reads that list can drop them). Not safe for concurrent use.
 type PartitionReader struct {
 	c      PartitionConfig
 	own    *kafka.Transport // the transport the reader made, if it did
 	client *kafka.Client
 	offset int64
-	buf    []byte   // keys and values of the last fetch
-	recs   []Record // the last fetch
-	// spare are the two sets of buffers fetches take turns with; turn is
-	// the one the last fetch used.
-	spare [2]struct {
-		buf  []byte
-		recs []Record
-	}
-	turn int
+	x      *fetchExchange
+	// bufs are three sets of buffers: bufs[0] takes the next answer,
+	// bufs[1] holds the records of the last fetch that returned some, and
+	// bufs[2] those of the one before, which the caller may still hold. A
+	// fetch that returns records moves each set one place on.
+	bufs    [3]fetchBufs
+	aborted []abortedTxn
+	unzip   decompressor
 	// end is the partition's high watermark as of the last fetch (-1
 	// before the first answer).
 	end int64
+}
+
+// fetchBufs are the buffers one fetch's records live in.
+type fetchBufs struct {
+	frame []byte // the broker's answer; keys and values point into it
+	dec   []byte // decompressed batches
+	buf   []byte // keys and values copied out of legacy message sets
+	recs  []Record
 }
 
 // NewPartitionReader returns a reader of c.Partition from offset, which may
@@ -90,8 +100,35 @@ func NewPartitionReader(c PartitionConfig, offset int64) *PartitionReader {
 		own = &kafka.Transport{}
 		c.Transport = own
 	}
-	return &PartitionReader{c: c, offset: offset, own: own, end: -1,
+	r := &PartitionReader{c: c, offset: offset, own: own, end: -1,
 		client: &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: c.Transport, Timeout: 10 * time.Second}}
+	r.x = r.newExchange()
+	return r
+}
+
+// newExchange returns the fetch request the reader sends, but for its
+// offset.
+func (r *PartitionReader) newExchange() *fetchExchange {
+	x := &fetchExchange{req: fetchapi.Request{
+		ReplicaID:      -1,
+		MaxWaitTime:    int32(r.c.MaxWait / time.Millisecond),
+		MinBytes:       int32(r.c.MinBytes),
+		MaxBytes:       int32(r.c.MaxBytes),
+		IsolationLevel: r.c.Isolation.wire(),
+		SessionID:      -1,
+		SessionEpoch:   -1,
+		Topics: []fetchapi.RequestTopic{{
+			Topic: r.c.Topic,
+			Partitions: []fetchapi.RequestPartition{{
+				Partition: int32(r.c.Partition), CurrentLeaderEpoch: -1,
+				LogStartOffset: -1, PartitionMaxBytes: int32(r.c.MaxBytes),
+			}},
+		}},
+	}}
+	if t, ok := r.c.Transport.(*kafka.Transport); ok {
+		x.clientID = t.ClientID
+	}
+	return x
 }
 
 // Close closes the connections of the reader's own transport.
@@ -126,27 +163,23 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 			return nil, err
 		}
 	}
-	res, err := r.c.Transport.RoundTrip(ctx, r.client.Addr, &fetchapi.Request{
-		ReplicaID:      -1,
-		MaxWaitTime:    int32(r.c.MaxWait / time.Millisecond),
-		MinBytes:       int32(r.c.MinBytes),
-		MaxBytes:       int32(r.c.MaxBytes),
-		IsolationLevel: r.c.Isolation.wire(),
-		SessionID:      -1,
-		SessionEpoch:   -1,
-		Topics: []fetchapi.RequestTopic{{
-			Topic: r.c.Topic,
-			Partitions: []fetchapi.RequestPartition{{
-				Partition: int32(r.c.Partition), CurrentLeaderEpoch: -1,
-				FetchOffset: r.offset, LogStartOffset: -1, PartitionMaxBytes: int32(r.c.MaxBytes),
-			}},
-		}},
-	})
+	b := &r.bufs[0]
+	x := r.x
+	x.req.Topics[0].Partitions[0].FetchOffset = r.offset
+	x.frame = b.frame
+	res, err := r.c.Transport.RoundTrip(ctx, r.client.Addr, x)
+	if err == nil && res != protocol.Message(x) {
+		err = fmt.Errorf("the transport answered with %T, not through the fetch's own exchange", res)
+	}
 	if err != nil {
+		// The connection may still be reading into the exchange's frame
+		// (RoundTrip returns when ctx ends, not when the connection is
+		// done): leave both to it.
+		r.x, b.frame = r.newExchange(), nil
 		return nil, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
 	}
-	p, err := r.partition(res.(*fetchapi.Response))
-	if err != nil {
+	b.frame = x.frame
+	if err := r.answer(b, x.version); err != nil {
 		if errors.Is(err, kafka.OffsetOutOfRange) {
 			from := r.offset
 			if rerr := r.resolve(ctx, kafka.FirstOffset); rerr != nil {
@@ -156,166 +189,103 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 		}
 		return nil, err
 	}
-	r.end = p.HighWatermark
-	// The records go into the buffers the fetch before last used: those of
-	// the last fetch may still be in the caller's hands. A fetch that
-	// returns nothing, or fails half-way, gives its turn back (and the
-	// offset it moved), so it never costs the caller's records their life.
-	from, turn := r.offset, r.turn
-	prev, prevRecs := r.buf, r.recs
-	r.spare[r.turn].buf, r.spare[r.turn].recs = r.buf, r.recs
-	r.turn ^= 1
-	r.buf, r.recs = r.spare[r.turn].buf[:0], r.spare[r.turn].recs[:0]
-	recs, err := r.read(p)
-	if err != nil || len(recs) == 0 {
-		r.spare[r.turn].buf, r.spare[r.turn].recs = r.buf, r.recs
-		r.turn, r.buf, r.recs = turn, prev, prevRecs
-		if err != nil {
-			r.offset = from
-			return nil, err
-		}
-	}
-	return recs, nil
-}
-
-func (r *PartitionReader) partition(res *fetchapi.Response) (*fetchapi.ResponsePartition, error) {
-	if res.ErrorCode != 0 {
-		return nil, fmt.Errorf("cannot fetch %s/%d: %w", r.c.Topic, r.c.Partition, kafka.Error(res.ErrorCode))
-	}
-	for i := range res.Topics {
-		t := &res.Topics[i]
-		for j := range t.Partitions {
-			p := &t.Partitions[j]
-			if t.Topic != r.c.Topic || int(p.Partition) != r.c.Partition {
-				continue
-			}
-			if p.ErrorCode != 0 {
-				return nil, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, kafka.Error(p.ErrorCode))
-			}
-			return p, nil
-		}
-	}
-	return nil, fmt.Errorf("cannot fetch %s/%d: not in the broker's answer", r.c.Topic, r.c.Partition)
-}
-
-// read turns a partition's record batches into records, skipping what the
-// transaction filter says and records before the fetch offset (a batch
-// starts where it starts, not where the fetch asked).
-func (r *PartitionReader) read(p *fetchapi.ResponsePartition) ([]Record, error) {
-	if p.RecordSet.Records == nil {
-		return r.recs, nil
-	}
-	aborted := make([]abortedTxn, len(p.AbortedTransactions))
-	for i, a := range p.AbortedTransactions {
-		aborted[i] = abortedTxn{producer: a.ProducerID, firstOffset: a.FirstOffset}
-	}
-	filter := newTxnFilter(aborted)
-	var batches []protocol.RecordReader
-	if s, ok := p.RecordSet.Records.(*protocol.RecordStream); ok {
-		batches = s.Records
-	} else {
-		batches = []protocol.RecordReader{p.RecordSet.Records}
-	}
-	for _, b := range batches {
-		kind, records := describe(b)
-		if filter.skip(kind, r.c.Isolation) {
-			if last := drain(records); last >= r.offset {
-				r.recs = append(r.recs, Record{Offset: last, Skip: true})
-				r.offset = last + 1
-			}
-			continue
-		}
-		if err := r.keep(records); err != nil {
-			return r.recs, err
-		}
-	}
-	return r.recs, nil
-}
-
-// describe says what a batch is and returns the reader of its records.
-func describe(b protocol.RecordReader) (batchKind, protocol.RecordReader) {
-	switch v := b.(type) {
-	case *protocol.RecordBatch:
-		return batchKind{base: v.BaseOffset, producer: v.ProducerID, transactional: v.Attributes.Transactional()}, v.Records
-	case *protocol.ControlBatch:
-		k := batchKind{base: v.BaseOffset, producer: v.ProducerID, transactional: true, control: true}
-		// A control batch holds one marker; read it for its type.
-		if rec, err := v.ReadRecord(); err == nil {
-			if cr, err := protocol.ReadControlRecord(rec); err == nil {
-				k.abortMarker = cr.Type == 0
-			}
-		}
-		return k, v
-	}
-	return batchKind{base: -1, producer: -1}, b
-}
-
-// drain reads and releases the rest of a skipped batch's records,
-// returning the last offset (-1 if none).
-func drain(rr protocol.RecordReader) int64 {
-	last := int64(-1)
-	if cb, ok := rr.(*protocol.ControlBatch); ok {
-		last = cb.BaseOffset
-	}
-	for {
-		rec, err := rr.ReadRecord()
-		if err != nil {
-			return last
-		}
-		last = max(last, rec.Offset)
-		closeBytes(rec)
-	}
-}
-
-// keep copies a batch's records from the fetch offset on.
-func (r *PartitionReader) keep(rr protocol.RecordReader) error {
-	for {
-		rec, err := rr.ReadRecord()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("cannot read %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
-		}
-		if rec.Offset < r.offset {
-			closeBytes(rec)
-			continue
-		}
-		out := Record{Offset: rec.Offset, Time: rec.Time}
-		out.Key, err = r.copyBytes(rec.Key)
-		if err == nil {
-			out.Value, err = r.copyBytes(rec.Value)
-		}
-		closeBytes(rec)
-		if err != nil {
-			return fmt.Errorf("cannot read %s/%d at %d: %w", r.c.Topic, r.c.Partition, rec.Offset, err)
-		}
-		r.recs = append(r.recs, out)
-		r.offset = rec.Offset + 1
-	}
-}
-
-// copyBytes copies b into the reader's buffer (nil stays nil).
-func (r *PartitionReader) copyBytes(b protocol.Bytes) ([]byte, error) {
-	if b == nil {
+	if len(b.recs) == 0 {
 		return nil, nil
 	}
-	n := b.Len()
-	start := len(r.buf)
-	r.buf = append(r.buf, make([]byte, n)...)
-	if _, err := io.ReadFull(b, r.buf[start:start+n]); err != nil {
-		return nil, err
-	}
-	return r.buf[start : start+n : start+n], nil
+	r.bufs[0], r.bufs[1], r.bufs[2] = r.bufs[2], r.bufs[0], r.bufs[1]
+	return r.bufs[1].recs, nil
 }
 
-func closeBytes(rec *protocol.Record) {
-	if rec.Key != nil {
-		_ = rec.Key.Close()
+// answer reads the records of b.frame, a Fetch answer of the given
+// version, into b, moving the offset past them.
+func (r *PartitionReader) answer(b *fetchBufs, version int16) error {
+	if len(b.frame) < 8 {
+		return fmt.Errorf("cannot fetch %s/%d: answer of %d bytes", r.c.Topic, r.c.Partition, len(b.frame))
 	}
-	if rec.Value != nil {
-		_ = rec.Value.Close()
+	a, err := parseFetch(b.frame[8:], version, r.c.Topic, int32(r.c.Partition), r.aborted[:0])
+	r.aborted = a.aborted
+	if err != nil {
+		return fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
 	}
+	if err := r.check(&a); err != nil {
+		return err
+	}
+	r.end = a.highWatermark
+	from := r.offset
+	b.dec, b.buf, b.recs = b.dec[:0], b.buf[:0], b.recs[:0]
+	err = r.readBatches(b, a.records, a.aborted)
+	if errors.Is(err, errLegacy) && r.offset == from {
+		err = r.readLegacy(b, version)
+	}
+	// A bad batch after good ones ends the fetch at it: the next fetch
+	// starts there and reports it.
+	if err != nil && r.offset == from {
+		return fmt.Errorf("cannot read %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
+	}
+	return nil
+}
+
+// check turns the errors of a fetch answer into Go errors.
+func (r *PartitionReader) check(a *fetchAnswer) error {
+	if a.errorCode != 0 {
+		return fmt.Errorf("cannot fetch %s/%d: %w", r.c.Topic, r.c.Partition, kafka.Error(a.errorCode))
+	}
+	if !a.found {
+		return fmt.Errorf("cannot fetch %s/%d: not in the broker's answer", r.c.Topic, r.c.Partition)
+	}
+	if a.partError != 0 {
+		return fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, kafka.Error(a.partError))
+	}
+	return nil
+}
+
+// readBatches turns a record set's batches into records in b, skipping
+// what the transaction filter says and records before the reader's offset
+// (a batch starts where it starts, not where the fetch asked), and moving
+// the offset past each batch read. It stops at the first batch it cannot
+// read, returning why (errLegacy for a legacy message set).
+func (r *PartitionReader) readBatches(b *fetchBufs, rs []byte, aborted []abortedTxn) error {
+	filter := newTxnFilter(aborted)
+	for len(rs) > 0 {
+		batch, rest, ok, err := nextBatch(rs)
+		if err != nil || !ok {
+			return err
+		}
+		rs = rest
+		kind := batch.kind()
+		var data []byte
+		if kind.control {
+			if data, err = r.unzip.records(&batch, &b.dec); err != nil {
+				return err
+			}
+			// A marker that cannot be read counts as a commit, as kafka-go's
+			// own decoding had it.
+			typ, _ := controlType(&batch, data)
+			kind.abortMarker = typ == 0
+		}
+		if !filter.skip(kind, r.c.Isolation) {
+			if data == nil {
+				if data, err = r.unzip.records(&batch, &b.dec); err != nil {
+					return err
+				}
+			}
+			n := len(b.recs)
+			if b.recs, err = appendRecords(b.recs, &batch, data, r.offset); err != nil {
+				b.recs = b.recs[:n]
+				return err
+			}
+			if len(b.recs) > n {
+				r.offset = b.recs[len(b.recs)-1].Offset + 1
+			}
+		}
+		// Offsets of the batch with nothing returned: skipped batches, and
+		// the records compaction removed from a batch's end.
+		if last := batch.last(); last >= r.offset {
+			b.recs = append(b.recs, Record{Offset: last, Skip: true})
+			r.offset = last + 1
+		}
+	}
+	return nil
 }
 
 // resolve turns kafka.FirstOffset or kafka.LastOffset into an offset.

@@ -3,10 +3,13 @@ package kafkaio
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/compress"
+	"github.com/segmentio/kafka-go/protocol"
 
 	"github.com/geckohook/geckohook/internal/testenv"
 )
@@ -70,4 +73,73 @@ func BenchmarkIntake(b *testing.B) {
 			n += len(recs)
 		}
 	})
+}
+
+// eventsFrame is a Fetch answer like the dispatcher's: batches of 1000
+// events as geckohook's writer sends them (uncompressed unless c says),
+// about 1 MiB in all.
+func eventsFrame(b *testing.B, c compress.Compression) ([]byte, int) {
+	b.Helper()
+	const batches, per = 6, 1000
+	var rs []byte
+	for i := range batches {
+		recs := make([]protocol.Record, per)
+		for j := range recs {
+			n := i*per + j
+			recs[j] = protocol.Record{Time: time.UnixMilli(1_700_000_000_000 + int64(n)),
+				Key:   protocol.NewBytes(fmt.Appendf(nil, "acc_%d", n%97)),
+				Value: protocol.NewBytes(fmt.Appendf(nil, `{"account_id":"acc_%d","event":"order.create","object_id":%d,"timestamp":1700000000}`, n%97, n))}
+		}
+		rs = append(rs, encodeBatch(b, 2, c, int64(i*per), recs...)...)
+	}
+	return fetchFrame(maxFetchVersion, batches*per, nil, rs), batches * per
+}
+
+// cpuTime is the CPU time the process has used, in nanoseconds.
+func cpuTime(b *testing.B) int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// The cost of turning one fetch answer into records, without the broker:
+// kafka-go's decoding (what the reader did before) against the reader's
+// own. Metrics per record.
+func BenchmarkFetchDecode(b *testing.B) {
+	for _, c := range []compress.Compression{compress.None, compress.Snappy, compress.Zstd} {
+		frame, n := eventsFrame(b, c)
+		run := func(b *testing.B, decode func(r *PartitionReader, buf *fetchBufs) error) {
+			r := &PartitionReader{c: PartitionConfig{Topic: "t"}, end: -1}
+			var bufs [3]fetchBufs
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			cpu0 := cpuTime(b)
+			b.ResetTimer()
+			for i := range b.N {
+				r.offset = 0
+				buf := &bufs[i%3]
+				buf.frame = frame
+				if err := decode(r, buf); err != nil || len(buf.recs) != n {
+					b.Fatalf("%d records, %v", len(buf.recs), err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
+			// CPU time of the whole process (GC included), which the other
+			// processes of a busy machine do not inflate as they do wall time.
+			b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N*n), "cpu-ns/record")
+			b.ReportMetric(float64(testing.AllocsPerRun(1, func() { _ = decode(r, &bufs[0]) }))/float64(n), "allocs/record")
+		}
+		b.Run(fmt.Sprintf("codec=%v/decoder=kafka-go", c), func(b *testing.B) {
+			run(b, func(r *PartitionReader, buf *fetchBufs) error {
+				buf.buf, buf.recs = buf.buf[:0], buf.recs[:0]
+				return r.readLegacy(buf, maxFetchVersion)
+			})
+		})
+		b.Run(fmt.Sprintf("codec=%v/decoder=geckohook", c), func(b *testing.B) {
+			run(b, func(r *PartitionReader, buf *fetchBufs) error { return r.answer(buf, maxFetchVersion) })
+		})
+	}
 }

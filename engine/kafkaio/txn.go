@@ -75,8 +75,8 @@ type txnFilter struct {
 }
 
 // newTxnFilter takes aborted (and sorts it).
-func newTxnFilter(aborted []abortedTxn) *txnFilter {
-	f := &txnFilter{pending: aborted}
+func newTxnFilter(aborted []abortedTxn) txnFilter {
+	f := txnFilter{pending: aborted}
 	slices.SortFunc(f.pending, func(a, b abortedTxn) int { return int(min(max(a.firstOffset-b.firstOffset, -1), 1)) })
 	return f
 }

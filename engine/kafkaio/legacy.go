@@ -1,0 +1,161 @@
+package kafkaio
+
+// legacy.go reads a fetch answer whose records are legacy message sets
+// (magic 0 or 1, written by producers or brokers older than Kafka 0.11)
+// through kafka-go's own decoding, copying keys and values out.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/segmentio/kafka-go/protocol"
+	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
+)
+
+// readLegacy decodes b.frame, an answer of the given Fetch version, with
+// kafka-go and appends its records to b.recs, their keys and values to
+// b.buf.
+func (r *PartitionReader) readLegacy(b *fetchBufs, version int16) error {
+	_, msg, err := protocol.ReadResponse(bytes.NewReader(b.frame), protocol.Fetch, version)
+	if err != nil {
+		return fmt.Errorf("cannot decode fetch response: %w", err)
+	}
+	res, ok := msg.(*fetchapi.Response)
+	if !ok {
+		return fmt.Errorf("cannot decode fetch response: got %T", msg)
+	}
+	for i := range res.Topics {
+		t := &res.Topics[i]
+		for j := range t.Partitions {
+			if p := &t.Partitions[j]; t.Topic == r.c.Topic && int(p.Partition) == r.c.Partition {
+				return r.readRecordSet(b, p)
+			}
+		}
+	}
+	return fmt.Errorf("cannot decode fetch response: %s/%d missing", r.c.Topic, r.c.Partition)
+}
+
+// readRecordSet turns a partition's decoded batches into records, skipping
+// what the transaction filter says and records before the fetch offset.
+func (r *PartitionReader) readRecordSet(b *fetchBufs, p *fetchapi.ResponsePartition) error {
+	if p.RecordSet.Records == nil {
+		return nil
+	}
+	aborted := make([]abortedTxn, len(p.AbortedTransactions))
+	for i, a := range p.AbortedTransactions {
+		aborted[i] = abortedTxn{producer: a.ProducerID, firstOffset: a.FirstOffset}
+	}
+	filter := newTxnFilter(aborted)
+	var batches []protocol.RecordReader
+	if s, ok := p.RecordSet.Records.(*protocol.RecordStream); ok {
+		batches = s.Records
+	} else {
+		batches = []protocol.RecordReader{p.RecordSet.Records}
+	}
+	for _, batch := range batches {
+		kind, records := describe(batch)
+		if filter.skip(kind, r.c.Isolation) {
+			if last := drain(records); last >= r.offset {
+				b.recs = append(b.recs, Record{Offset: last, Skip: true})
+				r.offset = last + 1
+			}
+			continue
+		}
+		if err := r.keep(b, records); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// describe says what a batch is and returns the reader of its records.
+func describe(b protocol.RecordReader) (batchKind, protocol.RecordReader) {
+	switch v := b.(type) {
+	case *protocol.RecordBatch:
+		return batchKind{base: v.BaseOffset, producer: v.ProducerID, transactional: v.Attributes.Transactional()}, v.Records
+	case *protocol.ControlBatch:
+		k := batchKind{base: v.BaseOffset, producer: v.ProducerID, transactional: true, control: true}
+		// A control batch holds one marker; read it for its type.
+		if rec, err := v.ReadRecord(); err == nil {
+			if cr, err := protocol.ReadControlRecord(rec); err == nil {
+				k.abortMarker = cr.Type == 0
+			}
+		}
+		return k, v
+	}
+	return batchKind{base: -1, producer: -1}, b
+}
+
+// drain reads and releases the rest of a skipped batch's records,
+// returning the last offset (-1 if none).
+func drain(rr protocol.RecordReader) int64 {
+	last := int64(-1)
+	if cb, ok := rr.(*protocol.ControlBatch); ok {
+		last = cb.BaseOffset
+	}
+	for {
+		rec, err := rr.ReadRecord()
+		if err != nil {
+			return last
+		}
+		last = max(last, rec.Offset)
+		closeBytes(rec)
+	}
+}
+
+// keep copies a batch's records from the fetch offset on.
+func (r *PartitionReader) keep(b *fetchBufs, rr protocol.RecordReader) error {
+	for {
+		rec, err := rr.ReadRecord()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if rec.Offset < r.offset {
+			closeBytes(rec)
+			continue
+		}
+		out := Record{Offset: rec.Offset, Time: rec.Time}
+		out.Key, err = copyBytes(&b.buf, rec.Key)
+		if err == nil {
+			out.Value, err = copyBytes(&b.buf, rec.Value)
+		}
+		closeBytes(rec)
+		if err != nil {
+			return fmt.Errorf("record at %d: %w", rec.Offset, err)
+		}
+		b.recs = append(b.recs, out)
+		r.offset = rec.Offset + 1
+	}
+}
+
+// copyBytes copies src to the end of *buf (nil stays nil, empty stays
+// empty).
+func copyBytes(buf *[]byte, src protocol.Bytes) ([]byte, error) {
+	if src == nil {
+		return nil, nil
+	}
+	n := src.Len()
+	if n == 0 {
+		return []byte{}, nil
+	}
+	start := len(*buf)
+	*buf = append(*buf, make([]byte, n)...)
+	if _, err := io.ReadFull(src, (*buf)[start:start+n]); err != nil {
+		return nil, err
+	}
+	return (*buf)[start : start+n : start+n], nil
+}
+
+func closeBytes(rec *protocol.Record) {
+	if rec.Key != nil {
+		_ = rec.Key.Close()
+	}
+	if rec.Value != nil {
+		_ = rec.Value.Close()
+	}
+}
