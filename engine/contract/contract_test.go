@@ -254,7 +254,7 @@ func TestAppendValueDecodesOnTheFastPath(t *testing.T) {
 		t.Fatalf("AppendValue\n got %s\nwant %s", got, want)
 	}
 	for _, e := range []Event{ev, {AccountID: "77", Event: "order.create", ObjectID: 0, Timestamp: 0}} {
-		if got, ok := decodeFast(AppendValue(nil, &e), nil, 1, cat); !ok || got != e {
+		if got, ok := decodeFast(AppendValue(nil, &e), nil, 1, cat, nil); !ok || got != e {
 			t.Errorf("%+v: fast path gives %+v, %v", e, got, ok)
 		}
 	}

@@ -46,7 +46,15 @@ const MaxFieldLen = 2048
 // none); recordTime is the record's timestamp in Unix seconds, used when the
 // value has none.
 func DecodeEvent(value, key []byte, recordTime int64, cat *catalog.Catalog) (Event, error) {
-	if ev, ok := decodeFast(value, key, recordTime, cat); ok {
+	return DecodeEventInterned(value, key, recordTime, cat, nil)
+}
+
+// DecodeEventInterned is DecodeEvent with the account id, in the common
+// shape of an event, made by intern from its bytes: intern may return a
+// string it made before for the same bytes, so that decoding an event of
+// an account seen before allocates nothing. Nil interns nothing.
+func DecodeEventInterned(value, key []byte, recordTime int64, cat *catalog.Catalog, intern func([]byte) string) (Event, error) {
+	if ev, ok := decodeFast(value, key, recordTime, cat, intern); ok {
 		return ev, nil
 	}
 	return decodeSlow(value, key, recordTime, cat)

@@ -13,7 +13,10 @@ import (
 // to the same Event (FuzzDecodeEvent checks this); for anything else,
 // errors included, it returns false and the caller uses decodeSlow, which
 // also explains what is wrong.
-func decodeFast(value, key []byte, recordTime int64, cat *catalog.Catalog) (Event, bool) {
+func decodeFast(value, key []byte, recordTime int64, cat *catalog.Catalog, intern func([]byte) string) (Event, bool) {
+	if intern == nil {
+		intern = newString
+	}
 	var ev Event
 	var (
 		seen     uint8
@@ -52,12 +55,12 @@ func decodeFast(value, key []byte, recordTime int64, cat *catalog.Catalog) (Even
 				if len(s) == 0 || len(s) > 256 {
 					return ev, false
 				}
-				ev.AccountID, i = string(s), j
+				ev.AccountID, i = intern(s), j
 			} else if n, j, ok := integer(value, i); ok {
 				if _, err := strconv.ParseInt(string(n), 10, 64); err != nil {
 					return ev, false
 				}
-				ev.AccountID, i = string(n), j
+				ev.AccountID, i = intern(n), j
 			} else {
 				return ev, false
 			}
@@ -123,13 +126,15 @@ func decodeFast(value, key []byte, recordTime int64, cat *catalog.Catalog) (Even
 		if len(key) == 0 || len(key) > 256 {
 			return ev, false
 		}
-		ev.AccountID = string(key)
+		ev.AccountID = intern(key)
 	}
 	if !tsPassed {
 		ev.Timestamp = recordTime
 	}
 	return ev, true
 }
+
+func newString(b []byte) string { return string(b) }
 
 func skipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {

@@ -152,7 +152,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		if slowErr != nil && !errors.As(slowErr, &de) {
 			t.Fatalf("%q: reference error %T %v is not a *DecodeError", value, slowErr, slowErr)
 		}
-		fast, ok := decodeFast(value, key, recordTime, cat)
+		fast, ok := decodeFast(value, key, recordTime, cat, nil)
 		if ok {
 			if slowErr != nil {
 				t.Fatalf("fast path accepted %q (%+v) but the reference refuses it: %v", value, fast, slowErr)
@@ -183,7 +183,7 @@ func TestFastDecodeCommonShapeAllocs(t *testing.T) {
 		`{"account_id":"acc-1","event":"order.create","object_id":1,"resource_url":"https://x.test/1.json"}`,
 		`{"account_id":42,"event":"order.create","object_id":1}`,
 	} {
-		if _, ok := decodeFast([]byte(v), nil, 1, cat); !ok {
+		if _, ok := decodeFast([]byte(v), nil, 1, cat, nil); !ok {
 			t.Errorf("fast path refused %s", v)
 		}
 	}
@@ -195,6 +195,42 @@ func TestFastDecodeCommonShapeAllocs(t *testing.T) {
 	})
 	if !raceEnabled && allocs > 1 {
 		t.Errorf("decoding the common shape allocates %.0f times, want 1 (the account id)", allocs)
+	}
+	// With an interner that knows the account, nothing; the account id
+	// in every spelling the fast path takes goes through it.
+	known := "acc-1"
+	var asked []string
+	intern := func(b []byte) string {
+		asked = append(asked, string(b))
+		if string(b) == known {
+			return known
+		}
+		return string(b)
+	}
+	for _, c := range []struct{ value, key, want string }{
+		{`{"account_id":"acc-1","event":"order.create","object_id":1}`, "", "acc-1"},
+		{`{"account_id":42,"event":"order.create","object_id":1}`, "", "42"},
+		{`{"event":"order.create","object_id":1}`, "acc-1", "acc-1"},
+	} {
+		asked = asked[:0]
+		ev, err := DecodeEventInterned([]byte(c.value), []byte(c.key), 1, cat, intern)
+		if err != nil || ev.AccountID != c.want || len(asked) != 1 || asked[0] != c.want {
+			t.Errorf("%s (key %q): account %q, interner asked %q, %v", c.value, c.key, ev.AccountID, asked, err)
+		}
+	}
+	quiet := func(b []byte) string {
+		if string(b) == known {
+			return known
+		}
+		return string(b)
+	}
+	allocs = testing.AllocsPerRun(100, func() {
+		if _, err := DecodeEventInterned(value, nil, 0, cat, quiet); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if !raceEnabled && allocs != 0 {
+		t.Errorf("decoding the common shape of a known account allocates %.0f times, want 0", allocs)
 	}
 }
 

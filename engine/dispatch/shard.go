@@ -31,6 +31,9 @@ type shardRun struct {
 	log       zerolog.Logger
 	failLog   zerolog.Logger    // sampled: a failing endpoint must not flood the log
 	targets   []registry.Target // the fetch loop's scratch for matching
+	// accounts and intern are the fetch loop's account ids (see account).
+	accounts map[string]string
+	intern   func([]byte) string
 }
 
 // runShard runs partition a until gctx ends, then drains it: fetching and
@@ -52,6 +55,7 @@ func (d *Dispatcher) runShard(gctx context.Context, gen *kafka.Generation, a kaf
 		log:       d.o.Log.With().Str("topic", d.o.Topic).Int("partition", a.ID).Logger(),
 	}
 	s.failLog = s.log.Sample(&zerolog.BurstSampler{Burst: 5, Period: time.Second})
+	s.accounts, s.intern = map[string]string{}, s.account
 	s.log.Info().Int64("offset", a.Offset).Msg("shard started")
 	d.Stats.Shards.Add(1)
 	defer d.Stats.Shards.Add(-1)
