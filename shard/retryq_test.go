@@ -373,14 +373,7 @@ func TestLateClaimantYieldsToTheCurrentClaim(t *testing.T) {
 	q := NewQueue(rdb, "gh:", "ev", 0)
 	t0 := time.UnixMilli(1_700_000_000_000)
 	lease := 30 * time.Second
-	claim := func(at time.Time) *Record {
-		t.Helper()
-		recs, _, _, err := q.Claim(ctx, at, at.Add(lease), 10)
-		if err != nil || len(recs) != 1 {
-			t.Fatalf("claim at %v: %d records, %v", at, len(recs), err)
-		}
-		return recs[0]
-	}
+	claim := func(at time.Time) *Record { t.Helper(); return claimOne(t, q, at, lease) }
 	apply := func(op Op) {
 		t.Helper()
 		if err := q.Apply(ctx, []Op{op}); err != nil {
@@ -637,14 +630,7 @@ func TestOutcomeAppliesToADeliveryMadeDueWhileClaimed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	claim := func(at time.Time) *Record {
-		t.Helper()
-		recs, _, _, err := q.Claim(ctx, at, at.Add(lease), 10)
-		if err != nil || len(recs) != 1 {
-			t.Fatalf("claim at %v: %d records, %v", at, len(recs), err)
-		}
-		return recs[0]
-	}
+	claim := func(at time.Time) *Record { t.Helper(); return claimOne(t, q, at, lease) }
 	makeDue := func() {
 		t.Helper()
 		if n, err := q.DueBy(ctx, t0.Add(-time.Minute)); err != nil || n != 1 {
@@ -672,4 +658,15 @@ func TestOutcomeAppliesToADeliveryMadeDueWhileClaimed(t *testing.T) {
 	if _, due, err := q.Get(ctx, "d2"); err != nil || !due.Equal(second.Lease(t0.Add(time.Second+lease)).End) {
 		t.Fatalf("the first claimant's outcome replaced the second claim: due %v, %v", due, err)
 	}
+}
+
+// claimOne claims at at, under a lease of lease, the one delivery the
+// test's queue has due.
+func claimOne(t *testing.T, q *Queue, at time.Time, lease time.Duration) *Record {
+	t.Helper()
+	recs, _, _, err := q.Claim(context.Background(), at, at.Add(lease), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim at %v: %d records, %v", at, len(recs), err)
+	}
+	return recs[0]
 }
