@@ -14,18 +14,8 @@ import (
 // The generator's events land where geckohook's own writer would put them
 // (same partitioner), each once, with the record time the ledger keeps.
 func TestGeneratorPartitionsAndTimes(t *testing.T) {
-	k, err := embedded.StartKafka(embedded.KafkaOptions{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	const topic, partitions, events = "gen.events", 4, 300
-	brokers := []string{k.Addr()}
-	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: topic, Partitions: partitions}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, brokers := genKafka(t, topic, partitions)
 	p := &Plan{Event: "order.create", Apps: []PlanApp{{Name: "app"}}}
 	for range 7 {
 		p.AddAccount(0, []int{0}, make([]EndpointBehaviour, 1))
@@ -74,18 +64,8 @@ func TestGeneratorPartitionsAndTimes(t *testing.T) {
 
 // A batch the broker refuses is tried again, up to 5 times, and counted.
 func TestGeneratorRetriesCounted(t *testing.T) {
-	k, err := embedded.StartKafka(embedded.KafkaOptions{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	const topic = "gen.gone"
-	brokers := []string{k.Addr()}
-	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: topic, Partitions: 2}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, brokers := genKafka(t, topic, 2)
 	p := onePairPerEvent()
 	gen := NewGenerator(brokers, topic, p, NewLedger(p, 10))
 	defer gen.Close()
@@ -101,4 +81,22 @@ func TestGeneratorRetriesCounted(t *testing.T) {
 	if n != 0 || err == nil || gen.Retried() != produceTries-1 {
 		t.Fatalf("into a deleted topic: %d produced, %v, %d retried; want an error after %d retries", n, err, gen.Retried(), produceTries-1)
 	}
+}
+
+// genKafka starts an embedded broker with topic of partitions, and returns
+// a context bounding the test and the broker's address.
+func genKafka(t *testing.T, topic string, partitions int) (context.Context, []string) {
+	t.Helper()
+	k, err := embedded.StartKafka(embedded.KafkaOptions{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	brokers := []string{k.Addr()}
+	if err := kafkaio.EnsureTopics(ctx, brokers, kafkaio.Topic{Name: topic, Partitions: partitions}); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, brokers
 }

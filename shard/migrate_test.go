@@ -45,23 +45,19 @@ func TestMigrateMovesTheOldLayout(t *testing.T) {
 	q := NewQueue(rdb, "gh:", memTopic, 0)
 	t0 := time.UnixMilli(1_700_000_000_000).UTC()
 	hooks := memHooks(3)
-	type want struct {
-		rec *Record
-		due time.Time
-	}
-	var wants []want
+	var wants []migrated
 	for e := 0; e < 300; e++ {
 		rec := memRecord(e, hooks[e%3], t0, cat)
 		rec.Attempts, rec.Retries, rec.LastAttempt = 1+e%5, e%5, t0.Add(time.Duration(e)*time.Second)
-		wants = append(wants, want{rec, t0.Add(time.Duration(e) * time.Minute)})
+		wants = append(wants, migrated{rec, t0.Add(time.Duration(e) * time.Minute)})
 	}
 	// A body of another shape, an id geckohook did not derive, a retry
 	// after the receiver's Retry-After, and one claimed by a process that
 	// ran the old version (its score is the lease end, +30 s).
 	odd := memRecord(1000, hooks[0], t0, cat)
 	odd.Body, odd.ID, odd.RetryAfter, odd.LastStatus, odd.LastError = []byte("not json"), "custom-id", true, 503, "HTTP 503"
-	wants = append(wants, want{odd, t0.Add(time.Hour)})
-	wants = append(wants, want{memRecord(1001, hooks[1], t0, cat), t0.Add(30 * time.Second)})
+	wants = append(wants, migrated{odd, t0.Add(time.Hour)})
+	wants = append(wants, migrated{memRecord(1001, hooks[1], t0, cat), t0.Add(30 * time.Second)})
 	for _, w := range wants {
 		oldSchedule(t, rdb, q, w.rec, w.due)
 	}
@@ -80,19 +76,7 @@ func TestMigrateMovesTheOldLayout(t *testing.T) {
 	if err != nil || n != len(wants) {
 		t.Fatalf("migrated %d (%v), want %d", n, err, len(wants))
 	}
-	for _, w := range wants {
-		got, due, err := q.Get(ctx, w.rec.ID)
-		if err != nil {
-			t.Fatalf("delivery %s after the migration: %v", w.rec.ID, err)
-		}
-		r := w.rec
-		if got.ID != r.ID || got.WebhookID != r.WebhookID || got.AppID != r.AppID || got.AccountID != r.AccountID ||
-			got.Event != r.Event || !bytes.Equal(got.Body, r.Body) || got.Attempts != r.Attempts || got.Retries != r.Retries ||
-			got.RetryAfter != r.RetryAfter || !got.FirstAttempt.Equal(r.FirstAttempt) || !got.LastAttempt.Equal(r.LastAttempt) ||
-			got.LastStatus != r.LastStatus || got.LastError != r.LastError || got.Offset != r.Offset || !due.Equal(w.due) {
-			t.Fatalf("delivery after the migration\n got %+v due %v\nwant %+v due %v", got, due, r, w.due)
-		}
-	}
+	expectMigrated(t, q, wants)
 	if l, _ := q.Len(ctx); l != int64(len(wants)) {
 		t.Fatalf("%d scheduled after the migration, want %d", l, len(wants))
 	}
@@ -160,14 +144,10 @@ func TestMigrateSplitsUnchunkedQueues(t *testing.T) {
 	q := NewQueue(rdb, "gh:", memTopic, 0)
 	t0 := time.UnixMilli(1_700_000_000_000).UTC()
 	hooks := memHooks(2)
-	type want struct {
-		rec *Record
-		due time.Time
-	}
-	var wants []want
+	var wants []migrated
 	for e := 0; e < 700; e++ {
 		rec := outageRecord(e, hooks[e%2], t0, cat)
-		wants = append(wants, want{rec, t0.Add(time.Duration(e) * time.Second)})
+		wants = append(wants, migrated{rec, t0.Add(time.Duration(e) * time.Second)})
 	}
 	// One already migrated, then written again by an old-version process
 	// with an older attempt count: the chunked copy wins.
@@ -193,19 +173,7 @@ func TestMigrateSplitsUnchunkedQueues(t *testing.T) {
 	if err != nil || n < len(wants) {
 		t.Fatalf("migrated %d (%v), want at least %d", n, err, len(wants))
 	}
-	for _, w := range append(wants, want{kept, t0.Add(time.Hour)}) {
-		got, due, err := q.Get(ctx, w.rec.ID)
-		if err != nil {
-			t.Fatalf("delivery %s after the migration: %v", w.rec.ID, err)
-		}
-		r := w.rec
-		if got.ID != r.ID || got.WebhookID != r.WebhookID || got.AppID != r.AppID || got.AccountID != r.AccountID ||
-			!bytes.Equal(got.Body, r.Body) || got.Attempts != r.Attempts || got.Retries != r.Retries ||
-			got.Deferrals != r.Deferrals || !got.LastAttempt.Equal(r.LastAttempt) || got.LastError != r.LastError ||
-			!due.Equal(w.due) || got.chunk == "" {
-			t.Fatalf("delivery after the migration\n got %+v due %v\nwant %+v due %v", got, due, r, w.due)
-		}
-	}
+	expectMigrated(t, q, append(wants, migrated{kept, t0.Add(time.Hour)}))
 	if l, _ := q.Len(ctx); l != int64(len(wants)+1) {
 		t.Fatalf("%d scheduled after the migration, want %d", l, len(wants)+1)
 	}
@@ -474,5 +442,31 @@ func TestRetryNowReachesTheLayoutsBeforeChunks(t *testing.T) {
 	}
 	if n, _ := q.Len(ctx); n != 3 {
 		t.Fatalf("%d scheduled, want 3", n)
+	}
+}
+
+// migrated is a delivery a migration must keep, with its due time.
+type migrated struct {
+	rec *Record
+	due time.Time
+}
+
+// expectMigrated checks that every delivery of wants is in a chunk after
+// the migration, found by id with every field and its due time.
+func expectMigrated(t *testing.T, q *Queue, wants []migrated) {
+	t.Helper()
+	for _, w := range wants {
+		got, due, err := q.Get(context.Background(), w.rec.ID)
+		if err != nil {
+			t.Fatalf("delivery %s after the migration: %v", w.rec.ID, err)
+		}
+		r := w.rec
+		if got.ID != r.ID || got.WebhookID != r.WebhookID || got.AppID != r.AppID || got.AccountID != r.AccountID ||
+			got.Event != r.Event || !bytes.Equal(got.Body, r.Body) || got.Attempts != r.Attempts || got.Retries != r.Retries ||
+			got.Deferrals != r.Deferrals || got.RetryAfter != r.RetryAfter || !got.FirstAttempt.Equal(r.FirstAttempt) ||
+			!got.LastAttempt.Equal(r.LastAttempt) || got.LastStatus != r.LastStatus || got.LastError != r.LastError ||
+			got.Offset != r.Offset || !due.Equal(w.due) || got.chunk == "" {
+			t.Fatalf("delivery after the migration\n got %+v due %v\nwant %+v due %v", got, due, r, w.due)
+		}
 	}
 }
