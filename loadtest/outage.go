@@ -72,12 +72,14 @@ type outage struct {
 	harnessCPU             [3]time.Duration // this process's CPU at warmAt, downAt and backAt
 
 	// back is closed once backAt is set; due once the retries were made
-	// overdue (at overdueAt, overdue of them, overdueErr).
-	back, due  chan struct{}
-	ledger     *Ledger
-	overdueAt  time.Time
-	overdue    int64
-	overdueErr error
+	// overdue (at overdueAt, overdue of them, overdueErr), which took
+	// overdueTook.
+	back, due   chan struct{}
+	ledger      *Ledger
+	overdueAt   time.Time
+	overdueTook time.Duration
+	overdue     int64
+	overdueErr  error
 	// profile, when set, is started once the retries are made overdue.
 	profile func()
 	// claimsOf, when set, reads geckohook's retry claims so far; claims
@@ -207,6 +209,7 @@ func (o *outage) makeOverdue(ctx context.Context, store *shard.Store) func(now t
 		}
 		o.overdue, o.overdueErr = store.DueBy(ctx, now.Add(-overdueBy))
 		o.overdueAt = time.Now() // when the scripts are done: the drain starts there
+		o.overdueTook = o.overdueAt.Sub(now)
 		o.readClaims(0)
 		close(o.due)
 		if o.profile != nil {

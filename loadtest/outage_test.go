@@ -120,6 +120,9 @@ func TestOutageMakesRetriesOverdue(t *testing.T) {
 	if o.overdueErr != nil || o.overdue != 6 || o.overdueAt.Before(t0) {
 		t.Fatalf("moved %d at %v, %v; want 6 once the scripts were done", o.overdue, o.overdueAt, o.overdueErr)
 	}
+	if o.overdueTook <= 0 || !o.overdueAt.Equal(t0.Add(o.overdueTook)) {
+		t.Fatalf("the scripts took %v, done at %v: want their time from the sample to overdueAt", o.overdueTook, o.overdueAt)
+	}
 	at := o.overdueAt
 	backlog(8)
 	hook(t0.Add(time.Second)) // once only

@@ -138,8 +138,8 @@ func (o *outage) reportDrain(row *Scenario, samples []DrainSample) {
 	row.DrainPerSec, row.DrainBacklogSec, row.DrainCores, row.DrainDeliveredPerSec = d.PerSec, d.BacklogSec, d.Cores, d.DeliveredPerSec
 	row.DrainRatio = RatioOf(d.PerSec, row.FloodPerSec)
 	kafka := first.Expected - first.Delivered - first.Depth
-	row.Notes = append(row.Notes, fmt.Sprintf("%.1f s after the hosts' return the queues held %d deliveries, which were all made due %s before (%d moved: the retry schedule no longer paced them), and %d produced pairs were neither delivered nor queued (in Kafka or in flight); drain_per_sec is the queues' fall over the %.1f s that began with deliveries overdue and not claimed",
-		first.At.Sub(o.backAt).Seconds(), first.Depth, overdueBy, o.overdue, max(kafka, 0), d.BacklogSec))
+	row.Notes = append(row.Notes, fmt.Sprintf("%.1f s after the hosts' return the queues held %d deliveries, which were all made due %s before (%d moved: the retry schedule no longer paced them; the scripts held Redis for %d ms, before the drain's first second), and %d produced pairs were neither delivered nor queued (in Kafka or in flight); drain_per_sec is the queues' fall over the %.1f s that began with deliveries overdue and not claimed",
+		first.At.Sub(o.backAt).Seconds(), first.Depth, overdueBy, o.overdue, o.overdueTook.Milliseconds(), max(kafka, 0), d.BacklogSec))
 	if first.Depth > 0 && o.claimsRead {
 		row.DrainClaimsPerRetry = float64(o.claims[1]-o.claims[0]) / float64(first.Depth)
 		row.DrainAttemptsPerRetry = float64(o.requests[1]-o.requests[0]) / float64(first.Depth)
