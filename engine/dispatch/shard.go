@@ -31,7 +31,8 @@ type shardRun struct {
 	log       zerolog.Logger
 	failLog   zerolog.Logger    // sampled: a failing endpoint must not flood the log
 	targets   []registry.Target // the fetch loop's scratch for matching
-	// accounts and intern are the fetch loop's account ids (see account).
+	// accounts are the fetch loop's account ids (see account); intern is
+	// s.account bound once, so passing it per event allocates nothing.
 	accounts map[string]string
 	intern   func([]byte) string
 }
