@@ -308,3 +308,32 @@ func TestOwnLatencyNote(t *testing.T) {
 		t.Error("own latency not noted for slow receivers or a paced phase")
 	}
 }
+
+// The paced phase's CPU is noted with each process's cores, and per
+// delivery against the flood's.
+func TestPacedCPUNote(t *testing.T) {
+	notes := strings.Join(reportNotes(&Scenario{CPUUsPerDelivery: 13.84, PacedUsPerDelivery: 24.96,
+		PacedCores: &PhaseCores{Geckohook: 0.954, Broker: 0.611, Harness: 0.523, Waiting: 0.8}}), "\n")
+	want := "CPU over the paced phase: geckohook 0.95 cores (25.0 µs per delivery, 13.8 in the flood), the broker 0.61, " +
+		"the harness's generator and receivers 0.52; geckohook's threads waited 0.80 s a second for a CPU"
+	if !strings.Contains(notes, want) {
+		t.Errorf("notes %q lack %q", notes, want)
+	}
+	if n := strings.Join(reportNotes(&Scenario{CPUUsPerDelivery: 13.84}), "\n"); strings.Contains(n, "paced phase") {
+		t.Errorf("a run without a paced phase notes one: %q", n)
+	}
+}
+
+func TestPhaseCPUSince(t *testing.T) {
+	at := time.Unix(100, 0)
+	before := phaseCPU{at: at, geckohook: time.Second, broker: 2 * time.Second, harness: 3 * time.Second, wait: 0}
+	after := phaseCPU{at: at.Add(4 * time.Second), geckohook: 3 * time.Second, broker: 3 * time.Second,
+		harness: 5 * time.Second, wait: 2 * time.Second}
+	cores, us := after.since(before, 100_000)
+	if want := (PhaseCores{Geckohook: 0.5, Broker: 0.25, Harness: 0.5, Waiting: 0.5}); cores != want || us != 20 {
+		t.Errorf("since = %+v, %v µs per delivery; want %+v, 20", cores, us, want)
+	}
+	if cores, us := after.since(after, 10); cores != (PhaseCores{}) || us != 0 {
+		t.Errorf("an empty phase gives %+v, %v", cores, us)
+	}
+}

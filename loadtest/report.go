@@ -154,6 +154,13 @@ type Scenario struct {
 	// receiver).
 	OwnP50Ms float64 `json:"own_p50_ms,omitempty"`
 	OwnP99Ms float64 `json:"own_p99_ms,omitempty"`
+	// PacedUsPerDelivery is geckohook's CPU microseconds per pair over
+	// the paced phase (CPUUsPerDelivery is the flood's), and PacedCores
+	// the cores each process used then: at half the flood's rate the
+	// cores are not half as busy, as each event then costs more, and
+	// what they leave free sets the latency's tail.
+	PacedUsPerDelivery float64     `json:"paced_us_per_delivery,omitempty"`
+	PacedCores         *PhaseCores `json:"paced_cores,omitempty"`
 	// Targets are the figures checked against a target; a miss is
 	// reported here and in the notes, and does not fail the scenario.
 	Targets []Target `json:"targets,omitempty"`
@@ -287,6 +294,11 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.CPURatio = reportRound(s.CPURatio, 1000)
 	s.OwnP50Ms = reportRound(s.OwnP50Ms, 100)
 	s.OwnP99Ms = reportRound(s.OwnP99Ms, 100)
+	s.PacedUsPerDelivery = reportRound(s.PacedUsPerDelivery, 10)
+	if c := s.PacedCores; c != nil {
+		s.PacedCores = &PhaseCores{Geckohook: reportRound(c.Geckohook, 100), Broker: reportRound(c.Broker, 100),
+			Harness: reportRound(c.Harness, 100), Waiting: reportRound(c.Waiting, 100)}
+	}
 	if s.Targets != nil {
 		ts := make([]Target, len(s.Targets))
 		for i, t := range s.Targets {
@@ -477,6 +489,19 @@ func reportCostNotes(s *Scenario) []string {
 	if reportRound(s.OwnP99Ms, 100) != 0 && (s.OfferedPerSec > 0 || reportFmtMs(s.OwnP99Ms) != reportFmtMs(s.P99Ms)) {
 		notes = append(notes, "geckohook's own latency (Kafka record time to arrival at the receiver): p50 "+
 			reportFmtMs(s.OwnP50Ms)+" ms, p99 "+reportFmtMs(s.OwnP99Ms)+" ms")
+	}
+	if c := s.PacedCores; c != nil && reportRound(s.PacedUsPerDelivery, 10) != 0 {
+		n := "CPU over the paced phase: geckohook " + f2(c.Geckohook) + " cores (" + f1(s.PacedUsPerDelivery) + " µs per delivery"
+		if reportRound(s.CPUUsPerDelivery, 100) != 0 {
+			n += ", " + f1(s.CPUUsPerDelivery) + " in the flood"
+		}
+		n += ")"
+		if c.Broker != 0 {
+			n += ", the broker " + f2(c.Broker)
+		}
+		n += ", the harness's generator and receivers " + f2(c.Harness) + "; geckohook's threads waited " +
+			f2(c.Waiting) + " s a second for a CPU"
+		notes = append(notes, n)
 	}
 	if reportRound(s.RedisBytesPerQueued, 10) != 0 {
 		notes = append(notes, "Redis: "+f1(s.RedisBytesPerQueued)+" bytes per queued delivery at a depth of "+

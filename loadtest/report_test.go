@@ -46,6 +46,7 @@ func reportTestFull() Scenario {
 		DrainClaimsPerRetry: 2.456, DrainAttemptsPerRetry: 1.234, DrainUsPerDelivery: 31.04, FloodUsPerDelivery: 24.96,
 		HealthyOfferedPerSec: 4200.04, HealthyWarmPerSec: 4199.96, HealthyP99Ms: 8.765, HealthyWarmP99Ms: 4.321, FloodPerSec: 24000.04,
 		CPUUsPerDelivery: 22.456, CeilingCPUUsPerRequest: 9.0049, CPURatio: 22.456 / 9.0049, OwnP50Ms: 0.8765, OwnP99Ms: 7.654,
+		PacedUsPerDelivery: 24.96, PacedCores: &PhaseCores{Geckohook: 0.954, Broker: 0.611, Harness: 0.5234, Waiting: 0.8},
 		Targets: []Target{CheckTarget("redis_bytes_per_queued", 860.04, "<=", 250), {Figure: "healthy_per_sec", Value: 4123.45, Op: ">=", Limit: 3999.99999, Met: true, Against: "0.95 × the healthy scenario's 4211/s"}},
 		Notes:   []string{"healthy endpoints got 95% of the healthy rate"},
 		Roles:   []RoleUsage{{Role: "dispatcher", CPUSeconds: 200.123, CPUCoresAvg: 3.3333, PeakRSSBytes: 150 << 20}},
@@ -139,7 +140,7 @@ func TestReportJSONKeys(t *testing.T) {
 		"drain_backlog_sec", "drain_cores", "drain_delivered_per_sec", "drain_wall_sec", "drain_depth", "drain_claims_per_retry", "drain_attempts_per_retry",
 		"drain_us_per_delivery", "flood_us_per_delivery",
 		"healthy_offered_per_sec", "healthy_warm_per_sec", "healthy_p99_ms", "healthy_warm_p99_ms", "flood_per_sec",
-		"ceiling_cpu_us_per_request", "cpu_ratio", "own_p50_ms", "own_p99_ms", "targets"))
+		"ceiling_cpu_us_per_request", "cpu_ratio", "own_p50_ms", "own_p99_ms", "paced_us_per_delivery", "paced_cores", "targets"))
 	targets := full["targets"].([]any)
 	reportTestSameKeys(t, "target", reportTestKeys(t, "target", targets[0]), []string{"figure", "value", "op", "limit", "met"})
 	reportTestSameKeys(t, "target", reportTestKeys(t, "target", targets[1]), []string{"figure", "value", "op", "limit", "met", "against"})
@@ -204,6 +205,8 @@ func TestReportJSONKeys(t *testing.T) {
 		{"cpu_ratio", s.CPURatio, 2.494},
 		{"own_p50_ms", s.OwnP50Ms, 0.88},
 		{"own_p99_ms", s.OwnP99Ms, 7.65},
+		{"paced_us_per_delivery", s.PacedUsPerDelivery, 25},
+		{"paced_cores.harness", s.PacedCores.Harness, 0.52},
 		{"targets[1].limit", s.Targets[1].Limit, 4000},
 		{"roles[0].cpu_cores_avg", s.Roles[0].CPUCoresAvg, 3.33},
 		{"series[1].t", s.Series[1].T, 2},

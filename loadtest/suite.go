@@ -530,6 +530,7 @@ func (s *suite) pacedPhase(ctx context.Context, sp spec, stack *Stack, farm *Far
 	farm.Use(l)
 	gen := NewGenerator(stack.Brokers, s.o.Topic, sp.plan, l)
 	defer gen.Close()
+	before := readPhaseCPU(stack)
 	produced, err := gen.Run(ctx, Flood{From: from, Count: n, Rate: rate}, nil)
 	if err != nil {
 		return err
@@ -547,6 +548,8 @@ func (s *suite) pacedPhase(ctx context.Context, sp spec, stack *Stack, farm *Far
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	cores, us := readPhaseCPU(stack).since(before, int64(want))
+	row.PacedCores, row.PacedUsPerDelivery = &cores, us
 	acc := l.Account(func(int) bool { return false }, func(int) int64 { return 0 })
 	row.Duplicates += acc.Duplicates
 	row.BadSignatures += acc.BadSignatures
