@@ -341,7 +341,7 @@ for _, hook in ipairs(order) do
       end
       l[#l+1] = leaseEnd
       l[#l+1] = x.m
-      got[#got+1] = x.c
+      got[#got+1] = tostring(x.c) -- a number when hookChunks listed it
       got[#got+1] = x.m
     end
     for c, l in pairs(lease) do redis.call('ZADD', qkey(hook, c), unpack(l)) end

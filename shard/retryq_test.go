@@ -517,6 +517,17 @@ func TestClaimSharesWithAWebhookOfManyChunks(t *testing.T) {
 	if per["wh_small"] != 1 || per["wh_big"] < n/2 {
 		t.Fatalf("claim of %d per webhook %v, want wh_small's one and at least %d of wh_big's", n, per, n/2)
 	}
+	// The delivery claimed through the webhook index names its chunk like
+	// the others, so its outcome applies: it is not sent again when the
+	// lease ends.
+	for _, r := range recs {
+		if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: r}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := q.Get(ctx, r.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s of %s (chunk %q) still scheduled after its claimant removed it: %v", r.ID, r.WebhookID, r.chunk, err)
+		}
+	}
 }
 
 // A rescheduled record made outside a claim stores its body form in its
