@@ -156,7 +156,8 @@ func (s *shardRun) applyOps(ctx context.Context, ops []shard.Op) bool {
 
 // releasedOps returns the refused ops whose delivery this shard has
 // re-leased since their lease was read (none once again is false), and
-// logs the others: their lease is lost.
+// logs the others (sampled: a process whose leases ran out loses many at
+// once): their lease is lost.
 func (s *shardRun) releasedOps(ops []shard.Op, refused []int, again bool) []shard.Op {
 	var next []shard.Op
 	for _, k := range refused {
@@ -167,10 +168,10 @@ func (s *shardRun) releasedOps(ops []shard.Op, refused []int, again bool) []shar
 		case moved && again:
 			next = append(next, op)
 		case moved:
-			s.log.Warn().Str("delivery", op.Rec.ID).Str("webhook_id", op.Rec.WebhookID).Time("lease_end", l.End).
+			s.failLog.Warn().Str("delivery", op.Rec.ID).Str("webhook_id", op.Rec.WebhookID).Time("lease_end", l.End).
 				Msg("retry outcome not written: its lease moved at every try; the delivery goes out again when the lease ends")
 		default:
-			s.log.Info().Str("delivery", op.Rec.ID).Str("webhook_id", op.Rec.WebhookID).Time("lease_end", op.Lease.End).
+			s.failLog.Info().Str("delivery", op.Rec.ID).Str("webhook_id", op.Rec.WebhookID).Time("lease_end", op.Lease.End).
 				Msg("retry outcome not written: the delivery's lease ran out and another claim holds it, which sends it again")
 		}
 	}

@@ -98,7 +98,7 @@ func TestOutcomeRacingItsShardsClaimIsWritten(t *testing.T) {
 			rdb := srv.Client()
 			rdb.AddHook(hook)
 			var logs bytes.Buffer
-			s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", p), log: zerolog.New(&logs),
+			s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", p), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
 				claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
 			q := shard.NewQueue(srv.Client(), "gh:", "ev", p)
 			hook.deadKey = q.DeadKey
