@@ -341,7 +341,7 @@ for _, hook in ipairs(order) do
       end
       l[#l+1] = leaseEnd
       l[#l+1] = x.m
-      got[#got+1] = x.c
+      got[#got+1] = tostring(x.c) -- a number when hookChunks listed it
       got[#got+1] = x.m
     end
     for c, l in pairs(lease) do redis.call('ZADD', qkey(hook, c), unpack(l)) end
@@ -526,25 +526,33 @@ type Op struct {
 // overwrites the outcome of the one that claimed the delivery after it,
 // nor the claim of one whose attempt is under way. A delivery made due
 // while claimed (retry-now, DueBy) and not claimed again is still its
-// claimant's: its outcome applies, and it is not sent twice.
+// claimant's: its outcome applies, and it is not sent twice. It returns
+// the (0-based) numbers of the ops refused because their member is there
+// under a score their lease does not hold.
 var applyScript = redis.NewScript(`
 local tag, i = ARGV[1], 3
 ` + chunkLua + storeFormsLua("KEYS[4]", "ARGV[2]") + `
 local metas = {}
 for k = 1, tonumber(ARGV[i]) do metas[ARGV[i+2*k-1]] = ARGV[i+2*k] end
 i = i + 1 + 2 * tonumber(ARGV[i])
+-- holds removes member m if its score is within the lease (e1, e2); its
+-- second result says a score outside the lease kept it.
 local function holds(key, m, e1, e2)
   if e1 ~= '' then
     local s = redis.call('ZSCORE', key, m)
-    if not s then return false end
+    if not s then return false, false end
     s = tonumber(s)
-    if s > tonumber(e1) and (e2 == '' or s ~= tonumber(e2)) then return false end
+    if s > tonumber(e1) and (e2 == '' or s ~= tonumber(e2)) then return false, true end
   end
-  return redis.call('ZREM', key, m) == 1
+  return redis.call('ZREM', key, m) == 1, false
 end
+local refused, n = {}, 0
 for i = i, #ARGV, 12 do
   local kind, hook, c, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local held = old ~= '' and c ~= '' and holds(qkey(hook, c), old, ARGV[i+6], ARGV[i+7])
+  local held, leased = false, false
+  if old ~= '' and c ~= '' then held, leased = holds(qkey(hook, c), old, ARGV[i+6], ARGV[i+7]) end
+  if leased then refused[#refused+1] = n end
+  n = n + 1
   if kind == '2' then
     if held then
       redis.call('ZADD', qkey(hook, c), ARGV[i+9], ARGV[i+8])
@@ -566,14 +574,25 @@ saveStates()
 for hook, meta in pairs(metas) do
   if redis.call('HEXISTS', tag .. ':qn', hook) == 1 then redis.call('HSETNX', tag .. ':hm', hook, meta) end
 end
-return 0
+return refused
 `)
 
 // Apply makes the changes in one script (one round trip, atomic). A dead
 // entry is written in the same step as the scheduled one is removed.
 func (q *Queue) Apply(ctx context.Context, ops []Op) error {
+	_, err := q.ApplyHeld(ctx, ops)
+	return err
+}
+
+// ApplyHeld is Apply, and returns the indices in ops of the changes not
+// made because their delivery is scored at what their lease does not
+// hold: claimed since (by a claim or an extension the op's lease did not
+// name yet, or by another process once the lease ran out). A refused
+// op's record still names the member it claimed, so it can be applied
+// again under the lease its claimant holds now.
+func (q *Queue) ApplyHeld(ctx context.Context, ops []Op) (refused []int, err error) {
 	if len(ops) == 0 {
-		return nil
+		return nil, nil
 	}
 	args := make([]any, 0, 2+12*len(ops))
 	var formArgs, metaArgs []any
@@ -612,11 +631,11 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 		case OpKill:
 			raw, err := msgpack.Marshal(rec)
 			if err != nil {
-				return fmt.Errorf("cannot encode delivery %s: %w", rec.ID, err)
+				return nil, fmt.Errorf("cannot encode delivery %s: %w", rec.ID, err)
 			}
 			args = append(args, rec.ID, ms(op.At), raw, ms(rec.FirstAttempt))
 		default:
-			return fmt.Errorf("unknown retry queue operation %d", op.Kind)
+			return nil, fmt.Errorf("unknown retry queue operation %d", op.Kind)
 		}
 	}
 	// Every rescheduled record's body form goes with it (HSETNX): the
@@ -626,19 +645,28 @@ func (q *Queue) Apply(ctx context.Context, ops []Op) error {
 	head := append([]any{q.tag, len(formArgs) / 2}, formArgs...)
 	head = append(append(head, len(metaArgs)/2), metaArgs...)
 	args = append(head, args...)
-	if err := applyScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.DeadKey, q.DeadData, q.formsKey}, args...).Err(); err != nil {
-		return fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.Shard, err)
+	nums, err := applyScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.DeadKey, q.DeadData, q.formsKey}, args...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("cannot update %d deliveries in %s: %w", len(ops), q.Shard, err)
 	}
 	for i := 0; i+1 < len(formArgs); i += 2 {
 		cacheForm(formArgs[i].(string), formArgs[i+1].(string))
 	}
+	for _, k := range nums {
+		refused = append(refused, int(k)) // ascending, each < len(ops)
+	}
+	next := 0 // the next refused op: it keeps its member and lease
 	for k, op := range ops {
+		if next < len(refused) && refused[next] == k {
+			next++
+			continue
+		}
 		if op.Kind == OpReschedule {
 			op.Rec.member = members[k]
 		}
 		op.Rec.lease = 0 // its score is its due time now, or it is gone
 	}
-	return nil
+	return refused, nil
 }
 
 // leaseScores returns the lease ends the op's change requires of the

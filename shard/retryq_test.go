@@ -517,6 +517,17 @@ func TestClaimSharesWithAWebhookOfManyChunks(t *testing.T) {
 	if per["wh_small"] != 1 || per["wh_big"] < n/2 {
 		t.Fatalf("claim of %d per webhook %v, want wh_small's one and at least %d of wh_big's", n, per, n/2)
 	}
+	// The delivery claimed through the webhook index names its chunk like
+	// the others, so its outcome applies: it is not sent again when the
+	// lease ends.
+	for _, r := range recs {
+		if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: r}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := q.Get(ctx, r.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s of %s (chunk %q) still scheduled after its claimant removed it: %v", r.ID, r.WebhookID, r.chunk, err)
+		}
+	}
 }
 
 // A rescheduled record made outside a claim stores its body form in its
@@ -657,6 +668,71 @@ func TestOutcomeAppliesToADeliveryMadeDueWhileClaimed(t *testing.T) {
 	}
 	if _, due, err := q.Get(ctx, "d2"); err != nil || !due.Equal(second.Lease(t0.Add(time.Second+lease)).End) {
 		t.Fatalf("the first claimant's outcome replaced the second claim: due %v, %v", due, err)
+	}
+}
+
+// An op refused because its delivery was claimed again since its lease
+// was read (made due while its attempt ran, then re-leased by a claim) is
+// reported, and still names its member: applied again under the lease
+// its claimant holds now, it takes effect. An op whose member is gone is
+// not reported: no lease would change it.
+func TestApplyReportsOpsALeaseRefused(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	lease := 30 * time.Second
+	for _, id := range []string{"d1", "d2", "d3"} {
+		rec := &Record{ID: id, WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+		if err := q.Schedule(ctx, []Entry{{Rec: rec, Due: t0}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, _, _, err := q.Claim(ctx, t0, t0.Add(lease), 10)
+	if err != nil || len(first) != 3 {
+		t.Fatalf("first claim: %d records, %v", len(first), err)
+	}
+	byID := map[string]*Record{}
+	for _, rec := range first {
+		byID[rec.ID] = rec
+	}
+	if n, err := q.DueBy(ctx, t0); err != nil || n != 3 {
+		t.Fatalf("made %d due, %v", n, err)
+	}
+	again := t0.Add(time.Second)
+	if recs, _, _, err := q.Claim(ctx, again, again.Add(lease), 10); err != nil || len(recs) != 3 {
+		t.Fatalf("second claim: %d records, %v", len(recs), err)
+	}
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: byID["d3"], Lease: byID["d3"].Lease(again.Add(lease))}}); err != nil {
+		t.Fatal(err)
+	}
+	pending := byID["d1"].Lease(t0.Add(lease))
+	pending.Pending = again.Add(lease) // the second claim not recorded yet
+	d2 := byID["d2"]
+	d2.Attempts = 2
+	refused, err := q.ApplyHeld(ctx, []Op{
+		{Kind: OpRemove, Rec: byID["d1"], Lease: pending},
+		{Kind: OpReschedule, Rec: d2, At: t0.Add(time.Hour), Lease: d2.Lease(t0.Add(lease))},
+		{Kind: OpRemove, Rec: byID["d3"], Lease: byID["d3"].Lease(t0.Add(lease))},
+	})
+	if err != nil || !slices.Equal(refused, []int{1}) {
+		t.Fatalf("refused %v (%v), want [1]: d2's lease is the first claim's", refused, err)
+	}
+	if _, _, err := q.Get(ctx, "d1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("d1, removed under a lease naming the pending claim: %v", err)
+	}
+	if got, due, err := q.Get(ctx, "d2"); err != nil || got.Attempts != 1 || !due.Equal(again.Add(lease)) {
+		t.Fatalf("d2 after its refused op: %+v due %v (%v), want the second claim's lease", got, due, err)
+	}
+	refused, err = q.ApplyHeld(ctx, []Op{{Kind: OpReschedule, Rec: d2, At: t0.Add(time.Hour), Lease: d2.Lease(again.Add(lease))}})
+	if err != nil || len(refused) != 0 {
+		t.Fatalf("d2 under the second claim's lease: refused %v (%v)", refused, err)
+	}
+	if got, due, err := q.Get(ctx, "d2"); err != nil || got.Attempts != 2 || !due.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("d2 applied again: %+v due %v (%v), want its reschedule", got, due, err)
+	}
+	if n, _ := q.Len(ctx); n != 1 {
+		t.Fatalf("%d scheduled, want 1 (d2)", n)
 	}
 }
 

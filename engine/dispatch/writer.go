@@ -63,7 +63,7 @@ func (s *shardRun) writeLoop(ctx context.Context) {
 		if !s.retry(ctx, "schedule retries", func() error { return s.queue.Schedule(ctx, entries) }) {
 			return
 		}
-		if !s.retry(ctx, "update retries", func() error { return s.queue.Apply(ctx, s.underLeases(ops)) }) {
+		if !s.applyOps(ctx, ops) {
 			return
 		}
 		died := false
@@ -125,6 +125,57 @@ func (s *shardRun) underLeases(ops []shard.Op) []shard.Op {
 		}
 	}
 	return ops
+}
+
+// maxReapply bounds how often the writer applies an op again because its
+// delivery's lease moved while the op was written.
+const maxReapply = 3
+
+// applyOps writes changes to claimed deliveries, each under the lease it
+// holds now; false if ctx ended first. A claim or an extension of this
+// shard may re-lease a delivery between the reading of its lease and the
+// write (a claim does when the delivery was made due while its attempt
+// ran, by retry-now or DueBy): the queue refuses the op, and left so, the
+// delivery would stay claimed and go out again when the new lease ends.
+// Such an op is applied again under the lease as it stands then. One
+// refused under a lease that has not moved was claimed by another
+// process once the lease ran out: that claimant owns the delivery now.
+func (s *shardRun) applyOps(ctx context.Context, ops []shard.Op) bool {
+	for try := 1; len(ops) > 0; try++ {
+		var refused []int
+		if !s.retry(ctx, "update retries", func() (err error) {
+			refused, err = s.queue.ApplyHeld(ctx, s.underLeases(ops))
+			return err
+		}) {
+			return false
+		}
+		ops = s.releasedOps(ops, refused, try < maxReapply)
+	}
+	return true
+}
+
+// releasedOps returns the refused ops whose delivery this shard has
+// re-leased since their lease was read (none once again is false), and
+// logs the others (sampled: a process whose leases ran out loses many at
+// once): their lease is lost.
+func (s *shardRun) releasedOps(ops []shard.Op, refused []int, again bool) []shard.Op {
+	var next []shard.Op
+	for _, k := range refused {
+		op := ops[k]
+		l, ok := s.claims.lease(op.Rec.ID)
+		moved := ok && (!l.End.Equal(op.Lease.End) || !l.Pending.Equal(op.Lease.Pending))
+		switch {
+		case moved && again:
+			next = append(next, op)
+		case moved:
+			s.failLog.Warn().Str("delivery", op.Rec.ID).Str("webhook_id", op.Rec.WebhookID).Time("lease_end", l.End).
+				Msg("retry outcome not written: its lease moved at every try; the delivery goes out again when the lease ends")
+		default:
+			s.failLog.Info().Str("delivery", op.Rec.ID).Str("webhook_id", op.Rec.WebhookID).Time("lease_end", op.Lease.End).
+				Msg("retry outcome not written: the delivery's lease ran out and another claim holds it, which sends it again")
+		}
+	}
+	return next
 }
 
 // deleteGone deletes the webhook of a delivery that answered 410, retrying

@@ -1,0 +1,178 @@
+package dispatch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/geckohook/geckohook/engine/ops"
+	"github.com/geckohook/geckohook/internal/testenv"
+	"github.com/geckohook/geckohook/shard"
+)
+
+// beforeApply runs a function once, just before the first script that
+// writes outcomes to the queue whose dead set is deadKey reaches Redis:
+// after the writer read the leases it writes under.
+type beforeApply struct {
+	deadKey string
+	armed   atomic.Pointer[func()]
+	applies atomic.Int32 // scripts that wrote outcomes
+}
+
+func (h *beforeApply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *beforeApply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		if (cmd.Name() != "evalsha" && cmd.Name() != "eval") || len(args) <= 4 || fmt.Sprint(args[4]) != h.deadKey {
+			return next(ctx, cmd)
+		}
+		if f := h.armed.Swap(nil); f != nil {
+			(*f)()
+		}
+		err := next(ctx, cmd)
+		if err == nil || !strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			h.applies.Add(1)
+		}
+		return err
+	}
+}
+func (h *beforeApply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A retry's outcome written just as the shard's own poller claims it
+// again (it was made due while its attempt ran, as retry-now or DueBy
+// do), or as the poller extends its lease, is written under the new
+// lease: the delivery is not left claimed, to be sent again when that
+// lease ends. The poller's claim of it under way when the outcome lands
+// takes nothing. An outcome whose lease ran out, the delivery claimed by
+// another process since, changes nothing and is logged.
+func TestOutcomeRacingItsShardsClaimIsWritten(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const lease = 30 * time.Second
+	cases := []struct {
+		name string
+		due  bool // made due while claimed
+		// race runs between the writer's reading of the lease and its
+		// write, given the shard and the queue on a client of its own;
+		// it returns the records of a claim of the shard's still to be
+		// taken, and the lease end another process holds (zero: none).
+		race func(s *shardRun, q *shard.Queue) ([]*shard.Record, time.Time)
+	}{
+		{"claim under way", true, func(s *shardRun, q *shard.Queue) ([]*shard.Record, time.Time) {
+			return claimFor(t, s, q, t0.Add(time.Second), lease), time.Time{}
+		}},
+		{"claim taken", true, func(s *shardRun, q *shard.Queue) ([]*shard.Record, time.Time) {
+			takeAll(t, s, claimFor(t, s, q, t0.Add(time.Second), lease), t0.Add(time.Second+lease), false)
+			return nil, time.Time{}
+		}},
+		{"extension under way", false, func(s *shardRun, q *shard.Queue) ([]*shard.Record, time.Time) {
+			end := t0.Add(2 * lease)
+			if err := q.Extend(ctx, s.claims.extending(end), end); err != nil {
+				t.Fatal(err)
+			}
+			return nil, time.Time{}
+		}},
+		{"lease lost to another process", false, func(_ *shardRun, q *shard.Queue) ([]*shard.Record, time.Time) {
+			at := t0.Add(lease + time.Second)
+			if recs, _, _, err := q.Claim(ctx, at, at.Add(lease), 10); err != nil || len(recs) != 1 {
+				t.Fatalf("another process's claim: %d records, %v", len(recs), err)
+			}
+			return nil, at.Add(lease)
+		}},
+	}
+	for p, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			hook := &beforeApply{}
+			rdb := srv.Client()
+			rdb.AddHook(hook)
+			var logs bytes.Buffer
+			s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", p), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
+				claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+			q := shard.NewQueue(srv.Client(), "gh:", "ev", p)
+			hook.deadKey = q.DeadKey
+			rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+			if err := q.Schedule(ctx, []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
+				t.Fatal(err)
+			}
+			claimed := claimFor(t, s, q, t0, lease)
+			takeAll(t, s, claimed, t0.Add(lease), true)
+			if c.due {
+				if n, err := q.DueBy(ctx, t0); err != nil || n != 1 {
+					t.Fatalf("made %d due, %v; want the claimed one", n, err)
+				}
+			}
+
+			var untaken []*shard.Record
+			var other time.Time
+			race := func() { untaken, other = c.race(s, q) }
+			hook.armed.Store(&race)
+			if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed[0]}}) {
+				t.Fatal("the write gave up")
+			}
+			if hook.armed.Load() != nil {
+				t.Fatal("the race never ran: the test tried nothing")
+			}
+			s.claims.done("d1") // the writer completes the delivery
+			if untaken != nil {
+				takeAll(t, s, untaken, t0.Add(time.Second+lease), false)
+			}
+			if s.claims.inFlight() != 0 {
+				t.Fatalf("%d retries in flight, want none: the finished one was taken again", s.claims.inFlight())
+			}
+
+			_, due, err := q.Get(ctx, "d1")
+			lost := strings.Contains(logs.String(), `"delivery":"d1"`)
+			switch {
+			case other.IsZero() && !errors.Is(err, shard.ErrNotFound):
+				t.Fatalf("the delivery answered 2xx is still scheduled, due %v (%v): it would be sent again", due, err)
+			case other.IsZero() && lost:
+				t.Fatalf("an outcome written under the shard's own new lease was logged as lost: %s", logs.String())
+			case !other.IsZero() && (err != nil || !due.Equal(other)):
+				t.Fatalf("another process's claim: due %v (%v), want its lease end %v kept", due, err, other)
+			case !other.IsZero() && !lost:
+				t.Fatalf("a lost lease was not logged with the delivery id: %q", logs.String())
+			}
+			// Under the shard's own new lease the write is refused
+			// once and made again; under a lost one, refused for good.
+			if want := map[bool]int32{true: 2, false: 1}[other.IsZero()]; hook.applies.Load() != want {
+				t.Fatalf("%d writes of the outcome, want %d", hook.applies.Load(), want)
+			}
+		})
+	}
+}
+
+// claimFor claims what s's queue has due at at, as s's poller does, and
+// leaves the claim under way.
+func claimFor(t *testing.T, s *shardRun, q *shard.Queue, at time.Time, lease time.Duration) []*shard.Record {
+	t.Helper()
+	s.claims.claiming(at.Add(lease))
+	recs, _, _, err := q.Claim(context.Background(), at, at.Add(lease), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim at %v: %d records, %v", at, len(recs), err)
+	}
+	return recs
+}
+
+// takeAll takes a claim's records under leaseEnd, as s's poller does, and
+// settles the claim; want is what each take must report.
+func takeAll(t *testing.T, s *shardRun, recs []*shard.Record, leaseEnd time.Time, want bool) {
+	t.Helper()
+	for _, rec := range recs {
+		if got := s.claims.take(rec.Lease(leaseEnd)); got != want {
+			t.Fatalf("take %s: %v, want %v", rec.ID, got, want)
+		}
+	}
+	s.claims.settled()
+}
