@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/internal/testenv"
 )
 
@@ -136,4 +138,92 @@ func BenchmarkQuarantineLostID(b *testing.B) {
 		}
 		b.StartTimer()
 	}
+}
+
+// BenchmarkDrain takes an overdue backlog out of one shard as a dispatcher
+// does once failing hosts are back (the capacity suite's outage
+// scenario): 40 webhooks' failed deliveries (contract bodies, derived
+// ids, a connection error), made due at once by DueBy, claimed 256 at a
+// time under a lease and removed as delivered, under that lease, in
+// batches of 32 (about what the writer finds waiting during a drain).
+// One op is one delivery claimed and removed; scheduling the backlog is
+// outside the timer. It reports Redis's CPU and this process's CPU per
+// delivery, and the claim and outcome scripts' Redis time per delivery
+// (from SLOWLOG, which logs every command here).
+func BenchmarkDrain(b *testing.B) {
+	rdb := testenv.Redis(b).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	rng := rand.New(rand.NewPCG(7, 8))
+	const hooks = 40
+	for i := 0; i < b.N; i += 1000 {
+		var entries []Entry
+		for off := i; off < min(i+1000, b.N); off++ {
+			hook := fmt.Sprintf("wh_%024x", off%hooks)
+			ev := contract.Event{Event: "order.create", ObjectID: int64(1_000_000 + off), Timestamp: t0.Unix(),
+				ResourceURL: "https://api.tradegecko.com/orders/" + strconv.Itoa(1_000_000+off) + ".json"}
+			due := t0.Add(3*time.Hour + time.Duration(rng.IntN(3600_000))*time.Millisecond)
+			entries = append(entries, Entry{Due: due, Rec: &Record{
+				ID: contract.DeliveryID("ev", 0, int64(off), hook), WebhookID: hook, AppID: "app_1", AccountID: "acct_1",
+				Event: ev.Event, Body: contract.AppendBody(nil, &ev, "", nil), Attempts: 2, Retries: 1,
+				FirstAttempt: t0, LastAttempt: t0.Add(20 * time.Second), Topic: "ev", Offset: int64(off),
+				LastError: "connection: dial tcp 10.0.0.1:443: connect: connection refused"}})
+		}
+		if err := q.Schedule(ctx, entries); err != nil {
+			b.Fatal(err)
+		}
+	}
+	now := t0.Add(2 * time.Hour)
+	if moved, err := q.DueBy(ctx, now.Add(-time.Minute)); err != nil || moved != int64(b.N) {
+		b.Fatalf("%d of %d made due (%v)", moved, b.N, err)
+	}
+	for _, kv := range [][2]string{{"slowlog-log-slower-than", "0"}, {"slowlog-max-len", "1000000"}} {
+		if err := rdb.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := rdb.Do(ctx, "SLOWLOG", "RESET").Err(); err != nil {
+		b.Fatal(err)
+	}
+	redisBase, err := testenv.RedisCPU(ctx, rdb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ownBase := testenv.OwnCPU()
+	b.ReportAllocs()
+	b.ResetTimer()
+	leaseEnd := now.Add(time.Minute)
+	ops := make([]Op, 0, 32)
+	for done := 0; done < b.N; {
+		recs, bad, _, err := q.Claim(ctx, now, leaseEnd, 256)
+		if err != nil || len(bad) != 0 || len(recs) == 0 {
+			b.Fatalf("claim after %d of %d: %d records, %d unreadable, %v", done, b.N, len(recs), len(bad), err)
+		}
+		for len(recs) > 0 {
+			n := min(32, len(recs))
+			ops = ops[:0]
+			for _, r := range recs[:n] {
+				ops = append(ops, Op{Kind: OpRemove, Rec: r, Lease: r.Lease(leaseEnd)})
+			}
+			if err := q.Apply(ctx, ops); err != nil {
+				b.Fatal(err)
+			}
+			recs, done = recs[n:], done+n
+		}
+	}
+	b.StopTimer()
+	own := testenv.OwnCPU() - ownBase
+	redisCPU, err := testenv.RedisCPU(ctx, rdb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if left, err := q.Len(ctx); err != nil || left != 0 {
+		b.Fatalf("%d deliveries left after the drain (%v)", left, err)
+	}
+	n := float64(b.N)
+	b.ReportMetric((redisCPU-redisBase).Seconds()*1e6/n, "redis-cpu-µs/delivery")
+	b.ReportMetric(own.Seconds()*1e6/n, "client-cpu-µs/delivery")
+	b.ReportMetric(scriptMicros(b, rdb, claimScript.Hash())/n, "claim-µs/delivery")
+	b.ReportMetric(scriptMicros(b, rdb, applyScript.Hash())/n, "apply-µs/delivery")
 }
