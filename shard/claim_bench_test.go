@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -144,13 +145,23 @@ func BenchmarkQuarantineLostID(b *testing.B) {
 // does once failing hosts are back (the capacity suite's outage
 // scenario): 40 webhooks' failed deliveries (contract bodies, derived
 // ids, a connection error), made due at once by DueBy, claimed 256 at a
-// time under a lease and removed as delivered, under that lease, in
-// batches of 32 (about what the writer finds waiting during a drain).
+// time under a lease, up to 1,024 in flight (a shard's retry window),
+// and removed as delivered, under that lease, 32 at a time (about what
+// the writer finds waiting during a drain) in random order (their
+// answers come back in no order).
 // One op is one delivery claimed and removed; scheduling the backlog is
 // outside the timer. It reports Redis's CPU and this process's CPU per
 // delivery, and the claim and outcome scripts' Redis time per delivery
-// (from SLOWLOG, which logs every command here).
+// (from SLOWLOG, which logs every command here). claim=32 claims 32 at a
+// time instead, as a poller that claims whenever a few slots are free
+// does; BENCH_COMMANDSTATS=1 logs Redis's command counts.
 func BenchmarkDrain(b *testing.B) {
+	for _, claim := range []int{256, 32} {
+		b.Run(fmt.Sprintf("claim=%d", claim), func(b *testing.B) { benchDrain(b, claim) })
+	}
+}
+
+func benchDrain(b *testing.B, claim int) {
 	rdb := testenv.Redis(b).Client()
 	ctx := context.Background()
 	q := NewQueue(rdb, "gh:", "ev", 0)
@@ -186,6 +197,9 @@ func BenchmarkDrain(b *testing.B) {
 	if err := rdb.Do(ctx, "SLOWLOG", "RESET").Err(); err != nil {
 		b.Fatal(err)
 	}
+	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+		b.Fatal(err)
+	}
 	redisBase, err := testenv.RedisCPU(ctx, rdb)
 	if err != nil {
 		b.Fatal(err)
@@ -195,21 +209,26 @@ func BenchmarkDrain(b *testing.B) {
 	b.ResetTimer()
 	leaseEnd := now.Add(time.Minute)
 	ops := make([]Op, 0, 32)
-	for done := 0; done < b.N; {
-		recs, bad, _, err := q.Claim(ctx, now, leaseEnd, 256)
-		if err != nil || len(bad) != 0 || len(recs) == 0 {
-			b.Fatalf("claim after %d of %d: %d records, %d unreadable, %v", done, b.N, len(recs), len(bad), err)
+	var flight []*Record
+	for claimed := 0; claimed < b.N || len(flight) > 0; {
+		if claimed < b.N && len(flight) <= 1024-claim {
+			recs, bad, _, err := q.Claim(ctx, now, leaseEnd, claim)
+			if err != nil || len(bad) != 0 || len(recs) == 0 {
+				b.Fatalf("claim after %d of %d: %d records, %d unreadable, %v", claimed, b.N, len(recs), len(bad), err)
+			}
+			flight, claimed = append(flight, recs...), claimed+len(recs)
+			continue
 		}
-		for len(recs) > 0 {
-			n := min(32, len(recs))
-			ops = ops[:0]
-			for _, r := range recs[:n] {
-				ops = append(ops, Op{Kind: OpRemove, Rec: r, Lease: r.Lease(leaseEnd)})
-			}
-			if err := q.Apply(ctx, ops); err != nil {
-				b.Fatal(err)
-			}
-			recs, done = recs[n:], done+n
+		ops = ops[:0]
+		for range min(32, len(flight)) {
+			k := rng.IntN(len(flight))
+			r := flight[k]
+			flight[k] = flight[len(flight)-1]
+			flight = flight[:len(flight)-1]
+			ops = append(ops, Op{Kind: OpRemove, Rec: r, Lease: r.Lease(leaseEnd)})
+		}
+		if err := q.Apply(ctx, ops); err != nil {
+			b.Fatal(err)
 		}
 	}
 	b.StopTimer()
@@ -220,6 +239,9 @@ func BenchmarkDrain(b *testing.B) {
 	}
 	if left, err := q.Len(ctx); err != nil || left != 0 {
 		b.Fatalf("%d deliveries left after the drain (%v)", left, err)
+	}
+	if os.Getenv("BENCH_COMMANDSTATS") != "" && b.N > 1 {
+		b.Log(rdb.Info(ctx, "commandstats").Val())
 	}
 	n := float64(b.N)
 	b.ReportMetric((redisCPU-redisBase).Seconds()*1e6/n, "redis-cpu-µs/delivery")
