@@ -128,8 +128,8 @@ local function place(hook, member, score)
 end
 local function removed(hook, c)
   if redis.call('EXISTS', qkey(hook, c)) == 1 then
-    local s = state(hook)
-    if tonumber(c) == s.t then s.n = nil end
+    local s = states[hook] -- one not read yet knows no count to forget
+    if s and tonumber(c) == s.t then s.n = nil end
     return
   end
   redis.call('ZREM', tag .. ':chunks', hook .. ':' .. c)

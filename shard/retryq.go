@@ -547,21 +547,28 @@ local function holds(key, m, e1, e2)
   return redis.call('ZREM', key, m) == 1, false
 end
 local refused, n = {}, 0
+local left = {} -- webhook -> chunks members left, each looked at once at the end
 for i = i, #ARGV, 12 do
   local kind, hook, c, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local key = c ~= '' and qkey(hook, c)
   local held, leased = false, false
-  if old ~= '' and c ~= '' then held, leased = holds(qkey(hook, c), old, ARGV[i+6], ARGV[i+7]) end
+  if old ~= '' and key then held, leased = holds(key, old, ARGV[i+6], ARGV[i+7]) end
   if leased then refused[#refused+1] = n end
   n = n + 1
   if kind == '2' then
     if held then
-      redis.call('ZADD', qkey(hook, c), ARGV[i+9], ARGV[i+8])
+      redis.call('ZADD', key, ARGV[i+9], ARGV[i+8])
       lower(hook, c, ARGV[i+9])
     end
   else
     if held then
       redis.call('HDEL', tag .. ':i:' .. bucket, id)
-      removed(hook, c)
+      local l = left[hook]
+      if not l then
+        l = {}
+        left[hook] = l
+      end
+      l[c] = true
     end
     if kind == '3' and (held or old == '') then
       redis.call('HSET', KEYS[3], ARGV[i+8], ARGV[i+10])
@@ -569,6 +576,9 @@ for i = i, #ARGV, 12 do
       redis.call('ZADD', tag .. ':wd:' .. hook, ARGV[i+11], ARGV[i+8])
     end
   end
+end
+for hook, l in pairs(left) do
+  for c in pairs(l) do removed(hook, c) end
 end
 saveStates()
 for hook, meta in pairs(metas) do
