@@ -46,6 +46,8 @@ const markScore = 1 << 52
 // webhook's); target
 // and add are its two halves, for a script that writes the index entry,
 // which names the chunk, only if absent before it adds the member;
+// readStates(hooks) reads the states of several webhooks in one call
+// (state(hook) reads one it lacks on its own).
 // removed(hook, c) is called after a member left chunk c: an empty chunk
 // leaves the chunk index, and a webhook left without chunks loses its
 // state and, unless the layout before chunks still holds some of its
@@ -65,17 +67,27 @@ var chunkLua = `
 local chunkSize = ` + strconv.Itoa(chunkSize) + `
 local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
 local states, firsts, hookFirsts, placedAny = {}, {}, {}, false
-local function state(hook)
-  local s = states[hook]
-  if s then return s end
-  local v = redis.call('HGET', tag .. ':qn', hook)
-  s = {t = 0, l = 0, hi = 0}
+local function parseState(v)
+  local s = {t = 0, l = 0, hi = 0}
   if v then
     local t, l, hi = string.match(v, '^(%d+) (%d+) (%d+)$')
     s.t, s.l, s.hi = tonumber(t) or 0, tonumber(l) or 0, tonumber(hi) or 0
   end
+  return s
+end
+local function state(hook)
+  local s = states[hook]
+  if s then return s end
+  s = parseState(redis.call('HGET', tag .. ':qn', hook))
   states[hook] = s
   return s
+end
+local function readStates(hooks)
+  if #hooks == 0 then return end
+  local vs = redis.call('HMGET', tag .. ':qn', unpack(hooks))
+  for k, hook in ipairs(hooks) do
+    if not states[hook] then states[hook] = parseState(vs[k] or nil) end
+  end
 end
 local function saveStates()
   if placedAny then redis.call('ZADD', tag .. ':hooks', 'NX', ` + strconv.Itoa(markScore) + `, '') end
@@ -167,9 +179,13 @@ end
 local function hookChunks(hook)
   local s, chunks = state(hook), {}
   if s.l == 0 then return chunks end
-  for c = 0, s.hi do
-    local min = redis.call('ZSCORE', tag .. ':chunks', hook .. ':' .. c)
-    if min then chunks[#chunks+1] = {c = c, min = tonumber(min)} end
+  for from = 0, s.hi, 500 do
+    local names = {}
+    for c = from, math.min(from + 499, s.hi) do names[#names+1] = hook .. ':' .. c end
+    local mins = redis.call('ZMSCORE', tag .. ':chunks', unpack(names))
+    for k = 1, #names do
+      if mins[k] then chunks[#chunks+1] = {c = from + k - 1, min = tonumber(mins[k])} end
+    end
   end
   table.sort(chunks, function(a, b) return a.min < b.min end)
   return chunks

@@ -321,6 +321,17 @@ for _, hook in ipairs(redis.call('ZRANGEBYSCORE', tag .. ':qh', '-inf', now, 'LI
 end
 local out, left = {}, n
 local share = math.max(1, math.ceil(n / math.max(1, #order)))
+-- A claim visits at most n webhooks that have a delivery due; what it
+-- writes to the indexes goes out in one command each at the end.
+local visit = {}
+for k = 1, math.min(#order, n) do visit[k] = order[k] end
+readStates(visit)
+local chunkMins, chunksGone, hookMins, hooksGone = {}, {}, {}, {}
+local function flush(cmd, key, args)
+  for k = 1, #args, 500 do
+    redis.call(cmd, key, unpack(args, k, math.min(k + 499, #args)))
+  end
+end
 for _, hook in ipairs(order) do
   if left <= 0 then break end
   local chunks = byHook[hook]
@@ -346,7 +357,7 @@ for _, hook in ipairs(order) do
     end
     for c, l in pairs(lease) do redis.call('ZADD', qkey(hook, c), unpack(l)) end
     out[#out+1] = hook
-    out[#out+1] = redis.call('HGET', KEYS[2], hook) or ''
+    out[#out+1] = '' -- its metadata, read for every webhook at the end
     out[#out+1] = got
     left = left - #cand
   end
@@ -354,10 +365,11 @@ for _, hook in ipairs(order) do
     if ch.looked then
       local first = redis.call('ZRANGE', qkey(hook, ch.c), 0, 0, 'WITHSCORES')
       if first[2] then
-        redis.call('ZADD', KEYS[1], first[2], hook .. ':' .. ch.c)
+        chunkMins[#chunkMins+1] = first[2]
+        chunkMins[#chunkMins+1] = hook .. ':' .. ch.c
         ch.min = tonumber(first[2])
       else
-        redis.call('ZREM', KEYS[1], hook .. ':' .. ch.c)
+        chunksGone[#chunksGone+1] = hook .. ':' .. ch.c
         ch.min = math.huge
       end
     end
@@ -370,10 +382,21 @@ for _, hook in ipairs(order) do
     if ch.min < low then low = ch.min end
   end
   if state(hook).l == 0 then
-    redis.call('ZREM', tag .. ':qh', hook) -- left by a lost state
+    hooksGone[#hooksGone+1] = hook -- left by a lost state
   elseif low < math.huge then
-    redis.call('ZADD', tag .. ':qh', low, hook)
+    hookMins[#hookMins+1] = low
+    hookMins[#hookMins+1] = hook
   end
+end
+flush('ZADD', KEYS[1], chunkMins)
+flush('ZREM', KEYS[1], chunksGone)
+flush('ZADD', tag .. ':qh', hookMins)
+flush('ZREM', tag .. ':qh', hooksGone)
+if #out > 0 then
+  local hooks = {}
+  for k = 1, #out, 3 do hooks[#hooks+1] = out[k] end
+  local metas = redis.call('HMGET', KEYS[2], unpack(hooks))
+  for k = 1, #hooks do out[3*k-1] = metas[k] or '' end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if not first[2] then
