@@ -68,6 +68,27 @@ func BenchmarkClaimDeepBacklog(b *testing.B) {
 	b.ReportMetric(scriptMicros(b, rdb, claimScript.Hash())/float64(b.N), "redis-µs/claim")
 }
 
+// scriptCommands sums the calls of an INFO commandstats reply but those
+// of the scripts themselves and of the benchmark's own commands: the
+// commands the scripts ran.
+func scriptCommands(stats string) int {
+	n := 0
+	for _, line := range strings.Split(stats, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls=")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "evalsha", "eval", "info", "config|resetstat", "config|set", "slowlog|reset":
+			continue
+		}
+		calls, _, _ := strings.Cut(rest, ",")
+		c, _ := strconv.Atoi(calls)
+		n += c
+	}
+	return n
+}
+
 // scriptMicros sums the Redis time of the script calls in rdb's SLOWLOG.
 func scriptMicros(b *testing.B, rdb *redis.Client, sha string) float64 {
 	b.Helper()
@@ -240,10 +261,12 @@ func benchDrain(b *testing.B, claim int) {
 	if left, err := q.Len(ctx); err != nil || left != 0 {
 		b.Fatalf("%d deliveries left after the drain (%v)", left, err)
 	}
+	stats := rdb.Info(ctx, "commandstats").Val()
 	if os.Getenv("BENCH_COMMANDSTATS") != "" && b.N > 1 {
-		b.Log(rdb.Info(ctx, "commandstats").Val())
+		b.Log(stats)
 	}
 	n := float64(b.N)
+	b.ReportMetric(float64(scriptCommands(stats))/n, "redis-cmds/delivery")
 	b.ReportMetric((redisCPU-redisBase).Seconds()*1e6/n, "redis-cpu-µs/delivery")
 	b.ReportMetric(own.Seconds()*1e6/n, "client-cpu-µs/delivery")
 	b.ReportMetric(scriptMicros(b, rdb, claimScript.Hash())/n, "claim-µs/delivery")
