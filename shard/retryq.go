@@ -425,10 +425,11 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 		hook, _ := groups[i].(string)
 		meta, _ := groups[i+1].(string)
 		members, _ := groups[i+2].([]any)
+		hm := parseMeta(meta)
 		for j := 0; j+1 < len(members); j += 2 {
 			chunk, _ := members[j].(string)
 			member, _ := members[j+1].(string)
-			rec, err := q.decode(ctx, member, hook, parseMeta(meta))
+			rec, err := q.decode(ctx, member, hook, hm)
 			if err != nil && !unreadable(err) {
 				// Redis did not answer a body form lookup: the member
 				// is fine and comes back when its lease ends, like
