@@ -44,18 +44,34 @@ const (
 )
 
 // packedID is the index field of a delivery id: the 16 bytes of a UUID in
-// text form, any other id as it is.
+// lowercase text form, any other id as it is.
 func packedID(id string) string {
-	if len(id) == contract.DeliveryIDLen {
-		var b [16]byte
-		hexs := id[0:8] + id[9:13] + id[14:18] + id[19:23] + id[24:36]
-		if id[8] == '-' && id[13] == '-' && id[18] == '-' && id[23] == '-' {
-			if n, err := hex.Decode(b[:], []byte(hexs)); err == nil && n == 16 && hex.EncodeToString(b[:]) == hexs {
-				return string(b[:])
-			}
-		}
+	if len(id) != contract.DeliveryIDLen || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' {
+		return id
 	}
-	return id
+	var b [16]byte
+	for k, p := range uuidHexAt {
+		hi, ok1 := lowerHex(id[p])
+		lo, ok2 := lowerHex(id[p+1])
+		if !ok1 || !ok2 {
+			return id
+		}
+		b[k] = hi<<4 | lo
+	}
+	return string(b[:])
+}
+
+// uuidHexAt is where each byte's two hex digits start in a UUID's text.
+var uuidHexAt = [16]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 // indexBucket is the id index bucket of a packed id: its first byte, so
@@ -65,8 +81,25 @@ func indexBucket(packed string) string {
 	if packed == "" {
 		return "00"
 	}
-	return hex.EncodeToString([]byte{packed[0]})
+	return bucketNames[packed[0]]
 }
+
+// bucketArg is indexBucket as a script argument, boxed once for all: a
+// batch names a bucket per delivery.
+func bucketArg(packed string) any {
+	if packed == "" {
+		return bucketArgs[0]
+	}
+	return bucketArgs[packed[0]]
+}
+
+var bucketNames, bucketArgs = func() (names [256]string, args [256]any) {
+	for i := range names {
+		names[i] = hex.EncodeToString([]byte{byte(i)})
+		args[i] = names[i]
+	}
+	return names, args
+}()
 
 // packing remembers what decoding a member found, so writing the record
 // back skips deriving its id and splitting its body again.

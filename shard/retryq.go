@@ -215,7 +215,7 @@ func (q *Queue) scheduleArgs(recs []*Record, scores []float64) scheduleBatch {
 			}
 		}
 		pid := packedID(rec.ID)
-		b.rows = append(b.rows, indexBucket(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
+		b.rows = append(b.rows, bucketArg(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
 			hookMeta{rec.AppID, rec.AccountID}.value())
 	}
 	return b
@@ -648,7 +648,7 @@ func (q *Queue) ApplyHeld(ctx context.Context, ops []Op) (refused []int, err err
 		}
 		pid := packedID(rec.ID)
 		end, pending := op.leaseScores(&bx)
-		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, indexBucket(pid), pid, end, pending)
+		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, bucketArg(pid), pid, end, pending)
 		switch op.Kind {
 		case OpRemove:
 			args = append(args, "", "", "", "")
