@@ -154,11 +154,16 @@ local function splitChunk(name)
   return string.match(name, '^(.*):(%d+)$')
 end
 local function earliest(hook, chunks, k, max)
-  local cand, kth = {}, nil
+  -- One chunk's members come in order: cand needs sorting only once a
+  -- second chunk added some, and cutting again only after an addition.
+  local cand, kth, sources, added = {}, nil, 0, false
   local function cut()
-    table.sort(cand, function(a, b) return a.s < b.s or (a.s == b.s and a.m < b.m) end)
+    if sources > 1 then
+      table.sort(cand, function(a, b) return a.s < b.s or (a.s == b.s and a.m < b.m) end)
+    end
     for j = #cand, k + 1, -1 do cand[j] = nil end
     if #cand >= k then kth = cand[k] end
+    added = false
   end
   for _, ch in ipairs(chunks) do
     local upto = max
@@ -167,13 +172,14 @@ local function earliest(hook, chunks, k, max)
       upto = '(' .. kth.sv
     end
     local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', upto, 'WITHSCORES', 'LIMIT', 0, k)
+    if #ms > 0 then sources, added = sources + 1, true end
     for b = 1, #ms, 2 do
       cand[#cand+1] = {m = ms[b], s = tonumber(ms[b+1]), sv = ms[b+1], c = ch.c}
     end
     ch.looked = true
     if #cand >= 2 * k or (not kth and #cand >= k) then cut() end
   end
-  cut()
+  if added then cut() end
   return cand
 end
 local function hookChunks(hook)
