@@ -438,18 +438,16 @@ var phrases = []string{
 }
 
 var (
-	phraseOnce     sync.Once
-	phraseEncoder  *strings.Replacer
-	phrasesDecoder *strings.Replacer
+	phraseOnce    sync.Once
+	phraseEncoder *strings.Replacer
 )
 
 func initPhrases() {
-	var enc, dec []string
+	var enc []string
 	for i, p := range phrases {
-		code := string(rune(i + 1))
-		enc, dec = append(enc, p, code), append(dec, code, p)
+		enc = append(enc, p, string(rune(i+1)))
 	}
-	phraseEncoder, phrasesDecoder = strings.NewReplacer(enc...), strings.NewReplacer(dec...)
+	phraseEncoder = strings.NewReplacer(enc...)
 }
 
 // packError shortens an error text by its phrases; false when the text
@@ -464,7 +462,28 @@ func packError(s string) (string, bool) {
 	return phraseEncoder.Replace(s), true
 }
 
+// unpackError puts each phrase back for its byte, in one allocation: a
+// claim unpacks the last error of most members it takes.
 func unpackError(s string) string {
-	phraseOnce.Do(initPhrases)
-	return phrasesDecoder.Replace(s)
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 1 && int(c) <= len(phrases) {
+			n += len(phrases[c-1])
+		} else {
+			n++
+		}
+	}
+	if n == len(s) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 1 && int(c) <= len(phrases) {
+			b.WriteString(phrases[c-1])
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
