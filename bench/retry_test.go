@@ -4,13 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/internal/testenv"
@@ -25,7 +21,7 @@ import (
 // three steps.
 func BenchmarkRetryQueue(b *testing.B) {
 	rdb := testenv.Redis(b).Client()
-	base, err := redisCPU(rdb)
+	base, err := testenv.RedisCPU(context.Background(), rdb)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -92,27 +88,7 @@ func BenchmarkRetryQueue(b *testing.B) {
 	}
 	// Redis's own CPU per delivery: steadier than the rate on a shared
 	// machine, and what decides how far one redis-server goes.
-	if cpu, err := redisCPU(rdb); err == nil {
+	if cpu, err := testenv.RedisCPU(context.Background(), rdb); err == nil {
 		b.ReportMetric((cpu-base).Seconds()*1e6/float64(per*shards), "redis-cpu-µs/delivery")
 	}
-}
-
-// redisCPU returns the CPU time redis-server has used (user + system).
-func redisCPU(rdb *redis.Client) (time.Duration, error) {
-	info, err := rdb.Info(context.Background(), "cpu").Result()
-	if err != nil {
-		return 0, err
-	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				return 0, err
-			}
-			total += f
-		}
-	}
-	return time.Duration(total * float64(time.Second)), nil
 }

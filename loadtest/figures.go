@@ -36,6 +36,7 @@ type DrainSample struct {
 	Depth     int64         // deliveries in the retry queues, scheduled and dead
 	Backlog   int64         // of them, due by At and not yet taken
 	CPU       time.Duration // geckohook's CPU time so far (0: not measured)
+	RedisCPU  time.Duration // redis-server's CPU time so far (0: not measured)
 	Wait      time.Duration // how long geckohook's threads waited for a CPU so far
 	Delivered int64         // pairs delivered so far, from the retry queues or not
 	Expected  int64         // pairs of the events produced so far
@@ -53,7 +54,10 @@ type Drain struct {
 	BacklogSec      float64
 	Cores           float64
 	DeliveredPerSec float64
-	PeakBacklog     int64
+	// RedisCores is redis-server's CPU over those seconds, in cores (0:
+	// not measured): the retry scripts run there, on the same cores.
+	RedisCores  float64
+	PeakBacklog int64
 	// Waiting is how many of geckohook's threads waited, runnable, for a
 	// CPU on average over those seconds: a drain that was starved of CPU
 	// by other processes says little of geckohook.
@@ -73,7 +77,7 @@ func DrainOf(samples []DrainSample) Drain {
 		return d
 	}
 	var out, delivered int64
-	var span, cpu, wait time.Duration
+	var span, cpu, wait, redisCPU time.Duration
 	end := samples[len(samples)-1]
 	for i, a := range samples {
 		d.PeakBacklog = max(d.PeakBacklog, a.Backlog)
@@ -87,6 +91,9 @@ func DrainOf(samples []DrainSample) Drain {
 		b := samples[i+1]
 		if dt := b.At.Sub(a.At); dt > 0 && a.Backlog > 0 {
 			out, span, cpu, wait = out+max(a.Depth-b.Depth, 0), span+dt, cpu+b.CPU-a.CPU, wait+b.Wait-a.Wait
+			if a.RedisCPU > 0 && b.RedisCPU > 0 {
+				redisCPU += b.RedisCPU - a.RedisCPU
+			}
 			delivered += b.Delivered - a.Delivered
 		}
 	}
@@ -96,6 +103,7 @@ func DrainOf(samples []DrainSample) Drain {
 	if span > 0 {
 		d.PerSec, d.BacklogSec = float64(out)/span.Seconds(), span.Seconds()
 		d.Cores, d.DeliveredPerSec, d.Waiting = cores(cpu, span), float64(delivered)/span.Seconds(), cores(wait, span)
+		d.RedisCores = cores(redisCPU, span)
 	}
 	return d
 }

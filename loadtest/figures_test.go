@@ -69,12 +69,12 @@ func TestCheckTarget(t *testing.T) {
 // one, cut short when the queues are seen empty.
 func drainTestSamples(t0 time.Time, backlog bool) []DrainSample {
 	s := []DrainSample{
-		{At: t0, Depth: 60_000, Backlog: 4000, Delivered: 100_000},
-		{At: t0.Add(time.Second), Depth: 58_000, Backlog: 5000, CPU: 300 * time.Millisecond, Delivered: 104_000},
-		{At: t0.Add(2 * time.Second), Depth: 50_000, Backlog: 3000, CPU: 900 * time.Millisecond, Delivered: 114_000},
-		{At: t0.Add(3 * time.Second), Depth: 51_000, CPU: 1200 * time.Millisecond, Delivered: 119_000},
-		{At: t0.Add(4 * time.Second), Depth: 45_000, CPU: 1600 * time.Millisecond, Delivered: 125_000},
-		{At: t0.Add(4300 * time.Millisecond), Depth: 0, CPU: 1700 * time.Millisecond, Delivered: 170_000},
+		{At: t0, Depth: 60_000, Backlog: 4000, RedisCPU: 100 * time.Millisecond, Delivered: 100_000},
+		{At: t0.Add(time.Second), Depth: 58_000, Backlog: 5000, CPU: 300 * time.Millisecond, RedisCPU: 400 * time.Millisecond, Delivered: 104_000},
+		{At: t0.Add(2 * time.Second), Depth: 50_000, Backlog: 3000, CPU: 900 * time.Millisecond, RedisCPU: 700 * time.Millisecond, Delivered: 114_000},
+		{At: t0.Add(3 * time.Second), Depth: 51_000, CPU: 1200 * time.Millisecond, RedisCPU: 1000 * time.Millisecond, Delivered: 119_000},
+		{At: t0.Add(4 * time.Second), Depth: 45_000, CPU: 1600 * time.Millisecond, RedisCPU: 1500 * time.Millisecond, Delivered: 125_000},
+		{At: t0.Add(4300 * time.Millisecond), Depth: 0, CPU: 1700 * time.Millisecond, RedisCPU: 1600 * time.Millisecond, Delivered: 170_000},
 	}
 	if !backlog {
 		for i := range s {
@@ -91,12 +91,12 @@ func TestDrainOf(t *testing.T) {
 	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-6 }
 
 	// The first three seconds began with a backlog: (2,000 + 8,000 + 0,
-	// the depth grew) out over 3 s, 1.2 s of CPU, 19,000 pairs delivered;
-	// empty 4.3 s after the first sample.
+	// the depth grew) out over 3 s, 1.2 s of CPU (0.9 s of Redis's),
+	// 19,000 pairs delivered; empty 4.3 s after the first sample.
 	d := DrainOf(drainTestSamples(t0, true))
-	if d.PerSec != 10_000.0/3 || d.BacklogSec != 3 || !near(d.Cores, 0.4) || !near(d.DeliveredPerSec, 19_000.0/3) ||
+	if d.PerSec != 10_000.0/3 || d.BacklogSec != 3 || !near(d.Cores, 0.4) || !near(d.RedisCores, 0.3) || !near(d.DeliveredPerSec, 19_000.0/3) ||
 		d.PeakBacklog != 5000 || !d.Emptied || d.Sec != 4.3 {
-		t.Errorf("drain: %+v; want 3333.3/s over 3 s, 0.4 cores, 6333.3 delivered/s, peak 5000, empty after 4.3 s", d)
+		t.Errorf("drain: %+v; want 3333.3/s over 3 s, 0.4 cores, Redis 0.3, 6333.3 delivered/s, peak 5000, empty after 4.3 s", d)
 	}
 	// No backlog: no rate; not seen empty: the span to the last sample.
 	s := drainTestSamples(t0, false)
@@ -107,9 +107,9 @@ func TestDrainOf(t *testing.T) {
 	// CPU not measured: no cores.
 	s = drainTestSamples(t0, true)
 	for i := range s {
-		s[i].CPU = 0
+		s[i].CPU, s[i].RedisCPU = 0, 0
 	}
-	if d = DrainOf(s); d.Cores != 0 || d.PerSec != 10_000.0/3 {
+	if d = DrainOf(s); d.Cores != 0 || d.RedisCores != 0 || d.PerSec != 10_000.0/3 {
 		t.Errorf("drain without CPU readings: %+v", d)
 	}
 	for _, s := range [][]DrainSample{nil, {{At: t0, Depth: 5, Backlog: 5}}, {{At: t0, Depth: 5}, {At: t0, Depth: 0}}} {

@@ -154,6 +154,11 @@ func (o *outage) reportDrain(row *Scenario, samples []DrainSample) {
 		}
 		row.Notes = append(row.Notes, fmt.Sprintf("over those seconds geckohook kept %.2f cores busy, %.1f µs per pair delivered%s, and its threads waited for a CPU %.2f s per second",
 			d.Cores, row.DrainUsPerDelivery, lead, d.Waiting))
+		if d.RedisCores > 0 {
+			row.DrainRedisUsPerDelivery = d.RedisCores * 1e6 / d.DeliveredPerSec
+			row.Notes = append(row.Notes, fmt.Sprintf("redis-server kept %.2f cores busy over them, %.1f µs per pair delivered (the retry scripts)",
+				d.RedisCores, row.DrainRedisUsPerDelivery))
+		}
 		if d.Waiting > d.Cores {
 			row.Notes = append(row.Notes, "geckohook's threads waited for a CPU longer than they ran during the drain: other processes had the cores, and drain_per_sec is more the machine's than geckohook's")
 		}

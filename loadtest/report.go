@@ -139,10 +139,14 @@ type Scenario struct {
 	// microseconds per pair delivered over the drain's overdue seconds
 	// and over the lead-in: what a delivery from the retry queues costs
 	// against one from Kafka, steadier than the rates on shared cores.
-	DrainUsPerDelivery    float64 `json:"drain_us_per_delivery,omitempty"`
-	FloodUsPerDelivery    float64 `json:"flood_us_per_delivery,omitempty"`
-	DrainClaimsPerRetry   float64 `json:"drain_claims_per_retry,omitempty"`
-	DrainAttemptsPerRetry float64 `json:"drain_attempts_per_retry,omitempty"`
+	DrainUsPerDelivery float64 `json:"drain_us_per_delivery,omitempty"`
+	FloodUsPerDelivery float64 `json:"flood_us_per_delivery,omitempty"`
+	// DrainRedisUsPerDelivery: redis-server's CPU microseconds per pair
+	// delivered over the drain's overdue seconds (the claim and outcome
+	// scripts' work), when the harness started redis-server.
+	DrainRedisUsPerDelivery float64 `json:"drain_redis_us_per_delivery,omitempty"`
+	DrainClaimsPerRetry     float64 `json:"drain_claims_per_retry,omitempty"`
+	DrainAttemptsPerRetry   float64 `json:"drain_attempts_per_retry,omitempty"`
 	// CPUUsPerDelivery: geckohook's CPU microseconds per delivery;
 	// CeilingCPUUsPerRequest: the ceiling client's per request; CPURatio:
 	// the first over the second.
@@ -287,6 +291,7 @@ func (s Scenario) MarshalJSON() ([]byte, error) {
 	s.DrainWallSec = reportRound(s.DrainWallSec, 100)
 	s.DrainClaimsPerRetry = reportRound(s.DrainClaimsPerRetry, 100)
 	s.DrainUsPerDelivery = reportRound(s.DrainUsPerDelivery, 10)
+	s.DrainRedisUsPerDelivery = reportRound(s.DrainRedisUsPerDelivery, 10)
 	s.FloodUsPerDelivery = reportRound(s.FloodUsPerDelivery, 10)
 	s.DrainAttemptsPerRetry = reportRound(s.DrainAttemptsPerRetry, 100)
 	s.CPUUsPerDelivery = reportRound(s.CPUUsPerDelivery, 100)

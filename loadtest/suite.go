@@ -775,6 +775,7 @@ func (m *monitor) sample(ctx context.Context, name string, store *shard.Store, s
 	}
 	busy, rss := smp.sample("geckohook")
 	cpu, wait, _ := smp.cpu("geckohook")
+	redisCPU, _, _ := smp.cpu("redis") // 0 for a Redis the harness did not start
 	sched, dead, err := store.Depth(ctx)
 	var backlog int64
 	if m.backlog != nil {
@@ -792,7 +793,7 @@ func (m *monitor) sample(ctx context.Context, name string, store *shard.Store, s
 	}
 	waiting := cores(wait-prevWait, now.Sub(prevAt))
 	m.secs = append(m.secs, sample{DrainSample: DrainSample{At: now, Depth: depth, Backlog: backlog, CPU: cpu, Wait: wait,
-		Delivered: delivered, Expected: expected}, rss: rss, cores: busy, waiting: waiting})
+		RedisCPU: redisCPU, Delivered: delivered, Expected: expected}, rss: rss, cores: busy, waiting: waiting})
 	m.peakDepth = max(m.peakDepth, depth)
 	m.peakRSS = max(m.peakRSS, rss)
 	deeper := err == nil && depth > m.depthAtPeak

@@ -112,9 +112,12 @@ func scanBody(b []byte) (event, url string, objectID, timestamp int64, ok bool) 
 	return event, url, objectID, timestamp, true
 }
 
-// body rebuilds the body of an event of this form, byte for byte.
+// body rebuilds the body of an event of this form, byte for byte, in one
+// allocation when dst is nil.
 func (f bodyForm) body(dst []byte, objectID, timestamp int64) []byte {
-	ev := contract.Event{Event: f.event, ObjectID: objectID, Timestamp: timestamp,
-		ResourceURL: f.urlPrefix + "/" + strconv.FormatInt(objectID, 10) + ".json"}
-	return contract.AppendBody(dst, &ev, "", nil)
+	if dst == nil {
+		// The fixed text and two numbers of each up to 20 digits.
+		dst = make([]byte, 0, 2*len(f.event)+2*len(f.urlPrefix)+128)
+	}
+	return contract.AppendBodyOf(dst, f.event, f.urlPrefix, objectID, timestamp)
 }

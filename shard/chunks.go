@@ -46,6 +46,8 @@ const markScore = 1 << 52
 // webhook's); target
 // and add are its two halves, for a script that writes the index entry,
 // which names the chunk, only if absent before it adds the member;
+// readStates(hooks) reads the states of several webhooks in one call
+// (state(hook) reads one it lacks on its own).
 // removed(hook, c) is called after a member left chunk c: an empty chunk
 // leaves the chunk index, and a webhook left without chunks loses its
 // state and, unless the layout before chunks still holds some of its
@@ -65,17 +67,27 @@ var chunkLua = `
 local chunkSize = ` + strconv.Itoa(chunkSize) + `
 local function qkey(hook, c) return tag .. ':q:' .. hook .. ':' .. c end
 local states, firsts, hookFirsts, placedAny = {}, {}, {}, false
-local function state(hook)
-  local s = states[hook]
-  if s then return s end
-  local v = redis.call('HGET', tag .. ':qn', hook)
-  s = {t = 0, l = 0, hi = 0}
+local function parseState(v)
+  local s = {t = 0, l = 0, hi = 0}
   if v then
     local t, l, hi = string.match(v, '^(%d+) (%d+) (%d+)$')
     s.t, s.l, s.hi = tonumber(t) or 0, tonumber(l) or 0, tonumber(hi) or 0
   end
+  return s
+end
+local function state(hook)
+  local s = states[hook]
+  if s then return s end
+  s = parseState(redis.call('HGET', tag .. ':qn', hook))
   states[hook] = s
   return s
+end
+local function readStates(hooks)
+  if #hooks == 0 then return end
+  local vs = redis.call('HMGET', tag .. ':qn', unpack(hooks))
+  for k, hook in ipairs(hooks) do
+    if not states[hook] then states[hook] = parseState(vs[k] or nil) end
+  end
 end
 local function saveStates()
   if placedAny then redis.call('ZADD', tag .. ':hooks', 'NX', ` + strconv.Itoa(markScore) + `, '') end
@@ -128,8 +140,8 @@ local function place(hook, member, score)
 end
 local function removed(hook, c)
   if redis.call('EXISTS', qkey(hook, c)) == 1 then
-    local s = state(hook)
-    if tonumber(c) == s.t then s.n = nil end
+    local s = states[hook] -- one not read yet knows no count to forget
+    if s and tonumber(c) == s.t then s.n = nil end
     return
   end
   redis.call('ZREM', tag .. ':chunks', hook .. ':' .. c)
@@ -142,11 +154,16 @@ local function splitChunk(name)
   return string.match(name, '^(.*):(%d+)$')
 end
 local function earliest(hook, chunks, k, max)
-  local cand, kth = {}, nil
+  -- One chunk's members come in order: cand needs sorting only once a
+  -- second chunk added some, and cutting again only after an addition.
+  local cand, kth, sources, added = {}, nil, 0, false
   local function cut()
-    table.sort(cand, function(a, b) return a.s < b.s or (a.s == b.s and a.m < b.m) end)
+    if sources > 1 then
+      table.sort(cand, function(a, b) return a.s < b.s or (a.s == b.s and a.m < b.m) end)
+    end
     for j = #cand, k + 1, -1 do cand[j] = nil end
     if #cand >= k then kth = cand[k] end
+    added = false
   end
   for _, ch in ipairs(chunks) do
     local upto = max
@@ -155,21 +172,26 @@ local function earliest(hook, chunks, k, max)
       upto = '(' .. kth.sv
     end
     local ms = redis.call('ZRANGEBYSCORE', qkey(hook, ch.c), '-inf', upto, 'WITHSCORES', 'LIMIT', 0, k)
+    if #ms > 0 then sources, added = sources + 1, true end
     for b = 1, #ms, 2 do
       cand[#cand+1] = {m = ms[b], s = tonumber(ms[b+1]), sv = ms[b+1], c = ch.c}
     end
     ch.looked = true
     if #cand >= 2 * k or (not kth and #cand >= k) then cut() end
   end
-  cut()
+  if added then cut() end
   return cand
 end
 local function hookChunks(hook)
   local s, chunks = state(hook), {}
   if s.l == 0 then return chunks end
-  for c = 0, s.hi do
-    local min = redis.call('ZSCORE', tag .. ':chunks', hook .. ':' .. c)
-    if min then chunks[#chunks+1] = {c = c, min = tonumber(min)} end
+  for from = 0, s.hi, 500 do
+    local names = {}
+    for c = from, math.min(from + 499, s.hi) do names[#names+1] = hook .. ':' .. c end
+    local mins = redis.call('ZMSCORE', tag .. ':chunks', unpack(names))
+    for k = 1, #names do
+      if mins[k] then chunks[#chunks+1] = {c = from + k - 1, min = tonumber(mins[k])} end
+    end
   end
   table.sort(chunks, function(a, b) return a.min < b.min end)
   return chunks

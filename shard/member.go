@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/geckohook/geckohook/engine/contract"
 )
@@ -43,18 +44,34 @@ const (
 )
 
 // packedID is the index field of a delivery id: the 16 bytes of a UUID in
-// text form, any other id as it is.
+// lowercase text form, any other id as it is.
 func packedID(id string) string {
-	if len(id) == contract.DeliveryIDLen {
-		var b [16]byte
-		hexs := id[0:8] + id[9:13] + id[14:18] + id[19:23] + id[24:36]
-		if id[8] == '-' && id[13] == '-' && id[18] == '-' && id[23] == '-' {
-			if n, err := hex.Decode(b[:], []byte(hexs)); err == nil && n == 16 && hex.EncodeToString(b[:]) == hexs {
-				return string(b[:])
-			}
-		}
+	if len(id) != contract.DeliveryIDLen || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' {
+		return id
 	}
-	return id
+	var b [16]byte
+	for k, p := range uuidHexAt {
+		hi, ok1 := lowerHex(id[p])
+		lo, ok2 := lowerHex(id[p+1])
+		if !ok1 || !ok2 {
+			return id
+		}
+		b[k] = hi<<4 | lo
+	}
+	return string(b[:])
+}
+
+// uuidHexAt is where each byte's two hex digits start in a UUID's text.
+var uuidHexAt = [16]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 // indexBucket is the id index bucket of a packed id: its first byte, so
@@ -64,8 +81,25 @@ func indexBucket(packed string) string {
 	if packed == "" {
 		return "00"
 	}
-	return hex.EncodeToString([]byte{packed[0]})
+	return bucketNames[packed[0]]
 }
+
+// bucketArg is indexBucket as a script argument, boxed once for all: a
+// batch names a bucket per delivery.
+func bucketArg(packed string) any {
+	if packed == "" {
+		return bucketArgs[0]
+	}
+	return bucketArgs[packed[0]]
+}
+
+var bucketNames, bucketArgs = func() (names [256]string, args [256]any) {
+	for i := range names {
+		names[i] = hex.EncodeToString([]byte{byte(i)})
+		args[i] = names[i]
+	}
+	return names, args
+}()
 
 // packing remembers what decoding a member found, so writing the record
 // back skips deriving its id and splitting its body again.
@@ -201,6 +235,10 @@ func unreadable(err error) bool {
 	return errors.Is(err, errBadMember) || errors.Is(err, errUnknownForm)
 }
 
+// readOnly returns the bytes of s without copying them: a claim decodes
+// hundreds of members, and a reader only reads. Nothing may write to them.
+func readOnly(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
 // memberReader reads a member's fields in order; the first error sticks.
 type memberReader struct {
 	b   []byte
@@ -242,12 +280,12 @@ func (r *memberReader) string() string { return string(r.bytes(r.uvarint())) }
 // readHead reads a member of hook's ZSET up to its body: the flags, offset,
 // counts, attempt times and delivery id; nil when it is not a member of
 // this version. A read past the end sticks in r.err.
-func (q *Queue) readHead(member, hook string) (rec *Record, flags byte, r *memberReader) {
+func (q *Queue) readHead(member, hook string) (rec *Record, flags byte, r memberReader) {
 	if len(member) < 2 || member[0] != memberVersion {
-		return nil, 0, nil
+		return nil, 0, r
 	}
 	flags = member[1]
-	r = &memberReader{b: []byte(member[2:])}
+	r.b = readOnly(member[2:])
 	rec = &Record{WebhookID: hook, Topic: q.topic, Partition: int32(q.partition), member: member}
 	rec.Offset = r.offset()
 	rec.Attempts = int(r.uvarint())
@@ -324,8 +362,8 @@ type hookMeta struct{ app, account string }
 func (m hookMeta) value() string { return m.app + "\x00" + m.account }
 
 func parseMeta(v string) hookMeta {
-	app, account, _ := bytes.Cut([]byte(v), []byte{0})
-	return hookMeta{string(app), string(account)}
+	app, account, _ := strings.Cut(v, "\x00")
+	return hookMeta{app, account}
 }
 
 // appendOffset writes an offset as the member's first field in ASCII
@@ -400,18 +438,16 @@ var phrases = []string{
 }
 
 var (
-	phraseOnce     sync.Once
-	phraseEncoder  *strings.Replacer
-	phrasesDecoder *strings.Replacer
+	phraseOnce    sync.Once
+	phraseEncoder *strings.Replacer
 )
 
 func initPhrases() {
-	var enc, dec []string
+	var enc []string
 	for i, p := range phrases {
-		code := string(rune(i + 1))
-		enc, dec = append(enc, p, code), append(dec, code, p)
+		enc = append(enc, p, string(rune(i+1)))
 	}
-	phraseEncoder, phrasesDecoder = strings.NewReplacer(enc...), strings.NewReplacer(dec...)
+	phraseEncoder = strings.NewReplacer(enc...)
 }
 
 // packError shortens an error text by its phrases; false when the text
@@ -426,7 +462,28 @@ func packError(s string) (string, bool) {
 	return phraseEncoder.Replace(s), true
 }
 
+// unpackError puts each phrase back for its byte, in one allocation: a
+// claim unpacks the last error of most members it takes.
 func unpackError(s string) string {
-	phraseOnce.Do(initPhrases)
-	return phrasesDecoder.Replace(s)
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 1 && int(c) <= len(phrases) {
+			n += len(phrases[c-1])
+		} else {
+			n++
+		}
+	}
+	if n == len(s) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 1 && int(c) <= len(phrases) {
+			b.WriteString(phrases[c-1])
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }

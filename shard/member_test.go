@@ -3,6 +3,8 @@ package shard
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
+	"strings"
 	"testing"
 	"time"
 
@@ -162,4 +164,30 @@ func TestFindByIDAnyOffset(t *testing.T) {
 		t.Cleanup(func() { _ = rdb.Close() })
 		check(t, rdb, false)
 	})
+}
+
+// A delivery id in UUID text form (lowercase, as contract.DeliveryID
+// writes it) packs to its 16 bytes; any other id, an uppercase UUID
+// included, is its own index field.
+func TestPackedID(t *testing.T) {
+	derived := contract.DeliveryID("ev", 3, 42, "wh_1")
+	raw, err := hex.DecodeString(strings.ReplaceAll(derived, "-", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := packedID(derived); got != string(raw) {
+		t.Fatalf("packedID(%q) = %x, want %x", derived, got, raw)
+	}
+	for _, id := range []string{
+		strings.ToUpper(derived),
+		derived[:35] + "g",
+		derived[:8] + "x" + derived[9:],
+		"d-000001",
+		"",
+		derived + "0",
+	} {
+		if got := packedID(id); got != id {
+			t.Fatalf("packedID(%q) = %q, want the id as it is", id, got)
+		}
+	}
 }

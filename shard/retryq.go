@@ -215,7 +215,7 @@ func (q *Queue) scheduleArgs(recs []*Record, scores []float64) scheduleBatch {
 			}
 		}
 		pid := packedID(rec.ID)
-		b.rows = append(b.rows, indexBucket(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
+		b.rows = append(b.rows, bucketArg(pid), pid, indexValue(rec), rec.WebhookID, member, scores[i],
 			hookMeta{rec.AppID, rec.AccountID}.value())
 	}
 	return b
@@ -321,6 +321,17 @@ for _, hook in ipairs(redis.call('ZRANGEBYSCORE', tag .. ':qh', '-inf', now, 'LI
 end
 local out, left = {}, n
 local share = math.max(1, math.ceil(n / math.max(1, #order)))
+-- A claim visits at most n webhooks that have a delivery due; what it
+-- writes to the indexes goes out in one command each at the end.
+local visit = {}
+for k = 1, math.min(#order, n) do visit[k] = order[k] end
+readStates(visit)
+local chunkMins, chunksGone, hookMins, hooksGone = {}, {}, {}, {}
+local function flush(cmd, key, args)
+  for k = 1, #args, 500 do
+    redis.call(cmd, key, unpack(args, k, math.min(k + 499, #args)))
+  end
+end
 for _, hook in ipairs(order) do
   if left <= 0 then break end
   local chunks = byHook[hook]
@@ -346,7 +357,7 @@ for _, hook in ipairs(order) do
     end
     for c, l in pairs(lease) do redis.call('ZADD', qkey(hook, c), unpack(l)) end
     out[#out+1] = hook
-    out[#out+1] = redis.call('HGET', KEYS[2], hook) or ''
+    out[#out+1] = '' -- its metadata, read for every webhook at the end
     out[#out+1] = got
     left = left - #cand
   end
@@ -354,10 +365,11 @@ for _, hook in ipairs(order) do
     if ch.looked then
       local first = redis.call('ZRANGE', qkey(hook, ch.c), 0, 0, 'WITHSCORES')
       if first[2] then
-        redis.call('ZADD', KEYS[1], first[2], hook .. ':' .. ch.c)
+        chunkMins[#chunkMins+1] = first[2]
+        chunkMins[#chunkMins+1] = hook .. ':' .. ch.c
         ch.min = tonumber(first[2])
       else
-        redis.call('ZREM', KEYS[1], hook .. ':' .. ch.c)
+        chunksGone[#chunksGone+1] = hook .. ':' .. ch.c
         ch.min = math.huge
       end
     end
@@ -370,10 +382,21 @@ for _, hook in ipairs(order) do
     if ch.min < low then low = ch.min end
   end
   if state(hook).l == 0 then
-    redis.call('ZREM', tag .. ':qh', hook) -- left by a lost state
+    hooksGone[#hooksGone+1] = hook -- left by a lost state
   elseif low < math.huge then
-    redis.call('ZADD', tag .. ':qh', low, hook)
+    hookMins[#hookMins+1] = low
+    hookMins[#hookMins+1] = hook
   end
+end
+flush('ZADD', KEYS[1], chunkMins)
+flush('ZREM', KEYS[1], chunksGone)
+flush('ZADD', tag .. ':qh', hookMins)
+flush('ZREM', tag .. ':qh', hooksGone)
+if #out > 0 then
+  local hooks = {}
+  for k = 1, #out, 3 do hooks[#hooks+1] = out[k] end
+  local metas = redis.call('HMGET', KEYS[2], unpack(hooks))
+  for k = 1, #hooks do out[3*k-1] = metas[k] or '' end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if not first[2] then
@@ -402,10 +425,11 @@ func (q *Queue) Claim(ctx context.Context, now, leaseEnd time.Time, n int) (recs
 		hook, _ := groups[i].(string)
 		meta, _ := groups[i+1].(string)
 		members, _ := groups[i+2].([]any)
+		hm := parseMeta(meta)
 		for j := 0; j+1 < len(members); j += 2 {
 			chunk, _ := members[j].(string)
 			member, _ := members[j+1].(string)
-			rec, err := q.decode(ctx, member, hook, parseMeta(meta))
+			rec, err := q.decode(ctx, member, hook, hm)
 			if err != nil && !unreadable(err) {
 				// Redis did not answer a body form lookup: the member
 				// is fine and comes back when its lease ends, like
@@ -547,21 +571,28 @@ local function holds(key, m, e1, e2)
   return redis.call('ZREM', key, m) == 1, false
 end
 local refused, n = {}, 0
+local left = {} -- webhook -> chunks members left, each looked at once at the end
 for i = i, #ARGV, 12 do
   local kind, hook, c, old, bucket, id = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local key = c ~= '' and qkey(hook, c)
   local held, leased = false, false
-  if old ~= '' and c ~= '' then held, leased = holds(qkey(hook, c), old, ARGV[i+6], ARGV[i+7]) end
+  if old ~= '' and key then held, leased = holds(key, old, ARGV[i+6], ARGV[i+7]) end
   if leased then refused[#refused+1] = n end
   n = n + 1
   if kind == '2' then
     if held then
-      redis.call('ZADD', qkey(hook, c), ARGV[i+9], ARGV[i+8])
+      redis.call('ZADD', key, ARGV[i+9], ARGV[i+8])
       lower(hook, c, ARGV[i+9])
     end
   else
     if held then
       redis.call('HDEL', tag .. ':i:' .. bucket, id)
-      removed(hook, c)
+      local l = left[hook]
+      if not l then
+        l = {}
+        left[hook] = l
+      end
+      l[c] = true
     end
     if kind == '3' and (held or old == '') then
       redis.call('HSET', KEYS[3], ARGV[i+8], ARGV[i+10])
@@ -569,6 +600,9 @@ for i = i, #ARGV, 12 do
       redis.call('ZADD', tag .. ':wd:' .. hook, ARGV[i+11], ARGV[i+8])
     end
   end
+end
+for hook, l in pairs(left) do
+  for c in pairs(l) do removed(hook, c) end
 end
 saveStates()
 for hook, meta in pairs(metas) do
@@ -614,7 +648,7 @@ func (q *Queue) ApplyHeld(ctx context.Context, ops []Op) (refused []int, err err
 		}
 		pid := packedID(rec.ID)
 		end, pending := op.leaseScores(&bx)
-		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, indexBucket(pid), pid, end, pending)
+		args = append(args, int(op.Kind), rec.WebhookID, rec.chunk, rec.member, bucketArg(pid), pid, end, pending)
 		switch op.Kind {
 		case OpRemove:
 			args = append(args, "", "", "", "")

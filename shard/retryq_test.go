@@ -746,3 +746,49 @@ func claimOne(t *testing.T, q *Queue, at time.Time, lease time.Duration) *Record
 	}
 	return recs[0]
 }
+
+// Two ops of one batch on one delivery act as if they ran one by one: an
+// op refused by its lease leaves the member to a later op whose lease
+// holds it, and once an op changed it a later op finds its member gone.
+func TestOpsOfOneBatchOnOneDeliveryApplyInOrder(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", "ev", 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	recs := []*Record{
+		{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0},
+		{ID: "d2", WebhookID: "wh_1", Body: []byte("y"), Attempts: 1, FirstAttempt: t0},
+	}
+	if err := q.Schedule(ctx, []Entry{{Rec: recs[0], Due: t0}, {Rec: recs[1], Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	leaseEnd := t0.Add(time.Minute)
+	claimed, _, _, err := q.Claim(ctx, t0, leaseEnd, 10)
+	if err != nil || len(claimed) != 2 {
+		t.Fatalf("claimed %d, %v; want 2", len(claimed), err)
+	}
+	byID := map[string]*Record{claimed[0].ID: claimed[0], claimed[1].ID: claimed[1]}
+	d1, d2 := byID["d1"], byID["d2"]
+	stale := *d1 // a lease that ended before the claim's
+	again := *d1
+	again.Attempts = 2
+	d2b := *d2
+	err = q.Apply(ctx, []Op{
+		{Kind: OpRemove, Rec: &stale, Lease: d1.Lease(t0.Add(time.Second))},
+		{Kind: OpReschedule, Rec: &again, At: t0.Add(time.Hour), Lease: d1.Lease(leaseEnd)},
+		{Kind: OpReschedule, Rec: d2, At: t0.Add(2 * time.Hour), Lease: d2.Lease(leaseEnd)},
+		{Kind: OpRemove, Rec: &d2b, Lease: d2.Lease(leaseEnd)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, due, err := q.Get(ctx, "d1"); err != nil || got.Attempts != 2 || !due.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("d1: %+v due %v (%v); want the reschedule under its lease, not the refused removal", got, due, err)
+	}
+	if got, due, err := q.Get(ctx, "d2"); err != nil || !due.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("d2: %+v due %v (%v); want the first op's reschedule, the removal of its old member refused", got, due, err)
+	}
+	if n, _ := q.Len(ctx); n != 2 {
+		t.Fatalf("%d scheduled, want 2", n)
+	}
+}

@@ -19,7 +19,8 @@ import (
 // the four keys in order, and a receiver that parses it and re-serialises it
 // with Ruby's to_json gets the same bytes. When url is empty the event name
 // is taken from the catalog (pick chooses it) and resource_url is built
-// from base, as for events without one.
+// from base, as for events without one. AppendBodyOf of url as a prefix
+// writes what AppendBody writes for the whole URL.
 func FuzzAppendBody(f *testing.F) {
 	strs := []string{
 		"https://api.tradegecko.com/fulfillments/1234567.json",
@@ -69,6 +70,13 @@ func FuzzAppendBody(f *testing.F) {
 		}
 		if again := rubyToJSON(got); again != string(body) {
 			t.Fatalf("Ruby's to_json of the parsed body differs:\n body %q\n ruby %q", body, again)
+		}
+		// The retry queue's rebuild from a URL prefix (url here) writes
+		// what AppendBody writes for the whole URL.
+		whole := ev
+		whole.ResourceURL = url + "/" + strconv.FormatInt(objectID, 10) + ".json"
+		if of, want := AppendBodyOf(nil, ev.Event, url, objectID, timestamp), AppendBody(nil, &whole, base, cat); !bytes.Equal(of, want) {
+			t.Fatalf("AppendBodyOf wrote %q, AppendBody of the whole URL %q", of, want)
 		}
 	})
 }

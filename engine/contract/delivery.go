@@ -37,7 +37,8 @@ func AppendDeliveryID(dst []byte, topic string, partition int32, offset int64, w
 
 // DeliveryID returns AppendDeliveryID as a string.
 func DeliveryID(topic string, partition int32, offset int64, webhookID string) string {
-	return string(AppendDeliveryID(make([]byte, 0, DeliveryIDLen), topic, partition, offset, webhookID))
+	var buf [DeliveryIDLen]byte
+	return string(AppendDeliveryID(buf[:0], topic, partition, offset, webhookID))
 }
 
 // Outcome is what a delivery attempt means for the webhook.

@@ -194,6 +194,24 @@ func AppendBody(dst []byte, ev *Event, resourceBase string, cat *catalog.Catalog
 	return append(dst, '}')
 }
 
+// AppendBodyOf appends the body AppendBody writes for an event whose
+// resource URL is urlPrefix + "/{objectID}.json", without building that
+// URL: the retry queue stores a body as its event, URL prefix, object id
+// and timestamp and rebuilds it on every claim.
+func AppendBodyOf(dst []byte, event, urlPrefix string, objectID, timestamp int64) []byte {
+	dst = append(dst, `{"object_id":`...)
+	dst = strconv.AppendInt(dst, objectID, 10)
+	dst = append(dst, `,"event":`...)
+	dst = appendJSONString(dst, event)
+	dst = append(dst, `,"timestamp":`...)
+	dst = strconv.AppendInt(dst, timestamp, 10)
+	dst = append(dst, `,"resource_url":"`...)
+	dst = appendEscaped(dst, urlPrefix)
+	dst = append(dst, '/')
+	dst = strconv.AppendInt(dst, objectID, 10)
+	return append(dst, `.json"}`...)
+}
+
 func appendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	dst = appendEscaped(dst, s)

@@ -17,6 +17,10 @@ var errMalformedRecord = errors.New("malformed_record: the delivery id is not a 
 // claimBatch is the most deliveries one claim takes.
 const claimBatch = 256
 
+// claimGather is the longest the poller waits, while most of the retry
+// window is in flight, for outcomes to free a full claim's slots.
+const claimGather = 50 * time.Millisecond
+
 // pollLoop claims due deliveries from the shard's queue under a lease and
 // hands them to the workers, until ctx ends. It sleeps until the earliest
 // due delivery or PollEvery, whichever is sooner, and wakes early when the
@@ -54,6 +58,9 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 			case <-renew.C:
 				s.extendLeases(ctx)
 			}
+		}
+		if !r.gather(ctx, claimGather, renew.C, func() { s.extendLeases(ctx) }) {
+			return
 		}
 		now := d.o.Now()
 		leaseEnd := now.Add(d.o.Lease)
@@ -98,6 +105,34 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// gather waits, while more than three quarters of the retry window are in
+// flight, until outcomes free a quarter of it (claimBatch at most) or
+// limit passes, calling extend on each tick of renew; false if ctx ended
+// first. A claim costs Redis about as much for each webhook it visits as
+// for each delivery it takes, so a drain that claimed the few slots each
+// outcome batch frees would cost Redis several times as much per retry;
+// the retries in flight keep the workers busy meanwhile.
+func (r *claims) gather(ctx context.Context, limit time.Duration, renew <-chan time.Time, extend func()) bool {
+	want := min(claimBatch, cap(r.slots)/4)
+	if r.free() >= want {
+		return true
+	}
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for r.free() < want {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-r.space:
+		case <-renew:
+			extend()
+		case <-t.C:
+			return true
+		}
+	}
+	return true
 }
 
 // migrateEvery is how often a shard looks for deliveries written in the
