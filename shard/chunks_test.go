@@ -2,6 +2,7 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -257,5 +258,145 @@ func TestDueByMakesTheQueueOverdue(t *testing.T) {
 	recs, _, _, err := q.Claim(ctx, at, at.Add(time.Minute), 1000)
 	if err != nil || len(recs) != 301 {
 		t.Fatalf("after DueBy, a claim at that time took %d (%v), want 301", len(recs), err)
+	}
+}
+
+// Outcomes under leases keep the bookkeeping too, and lose nothing: with
+// claims small enough to reach webhooks through the webhook index, some
+// outcomes refused by a lease that moved (an extension, DueBy and a
+// claim again), every delivery given no outcome that took effect stays
+// scheduled and a drain claims it.
+func TestChunkBookkeepingHoldsUnderLeases(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	cat := catalog.Default()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	rng := rand.New(rand.NewPCG(3, 4))
+	hooks := memHooks(20)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	now := t0
+	maxChunks := map[string]int{}
+	live := map[string]bool{} // scheduled, and no outcome removed it
+	type claimed struct {
+		rec *Record
+		end time.Time
+	}
+	var flight []claimed
+	refusals := 0
+	for round, e := 0, 0; round < 40; round++ {
+		var entries []Entry
+		for range rng.IntN(200) {
+			rec := outageRecord(e, hooks[min(rng.IntN(25), 19)], t0, cat)
+			entries = append(entries, Entry{Rec: rec, Due: now.Add(time.Duration(rng.IntN(120)-30) * time.Second)})
+			live[rec.ID] = true
+			e++
+		}
+		if err := q.Schedule(ctx, entries); err != nil {
+			t.Fatal(err)
+		}
+		observeChunks(t, rdb, q, maxChunks)
+		now = now.Add(time.Duration(rng.IntN(40)) * time.Second)
+		switch rng.IntN(4) {
+		case 0:
+			if _, err := q.DueBy(ctx, now); err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			end := now.Add(time.Minute)
+			var ls []Lease
+			for i := range flight {
+				if rng.IntN(2) == 0 {
+					ls = append(ls, flight[i].rec.Lease(flight[i].end))
+					flight[i].end = end
+				}
+			}
+			if err := q.Extend(ctx, ls, end); err != nil {
+				t.Fatal(err)
+			}
+		}
+		leaseEnd := now.Add(time.Minute)
+		recs, _, _, err := q.Claim(ctx, now, leaseEnd, 1+rng.IntN(40))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			flight = append(flight, claimed{r, leaseEnd})
+		}
+		var ops []Op
+		keep := flight[:0]
+		for _, c := range flight {
+			if rng.IntN(3) == 0 {
+				keep = append(keep, c)
+				continue
+			}
+			l := c.rec.Lease(c.end)
+			if rng.IntN(8) == 0 {
+				l.End = c.end.Add(-time.Hour) // a lease that moved since
+			}
+			switch rng.IntN(4) {
+			case 0, 1:
+				ops = append(ops, Op{Kind: OpRemove, Rec: c.rec, Lease: l})
+			case 2:
+				r := *c.rec
+				r.Attempts++
+				ops = append(ops, Op{Kind: OpReschedule, Rec: &r, At: now.Add(time.Duration(rng.IntN(90)-20) * time.Second), Lease: l})
+			default:
+				ops = append(ops, Op{Kind: OpKill, Rec: c.rec, At: now, Lease: l})
+			}
+		}
+		flight = keep
+		refused, err := q.ApplyHeld(ctx, ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refusals += len(refused)
+		for _, op := range ops {
+			if op.Kind == OpReschedule {
+				continue
+			}
+			if _, _, err := q.Get(ctx, op.Rec.ID); errors.Is(err, ErrNotFound) {
+				delete(live, op.Rec.ID)
+			}
+		}
+		if round%10 == 9 {
+			checkChunks(t, rdb, q, maxChunks)
+		}
+	}
+	if refusals == 0 {
+		t.Fatal("no outcome was refused by its lease: the test tried nothing")
+	}
+	drained := map[string]bool{}
+	at := now.Add(24 * time.Hour)
+	for claims := 0; ; claims++ {
+		if claims > len(live)+100 {
+			t.Fatalf("%d claims have not drained the shard", claims)
+		}
+		recs, _, next, err := q.Claim(ctx, at, at.Add(time.Hour), 1+rng.IntN(50))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ops []Op
+		for _, r := range recs {
+			drained[r.ID] = true
+			ops = append(ops, Op{Kind: OpRemove, Rec: r})
+		}
+		if err := q.Apply(ctx, ops); err != nil {
+			t.Fatal(err)
+		}
+		if next.IsZero() {
+			break
+		}
+		if len(recs) == 0 && !next.After(at) {
+			t.Fatalf("a claim at %v found nothing, yet the earliest left is due %v", at, next)
+		}
+	}
+	for id := range live {
+		if !drained[id] {
+			t.Fatalf("delivery %s, given no outcome that took effect, was never claimed", id)
+		}
+	}
+	checkChunks(t, rdb, q, maxChunks)
+	if n, err := rdb.Exists(ctx, q.ChunksKey, q.statesKey, q.metaKey, q.tag+":qh").Result(); err != nil || n != 0 {
+		t.Fatalf("%d of the chunk index, states, metadata and webhook index left on a drained shard (%v)", n, err)
 	}
 }
