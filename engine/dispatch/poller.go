@@ -197,19 +197,35 @@ func (s *shardRun) releaseUntaken(recs []*shard.Record, leaseEnd time.Time) {
 
 // extendLeases keeps the claims still in flight leased for another Lease,
 // so a retry that waits long behind its host is not claimed a second time.
+// Only the leases the queue extended take the new end: one it did not
+// was lost (or its delivery made due), and an outcome written under the
+// new end would overwrite the claim of whoever holds the delivery now. A
+// try that failed may have moved leases all the same (its reply was
+// lost), so the extension is tried again until Redis answers, each lease
+// then held at its end or at the new one.
 func (s *shardRun) extendLeases(ctx context.Context) {
 	end := s.d.o.Now().Add(s.d.o.Lease)
 	ls := s.claims.extending(end)
 	if len(ls) == 0 {
 		return
 	}
-	if err := s.queue.Extend(ctx, ls, end); err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn().Err(err).Int("claims", len(ls)).Msg("cannot extend retry leases")
+	var held []int
+	if !s.retry(ctx, "extend retry leases", func() (err error) {
+		held, err = s.queue.ExtendHeld(ctx, ls, end)
+		if err != nil {
+			for i := range ls {
+				ls[i].Pending = end
+			}
 		}
+		return err
+	}) {
 		return
 	}
-	s.claims.extended(ls, end)
+	moved := make([]shard.Lease, 0, len(held))
+	for _, k := range held {
+		moved = append(moved, ls[k])
+	}
+	s.claims.extended(moved, end)
 }
 
 // releaseLeases gives back claims this shard will not finish, so the
