@@ -68,9 +68,11 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 		var bad []shard.Bad
 		var next time.Time
 		r.claiming(leaseEnd)
+		failed := false
 		ok := s.retry(ctx, "claim due retries", func() error {
 			var err error
 			recs, bad, next, err = s.queue.Claim(ctx, now, leaseEnd, min(r.free(), claimBatch))
+			failed = failed || err != nil
 			return err
 		})
 		if !ok {
@@ -91,6 +93,14 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 				s.releaseUntaken(recs[i:], leaseEnd)
 				return
 			}
+		}
+		if failed {
+			// A try that failed after Redis ran it (its reply lost, a
+			// body form not read) may have re-leased retries in flight
+			// here to leaseEnd, which the try that worked did not
+			// return: extend them while leaseEnd is still pending, so
+			// their lease is known before settled forgets it.
+			s.extendLeases(ctx)
 		}
 		r.settled()
 		if len(recs) == claimBatch {

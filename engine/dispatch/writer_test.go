@@ -293,3 +293,77 @@ func TestOutcomeAppliesAfterAnExtensionsReplyIsLost(t *testing.T) {
 		t.Fatalf("the delivery answered 2xx is still scheduled, due %v (%v): it would be sent again; log: %s", due, err, logs.String())
 	}
 }
+
+// lostClaimReply fails the next claim on the client after Redis ran it,
+// as a reply lost to a timeout does.
+type lostClaimReply struct{ armed atomic.Bool }
+
+func (h *lostClaimReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *lostClaimReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		if (cmd.Name() != "evalsha" && cmd.Name() != "eval") || len(args) < 5 || fmt.Sprint(args[2]) != "4" ||
+			!strings.HasSuffix(fmt.Sprint(args[4]), ":hm") {
+			return next(ctx, cmd)
+		}
+		err := next(ctx, cmd)
+		if err == nil && h.armed.Swap(false) {
+			err = errors.New("i/o timeout")
+			cmd.SetErr(err)
+		}
+		return err
+	}
+}
+func (h *lostClaimReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A claim whose reply is lost may have re-leased a retry in flight (made
+// due while its attempt ran), which the claim tried again then does not
+// return: the poller makes that lease known before it forgets the
+// claim's, and the attempt's outcome applies instead of the delivery
+// going out again when that lease ends.
+func TestOutcomeAppliesAfterAClaimsReplyIsLost(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const lease = 30 * time.Second
+	hook := &lostClaimReply{}
+	rdb := srv.Client()
+	rdb.AddHook(hook)
+	var logs bytes.Buffer
+	s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", 0), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
+		claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+	q := s.queue
+	rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	if err := q.Schedule(ctx, []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	claimed := claimFor(t, s, q, t0, lease)
+	takeAll(t, s, claimed, t0.Add(lease), true)
+	if n, err := q.DueBy(ctx, t0); err != nil || n != 1 {
+		t.Fatalf("made %d due, %v; want the claimed one", n, err)
+	}
+	now := t0.Add(time.Second)
+	s.d = &Dispatcher{o: Options{Lease: lease, PollEvery: time.Hour, Now: func() time.Time { return now }}}
+	hook.armed.Store(true)
+	pctx, cancel := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	go func() { s.pollLoop(pctx); close(stopped) }()
+	for deadline := time.Now().Add(10 * time.Second); s.claims.wakeAtMs.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the poller never finished its claim")
+		}
+	}
+	cancel()
+	<-stopped
+	if hook.armed.Load() {
+		t.Fatal("no claim reply was lost: the test tried nothing")
+	}
+	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed[0]}}) {
+		t.Fatal("the write gave up")
+	}
+	if _, due, err := q.Get(ctx, "d1"); !errors.Is(err, shard.ErrNotFound) {
+		t.Fatalf("the delivery answered 2xx is still scheduled, due %v (%v): it would be sent again; log: %s", due, err, logs.String())
+	}
+}
