@@ -47,20 +47,32 @@ func (b *msBoxes) box(v int64) any {
 	return b.boxed
 }
 
-func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) (int, error) {
+// moveLeases re-scores the leases still held to to, and returns the
+// indices in leases of those it moved.
+func (q *Queue) moveLeases(ctx context.Context, leases []Lease, to time.Time) ([]int, error) {
 	if len(leases) == 0 {
-		return 0, nil
+		return nil, nil
 	}
 	args := make([]any, 0, 2+5*len(leases))
 	args = append(args, to.UnixMilli(), q.tag)
+	sent := make([]int, 0, len(leases)) // the index in leases of each quintuple
 	var bx msBoxes
-	for _, l := range leases {
+	for k, l := range leases {
 		if l.member != "" && l.chunk != "" {
 			end, pending := l.scores(&bx)
 			args = append(args, l.hook, l.chunk, l.member, end, pending)
+			sent = append(sent, k)
 		}
 	}
-	return moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, args...).Int()
+	nums, err := moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, args...).Int64Slice()
+	if err != nil {
+		return nil, err
+	}
+	moved := make([]int, 0, len(nums))
+	for _, j := range nums {
+		moved = append(moved, sent[j])
+	}
+	return moved, nil
 }
 
 // Release gives leases back at once (due at now), for a shard that stops
@@ -77,18 +89,29 @@ func (q *Queue) Release(ctx context.Context, leases []Lease, now time.Time) erro
 // behind its host is not claimed a second time. A delivery whose outcome
 // was written meanwhile keeps its new due time.
 func (q *Queue) Extend(ctx context.Context, leases []Lease, end time.Time) error {
-	if _, err := q.moveLeases(ctx, leases, end); err != nil {
-		return fmt.Errorf("cannot extend %d leases in %s: %w", len(leases), q.Shard, err)
+	_, err := q.ExtendHeld(ctx, leases, end)
+	return err
+}
+
+// ExtendHeld is Extend, and returns the indices in leases of those it
+// extended: a lease not among them is not held at end (its delivery was
+// claimed by another process once the lease ran out, made due, or its
+// outcome written), and an outcome under it must not count on end.
+func (q *Queue) ExtendHeld(ctx context.Context, leases []Lease, end time.Time) ([]int, error) {
+	moved, err := q.moveLeases(ctx, leases, end)
+	if err != nil {
+		return nil, fmt.Errorf("cannot extend %d leases in %s: %w", len(leases), q.Shard, err)
 	}
-	return nil
+	return moved, nil
 }
 
 // moveScript re-scores members of webhook chunks: ARGV[1] the new score,
 // ARGV[2] the key tag, then (webhook, chunk, member, expected score,
 // other expected score or "") quintuples; a member moves only if its
-// score is still one of the expected ones (-1: any).
+// score is still one of the expected ones (-1: any). It returns the
+// (0-based) numbers of the quintuples whose member moved.
 var moveScript = redis.NewScript(`
-local n = 0
+local moved, n = {}, 0
 for i = 3, #ARGV, 5 do
   local chunk = ARGV[i] .. ':' .. ARGV[i+1]
   local key = ARGV[2] .. ':q:' .. chunk
@@ -97,10 +120,11 @@ for i = 3, #ARGV, 5 do
     redis.call('ZADD', key, ARGV[1], ARGV[i+2])
     redis.call('ZADD', KEYS[1], 'LT', ARGV[1], chunk)
     redis.call('ZADD', ARGV[2] .. ':qh', 'LT', ARGV[1], ARGV[i])
-    n = n + 1
+    moved[#moved+1] = n
   end
+  n = n + 1
 end
-return n
+return moved
 `)
 
 // RetryNow makes a scheduled delivery due at now. It reports false when the
@@ -127,11 +151,11 @@ func (q *Queue) RetryNow(ctx context.Context, rec *Record, now time.Time) (bool,
 	if rec.member == "" || rec.chunk == "" {
 		return false, nil
 	}
-	n, err := moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, now.UnixMilli(), q.tag, rec.WebhookID, rec.chunk, rec.member, -1, "").Int()
+	moved, err := moveScript.Run(ctx, q.rdb, []string{q.ChunksKey}, now.UnixMilli(), q.tag, rec.WebhookID, rec.chunk, rec.member, -1, "").Int64Slice()
 	if err != nil {
 		return false, fmt.Errorf("cannot make delivery %s due: %w", rec.ID, err)
 	}
-	return n == 1, nil
+	return len(moved) == 1, nil
 }
 
 // dueByScript re-scores every member of the shard's chunks (KEYS[1])

@@ -225,8 +225,8 @@ func queueLife(t *testing.T, rdb *redis.Client) {
 	gone := mk("gone")
 	gone.member, _ = q.memberOf(gone)
 	stale := []Lease{recs[0].Lease(leaseEnd), recs[1].Lease(leaseEnd), gone.Lease(leaseEnd)}
-	if err := q.Extend(ctx, stale, leaseEnd.Add(time.Minute)); err != nil {
-		t.Fatal(err)
+	if held, err := q.ExtendHeld(ctx, stale, leaseEnd.Add(time.Minute)); err != nil || !slices.Equal(held, []int{0}) {
+		t.Fatalf("extended leases %v (%v), want only b's, the first", held, err)
 	}
 	if _, due, _ := q.Get(ctx, "c"); !due.Equal(now.Add(time.Hour)) {
 		t.Fatalf("an extension moved a written outcome: c due %v, want %v", due, now.Add(time.Hour))

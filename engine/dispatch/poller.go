@@ -68,9 +68,11 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 		var bad []shard.Bad
 		var next time.Time
 		r.claiming(leaseEnd)
+		failed := false
 		ok := s.retry(ctx, "claim due retries", func() error {
 			var err error
 			recs, bad, next, err = s.queue.Claim(ctx, now, leaseEnd, min(r.free(), claimBatch))
+			failed = failed || err != nil
 			return err
 		})
 		if !ok {
@@ -91,6 +93,14 @@ func (s *shardRun) pollLoop(ctx context.Context) {
 				s.releaseUntaken(recs[i:], leaseEnd)
 				return
 			}
+		}
+		if failed {
+			// A try that failed after Redis ran it (its reply lost, a
+			// body form not read) may have re-leased retries in flight
+			// here to leaseEnd, which the try that worked did not
+			// return: extend them while leaseEnd is still pending, so
+			// their lease is known before settled forgets it.
+			s.extendLeases(ctx)
 		}
 		r.settled()
 		if len(recs) == claimBatch {
@@ -197,19 +207,35 @@ func (s *shardRun) releaseUntaken(recs []*shard.Record, leaseEnd time.Time) {
 
 // extendLeases keeps the claims still in flight leased for another Lease,
 // so a retry that waits long behind its host is not claimed a second time.
+// Only the leases the queue extended take the new end: one it did not
+// was lost (or its delivery made due), and an outcome written under the
+// new end would overwrite the claim of whoever holds the delivery now. A
+// try that failed may have moved leases all the same (its reply was
+// lost), so the extension is tried again until Redis answers, each lease
+// then held at its end or at the new one.
 func (s *shardRun) extendLeases(ctx context.Context) {
 	end := s.d.o.Now().Add(s.d.o.Lease)
 	ls := s.claims.extending(end)
 	if len(ls) == 0 {
 		return
 	}
-	if err := s.queue.Extend(ctx, ls, end); err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn().Err(err).Int("claims", len(ls)).Msg("cannot extend retry leases")
+	var held []int
+	if !s.retry(ctx, "extend retry leases", func() (err error) {
+		held, err = s.queue.ExtendHeld(ctx, ls, end)
+		if err != nil {
+			for i := range ls {
+				ls[i].Pending = end
+			}
 		}
+		return err
+	}) {
 		return
 	}
-	s.claims.extended(ls, end)
+	moved := make([]shard.Lease, 0, len(held))
+	for _, k := range held {
+		moved = append(moved, ls[k])
+	}
+	s.claims.extended(moved, end)
 }
 
 // releaseLeases gives back claims this shard will not finish, so the

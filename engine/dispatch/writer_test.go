@@ -91,6 +91,18 @@ func TestOutcomeRacingItsShardsClaimIsWritten(t *testing.T) {
 			}
 			return nil, at.Add(lease)
 		}},
+		// The shard's next extension, after another process claimed the
+		// delivery, moves nothing: the lease is still lost, and the
+		// outcome must not be written again under the extension's end.
+		{"lease lost to another process, then extended", false, func(s *shardRun, q *shard.Queue) ([]*shard.Record, time.Time) {
+			at := t0.Add(lease + time.Second)
+			if recs, _, _, err := q.Claim(ctx, at, at.Add(lease), 10); err != nil || len(recs) != 1 {
+				t.Fatalf("another process's claim: %d records, %v", len(recs), err)
+			}
+			s.d = &Dispatcher{o: Options{Lease: lease, Now: func() time.Time { return at.Add(5 * time.Second) }}}
+			s.extendLeases(ctx)
+			return nil, at.Add(lease)
+		}},
 	}
 	for p, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -175,4 +187,183 @@ func takeAll(t *testing.T, s *shardRun, recs []*shard.Record, leaseEnd time.Time
 		}
 	}
 	s.claims.settled()
+}
+
+// An extension that finds a lease lost (another process claimed the
+// delivery once it ran out) leaves that lease as it was: an outcome
+// written after it, under the lease the shard holds, changes nothing.
+func TestExtensionKeepsALostLeaseLost(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const lease = 30 * time.Second
+	var logs bytes.Buffer
+	s := &shardRun{queue: shard.NewQueue(srv.Client(), "gh:", "ev", 0), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
+		claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+	q := s.queue
+	rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	if err := q.Schedule(ctx, []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	claimed := claimFor(t, s, q, t0, lease)
+	takeAll(t, s, claimed, t0.Add(lease), true)
+	// The lease runs out; another process claims the delivery.
+	at := t0.Add(lease + time.Second)
+	if other, _, _, err := q.Claim(ctx, at, at.Add(lease), 10); err != nil || len(other) != 1 {
+		t.Fatalf("another process's claim: %d records, %v", len(other), err)
+	}
+	now := at.Add(5 * time.Second)
+	s.d = &Dispatcher{o: Options{Lease: lease, Now: func() time.Time { return now }}}
+	s.extendLeases(ctx)
+	if l, _ := s.claims.lease("d1"); !l.End.Equal(t0.Add(lease)) {
+		t.Fatalf("the lost lease now ends %v, want %v: the extension moved nothing", l.End, t0.Add(lease))
+	}
+	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed[0]}}) {
+		t.Fatal("the write gave up")
+	}
+	if _, due, err := q.Get(ctx, "d1"); err != nil || !due.Equal(at.Add(lease)) {
+		t.Fatalf("another process's claim: due %v (%v), want its lease end %v kept", due, err, at.Add(lease))
+	}
+	if !strings.Contains(logs.String(), `"delivery":"d1"`) {
+		t.Fatalf("a lost lease was not logged with the delivery id: %q", logs.String())
+	}
+}
+
+// lostExtendReply fails the next script on one key (KEYS[1] only: a lease
+// extension) after Redis ran it, as a reply lost to a timeout does.
+type lostExtendReply struct{ armed atomic.Bool }
+
+func (h *lostExtendReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *lostExtendReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		if (cmd.Name() != "evalsha" && cmd.Name() != "eval") || len(args) < 3 || fmt.Sprint(args[2]) != "1" {
+			return next(ctx, cmd)
+		}
+		err := next(ctx, cmd)
+		if err == nil && h.armed.Swap(false) {
+			err = errors.New("i/o timeout")
+			cmd.SetErr(err)
+		}
+		return err
+	}
+}
+func (h *lostExtendReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// An extension whose reply is lost may have moved the leases all the
+// same: the poller's next claim and extension leave the shard holding
+// them, and the outcome of the attempt applies.
+func TestOutcomeAppliesAfterAnExtensionsReplyIsLost(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const lease = 30 * time.Second
+	hook := &lostExtendReply{}
+	rdb := srv.Client()
+	rdb.AddHook(hook)
+	var logs bytes.Buffer
+	s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", 0), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
+		claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+	q := s.queue
+	rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	if err := q.Schedule(ctx, []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	claimed := claimFor(t, s, q, t0, lease)
+	takeAll(t, s, claimed, t0.Add(lease), true)
+	now := t0.Add(10 * time.Second)
+	s.d = &Dispatcher{o: Options{Lease: lease, Now: func() time.Time { return now }}}
+	hook.armed.Store(true)
+	s.extendLeases(ctx) // moves the lease, but the reply is lost
+	// The poller claims next (nothing is due), then extends again.
+	now = now.Add(time.Second)
+	s.claims.claiming(now.Add(lease))
+	if recs, _, _, err := q.Claim(ctx, now, now.Add(lease), 4); err != nil || len(recs) != 0 {
+		t.Fatalf("claim: %d records, %v; want none", len(recs), err)
+	}
+	s.claims.settled()
+	now = now.Add(10 * time.Second)
+	s.extendLeases(ctx)
+	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed[0]}}) {
+		t.Fatal("the write gave up")
+	}
+	if _, due, err := q.Get(ctx, "d1"); !errors.Is(err, shard.ErrNotFound) {
+		t.Fatalf("the delivery answered 2xx is still scheduled, due %v (%v): it would be sent again; log: %s", due, err, logs.String())
+	}
+}
+
+// lostClaimReply fails the next claim on the client after Redis ran it,
+// as a reply lost to a timeout does.
+type lostClaimReply struct{ armed atomic.Bool }
+
+func (h *lostClaimReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *lostClaimReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		if (cmd.Name() != "evalsha" && cmd.Name() != "eval") || len(args) < 5 || fmt.Sprint(args[2]) != "4" ||
+			!strings.HasSuffix(fmt.Sprint(args[4]), ":hm") {
+			return next(ctx, cmd)
+		}
+		err := next(ctx, cmd)
+		if err == nil && h.armed.Swap(false) {
+			err = errors.New("i/o timeout")
+			cmd.SetErr(err)
+		}
+		return err
+	}
+}
+func (h *lostClaimReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A claim whose reply is lost may have re-leased a retry in flight (made
+// due while its attempt ran), which the claim tried again then does not
+// return: the poller makes that lease known before it forgets the
+// claim's, and the attempt's outcome applies instead of the delivery
+// going out again when that lease ends.
+func TestOutcomeAppliesAfterAClaimsReplyIsLost(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_700_000_000_000)
+	const lease = 30 * time.Second
+	hook := &lostClaimReply{}
+	rdb := srv.Client()
+	rdb.AddHook(hook)
+	var logs bytes.Buffer
+	s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", 0), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
+		claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+	q := s.queue
+	rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	if err := q.Schedule(ctx, []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	claimed := claimFor(t, s, q, t0, lease)
+	takeAll(t, s, claimed, t0.Add(lease), true)
+	if n, err := q.DueBy(ctx, t0); err != nil || n != 1 {
+		t.Fatalf("made %d due, %v; want the claimed one", n, err)
+	}
+	now := t0.Add(time.Second)
+	s.d = &Dispatcher{o: Options{Lease: lease, PollEvery: time.Hour, Now: func() time.Time { return now }}}
+	hook.armed.Store(true)
+	pctx, cancel := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	go func() { s.pollLoop(pctx); close(stopped) }()
+	for deadline := time.Now().Add(10 * time.Second); s.claims.wakeAtMs.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the poller never finished its claim")
+		}
+	}
+	cancel()
+	<-stopped
+	if hook.armed.Load() {
+		t.Fatal("no claim reply was lost: the test tried nothing")
+	}
+	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed[0]}}) {
+		t.Fatal("the write gave up")
+	}
+	if _, due, err := q.Get(ctx, "d1"); !errors.Is(err, shard.ErrNotFound) {
+		t.Fatalf("the delivery answered 2xx is still scheduled, due %v (%v): it would be sent again; log: %s", due, err, logs.String())
+	}
 }
