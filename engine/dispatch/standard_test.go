@@ -128,7 +128,17 @@ func TestBothSchemeAndRotationThroughDispatcher(t *testing.T) {
 	e.produce("acc1", event(1))
 	e.produce("acc2", `{"account_id":"acc2","event":"order.create","object_id":1,"timestamp":1700000000}`)
 	first := e.waitReceived("/both", 1)[0]
-	e.waitReceived("/std", 1)
+	stdFirst := e.waitReceived("/std", 1)[0]
+	// The clock moves only once both failures are scheduled: a failure
+	// concluded after the move would be due 18 s after it.
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		for _, id := range []string{first.DeliveryID, stdFirst.DeliveryID} {
+			if e.find(id) == nil {
+				return fmt.Errorf("first failure of %s not scheduled", id)
+			}
+		}
+		return nil
+	})
 	dispClock.Add(19 * time.Second) // past the first retry's due time
 	got := e.waitReceived("/both", 2)
 	stdGot := e.waitReceived("/std", 2)
