@@ -271,7 +271,7 @@ func TestHandAfterTheFeederStopped(t *testing.T) {
 	}()
 	select {
 	case <-returned:
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("hand blocked on a busy pool after its context ended")
 	}
 	close(release)
@@ -281,7 +281,7 @@ func TestHandAfterTheFeederStopped(t *testing.T) {
 			if got != want {
 				t.Fatalf("the worker ran %p, want %p", got, want)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(30 * time.Second):
 			t.Fatal("the admitted delivery never reached a worker")
 		}
 	}
