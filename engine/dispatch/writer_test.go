@@ -193,20 +193,11 @@ func takeAll(t *testing.T, s *shardRun, recs []*shard.Record, leaseEnd time.Time
 // delivery once it ran out) leaves that lease as it was: an outcome
 // written after it, under the lease the shard holds, changes nothing.
 func TestExtensionKeepsALostLeaseLost(t *testing.T) {
-	srv := testenv.Redis(t)
 	ctx := context.Background()
 	t0 := time.UnixMilli(1_700_000_000_000)
 	const lease = 30 * time.Second
-	var logs bytes.Buffer
-	s := &shardRun{queue: shard.NewQueue(srv.Client(), "gh:", "ev", 0), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
-		claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+	s, claimed, logs := leasedRetry(t, nil, t0, lease)
 	q := s.queue
-	rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
-	if err := q.Schedule(ctx, []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
-		t.Fatal(err)
-	}
-	claimed := claimFor(t, s, q, t0, lease)
-	takeAll(t, s, claimed, t0.Add(lease), true)
 	// The lease runs out; another process claims the delivery.
 	at := t0.Add(lease + time.Second)
 	if other, _, _, err := q.Claim(ctx, at, at.Add(lease), 10); err != nil || len(other) != 1 {
@@ -218,7 +209,7 @@ func TestExtensionKeepsALostLeaseLost(t *testing.T) {
 	if l, _ := s.claims.lease("d1"); !l.End.Equal(t0.Add(lease)) {
 		t.Fatalf("the lost lease now ends %v, want %v: the extension moved nothing", l.End, t0.Add(lease))
 	}
-	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed[0]}}) {
+	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed}}) {
 		t.Fatal("the write gave up")
 	}
 	if _, due, err := q.Get(ctx, "d1"); err != nil || !due.Equal(at.Add(lease)) {
@@ -229,15 +220,25 @@ func TestExtensionKeepsALostLeaseLost(t *testing.T) {
 	}
 }
 
-// lostExtendReply fails the next script on one key (KEYS[1] only: a lease
-// extension) after Redis ran it, as a reply lost to a timeout does.
-type lostExtendReply struct{ armed atomic.Bool }
+// lostScriptReply, once armed, fails on the client the next script match
+// picks, after Redis ran it, as a reply lost to a timeout does.
+type lostScriptReply struct {
+	armed atomic.Bool
+	match func(args []any) bool
+}
 
-func (h *lostExtendReply) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *lostExtendReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+// isExtension picks a script on one key (KEYS[1] only): a lease extension.
+func isExtension(args []any) bool { return len(args) >= 3 && fmt.Sprint(args[2]) == "1" }
+
+// isClaim picks a claim: a script on four keys, the fourth the metadata.
+func isClaim(args []any) bool {
+	return len(args) >= 5 && fmt.Sprint(args[2]) == "4" && strings.HasSuffix(fmt.Sprint(args[4]), ":hm")
+}
+
+func (h *lostScriptReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *lostScriptReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		args := cmd.Args()
-		if (cmd.Name() != "evalsha" && cmd.Name() != "eval") || len(args) < 3 || fmt.Sprint(args[2]) != "1" {
+		if (cmd.Name() != "evalsha" && cmd.Name() != "eval") || !h.match(cmd.Args()) {
 			return next(ctx, cmd)
 		}
 		err := next(ctx, cmd)
@@ -248,31 +249,40 @@ func (h *lostExtendReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook 
 		return err
 	}
 }
-func (h *lostExtendReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h *lostScriptReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
+}
+
+// leasedRetry schedules one retry (d1) on a shard whose Redis client runs
+// hook (if any), and claims and takes it under a lease from t0.
+func leasedRetry(t *testing.T, hook redis.Hook, t0 time.Time, lease time.Duration) (*shardRun, *shard.Record, *bytes.Buffer) {
+	t.Helper()
+	rdb := testenv.Redis(t).Client()
+	if hook != nil {
+		rdb.AddHook(hook)
+	}
+	logs := &bytes.Buffer{}
+	s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", 0), log: zerolog.New(logs), failLog: zerolog.New(logs),
+		claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+	rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
+	if err := s.queue.Schedule(context.Background(), []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	claimed := claimFor(t, s, s.queue, t0, lease)
+	takeAll(t, s, claimed, t0.Add(lease), true)
+	return s, claimed[0], logs
 }
 
 // An extension whose reply is lost may have moved the leases all the
 // same: the poller's next claim and extension leave the shard holding
 // them, and the outcome of the attempt applies.
 func TestOutcomeAppliesAfterAnExtensionsReplyIsLost(t *testing.T) {
-	srv := testenv.Redis(t)
 	ctx := context.Background()
 	t0 := time.UnixMilli(1_700_000_000_000)
 	const lease = 30 * time.Second
-	hook := &lostExtendReply{}
-	rdb := srv.Client()
-	rdb.AddHook(hook)
-	var logs bytes.Buffer
-	s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", 0), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
-		claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+	hook := &lostScriptReply{match: isExtension}
+	s, claimed, logs := leasedRetry(t, hook, t0, lease)
 	q := s.queue
-	rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
-	if err := q.Schedule(ctx, []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
-		t.Fatal(err)
-	}
-	claimed := claimFor(t, s, q, t0, lease)
-	takeAll(t, s, claimed, t0.Add(lease), true)
 	now := t0.Add(10 * time.Second)
 	s.d = &Dispatcher{o: Options{Lease: lease, Now: func() time.Time { return now }}}
 	hook.armed.Store(true)
@@ -286,36 +296,12 @@ func TestOutcomeAppliesAfterAnExtensionsReplyIsLost(t *testing.T) {
 	s.claims.settled()
 	now = now.Add(10 * time.Second)
 	s.extendLeases(ctx)
-	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed[0]}}) {
+	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed}}) {
 		t.Fatal("the write gave up")
 	}
 	if _, due, err := q.Get(ctx, "d1"); !errors.Is(err, shard.ErrNotFound) {
 		t.Fatalf("the delivery answered 2xx is still scheduled, due %v (%v): it would be sent again; log: %s", due, err, logs.String())
 	}
-}
-
-// lostClaimReply fails the next claim on the client after Redis ran it,
-// as a reply lost to a timeout does.
-type lostClaimReply struct{ armed atomic.Bool }
-
-func (h *lostClaimReply) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *lostClaimReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		args := cmd.Args()
-		if (cmd.Name() != "evalsha" && cmd.Name() != "eval") || len(args) < 5 || fmt.Sprint(args[2]) != "4" ||
-			!strings.HasSuffix(fmt.Sprint(args[4]), ":hm") {
-			return next(ctx, cmd)
-		}
-		err := next(ctx, cmd)
-		if err == nil && h.armed.Swap(false) {
-			err = errors.New("i/o timeout")
-			cmd.SetErr(err)
-		}
-		return err
-	}
-}
-func (h *lostClaimReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // A claim whose reply is lost may have re-leased a retry in flight (made
@@ -324,23 +310,12 @@ func (h *lostClaimReply) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 // claim's, and the attempt's outcome applies instead of the delivery
 // going out again when that lease ends.
 func TestOutcomeAppliesAfterAClaimsReplyIsLost(t *testing.T) {
-	srv := testenv.Redis(t)
 	ctx := context.Background()
 	t0 := time.UnixMilli(1_700_000_000_000)
 	const lease = 30 * time.Second
-	hook := &lostClaimReply{}
-	rdb := srv.Client()
-	rdb.AddHook(hook)
-	var logs bytes.Buffer
-	s := &shardRun{queue: shard.NewQueue(rdb, "gh:", "ev", 0), log: zerolog.New(&logs), failLog: zerolog.New(&logs),
-		claims: newClaims(4, ops.NewGauge(metrics.NewSet(), "geckohook_retries_in_flight"))}
+	hook := &lostScriptReply{match: isClaim}
+	s, claimed, logs := leasedRetry(t, hook, t0, lease)
 	q := s.queue
-	rec := &shard.Record{ID: "d1", WebhookID: "wh_1", Body: []byte("x"), Attempts: 1, FirstAttempt: t0, LastStatus: 500}
-	if err := q.Schedule(ctx, []shard.Entry{{Rec: rec, Due: t0}}); err != nil {
-		t.Fatal(err)
-	}
-	claimed := claimFor(t, s, q, t0, lease)
-	takeAll(t, s, claimed, t0.Add(lease), true)
 	if n, err := q.DueBy(ctx, t0); err != nil || n != 1 {
 		t.Fatalf("made %d due, %v; want the claimed one", n, err)
 	}
@@ -360,7 +335,7 @@ func TestOutcomeAppliesAfterAClaimsReplyIsLost(t *testing.T) {
 	if hook.armed.Load() {
 		t.Fatal("no claim reply was lost: the test tried nothing")
 	}
-	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed[0]}}) {
+	if !s.applyOps(ctx, []shard.Op{{Kind: shard.OpRemove, Rec: claimed}}) {
 		t.Fatal("the write gave up")
 	}
 	if _, due, err := q.Get(ctx, "d1"); !errors.Is(err, shard.ErrNotFound) {
