@@ -287,6 +287,9 @@ func TestOutcomeAppliesAfterAnExtensionsReplyIsLost(t *testing.T) {
 	s.d = &Dispatcher{o: Options{Lease: lease, Now: func() time.Time { return now }}}
 	hook.armed.Store(true)
 	s.extendLeases(ctx) // moves the lease, but the reply is lost
+	if hook.armed.Load() {
+		t.Fatal("no extension reply was lost: the test tried nothing")
+	}
 	// The poller claims next (nothing is due), then extends again.
 	now = now.Add(time.Second)
 	s.claims.claiming(now.Add(lease))

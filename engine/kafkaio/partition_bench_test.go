@@ -3,7 +3,6 @@ package kafkaio
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
@@ -95,15 +94,6 @@ func eventsFrame(b *testing.B, c compress.Compression) ([]byte, int) {
 	return fetchFrame(maxFetchVersion, batches*per, nil, rs), batches * per
 }
 
-// cpuTime is the CPU time the process has used, in nanoseconds.
-func cpuTime(b *testing.B) int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return ru.Utime.Nano() + ru.Stime.Nano()
-}
-
 // The cost of turning one fetch answer into records, without the broker:
 // kafka-go's decoding (what the reader did before) against the reader's
 // own. Metrics per record.
@@ -115,7 +105,7 @@ func BenchmarkFetchDecode(b *testing.B) {
 			var bufs [3]fetchBufs
 			b.SetBytes(int64(len(frame)))
 			b.ReportAllocs()
-			cpu0 := cpuTime(b)
+			cpu0 := testenv.OwnCPU()
 			b.ResetTimer()
 			for i := range b.N {
 				r.offset = 0
@@ -129,7 +119,7 @@ func BenchmarkFetchDecode(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
 			// CPU time of the whole process (GC included), which the other
 			// processes of a busy machine do not inflate as they do wall time.
-			b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N*n), "cpu-ns/record")
+			b.ReportMetric(float64(testenv.OwnCPU()-cpu0)/float64(b.N*n), "cpu-ns/record")
 			b.ReportMetric(float64(testing.AllocsPerRun(1, func() { _ = decode(r, &bufs[0]) }))/float64(n), "allocs/record")
 		}
 		b.Run(fmt.Sprintf("codec=%v/decoder=kafka-go", c), func(b *testing.B) {
