@@ -210,6 +210,9 @@ type Dispatcher struct {
 	hosts  *hostGate
 	dlq    *kafka.Writer
 	store  *shard.Store
+	// fetches fetches for every shard's reader: one request per broker
+	// for the partitions assigned here.
+	fetches *kafkaio.FetchSession
 
 	Stats Stats
 	m     instruments
@@ -291,6 +294,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 	}()
 
+	d.fetches = kafkaio.NewFetchSession(kafkaio.SessionConfig{Brokers: d.o.Brokers, Topic: d.o.Topic,
+		Isolation: d.o.Isolation, MinBytes: 1, MaxWait: 100 * time.Millisecond})
 	var shards sync.WaitGroup
 	d.grouped.Store(true)
 	for {
@@ -318,6 +323,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.o.Log.Warn().Err(err).Msg("closing consumer group")
 	}
 	shards.Wait()
+	d.fetches.Close()
 	d.handoffs.Wait()
 	close(drained)
 	d.pool.close()

@@ -56,9 +56,8 @@ func (s *shardRun) fetch(ctx context.Context, offset int64, out chan<- []kafkaio
 		Topic:     d.o.Topic,
 		Partition: s.partition,
 		Isolation: d.o.Isolation,
-		MinBytes:  1,
 		MaxBytes:  1 << 20, // ~10,000 events a fetch
-		MaxWait:   100 * time.Millisecond,
+		Session:   d.fetches,
 	}, offset)
 	defer r.Close()
 	lag, name := d.lagGauge(s.partition)

@@ -141,33 +141,40 @@ func TestPartitionReaderNeedsTheExchange(t *testing.T) {
 
 // The buffer the next answer lands in shares no memory with the records of
 // the last two fetches that returned some, however many fetches that
-// return nothing come between: the dispatcher may still hold both.
+// return nothing come between: the dispatcher may still hold both. So too
+// when a session fetches, copying each partition's records out of its
+// answer.
 func TestPartitionReaderAnswersLandApart(t *testing.T) {
 	brokers, ctx := eventsTopic(t)
 	plain := testenv.KafkaProducer(t, brokers, "events", "")
-	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: 10 * time.Millisecond}, 0)
-	defer r.Close()
-	var live [][]Record
-	for i := range 4 {
-		produce(t, plain, fmt.Sprintf("v%d", i))
-		live = append(live, fetchAtLeast(t, ctx, r, 1))
-		for range 2 {
-			if recs, err := r.Fetch(ctx); err != nil || len(recs) != 0 {
-				t.Fatalf("a fetch with nothing new: %d records, %v", len(recs), err)
-			}
-			next := r.bufs[0].frame
-			for _, recs := range live[max(len(live)-2, 0):] {
-				for _, rec := range recs {
-					if overlap(next, rec.Value) {
-						t.Fatalf("the next answer lands on %q at %d, which the caller may still hold", rec.Value, rec.Offset)
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 10 * time.Millisecond})
+	defer s.Close()
+	for round, session := range []*FetchSession{nil, s} {
+		base := 4 * round
+		r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", MaxWait: 10 * time.Millisecond, Session: session}, int64(base))
+		defer r.Close()
+		var live [][]Record
+		for i := range 4 {
+			produce(t, plain, fmt.Sprintf("v%d", base+i))
+			live = append(live, fetchAtLeast(t, ctx, r, 1))
+			for range 2 {
+				if recs, err := r.Fetch(ctx); err != nil || len(recs) != 0 {
+					t.Fatalf("a fetch with nothing new: %d records, %v", len(recs), err)
+				}
+				next := r.bufs[0].frame
+				for _, recs := range live[max(len(live)-2, 0):] {
+					for _, rec := range recs {
+						if overlap(next, rec.Value) {
+							t.Fatalf("session %v: the next answer lands on %q at %d, which the caller may still hold", session != nil, rec.Value, rec.Offset)
+						}
 					}
 				}
 			}
 		}
-	}
-	for i, recs := range live[2:] {
-		if want := fmt.Sprintf("v%d", i+2); string(recs[0].Value) != want {
-			t.Fatalf("fetch %d's record reads %q, want %q", i+2, recs[0].Value, want)
+		for i, recs := range live[2:] {
+			if want := fmt.Sprintf("v%d", base+i+2); string(recs[0].Value) != want {
+				t.Fatalf("session %v: fetch %d's record reads %q, want %q", session != nil, i+2, recs[0].Value, want)
+			}
 		}
 	}
 }

@@ -102,33 +102,79 @@ type fetchAnswer struct {
 // transactions to aborted. Records stay bytes, pointing into body.
 func parseFetch(body []byte, version int16, topic string, partition int32, aborted []abortedTxn) (fetchAnswer, error) {
 	a := fetchAnswer{aborted: aborted}
-	if version < 0 || version > maxFetchVersion {
-		return a, fmt.Errorf("fetch response v%d is not supported", version)
-	}
-	w := wire{b: body}
-	if version >= 1 {
-		w.int32() // throttle time
-	}
-	if version >= 7 {
-		a.errorCode = w.int16()
-		w.int32() // session id
-	}
-	for range w.count(6) {
-		name := w.string16()
-		for range w.count(14) {
-			// A partition not asked for appends past the one asked for,
-			// never over it.
-			p := readPartition(&w, version, a.aborted[len(a.aborted):])
-			if w.err == nil && !a.found && string(name) == topic && p.partition == partition {
-				a.found, a.partError, a.highWatermark = true, p.partError, p.highWatermark
-				a.aborted, a.records = p.aborted, p.records
-			}
+	fw := walkFetch(body, version)
+	for fw.next() {
+		// A partition not asked for appends past the one asked for,
+		// never over it.
+		p := readPartition(&fw.w, version, a.aborted[len(a.aborted):])
+		if fw.w.err == nil && !a.found && string(fw.topic) == topic && p.partition == partition {
+			a.found, a.partError, a.highWatermark = true, p.partError, p.highWatermark
+			a.aborted, a.records = p.aborted, p.records
 		}
 	}
-	if w.err != nil {
-		return a, fmt.Errorf("fetch response v%d, at byte %d of %d: %w", version, w.off, len(body), w.err)
+	a.errorCode = fw.code
+	return a, fw.error()
+}
+
+// fetchWalk steps through a Fetch response body a partition at a time:
+// after each next that returns true, the caller reads the partition at w
+// with readPartition; topic is the partition's topic.
+type fetchWalk struct {
+	w       wire
+	version int16
+	code    int16 // the response's own error code (v7 on)
+	topic   []byte
+	topics  int // topics left after the current one
+	parts   int // partitions left in the current topic
+	bad     error
+}
+
+// walkFetch starts a walk of body, a Fetch response of the given version
+// (v0-v11).
+func walkFetch(body []byte, version int16) fetchWalk {
+	fw := fetchWalk{w: wire{b: body}, version: version, parts: -1}
+	if version < 0 || version > maxFetchVersion {
+		fw.bad = fmt.Errorf("fetch response v%d is not supported", version)
+		return fw
 	}
-	return a, nil
+	if version >= 1 {
+		fw.w.int32() // throttle time
+	}
+	if version >= 7 {
+		fw.code = fw.w.int16()
+		fw.w.int32() // session id
+	}
+	fw.topics = fw.w.count(6)
+	return fw
+}
+
+// next moves to the next partition, reporting false at the end or at an
+// error.
+func (fw *fetchWalk) next() bool {
+	for fw.bad == nil && fw.w.err == nil {
+		if fw.parts > 0 {
+			fw.parts--
+			return true
+		}
+		if fw.topics <= 0 {
+			return false
+		}
+		fw.topics--
+		fw.topic = fw.w.string16()
+		fw.parts = fw.w.count(14)
+	}
+	return false
+}
+
+// error says why the walk stopped early, if it did.
+func (fw *fetchWalk) error() error {
+	if fw.bad != nil {
+		return fw.bad
+	}
+	if fw.w.err != nil {
+		return fmt.Errorf("fetch response v%d, at byte %d of %d: %w", fw.version, fw.w.off, len(fw.w.b), fw.w.err)
+	}
+	return nil
 }
 
 // partitionAnswer is one partition of a Fetch response.

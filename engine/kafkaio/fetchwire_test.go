@@ -115,8 +115,12 @@ func decodeFrame(frame []byte, v int16, iso Isolation, from int64) ([]Record, *P
 func legacyDecode(t *testing.T, frame []byte, v int16, iso Isolation) []Record {
 	t.Helper()
 	r := &PartitionReader{c: PartitionConfig{Topic: "t", Isolation: iso}}
-	b := &fetchBufs{frame: frame}
-	if err := r.readLegacy(b, v); err != nil {
+	b := &fetchBufs{frame: frame, version: v}
+	a, err := r.parse(b)
+	if err == nil {
+		err = r.readLegacy(b, &a)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	return b.recs

@@ -6,53 +6,41 @@ package kafkaio
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 
 	"github.com/segmentio/kafka-go/protocol"
-	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 )
 
-// readLegacy decodes b.frame, an answer of the given Fetch version, with
-// kafka-go and appends its records to b.recs, their keys and values to
-// b.buf.
-func (r *PartitionReader) readLegacy(b *fetchBufs, version int16) error {
-	_, msg, err := protocol.ReadResponse(bytes.NewReader(b.frame), protocol.Fetch, version)
-	if err != nil {
-		return fmt.Errorf("cannot decode fetch response: %w", err)
+// readLegacy decodes a's record set with kafka-go and appends its records
+// to b.recs, their keys and values to b.buf.
+func (r *PartitionReader) readLegacy(b *fetchBufs, a *fetchAnswer) error {
+	if a.records == nil {
+		return nil
 	}
-	res, ok := msg.(*fetchapi.Response)
-	if !ok {
-		return fmt.Errorf("cannot decode fetch response: got %T", msg)
+	sized := make([]byte, 4, 4+len(a.records))
+	binary.BigEndian.PutUint32(sized, uint32(len(a.records)))
+	var rs protocol.RecordSet
+	if _, err := rs.ReadFrom(bytes.NewBuffer(append(sized, a.records...))); err != nil {
+		return fmt.Errorf("cannot decode record set: %w", err)
 	}
-	for i := range res.Topics {
-		t := &res.Topics[i]
-		for j := range t.Partitions {
-			if p := &t.Partitions[j]; t.Topic == r.c.Topic && int(p.Partition) == r.c.Partition {
-				return r.readRecordSet(b, p)
-			}
-		}
-	}
-	return fmt.Errorf("cannot decode fetch response: %s/%d missing", r.c.Topic, r.c.Partition)
+	return r.readRecordSet(b, &rs, a.aborted)
 }
 
 // readRecordSet turns a partition's decoded batches into records, skipping
 // what the transaction filter says and records before the fetch offset.
-func (r *PartitionReader) readRecordSet(b *fetchBufs, p *fetchapi.ResponsePartition) error {
-	if p.RecordSet.Records == nil {
+func (r *PartitionReader) readRecordSet(b *fetchBufs, rs *protocol.RecordSet, aborted []abortedTxn) error {
+	if rs.Records == nil {
 		return nil
-	}
-	aborted := make([]abortedTxn, len(p.AbortedTransactions))
-	for i, a := range p.AbortedTransactions {
-		aborted[i] = abortedTxn{producer: a.ProducerID, firstOffset: a.FirstOffset}
 	}
 	filter := newTxnFilter(aborted)
 	var batches []protocol.RecordReader
-	if s, ok := p.RecordSet.Records.(*protocol.RecordStream); ok {
+	if s, ok := rs.Records.(*protocol.RecordStream); ok {
 		batches = s.Records
 	} else {
-		batches = []protocol.RecordReader{p.RecordSet.Records}
+		batches = []protocol.RecordReader{rs.Records}
 	}
 	for _, batch := range batches {
 		kind, records := describe(batch)

@@ -30,7 +30,14 @@ type PartitionConfig struct {
 	// hold up the others' fetches. It must hand requests to kafka-go's
 	// protocol connections, as a *kafka.Transport does: the reader
 	// exchanges its fetches with the broker itself (protocol.RawExchanger).
+	// With a Session, it carries only the reader's offset lookups.
 	Transport kafka.RoundTripper
+	// Session, when set, fetches for the reader together with the other
+	// readers made with it: one request per broker for all of them. Its
+	// topic and isolation must be the reader's; its MinBytes and MaxWait
+	// are used instead of the reader's. Close the reader before the
+	// session.
+	Session *FetchSession
 }
 
 // Record is one record of a fetch. Records, and their Key and Value, stay
@@ -62,7 +69,9 @@ type PartitionReader struct {
 	own    *kafka.Transport // the transport the reader made, if it did
 	client *kafka.Client
 	offset int64
-	x      *fetchExchange
+	x      *fetchExchange // the reader's own fetch, without a session
+	ask    *fetchAsk      // its part of the session's fetches, with one
+	closed bool
 	// bufs are three sets of buffers: bufs[0] takes the next answer,
 	// bufs[1] holds the records of the last fetch that returned some, and
 	// bufs[2] those of the one before, which the caller may still hold. A
@@ -77,10 +86,13 @@ type PartitionReader struct {
 
 // fetchBufs are the buffers one fetch's records live in.
 type fetchBufs struct {
-	frame []byte // the broker's answer; keys and values point into it
-	dec   []byte // decompressed batches
-	buf   []byte // keys and values copied out of legacy message sets
-	recs  []Record
+	// frame is the broker's answer, or with a session the partition's
+	// record set copied out of it; keys and values point into it.
+	frame   []byte
+	version int16  // the answer's Fetch version
+	dec     []byte // decompressed batches
+	buf     []byte // keys and values copied out of legacy message sets
+	recs    []Record
 }
 
 // NewPartitionReader returns a reader of c.Partition from offset, which may
@@ -103,6 +115,10 @@ func NewPartitionReader(c PartitionConfig, offset int64) *PartitionReader {
 	r := &PartitionReader{c: c, offset: offset, own: own, end: -1,
 		client: &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: c.Transport, Timeout: 10 * time.Second}}
 	r.x = r.newExchange()
+	if c.Session != nil {
+		c.Session.readers.Add(1)
+		r.ask = newFetchAsk(int32(c.Partition), int32(c.MaxBytes))
+	}
 	return r
 }
 
@@ -131,11 +147,16 @@ func (r *PartitionReader) newExchange() *fetchExchange {
 	return x
 }
 
-// Close closes the connections of the reader's own transport.
+// Close closes the connections of the reader's own transport, and takes
+// the reader out of its session.
 func (r *PartitionReader) Close() {
 	if r.own != nil {
 		r.own.CloseIdleConnections()
 	}
+	if r.c.Session != nil && !r.closed {
+		r.c.Session.readers.Add(-1)
+	}
+	r.closed = true
 }
 
 // Offset is the next offset Fetch reads.
@@ -164,22 +185,17 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 		}
 	}
 	b := &r.bufs[0]
-	x := r.x
-	x.req.Topics[0].Partitions[0].FetchOffset = r.offset
-	x.frame = b.frame
-	res, err := r.c.Transport.RoundTrip(ctx, r.client.Addr, x)
-	if err == nil && res != protocol.Message(x) {
-		err = fmt.Errorf("the transport answered with %T, not through the fetch's own exchange", res)
+	var a fetchAnswer
+	var err error
+	if r.c.Session != nil {
+		a, err = r.fetchShared(ctx, b)
+	} else {
+		a, err = r.fetchOwn(ctx, b)
+	}
+	if err == nil {
+		err = r.take(b, &a)
 	}
 	if err != nil {
-		// The connection may still be reading into the exchange's frame
-		// (RoundTrip returns when ctx ends, not when the connection is
-		// done): leave both to it.
-		r.x, b.frame = r.newExchange(), nil
-		return nil, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
-	}
-	b.frame = x.frame
-	if err := r.answer(b, x.version); err != nil {
 		if errors.Is(err, kafka.OffsetOutOfRange) {
 			from := r.offset
 			if rerr := r.resolve(ctx, kafka.FirstOffset); rerr != nil {
@@ -196,26 +212,87 @@ func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
 	return r.bufs[1].recs, nil
 }
 
-// answer reads the records of b.frame, a Fetch answer of the given
+// fetchOwn fetches the reader's partition on its own, into b.frame.
+func (r *PartitionReader) fetchOwn(ctx context.Context, b *fetchBufs) (fetchAnswer, error) {
+	x := r.x
+	x.req.Topics[0].Partitions[0].FetchOffset = r.offset
+	x.frame = b.frame
+	res, err := r.c.Transport.RoundTrip(ctx, r.client.Addr, x)
+	if err == nil && res != protocol.Message(x) {
+		err = fmt.Errorf("the transport answered with %T, not through the fetch's own exchange", res)
+	}
+	if err != nil {
+		// The connection may still be reading into the exchange's frame
+		// (RoundTrip returns when ctx ends, not when the connection is
+		// done): leave both to it.
+		r.x, b.frame = r.newExchange(), nil
+		return fetchAnswer{}, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
+	}
+	b.frame = x.frame
+	b.version = x.version
+	return r.parse(b)
+}
+
+// fetchShared has the reader's session fetch its partition; the answer's
+// record set is copied into b.frame.
+func (r *PartitionReader) fetchShared(ctx context.Context, b *fetchBufs) (fetchAnswer, error) {
+	s := r.c.Session
+	if s.c.Topic != r.c.Topic || s.c.Isolation != r.c.Isolation {
+		return fetchAnswer{}, fmt.Errorf("cannot fetch %s/%d (%s) through a session of %s (%s)",
+			r.c.Topic, r.c.Partition, r.c.Isolation, s.c.Topic, s.c.Isolation)
+	}
+	k := r.ask
+	k.offset, k.records, k.aborted = r.offset, b.frame, r.aborted
+	rep, err := s.ask(ctx, k)
+	if err != nil {
+		// The session may still copy into the ask's buffers: leave them
+		// to it.
+		r.ask, b.frame, r.aborted = newFetchAsk(k.partition, k.maxBytes), nil, nil
+		return fetchAnswer{}, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
+	}
+	b.frame, r.aborted, b.version = k.records, k.aborted, rep.version
+	return rep.a, rep.err
+}
+
+// answer reads the records of b.frame, a whole Fetch answer of the given
 // version, into b, moving the offset past them.
 func (r *PartitionReader) answer(b *fetchBufs, version int16) error {
-	if len(b.frame) < 8 {
-		return fmt.Errorf("cannot fetch %s/%d: answer of %d bytes", r.c.Topic, r.c.Partition, len(b.frame))
-	}
-	a, err := parseFetch(b.frame[8:], version, r.c.Topic, int32(r.c.Partition), r.aborted[:0])
-	r.aborted = a.aborted
+	b.version = version
+	a, err := r.parse(b)
 	if err != nil {
-		return fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
-	}
-	if err := r.check(&a); err != nil {
 		return err
 	}
-	r.end = a.highWatermark
+	return r.take(b, &a)
+}
+
+// parse reads what b.frame, a whole Fetch answer, says about the reader's
+// partition.
+func (r *PartitionReader) parse(b *fetchBufs) (fetchAnswer, error) {
+	if len(b.frame) < 8 {
+		return fetchAnswer{}, fmt.Errorf("cannot fetch %s/%d: answer of %d bytes", r.c.Topic, r.c.Partition, len(b.frame))
+	}
+	a, err := parseFetch(b.frame[8:], b.version, r.c.Topic, int32(r.c.Partition), r.aborted[:0])
+	r.aborted = a.aborted
+	if err != nil {
+		return a, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
+	}
+	return a, nil
+}
+
+// take reads the records of a, the answer for the reader's partition
+// (its record set in b's buffers), into b, moving the offset past them.
+func (r *PartitionReader) take(b *fetchBufs, a *fetchAnswer) error {
+	if err := r.check(a); err != nil {
+		return err
+	}
+	if a.highWatermark >= 0 {
+		r.end = a.highWatermark
+	}
 	from := r.offset
 	b.dec, b.buf, b.recs = b.dec[:0], b.buf[:0], b.recs[:0]
-	err = r.readBatches(b, a.records, a.aborted)
+	err := r.readBatches(b, a.records, a.aborted)
 	if errors.Is(err, errLegacy) && r.offset == from {
-		err = r.readLegacy(b, version)
+		err = r.readLegacy(b, a)
 	}
 	// A bad batch after good ones ends the fetch at it: the next fetch
 	// starts there and reports it.

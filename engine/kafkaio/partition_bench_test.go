@@ -124,8 +124,12 @@ func BenchmarkFetchDecode(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("codec=%v/decoder=kafka-go", c), func(b *testing.B) {
 			run(b, func(r *PartitionReader, buf *fetchBufs) error {
-				buf.buf, buf.recs = buf.buf[:0], buf.recs[:0]
-				return r.readLegacy(buf, maxFetchVersion)
+				buf.buf, buf.recs, buf.version = buf.buf[:0], buf.recs[:0], maxFetchVersion
+				a, err := r.parse(buf)
+				if err != nil {
+					return err
+				}
+				return r.readLegacy(buf, &a)
 			})
 		})
 		b.Run(fmt.Sprintf("codec=%v/decoder=geckohook", c), func(b *testing.B) {

@@ -1,0 +1,265 @@
+package kafkaio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/geckohook/geckohook/internal/testenv"
+)
+
+// fetchLog counts the Fetch requests a cluster is sent and how many
+// partitions each asks for.
+type fetchLog struct {
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (l *fetchLog) requests() []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.sizes)
+}
+
+// sessionCluster starts an embedded cluster of brokers brokers holding
+// topic "events" of partitions partitions, and logs its fetches.
+func sessionCluster(t *testing.T, brokers, partitions int) (*kfake.Cluster, []string, *fetchLog) {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(brokers), kfake.SeedTopics(int32(partitions), "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	log := &fetchLog{}
+	c.ControlKey(int16(kmsg.Fetch), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		n := 0
+		for _, tp := range r.(*kmsg.FetchRequest).Topics {
+			n += len(tp.Partitions)
+		}
+		log.mu.Lock()
+		log.sizes = append(log.sizes, n)
+		log.mu.Unlock()
+		return nil, nil, false
+	})
+	return c, c.ListenAddrs(), log
+}
+
+// produceTo writes values to one partition of "events".
+func produceTo(t *testing.T, cl *kgo.Client, partition int32, values ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, v := range values {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte(v), Partition: partition}).FirstErr(); err != nil {
+			t.Fatalf("produce %s to %d: %v", v, partition, err)
+		}
+	}
+}
+
+// sessionReaders makes a reader of each of n partitions of "events"
+// through s, from the start.
+func sessionReaders(t *testing.T, brokers []string, s *FetchSession, n int) []*PartitionReader {
+	t.Helper()
+	rs := make([]*PartitionReader, n)
+	for p := range rs {
+		rs[p] = NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", Partition: p, Session: s}, 0)
+		t.Cleanup(rs[p].Close)
+	}
+	return rs
+}
+
+// readValues fetches through r until it has want values, and checks that
+// they are want, in order.
+func readValues(ctx context.Context, r *PartitionReader, want []string) error {
+	var got []string
+	for len(got) < len(want) {
+		recs, err := r.Fetch(ctx)
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			if !rec.Skip {
+				got = append(got, string(rec.Value))
+			}
+		}
+	}
+	if !slices.Equal(got, want) {
+		return fmt.Errorf("read %q, want %q", got, want)
+	}
+	return nil
+}
+
+// Readers of one session, each in its own goroutine as the dispatcher's
+// shards are, each read their own partition's records, committed
+// transactions only, while the broker is sent requests that carry them
+// all.
+func TestSessionReadsEveryPartitionInOneRequest(t *testing.T) {
+	const parts = 4
+	_, brokers, log := sessionCluster(t, 1, parts)
+	plain, txn := testenv.KafkaProducer(t, brokers, "events", ""), testenv.KafkaProducer(t, brokers, "events", "t")
+	want := make([][]string, parts)
+	for p := range int32(parts) {
+		for i := range 3 {
+			want[p] = append(want[p], fmt.Sprintf("p%d-%d", p, i))
+		}
+		produceTo(t, plain, p, want[p]...)
+	}
+	begin(t, txn)
+	produceTo(t, txn, 2, "aborted")
+	end(t, txn, kgo.TryAbort)
+	produceTo(t, plain, 2, "after")
+	want[2] = append(want[2], "after")
+
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond})
+	defer s.Close()
+	rs := sessionReaders(t, brokers, s, parts)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for p, r := range rs {
+		wg.Go(func() { errs[p] = readValues(ctx, r, want[p]) })
+	}
+	wg.Wait()
+	for p, err := range errs {
+		if err != nil {
+			t.Errorf("partition %d: %v", p, err)
+		}
+	}
+	// Readers that wait for more keep asking together: every request
+	// from here on carries every partition.
+	before := len(log.requests())
+	for p, r := range rs {
+		wg.Go(func() {
+			if recs, err := r.Fetch(ctx); err != nil || len(recs) != 0 {
+				errs[p] = fmt.Errorf("a fetch with nothing new: %d records, %v", len(recs), err)
+			}
+		})
+	}
+	wg.Wait()
+	sizes := log.requests()[before:]
+	if len(sizes) == 0 || slices.ContainsFunc(sizes, func(n int) bool { return n != parts }) {
+		t.Fatalf("requests of idle readers carried %v partitions, want %d each", sizes, parts)
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reader that asks while the others' request is out, long-polling with
+// nothing to read, goes in a request of its own: its record arrives long
+// before the others' long poll ends.
+func TestSessionLateReaderIsNotHeldByALongPoll(t *testing.T) {
+	_, brokers, log := sessionCluster(t, 1, 2)
+	plain := testenv.KafkaProducer(t, brokers, "events", "")
+	const maxWait = 8 * time.Second
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: maxWait})
+	defer s.Close()
+	rs := sessionReaders(t, brokers, s, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Reader 1 asks alone; with reader 0 not asking, its request goes
+	// after the linger and long-polls.
+	polled := make(chan error, 1)
+	go func() {
+		recs, err := rs[1].Fetch(ctx)
+		if err == nil && len(recs) != 0 {
+			err = fmt.Errorf("reader 1 read %d records of an empty partition", len(recs))
+		}
+		polled <- err
+	}()
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if len(log.requests()) == 0 {
+			return errors.New("no fetch reached the broker")
+		}
+		return nil
+	})
+	start := time.Now()
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		produceTo(t, plain, 0, "late")
+	}()
+	if err := readValues(ctx, rs[0], []string{"late"}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > maxWait/2 {
+		t.Fatalf("the late reader's record took %s: it waited for the other reader's long poll (%s)", took, maxWait)
+	}
+	if sizes := log.requests(); len(sizes) < 2 || sizes[0] != 1 {
+		t.Fatalf("requests carried %v partitions, want the first reader's alone, then the late one's", sizes)
+	}
+	s.Close()
+	select {
+	case err := <-polled:
+		if err == nil {
+			t.Fatal("a fetch out when the session closed returned no error")
+		}
+	case <-time.After(maxWait / 2):
+		t.Fatal("a fetch out when the session closed still waits for its long poll")
+	}
+	if _, err := rs[1].Fetch(ctx); !errors.Is(err, ErrSessionClosed) {
+		t.Fatalf("a fetch after the session closed: %v, want %v", err, ErrSessionClosed)
+	}
+}
+
+// With partitions led by different brokers, the session sends each
+// broker its own partitions: every reader reads its records, and no
+// request carries a partition its broker does not lead.
+func TestSessionSplitsRequestsByLeader(t *testing.T) {
+	const parts = 6
+	c, brokers, _ := sessionCluster(t, 3, parts)
+	for p := range int32(parts) {
+		if err := c.MoveTopicPartition("events", p, p%3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	misrouted := 0
+	c.ControlKey(int16(kmsg.Fetch), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		node := c.CurrentNode()
+		for _, tp := range r.(*kmsg.FetchRequest).Topics {
+			for _, p := range tp.Partitions {
+				if p.Partition%3 != node {
+					mu.Lock()
+					misrouted++
+					mu.Unlock()
+				}
+			}
+		}
+		return nil, nil, false
+	})
+	plain := testenv.KafkaProducer(t, brokers, "events", "")
+	want := make([][]string, parts)
+	for p := range int32(parts) {
+		want[p] = []string{fmt.Sprintf("p%d", p)}
+		produceTo(t, plain, p, want[p]...)
+	}
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond})
+	defer s.Close()
+	rs := sessionReaders(t, brokers, s, parts)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for p, r := range rs {
+		wg.Go(func() { errs[p] = readValues(ctx, r, want[p]) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if misrouted != 0 {
+		t.Fatalf("%d partitions were asked of a broker that does not lead them", misrouted)
+	}
+}
