@@ -46,8 +46,10 @@ type SessionConfig struct {
 // request has asked, or the first ask has waited Linger. A request is a
 // long poll (up to MaxWait): readers that ask while one is out go in
 // another, on a connection of its own, so a reader never waits behind a
-// long poll it is not part of. At most one connection per reader is
-// opened. The session's goroutines run until Close.
+// long poll it is not part of. A request that leaves out partitions led
+// by another broker does not long-poll, so they go to their leader next
+// at once. The session opens at most one connection per reader and
+// broker, and one more. Its goroutines run until Close.
 type FetchSession struct {
 	c       SessionConfig
 	asks    chan *fetchAsk
@@ -55,6 +57,7 @@ type FetchSession struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	readers atomic.Int32 // readers made with the session and not closed
+	waiting atomic.Int32 // asks in requests whose answer has not come back
 	closed  sync.Once
 	ctx     context.Context // ends at Close: requests out end with it
 	cancel  context.CancelFunc
@@ -64,6 +67,9 @@ type FetchSession struct {
 	free    []*lane
 	leaders map[int32]int32 // partition → leader broker, as last routed
 }
+
+// requestTimeout is how long a request may take beyond its MaxWait.
+const requestTimeout = 30 * time.Second
 
 // ErrSessionClosed is what a reader's Fetch returns once its session is
 // closed.
@@ -181,9 +187,10 @@ func (s *FetchSession) loop() {
 		}
 	}()
 	for {
+		pending = slices.DeleteFunc(pending, func(k *fetchAsk) bool { return k.gone.Load() })
 		if len(pending) > 0 {
 			waited := time.Since(pending[0].since)
-			if len(pending)+inFlight >= int(s.readers.Load()) || waited >= s.c.Linger {
+			if len(pending)+int(s.waiting.Load()) >= int(s.readers.Load()) || waited >= s.c.Linger {
 				var sent int
 				pending, sent = s.send(pending)
 				inFlight += sent
@@ -202,7 +209,6 @@ func (s *FetchSession) loop() {
 			return
 		case k := <-s.asks:
 			pending = append(pending, k)
-			pending = slices.DeleteFunc(pending, func(k *fetchAsk) bool { return k.gone.Load() })
 		case l := <-s.done:
 			inFlight -= len(l.asks)
 			maps.Copy(s.leaders, l.x.routes)
@@ -235,6 +241,7 @@ func (s *FetchSession) send(pending []*fetchAsk) ([]*fetchAsk, int) {
 		clear(pending[len(rest):])
 		pending = rest
 		sent += len(l.asks)
+		s.waiting.Add(int32(len(l.asks)))
 		l.work <- struct{}{}
 	}
 	return pending, sent
@@ -248,7 +255,7 @@ func (s *FetchSession) leaderOf(partition int32) int32 {
 	return -1
 }
 
-// lane returns a free lane, opening one while there are fewer than
+// lane returns a free lane, opening one while there are no more than
 // readers; nil when none can be had.
 func (s *FetchSession) lane() *lane {
 	if n := len(s.free); n > 0 {
@@ -256,7 +263,9 @@ func (s *FetchSession) lane() *lane {
 		s.free = s.free[:n-1]
 		return l
 	}
-	if len(s.lanes) >= max(int(s.readers.Load()), 1) {
+	// One lane more than readers: a lane still out for a reader that gave
+	// up (its shard was revoked) does not hold up the one that took over.
+	if len(s.lanes) > int(s.readers.Load()) {
 		return nil
 	}
 	l := &lane{tr: &kafka.Transport{ClientID: s.c.ClientID}, work: make(chan struct{}, 1), x: s.newExchange()}
@@ -298,7 +307,14 @@ func (s *FetchSession) roundTrip(l *lane) {
 		total += int64(k.maxBytes)
 	}
 	x.req.MaxBytes = int32(min(total, maxFetchFrame/2))
-	res, err := l.tr.RoundTrip(s.ctx, kafka.TCP(s.c.Brokers...), x)
+	x.req.MaxWaitTime = int32(s.c.MaxWait / time.Millisecond)
+	// A connection that stops answering must not hold the lane for good.
+	ctx, cancel := context.WithTimeout(s.ctx, s.c.MaxWait+requestTimeout)
+	res, err := l.tr.RoundTrip(ctx, kafka.TCP(s.c.Brokers...), x)
+	cancel()
+	// Its asks are no longer waiting on a request: readers that ask again
+	// before the lane is back must not count as in one.
+	s.waiting.Add(-int32(len(l.asks)))
 	if err == nil && res != protocol.Message(&x.fetchExchange) {
 		err = fmt.Errorf("the transport answered with %T, not through the fetch's own exchange", res)
 	}
@@ -407,6 +423,10 @@ func (x *sessionExchange) Broker(c protocol.Cluster) (protocol.Broker, error) {
 		if leader >= 0 && leader == broker.ID {
 			kept = append(kept, p)
 		}
+	}
+	if len(kept) < len(t.Partitions) {
+		// The partitions taken out wait for this answer: do not long-poll.
+		x.req.MaxWaitTime = 0
 	}
 	t.Partitions = kept
 	x.broker = broker.ID

@@ -263,3 +263,71 @@ func TestSessionSplitsRequestsByLeader(t *testing.T) {
 		t.Fatalf("%d partitions were asked of a broker that does not lead them", misrouted)
 	}
 }
+
+// Idle readers keep asking together: a reader woken by an empty answer
+// that asks again before the session has seen the request end is not
+// taken for a late one and sent alone.
+func TestSessionIdleReadersStayTogether(t *testing.T) {
+	const parts = 8
+	_, brokers, log := sessionCluster(t, 1, parts)
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 20 * time.Millisecond})
+	defer s.Close()
+	rs := sessionReaders(t, brokers, s, parts)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for p, r := range rs {
+		wg.Go(func() {
+			for range 30 {
+				if _, err := r.Fetch(ctx); err != nil {
+					errs[p] = err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	hist := map[int]int{}
+	sizes := log.requests()
+	for _, n := range sizes {
+		hist[n]++
+	}
+	if hist[parts] < len(sizes)*9/10 {
+		t.Fatalf("idle readers split up: %d requests by partitions carried: %v", len(sizes), hist)
+	}
+}
+
+// A partition whose leader the session does not know yet may go in a
+// request to another broker, which leaves it out; that request does not
+// long-poll, so the partition's records already there come at once.
+func TestSessionFirstFetchOfAnotherLeaderDoesNotWait(t *testing.T) {
+	c, brokers, _ := sessionCluster(t, 2, 2)
+	for p := range int32(2) {
+		if err := c.MoveTopicPartition("events", p, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produceTo(t, testenv.KafkaProducer(t, brokers, "events", ""), 1, "ready")
+	const maxWait = 4 * time.Second
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: maxWait, Linger: 200 * time.Millisecond})
+	defer s.Close()
+	rs := sessionReaders(t, brokers, s, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Partition 0's ask (empty, led by broker 0) is the first the loop
+	// takes, so the request goes to broker 0 with partition 1 in it.
+	k := rs[0].ask
+	k.since = time.Now()
+	s.asks <- k
+	start := time.Now()
+	if err := readValues(ctx, rs[1], []string{"ready"}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > maxWait/2 {
+		t.Fatalf("a record already there took %s: it waited out another broker's long poll", took)
+	}
+}
