@@ -71,6 +71,7 @@ type PartitionReader struct {
 	offset int64
 	x      *fetchExchange // the reader's own fetch, without a session
 	ask    *fetchAsk      // its part of the session's fetches, with one
+	asked  bool           // ask is out
 	closed bool
 	// bufs are three sets of buffers: bufs[0] takes the next answer,
 	// bufs[1] holds the records of the last fetch that returned some, and
@@ -154,6 +155,9 @@ func (r *PartitionReader) Close() {
 		r.own.CloseIdleConnections()
 	}
 	if r.c.Session != nil && !r.closed {
+		if r.asked {
+			r.ask.gone.Store(true)
+		}
 		r.c.Session.readers.Add(-1)
 	}
 	r.closed = true
@@ -177,21 +181,85 @@ func (r *PartitionReader) Lag() int64 {
 // Fetch returns the next records, waiting up to MaxWait for some; it may
 // return none. Offsets move past every record returned, skipped or not. An
 // offset the partition no longer holds (retention deleted it) restarts
-// from the earliest one, with an error saying so.
+// from the earliest one, with an error saying so. With a session, Fetch is
+// Take (which asks first when no ask is out).
 func (r *PartitionReader) Fetch(ctx context.Context) ([]Record, error) {
+	if r.c.Session != nil {
+		return r.Take(ctx)
+	}
 	if r.offset < 0 {
 		if err := r.resolve(ctx, r.offset); err != nil {
 			return nil, err
 		}
 	}
 	b := &r.bufs[0]
-	var a fetchAnswer
-	var err error
-	if r.c.Session != nil {
-		a, err = r.fetchShared(ctx, b)
-	} else {
-		a, err = r.fetchOwn(ctx, b)
+	a, err := r.fetchOwn(ctx, b)
+	return r.finish(ctx, b, a, err)
+}
+
+// Ask starts the next fetch through the reader's session and returns
+// without waiting for it, so that the caller can work through the records
+// of the last one meanwhile (they stay valid as Record says); Take waits
+// for it. Asking while an ask is out does nothing.
+func (r *PartitionReader) Ask(ctx context.Context) error {
+	s := r.c.Session
+	switch {
+	case s == nil:
+		return fmt.Errorf("cannot ask for %s/%d ahead: the reader has no session", r.c.Topic, r.c.Partition)
+	case r.asked:
+		return nil
+	case s.c.Topic != r.c.Topic || s.c.Isolation != r.c.Isolation:
+		return fmt.Errorf("cannot fetch %s/%d (%s) through a session of %s (%s)",
+			r.c.Topic, r.c.Partition, r.c.Isolation, s.c.Topic, s.c.Isolation)
 	}
+	if r.offset < 0 {
+		if err := r.resolve(ctx, r.offset); err != nil {
+			return err
+		}
+	}
+	k := r.ask
+	k.offset, k.records, k.aborted = r.offset, r.bufs[0].frame, r.aborted
+	if err := s.hand(ctx, k); err != nil {
+		r.abandon()
+		return fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
+	}
+	r.asked = true
+	return nil
+}
+
+// Take returns the records of the fetch Ask started, asking first when no
+// ask is out, as Fetch does. Without a session it is Fetch.
+func (r *PartitionReader) Take(ctx context.Context) ([]Record, error) {
+	s := r.c.Session
+	if s == nil {
+		return r.Fetch(ctx)
+	}
+	if err := r.Ask(ctx); err != nil {
+		return nil, err
+	}
+	k, b := r.ask, &r.bufs[0]
+	rep, err := s.wait(ctx, k)
+	r.asked = false
+	if err != nil {
+		r.abandon()
+		return nil, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
+	}
+	b.frame, r.aborted, b.version = k.records, k.aborted, rep.version
+	return r.finish(ctx, b, rep.a, rep.err)
+}
+
+// abandon leaves the ask out and its buffers to the session, which may
+// still copy into them, and makes the reader a new one.
+func (r *PartitionReader) abandon() {
+	r.ask.gone.Store(true)
+	r.ask = newFetchAsk(r.ask.partition, r.ask.maxBytes)
+	r.bufs[0].frame, r.aborted, r.asked = nil, nil, false
+}
+
+// finish reads a, the answer of the fetch into b (err: the fetch failed),
+// and returns its records, moving b on in the rotation when there are
+// some.
+func (r *PartitionReader) finish(ctx context.Context, b *fetchBufs, a fetchAnswer, err error) ([]Record, error) {
 	if err == nil {
 		err = r.take(b, &a)
 	}
@@ -231,27 +299,6 @@ func (r *PartitionReader) fetchOwn(ctx context.Context, b *fetchBufs) (fetchAnsw
 	b.frame = x.frame
 	b.version = x.version
 	return r.parse(b)
-}
-
-// fetchShared has the reader's session fetch its partition; the answer's
-// record set is copied into b.frame.
-func (r *PartitionReader) fetchShared(ctx context.Context, b *fetchBufs) (fetchAnswer, error) {
-	s := r.c.Session
-	if s.c.Topic != r.c.Topic || s.c.Isolation != r.c.Isolation {
-		return fetchAnswer{}, fmt.Errorf("cannot fetch %s/%d (%s) through a session of %s (%s)",
-			r.c.Topic, r.c.Partition, r.c.Isolation, s.c.Topic, s.c.Isolation)
-	}
-	k := r.ask
-	k.offset, k.records, k.aborted = r.offset, b.frame, r.aborted
-	rep, err := s.ask(ctx, k)
-	if err != nil {
-		// The session may still copy into the ask's buffers: leave them
-		// to it.
-		r.ask, b.frame, r.aborted = newFetchAsk(k.partition, k.maxBytes), nil, nil
-		return fetchAnswer{}, fmt.Errorf("cannot fetch %s/%d at %d: %w", r.c.Topic, r.c.Partition, r.offset, err)
-	}
-	b.frame, r.aborted, b.version = k.records, k.aborted, rep.version
-	return rep.a, rep.err
 }
 
 // answer reads the records of b.frame, a whole Fetch answer of the given

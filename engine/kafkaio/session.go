@@ -141,16 +141,22 @@ func newFetchAsk(partition int32, maxBytes int32) *fetchAsk {
 	return &fetchAsk{partition: partition, maxBytes: maxBytes, done: make(chan fetchReply, 1)}
 }
 
-// ask hands k to the session and waits for its reply.
-func (s *FetchSession) ask(ctx context.Context, k *fetchAsk) (fetchReply, error) {
+// hand gives k to the session.
+func (s *FetchSession) hand(ctx context.Context, k *fetchAsk) error {
 	k.since = time.Now()
 	select {
 	case s.asks <- k:
+		return nil
 	case <-s.stop:
-		return fetchReply{}, ErrSessionClosed
+		return ErrSessionClosed
 	case <-ctx.Done():
-		return fetchReply{}, ctx.Err()
+		return ctx.Err()
 	}
+}
+
+// wait waits for the reply to k, handed to the session; a wait that ends
+// with ctx gives the ask up.
+func (s *FetchSession) wait(ctx context.Context, k *fetchAsk) (fetchReply, error) {
 	select {
 	case rep := <-k.done:
 		return rep, nil

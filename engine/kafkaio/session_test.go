@@ -331,3 +331,40 @@ func TestSessionFirstFetchOfAnotherLeaderDoesNotWait(t *testing.T) {
 		t.Fatalf("a record already there took %s: it waited out another broker's long poll", took)
 	}
 }
+
+// A fetch asked ahead, as the dispatcher asks while it fans out the last
+// batch, lands its answer apart from the records of the last two fetches
+// that returned some: they read the same after it came.
+func TestSessionAskAheadLandsApart(t *testing.T) {
+	brokers, ctx := eventsTopic(t)
+	plain := testenv.KafkaProducer(t, brokers, "events", "")
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 5 * time.Second})
+	defer s.Close()
+	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", Session: s}, 0)
+	defer r.Close()
+	var live [][]Record
+	produce(t, plain, "v0")
+	for i := 1; i <= 4; i++ {
+		live = append(live, fetchAtLeast(t, ctx, r, 1))
+		if err := r.Ask(ctx); err != nil {
+			t.Fatal(err)
+		}
+		produce(t, plain, fmt.Sprintf("v%d", i))
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			select {
+			case rep := <-r.ask.done: // received, and put back for Take
+				r.ask.done <- rep
+				return nil
+			default:
+				return errors.New("the fetch asked ahead has no answer yet")
+			}
+		})
+		for j := max(len(live)-2, 0); j < len(live); j++ {
+			for _, rec := range live[j] {
+				if want := fmt.Sprintf("v%d", j); string(rec.Value) != want || overlap(r.ask.records, rec.Value) {
+					t.Fatalf("after the answer asked ahead came, the record at %d reads %q (want %q), or shares its buffer", rec.Offset, rec.Value, want)
+				}
+			}
+		}
+	}
+}
