@@ -4,7 +4,8 @@
 // commits each partition's offset up to its lowest unfinished event.
 //
 // Where each step lives:
-//   - fetch.go: the partition's fetch loop (kafka-go Reader, window).
+//   - fetch.go: the partition's fetch loop (its reader, asking through
+//     the process's shared fetch session; the window).
 //   - fanout.go: decoding an event, matching webhooks, building the body.
 //   - attempt.go: the worker's turn: host gate, the HTTP attempt, and its
 //     classification (the worker does no Redis I/O).
