@@ -97,6 +97,24 @@ func readValues(ctx context.Context, r *PartitionReader, want []string) error {
 	return nil
 }
 
+// readTogether has each reader read its want, each in a goroutine of its
+// own as the dispatcher's shards do, and says what went wrong.
+func readTogether(rs []*PartitionReader, want [][]string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make([]error, len(rs))
+	var wg sync.WaitGroup
+	for p, r := range rs {
+		wg.Go(func() {
+			if err := readValues(ctx, r, want[p]); err != nil {
+				errs[p] = fmt.Errorf("partition %d: %w", p, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Readers of one session, each in its own goroutine as the dispatcher's
 // shards are, each read their own partition's records, committed
 // transactions only, while the broker is sent requests that carry them
@@ -121,21 +139,15 @@ func TestSessionReadsEveryPartitionInOneRequest(t *testing.T) {
 	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond})
 	defer s.Close()
 	rs := sessionReaders(t, brokers, s, parts)
+	if err := readTogether(rs, want); err != nil {
+		t.Fatal(err)
+	}
+	// Readers that wait for more keep asking together: every request
+	// from here on carries every partition.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	errs := make([]error, parts)
 	var wg sync.WaitGroup
-	for p, r := range rs {
-		wg.Go(func() { errs[p] = readValues(ctx, r, want[p]) })
-	}
-	wg.Wait()
-	for p, err := range errs {
-		if err != nil {
-			t.Errorf("partition %d: %v", p, err)
-		}
-	}
-	// Readers that wait for more keep asking together: every request
-	// from here on carries every partition.
 	before := len(log.requests())
 	for p, r := range rs {
 		wg.Go(func() {
@@ -245,16 +257,7 @@ func TestSessionSplitsRequestsByLeader(t *testing.T) {
 	}
 	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond})
 	defer s.Close()
-	rs := sessionReaders(t, brokers, s, parts)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	errs := make([]error, parts)
-	var wg sync.WaitGroup
-	for p, r := range rs {
-		wg.Go(func() { errs[p] = readValues(ctx, r, want[p]) })
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := readTogether(sessionReaders(t, brokers, s, parts), want); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
