@@ -20,13 +20,28 @@ func (r *PartitionReader) readLegacy(b *fetchBufs, a *fetchAnswer) error {
 	if a.records == nil {
 		return nil
 	}
-	sized := make([]byte, 4, 4+len(a.records))
-	binary.BigEndian.PutUint32(sized, uint32(len(a.records)))
-	var rs protocol.RecordSet
-	if _, err := rs.ReadFrom(bytes.NewBuffer(append(sized, a.records...))); err != nil {
-		return fmt.Errorf("cannot decode record set: %w", err)
+	rs, err := decodeRecordSet(a.records)
+	if err != nil {
+		return err
 	}
 	return r.readRecordSet(b, &rs, a.aborted)
+}
+
+// decodeRecordSet decodes a record set with kafka-go. Its decoder, given
+// a record set on its own, can panic on a garbled one (a message size
+// that runs its byte count below zero): that is an error here.
+func decodeRecordSet(records []byte) (rs protocol.RecordSet, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("cannot decode record set: %v", p)
+		}
+	}()
+	sized := make([]byte, 4, 4+len(records))
+	binary.BigEndian.PutUint32(sized, uint32(len(records)))
+	if _, err := rs.ReadFrom(bytes.NewBuffer(append(sized, records...))); err != nil {
+		return rs, fmt.Errorf("cannot decode record set: %w", err)
+	}
+	return rs, nil
 }
 
 // readRecordSet turns a partition's decoded batches into records, skipping
