@@ -102,12 +102,23 @@ func fetchFrame(v int16, hw int64, aborted []abortedTxn, rs []byte) []byte {
 	return b
 }
 
+// answerFrame reads the records of b.frame, a whole Fetch answer of the
+// given version, into b, as the reader does with its own fetch's answer.
+func answerFrame(r *PartitionReader, b *fetchBufs, version int16) error {
+	b.version = version
+	a, err := r.parse(b)
+	if err != nil {
+		return err
+	}
+	return r.readAnswer(b, &a)
+}
+
 // decodeFrame reads a Fetch answer with a fresh reader of "t"/0 from
 // offset from.
 func decodeFrame(frame []byte, v int16, iso Isolation, from int64) ([]Record, *PartitionReader, error) {
 	r := &PartitionReader{c: PartitionConfig{Topic: "t", Isolation: iso}, offset: from, end: -1}
 	b := &fetchBufs{frame: frame}
-	err := r.answer(b, v)
+	err := answerFrame(r, b, v)
 	return b.recs, r, err
 }
 
@@ -428,7 +439,7 @@ func TestDecodeAllocations(t *testing.T) {
 		b := &fetchBufs{frame: frame}
 		decode := func() {
 			r.offset = 0
-			if err := r.answer(b, maxFetchVersion); err != nil || len(b.recs) != 60 {
+			if err := answerFrame(r, b, maxFetchVersion); err != nil || len(b.recs) != 60 {
 				t.Fatalf("%v: %d records, %v", c, len(b.recs), err)
 			}
 		}

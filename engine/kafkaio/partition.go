@@ -261,7 +261,7 @@ func (r *PartitionReader) abandon() {
 // some.
 func (r *PartitionReader) finish(ctx context.Context, b *fetchBufs, a fetchAnswer, err error) ([]Record, error) {
 	if err == nil {
-		err = r.take(b, &a)
+		err = r.readAnswer(b, &a)
 	}
 	if err != nil {
 		if errors.Is(err, kafka.OffsetOutOfRange) {
@@ -301,17 +301,6 @@ func (r *PartitionReader) fetchOwn(ctx context.Context, b *fetchBufs) (fetchAnsw
 	return r.parse(b)
 }
 
-// answer reads the records of b.frame, a whole Fetch answer of the given
-// version, into b, moving the offset past them.
-func (r *PartitionReader) answer(b *fetchBufs, version int16) error {
-	b.version = version
-	a, err := r.parse(b)
-	if err != nil {
-		return err
-	}
-	return r.take(b, &a)
-}
-
 // parse reads what b.frame, a whole Fetch answer, says about the reader's
 // partition.
 func (r *PartitionReader) parse(b *fetchBufs) (fetchAnswer, error) {
@@ -326,9 +315,9 @@ func (r *PartitionReader) parse(b *fetchBufs) (fetchAnswer, error) {
 	return a, nil
 }
 
-// take reads the records of a, the answer for the reader's partition
+// readAnswer reads the records of a, the answer for the reader's partition
 // (its record set in b's buffers), into b, moving the offset past them.
-func (r *PartitionReader) take(b *fetchBufs, a *fetchAnswer) error {
+func (r *PartitionReader) readAnswer(b *fetchBufs, a *fetchAnswer) error {
 	if err := r.check(a); err != nil {
 		return err
 	}

@@ -133,7 +133,7 @@ func BenchmarkFetchDecode(b *testing.B) {
 			})
 		})
 		b.Run(fmt.Sprintf("codec=%v/decoder=geckohook", c), func(b *testing.B) {
-			run(b, func(r *PartitionReader, buf *fetchBufs) error { return r.answer(buf, maxFetchVersion) })
+			run(b, func(r *PartitionReader, buf *fetchBufs) error { return answerFrame(r, buf, maxFetchVersion) })
 		})
 	}
 }
