@@ -296,7 +296,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}()
 
 	d.fetches = kafkaio.NewFetchSession(kafkaio.SessionConfig{Brokers: d.o.Brokers, Topic: d.o.Topic,
-		Isolation: d.o.Isolation, MinBytes: 1, MaxWait: 100 * time.Millisecond})
+		Isolation: d.o.Isolation, MinBytes: 1, MaxWait: 100 * time.Millisecond,
+		Sent: func(partitions int) {
+			d.Stats.FetchRequests.Inc()
+			d.Stats.FetchPartitions.Add(partitions)
+		}})
 	var shards sync.WaitGroup
 	d.grouped.Store(true)
 	for {

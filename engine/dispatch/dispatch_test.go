@@ -311,6 +311,13 @@ func TestDispatcher(t *testing.T) {
 		}
 	})
 
+	t.Run("the shards' shared fetches are counted", func(t *testing.T) {
+		n, parts := e.disp.Stats.FetchRequests.Load(), e.disp.Stats.FetchPartitions.Load()
+		if n == 0 || parts < n {
+			t.Fatalf("%d fetch requests asking %d partitions after deliveries", n, parts)
+		}
+	})
+
 	t.Run("410 deletes the webhook and later events skip it", func(t *testing.T) {
 		gone := e.hook("acc4", "order.create", "/gone")
 		e.hook("acc4", "order.create", "/ok4")

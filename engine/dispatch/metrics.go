@@ -23,6 +23,9 @@ type Stats struct {
 	Scheduled, Retried, Dead ops.Counter
 	// CommitFailures: offset commits that failed (the next one retries).
 	CommitFailures ops.Counter
+	// FetchRequests: Fetch requests the process's shards shared;
+	// FetchPartitions: the partitions asked in them, summed.
+	FetchRequests, FetchPartitions ops.Counter
 	// Shards is the number of partitions this process holds right now.
 	Shards ops.Gauge
 	// RetriesInFlight: retries claimed from the shards' queues and not yet
@@ -55,6 +58,8 @@ func (d *Dispatcher) register(set *metrics.Set) {
 		Retried:         c("geckohook_retries_claimed_total"),
 		Dead:            c("geckohook_deliveries_dead_total"),
 		CommitFailures:  c("geckohook_offset_commit_failures_total"),
+		FetchRequests:   c("geckohook_fetch_requests_total"),
+		FetchPartitions: c("geckohook_fetch_partitions_total"),
 		Shards:          ops.NewGauge(set, "geckohook_shards"),
 		RetriesInFlight: ops.NewGauge(set, "geckohook_retries_in_flight"),
 	}

@@ -38,6 +38,10 @@ type SessionConfig struct {
 	Linger time.Duration
 	// ClientID names the session's connections to the brokers.
 	ClientID string
+	// Sent, when set, is told of each request as it goes out, with the
+	// number of partitions asked in it. It runs on the session's
+	// goroutine and must not block.
+	Sent func(partitions int)
 }
 
 // FetchSession fetches for the PartitionReaders made with it (their
@@ -248,6 +252,9 @@ func (s *FetchSession) send(pending []*fetchAsk) ([]*fetchAsk, int) {
 		pending = rest
 		sent += len(l.asks)
 		s.waiting.Add(int32(len(l.asks)))
+		if s.c.Sent != nil {
+			s.c.Sent(len(l.asks))
+		}
 		l.work <- struct{}{}
 	}
 	return pending, sent

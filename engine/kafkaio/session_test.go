@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,19 +137,22 @@ func TestSessionReadsEveryPartitionInOneRequest(t *testing.T) {
 	produceTo(t, plain, 2, "after")
 	want[2] = append(want[2], "after")
 
-	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond})
+	var requests, asked atomic.Int64
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond,
+		Sent: func(n int) { requests.Add(1); asked.Add(int64(n)) }})
 	defer s.Close()
 	rs := sessionReaders(t, brokers, s, parts)
 	if err := readTogether(rs, want); err != nil {
 		t.Fatal(err)
 	}
 	// Readers that wait for more keep asking together: every request
-	// from here on carries every partition.
+	// from here on carries every partition, and the session says so.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	errs := make([]error, parts)
 	var wg sync.WaitGroup
 	before := len(log.requests())
+	requests0, asked0 := requests.Load(), asked.Load()
 	for p, r := range rs {
 		wg.Go(func() {
 			if recs, err := r.Fetch(ctx); err != nil || len(recs) != 0 {
@@ -160,6 +164,9 @@ func TestSessionReadsEveryPartitionInOneRequest(t *testing.T) {
 	sizes := log.requests()[before:]
 	if len(sizes) == 0 || slices.ContainsFunc(sizes, func(n int) bool { return n != parts }) {
 		t.Fatalf("requests of idle readers carried %v partitions, want %d each", sizes, parts)
+	}
+	if n, a := requests.Load()-requests0, asked.Load()-asked0; n < 1 || a != n*parts {
+		t.Fatalf("the session told of %d requests asking %d partitions, want %d each", n, a, parts)
 	}
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
