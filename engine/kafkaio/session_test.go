@@ -138,8 +138,10 @@ func TestSessionReadsEveryPartitionInOneRequest(t *testing.T) {
 	want[2] = append(want[2], "after")
 
 	var requests, asked atomic.Int64
+	// A linger long enough that a loaded machine starting the readers'
+	// goroutines apart cannot split a request: one goes when all asked.
 	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond,
-		Sent: func(n int) { requests.Add(1); asked.Add(int64(n)) }})
+		Linger: 500 * time.Millisecond, Sent: func(n int) { requests.Add(1); asked.Add(int64(n)) }})
 	defer s.Close()
 	rs := sessionReaders(t, brokers, s, parts)
 	if err := readTogether(rs, want); err != nil {
@@ -280,7 +282,11 @@ func TestSessionSplitsRequestsByLeader(t *testing.T) {
 func TestSessionIdleReadersStayTogether(t *testing.T) {
 	const parts = 8
 	_, brokers, log := sessionCluster(t, 1, parts)
-	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 20 * time.Millisecond})
+	// The linger only bounds how long a reader slow to ask again (a loaded
+	// machine) may hold the others; the split this test is about came
+	// without waiting for it.
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 20 * time.Millisecond,
+		Linger: 200 * time.Millisecond})
 	defer s.Close()
 	rs := sessionReaders(t, brokers, s, parts)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
