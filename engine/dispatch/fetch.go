@@ -24,9 +24,7 @@ func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 		Partition: s.partition,
 		Isolation: d.o.Isolation,
 		MaxBytes:  1 << 20, // ~10,000 events a fetch
-		MinBytes:  1,
-		MaxWait:   100 * time.Millisecond,
-		Session:   d.fetches, // nil when the dispatcher is not Run (tests)
+		Session:   d.fetches,
 	}, offset)
 	defer r.Close()
 	lag, name := d.lagGauge(s.partition)
@@ -42,7 +40,7 @@ func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 			continue
 		}
 		lag.Set(float64(r.Lag()))
-		if len(recs) > 0 && d.fetches != nil {
+		if len(recs) > 0 {
 			// An ask that cannot go out now is tried again by Take.
 			_ = r.Ask(ctx)
 		}

@@ -185,7 +185,6 @@ type lane struct {
 // loop gathers asks into requests until the session stops.
 func (s *FetchSession) loop() {
 	var pending []*fetchAsk
-	inFlight := 0 // asks in requests out
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
 	defer func() {
@@ -201,26 +200,22 @@ func (s *FetchSession) loop() {
 		if len(pending) > 0 {
 			waited := time.Since(pending[0].since)
 			if len(pending)+int(s.waiting.Load()) >= int(s.readers.Load()) || waited >= s.c.Linger {
-				var sent int
-				pending, sent = s.send(pending)
-				inFlight += sent
+				pending = s.send(pending)
 			} else {
 				linger.Reset(s.c.Linger - waited)
 			}
 		}
 		select {
 		case <-s.stop:
-			// Requests out end with the session's context; wait for them
-			// so that nothing is written to an ask after Close.
-			for inFlight > 0 {
-				l := <-s.done
-				inFlight -= len(l.asks)
+			// Requests out end with the session's context; wait for their
+			// lanes so that nothing is written to an ask after Close.
+			for range len(s.lanes) - len(s.free) {
+				<-s.done
 			}
 			return
 		case k := <-s.asks:
 			pending = append(pending, k)
 		case l := <-s.done:
-			inFlight -= len(l.asks)
 			maps.Copy(s.leaders, l.x.routes)
 			clear(l.asks)
 			l.asks = l.asks[:0]
@@ -231,9 +226,8 @@ func (s *FetchSession) loop() {
 }
 
 // send hands pending's asks to free lanes, one request per leader as last
-// routed, and returns the asks left (no lane was free) and how many went.
-func (s *FetchSession) send(pending []*fetchAsk) ([]*fetchAsk, int) {
-	sent := 0
+// routed, and returns the asks left (no lane was free).
+func (s *FetchSession) send(pending []*fetchAsk) []*fetchAsk {
 	for len(pending) > 0 {
 		l := s.lane()
 		if l == nil {
@@ -250,14 +244,13 @@ func (s *FetchSession) send(pending []*fetchAsk) ([]*fetchAsk, int) {
 		}
 		clear(pending[len(rest):])
 		pending = rest
-		sent += len(l.asks)
 		s.waiting.Add(int32(len(l.asks)))
 		if s.c.Sent != nil {
 			s.c.Sent(len(l.asks))
 		}
 		l.work <- struct{}{}
 	}
-	return pending, sent
+	return pending
 }
 
 // leaderOf is partition's leader as last routed, -1 if not known.
@@ -338,7 +331,7 @@ func (s *FetchSession) roundTrip(l *lane) {
 		l.x = s.newExchange()
 		maps.Copy(l.x.routes, x.routes)
 		for _, k := range l.asks {
-			k.done <- fetchReply{err: fmt.Errorf("cannot fetch %s/%d at %d: %w", s.c.Topic, k.partition, k.offset, err)}
+			s.fail(k, err)
 		}
 		return
 	}
@@ -353,7 +346,7 @@ func (s *FetchSession) roundTrip(l *lane) {
 func (s *FetchSession) answer(l *lane, x *sessionExchange) {
 	if len(x.frame) < 8 {
 		for _, k := range l.asks {
-			k.done <- fetchReply{err: fmt.Errorf("cannot fetch %s/%d: answer of %d bytes", s.c.Topic, k.partition, len(x.frame))}
+			s.fail(k, fmt.Errorf("answer of %d bytes", len(x.frame)))
 		}
 		return
 	}
@@ -392,11 +385,16 @@ func (s *FetchSession) answer(l *lane, x *sessionExchange) {
 		case routed && leader < 0:
 			k.done <- fetchReply{err: fmt.Errorf("cannot fetch %s/%d: no leader known", s.c.Topic, k.partition)}
 		case err != nil:
-			k.done <- fetchReply{err: fmt.Errorf("cannot fetch %s/%d at %d: %w", s.c.Topic, k.partition, k.offset, err)}
+			s.fail(k, err)
 		default:
 			k.done <- fetchReply{a: fetchAnswer{errorCode: fw.code}, version: x.version}
 		}
 	}
+}
+
+// fail answers k with err.
+func (s *FetchSession) fail(k *fetchAsk, err error) {
+	k.done <- fetchReply{err: fmt.Errorf("cannot fetch %s/%d at %d: %w", s.c.Topic, k.partition, k.offset, err)}
 }
 
 // sessionExchange is a fetch exchange for several partitions that routes
