@@ -89,7 +89,7 @@ var flagRoles = map[string]roles{
 
 	"api-listen":     roleAll | roleAPI,
 	"metrics-listen": roleDispatcher | roleCoordinator,
-	"pprof-listen":   serving,
+	"pprof-listen":   everyRole,
 	"admin-token":    roleAll | roleAPI,
 	"secret-overlap": roleAll | roleAPI,
 	"portal-url":     roleAll | roleAPI,

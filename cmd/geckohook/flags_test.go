@@ -61,7 +61,7 @@ func TestEachCommandListsItsFlags(t *testing.T) {
 		"delivery-header", "events-partitioner", "isolation-level", "max-conns-per-host", "recover-max", "request-timeout",
 		"resource-base", "signature-header", "portal-url", "portal-session", "delete-after", "mail-at", "mail-templates"})
 	f("coordinator", common, kafkaRedis, mail, []string{"kafka-session-timeout", "metrics-listen", "outcomes-topic"})
-	f("broker", common, []string{"data-dir", "dlq-topic", "embedded-kafka-listen", "events-topic", "outcomes-topic", "partitions"})
+	f("broker", common, []string{"data-dir", "dlq-topic", "embedded-kafka-listen", "events-topic", "outcomes-topic", "partitions", "pprof-listen"})
 	f("all", common, kafkaRedis, policy, delivery, mail, []string{"admin-token", "api-listen", "data-dir",
 		"embedded-kafka-listen", "embedded-redis-listen", "events-partitioner", "events-topic", "recover-max", "secret-overlap",
 		"portal-url", "portal-session"})

@@ -47,6 +47,8 @@ func TestTakenPortFailsBeforeAnythingStarts(t *testing.T) {
 		"all", "--api-listen", addr, "--embedded-kafka-listen", freeAddr(t))
 	f("geckohook all: cannot listen on "+addr+" for the profiles: address already in use",
 		"all", "--api-listen", freeAddr(t), "--pprof-listen", addr, "--embedded-kafka-listen", freeAddr(t))
+	f("geckohook broker: cannot listen on "+addr+" for the profiles: address already in use",
+		"broker", "--pprof-listen", addr, "--embedded-kafka-listen", freeAddr(t))
 	f("geckohook dispatcher: cannot listen on "+addr+" for the metrics and health endpoint: address already in use",
 		append([]string{"dispatcher", "--metrics-listen", addr}, unreachable...)...)
 	f("geckohook coordinator: cannot listen on "+addr+" for the metrics and health endpoint: address already in use",

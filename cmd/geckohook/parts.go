@@ -122,7 +122,7 @@ func (p *process) parts() []part {
 		{name: "redis client", roles: serving, start: p.startRedisClient, run: p.watchRedis, stop: func() { _ = p.rdb.Close() }},
 		{name: "Kafka topics", roles: serving | roleBroker, start: p.ensureTopics},
 		{name: "registry", roles: serving, start: p.startRegistry, stop: func() { <-p.registry.Done() }},
-		{name: "profiles", roles: serving, when: func() bool { return p.c.PprofListen != "" }, start: p.listenProfiles,
+		{name: "profiles", roles: everyRole, when: func() bool { return p.c.PprofListen != "" }, start: p.listenProfiles,
 			run: func(ctx context.Context) error { return ops.ServeProfiles(ctx, p.profiles) }, listen: &listener{"the profiles", p.c.PprofListen, &p.profiles}},
 		{name: "coordinator", roles: roleAll | roleCoordinator, start: p.newCoordinator, run: func(ctx context.Context) error { return p.coordinator.Run(ctx) }},
 		{name: "daily mail", roles: roleAll | roleCoordinator, start: p.announceCoordinator, run: func(ctx context.Context) error { return p.mail.Run(ctx) }},

@@ -31,4 +31,5 @@ func TestRolesRunTheirParts(t *testing.T) {
 	f("coordinator", ext, append(common, "coordinator", "daily mail", "metrics and health endpoint")...)
 	f("coordinator", config{KafkaBrokers: "k:9092", RedisAddr: "r:6379"}, append(common, "coordinator", "daily mail")...)
 	f("broker", ext, "embedded Kafka", "Kafka topics")
+	f("broker", config{PprofListen: "127.0.0.1:0"}, "embedded Kafka", "Kafka topics", "profiles")
 }
