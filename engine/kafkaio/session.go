@@ -53,7 +53,8 @@ type SessionConfig struct {
 // long poll it is not part of. A request that leaves out partitions led
 // by another broker does not long-poll, so they go to their leader next
 // at once. The session opens at most one connection per reader and
-// broker, and one more. Its goroutines run until Close.
+// broker, and one more, but for requests still out for readers that gave
+// up (at most as many again). Its goroutines run until Close.
 type FetchSession struct {
 	c       SessionConfig
 	asks    chan *fetchAsk
@@ -261,8 +262,8 @@ func (s *FetchSession) leaderOf(partition int32) int32 {
 	return -1
 }
 
-// lane returns a free lane, opening one while there are no more than
-// readers; nil when none can be had.
+// lane returns a free lane, opening one while no more than readers are
+// out for readers still waiting; nil when none can be had.
 func (s *FetchSession) lane() *lane {
 	if n := len(s.free); n > 0 {
 		l := s.free[n-1]
@@ -271,7 +272,11 @@ func (s *FetchSession) lane() *lane {
 	}
 	// One lane more than readers: a lane still out for a reader that gave
 	// up (its shard was revoked) does not hold up the one that took over.
-	if len(s.lanes) > int(s.readers.Load()) {
+	// Lanes out only for readers that gave up do not count, so that
+	// several revoked while their requests hang (until requestTimeout) do
+	// not either; a lane per reader more bounds them.
+	readers := int(s.readers.Load())
+	if len(s.lanes) > 2*readers+1 || s.held() > readers {
 		return nil
 	}
 	l := &lane{tr: &kafka.Transport{ClientID: s.c.ClientID}, work: make(chan struct{}, 1), x: s.newExchange()}
@@ -285,6 +290,19 @@ func (s *FetchSession) lane() *lane {
 		}
 	}()
 	return l
+}
+
+// held is how many lanes are out with an ask of a reader still waiting
+// for it. The loop reads the asks of lanes out, which their goroutines
+// only read too.
+func (s *FetchSession) held() int {
+	n := 0
+	for _, l := range s.lanes {
+		if slices.ContainsFunc(l.asks, func(k *fetchAsk) bool { return !k.gone.Load() }) {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *FetchSession) newExchange() *sessionExchange {

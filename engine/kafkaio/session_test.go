@@ -384,3 +384,49 @@ func TestSessionAskAheadLandsApart(t *testing.T) {
 		}
 	}
 }
+
+// Readers revoked while their requests hang (a connection that stopped
+// answering) leave lanes out until the request timeout; a reader that
+// takes over fewer partitions than were revoked still gets a lane of its
+// own at once, not after that timeout.
+func TestSessionRevokedHungLanesDoNotHoldTheNextReader(t *testing.T) {
+	c, brokers, log := sessionCluster(t, 1, 2)
+	wake := make(chan struct{})
+	defer close(wake)
+	var fetches atomic.Int32
+	c.ControlKey(int16(kmsg.Fetch), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if fetches.Add(1) <= 2 {
+			c.SleepControl(func() { <-wake })
+		}
+		return nil, nil, false
+	})
+	s := NewFetchSession(SessionConfig{Brokers: brokers, Topic: "events", MaxWait: 50 * time.Millisecond})
+	defer s.Close()
+	old := sessionReaders(t, brokers, s, 2)
+	// Each old reader asks alone, so each request (and its lane) hangs.
+	for i, r := range old {
+		ctx, cancel := context.WithCancel(context.Background())
+		taken := make(chan error, 1)
+		go func() { _, err := r.Take(ctx); taken <- err }()
+		testenv.WaitFor(t, 5*time.Second, func() error {
+			if len(log.requests()) <= i {
+				return errors.New("the old reader's fetch has not reached the broker")
+			}
+			return nil
+		})
+		cancel()
+		if err := <-taken; !errors.Is(err, context.Canceled) {
+			t.Fatalf("a revoked reader's fetch: %v, want %v", err, context.Canceled)
+		}
+		r.Close()
+	}
+	produceTo(t, testenv.KafkaProducer(t, brokers, "events", ""), 0, "late")
+	r := NewPartitionReader(PartitionConfig{Brokers: brokers, Topic: "events", Partition: 0, Session: s}, 0)
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := readValues(ctx, r, []string{"late"}); err != nil {
+		t.Fatalf("the reader that took over: %v; it waited for the revoked readers' hung lanes", err)
+	}
+}
