@@ -29,15 +29,21 @@ func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 	defer r.Close()
 	lag, name := d.lagGauge(s.partition)
 	defer d.m.set.UnregisterMetric(name)
+	var fails fetchFailures
 	for ctx.Err() == nil {
 		recs, err := r.Take(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			s.log.Warn().Err(err).Msg("cannot fetch from partition; retrying")
-			backoff.Sleep(ctx, 200*time.Millisecond)
+			if n := fails.failed(d.o.Now()); n > 0 {
+				s.log.Warn().Err(err).Int("failures", n).Msg("cannot fetch from partition; retrying every 200ms")
+			}
+			backoff.Sleep(ctx, fetchRetry)
 			continue
+		}
+		if n, took := fails.recovered(d.o.Now()); n > 0 {
+			s.log.Info().Int("failures", n).Int64("failing_ms", took.Milliseconds()).Msg("fetching from partition again")
 		}
 		lag.Set(float64(r.Lag()))
 		if len(recs) > 0 {
@@ -56,4 +62,49 @@ func (s *shardRun) fetchLoop(ctx context.Context, offset int64) {
 			s.fanOut(ctx, rec)
 		}
 	}
+}
+
+// fetchRetry is the wait after a failed fetch before the next.
+const fetchRetry = 200 * time.Millisecond
+
+// failureLogEvery is how often a partition whose fetches keep failing
+// logs again. A leader change fails them until the client's metadata
+// catches up, which takes seconds: a line per failed fetch would be a
+// line per partition every fetchRetry.
+const failureLogEvery = 10 * time.Second
+
+// fetchFailures decides which of a partition's failed fetches are
+// logged: the first of a run of failures at once, then one each
+// failureLogEvery, each line counting the failures since the one before.
+type fetchFailures struct {
+	since, logged time.Time
+	total, quiet  int // failures in this run; those not logged yet
+}
+
+// failed records a failure at now and returns how many failures a log
+// line for it covers, or 0 when it is not to be logged.
+func (f *fetchFailures) failed(now time.Time) int {
+	if f.total == 0 {
+		f.since = now
+	}
+	f.total++
+	f.quiet++
+	if !f.logged.IsZero() && now.Sub(f.logged) < failureLogEvery {
+		return 0
+	}
+	n := f.quiet
+	f.logged, f.quiet = now, 0
+	return n
+}
+
+// recovered ends a run of failures at now, the first fetch that worked
+// after them: how many there were and how long they lasted (0 and 0
+// after none).
+func (f *fetchFailures) recovered(now time.Time) (int, time.Duration) {
+	if f.total == 0 {
+		return 0, 0
+	}
+	n, took := f.total, now.Sub(f.since)
+	*f = fetchFailures{}
+	return n, took
 }
