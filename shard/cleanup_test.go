@@ -370,3 +370,67 @@ func TestBusyShardDropsUnusedBodyForms(t *testing.T) {
 		}
 	}
 }
+
+// The sweep of unused body forms reads every scheduled member in one
+// script, which holds Redis meanwhile: a shard of more than
+// formSweepMaxChunks chunks keeps its forms until its backlog shrinks.
+func TestBigBacklogWaitsToSweepBodyForms(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hooks := memHooks(formSweepMaxChunks + 1)
+	cat := catalog.Default()
+	withForm := func(e int, hook string) *Record {
+		rec := memRecord(e, hook, t0, cat)
+		ev := contract.Event{Event: "order.create", ObjectID: int64(100_000 + e), Timestamp: t0.Unix(),
+			ResourceURL: "https://shop.test/accounts/" + strconv.Itoa(e) + "/orders/" + strconv.Itoa(100_000+e) + ".json"}
+		rec.Body = contract.AppendBody(nil, &ev, memBase, cat)
+		return rec
+	}
+	// A chunk per webhook, each with a delivery of its own form; the last
+	// one comes due first.
+	var kept []Entry
+	for i, hook := range hooks {
+		due := t0.Add(24 * time.Hour)
+		if i == len(hooks)-1 {
+			due = t0.Add(time.Hour)
+		}
+		kept = append(kept, Entry{Rec: withForm(i, hook), Due: due})
+	}
+	if err := q.Schedule(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	// Unused forms past formSweepMin.
+	extra := map[string]any{}
+	for i := range formSweepMin {
+		extra["unused-"+strconv.Itoa(i)] = "order.create\x00https://gone.test/" + strconv.Itoa(i)
+	}
+	if err := rdb.HSet(ctx, q.formsKey, extra).Err(); err != nil {
+		t.Fatal(err)
+	}
+	formsLeft := func() int64 {
+		t.Helper()
+		if _, err := q.Migrate(ctx, t0); err != nil {
+			t.Fatal(err)
+		}
+		n, err := rdb.HLen(ctx, q.formsKey).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n, want := formsLeft(), int64(len(hooks)+formSweepMin); n != want {
+		t.Fatalf("%d body forms after a pass over %d chunks; want all %d kept until the backlog shrinks", n, len(hooks), want)
+	}
+	recs, _, _, err := q.Claim(ctx, t0.Add(time.Hour), t0.Add(time.Hour+time.Minute), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d, %v; want the one due", len(recs), err)
+	}
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: recs[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, want := formsLeft(), int64(len(hooks)-1); n != want {
+		t.Fatalf("%d body forms after a pass over %d chunks; want the %d still referred to", n, formSweepMaxChunks, want)
+	}
+}
