@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/geckohook/geckohook/engine/catalog"
+	"github.com/geckohook/geckohook/engine/contract"
 	"github.com/geckohook/geckohook/internal/testenv"
 )
 
@@ -296,5 +297,140 @@ func TestQuarantineDropsTheEntryOfAnUnreadableStoredID(t *testing.T) {
 	}
 	if got, _, err := q.Get(ctx, rec.ID); err != nil || got.ID != rec.ID || string(got.Body) != string(rec.Body) {
 		t.Fatalf("the delivery scheduled again after the quarantine: %+v %v", got, err)
+	}
+}
+
+// A shard that is never empty does not keep the body forms of deliveries
+// that left it: resource URLs that name an account or another id make a
+// form per delivery, and the forms hash would grow without end. The next
+// migration pass drops the forms no scheduled member refers to, and
+// keeps those that one does, in chunks or in the layout before them.
+func TestBusyShardDropsUnusedBodyForms(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hooks := memHooks(2)
+	cat := catalog.Default()
+	withForm := func(e int, hook, prefix string) *Record {
+		rec := memRecord(e, hook, t0, cat)
+		ev := contract.Event{Event: "order.create", ObjectID: int64(100_000 + e), Timestamp: t0.Unix(),
+			ResourceURL: prefix + "/" + strconv.Itoa(100_000+e) + ".json"}
+		rec.Body = contract.AppendBody(nil, &ev, memBase, cat)
+		return rec
+	}
+	// Kept: one far off in a chunk, one in the layout before chunks, and
+	// one with a stored id (its form comes after the id in the member).
+	keep := withForm(0, hooks[0], "https://keep.test/a")
+	if err := q.Schedule(ctx, []Entry{{Rec: keep, Due: t0.Add(24 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	rawID := withForm(1, hooks[0], "https://keep.test/b")
+	rawID.ID = "custom-delivery-id"
+	if err := q.Schedule(ctx, []Entry{{Rec: rawID, Due: t0.Add(24 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	unchunked := withForm(2, hooks[1], "https://keep.test/c")
+	unchunkedSchedule(t, rdb, q, unchunked, t0.Add(24*time.Hour))
+	const passing = 1500
+	var entries []Entry
+	for e := 10; e < 10+passing; e++ {
+		entries = append(entries, Entry{Rec: withForm(e, hooks[0], "https://shop.test/accounts/"+strconv.Itoa(e)+"/orders"), Due: t0})
+	}
+	if err := q.Schedule(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		recs, _, _, err := q.Claim(ctx, t0, t0.Add(time.Minute), 256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) == 0 {
+			break
+		}
+		var ops []Op
+		for _, r := range recs {
+			ops = append(ops, Op{Kind: OpRemove, Rec: r})
+		}
+		if err := q.Apply(ctx, ops); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.Migrate(ctx, t0); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rdb.HLen(ctx, q.formsKey).Result(); err != nil || n != 3 {
+		t.Fatalf("%d body forms left (%v) after %d deliveries of their own form left a busy shard, want the 3 still referred to", n, err, passing)
+	}
+	forms.Clear() // another process, which never saw the forms
+	for _, rec := range []*Record{keep, rawID, unchunked} {
+		got, _, err := q.Get(ctx, rec.ID)
+		if err != nil || string(got.Body) != string(rec.Body) {
+			t.Fatalf("delivery %s after the unused forms were dropped: %+v %v", rec.ID, got, err)
+		}
+	}
+}
+
+// The sweep of unused body forms reads every scheduled member in one
+// script, which holds Redis meanwhile: a shard of more than
+// formSweepMaxChunks chunks keeps its forms until its backlog shrinks.
+func TestBigBacklogWaitsToSweepBodyForms(t *testing.T) {
+	rdb := testenv.Redis(t).Client()
+	ctx := context.Background()
+	q := NewQueue(rdb, "gh:", memTopic, 0)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	hooks := memHooks(formSweepMaxChunks + 1)
+	cat := catalog.Default()
+	withForm := func(e int, hook string) *Record {
+		rec := memRecord(e, hook, t0, cat)
+		ev := contract.Event{Event: "order.create", ObjectID: int64(100_000 + e), Timestamp: t0.Unix(),
+			ResourceURL: "https://shop.test/accounts/" + strconv.Itoa(e) + "/orders/" + strconv.Itoa(100_000+e) + ".json"}
+		rec.Body = contract.AppendBody(nil, &ev, memBase, cat)
+		return rec
+	}
+	// A chunk per webhook, each with a delivery of its own form; the last
+	// one comes due first.
+	var kept []Entry
+	for i, hook := range hooks {
+		due := t0.Add(24 * time.Hour)
+		if i == len(hooks)-1 {
+			due = t0.Add(time.Hour)
+		}
+		kept = append(kept, Entry{Rec: withForm(i, hook), Due: due})
+	}
+	if err := q.Schedule(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	// Unused forms past formSweepMin.
+	extra := map[string]any{}
+	for i := range formSweepMin {
+		extra["unused-"+strconv.Itoa(i)] = "order.create\x00https://gone.test/" + strconv.Itoa(i)
+	}
+	if err := rdb.HSet(ctx, q.formsKey, extra).Err(); err != nil {
+		t.Fatal(err)
+	}
+	formsLeft := func() int64 {
+		t.Helper()
+		if _, err := q.Migrate(ctx, t0); err != nil {
+			t.Fatal(err)
+		}
+		n, err := rdb.HLen(ctx, q.formsKey).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n, want := formsLeft(), int64(len(hooks)+formSweepMin); n != want {
+		t.Fatalf("%d body forms after a pass over %d chunks; want all %d kept until the backlog shrinks", n, len(hooks), want)
+	}
+	recs, _, _, err := q.Claim(ctx, t0.Add(time.Hour), t0.Add(time.Hour+time.Minute), 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("claim: %d, %v; want the one due", len(recs), err)
+	}
+	if err := q.Apply(ctx, []Op{{Kind: OpRemove, Rec: recs[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, want := formsLeft(), int64(len(hooks)-1); n != want {
+		t.Fatalf("%d body forms after a pass over %d chunks; want the %d still referred to", n, formSweepMaxChunks, want)
 	}
 }

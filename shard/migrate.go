@@ -39,8 +39,104 @@ func (q *Queue) Migrate(ctx context.Context, now time.Time) (int, error) {
 		return moved, err
 	}
 	n, err := q.migrateMsgpack(ctx, now)
-	return moved + n, err
+	if err != nil {
+		return moved + n, err
+	}
+	return moved + n, q.dropUnusedForms(ctx)
 }
+
+// formSweepMin is how many body forms a shard keeps before
+// dropUnusedForms looks for unused ones.
+const formSweepMin = 1024
+
+// formSweepMaxChunks is the most chunks a shard may have for
+// dropUnusedForms to sweep it: the sweep is one script that reads every
+// scheduled member, and Redis serves nothing else meanwhile (about 4 µs a
+// member: 0.85 s for 200,000). Past it the sweep waits for the backlog
+// to shrink; at most 400 × chunkSize members keeps a sweep near 0.2 s.
+const formSweepMaxChunks = 400
+
+// dropUnusedForms drops the body forms no scheduled member refers to once
+// the shard holds more than formSweepMin and twice as many as were in use
+// at its last sweep, and no more than formSweepMaxChunks chunks. Forms are otherwise dropped only when the shard is
+// empty (claimScript), which a busy shard never is, and resource URLs
+// that name an account or another id make a form per delivery.
+func (q *Queue) dropUnusedForms(ctx context.Context) error {
+	n, err := q.rdb.HLen(ctx, q.formsKey).Result()
+	if err != nil {
+		return fmt.Errorf("cannot count the body forms of %s: %w", q.Shard, err)
+	}
+	if n <= max(formSweepMin, 2*q.formsInUse.Load()) {
+		return nil
+	}
+	chunks, err := q.rdb.ZCard(ctx, q.ChunksKey).Result()
+	if err != nil {
+		return fmt.Errorf("cannot count the chunks of %s: %w", q.Shard, err)
+	}
+	if chunks > formSweepMaxChunks {
+		return nil
+	}
+	live, err := formSweepScript.Run(ctx, q.rdb, []string{q.ChunksKey, q.formsKey, q.oldHooksKey()}, q.tag).Int64()
+	if err != nil {
+		return fmt.Errorf("cannot drop the unused body forms of %s: %w", q.Shard, err)
+	}
+	q.formsInUse.Store(live)
+	return nil
+}
+
+// formSweepScript drops the body forms (KEYS[2]) no member of a chunk
+// (KEYS[1] lists them) or of a webhook's sorted set of the layout before
+// chunks (KEYS[3]) refers to, ARGV[1] the key tag, and returns how many
+// it kept. One script: every member that exists is read, and one placed
+// after it stores its form again (HSETNX) as it is placed. It reads each
+// member's reference where member.go puts it: after the version, flags,
+// offset, four counts, the attempt times and a stored id.
+var formSweepScript = redis.NewScript(`
+local tag, used = ARGV[1], {}
+local function uvarint(m, p)
+  local v, mul = 0, 1
+  while true do
+    local b = string.byte(m, p)
+    if not b then return nil, p end
+    p = p + 1
+    if b < 128 then return v + b * mul, p end
+    v, mul = v + (b - 128) * mul, mul * 128
+  end
+end
+local function has(flags, f) return math.floor(flags / f) % 2 == 1 end
+local function note(m)
+  if string.byte(m, 1) ~= ` + strconv.Itoa(memberVersion) + ` then return end
+  local flags = string.byte(m, 2) or 0
+  if has(flags, ` + strconv.Itoa(fRawBody) + `) then return end
+  local p = 4 + (string.byte(m, 3) or 0)
+  local _
+  for _ = 1, 4 do _, p = uvarint(m, p) end
+  if has(flags, ` + strconv.Itoa(fFirstAttempt) + `) then _, p = uvarint(m, p) end
+  if has(flags, ` + strconv.Itoa(fLastAttempt) + `) then _, p = uvarint(m, p) end
+  if has(flags, ` + strconv.Itoa(fRawID) + `) then
+    local l
+    l, p = uvarint(m, p)
+    if not l then return end
+    p = p + l
+  end
+  used[string.sub(m, p, p + 7)] = true
+end
+local function noteAll(key)
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do note(m) end
+end
+for _, chunk in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do noteAll(tag .. ':q:' .. chunk) end
+for _, hook in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if hook ~= '' then noteAll(tag .. ':q:' .. hook) end
+end
+local drop, kept = {}, 0
+for _, ref in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if used[ref] then kept = kept + 1 else drop[#drop+1] = ref end
+end
+for k = 1, #drop, 500 do
+  redis.call('HDEL', KEYS[2], unpack(drop, k, math.min(k + 499, #drop)))
+end
+return kept
+`)
 
 // hookIndexScript fills the webhook index, tag:qh, of a shard whose
 // chunks were placed by a version without it (ARGV[1] the key tag): each

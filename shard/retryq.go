@@ -107,6 +107,9 @@ type Queue struct {
 	tag       string
 	topic     string
 	partition int
+	// formsInUse is how many body forms were in use at the last sweep
+	// of unused ones (dropUnusedForms).
+	formsInUse atomic.Int64
 }
 
 // ShardName is the name of topic's partition: the content of its keys' hash tag.
