@@ -193,6 +193,8 @@ func (q *Queue) memberOf(rec *Record) (member string, form *bodyForm) {
 	if flags&fRawID != 0 {
 		b = appendString(b, rec.ID)
 	}
+	// formSweepScript (migrate.go) finds the body form reference here,
+	// after everything above: a field added before it goes there too.
 	if flags&fRawBody != 0 {
 		b = appendString(b, string(rec.Body))
 	} else {
