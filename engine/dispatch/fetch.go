@@ -76,6 +76,9 @@ const failureLogEvery = 10 * time.Second
 // fetchFailures decides which of a partition's failed fetches are
 // logged: the first of a run of failures at once, then one each
 // failureLogEvery, each line counting the failures since the one before.
+// A zerolog sampler (like the shard's failLog) would drop lines without
+// saying how many, and could not say when the run ended and how long it
+// lasted.
 type fetchFailures struct {
 	since, logged time.Time
 	total, quiet  int // failures in this run; those not logged yet
