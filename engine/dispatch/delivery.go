@@ -155,6 +155,12 @@ func (s *shardRun) note(dl *delivery, dec retry.Decision) {
 // next owner replays the event (or re-claims the retry when its lease
 // ends).
 func (s *shardRun) toWriter(ctx context.Context, dl *delivery) bool {
+	if ctx.Err() != nil {
+		// The writer may have stopped: a send that the select below
+		// could still pick would never be written nor given back.
+		s.abandon(dl)
+		return false
+	}
 	select {
 	case s.writes <- dl:
 		return true

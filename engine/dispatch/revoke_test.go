@@ -47,13 +47,12 @@ func (h *heldApply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 	return next
 }
 
-// A shard whose writer is held up by Redis still gives its partition up
-// within its drain timeout: the retry poller, deferring the retries of a
-// stalled host while the writer's queue is full, does not wait for the
-// writer past the generation's end (the shard's life, which the wait
-// watched, ends only once the poller has returned). Nothing is lost: the
-// retries stay in the queue.
-func TestRevocationIsBoundedWhileTheWriterIsHeldUp(t *testing.T) {
+// heldWriter runs a dispatcher whose shard 0 has 21 retries of a stalled
+// host (one connection, taken by a hung attempt) claimed, 20 of them
+// deferred to a writer that Redis holds up, the writer's queue full. It
+// returns the env, shard 0's queue and what lets Redis go on.
+func heldWriter(t *testing.T) (*env, *shard.Queue, func()) {
+	t.Helper()
 	hold := &heldApply{release: make(chan struct{})}
 	var released atomic.Bool
 	releaseHold := func() {
@@ -118,7 +117,17 @@ func TestRevocationIsBoundedWhileTheWriterIsHeldUp(t *testing.T) {
 		}
 		return nil
 	})
+	return e, q, releaseHold
+}
 
+// A shard whose writer is held up by Redis still gives its partition up
+// within its drain timeout: the retry poller, deferring the retries of a
+// stalled host while the writer's queue is full, does not wait for the
+// writer past the generation's end (the shard's life, which the wait
+// watched, ends only once the poller has returned). Nothing is lost: the
+// retries stay in the queue.
+func TestRevocationIsBoundedWhileTheWriterIsHeldUp(t *testing.T) {
+	e, q, releaseHold := heldWriter(t)
 	stopped := make(chan struct{})
 	start := time.Now()
 	go func() { e.stop(); close(stopped) }()
@@ -133,5 +142,17 @@ func TestRevocationIsBoundedWhileTheWriterIsHeldUp(t *testing.T) {
 	releaseHold()
 	if n, err := q.Len(context.Background()); err != nil || n != 21 {
 		t.Fatalf("%d retries scheduled after the stop (%v), want all 21 kept", n, err)
+	}
+}
+
+// A shard that lets its partition go with outcomes still unwritten (its
+// writer held up by Redis) gives back every claim it counted: the
+// process's gauge of retries in flight returns to zero.
+func TestStoppedShardLeavesNoRetryInFlight(t *testing.T) {
+	e, _, releaseHold := heldWriter(t)
+	e.stop()
+	releaseHold()
+	if n := e.disp.Stats.RetriesInFlight.Load(); n != 0 {
+		t.Fatalf("retries in flight after every shard stopped: %d, want 0", n)
 	}
 }
