@@ -20,16 +20,18 @@ import (
 // while every worker is busy (possibly waiting for this shard's writer,
 // which stops only once its feeders have returned): then a goroutine takes
 // it over (Run waits for these before it closes the worker pool), and the
-// worker abandons it if the shard has let the partition go by then.
+// worker abandons it if the shard has let the partition go by then. A
+// delivery the host cannot take now goes to its shard's writer the same
+// way (overflowFrom).
 func (d *Dispatcher) hand(ctx context.Context, dl *delivery) {
 	a, shed := d.hosts.admit(dl.hook.Host(), dl)
 	for _, o := range shed {
-		d.overflow(o)
+		d.overflowFrom(ctx, o)
 	}
 	switch a {
 	case admitQueued:
 	case admitOverflow:
-		d.overflow(dl)
+		d.overflowFrom(ctx, dl)
 	default:
 		if !d.pool.give(ctx, dl) {
 			goWith(&d.handoffs, func() { d.pool.give(context.Background(), dl) })
@@ -59,6 +61,26 @@ var errHostSaturated = errors.New("host_saturated: host is not keeping up; defer
 func (d *Dispatcher) overflow(dl *delivery) {
 	dl.res = sender.Result{Outcome: contract.Failure, Err: errHostSaturated}
 	dl.sh.conclude(dl.sh.life, dl, retry.Saturated, d.o.Now())
+}
+
+// overflowFrom is overflow on a feeder (a fetch loop or retry poller)
+// whose context is ctx. A feeder must not wait for a writer past ctx: a
+// shard's life, which ends that wait, ends only once its feeders have
+// returned, so a writer held up by Redis would hold the partition's
+// hand-back with it, past the drain timeout. A goroutine takes the wait
+// over then (Run waits for these, as for hand's), and the delivery is
+// written, or abandoned once its shard has let the partition go.
+func (d *Dispatcher) overflowFrom(ctx context.Context, dl *delivery) {
+	s := dl.sh
+	dl.res = sender.Result{Outcome: contract.Failure, Err: errHostSaturated}
+	if !s.decide(dl, retry.Saturated, d.o.Now()) {
+		return
+	}
+	select {
+	case s.writes <- dl:
+	case <-ctx.Done():
+		goWith(&d.handoffs, func() { s.toWriter(s.life, dl) })
+	}
 }
 
 // attempt makes one attempt and concludes the delivery's turn. It reports

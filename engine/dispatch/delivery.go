@@ -91,6 +91,16 @@ func (dl *delivery) state() retry.State {
 // or handed to the shard's writer. It reports false if ctx ended before the
 // writer took it (the delivery is then abandoned).
 func (s *shardRun) conclude(ctx context.Context, dl *delivery, r retry.Result, at time.Time) bool {
+	if !s.decide(dl, r, at) {
+		return true
+	}
+	return s.toWriter(ctx, dl)
+}
+
+// decide is conclude up to the writer: it publishes the attempt's outcome
+// and either completes the delivery (false) or readies it for the writer
+// (true).
+func (s *shardRun) decide(dl *delivery, r retry.Result, at time.Time) bool {
 	d := s.d
 	switch r {
 	case retry.Delivered:
@@ -111,13 +121,13 @@ func (s *shardRun) conclude(ctx context.Context, dl *delivery, r retry.Result, a
 	}
 	if dec.Write == retry.Nothing && !dec.DeleteWebhook {
 		s.complete(dl)
-		return true
+		return false
 	}
 	if dec.Write == retry.Schedule || dec.Write == retry.Kill {
 		s.note(dl, dec)
 	}
 	dl.write, dl.due, dl.published, dl.deleteHook = dec.Write, dec.At, dec.PublishWritten, dec.DeleteWebhook
-	return s.toWriter(ctx, dl)
+	return true
 }
 
 // note writes the decided state into the delivery's record, making the
@@ -145,6 +155,12 @@ func (s *shardRun) note(dl *delivery, dec retry.Decision) {
 // next owner replays the event (or re-claims the retry when its lease
 // ends).
 func (s *shardRun) toWriter(ctx context.Context, dl *delivery) bool {
+	if ctx.Err() != nil {
+		// The writer may have stopped: a send that the select below
+		// could still pick would never be written nor given back.
+		s.abandon(dl)
+		return false
+	}
 	select {
 	case s.writes <- dl:
 		return true

@@ -222,8 +222,9 @@ type Dispatcher struct {
 	grouped atomic.Bool
 
 	commitMu sync.Mutex // serialises offset commits on the group connection
-	// handoffs carry admitted deliveries to the workers for feeders that
-	// stopped first (hand); Run waits for them before closing the pool.
+	// handoffs carry admitted deliveries to the workers, and deferred ones
+	// to their shard's writer, for feeders that stopped first (hand); Run
+	// waits for them before closing the pool.
 	handoffs sync.WaitGroup
 }
 

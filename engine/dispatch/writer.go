@@ -39,11 +39,27 @@ func nextBatch[T any](ctx context.Context, ch <-chan T, batch []T) ([]T, bool) {
 // pipelined commands, publishes what the writes make true (a delivery gone
 // dead, a webhook gone), and only then completes the deliveries. While
 // Redis is away it retries with backoff and the windows fill up, which
-// stops fetching and claiming: nothing is dropped.
+// stops fetching and claiming: nothing is dropped. Once ctx ends (the
+// shard has let its partition go), what it has not written, in its batch
+// or its queue, is abandoned: the next owner replays or re-claims it, and
+// the claims it held are given back here.
 func (s *shardRun) writeLoop(ctx context.Context) {
 	batch := make([]*delivery, 0, maxBatch)
 	entries := make([]shard.Entry, 0, maxBatch)
 	ops := make([]shard.Op, 0, maxBatch)
+	defer func() {
+		for _, dl := range batch { // none completed: every exit is before that
+			s.abandon(dl)
+		}
+		for {
+			select {
+			case dl := <-s.writes:
+				s.abandon(dl)
+			default:
+				return
+			}
+		}
+	}()
 	// The management API finds deliveries through the set of shards.
 	if !s.retry(ctx, "register the shard", func() error { return s.d.store.Register(ctx, s.d.o.Topic, s.partition) }) {
 		return
