@@ -135,13 +135,15 @@ func TestFailureCrossingDeleteAfterDeletesOnArrival(t *testing.T) {
 	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
 		t.Fatal(err)
 	}
-	now := t0.Add(72 * time.Hour)
+	// DeleteAfter plus Grace: no success dated before it can still be on
+	// its way.
+	now := t0.Add(72*time.Hour + c.o.Grace)
 	c.o.Now = func() time.Time { return now }
 	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, now, 0, 2)}); err != nil {
 		t.Fatal(err)
 	}
 	if reg.Webhook(w.ID) != nil {
-		t.Fatal("not deleted by the failure at 72 h")
+		t.Fatal("not deleted by the failure at 72 h plus grace")
 	}
 	h, _ := c.o.Redis.HGetAll(context.Background(), c.keys.Health(w.ID)).Result()
 	if h["reason"] != streak.ReasonFailing || h["deleted"] == "0" {
@@ -674,4 +676,31 @@ func outcomesBroker(t *testing.T, partitions int) []string {
 		t.Fatal(err)
 	}
 	return brokers
+}
+
+// A success published late (another dispatcher's buffer, a retry's write
+// retries) may reach Kafka after a failure dated later, within Grace: the
+// failure that crosses DeleteAfter must not delete before the success
+// dated just before it had time to arrive.
+func TestLateSuccessBeforeCrossingFailureKeepsWebhook(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	crossing := t0.Add(72 * time.Hour)
+	now := crossing.Add(time.Second)
+	c.o.Now = func() time.Time { return now }
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, crossing, 0, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	// The success, dated a second before the crossing failure, arrives next.
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Success, crossing.Add(-time.Second), 0, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted by a failure at 72 h although a success 1 s before it was still on its way (within Grace)")
+	}
+	if since, _ := c.o.Redis.HGet(context.Background(), c.keys.Health(w.ID), "since").Result(); since != ms(crossing) {
+		t.Fatalf("streak start %s, want restarted at the 72 h failure %s", since, ms(crossing))
+	}
 }

@@ -128,15 +128,18 @@ type item struct {
 }
 
 // apply applies the outcomes not applied yet, then the 3-day rule at the
-// outcomes' own time (a failure that itself came DeleteAfter into its
-// streak deletes, unless a success in the batch broke the streak) and,
+// outcomes' own time less grace (a failure that itself came DeleteAfter
+// plus grace into its streak deletes, unless a success in the batch broke
+// the streak: a success dated up to grace before that failure may still be
+// in another publisher's buffer or write retries, and reach Kafka after
+// it; one dated earlier is in the partition before it) and,
 // unless judge is zero, at judge: a time up to which every outcome is known
 // to be applied (the catch-up watermark less the grace, see
 // Coordinator.judgeAt). Judging at the clock instead would count the time a
 // success spends in a publisher's buffer or in a coordinator's backlog as
 // failing time and delete a webhook whose success is still unread. The
 // deletion itself is dated now.
-func (r *record) apply(p streak.Policy, items []item, now, judge time.Time) {
+func (r *record) apply(p streak.Policy, items []item, now, judge time.Time, grace time.Duration) {
 	wasDeleted, wasReason := !r.s.Deleted.IsZero(), r.s.Reason
 	var crossed time.Time // newest failure that was DeleteAfter into its streak
 	defer func() {
@@ -163,8 +166,8 @@ func (r *record) apply(p streak.Policy, items []item, now, judge time.Time) {
 	}
 	// The rule is decided once the whole batch is applied, so a success
 	// later in the batch (published late, dated earlier) still counts: at
-	// the newest failure that crossed DeleteAfter, then at judge.
-	if (!crossed.IsZero() && p.Due(&r.s, crossed)) || (!judge.IsZero() && p.Due(&r.s, judge)) {
+	// the newest failure that crossed DeleteAfter less grace, then at judge.
+	if (!crossed.IsZero() && p.Due(&r.s, crossed.Add(-grace))) || (!judge.IsZero() && p.Due(&r.s, judge)) {
 		p.MarkDeleted(&r.s, now, streak.ReasonFailing)
 		r.changed = true
 	}
@@ -194,7 +197,7 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 			return err
 		}
 		for _, r := range recs {
-			r.apply(c.o.Policy, items[r.id], now, judge)
+			r.apply(c.o.Policy, items[r.id], now, judge, c.o.Grace)
 			if r.deletedNow && r.s.Reason == streak.ReasonFailing {
 				stored, err := c.o.Registry.Stored(ctx, r.id)
 				if err != nil {
