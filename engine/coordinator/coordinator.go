@@ -103,6 +103,8 @@ type Coordinator struct {
 
 	lagMu    sync.Mutex
 	lagNames map[int]string // partition → its consumer-lag series
+
+	afterStore func() // tests: runs between a settle's health write and its effects
 }
 
 // New returns a Coordinator; Run starts it.

@@ -704,3 +704,43 @@ func TestLateSuccessBeforeCrossingFailureKeepsWebhook(t *testing.T) {
 		t.Fatalf("streak start %s, want restarted at the 72 h failure %s", since, ms(crossing))
 	}
 }
+
+// Two coordinators on one webhook (around a rebalance the old owner
+// replays a batch the new owner already applied, or a sweep reads it):
+// the one whose read is stale must not carry out its effects last. Here
+// the replaying coordinator read "recovered", the other then applied a
+// new failure, and the stale effects dropped the webhook from the failing
+// set although its health is failing: the sweep never judges it again and
+// publishers filter its next success.
+func TestStaleEffectsDoNotUndoNewerState(t *testing.T) {
+	c1, _, w := setup(t)
+	o := c1.o
+	o.Metrics = nil
+	c2 := New(o)
+	ctx := context.Background()
+	applied := []kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1), msg(t, w, outcomes.Success, t0.Add(time.Hour), 0, 2)}
+	if err := c1.process(applied); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	c2.afterStore = func() {
+		once.Do(func() {
+			if err := c1.process([]kafka.Message{msg(t, w, outcomes.Failure, t0.Add(2*time.Hour), 0, 3)}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	if err := c2.process(applied); err != nil { // the replay
+		t.Fatal(err)
+	}
+	h, err := c1.o.Redis.HGet(ctx, c1.keys.Health(w.ID), "since").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h != ms(t0.Add(2*time.Hour)) {
+		t.Fatalf("streak start %s, want the new failure's %s", h, ms(t0.Add(2*time.Hour)))
+	}
+	if _, err := c1.o.Redis.ZScore(ctx, c1.keys.Failing(), w.ID).Result(); err != nil {
+		t.Fatalf("failing webhook missing from the failing set: %v", err)
+	}
+}

@@ -222,7 +222,63 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 			}
 		}
 	}
-	return c.effects(ctx, final, now)
+	if c.afterStore != nil {
+		c.afterStore()
+	}
+	// The effects are not version-checked (the failing set is not in a
+	// webhook's slot): another coordinator may write a newer state and
+	// carry out its effects before these run, which would then undo them.
+	// So after carrying them out, check the version; where it moved, carry
+	// out the newest state's effects again. The last effects to run are
+	// then always those of the state Redis holds.
+	for round := 0; len(final) > 0; round++ {
+		if round == 20 {
+			return fmt.Errorf("cannot settle the effects of webhook health: %d webhooks still changing after %d rounds", len(final), round)
+		}
+		if err := c.effects(ctx, final, now); err != nil {
+			return err
+		}
+		moved, err := c.moved(ctx, final)
+		if err != nil {
+			return err
+		}
+		if len(moved) == 0 {
+			return nil
+		}
+		if final, err = c.load(ctx, moved); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moved returns the webhooks among recs whose health version is no longer
+// the one recs hold.
+func (c *Coordinator) moved(ctx context.Context, recs []*record) ([]string, error) {
+	cmds := make([]*redis.StringCmd, len(recs))
+	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range recs {
+			cmds[i] = p.HGet(ctx, c.keys.Health(r.id), "v")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("cannot re-read webhook health versions: %w", err)
+	}
+	var ids []string
+	for i, r := range recs {
+		v, err := cmds[i].Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			v = "0"
+		case err != nil:
+			return nil, fmt.Errorf("cannot re-read the health version of webhook %s: %w", r.id, err)
+		}
+		if v != r.version {
+			ids = append(ids, r.id)
+		}
+	}
+	return ids, nil
 }
 
 func (c *Coordinator) load(ctx context.Context, ids []string) ([]*record, error) {
@@ -279,6 +335,9 @@ func (c *Coordinator) store(ctx context.Context, recs []*record) error {
 	for r, cmd := range cmds {
 		n, _ := cmd.Int()
 		r.conflict = n == 0
+		if !r.conflict {
+			r.version = strconv.Itoa(atoi(r.version) + 1) // as casScript wrote it
+		}
 	}
 	return nil
 }
