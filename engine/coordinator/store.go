@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +25,9 @@ import (
 // Fields of the health hash {p}health:{webhook}:
 //
 //	v             version, bumped by every write (optimistic concurrency)
-//	off           "partition:offset" of the last outcome applied (replays are skipped)
+//	off           "partition:offset[,partition:offset…]", per partition the last outcome
+//	              applied from it (replays are skipped; a webhook moves to another
+//	              partition when partitions are added, and both may be replayed)
 //	app, account, event, address   the webhook, as its outcomes described it
 //	since         streak start, unix ms (0: not failing)
 //	last_failure  unix ms;  failures: in the streak;  status, error: of the newest failure
@@ -46,8 +50,7 @@ return 1
 type record struct {
 	id       string
 	version  string
-	part     int
-	off      int64 // -1: none applied
+	offs     map[int]int64 // outcomes-topic partition → last offset applied from it
 	app      string
 	account  string
 	event    string
@@ -81,17 +84,18 @@ func atoi(s string) int {
 }
 
 func parseRecord(id string, h map[string]string) *record {
-	r := &record{id: id, version: "0", off: -1, part: -1}
+	r := &record{id: id, version: "0", offs: map[int]int64{}}
 	if len(h) == 0 {
 		return r
 	}
 	if v := h["v"]; v != "" {
 		r.version = v
 	}
-	if p, o, ok := strings.Cut(h["off"], ":"); ok {
-		r.part = atoi(p)
-		if n, err := strconv.ParseInt(o, 10, 64); err == nil {
-			r.off = n
+	for _, po := range strings.Split(h["off"], ",") {
+		if p, o, ok := strings.Cut(po, ":"); ok {
+			if n, err := strconv.ParseInt(o, 10, 64); err == nil {
+				r.offs[atoi(p)] = n
+			}
 		}
 	}
 	r.app, r.account, r.event, r.address = h["app"], h["account"], h["event"], h["address"]
@@ -108,13 +112,29 @@ func (r *record) args(ttl time.Duration) []any {
 	s := &r.s
 	return []any{
 		r.version, ttl.Milliseconds(),
-		"off", strconv.Itoa(r.part) + ":" + strconv.FormatInt(r.off, 10),
+		"off", r.offsField(),
 		"app", r.app, "account", r.account, "event", r.event, "address", r.address,
 		"since", ms(s.StreakStart), "last_failure", ms(s.LastFailure), "failures", s.Failures,
 		"status", s.LastStatus, "error", s.LastError, "last_success", ms(s.LastSuccess),
 		"day", s.Day, "fday", s.FailuresToday, "dday", s.DeadToday,
 		"deleted", ms(s.Deleted), "reason", s.Reason,
 	}
+}
+
+// offsField is the off field: the partitions in order, each with the last
+// offset applied from it.
+func (r *record) offsField() string {
+	parts := slices.Sorted(maps.Keys(r.offs))
+	var b strings.Builder
+	for i, p := range parts {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(p))
+		b.WriteByte(':')
+		b.WriteString(strconv.FormatInt(r.offs[p], 10))
+	}
+	return b.String()
 }
 
 // maxError bounds the error text kept per webhook.
@@ -147,7 +167,7 @@ func (r *record) apply(p streak.Policy, items []item, now, judge time.Time, grac
 			(!wasDeleted || (wasReason == streak.ReasonRemoved && r.s.Reason == streak.ReasonGone))
 	}()
 	for _, it := range items {
-		if it.part == r.part && it.off <= r.off {
+		if last, ok := r.offs[it.part]; ok && it.off <= last {
 			continue // a replay of what Redis already has
 		}
 		o := it.o
@@ -158,7 +178,7 @@ func (r *record) apply(p streak.Policy, items []item, now, judge time.Time, grac
 			r.app, r.account, r.event, r.address = o.AppID, o.AccountID, o.Event, o.Address
 		}
 		d := p.Apply(&r.s, o, now)
-		r.part, r.off = it.part, it.off
+		r.offs[it.part] = it.off
 		r.changed = true
 		if at := cmp.Or(o.At, now); d.Delete && d.Reason == streak.ReasonFailing && at.After(crossed) {
 			crossed = at
