@@ -42,7 +42,7 @@ func addCoordinatorFlags(fs *flag.FlagSet, c *coordinatorConfig) {
 	fs.DurationVar(&c.DeleteAfter, "delete-after", streak.DefaultDeleteAfter, "delete a webhook whose failures have run this long without a single success (the 3-day rule)")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Minute, "how often the coordinator sweeps failing webhooks for --delete-after")
 	fs.StringVar(&c.MailAt, "mail-at", "00:00", "time of day (HH:MM, UTC) of the daily digest, which covers the 24 h before it")
-	fs.DurationVar(&c.MailGrace, "mail-grace", 2*time.Minute, "the time an outcome may take into Kafka: a day's digest waits until the coordinators have applied every outcome up to this long past the day's end, and the 3-day rule is judged this long behind the coordinators' catch-up watermark")
+	fs.DurationVar(&c.MailGrace, "mail-grace", 2*time.Minute, "the time an outcome may take into Kafka: a day's digest waits until the coordinators have applied every outcome up to this long past the day's end, and the 3-day rule is judged this long behind the coordinators' catch-up watermark (and behind a crossing failure's own time)")
 	fs.StringVar(&c.MailOutbox, "mail-outbox", "./outbox", "`path` of the directory where digests are written as .eml files when there is no --smtp-addr")
 	fs.StringVar(&c.MailTemplates, "mail-templates", "", "`path` of a directory with digest templates replacing the built-in ones: subject.tmpl, digest.txt.tmpl (text/template), digest.html.tmpl (html/template); missing files keep the built-in version")
 	fs.StringVar(&c.MailFrom, "mail-from", "geckohook@localhost", "sender address of the daily digests")

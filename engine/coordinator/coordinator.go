@@ -56,7 +56,8 @@ type Options struct {
 	SweepEvery time.Duration
 	// Grace is how long an outcome may take from the dispatcher's buffer
 	// into Kafka (2m, the mail's --mail-grace): the 3-day rule against the
-	// clock is judged this far behind the catch-up watermark.
+	// clock is judged this far behind the catch-up watermark, and on a
+	// failure's arrival this far behind the failure's own time.
 	Grace time.Duration
 	// WatermarkEvery is how often the group's lag is read and the catch-up
 	// watermark moved (5s).
@@ -102,6 +103,8 @@ type Coordinator struct {
 
 	lagMu    sync.Mutex
 	lagNames map[int]string // partition → its consumer-lag series
+
+	afterStore func() // tests: runs between a settle's health write and its effects
 }
 
 // New returns a Coordinator; Run starts it.

@@ -135,13 +135,15 @@ func TestFailureCrossingDeleteAfterDeletesOnArrival(t *testing.T) {
 	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
 		t.Fatal(err)
 	}
-	now := t0.Add(72 * time.Hour)
+	// DeleteAfter plus Grace: no success dated before it can still be on
+	// its way.
+	now := t0.Add(72*time.Hour + c.o.Grace)
 	c.o.Now = func() time.Time { return now }
 	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, now, 0, 2)}); err != nil {
 		t.Fatal(err)
 	}
 	if reg.Webhook(w.ID) != nil {
-		t.Fatal("not deleted by the failure at 72 h")
+		t.Fatal("not deleted by the failure at 72 h plus grace")
 	}
 	h, _ := c.o.Redis.HGetAll(context.Background(), c.keys.Health(w.ID)).Result()
 	if h["reason"] != streak.ReasonFailing || h["deleted"] == "0" {
@@ -525,7 +527,7 @@ func TestAddedPartitionIsRead(t *testing.T) {
 	_ = conn.Close()
 	testenv.WaitFor(t, 20*time.Second, func() error {
 		off, _ := c.o.Redis.HGet(ctx, c.keys.Health(w.ID), "off").Result()
-		if off != "1:0" {
+		if off != "0:0,1:0" {
 			return fmt.Errorf("outcome on the added partition not applied (off %q)", off)
 		}
 		if st := c2.lag.Load(); !st.caughtUp() {
@@ -674,4 +676,94 @@ func outcomesBroker(t *testing.T, partitions int) []string {
 		t.Fatal(err)
 	}
 	return brokers
+}
+
+// A success published late (another dispatcher's buffer, a retry's write
+// retries) may reach Kafka after a failure dated later, within Grace: the
+// failure that crosses DeleteAfter must not delete before the success
+// dated just before it had time to arrive.
+func TestLateSuccessBeforeCrossingFailureKeepsWebhook(t *testing.T) {
+	c, reg, w := setup(t)
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	crossing := t0.Add(72 * time.Hour)
+	now := crossing.Add(time.Second)
+	c.o.Now = func() time.Time { return now }
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Failure, crossing, 0, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	// The success, dated a second before the crossing failure, arrives next.
+	if err := c.process([]kafka.Message{msg(t, w, outcomes.Success, crossing.Add(-time.Second), 0, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Webhook(w.ID) == nil {
+		t.Fatal("deleted by a failure at 72 h although a success 1 s before it was still on its way (within Grace)")
+	}
+	if since, _ := c.o.Redis.HGet(context.Background(), c.keys.Health(w.ID), "since").Result(); since != ms(crossing) {
+		t.Fatalf("streak start %s, want restarted at the 72 h failure %s", since, ms(crossing))
+	}
+}
+
+// Two coordinators on one webhook (around a rebalance the old owner
+// replays a batch the new owner already applied, or a sweep reads it):
+// the one whose read is stale must not carry out its effects last. Here
+// the replaying coordinator read "recovered", the other then applied a
+// new failure, and the stale effects dropped the webhook from the failing
+// set although its health is failing: the sweep never judges it again and
+// publishers filter its next success.
+func TestStaleEffectsDoNotUndoNewerState(t *testing.T) {
+	c1, _, w := setup(t)
+	o := c1.o
+	o.Metrics = nil
+	c2 := New(o)
+	ctx := context.Background()
+	applied := []kafka.Message{msg(t, w, outcomes.Failure, t0, 0, 1), msg(t, w, outcomes.Success, t0.Add(time.Hour), 0, 2)}
+	if err := c1.process(applied); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	c2.afterStore = func() {
+		once.Do(func() {
+			if err := c1.process([]kafka.Message{msg(t, w, outcomes.Failure, t0.Add(2*time.Hour), 0, 3)}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	if err := c2.process(applied); err != nil { // the replay
+		t.Fatal(err)
+	}
+	h, err := c1.o.Redis.HGet(ctx, c1.keys.Health(w.ID), "since").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h != ms(t0.Add(2*time.Hour)) {
+		t.Fatalf("streak start %s, want the new failure's %s", h, ms(t0.Add(2*time.Hour)))
+	}
+	if _, err := c1.o.Redis.ZScore(ctx, c1.keys.Failing(), w.ID).Result(); err != nil {
+		t.Fatalf("failing webhook missing from the failing set: %v", err)
+	}
+}
+
+// After partitions are added to the outcomes topic a webhook's outcomes
+// move to another partition while the old one still has its backlog; the
+// rebalance that follows replays what was not committed, from both. A
+// replay of the old partition must not be counted again once an outcome
+// of the new one was applied.
+func TestReplayAfterPartitionMoveIsAppliedOnce(t *testing.T) {
+	c, _, w := setup(t)
+	old := msg(t, w, outcomes.Failure, t0, 1, 100)
+	moved := msg(t, w, outcomes.Failure, t0.Add(time.Minute), 5, 3)
+	for _, b := range [][]kafka.Message{{old}, {moved}, {old}, {moved}} { // the last two: replays
+		if err := c.process(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := c.o.Redis.HGetAll(context.Background(), c.keys.Health(w.ID)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h["failures"] != "2" || h["fday"] != "2" {
+		t.Fatalf("failures = %s, failures today = %s, want 2 and 2", h["failures"], h["fday"])
+	}
 }

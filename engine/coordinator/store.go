@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +25,9 @@ import (
 // Fields of the health hash {p}health:{webhook}:
 //
 //	v             version, bumped by every write (optimistic concurrency)
-//	off           "partition:offset" of the last outcome applied (replays are skipped)
+//	off           "partition:offset[,partition:offset…]", per partition the last outcome
+//	              applied from it (replays are skipped; a webhook moves to another
+//	              partition when partitions are added, and both may be replayed)
 //	app, account, event, address   the webhook, as its outcomes described it
 //	since         streak start, unix ms (0: not failing)
 //	last_failure  unix ms;  failures: in the streak;  status, error: of the newest failure
@@ -46,8 +50,7 @@ return 1
 type record struct {
 	id       string
 	version  string
-	part     int
-	off      int64 // -1: none applied
+	offs     map[int]int64 // outcomes-topic partition → last offset applied from it
 	app      string
 	account  string
 	event    string
@@ -81,17 +84,18 @@ func atoi(s string) int {
 }
 
 func parseRecord(id string, h map[string]string) *record {
-	r := &record{id: id, version: "0", off: -1, part: -1}
+	r := &record{id: id, version: "0", offs: map[int]int64{}}
 	if len(h) == 0 {
 		return r
 	}
 	if v := h["v"]; v != "" {
 		r.version = v
 	}
-	if p, o, ok := strings.Cut(h["off"], ":"); ok {
-		r.part = atoi(p)
-		if n, err := strconv.ParseInt(o, 10, 64); err == nil {
-			r.off = n
+	for _, po := range strings.Split(h["off"], ",") {
+		if p, o, ok := strings.Cut(po, ":"); ok {
+			if n, err := strconv.ParseInt(o, 10, 64); err == nil {
+				r.offs[atoi(p)] = n
+			}
 		}
 	}
 	r.app, r.account, r.event, r.address = h["app"], h["account"], h["event"], h["address"]
@@ -108,13 +112,29 @@ func (r *record) args(ttl time.Duration) []any {
 	s := &r.s
 	return []any{
 		r.version, ttl.Milliseconds(),
-		"off", strconv.Itoa(r.part) + ":" + strconv.FormatInt(r.off, 10),
+		"off", r.offsField(),
 		"app", r.app, "account", r.account, "event", r.event, "address", r.address,
 		"since", ms(s.StreakStart), "last_failure", ms(s.LastFailure), "failures", s.Failures,
 		"status", s.LastStatus, "error", s.LastError, "last_success", ms(s.LastSuccess),
 		"day", s.Day, "fday", s.FailuresToday, "dday", s.DeadToday,
 		"deleted", ms(s.Deleted), "reason", s.Reason,
 	}
+}
+
+// offsField is the off field: the partitions in order, each with the last
+// offset applied from it.
+func (r *record) offsField() string {
+	parts := slices.Sorted(maps.Keys(r.offs))
+	var b strings.Builder
+	for i, p := range parts {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(p))
+		b.WriteByte(':')
+		b.WriteString(strconv.FormatInt(r.offs[p], 10))
+	}
+	return b.String()
 }
 
 // maxError bounds the error text kept per webhook.
@@ -128,15 +148,18 @@ type item struct {
 }
 
 // apply applies the outcomes not applied yet, then the 3-day rule at the
-// outcomes' own time (a failure that itself came DeleteAfter into its
-// streak deletes, unless a success in the batch broke the streak) and,
+// outcomes' own time less grace (a failure that itself came DeleteAfter
+// plus grace into its streak deletes, unless a success in the batch broke
+// the streak: a success dated up to grace before that failure may still be
+// in another publisher's buffer or write retries, and reach Kafka after
+// it; one dated earlier is in the partition before it) and,
 // unless judge is zero, at judge: a time up to which every outcome is known
 // to be applied (the catch-up watermark less the grace, see
 // Coordinator.judgeAt). Judging at the clock instead would count the time a
 // success spends in a publisher's buffer or in a coordinator's backlog as
 // failing time and delete a webhook whose success is still unread. The
 // deletion itself is dated now.
-func (r *record) apply(p streak.Policy, items []item, now, judge time.Time) {
+func (r *record) apply(p streak.Policy, items []item, now, judge time.Time, grace time.Duration) {
 	wasDeleted, wasReason := !r.s.Deleted.IsZero(), r.s.Reason
 	var crossed time.Time // newest failure that was DeleteAfter into its streak
 	defer func() {
@@ -144,7 +167,7 @@ func (r *record) apply(p streak.Policy, items []item, now, judge time.Time) {
 			(!wasDeleted || (wasReason == streak.ReasonRemoved && r.s.Reason == streak.ReasonGone))
 	}()
 	for _, it := range items {
-		if it.part == r.part && it.off <= r.off {
+		if last, ok := r.offs[it.part]; ok && it.off <= last {
 			continue // a replay of what Redis already has
 		}
 		o := it.o
@@ -155,7 +178,7 @@ func (r *record) apply(p streak.Policy, items []item, now, judge time.Time) {
 			r.app, r.account, r.event, r.address = o.AppID, o.AccountID, o.Event, o.Address
 		}
 		d := p.Apply(&r.s, o, now)
-		r.part, r.off = it.part, it.off
+		r.offs[it.part] = it.off
 		r.changed = true
 		if at := cmp.Or(o.At, now); d.Delete && d.Reason == streak.ReasonFailing && at.After(crossed) {
 			crossed = at
@@ -163,8 +186,8 @@ func (r *record) apply(p streak.Policy, items []item, now, judge time.Time) {
 	}
 	// The rule is decided once the whole batch is applied, so a success
 	// later in the batch (published late, dated earlier) still counts: at
-	// the newest failure that crossed DeleteAfter, then at judge.
-	if (!crossed.IsZero() && p.Due(&r.s, crossed)) || (!judge.IsZero() && p.Due(&r.s, judge)) {
+	// the newest failure that crossed DeleteAfter less grace, then at judge.
+	if (!crossed.IsZero() && p.Due(&r.s, crossed.Add(-grace))) || (!judge.IsZero() && p.Due(&r.s, judge)) {
 		p.MarkDeleted(&r.s, now, streak.ReasonFailing)
 		r.changed = true
 	}
@@ -194,7 +217,7 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 			return err
 		}
 		for _, r := range recs {
-			r.apply(c.o.Policy, items[r.id], now, judge)
+			r.apply(c.o.Policy, items[r.id], now, judge, c.o.Grace)
 			if r.deletedNow && r.s.Reason == streak.ReasonFailing {
 				stored, err := c.o.Registry.Stored(ctx, r.id)
 				if err != nil {
@@ -219,7 +242,63 @@ func (c *Coordinator) settle(ctx context.Context, ids []string, items map[string
 			}
 		}
 	}
-	return c.effects(ctx, final, now)
+	if c.afterStore != nil {
+		c.afterStore()
+	}
+	// The effects are not version-checked (the failing set is not in a
+	// webhook's slot): another coordinator may write a newer state and
+	// carry out its effects before these run, which would then undo them.
+	// So after carrying them out, check the version; where it moved, carry
+	// out the newest state's effects again. The last effects to run are
+	// then always those of the state Redis holds.
+	for round := 0; len(final) > 0; round++ {
+		if round == 20 {
+			return fmt.Errorf("cannot settle the effects of webhook health: %d webhooks still changing after %d rounds", len(final), round)
+		}
+		if err := c.effects(ctx, final, now); err != nil {
+			return err
+		}
+		moved, err := c.moved(ctx, final)
+		if err != nil {
+			return err
+		}
+		if len(moved) == 0 {
+			return nil
+		}
+		if final, err = c.load(ctx, moved); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moved returns the webhooks among recs whose health version is no longer
+// the one recs hold.
+func (c *Coordinator) moved(ctx context.Context, recs []*record) ([]string, error) {
+	cmds := make([]*redis.StringCmd, len(recs))
+	_, err := c.o.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range recs {
+			cmds[i] = p.HGet(ctx, c.keys.Health(r.id), "v")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("cannot re-read webhook health versions: %w", err)
+	}
+	var ids []string
+	for i, r := range recs {
+		v, err := cmds[i].Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			v = "0"
+		case err != nil:
+			return nil, fmt.Errorf("cannot re-read the health version of webhook %s: %w", r.id, err)
+		}
+		if v != r.version {
+			ids = append(ids, r.id)
+		}
+	}
+	return ids, nil
 }
 
 func (c *Coordinator) load(ctx context.Context, ids []string) ([]*record, error) {
@@ -276,6 +355,9 @@ func (c *Coordinator) store(ctx context.Context, recs []*record) error {
 	for r, cmd := range cmds {
 		n, _ := cmd.Int()
 		r.conflict = n == 0
+		if !r.conflict {
+			r.version = strconv.Itoa(atoi(r.version) + 1) // as casScript wrote it
+		}
 	}
 	return nil
 }
