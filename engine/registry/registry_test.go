@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,7 +160,10 @@ func TestMatchTargetsVersion(t *testing.T) {
 	srv := testenv.Redis(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	r := New(srv.Client(), Options{})
+	// Each change is applied at once and again when its announcement comes
+	// back, which moves the version too: count the announcements applied.
+	var echoes atomic.Int32
+	r := New(srv.Client(), Options{ChangeDelay: func(time.Duration) { echoes.Add(1) }})
 	if err := r.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -171,6 +175,12 @@ func TestMatchTargetsVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if n := echoes.Load(); n < 2 {
+			return fmt.Errorf("%d of the 2 announcements applied", n)
+		}
+		return nil
+	})
 	got, v := r.MatchTargets(nil, "acc1", "order.create")
 	if len(got) != 1 || got[0].Hook.ID != w.ID || got[0].App != r.App(app.ID) || v != r.Version() {
 		t.Fatalf("MatchTargets = %+v at version %d (now %d)", got, v, r.Version())
