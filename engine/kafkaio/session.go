@@ -274,9 +274,11 @@ func (s *FetchSession) lane() *lane {
 	// up (its shard was revoked) does not hold up the one that took over.
 	// Lanes out only for readers that gave up do not count, so that
 	// several revoked while their requests hang (until requestTimeout) do
-	// not either; a lane per reader more bounds them.
+	// not either; a lane per reader more bounds them. Without such lanes
+	// the bound is the one above: a new lane dials a connection of its
+	// own, which a busy partition should not wait for.
 	readers := int(s.readers.Load())
-	if len(s.lanes) > 2*readers+1 || s.held() > readers {
+	if len(s.lanes)-s.stranded() > readers || len(s.lanes) > 2*readers+1 {
 		return nil
 	}
 	l := &lane{tr: &kafka.Transport{ClientID: s.c.ClientID}, work: make(chan struct{}, 1), x: s.newExchange()}
@@ -292,13 +294,13 @@ func (s *FetchSession) lane() *lane {
 	return l
 }
 
-// held is how many lanes are out with an ask of a reader still waiting
-// for it. The loop reads the asks of lanes out, which their goroutines
-// only read too.
-func (s *FetchSession) held() int {
+// stranded is how many lanes are out with asks only of readers that gave
+// up. The loop reads the asks of lanes out, which their goroutines only
+// read too.
+func (s *FetchSession) stranded() int {
 	n := 0
 	for _, l := range s.lanes {
-		if slices.ContainsFunc(l.asks, func(k *fetchAsk) bool { return !k.gone.Load() }) {
+		if len(l.asks) > 0 && !slices.ContainsFunc(l.asks, func(k *fetchAsk) bool { return !k.gone.Load() }) {
 			n++
 		}
 	}
