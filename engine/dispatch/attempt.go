@@ -57,11 +57,9 @@ func (d *Dispatcher) deliver(dl *delivery) {
 // attempt.
 var errHostSaturated = errors.New("host_saturated: host is not keeping up; deferred to the retry queue without an attempt")
 
-// overflow defers a delivery its host cannot take now, without an attempt.
-func (d *Dispatcher) overflow(dl *delivery) {
-	dl.res = sender.Result{Outcome: contract.Failure, Err: errHostSaturated}
-	dl.sh.conclude(dl.sh.life, dl, retry.Saturated, d.o.Now())
-}
+// overflow defers a delivery its host cannot take now, without an attempt,
+// waiting for the writer as long as its shard lives.
+func (d *Dispatcher) overflow(dl *delivery) { d.overflowFrom(dl.sh.life, dl) }
 
 // overflowFrom is overflow on a feeder (a fetch loop or retry poller)
 // whose context is ctx. A feeder must not wait for a writer past ctx: a
